@@ -1,0 +1,144 @@
+"""The one exception tree of batchgen. Every error a user can meet is one of these.
+
+    BatchgenError                      exit 1 unless a subclass says otherwise
+    ├── UsageError                     exit 2: bad flags, bad configuration (the user must act)
+    │   ├── ManifestError              exit 2: the manifest is invalid; carries every Problem at once
+    │   └── LedgerError                exit 2: results.json or the journal cannot be trusted
+    ├── LockedError                    exit 4: another run holds the output directory
+    ├── ServiceError                   the service answered, and not with success
+    │   ├── AuthError                  exit 3: 401, the key was refused (stop the run)
+    │   ├── QuotaError                 exit 3: 403, quota or access (stop the run)
+    │   ├── RequestRejected            400 / 413 / 422: this item's request is wrong (never retried)
+    │   ├── RateLimited                429: saturated (back off, retry)
+    │   ├── ServerError                5xx or an unreadable answer (retry with backoff)
+    │   └── TaskFailed                 the task ended in `fail` (transient ones are resubmitted)
+    ├── TransportError                 the network failed: no answer at all (retry with backoff)
+    └── DownloadError                  a result file was missing, broken or not an image (retry)
+
+Whether to retry is a property of the class (`retryable`), so the policy lives in one place. aiohttp's own
+exceptions are translated into this tree in `client.py` only (`raise TransportError(...) from exc`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BatchgenError(Exception):
+    """Base of every batchgen error."""
+
+    exit_code = 1
+    retryable = False
+
+
+class UsageError(BatchgenError):
+    """The user must fix a flag, a file or the environment."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a manifest, located by file, line, item and field."""
+
+    file: str
+    line: int | None
+    message: str
+    item: str | None = None  # a label: "'harbor-dawn'", or "#3" for the third item when it has no id
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        parts = [where]
+        if self.item is not None:
+            parts.append(f"item {self.item}")
+        if self.field is not None:
+            parts.append(self.field)
+        return ": ".join(parts) + ": " + self.message
+
+
+class ManifestError(UsageError):
+    """A manifest is invalid. `problems` holds every problem found, in file order."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        count = len(problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in the manifest; nothing was submitted"
+        super().__init__("\n".join([*(str(p) for p in problems), head]))
+
+
+class LedgerError(UsageError):
+    """The ledger or its journal cannot be read or trusted."""
+
+
+class LockedError(BatchgenError):
+    """Another run holds the output directory's lock."""
+
+    exit_code = 4
+
+
+class ServiceError(BatchgenError):
+    """The service answered with an error. `status` is the HTTP status, `code` the body's code."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class AuthError(ServiceError):
+    """401: the key was refused. The whole run stops."""
+
+    exit_code = 3
+
+
+class QuotaError(ServiceError):
+    """403: insufficient quota or access denied. The whole run stops."""
+
+    exit_code = 3
+
+
+class RequestRejected(ServiceError):
+    """400, 413 or 422: this item's request will never be accepted as it is."""
+
+
+class RateLimited(ServiceError):
+    """429: the service is saturated. `retry_after` is the server's wait in seconds, when it sent one."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, status: int | None = 429, code: str | None = "429",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class ServerError(ServiceError):
+    """5xx, or an answer that could not be read: worth another try after a pause."""
+
+    retryable = True
+
+
+class TaskFailed(ServiceError):
+    """The task ended in state `fail`. `transient` says whether a new submission may succeed."""
+
+    def __init__(self, message: str, *, code: str | None, transient: bool) -> None:
+        super().__init__(message, code=code)
+        self.transient = transient
+
+
+class TransportError(BatchgenError):
+    """No answer: connection refused or dropped, timeout, DNS. Worth another try after a pause."""
+
+    retryable = True
+
+
+class DownloadError(BatchgenError):
+    """A result file could not be fetched whole, or is not the image it should be."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired

@@ -1,0 +1,13 @@
+"""A faithful simulator of the LiangXin jobs API for `imagen4-ultra`, on loopback (SPEC sections 1 and 5).
+
+A separate world: it imports the shared field table (`batchgen.schema`) and nothing of the client or the engine,
+so a misunderstanding of the API cannot hide by being shared between the two sides.
+
+    async with Simulator(SimConfig(latency=0.5)) as sim:
+        sim.api_url, sim.files_url, sim.stats
+"""
+
+from .config import SimConfig
+from .server import SimStats, Simulator
+
+__all__ = ["SimConfig", "SimStats", "Simulator"]

@@ -1,0 +1,47 @@
+"""The simulator's knobs: one frozen value object, also filled from `batchgen sim` flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Envelope429 = Literal["relay", "business", "gateway", "empty", "mixed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How the simulated service behaves. Times are seconds; rates are fractions from 0 to 1."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    files_port: int = 0  # result files are served from this second origin (0: a free port)
+    api_key: str | None = None  # None: any non-empty Bearer token is accepted
+
+    # Task lifecycle: waiting -> queuing -> generating -> success|fail, on the server's own clock.
+    latency: float = 30.0  # creation to terminal state (Imagen 4 Ultra takes 20-45 s)
+    jitter: float = 5.0  # +/- uniformly around latency
+    results_per_task: int = 1
+    image_scale: float = 1.0  # 1.0: real 2K sizes (2816x1536 for 16:9); tests use small images
+
+    # Limits of the API family: 20 creates per 10 s per account, 429 beyond (the request is dropped).
+    rate: tuple[int, float] | None = (20, 10.0)
+    capacity: int | None = None  # 429 beyond this many tasks in flight
+    quota: int | None = None  # paid creates allowed before 403 insufficient_user_quota
+    body_limit: int = 1024 * 1024  # 413 beyond this many bytes of request body
+
+    # Faults.
+    fail_rate: float = 0.0  # share of tasks that end in `fail`
+    transient_share: float = 0.5  # of those, the share that are transient (worth resubmitting)
+    error_rate: float = 0.0  # API requests answered 500
+    drop_rate: float = 0.0  # API requests whose connection is dropped without an answer
+    truncate_rate: float = 0.0  # downloads cut short (the connection closes mid-body)
+    html_rate: float = 0.0  # downloads answered 200 with an HTML error page
+    null_window: float = 0.0  # recordInfo says "recordInfo is null" this long after creation
+    url_ttl: float | None = 3600.0  # result URLs expire this long after recordInfo hands them out
+    http200_errors: bool = False  # business errors come with HTTP 200 and the code only in the body
+    envelope_429: Envelope429 = "relay"
+    retry_after: float | None = None  # send Retry-After on 429 (the real service does not)
+    response_delay: float = 0.0  # added to every API answer
+
+    callback_attempts: int = 3  # callbacks are retried briefly, then given up
+    random_seed: int | None = None  # for repeatable faults

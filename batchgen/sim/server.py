@@ -1,0 +1,436 @@
+"""The simulated service: the jobs API on one origin, result files on a second one (aiohttp.web)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import hmac
+import json
+import random
+import secrets
+import socket
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+
+from .. import schema
+from .config import SimConfig
+from .images import render, size_for, variant_of
+
+SATURATED = "当前分组上游负载已饱和，请稍后再试"  # the task relay's own words: "upstream load is saturated"
+
+# Failures a task can end in: (failCode, failMsg, transient). Modelled on the API family's published ones.
+TRANSIENT_FAILURE = ("500", "Internal Error, Please try again later.")
+POLICY_FAILURE = ("400", "Your prompt was flagged as violating content policies.")
+
+# Prompt markers for tests that need a fault on one item, deterministically:
+#   [sim:fail-policy]        the task ends in fail with a content-policy failure
+#   [sim:fail-transient]     the task ends in fail with a transient failure, every time
+#   [sim:fail-transient:N]   ... only the first N times this prompt is submitted
+#   [sim:reject]             createTask answers 422 (upstream validation rejected)
+#   [sim:slow]               the task takes ten times the configured latency
+MARK = "[sim:"
+
+
+@dataclass(slots=True)
+class SimStats:
+    """What the simulator saw. Tests read it directly, or as JSON from GET /__sim/stats."""
+
+    creates: int = 0  # paid: createTask calls that returned a task id
+    create_calls: int = 0
+    polls: int = 0
+    rate_limited: int = 0  # 429 answers, any endpoint
+    errors_injected: int = 0
+    dropped: int = 0
+    max_in_flight: int = 0
+    file_requests: int = 0
+    file_bytes: int = 0
+    file_auth_headers: int = 0  # file requests that carried an Authorization header (never acceptable)
+    callbacks_sent: int = 0
+    creates_by_request: Counter[str] = field(default_factory=Counter)  # first 12 hex of sha256 of the request
+    polls_by_task: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["creates_by_request"] = dict(self.creates_by_request)
+        data["polls_by_task"] = dict(self.polls_by_task)
+        return data
+
+
+@dataclass(slots=True)
+class _Task:
+    task_id: str
+    body: dict[str, Any]
+    created: float  # time.time()
+    duration: float
+    fail: tuple[str, str] | None
+    update_time: float = 0.0
+
+    def state(self, now: float) -> str:
+        age = now - self.created
+        if age >= self.duration:
+            return "fail" if self.fail else "success"
+        if age < 0.1 * self.duration:
+            return "waiting"
+        if age < 0.25 * self.duration:
+            return "queuing"
+        return "generating"
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """The same key batchgen derives an item id from: sha256 of the canonical {model, input}."""
+    request = {"model": body.get("model"), "input": body.get("input")}
+    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+class Simulator:
+    """The simulated jobs API. Use `async with Simulator(config) as sim:`; `sim.stats` holds counters."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self.stats = SimStats()
+        self._rng = random.Random(self.config.random_seed)
+        self._secret = secrets.token_bytes(16)
+        self._tasks: dict[str, _Task] = {}
+        self._finishing: list[float] = []  # heap of finish times of tasks in flight
+        self._creates: deque[float] = deque()  # accepted creates in the current rate window
+        self._prompt_submissions: Counter[str] = Counter()
+        self._last_id = 0
+        self._envelope_turn = 0
+        self._callbacks: set[asyncio.Task[None]] = set()
+        self._callback_session: aiohttp.ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        self.api_url = ""
+        self.files_url = ""
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        api = web.Application(client_max_size=self.config.body_limit * 4)
+        api.router.add_post("/api/v1/jobs/createTask", self._create_task)
+        api.router.add_get("/api/v1/jobs/recordInfo", self._record_info)
+        api.router.add_get("/__sim/stats", self._stats)
+        files = web.Application()
+        files.router.add_get("/r/{task_id}/{name}", self._file)
+        self.api_url = await self._serve(api, self.config.port)
+        self.files_url = await self._serve(files, self.config.files_port)
+
+    async def _serve(self, app: web.Application, port: int) -> str:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, port))
+        await web.SockSite(runner, sock).start()
+        host, bound = sock.getsockname()[:2]
+        return f"http://{host}:{bound}"
+
+    async def close(self) -> None:
+        for task in list(self._callbacks):
+            task.cancel()
+        await asyncio.gather(*self._callbacks, return_exceptions=True)
+        if self._callback_session is not None:
+            await self._callback_session.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+    def in_flight(self, now: float | None = None) -> int:
+        """Tasks created and not yet in a terminal state."""
+        now = time.time() if now is None else now
+        while self._finishing and self._finishing[0] <= now:
+            heapq.heappop(self._finishing)
+        return len(self._finishing)
+
+    # ------------------------------------------------------------ envelopes
+
+    def _business(self, code: int, msg: str, status: int | None = None) -> web.Response:
+        http = 200 if self.config.http200_errors and code != 200 else (status or code)
+        return web.json_response({"code": code, "msg": msg, "data": None}, status=http)
+
+    @staticmethod
+    def _gateway(status: int, message: str, code: str = "") -> web.Response:
+        request_id = secrets.token_hex(8)
+        body = {"error": {"message": f"{message} (request id: {request_id})", "type": "new_api_error", "code": code}}
+        return web.json_response(body, status=status)
+
+    def _saturated(self) -> web.Response:
+        self.stats.rate_limited += 1
+        headers = {"Retry-After": f"{self.config.retry_after:g}"} if self.config.retry_after is not None else {}
+        kind = self.config.envelope_429
+        if kind == "mixed":
+            kind = ("relay", "business", "gateway", "empty")[self._envelope_turn % 4]  # type: ignore[assignment]
+            self._envelope_turn += 1
+        if kind == "empty":
+            return web.Response(status=429, headers=headers)
+        if kind == "business":
+            body: dict[str, Any] = {"code": 429, "msg": SATURATED, "data": None}
+        elif kind == "gateway":
+            body = {"error": {"message": SATURATED, "type": "new_api_error", "code": "429"}}
+        else:
+            body = {"code": "429", "message": SATURATED, "data": None}
+        return web.json_response(body, status=429, headers=headers)
+
+    async def _preamble(self, request: web.Request) -> web.StreamResponse | None:
+        """Auth and injected faults, common to both API endpoints. A response means: answer with it."""
+        if self.config.response_delay:
+            await asyncio.sleep(self.config.response_delay)
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not token or (self.config.api_key is not None and not hmac.compare_digest(token, self.config.api_key)):
+            return self._gateway(401, "invalid token" if token else "missing token")
+        if self.config.drop_rate and self._rng.random() < self.config.drop_rate:
+            self.stats.dropped += 1
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # aiohttp ends the handler quietly; the client sees a dropped connection
+        if self.config.error_rate and self._rng.random() < self.config.error_rate:
+            self.stats.errors_injected += 1
+            return self._business(500, "internal error, please try again later")
+        return None
+
+    # ------------------------------------------------------------ API
+
+    async def _create_task(self, request: web.Request) -> web.StreamResponse:
+        self.stats.create_calls += 1
+        if (early := await self._preamble(request)) is not None:
+            return early
+        raw = await request.read()
+        if len(raw) > self.config.body_limit:
+            return self._business(413, "request body too large")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._business(400, "invalid request body: expected JSON")
+        if not isinstance(body, dict):
+            return self._business(400, "invalid request body: expected a JSON object")
+        if (message := self._invalid(body)) is not None:
+            return self._business(400, message)
+        if self.config.quota is not None and self.stats.creates >= self.config.quota:
+            return self._gateway(403, "用户额度不足 (insufficient user quota)", "insufficient_user_quota")
+
+        now = time.time()
+        if self.config.rate is not None:
+            limit, window = self.config.rate
+            while self._creates and self._creates[0] <= now - window:
+                self._creates.popleft()
+            if len(self._creates) >= limit:
+                return self._saturated()
+        if self.config.capacity is not None and self.in_flight(now) >= self.config.capacity:
+            return self._saturated()
+        prompt = body["input"]["prompt"]
+        if MARK + "reject]" in prompt:
+            return self._business(422, "upstream validation rejected the request")
+
+        self._creates.append(now)
+        task = self._new_task(body, now)
+        self._tasks[task.task_id] = task
+        heapq.heappush(self._finishing, now + task.duration)
+        self.stats.creates += 1
+        self.stats.creates_by_request[request_key(body)] += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, self.in_flight(now))
+        if isinstance(body.get("callBackUrl"), str):
+            self._schedule_callback(task)
+        return web.json_response({"code": 200, "msg": "success", "data": {"taskId": task.task_id}})
+
+    def _invalid(self, body: dict[str, Any]) -> str | None:
+        """The service's 400 message for a malformed request, or None."""
+        model = body.get("model")
+        if not model:
+            return "model is required"
+        if model != schema.MODEL:
+            return f"unsupported model: {model}"
+        callback = body.get("callBackUrl")
+        if callback is not None and not (isinstance(callback, str) and callback.startswith(("https://", "http://"))):
+            return "callBackUrl must be an http(s) URL"
+        data = body.get("input")
+        if not isinstance(data, dict):
+            return "input is required"
+        if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
+            return "input.prompt is required"
+        for name, value in data.items():
+            spec = schema.INPUT_FIELDS.get(name)
+            if spec is None:
+                return f"input.{name} is not a supported parameter"
+            try:
+                spec.normalise(value)
+            except schema.FieldError as exc:
+                return f"input.{name}: {exc}"
+            if spec.kind == "int" and not isinstance(value, int):
+                return f"input.{name} must be an integer"
+        return None
+
+    def _new_task(self, body: dict[str, Any], now: float) -> _Task:
+        self._last_id = max(self._last_id + 1, int(now * 1000))
+        task_id = f"task_{schema.MODEL}_{self._last_id}"
+        duration = max(0.01, self.config.latency + self._rng.uniform(-self.config.jitter, self.config.jitter))
+        prompt: str = body["input"]["prompt"]
+        self._prompt_submissions[prompt] += 1
+        fail: tuple[str, str] | None = None
+        if MARK in prompt:
+            if MARK + "slow]" in prompt:
+                duration *= 10
+            if MARK + "fail-policy]" in prompt:
+                fail = POLICY_FAILURE
+            elif MARK + "fail-transient]" in prompt:
+                fail = TRANSIENT_FAILURE
+            elif (at := prompt.find(MARK + "fail-transient:")) >= 0:
+                count = prompt[at + len(MARK + "fail-transient:"):].split("]", 1)[0]
+                if count.isdigit() and self._prompt_submissions[prompt] <= int(count):
+                    fail = TRANSIENT_FAILURE
+        elif self.config.fail_rate and self._rng.random() < self.config.fail_rate:
+            fail = TRANSIENT_FAILURE if self._rng.random() < self.config.transient_share else POLICY_FAILURE
+        return _Task(task_id, body, now, duration, fail)
+
+    async def _record_info(self, request: web.Request) -> web.StreamResponse:
+        self.stats.polls += 1
+        if (early := await self._preamble(request)) is not None:
+            return early
+        task_id = request.query.get("taskId", "")
+        if not task_id:
+            return self._business(400, "taskId is required")
+        self.stats.polls_by_task[task_id] += 1
+        task = self._tasks.get(task_id)
+        now = time.time()
+        if task is None or now - task.created < self.config.null_window:
+            return self._business(422, "recordInfo is null")
+        return web.json_response({"code": 200, "msg": "success", "data": self._record(task, now)})
+
+    def _record(self, task: _Task, now: float) -> dict[str, Any]:
+        state = task.state(now)
+        done = state in ("success", "fail")
+        finished = task.created + task.duration
+        result_json = ""
+        if state == "success":
+            result_json = json.dumps({"resultUrls": self._result_urls(task, now)})
+        update = finished if done else max(task.created, now - 0.5)
+        ms = lambda t: int(t * 1000)  # noqa: E731 - the API's times are Unix milliseconds
+        return {
+            "taskId": task.task_id,
+            "model": schema.MODEL,
+            "state": state,
+            "param": json.dumps(task.body, ensure_ascii=False),
+            "resultJson": result_json,
+            "failCode": task.fail[0] if state == "fail" and task.fail else "",
+            "failMsg": task.fail[1] if state == "fail" and task.fail else "",
+            "costTime": ms(task.duration) if done else None,
+            "createTime": ms(task.created),
+            "updateTime": ms(update),
+            "completeTime": ms(finished) if done else None,
+        }
+
+    def _result_urls(self, task: _Task, now: float) -> list[str]:
+        data = task.body["input"]
+        ext = schema.EXTENSIONS[schema.INPUT_FIELDS["output_format"].normalise(data.get("output_format", "png"))]
+        urls = []
+        for n in range(1, self.config.results_per_task + 1):
+            name = f"{n}.{ext}"
+            query = {}
+            if self.config.url_ttl is not None:
+                expires = str(int(now + self.config.url_ttl))
+                query = {"expires": expires, "sig": self._sign(task.task_id, name, expires)}
+            suffix = f"?{urlencode(query)}" if query else ""
+            urls.append(f"{self.files_url}/r/{task.task_id}/{name}{suffix}")
+        return urls
+
+    def _sign(self, task_id: str, name: str, expires: str) -> str:
+        return hmac.new(self._secret, f"{task_id}/{name}/{expires}".encode(), "sha256").hexdigest()[:32]
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        data = self.stats.as_dict()
+        data["in_flight"] = self.in_flight()
+        return web.json_response(data)
+
+    # ------------------------------------------------------------ result files (second origin)
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        self.stats.file_requests += 1
+        if "Authorization" in request.headers:
+            self.stats.file_auth_headers += 1
+        task = self._tasks.get(request.match_info["task_id"])
+        name = request.match_info["name"]
+        stem, _, ext = name.partition(".")
+        if task is None or task.state(time.time()) != "success" or not stem.isdigit() \
+                or not 1 <= int(stem) <= self.config.results_per_task:
+            return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
+        if self.config.url_ttl is not None:
+            expires = request.query.get("expires", "")
+            signature = request.query.get("sig", "")
+            if not hmac.compare_digest(signature, self._sign(task.task_id, name, expires)):
+                return _xml_error(403, "SignatureDoesNotMatch", "The request signature does not match.")
+            if not expires.isdigit() or int(expires) < time.time():
+                return _xml_error(403, "AccessDenied", "Request has expired")
+
+        data = task.body["input"]
+        fmt = schema.INPUT_FIELDS["output_format"].normalise(data.get("output_format", "png"))
+        if schema.EXTENSIONS[fmt] != ext:
+            return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
+        aspect = schema.INPUT_FIELDS["aspect_ratio"].normalise(data.get("aspect_ratio", "square_1_1"))
+        width, height = size_for(aspect, self.config.image_scale)
+        quality = int(data.get("compression_quality", 90))
+        variant = variant_of(f"{data['prompt']}|{data.get('seed')}|{stem}")
+        content = await asyncio.to_thread(render, width, height, fmt, quality, variant)
+
+        if self.config.html_rate and self._rng.random() < self.config.html_rate:
+            page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
+            return web.Response(body=page, content_type="text/html")
+        response = web.StreamResponse(headers={"Content-Type": "image/png" if fmt == "png" else "image/jpeg",
+                                               "Cache-Control": "private, max-age=3600"})
+        response.content_length = len(content)
+        await response.prepare(request)
+        truncate = self.config.truncate_rate and self._rng.random() < self.config.truncate_rate
+        if truncate:
+            await response.write(content[: len(content) // 2])
+            self.stats.file_bytes += len(content) // 2
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError  # the client sees the body end early
+        chunk = 256 * 1024
+        for start in range(0, len(content), chunk):
+            await response.write(content[start:start + chunk])
+        self.stats.file_bytes += len(content)
+        await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------ callbacks
+
+    def _schedule_callback(self, task: _Task) -> None:
+        job = asyncio.get_running_loop().create_task(self._deliver_callback(task))
+        self._callbacks.add(job)
+        job.add_done_callback(self._callbacks.discard)
+
+    async def _deliver_callback(self, task: _Task) -> None:
+        """POST the terminal recordInfo body to callBackUrl, retried briefly; a hint, never guaranteed."""
+        await asyncio.sleep(max(0.0, task.created + task.duration - time.time()))
+        if self._callback_session is None:
+            self._callback_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        body = {"code": 200, "msg": "success", "data": self._record(task, time.time())}
+        for attempt in range(self.config.callback_attempts):
+            try:
+                async with self._callback_session.post(task.body["callBackUrl"], json=body) as response:
+                    if 200 <= response.status < 300:
+                        self.stats.callbacks_sent += 1
+                        return
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.2 * 2**attempt)
+
+
+def _xml_error(status: int, code: str, message: str) -> web.Response:
+    """Result hosts are object stores: their errors are small XML documents, not the API's JSON."""
+    body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    return web.Response(status=status, text=body, content_type="application/xml")

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from batchgen.sim import SimConfig, Simulator
+
+# Small, fast images and short task lifecycles: tests must stay fast and deterministic.
+FAST = dict(latency=0.3, jitter=0.05, image_scale=0.05, rate=None, random_seed=1)
+
+
+@pytest.fixture
+def sim_factory() -> Callable[..., AbstractAsyncContextManager[Simulator]]:
+    """`async with sim_factory(capacity=2) as sim:` — a simulator on loopback with fast defaults."""
+
+    @asynccontextmanager
+    async def start(**overrides: object) -> AsyncIterator[Simulator]:
+        async with Simulator(SimConfig(**{**FAST, **overrides})) as sim:  # type: ignore[arg-type]
+            yield sim
+
+    return start
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
+    """Write a file under tmp_path and return its path."""
+
+    def _write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return _write
