@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from . import __version__, manifest
+from . import __version__, config, engine, manifest, report
+from .config import RunSettings
 from .errors import BatchgenError, ManifestError, UsageError
+from .progress import Reporter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +31,71 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check manifests; print every problem; exit 0 or 2")
     validate.add_argument("manifests", nargs="+", metavar="MANIFEST")
 
+    run = commands.add_parser("run", help="the main job: submit, poll, download, record; resumes DIR",
+                              description="Submit every item of MANIFEST, poll, download into DIR, and record it "
+                                          "all in DIR/results.json. Rerun the same command to resume.")
+    _add_run_arguments(run)
+
+    status = commands.add_parser("status", help="what the ledger of DIR says")
+    status.add_argument("directory", metavar="DIR")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
     sim = commands.add_parser("sim", help="run the simulated service on loopback, with fault injection")
     _add_sim_arguments(sim)
     return parser
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (images and results.json)")
+    p.add_argument("--api-base", metavar="URL", help="the service's base URL (env BATCHGEN_API_BASE)")
+    p.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file "
+                   "(otherwise env BATCHGEN_API_KEY; never a flag value)")
+    p.add_argument("--simulate", action="store_true", help="run against the built-in simulator; no key needed")
+    p.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+                   help="most tasks in flight at once (default 8)")
+    p.add_argument("--create-rate", default="20/10", metavar="N/SECONDS",
+                   help="most createTask calls per window (default 20/10, the API family's limit)")
+    p.add_argument("--poll-rate", type=_positive_float, default=8.0, metavar="N",
+                   help="most status queries per second (default 8)")
+    p.add_argument("--poll-interval", type=_positive_float, default=2.5, metavar="SECONDS",
+                   help="first interval between status queries of a task; x3 after 30 intervals, x8 after 120 "
+                        "(default 2.5)")
+    p.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
+                   help="submissions per item for transient failures (default 3)")
+    p.add_argument("--task-timeout", type=_positive_float, default=1800.0, metavar="SECONDS",
+                   help="stop waiting for one task after this; it stays resumable (default 1800)")
+    p.add_argument("--retry-failed", action="store_true", help="also resubmit items that failed for good earlier")
+    p.add_argument("--limit", type=_non_negative_int, metavar="N", help="submit at most N new tasks in this run")
+    p.add_argument("--max-runtime", type=_positive_float, metavar="SECONDS",
+                   help="after this long, submit nothing more, save state and exit 5")
+    p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
+    p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument("--verbose", action="store_true", help="also debug lines")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
 
 
 def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,6 +157,56 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: list[str]) -> RunSettings:
+    """Flags > environment > defaults, resolved once."""
+    callback = args.callback_url
+    if callback and (problem := manifest.check_callback_url(callback)):
+        raise UsageError(f"--callback-url: {problem}")
+    api_base = args.api_base or env.get("BATCHGEN_API_BASE", "")
+    if not args.simulate and not args.dry_run:
+        if not api_base:
+            raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE (or try --simulate)")
+        api_base = config.check_api_base(api_base)
+    key = None if args.simulate else config.read_key(env, args.api_key_file, warnings)
+    return RunSettings(
+        manifest=Path(args.manifest), out=Path(args.out), api_base=api_base, api_key=key, simulate=args.simulate,
+        concurrency=args.concurrency, create_rate=parse_rate(args.create_rate, "--create-rate"),
+        poll_rate=args.poll_rate, poll=config.PollSchedule(args.poll_interval), max_attempts=args.max_attempts,
+        task_timeout=args.task_timeout, retry_failed=args.retry_failed, limit=args.limit,
+        max_runtime=args.max_runtime, dry_run=args.dry_run, callback_url=callback, log_format=args.log_format,
+        quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    warnings: list[str] = []
+    settings = settings_from(args, os.environ, warnings)
+    reporter = Reporter(fmt=settings.log_format, quiet=settings.quiet, verbose=settings.verbose,
+                        progress=settings.progress, secret=settings.api_key.value if settings.api_key else None)
+    for warning in warnings:
+        reporter.warning(warning)
+    if settings.dry_run:
+        return engine.dry_run(settings, reporter)
+    try:
+        outcome = asyncio.run(engine.run(settings, reporter))
+    except ManifestError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} in the manifest; "
+              "nothing was submitted", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        reporter.close()
+    engine.final_report(outcome, settings, reporter)
+    return outcome.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = report.status(Path(args.directory))
+    print(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from .sim import SimConfig, Simulator
 
@@ -123,7 +240,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "sim": cmd_sim}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "sim": cmd_sim}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

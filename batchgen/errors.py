@@ -129,9 +129,17 @@ class TaskFailed(ServiceError):
 
 
 class TransportError(BatchgenError):
-    """No answer: connection refused or dropped, timeout, DNS. Worth another try after a pause."""
+    """No answer: connection refused or dropped, timeout, DNS. Worth another try after a pause.
+
+    `sent` is False only when the request certainly never reached the service (no connection was made):
+    a createTask that failed with `sent` True may have been created, and paid for, all the same.
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class DownloadError(BatchgenError):

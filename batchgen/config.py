@@ -1,0 +1,128 @@
+"""Run settings: small frozen value objects, resolved once (flag > environment > default).
+
+The API key is held in a `Secret`, which never shows its value in repr or str.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import UsageError
+from .manifest import is_loopback
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A value that must never be printed: repr and str show stars only."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff for retryable failures (429, 5xx, transport): capped exponential with jitter, in seconds."""
+
+    attempts: int = 8  # calls per operation before the item is left for the next run
+    wait_initial: float = 1.0
+    wait_max: float = 60.0
+    wait_jitter: float = 1.0  # up to this many seconds added at random
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """The wait after failed attempt number `attempt` (1-based); `jitter` is a random number in [0, 1)."""
+        return min(self.wait_max, self.wait_initial * 2 ** (attempt - 1)) + self.wait_jitter * jitter
+
+
+@dataclass(frozen=True, slots=True)
+class PollSchedule:
+    """How often to ask for one task's state, by its age: the API family's advice, scaled by `first`.
+
+    Every 2-3 s for the first 30 s, 5-10 s after that, 15-30 s after two minutes.
+    """
+
+    first: float = 2.5
+
+    def interval(self, age: float) -> float:
+        if age < 12 * self.first:
+            return self.first
+        if age < 48 * self.first:
+            return 3 * self.first
+        return 8 * self.first
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """HTTP timeouts in seconds."""
+
+    connect: float = 10.0
+    api_read: float = 60.0  # one API answer
+    download_read: float = 60.0  # silence between two chunks of a result file
+    download_total: float = 900.0  # one whole result file
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    manifest: Path
+    out: Path
+    api_base: str
+    api_key: Secret | None
+    simulate: bool = False
+    concurrency: int = 8
+    create_rate: tuple[int, float] = (20, 10.0)  # the API family allows 20 creates per 10 s per account
+    poll_rate: float = 8.0  # status queries per second (the family allows about 10 per key)
+    poll: PollSchedule = PollSchedule()
+    max_attempts: int = 3
+    task_timeout: float = 1800.0
+    retry_failed: bool = False
+    limit: int | None = None
+    max_runtime: float | None = None
+    dry_run: bool = False
+    callback_url: str | None = None
+    callback_listen: str | None = None
+    log_format: str = "text"
+    quiet: bool = False
+    verbose: bool = False
+    progress: bool = True
+    max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
+    retry: RetryPolicy = RetryPolicy()
+    timeouts: Timeouts = Timeouts()
+
+
+def read_key(env: Mapping[str, str], key_file: str | None, warn: list[str]) -> Secret | None:
+    """The API key from --api-key-file, else $BATCHGEN_API_KEY. Never from a flag value."""
+    if key_file:
+        path = Path(key_file)
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"--api-key-file {key_file}: cannot read it: {exc.strerror or exc}") from exc
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warn.append(f"--api-key-file {key_file} can be read by others (mode {stat.S_IMODE(mode):o}); "
+                        f"chmod 600 {key_file}")
+        if not text:
+            raise UsageError(f"--api-key-file {key_file} is empty")
+        return Secret(text)
+    value = env.get("BATCHGEN_API_KEY", "").strip()
+    return Secret(value) if value else None
+
+
+def check_api_base(url: str) -> str:
+    """The base URL without a trailing slash; refuses plain http to anything but loopback (the key goes there)."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--api-base: expected an http(s) URL such as https://api.example.com; got {url!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise UsageError(f"--api-base {url}: refusing to send the API key over plain http to a host that is not "
+                         "this machine; use https://")
+    return url
+

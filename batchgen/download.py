@@ -1,0 +1,100 @@
+"""Result files: stream to a temporary file under DIR/.batchgen/, verify, then rename to DIR/<id>.<ext>.
+
+A file appears under its final name only when it is complete and verified: its length matches the
+Content-Length, Pillow reads it as a PNG or JPEG, and its sha256 is known. Names come from item ids, never
+from URLs; the temporary file is created fresh (O_EXCL, O_NOFOLLOW), so a planted symlink cannot redirect it,
+and `os.replace` swaps a directory entry, never writing through a link at the final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+import aiofiles
+from PIL import Image, UnidentifiedImageError
+
+from .client import Client
+from .errors import DownloadError
+
+CHUNK = 256 * 1024
+FORMATS = {"PNG": ("png", "png"), "JPEG": ("jpeg", "jpg")}  # Pillow's name -> (output_format, extension)
+ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/pjpeg", "application/octet-stream",
+                  "binary/octet-stream")
+
+
+async def fetch(client: Client, url: str, *, directory: Path, temp_dir: Path, stem: str,
+                max_bytes: int) -> tuple[str, str]:
+    """Download one result URL to DIR/<stem>.<ext>; returns (file name, sha256 hex)."""
+    temp = temp_dir / f"{stem}.{secrets.token_hex(4)}.part"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        digest = hashlib.sha256()
+        async with client.open_result(url) as response:
+            if response.status != 200:
+                raise DownloadError(f"result host answered HTTP {response.status}",
+                                    expired=response.status in (401, 403, 404, 410))
+            if response.content_type not in ACCEPTED_TYPES:
+                raise DownloadError(f"result host sent {response.content_type or 'no content type'}, not an image")
+            declared = response.content_length
+            if declared is not None and declared > max_bytes:
+                raise DownloadError(f"result is {declared:,} bytes; the limit is {max_bytes:,}")
+            size = 0
+            async with aiofiles.open(fd, "wb", closefd=False) as out:
+                async for chunk in response.content.iter_chunked(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise DownloadError(f"result exceeds the limit of {max_bytes:,} bytes")
+                    digest.update(chunk)
+                    await out.write(chunk)
+            if declared is not None and size != declared:
+                raise DownloadError(f"download truncated: {size:,} of {declared:,} bytes")
+        await asyncio.to_thread(os.fsync, fd)
+        _, ext = await asyncio.to_thread(verify_image, temp)
+        final = directory / f"{stem}.{ext}"
+        os.replace(temp, final)
+        return final.name, digest.hexdigest()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def verify_image(path: Path) -> tuple[str, str]:
+    """Check that a file is a whole PNG or JPEG; returns (output_format, extension)."""
+    try:
+        with Image.open(path) as image:
+            kind = image.format or ""
+            if kind not in FORMATS:
+                raise DownloadError(f"result is {kind or 'not an image'}, not PNG or JPEG")
+            image.verify()  # PNG: every chunk's CRC; JPEG: the markers
+    except (UnidentifiedImageError, SyntaxError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DownloadError(f"result is not a complete image: {exc}") from exc
+    if kind == "JPEG":
+        with open(path, "rb") as handle:
+            handle.seek(-2, os.SEEK_END)
+            if handle.read(2) != b"\xff\xd9":
+                raise DownloadError("result is not a complete image: the JPEG has no end marker")
+    return FORMATS[kind]
+
+
+def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
+    """After a changed item's new images are in place, remove its old ones that were not replaced."""
+    for name in set(old) - set(keep):
+        if "/" in name or name.startswith("."):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+
+
+def cleanup_partials(temp_dir: Path) -> None:
+    """Remove temporary files a killed run left behind."""
+    for path in temp_dir.glob("*.part"):
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -1,0 +1,340 @@
+"""The ledger: item states in DIR/results.json, an append-only journal, and the directory's lock.
+
+Every change is one transition method. A transition appends the item's whole new record to
+`.batchgen/journal.jsonl` (fsync'd for the ones that matter: a task id received, an item finished), and the
+snapshot `results.json` is rewritten from memory at most every few seconds and at close (temp file, fsync,
+`os.replace`), after which the journal is emptied. So a transition costs O(1) however many items there are,
+and loading is: the snapshot, then the journal replayed over it (last record of an item wins, so replaying
+twice is harmless). A kill at any instant leaves a complete results.json and at most one torn journal line,
+which is dropped.
+
+Nothing else writes results.json or anything under `.batchgen/` but the downloads' own temporary files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import LedgerError, LockedError, UsageError
+
+if TYPE_CHECKING:
+    from .manifest import Item as ManifestItem
+
+VERSION = 1
+STATES = ("pending", "submitted", "succeeded", "failed")
+State = Literal["pending", "submitted", "succeeded", "failed"]
+
+RESULTS = "results.json"
+STATE_DIR = ".batchgen"
+JOURNAL = "journal.jsonl"
+LOCK = "lock"
+SNAPSHOT_EVERY = 5.0  # seconds between snapshots at the least (more for a large ledger: see _due)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def error_record(kind: str, code: str | None, message: str) -> dict[str, Any]:
+    return {"kind": kind, "code": code, "message": message}
+
+
+def _open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Open without following a symlink planted at `path`."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path} is a symbolic link; batchgen will not write through it") from exc
+        raise
+
+
+def state_dir(directory: Path) -> Path:
+    """DIR/.batchgen, created if missing; never a symlink."""
+    path = directory / STATE_DIR
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link; batchgen keeps its state only in a real directory")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def write_atomically(path: Path, data: bytes, temp_dir: Path) -> None:
+    """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder)."""
+    temp = temp_dir / f".{path.name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    fd = _open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What a ledger directory holds: records by id, the manifest it was made for, the journal's length."""
+
+    items: dict[str, dict[str, Any]]
+    manifest: str | None
+    updated_at: str | None
+    journal_bytes: int  # the length of the journal's whole lines (a torn tail is beyond it)
+
+
+def load(directory: Path) -> Loaded:
+    """Read results.json and replay the journal over it, without taking the lock or writing anything."""
+    items: dict[str, dict[str, Any]] = {}
+    manifest = updated = None
+    snapshot = directory / RESULTS
+    if snapshot.exists():
+        try:
+            document = json.loads(snapshot.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"{snapshot} is not valid JSON ({exc}); batchgen has not changed it. Restore it, "
+                              "or move it aside to start a new ledger (the images stay where they are)") from exc
+        except OSError as exc:
+            raise LedgerError(f"cannot read {snapshot}: {exc.strerror or exc}") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("items"), dict):
+            raise LedgerError(f"{snapshot} is not a batchgen ledger (no 'items' object); batchgen has not "
+                              "changed it. Move it aside to start a new ledger")
+        version = document.get("version")
+        if version != VERSION:
+            raise LedgerError(f"{snapshot} is ledger version {version!r}; this batchgen reads version {VERSION}. "
+                              "Use a newer batchgen, or another --out directory")
+        items = document["items"]
+        manifest = document.get("manifest")
+        updated = document.get("updated_at")
+    journal = directory / STATE_DIR / JOURNAL
+    good = 0
+    if journal.exists():
+        data = journal.read_bytes()
+        for number, line in enumerate(_lines(data), start=1):
+            text, end = line
+            try:
+                entry = json.loads(text)
+                items[entry["id"]] = entry["record"]
+            except (ValueError, KeyError, TypeError) as exc:
+                if end == len(data) and not data.endswith(b"\n"):
+                    break  # a torn last line: the write it belonged to never finished
+                raise LedgerError(f"{journal}: line {number} is damaged ({exc}); batchgen has not changed it. "
+                                  "Move the .batchgen folder aside to continue from results.json alone") from exc
+            good = end
+    return Loaded(items, manifest, updated, good)
+
+
+def _lines(data: bytes) -> Iterator[tuple[bytes, int]]:
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end + 1
+        yield data[start:end], end
+        start = end
+
+
+class Ledger:
+    """The open, locked ledger of one output directory. Use `Ledger.open(...)` and `close()` (or `with`)."""
+
+    def __init__(self, directory: Path, loaded: Loaded, manifest: str, lock_fd: int, journal_fd: int) -> None:
+        self.directory = directory
+        self.items = loaded.items
+        self.manifest = manifest
+        self._lock_fd = lock_fd
+        self._journal_fd = journal_fd
+        self._state_dir = directory / STATE_DIR
+        self._dirty = loaded.journal_bytes > 0 or loaded.manifest != manifest
+        self._last_snapshot = time.monotonic()
+        self._snapshot_cost = 0.0
+        self.manifest_ids: frozenset[str] | None = None
+
+    # ------------------------------------------------------------ opening and closing
+
+    @classmethod
+    def open(cls, directory: Path, manifest: str) -> Ledger:
+        """Lock DIR (LockedError if another run holds it) and load its ledger."""
+        directory.mkdir(parents=True, exist_ok=True)
+        folder = state_dir(directory)
+        lock_fd = _open_nofollow(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(lock_fd)
+            raise LockedError(f"{directory} is in use by another batchgen run (pid {holder}); "
+                              "this run did nothing") from None
+        try:
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+            loaded = load(directory)
+            journal_fd = _open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.ftruncate(journal_fd, loaded.journal_bytes)  # drop a torn last line before appending after it
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        ledger = cls(directory, loaded, manifest, lock_fd, journal_fd)
+        ledger._settle_in_doubt()
+        return ledger
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write the snapshot if anything changed, and release the lock."""
+        if self._journal_fd < 0:
+            return
+        try:
+            self.snapshot()
+        finally:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
+            os.close(self._lock_fd)
+
+    def _settle_in_doubt(self) -> None:
+        """An item found "submitting" was killed inside createTask: it may have been created. Say so."""
+        for item_id, record in self.items.items():
+            if record.get("submitting"):
+                changed = dict(record)
+                changed.pop("submitting")
+                changed["in_doubt"] = int(changed.get("in_doubt", 0)) + 1
+                self._write(item_id, changed, sync=True)
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, item_id: str) -> dict[str, Any] | None:
+        return self.items.get(item_id)
+
+    def state(self, item_id: str) -> str | None:
+        record = self.items.get(item_id)
+        return record["state"] if record else None
+
+    # ------------------------------------------------------------ transitions
+
+    def track(self, items: Iterable[ManifestItem]) -> None:
+        """This run's manifest: its items are counted, and those not yet in the ledger appear as pending.
+
+        New pending records are not journaled: they follow from the manifest, so losing them loses nothing.
+        """
+        ids = set()
+        for item in items:
+            ids.add(item.id)
+            if item.id not in self.items:
+                self.items[item.id] = self._record(item.id, item.request)
+                self._dirty = True
+        self.manifest_ids = frozenset(ids)
+
+    def start_submit(self, item_id: str, request: dict[str, Any]) -> None:
+        """Intent, on disk before the createTask call: a kill inside the call is then known to be in doubt."""
+        record = self._record(item_id, request)
+        record.update(state="pending", request=request, submitting=True)
+        self._write(item_id, record, sync=True)
+
+    def submit_unsent(self, item_id: str, *, in_doubt: bool = False) -> None:
+        """The createTask call created nothing (or, with in_doubt, may have: count it)."""
+        record = dict(self.items[item_id])
+        record.pop("submitting", None)
+        if in_doubt:
+            record["in_doubt"] = int(record.get("in_doubt", 0)) + 1
+        self._write(item_id, record, sync=in_doubt)
+
+    def submitted(self, item_id: str, task_id: str) -> None:
+        """The service returned a task id: durably on disk before anything else happens to it."""
+        record = dict(self.items[item_id])
+        record.pop("submitting", None)
+        record.update(state="submitted", task_id=task_id, attempts=int(record.get("attempts", 0)) + 1,
+                      submitted_at=utc_now(), finished_at=None, error=None)
+        self._write(item_id, record, sync=True)
+
+    def requeue(self, item_id: str, error: dict[str, Any]) -> None:
+        """The task failed transiently: back to pending, to be submitted again (its error kept for the record)."""
+        record = dict(self.items[item_id])
+        record.update(state="pending", task_id=None, error=error)
+        self._write(item_id, record, sync=True)
+
+    def succeeded(self, item_id: str, files: list[str], sha256: list[str]) -> None:
+        record = dict(self.items[item_id])
+        record.update(state="succeeded", files=files, sha256=sha256, error=None, finished_at=utc_now())
+        self._write(item_id, record, sync=True)
+
+    def failed(self, item_id: str, error: dict[str, Any], request: dict[str, Any] | None = None) -> None:
+        record = self._record(item_id, request) if request is not None else dict(self.items[item_id])
+        record.pop("submitting", None)
+        record.update(state="failed", error=error, finished_at=utc_now())
+        if request is not None:
+            record["request"] = request
+        self._write(item_id, record, sync=True)
+
+    def _record(self, item_id: str, request: dict[str, Any] | None) -> dict[str, Any]:
+        existing = self.items.get(item_id)
+        if existing is not None:
+            return dict(existing)
+        return {"state": "pending", "task_id": None, "attempts": 0, "request": request, "files": [],
+                "sha256": [], "error": None, "submitted_at": None, "finished_at": None}
+
+    def _write(self, item_id: str, record: dict[str, Any], *, sync: bool) -> None:
+        line = json.dumps({"id": item_id, "record": record}, ensure_ascii=False, separators=(",", ":"))
+        os.write(self._journal_fd, line.encode("utf-8") + b"\n")
+        if sync:
+            os.fsync(self._journal_fd)
+        self.items[item_id] = record
+        self._dirty = True
+
+    # ------------------------------------------------------------ snapshots
+
+    def counts(self, ids: Iterable[str] | None = None) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        records = self.items.values() if ids is None else (self.items[i] for i in ids if i in self.items)
+        for record in records:
+            counts[record["state"]] = counts.get(record["state"], 0) + 1
+        return counts
+
+    def maybe_snapshot(self) -> None:
+        """Rewrite results.json if it is due: every few seconds, and less often for a ledger that is slow to write."""
+        if self._dirty and time.monotonic() - self._last_snapshot >= max(SNAPSHOT_EVERY, 20 * self._snapshot_cost):
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        """Write results.json from memory, atomically, then empty the journal it now contains."""
+        if not self._dirty:
+            return
+        started = time.monotonic()
+        ids = self.manifest_ids
+        document = {
+            "version": VERSION,
+            "manifest": self.manifest,
+            "updated_at": utc_now(),
+            "counts": self.counts(ids),
+            "items": self.items,
+        }
+        if ids is not None:
+            document["not_in_manifest"] = sorted(set(self.items) - ids)
+        data = json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
+        write_atomically(self.directory / RESULTS, data, self._state_dir)
+        os.ftruncate(self._journal_fd, 0)
+        self._dirty = False
+        self._last_snapshot = time.monotonic()
+        self._snapshot_cost = self._last_snapshot - started

@@ -1,0 +1,171 @@
+"""Shared limits: the in-flight AIMD limiter, the create-rate window, the status-query budget, the cool-down.
+
+Pure asyncio and arithmetic; nothing here knows HTTP. Backpressure is structural: a caller takes a slot (or a
+token) and only then starts the work, so only the allowed amount of work ever exists. A 429 slows the one
+shared limiter for everyone instead of each task sleeping on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+
+
+class InFlightLimiter:
+    """Tasks submitted and not finished, at most `limit`; the limit moves AIMD-style in [1, maximum].
+
+    `on_saturated` halves the limit (at most once per `calm` seconds, so one burst of 429s is one cut);
+    `on_success` raises it by 1/limit, i.e. by one slot per `limit` successes, never above `maximum`.
+    """
+
+    def __init__(self, maximum: int, *, calm: float = 1.0) -> None:
+        self.maximum = maximum
+        self._limit = float(maximum)
+        self.in_flight = 0
+        self.peak = 0
+        self._calm = calm
+        self._last_cut = -calm
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self._limit))
+
+    async def acquire(self) -> None:
+        """Wait for a free slot, then take it."""
+        while self.in_flight >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # we were handed a turn we will not use: pass it on
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def on_saturated(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cut >= self._calm:
+            self._last_cut = now
+            self._limit = max(1.0, self._limit / 2)
+
+    def on_success(self) -> None:
+        if self._limit < self.maximum:
+            self._limit = min(float(self.maximum), self._limit + 1 / self._limit)
+            self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
+class RateWindow:
+    """At most `count` events in any `seconds`-long window, shared by every caller.
+
+    The count is adaptive too: a 429 on an event (the service's own window is smaller than we were told)
+    cuts it in half; each full window without a 429 gives one back, up to the configured count.
+    """
+
+    def __init__(self, count: int, seconds: float, *, adaptive: bool = True) -> None:
+        self.maximum = count
+        self.seconds = seconds
+        self._count = float(count)
+        self._adaptive = adaptive
+        self._times: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self._last_cut = -seconds
+
+    @property
+    def count(self) -> int:
+        return max(1, int(self._count))
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._times and self._times[0] <= now - self.seconds:
+                    self._times.popleft()
+                if len(self._times) < self.count:
+                    self._times.append(now)
+                    return
+                await asyncio.sleep(self._times[0] + self.seconds - now)
+
+    def on_saturated(self) -> None:
+        now = time.monotonic()
+        if self._adaptive and now - self._last_cut >= self.seconds:
+            self._last_cut = now
+            self._count = max(1.0, self._count / 2)
+
+    def on_success(self) -> None:
+        if self._adaptive and self._count < self.maximum:
+            self._count = min(float(self.maximum), self._count + 1 / max(1.0, self._count))
+
+
+class TokenBucket:
+    """`rate` tokens per second with a burst of `burst`; `acquire` waits for one."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+
+class Cooldown:
+    """One shared pause after 429s: exponential with jitter, or the server's Retry-After when it sends one."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.strikes = 0
+        self._until = 0.0
+        self._rng = rng or random.Random()
+
+    def trigger(self, retry_after: float | None = None) -> float:
+        """Start (or extend) the pause; returns its length in seconds."""
+        self.strikes += 1
+        if retry_after is not None and retry_after >= 0:
+            delay = min(retry_after, 3600.0)
+        else:
+            base = min(self.maximum, self.initial * 2 ** (self.strikes - 1))
+            delay = base / 2 + self._rng.random() * base / 2  # "equal jitter": never less than half
+        self._until = max(self._until, time.monotonic() + delay)
+        return delay
+
+    def clear(self) -> None:
+        self.strikes = 0
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self._until - time.monotonic())
+
+    async def wait(self) -> None:
+        while (left := self.remaining) > 0:  # noqa: ASYNC110 - another 429 may move the end while we sleep
+            await asyncio.sleep(left)
