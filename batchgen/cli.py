@@ -119,6 +119,7 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html-rate", type=float, default=0.0, help="share of downloads answered with HTML")
     p.add_argument("--null-window", type=float, default=0.0, help="seconds of 'recordInfo is null' after create")
     p.add_argument("--url-ttl", type=float, default=3600.0, help="seconds a result URL stays valid")
+    p.add_argument("--expired-url-rate", type=float, default=0.0, help="share of result URLs already expired")
     p.add_argument("--http200-errors", action="store_true", help="business errors with HTTP 200")
     p.add_argument("--envelope-429", choices=["relay", "business", "gateway", "empty", "mixed"], default="relay")
     p.add_argument("--retry-after", type=float, help="send Retry-After on 429 (the real service does not)")
@@ -218,6 +219,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         body_limit=args.body_limit, fail_rate=args.fail_rate, transient_share=args.transient_share,
         error_rate=args.error_rate, drop_rate=args.drop_rate, truncate_rate=args.truncate_rate,
         html_rate=args.html_rate, null_window=args.null_window, url_ttl=args.url_ttl or None,
+        expired_url_rate=args.expired_url_rate,
         http200_errors=args.http200_errors, envelope_429=args.envelope_429, retry_after=args.retry_after,
         response_delay=args.response_delay, random_seed=args.random_seed,
     )

@@ -102,12 +102,14 @@ class Loaded:
     manifest: str | None
     updated_at: str | None
     journal_bytes: int  # the length of the journal's whole lines (a torn tail is beyond it)
+    not_in_manifest: frozenset[str] = frozenset()
 
 
 def load(directory: Path) -> Loaded:
     """Read results.json and replay the journal over it, without taking the lock or writing anything."""
     items: dict[str, dict[str, Any]] = {}
     manifest = updated = None
+    retired: frozenset[str] = frozenset()
     snapshot = directory / RESULTS
     if snapshot.exists():
         try:
@@ -127,6 +129,7 @@ def load(directory: Path) -> Loaded:
         items = document["items"]
         manifest = document.get("manifest")
         updated = document.get("updated_at")
+        retired = frozenset(document.get("not_in_manifest") or ())
     journal = directory / STATE_DIR / JOURNAL
     good = 0
     if journal.exists():
@@ -142,7 +145,7 @@ def load(directory: Path) -> Loaded:
                 raise LedgerError(f"{journal}: line {number} is damaged ({exc}); batchgen has not changed it. "
                                   "Move the .batchgen folder aside to continue from results.json alone") from exc
             good = end
-    return Loaded(items, manifest, updated, good)
+    return Loaded(items, manifest, updated, good, retired)
 
 
 def _lines(data: bytes) -> Iterator[tuple[bytes, int]]:
@@ -168,6 +171,7 @@ class Ledger:
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = 0.0
         self.manifest_ids: frozenset[str] | None = None
+        self._retired = loaded.not_in_manifest
 
     # ------------------------------------------------------------ opening and closing
 
@@ -246,6 +250,8 @@ class Ledger:
                 self.items[item.id] = self._record(item.id, item.request)
                 self._dirty = True
         self.manifest_ids = frozenset(ids)
+        if set(self.items) - self.manifest_ids != self._retired:
+            self._dirty = True  # the manifest dropped (or brought back) items: the snapshot must say so
 
     def start_submit(self, item_id: str, request: dict[str, Any]) -> None:
         """Intent, on disk before the createTask call: a kill inside the call is then known to be in doubt."""

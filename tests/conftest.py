@@ -37,3 +37,31 @@ def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
         return path
 
     return _write
+
+
+# ---------------------------------------------------------------- running batchgen
+
+KEY = "test-key-0123456789"
+
+
+def make_settings(manifest_path: Path, out: Path, sim: Simulator, **overrides: object):
+    """RunSettings for a fast run against `sim`: short polls and back-offs, no progress bar."""
+    from batchgen.config import PollSchedule, RetryPolicy, RunSettings, Secret
+
+    values: dict[str, object] = dict(
+        manifest=manifest_path, out=out, api_base=sim.api_url, api_key=Secret(KEY), poll=PollSchedule(0.05),
+        create_rate=(1000, 1.0), poll_rate=1000.0, progress=False,
+        retry=RetryPolicy(attempts=8, wait_initial=0.05, wait_max=0.4, wait_jitter=0.05),
+    )
+    values.update(overrides)
+    return RunSettings(**values)  # type: ignore[arg-type]
+
+
+def manifest_of(path: Path, prompts: list[str], **fields: object) -> Path:
+    """A YAML manifest with one item per prompt, ids item-00, item-01, ..."""
+    lines = []
+    for n, prompt in enumerate(prompts):
+        lines.append(f"- id: item-{n:02d}\n  prompt: {prompt!r}\n")
+        lines.extend(f"  {k}: {v!r}\n" for k, v in fields.items())
+    path.write_text("".join(lines), encoding="utf-8")
+    return path

@@ -341,7 +341,8 @@ class Simulator:
             name = f"{n}.{ext}"
             query = {}
             if self.config.url_ttl is not None:
-                expires = str(int(now + self.config.url_ttl))
+                stale = self.config.expired_url_rate and self._rng.random() < self.config.expired_url_rate
+                expires = str(int(now - 1 if stale else now + self.config.url_ttl))
                 query = {"expires": expires, "sig": self._sign(task.task_id, name, expires)}
             suffix = f"?{urlencode(query)}" if query else ""
             urls.append(f"{self.files_url}/r/{task.task_id}/{name}{suffix}")
@@ -391,19 +392,22 @@ class Simulator:
         response = web.StreamResponse(headers={"Content-Type": "image/png" if fmt == "png" else "image/jpeg",
                                                "Cache-Control": "private, max-age=3600"})
         response.content_length = len(content)
-        await response.prepare(request)
         truncate = self.config.truncate_rate and self._rng.random() < self.config.truncate_rate
-        if truncate:
-            await response.write(content[: len(content) // 2])
-            self.stats.file_bytes += len(content) // 2
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError  # the client sees the body end early
-        chunk = 256 * 1024
-        for start in range(0, len(content), chunk):
-            await response.write(content[start:start + chunk])
-        self.stats.file_bytes += len(content)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            if truncate:
+                await response.write(content[: len(content) // 2])
+                self.stats.file_bytes += len(content) // 2
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError  # the client sees the body end early
+            chunk = 256 * 1024
+            for start in range(0, len(content), chunk):
+                await response.write(content[start:start + chunk])
+                self.stats.file_bytes += len(content[start:start + chunk])
+            await response.write_eof()
+        except ConnectionResetError:
+            raise asyncio.CancelledError from None  # the client went away: nothing to answer, nothing to log
         return response
 
     # ------------------------------------------------------------ callbacks
