@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import secrets
 import signal
@@ -472,7 +473,8 @@ def _signals(engine: Engine) -> Any:
     loop = asyncio.get_running_loop()
     handled = (signal.SIGINT, signal.SIGTERM)
     for signum in handled:
-        loop.add_signal_handler(signum, engine.stop, f"signal {signal.Signals(signum).name}", signum)
+        loop.add_signal_handler(signum, functools.partial(engine.stop, f"signal {signal.Signals(signum).name}",
+                                                          signum=signum))
     try:
         yield
     finally:

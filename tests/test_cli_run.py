@@ -1,0 +1,212 @@
+"""`batchgen run` as a user runs it: a real subprocess, real signals, against the simulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from batchgen import ledger, manifest
+
+from .conftest import KEY, manifest_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGEN_")}
+    return {**base, "BATCHGEN_API_KEY": KEY, **extra}
+
+
+def run_args(path: Path, out: Path, sim, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--api-base", sim.api_url,
+            "--poll-interval", "0.05", "--create-rate", "1000/1", "--poll-rate", "1000", *extra]
+
+
+async def start(args: list[str], **kw) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=kw.pop("env", env()), **kw)
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def cli(args: list[str], **kw) -> tuple[int, str, str]:
+    return await finish(await start(args, **kw))
+
+
+async def until(condition, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def check_directory(out: Path) -> dict:
+    """After any kill: results.json (if any) is complete JSON; every image under a final name is whole."""
+    if (out / "results.json").exists():
+        json.loads((out / "results.json").read_text())
+    loaded = ledger.load(out)
+    for image_path in [*out.glob("*.png"), *out.glob("*.jpg")]:
+        with Image.open(image_path) as image:
+            image.load()
+    return loaded.items
+
+
+async def test_run_non_tty_output_is_plain_lines_with_a_summary(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a", "b", "c"])
+    async with sim_factory(api_key=KEY) as sim:
+        code, stdout, stderr = await cli(run_args(path, tmp_path / "out", sim))
+    assert code == 0, stderr
+    assert "\r" not in stderr and "\r" not in stdout
+    assert "3 succeeded, 0 failed, 0 submitted, 0 pending" in stderr
+    assert KEY not in stderr + stdout
+
+
+async def test_json_log_format_is_one_object_per_line(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]"])
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, stderr = await cli(run_args(path, tmp_path / "out", sim, "--log-format", "json"))
+    assert code == 1
+    records = [json.loads(line) for line in stderr.splitlines()]
+    summary = [r for r in records if r.get("event") == "summary"]
+    assert len(summary) == 1 and summary[0]["exit_code"] == 1 and summary[0]["paid_creates"] == 2
+    assert any(r["level"] == "warning" and r.get("item") == "item-01" for r in records)
+
+
+async def test_manifest_errors_exit_2_and_submit_nothing(sim_factory, tmp_path):
+    async with sim_factory(api_key=KEY) as sim:
+        code, _, stderr = await cli(run_args(ROOT / "sample_manifests" / "invalid.yaml", tmp_path / "out", sim))
+        assert code == 2 and sim.stats.create_calls == 0
+    assert "item 'bad-seed': seed: expected an integer >= 1, got 0" in stderr
+    assert "nothing was submitted" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+async def test_plain_http_to_a_remote_host_is_refused_before_connecting(tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a"])
+    code, _, stderr = await cli([sys.executable, "-m", "batchgen", "run", str(path), "--out", str(tmp_path / "o"),
+                                 "--api-base", "http://api.example.com"])
+    assert code == 2 and "refusing to send the API key over plain http" in stderr
+
+
+async def test_missing_key_is_a_usage_error(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a"])
+    async with sim_factory() as sim:
+        code, _, stderr = await cli(run_args(path, tmp_path / "out", sim), env={**env(), "BATCHGEN_API_KEY": ""})
+    assert code == 2 and "no API key" in stderr
+
+
+async def test_dry_run_contacts_nothing_and_counts_against_the_ledger(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a", "b", "c [sim:fail-policy]"])
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        assert (await cli(run_args(path, out, sim)))[0] == 1
+        manifest_of(tmp_path / "m.yaml", ["a", "b changed", "c [sim:fail-policy]", "d", "e"])
+        calls = sim.stats.create_calls + sim.stats.polls
+        code, stdout, _ = await cli(run_args(path, out, sim, "--dry-run"))
+        assert sim.stats.create_calls + sim.stats.polls == calls
+    assert code == 0
+    assert "would submit 3: 2 new, 1 changed, 0 failed to retry" in stdout
+    assert "already done 1; failed and left alone 1 (use --retry-failed)" in stdout
+
+
+async def test_a_second_run_on_the_same_directory_exits_4(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a"])
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY) as sim:
+        with ledger.Ledger.open(out, "m.yaml"):
+            code, _, stderr = await cli(run_args(path, out, sim))
+        assert code == 4 and f"(pid {os.getpid()})" in stderr
+        assert sim.stats.create_calls == 0
+
+
+async def test_two_concurrent_runs_one_exits_4(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a", "b"])
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY, latency=0.5) as sim:
+        first = await start(run_args(path, out, sim))
+        await until(lambda: sim.stats.creates > 0)
+        code, _, stderr = await cli(run_args(path, out, sim))
+        assert code == 4 and "in use by another batchgen run" in stderr
+        assert (await finish(first))[0] == 0
+        assert sim.stats.creates == 2
+
+
+@pytest.mark.parametrize(("signum", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_signal_stops_quickly_and_resume_does_not_pay_again(sim_factory, tmp_path, signum, expected):
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(6)])
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY, latency=1.5, jitter=0) as sim:
+        proc = await start(run_args(path, out, sim, "--concurrency", "4"))
+        await until(lambda: sim.stats.creates >= 4)
+        await asyncio.sleep(0.1)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        code, _, stderr = await finish(proc)
+        assert code == expected, stderr
+        assert time.monotonic() - sent < 2.0
+        items = check_directory(out)
+        submitted = [r for r in items.values() if r["state"] == "submitted"]
+        assert len(submitted) == 4 and all(r["task_id"] for r in submitted)
+        code, _, stderr = await cli(run_args(path, out, sim))
+        assert code == 0, stderr
+        assert sim.stats.creates == 6 and set(sim.stats.creates_by_request.values()) == {1}
+
+
+async def test_max_runtime_saves_state_and_exits_5(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["quick", "slow [sim:slow]"])
+    async with sim_factory(api_key=KEY, latency=0.3) as sim:
+        started = time.monotonic()
+        code, _, stderr = await cli(run_args(path, tmp_path / "out", sim, "--max-runtime", "1"))
+        assert code == 5 and time.monotonic() - started < 5
+    assert "--max-runtime 1 s reached" in stderr and "run the same command again to continue" in stderr
+
+
+@pytest.mark.slow
+async def test_sigkill_at_random_moments_never_pays_twice_or_leaves_junk(sim_factory, tmp_path):
+    prompts = [f"a picture number {n}" + (" [sim:fail-transient:1]" if n % 5 == 0 else "") for n in range(16)]
+    path = manifest_of(tmp_path / "m.yaml", prompts)
+    out = tmp_path / "out"
+    moments = random.Random(20261126)
+    async with sim_factory(api_key=KEY, latency=0.6, jitter=0.3, truncate_rate=0.1) as sim:
+        killed = 0
+        for _ in range(6):
+            proc = await start(run_args(path, out, sim, "--concurrency", "4"))
+            await asyncio.sleep(moments.uniform(0.1, 1.0))
+            with contextlib.suppress(ProcessLookupError):  # it may have finished already
+                proc.kill()
+            killed += (await finish(proc))[0] == -signal.SIGKILL
+            check_directory(out)  # valid ledger and whole images after every kill
+        assert killed >= 3, "the runs finished before they could be killed: the test proves nothing"
+        code, _, stderr = await cli(run_args(path, out, sim))
+        assert code == 0, stderr
+        items = check_directory(out)
+        assert {r["state"] for r in items.values()} == {"succeeded"}
+        for item in manifest.load(path):
+            record = items[item.id]
+            paid = sim.stats.creates_by_request[manifest.derive_id(item.canonical)]
+            allowed = (2 if "fail-transient" in item.input["prompt"] else 1) + record.get("in_doubt", 0)
+            assert paid <= allowed, (item.id, paid, record)
+        assert not list((out / ".batchgen" / "tmp").glob("*"))
+
+
+async def test_simulate_quick_start_works_offline(tmp_path):
+    code, _, stderr = await cli([sys.executable, "-m", "batchgen", "run", str(ROOT / "sample_manifests" / "demo.yaml"),
+                                 "--out", str(tmp_path / "demo"), "--simulate"], env={**env(), "BATCHGEN_API_KEY": ""})
+    assert code == 0, stderr
+    assert len(list((tmp_path / "demo").glob("*.png"))) + len(list((tmp_path / "demo").glob("*.jpg"))) == 8
+    code, stdout, _ = await cli([sys.executable, "-m", "batchgen", "status", str(tmp_path / "demo"), "--json"])
+    assert code == 0 and json.loads(stdout)["counts"]["succeeded"] == 8
