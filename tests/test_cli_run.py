@@ -38,8 +38,8 @@ async def start(args: list[str], **kw) -> asyncio.subprocess.Process:
                                                 env=kw.pop("env", env()), **kw)
 
 
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> tuple[int, str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
 
 
