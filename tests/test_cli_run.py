@@ -210,3 +210,32 @@ async def test_simulate_quick_start_works_offline(tmp_path):
     assert len(list((tmp_path / "demo").glob("*.png"))) + len(list((tmp_path / "demo").glob("*.jpg"))) == 8
     code, stdout, _ = await cli([sys.executable, "-m", "batchgen", "status", str(tmp_path / "demo"), "--json"])
     assert code == 0 and json.loads(stdout)["counts"]["succeeded"] == 8
+
+
+async def test_a_terminal_gets_a_tqdm_bar(sim_factory, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    path = manifest_of(tmp_path / "m.yaml", ["a", "b"])
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal 120 wide
+    try:
+        async with sim_factory(api_key=KEY, latency=0.8) as sim:
+            proc = await asyncio.create_subprocess_exec(*run_args(path, tmp_path / "out", sim), env=env(),
+                                                        stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.DEVNULL, stderr=follower)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        os.close(follower)
+        follower = -1
+        screen = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal has nothing more to read
+            while chunk := os.read(leader, 65536):
+                screen += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    text = screen.decode(errors="replace")
+    assert "\r" in text and "2/2" in text and "img" in text

@@ -1,0 +1,232 @@
+"""Pure logic, no network: envelope reading, failure classes, backoff and limiter arithmetic, the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from batchgen import client, failures, ledger
+from batchgen.config import PollSchedule, RetryPolicy, Secret
+from batchgen.errors import (
+    AuthError,
+    LedgerError,
+    QuotaError,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+    UsageError,
+)
+from batchgen.limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
+
+SATURATED = "当前分组上游负载已饱和，请稍后再试"
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "expected"), [
+    (200, {}, '{"code":200,"msg":"success","data":{"taskId":"t1"}}', {"taskId": "t1"}),
+    (200, {}, '{"code":"200","message":"ok","data":null}', None),
+    (400, {}, '{"code":400,"msg":"input.prompt is required","data":null}', RequestRejected),
+    (200, {}, '{"code":400,"msg":"input.prompt is required","data":null}', RequestRejected),
+    (200, {}, '{"code":500,"msg":"internal error","data":null}', ServerError),
+    (200, {}, '{"code":"500","message":"internal error"}', ServerError),
+    (401, {}, '{"error":{"message":"invalid token (request id: x)","type":"new_api_error","code":""}}', AuthError),
+    (403, {}, '{"error":{"message":"quota","type":"new_api_error","code":"insufficient_user_quota"}}', QuotaError),
+    (413, {}, "", RequestRejected),
+    (422, {}, '{"code":422,"msg":"upstream validation rejected","data":null}', RequestRejected),
+    (429, {}, f'{{"code":"429","message":"{SATURATED}","data":null}}', RateLimited),
+    (429, {}, "", RateLimited),
+    (429, {}, f'{{"error":{{"message":"{SATURATED}","type":"new_api_error","code":"429"}}}}', RateLimited),
+    (200, {}, f'{{"code":"429","message":"{SATURATED}","data":null}}', RateLimited),
+    (502, {}, "<html>Bad Gateway</html>", ServerError),
+    (503, {}, "", ServerError),
+    (200, {}, "not json at all", ServerError),
+    (200, {}, "", ServerError),
+    (404, {}, "Not Found", UsageError),
+])
+def test_every_envelope_maps_to_data_or_one_error(status, headers, body, expected):
+    if isinstance(expected, type):
+        with pytest.raises(expected):
+            client.interpret(status, headers, body)
+    else:
+        assert client.interpret(status, headers, body) == expected
+
+
+def test_retry_after_is_honoured_in_seconds_or_as_a_date():
+    with pytest.raises(RateLimited) as info:
+        client.interpret(429, {"Retry-After": "7"}, "")
+    assert info.value.retry_after == 7
+    assert 25 < client.parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT",
+                                                         time.gmtime(time.time() + 30))) <= 30
+    assert client.parse_retry_after("soon") is None
+
+
+@pytest.mark.parametrize(("result_json", "urls", "problem"), [
+    ('{"resultUrls":["https://cdn/x.png"]}', ("https://cdn/x.png",), None),
+    ({"resultUrls": ["https://cdn/x.png", "https://cdn/y.png"]}, ("https://cdn/x.png", "https://cdn/y.png"), None),
+    ("{not json", (), "resultJson is not valid JSON"),
+    ('{"resultUrls":[]}', (), "the task succeeded but its resultJson has no resultUrls"),
+    ("", (), "the task succeeded but its resultJson has no resultUrls"),
+])
+def test_result_json_is_a_string_or_an_object(result_json, urls, problem):
+    record = client.parse_record("t", {"taskId": "t", "state": "success", "resultJson": result_json})
+    assert record.result_urls == urls and record.result_error == problem
+
+
+def test_record_tolerates_missing_and_null_fields():
+    record = client.parse_record("t", {"state": "fail", "failCode": None, "failMsg": ""})
+    assert record.finished and record.fail_code is None and record.fail_message is None
+    assert client.parse_record("t", {}).state == "waiting"
+
+
+@pytest.mark.parametrize(("code", "message", "kind"), [
+    ("500", "Internal Error, Please try again later.", "transient"),
+    (None, "upstream timeout", "transient"),
+    ("400", "Your prompt was flagged as violating content policies.", "policy"),
+    ("", "safety filter triggered", "policy"),
+    ("422", "invalid aspect ratio", "invalid"),
+    ("E123", "something new", "unknown"),
+])
+def test_failure_classification_table(code, message, kind):
+    assert failures.classify(code, message) == kind
+    assert failures.is_transient(code, message) == (kind == "transient")
+
+
+def test_backoff_is_capped_exponential_with_bounded_jitter():
+    policy = RetryPolicy(wait_initial=1, wait_max=10, wait_jitter=0.5)
+    assert [policy.delay(n, 0) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    assert policy.delay(1, 0.999) < 1.5
+
+
+def test_poll_schedule_follows_the_published_advice():
+    schedule = PollSchedule(2.5)
+    assert schedule.interval(0) == 2.5 and schedule.interval(29) == 2.5  # every 2-3 s for the first 30 s
+    assert 5 <= schedule.interval(31) <= 10 and 5 <= schedule.interval(119) <= 10
+    assert 15 <= schedule.interval(121) <= 30
+
+
+def test_secret_never_shows_its_value():
+    secret = Secret("sk-very-secret")
+    assert "sk-very" not in repr(secret) and "sk-very" not in str(secret) and "sk-very" not in f"{[secret]}"
+
+
+async def test_in_flight_limiter_never_lets_more_than_the_limit_run():
+    limiter = InFlightLimiter(3)
+    running = peak = 0
+
+    async def work(n: int) -> None:
+        nonlocal running, peak
+        await limiter.acquire()
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001 * (n % 3))
+        running -= 1
+        limiter.release()
+
+    await asyncio.gather(*(work(n) for n in range(50)))
+    assert 0 < peak <= 3 and limiter.in_flight == 0
+
+
+async def test_limiter_cut_takes_effect_for_new_slots():
+    limiter = InFlightLimiter(4, calm=0)
+    for _ in range(4):
+        await limiter.acquire()
+    limiter.on_saturated()  # the limit is now 2, with 4 in flight
+    waiter = asyncio.ensure_future(limiter.acquire())
+    for in_flight in (3, 2):
+        limiter.release()
+        await asyncio.sleep(0.01)
+        assert not waiter.done(), f"started with {in_flight} in flight and a limit of 2"
+    limiter.release()
+    await asyncio.sleep(0.01)
+    assert waiter.done() and limiter.in_flight == 2
+    waiter.result()
+
+
+async def test_rate_window_spaces_events():
+    window = RateWindow(3, 0.2, adaptive=False)
+    started = time.monotonic()
+    for _ in range(7):
+        await window.acquire()
+    assert time.monotonic() - started >= 0.4  # events 4-6 waited one window, event 7 a second one
+
+
+def test_rate_window_learns_from_429_and_recovers():
+    window = RateWindow(100, 1.0)
+    window.on_saturated()
+    assert window.count == 50
+    window.on_saturated()  # within the same window: one cut per window
+    assert window.count == 50
+    for _ in range(5000):
+        window.on_success()
+    assert window.count == 100
+
+
+async def test_token_bucket_paces_queries():
+    bucket = TokenBucket(50, burst=1)
+    started = time.monotonic()
+    for _ in range(6):
+        await bucket.acquire()
+    assert time.monotonic() - started >= 0.09
+
+
+def test_cooldown_grows_and_honours_retry_after():
+    cooldown = Cooldown(initial=1, maximum=8)
+    delays = [cooldown.trigger() for _ in range(5)]
+    assert 0.5 <= delays[0] <= 1 and 4 <= delays[3] <= 8 and delays[4] <= 8
+    assert cooldown.trigger(retry_after=2.5) == 2.5
+    cooldown.clear()
+    assert cooldown.strikes == 0
+
+
+# ---------------------------------------------------------------- the ledger
+
+
+def test_journal_replays_over_the_snapshot_and_a_torn_line_is_dropped(tmp_path):
+    with ledger.Ledger.open(tmp_path, "m.yaml") as book:
+        book.start_submit("a", {"model": "imagen4-ultra", "input": {"prompt": "p"}})
+        book.submitted("a", "task_1")
+        book.snapshot()
+        book.start_submit("b", {"model": "imagen4-ultra", "input": {"prompt": "q"}})
+        book.submitted("b", "task_2")
+        journal = tmp_path / ".batchgen" / "journal.jsonl"
+        whole = journal.read_bytes()
+        # a kill mid-append: half a line after the whole ones
+        with open(journal, "ab") as handle:
+            handle.write(b'{"id":"a","record":{"state":"succ')
+        loaded = ledger.load(tmp_path)
+        assert loaded.items["a"]["task_id"] == "task_1" and loaded.items["b"]["task_id"] == "task_2"
+        assert loaded.journal_bytes == len(whole)
+        book._journal_fd, fd = -1, book._journal_fd  # simulate the kill: no snapshot at close
+        import os
+
+        os.close(fd)
+        os.close(book._lock_fd)
+    with ledger.Ledger.open(tmp_path, "m.yaml") as book:  # the torn tail is cut before appending
+        assert book.items["b"]["state"] == "submitted"
+        book.succeeded("b", ["b.png"], ["0" * 64])
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["items"]["b"]["state"] == "succeeded" and doc["counts"]["succeeded"] == 1
+
+
+def test_invalid_results_json_is_never_overwritten(tmp_path):
+    (tmp_path / "results.json").write_text('{"version": 1, "items": {')
+    with pytest.raises(LedgerError, match="not valid JSON"):
+        ledger.Ledger.open(tmp_path, "m.yaml")
+    assert (tmp_path / "results.json").read_text() == '{"version": 1, "items": {'
+
+
+def test_a_newer_ledger_version_is_refused(tmp_path):
+    (tmp_path / "results.json").write_text('{"version": 2, "items": {}}')
+    with pytest.raises(LedgerError, match="version 2"):
+        ledger.Ledger.open(tmp_path, "m.yaml")
+
+
+def test_snapshot_is_replaced_atomically_and_no_temp_files_remain(tmp_path):
+    with ledger.Ledger.open(tmp_path, "m.yaml") as book:
+        for n in range(3):
+            book.start_submit(f"i{n}", {"model": "imagen4-ultra", "input": {"prompt": str(n)}})
+            book.snapshot()
+    assert sorted(p.name for p in (tmp_path / ".batchgen").iterdir()) == ["journal.jsonl", "lock"]
+    assert json.loads((tmp_path / "results.json").read_text())["counts"]["pending"] == 3
