@@ -117,6 +117,10 @@ class Engine:
         finally:
             if self._creating:  # createTask calls already sent: record their task ids before the ledger closes
                 await asyncio.wait(self._creating, timeout=SHUTDOWN_GRACE)
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        self.out.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)
 
     async def _main(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -147,7 +151,7 @@ class Engine:
         while True:
             await asyncio.sleep(0.5)
             self.ledger.maybe_snapshot()
-            self.out.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)
+            self._show_progress()
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self.out.warning(f"--max-runtime {self.s.max_runtime:g} s reached: stopping; rerun to continue")
                 self.stop("max-runtime")
