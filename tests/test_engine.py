@@ -305,3 +305,17 @@ async def test_the_key_is_in_no_file_under_the_output_directory(sim_factory, tmp
             assert KEY.encode() not in file.read_bytes(), file
     assert KEY not in stream.getvalue()
     assert "Secret('****')" in repr(make_settings(path, out, sim))
+
+
+async def test_csv_manifest_runs_like_its_yaml_twin(sim_factory, tmp_path):
+    root = Path(__file__).resolve().parents[1] / "sample_manifests"
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        outcome = await run(make_settings(root / "demo.csv", out, sim))
+        assert outcome.exit_code == 0 and sim.stats.creates == 8
+        outcome = await run(make_settings(root / "demo.yaml", out, sim))  # the same requests: nothing to do
+        assert outcome.exit_code == 0 and sim.stats.creates == 8
+    doc = results(out)
+    assert sorted(f for r in doc["items"].values() for f in r["files"]) == sorted(
+        p.name for p in out.iterdir() if p.suffix in (".png", ".jpg"))
+    assert {p.suffix for p in out.iterdir() if p.is_file() and p.name != "results.json"} == {".png", ".jpg"}
