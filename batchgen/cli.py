@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import __version__, config, engine, manifest, report
+from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import BatchgenError, ManifestError, UsageError
 from .progress import Reporter
@@ -71,6 +72,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="after this long, submit nothing more, save state and exit 5")
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
     p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
+    p.add_argument("--callback-listen", metavar="HOST:PORT",
+                   help="receive the callbacks here for the run's duration; they trigger an immediate status query")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -163,6 +166,11 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
     callback = args.callback_url
     if callback and (problem := manifest.check_callback_url(callback)):
         raise UsageError(f"--callback-url: {problem}")
+    if args.callback_listen:
+        try:
+            parse_listen(args.callback_listen)
+        except ValueError as exc:
+            raise UsageError(f"--callback-listen: {exc}") from exc
     api_base = args.api_base or env.get("BATCHGEN_API_BASE", "")
     if not args.simulate and not args.dry_run:
         if not api_base:
@@ -174,7 +182,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         concurrency=args.concurrency, create_rate=parse_rate(args.create_rate, "--create-rate"),
         poll_rate=args.poll_rate, poll=config.PollSchedule(args.poll_interval), max_attempts=args.max_attempts,
         task_timeout=args.task_timeout, retry_failed=args.retry_failed, limit=args.limit,
-        max_runtime=args.max_runtime, dry_run=args.dry_run, callback_url=callback, log_format=args.log_format,
+        max_runtime=args.max_runtime, dry_run=args.dry_run, callback_url=callback,
+        callback_listen=args.callback_listen, log_format=args.log_format,
         quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress,
     )
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import download, failures, manifest
+from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, TaskRecord, open_session
 from .config import PollSchedule, RunSettings, Secret
 from .errors import (
@@ -49,6 +50,7 @@ from .progress import Reporter
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 DOWNLOAD_SLOTS = 8  # result files fetched at once
 SHUTDOWN_GRACE = 3.0  # seconds a stopping run waits for createTask calls already sent
+CALLBACK_POLL_FACTOR = 4.0  # with callbacks on, polling is the fallback and runs this much slower
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class Counters:
     polls: int = 0
     downloads: int = 0
     in_doubt: int = 0
+    callbacks: int = 0  # valid callbacks that woke a poller
 
 
 @dataclass(slots=True)
@@ -100,6 +103,8 @@ class Engine:
         self.fatal: BatchgenError | None = None
         self._work: asyncio.Task[None] | None = None
         self._creating: set[asyncio.Task[str]] = set()
+        self._wakeups: dict[str, asyncio.Event] = {}  # task id -> its poller's alarm, rung by a callback
+        self.callback_url = settings.callback_url
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None
 
     # ------------------------------------------------------------ the run
@@ -214,7 +219,7 @@ class Engine:
     async def _submit(self, item: Item) -> str | None:
         """createTask with retries; the task id, or None if the item failed or must wait for the next run."""
         request = item.request
-        callback = item.callback_url or self.s.callback_url
+        callback = item.callback_url or self.callback_url
         saturated = failed = 0
         while True:
             await self.cooldown.wait()
@@ -297,18 +302,34 @@ class Engine:
         started = time.monotonic()
         deadline = started + self.s.task_timeout
         schedule: PollSchedule = self.s.poll
-        delay = schedule.interval(0) if first_poll is None else first_poll
-        while True:
-            if time.monotonic() + delay >= deadline:
-                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-                self.out.warning(f"item {item.id!r}: task {task_id} not finished after --task-timeout "
-                                 f"{self.s.task_timeout:g} s; it stays submitted, rerun to pick it up", item=item.id)
-                return None
-            await asyncio.sleep(delay)
-            delay = schedule.interval(time.monotonic() - started)
-            record = await self._query(task_id)
-            if record is not None and record.finished:
-                return record
+        # With callbacks on, polling is only the fallback: CALLBACK_POLL_FACTOR times less often.
+        slower = CALLBACK_POLL_FACTOR if self.callback_url and not item.callback_url else 1.0
+        delay = schedule.interval(0) * slower if first_poll is None else first_poll
+        alarm = self._wakeups.setdefault(task_id, asyncio.Event())
+        try:
+            while True:
+                if time.monotonic() + delay >= deadline:
+                    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                    self.out.warning(f"item {item.id!r}: task {task_id} not finished after --task-timeout "
+                                     f"{self.s.task_timeout:g} s; it stays submitted, rerun to pick it up",
+                                     item=item.id)
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(alarm.wait(), delay)  # a callback cuts the wait short
+                alarm.clear()
+                delay = schedule.interval(time.monotonic() - started) * slower
+                record = await self._query(task_id)
+                if record is not None and record.finished:
+                    return record
+        finally:
+            self._wakeups.pop(task_id, None)
+
+    def wake(self, task_id: str) -> None:
+        """A callback says this task may be finished: ask recordInfo now rather than at the next poll."""
+        alarm = self._wakeups.get(task_id)
+        if alarm is not None:
+            self.counters.callbacks += 1
+            alarm.set()
 
     async def _query(self, task_id: str) -> TaskRecord | None:
         """One recordInfo under the shared budget; None when there is no answer worth acting on yet."""
@@ -435,8 +456,9 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
         async with _service(settings, reporter) as (api_base, key), open_session(settings.timeouts) as session:
             engine = Engine(settings, items, plan, ledger, Client(session, api_base, key, settings.timeouts),
                             reporter)
-            with _signals(engine):
-                await engine.run()
+            async with _callbacks(settings, engine, reporter):
+                with _signals(engine):
+                    await engine.run()
         reporter.close()
         outcome = engine.outcome(time.monotonic() - started)
     if engine.fatal is not None:
@@ -472,6 +494,29 @@ async def _service(settings: RunSettings, reporter: Reporter) -> AsyncIterator[t
         yield sim.api_url, key
 
 
+@contextlib.asynccontextmanager
+async def _callbacks(settings: RunSettings, engine: Engine, reporter: Reporter) -> AsyncIterator[None]:
+    """With --callback-listen, receive the service's callbacks for the run's duration; they wake pollers."""
+    if not settings.callback_listen:
+        yield
+        return
+    host, port = parse_listen(settings.callback_listen)
+    if not settings.callback_url and not manifest.is_loopback(host):
+        raise UsageError("--callback-listen on an address other than loopback needs --callback-url: the public "
+                         "https:// URL that reaches this listener")
+    receiver = CallbackReceiver(host, port, engine.wake)
+    try:
+        await receiver.start()
+    except OSError as exc:
+        raise UsageError(f"--callback-listen {settings.callback_listen}: {exc.strerror or exc}") from exc
+    try:
+        engine.callback_url = receiver.url_for(settings.callback_url)
+        reporter.info(f"receiving callbacks on {host}:{receiver.port} (polling continues as the fallback)")
+        yield
+    finally:
+        await receiver.close()
+
+
 @contextlib.contextmanager
 def _signals(engine: Engine) -> Any:
     loop = asyncio.get_running_loop()
@@ -490,8 +535,8 @@ def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) ->
     c = outcome.counts
     n = outcome.counters
     reporter.summary(c, event="summary", paid_creates=n.creates, retries=n.retries, rate_limited=n.rate_limited,
-                     status_queries=n.polls, in_doubt=n.in_doubt, seconds=round(outcome.seconds, 3),
-                     exit_code=outcome.exit_code)
+                     status_queries=n.polls, callbacks=n.callbacks, in_doubt=n.in_doubt,
+                     seconds=round(outcome.seconds, 3), exit_code=outcome.exit_code)
     if reporter.fmt == "text" and not reporter.quiet:
         reporter.info(f"{n.creates} paid creates, {n.retries} retries, {n.rate_limited}x 429, {n.polls} status "
                       f"queries, {outcome.seconds:.1f} s; exit {outcome.exit_code}")

@@ -1,0 +1,88 @@
+"""Callbacks are hints: a valid one brings a status query forward; a forged one changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+
+import aiohttp
+
+from batchgen import engine, ledger
+from batchgen.callbacks import CallbackReceiver
+from batchgen.config import PollSchedule
+from batchgen.progress import Reporter
+
+from .conftest import make_settings, manifest_of
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_receiver_accepts_only_its_token_and_a_task_id():
+    seen: list[str] = []
+    async with CallbackReceiver("127.0.0.1", 0, seen.append) as receiver, aiohttp.ClientSession() as session:
+        url = receiver.url_for(None)
+        assert url.startswith(f"http://127.0.0.1:{receiver.port}/") and url.endswith(receiver.token)
+        good = {"code": 200, "msg": "success", "data": {"taskId": "task_1", "state": "success"}}
+        for target, body, status in [
+            (url, good, 200),
+            (url.replace(receiver.token, "guessed-token"), good, 404),
+            (f"http://127.0.0.1:{receiver.port}/", good, 404),
+            (url, {"data": {}}, 400),
+            (url, {"data": {"taskId": 5}}, 400),
+        ]:
+            async with session.post(target, json=body) as response:
+                assert response.status == status
+        async with session.post(url, data=b"not json") as response:
+            assert response.status == 400
+    assert seen == ["task_1"] and receiver.received == 1 and receiver.refused == 5
+
+
+async def test_behind_a_proxy_the_public_url_carries_the_token():
+    async with CallbackReceiver("127.0.0.1", 0, lambda _: None) as receiver:
+        assert receiver.url_for("https://hooks.example.com/batchgen/") == \
+            f"https://hooks.example.com/batchgen/{receiver.token}"
+
+
+async def _status_queries(sim, path, out, **kw) -> tuple[int, float]:
+    settings = make_settings(path, out, sim, poll=PollSchedule(0.1), **kw)
+    outcome = await engine.run(settings, Reporter(stream=io.StringIO()))
+    assert outcome.exit_code == 0
+    return outcome.counters.polls, outcome.counters.callbacks
+
+
+async def test_callbacks_cut_status_queries_per_task(sim_factory, tmp_path):
+    prompts = [f"p{n}" for n in range(6)]
+    async with sim_factory(latency=1.0, jitter=0) as sim:
+        polling, _ = await _status_queries(sim, manifest_of(tmp_path / "a.yaml", prompts), tmp_path / "a")
+    async with sim_factory(latency=1.0, jitter=0) as sim:
+        with_callbacks, woken = await _status_queries(sim, manifest_of(tmp_path / "b.yaml", prompts), tmp_path / "b",
+                                                      callback_listen=f"127.0.0.1:{free_port()}")
+        assert sim.stats.callbacks_sent == 6
+    assert woken == 6
+    assert with_callbacks / 6 <= 0.5 * polling / 6, (polling, with_callbacks)
+
+
+async def test_a_forged_callback_changes_nothing(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["slow [sim:slow]"])
+    out = tmp_path / "out"
+    async with sim_factory(latency=0.15, jitter=0) as sim, aiohttp.ClientSession() as session:
+        settings = make_settings(path, out, sim, callback_listen=f"127.0.0.1:{free_port()}")
+        run = asyncio.ensure_future(engine.run(settings, Reporter(stream=io.StringIO())))
+        while not sim._tasks:
+            await asyncio.sleep(0.01)
+        (task,) = sim._tasks.values()
+        forged = {"code": 200, "msg": "success", "data": {"taskId": task.task_id, "state": "success",
+                                                          "resultJson": json.dumps({"resultUrls": ["http://evil/x"]})}}
+        async with session.post(task.body["callBackUrl"], json=forged) as response:
+            assert response.status == 200  # the right token: the poller is woken, and asks recordInfo
+        await asyncio.sleep(0.3)
+        assert ledger.load(out).items["item-00"]["state"] == "submitted"  # recordInfo said: still generating
+        outcome = await run
+        assert outcome.exit_code == 0
+        assert sim.stats.file_requests == 1  # only the real result URL was ever fetched
