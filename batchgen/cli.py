@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("directory", metavar="DIR")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
+    contact = commands.add_parser("report", help="write DIR/index.html, a contact sheet of the images")
+    contact.add_argument("directory", metavar="DIR")
+
     sim = commands.add_parser("sim", help="run the simulated service on loopback, with fault injection")
     _add_sim_arguments(sim)
     return parser
@@ -74,6 +77,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
     p.add_argument("--callback-listen", metavar="HOST:PORT",
                    help="receive the callbacks here for the run's duration; they trigger an immediate status query")
+    p.add_argument("--report", action="store_true", help="write DIR/index.html at the end of the run")
+    p.add_argument("--metrics-file", metavar="PATH",
+                   help="write the run's figures as a Prometheus textfile (for node_exporter)")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -208,12 +214,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         reporter.close()
     engine.final_report(outcome, settings, reporter)
+    if args.metrics_file:
+        report.write_metrics(Path(args.metrics_file), manifest=settings.manifest.name, counts=outcome.counts,
+                             figures=engine.figures(outcome))
+    if args.report:
+        reporter.info(f"contact sheet: {report.write_report(settings.out)}")
     return outcome.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     doc = report.status(Path(args.directory))
     print(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(report.write_report(Path(args.directory)))
     return 0
 
 
@@ -251,7 +267,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "sim": cmd_sim}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "report": cmd_report,
+            "sim": cmd_sim}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

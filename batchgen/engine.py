@@ -531,12 +531,19 @@ def _signals(engine: Engine) -> Any:
             loop.remove_signal_handler(signum)
 
 
+def figures(outcome: Outcome) -> dict[str, float]:
+    """The run's figures for monitoring: the JSON summary line and the metrics file say the same."""
+    n = outcome.counters
+    return {"paid_creates": n.creates, "retries": n.retries, "rate_limited": n.rate_limited,
+            "status_queries": n.polls, "callbacks": n.callbacks, "in_doubt": n.in_doubt,
+            "seconds": round(outcome.seconds, 3), "exit_code": outcome.exit_code,
+            "finished_timestamp": int(time.time())}
+
+
 def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:
     c = outcome.counts
     n = outcome.counters
-    reporter.summary(c, event="summary", paid_creates=n.creates, retries=n.retries, rate_limited=n.rate_limited,
-                     status_queries=n.polls, callbacks=n.callbacks, in_doubt=n.in_doubt,
-                     seconds=round(outcome.seconds, 3), exit_code=outcome.exit_code)
+    reporter.summary(c, event="summary", **figures(outcome))
     if reporter.fmt == "text" and not reporter.quiet:
         reporter.info(f"{n.creates} paid creates, {n.retries} retries, {n.rate_limited}x 429, {n.polls} status "
                       f"queries, {outcome.seconds:.1f} s; exit {outcome.exit_code}")

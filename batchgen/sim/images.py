@@ -26,8 +26,9 @@ def variant_of(text: str) -> int:
 @lru_cache(maxsize=64)
 def render(width: int, height: int, fmt: str, quality: int, variant: int) -> bytes:
     """Encode a picture: colour gradients over noise, so PNGs are as large as real photos are."""
-    horizontal = Image.linear_gradient("L").resize((width, height)).rotate(90 * (variant % 4), expand=False)
     vertical = Image.linear_gradient("L").resize((width, height))
+    across = Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90).resize((width, height))
+    horizontal = across.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if variant % 2 else across
     noise = Image.effect_noise((width, height), 32 + 8 * variant)
     picture = Image.merge("RGB", (horizontal, noise, vertical))
     out = io.BytesIO()
