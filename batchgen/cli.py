@@ -70,6 +70,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-timeout", type=_positive_float, default=1800.0, metavar="SECONDS",
                    help="stop waiting for one task after this; it stays resumable (default 1800)")
     p.add_argument("--retry-failed", action="store_true", help="also resubmit items that failed for good earlier")
+    p.add_argument("--adopt-ledger", action="store_true",
+                   help="continue DIR's ledger although another manifest (by file name) made it")
     p.add_argument("--limit", type=_non_negative_int, metavar="N", help="submit at most N new tasks in this run")
     p.add_argument("--max-runtime", type=_positive_float, metavar="SECONDS",
                    help="after this long, submit nothing more, save state and exit 5")
@@ -187,7 +189,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         manifest=Path(args.manifest), out=Path(args.out), api_base=api_base, api_key=key, simulate=args.simulate,
         concurrency=args.concurrency, create_rate=parse_rate(args.create_rate, "--create-rate"),
         poll_rate=args.poll_rate, poll=config.PollSchedule(args.poll_interval), max_attempts=args.max_attempts,
-        task_timeout=args.task_timeout, retry_failed=args.retry_failed, limit=args.limit,
+        task_timeout=args.task_timeout, retry_failed=args.retry_failed, adopt_ledger=args.adopt_ledger,
+        limit=args.limit,
         max_runtime=args.max_runtime, dry_run=args.dry_run, callback_url=callback,
         callback_listen=args.callback_listen, log_format=args.log_format,
         quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress,

@@ -84,7 +84,8 @@ class Client:
         data = await self._call("POST", "/api/v1/jobs/createTask", json_body=body)
         task_id = data.get("taskId") if isinstance(data, dict) else None
         if not isinstance(task_id, str) or not task_id:
-            raise ServerError("createTask answered success without a taskId", status=200)
+            # The service said success: it may have created (and charged for) a task we cannot name.
+            raise TransportError("createTask answered success without a taskId", sent=True)
         return task_id
 
     async def record_info(self, task_id: str) -> TaskRecord | None:
@@ -110,13 +111,13 @@ class Client:
             async with self._session.request(method, url, json=json_body, params=params, headers=headers,
                                              allow_redirects=False) as response:
                 text = await response.text(errors="replace")
-                return interpret(response.status, response.headers, text)
+                return interpret(response.status, response.headers, text.replace(self._key.value, "****"))
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"cannot connect to {self._base}: {exc.os_error or exc}", sent=False) from exc
+        except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
+            raise TransportError(f"{path}: no answer within {self._timeouts.api_read:g} s") from exc
         except aiohttp.ClientError as exc:
             raise TransportError(f"{path}: {type(exc).__name__}: {exc}") from exc
-        except TimeoutError as exc:
-            raise TransportError(f"{path}: no answer within {self._timeouts.api_read:g} s") from exc
 
     # ------------------------------------------------------------ result files
 
@@ -125,18 +126,19 @@ class Client:
         """GET a result URL, without the key. Errors while reading the body are translated here too."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DownloadError(f"result URL is not http(s): {url[:100]!r}")
+            raise DownloadError(f"result URL is not http(s): {url[:100]!r}", permanent=True)
         timeout = aiohttp.ClientTimeout(total=self._timeouts.download_total, sock_connect=self._timeouts.connect,
                                         sock_read=self._timeouts.download_read)
         try:
             async with self._session.get(url, timeout=timeout, max_redirects=5) as response:
                 yield response
+        except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
+            raise DownloadError(f"download stalled: no data for {self._timeouts.download_read:g} s, or not "
+                                f"complete within {self._timeouts.download_total:g} s") from exc
         except aiohttp.TooManyRedirects as exc:
             raise DownloadError("result URL redirected too many times") from exc
         except aiohttp.ClientError as exc:
             raise DownloadError(f"download failed: {type(exc).__name__}: {exc}") from exc
-        except TimeoutError as exc:
-            raise DownloadError("download stalled (timeout)") from exc
 
 
 def parse_record(task_id: str, data: Mapping[str, Any]) -> TaskRecord:

@@ -82,6 +82,7 @@ class RunSettings:
     max_attempts: int = 3
     task_timeout: float = 1800.0
     retry_failed: bool = False
+    adopt_ledger: bool = False  # continue a ledger that another manifest made
     limit: int | None = None
     max_runtime: float | None = None
     dry_run: bool = False

@@ -38,6 +38,7 @@ from .errors import (
     RateLimited,
     RequestRejected,
     ServiceError,
+    StorageError,
     TransportError,
     UsageError,
 )
@@ -94,8 +95,7 @@ class Engine:
         self.cooldown = Cooldown(settings.retry.wait_initial, settings.retry.wait_max)
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self.rng = random.Random()
-        self.temp_dir = state_dir(settings.out) / "tmp"
-        self.temp_dir.mkdir(exist_ok=True)
+        self.temp_dir = state_dir(settings.out, "tmp")
         self.ids = [item.id for item in items]
         self.creates_left = settings.limit
         self.stop_reason: str | None = None
@@ -205,6 +205,11 @@ class Engine:
                 return
         except Stopped:
             return
+        except (StorageError, OSError) as exc:
+            problem = exc if isinstance(exc, StorageError) else StorageError(
+                f"cannot write in {self.s.out}: {exc.strerror or exc}; the ledger is intact: free some space and "
+                "rerun to continue")
+            self.stop("storage", fatal=problem)
         finally:
             release()
 
@@ -352,6 +357,7 @@ class Engine:
     async def _download(self, item: Item, task_id: str, record: TaskRecord) -> None:
         """Fetch every result file; expired URLs are refreshed with one recordInfo each time."""
         async with self.downloads:
+            last = "no attempt"
             for attempt in range(1, self.s.retry.attempts + 1):
                 if not record.result_urls:
                     if attempt >= 3:  # asked three times: the service has no result to give
@@ -366,7 +372,13 @@ class Engine:
                 try:
                     names, digests = await self._fetch_all(item, record.result_urls)
                 except DownloadError as exc:
+                    last = str(exc)
                     self.out.debug(f"item {item.id!r}: {exc}")
+                    if exc.permanent:
+                        error = error_record("bad_result", None, str(exc))
+                        self.ledger.failed(item.id, error)
+                        self._report_failure(item.id, error, 0)
+                        return
                     if exc.expired and (fresh := await self._query(task_id)) is not None and fresh.result_urls:
                         record = fresh  # signed URLs expire: these are new ones
                         continue
@@ -377,8 +389,8 @@ class Engine:
                 download.remove_stale(self.s.out, old, names)
                 self.counters.downloads += len(names)
                 return
-            self.out.warning(f"item {item.id!r}: could not download the result of {task_id}; it stays submitted, "
-                             "rerun to try again", item=item.id)
+            self.out.warning(f"item {item.id!r}: could not download the result of {task_id} ({last}); it stays "
+                             "submitted, rerun to try again", item=item.id)
 
     async def _fetch_all(self, item: Item, urls: tuple[str, ...]) -> tuple[list[str], list[str]]:
         names: list[str] = []
@@ -423,9 +435,14 @@ def _brief(error: dict[str, Any]) -> str:
 def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
     items = manifest.load(settings.manifest)
-    records = load(settings.out).items if (settings.out / "results.json").exists() or \
-        (settings.out / ".batchgen").exists() else {}
+    loaded = load(settings.out) if (settings.out / "results.json").exists() or \
+        (settings.out / ".batchgen").exists() else None
+    records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed)
+    if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
+        print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
+    if loaded and loaded.damaged:
+        print(f"  note: {loaded.damaged}; a run will rebuild it from the journal")
     summary = plan.summary()
     would = len(plan.submit) if settings.limit is None else min(settings.limit, len(plan.submit))
     print(f"{settings.manifest}: {len(items)} items -> {settings.out}")
@@ -449,10 +466,19 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
     """The main job. Raises ManifestError/UsageError (exit 2) or LockedError (exit 4) before any request."""
     started = time.monotonic()
     items = manifest.load(settings.manifest)
-    with Ledger.open(settings.out, settings.manifest.name) as ledger:
+    ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
+    outcome: Outcome | None = None
+    try:
+        if ledger.recovered:
+            reporter.warning(f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
+                             "damaged file is kept beside it as results.json.damaged-*")
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed)
         ledger.track(items)
         _announce(plan, items, settings, reporter)
+        if not plan.submit and not plan.resume:  # nothing to do: contact nothing, need no key
+            counts = ledger.counts(ledger.manifest_ids)
+            outcome = Outcome(1 if counts["failed"] else 0, counts, Counters(), time.monotonic() - started)
+            return outcome
         async with _service(settings, reporter) as (api_base, key), open_session(settings.timeouts) as session:
             engine = Engine(settings, items, plan, ledger, Client(session, api_base, key, settings.timeouts),
                             reporter)
@@ -461,9 +487,18 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
                     await engine.run()
         reporter.close()
         outcome = engine.outcome(time.monotonic() - started)
-    if engine.fatal is not None:
-        reporter.error(f"{engine.fatal}; run stopped, state saved")
-    return outcome
+        if engine.fatal is not None:
+            reporter.error(f"{engine.fatal}; run stopped, state saved")
+        return outcome
+    finally:
+        try:
+            ledger.close()
+        except StorageError as exc:  # the journal still holds what the snapshot could not: nothing is lost
+            if outcome is None:
+                raise
+            reporter.error(str(exc))
+            if outcome.exit_code in (0, 1):
+                outcome.exit_code = StorageError.exit_code
 
 
 def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Reporter) -> None:

@@ -5,6 +5,7 @@
     │   ├── ManifestError              exit 2: the manifest is invalid; carries every Problem at once
     │   └── LedgerError                exit 2: results.json or the journal cannot be trusted
     ├── LockedError                    exit 4: another run holds the output directory
+    ├── StorageError                   exit 5: the disk refused a write (full, I/O error); the run stops
     ├── ServiceError                   the service answered, and not with success
     │   ├── AuthError                  exit 3: 401, the key was refused (stop the run)
     │   ├── QuotaError                 exit 3: 403, quota or access (stop the run)
@@ -77,6 +78,15 @@ class LockedError(BatchgenError):
     exit_code = 4
 
 
+class StorageError(BatchgenError):
+    """A write to the output directory failed (ENOSPC, EIO, ...). The run stops; the ledger stays valid.
+
+    Exit 5, "incomplete": what was done is recorded, and a rerun continues once there is room.
+    """
+
+    exit_code = 5
+
+
 class ServiceError(BatchgenError):
     """The service answered with an error. `status` is the HTTP status, `code` the body's code."""
 
@@ -147,6 +157,7 @@ class DownloadError(BatchgenError):
 
     retryable = True
 
-    def __init__(self, message: str, *, expired: bool = False) -> None:
+    def __init__(self, message: str, *, expired: bool = False, permanent: bool = False) -> None:
         super().__init__(message)
-        self.expired = expired
+        self.expired = expired  # 401/403/404/410 from the result host: the signed URL may have expired
+        self.permanent = permanent  # no retry can help (the URL is not http(s))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import LedgerError, LockedError, UsageError
+from .errors import LedgerError, LockedError, StorageError, UsageError
 
 if TYPE_CHECKING:
     from .manifest import Item as ManifestItem
@@ -36,6 +36,8 @@ State = Literal["pending", "submitted", "succeeded", "failed"]
 RESULTS = "results.json"
 STATE_DIR = ".batchgen"
 JOURNAL = "journal.jsonl"
+PREVIOUS = "previous.json"  # the snapshot before results.json ...
+PREVIOUS_JOURNAL = "previous-journal.jsonl"  # ... and the journal from it to results.json: recovery material
 LOCK = "lock"
 SNAPSHOT_EVERY = 5.0  # seconds between snapshots at the least (more for a large ledger: see _due)
 
@@ -58,13 +60,14 @@ def _open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         raise
 
 
-def state_dir(directory: Path) -> Path:
-    """DIR/.batchgen, created if missing; never a symlink."""
+def state_dir(directory: Path, sub: str | None = None) -> Path:
+    """DIR/.batchgen (or a folder in it), created if missing; never through a symlink."""
     path = directory / STATE_DIR
-    if path.is_symlink():
-        raise UsageError(f"{path} is a symbolic link; batchgen keeps its state only in a real directory")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    for folder in (path, path / sub) if sub else (path,):
+        if folder.is_symlink():
+            raise UsageError(f"{folder} is a symbolic link; batchgen keeps its files only in a real directory")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path / sub if sub else path
 
 
 def write_atomically(path: Path, data: bytes, temp_dir: Path) -> None:
@@ -103,49 +106,112 @@ class Loaded:
     updated_at: str | None
     journal_bytes: int  # the length of the journal's whole lines (a torn tail is beyond it)
     not_in_manifest: frozenset[str] = frozenset()
+    damaged: str | None = None  # why results.json could not be used, when the state was recovered without it
 
 
 def load(directory: Path) -> Loaded:
-    """Read results.json and replay the journal over it, without taking the lock or writing anything."""
-    items: dict[str, dict[str, Any]] = {}
-    manifest = updated = None
-    retired: frozenset[str] = frozenset()
+    """Read results.json and replay the journal over it, without taking the lock or writing anything.
+
+    A damaged results.json (not JSON, not a ledger, a record without a valid state) is recovered from the
+    previous snapshot and the two journals since it, when they are all there and whole; otherwise LedgerError.
+    """
+    folder = directory / STATE_DIR
     snapshot = directory / RESULTS
-    if snapshot.exists():
+    journal, good = _read_journal(folder / JOURNAL)
+    if not snapshot.exists():
+        if (folder / PREVIOUS).exists():
+            return _recover(directory, journal, good, f"{snapshot} is missing")
+        return Loaded(_replay({}, journal), None, None, good)
+    try:
+        document = _read_snapshot(snapshot)
+    except _Damaged as exc:
+        return _recover(directory, journal, good, str(exc))
+    retired = frozenset(document.get("not_in_manifest") or ())
+    return Loaded(_replay(document["items"], journal), document.get("manifest"), document.get("updated_at"), good,
+                  retired)
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _read_snapshot(path: Path) -> dict[str, Any]:
+    """A snapshot's document; _Damaged if it is not a whole, well-formed ledger; LedgerError if it is newer."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Damaged(f"{path} is not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise LedgerError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("items"), dict):
+        raise _Damaged(f"{path} is not a batchgen ledger (no 'items' object)")
+    version = document.get("version")
+    if isinstance(version, int) and version > VERSION:
+        raise LedgerError(f"{path} is ledger version {version}; this batchgen reads version {VERSION}. "
+                          "Use a newer batchgen, or another --out directory; the file was not changed")
+    if version != VERSION:
+        raise _Damaged(f"{path} has no valid version (found {version!r})")
+    for item_id, record in document["items"].items():
+        if not isinstance(record, dict) or record.get("state") not in STATES:
+            raise _Damaged(f"{path}: item {item_id!r} has no valid state")
+    return document
+
+
+def _recover(directory: Path, journal: list[tuple[str, dict[str, Any]]], good: int, why: str) -> Loaded:
+    """The state without results.json: the previous snapshot + the journal before it + the current journal."""
+    folder = directory / STATE_DIR
+    base: dict[str, Any] = {"items": {}}
+    if (folder / PREVIOUS).exists():
         try:
-            document = json.loads(snapshot.read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise LedgerError(f"{snapshot} is not valid JSON ({exc}); batchgen has not changed it. Restore it, "
-                              "or move it aside to start a new ledger (the images stay where they are)") from exc
-        except OSError as exc:
-            raise LedgerError(f"cannot read {snapshot}: {exc.strerror or exc}") from exc
-        if not isinstance(document, dict) or not isinstance(document.get("items"), dict):
-            raise LedgerError(f"{snapshot} is not a batchgen ledger (no 'items' object); batchgen has not "
-                              "changed it. Move it aside to start a new ledger")
-        version = document.get("version")
-        if version != VERSION:
-            raise LedgerError(f"{snapshot} is ledger version {version!r}; this batchgen reads version {VERSION}. "
-                              "Use a newer batchgen, or another --out directory")
-        items = document["items"]
-        manifest = document.get("manifest")
-        updated = document.get("updated_at")
-        retired = frozenset(document.get("not_in_manifest") or ())
-    journal = directory / STATE_DIR / JOURNAL
+            base = _read_snapshot(folder / PREVIOUS)
+        except _Damaged as exc:
+            raise LedgerError(f"{why}, and so is its previous copy ({exc}). batchgen has changed neither. "
+                              "Restore results.json from a backup, or move it aside to start a new ledger "
+                              "(the images stay where they are)") from exc
+    elif not (folder / PREVIOUS_JOURNAL).exists() and not journal:
+        raise LedgerError(f"{why}, and there is no journal to rebuild it from; batchgen has not changed it. "
+                          "Restore it from a backup, or move it aside to start a new ledger (the images stay)")
+    earlier, _ = _read_journal(folder / PREVIOUS_JOURNAL, strict=True)
+    items = _replay(_replay(base["items"], earlier), journal)
+    return Loaded(items, base.get("manifest"), base.get("updated_at"), good,
+                  frozenset(base.get("not_in_manifest") or ()), damaged=why)
+
+
+def _read_journal(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """A journal's entries, and the length of its whole lines. A torn last line is dropped."""
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    entries: list[tuple[str, dict[str, Any]]] = []
     good = 0
-    if journal.exists():
-        data = journal.read_bytes()
-        for number, line in enumerate(_lines(data), start=1):
-            text, end = line
-            try:
-                entry = json.loads(text)
-                items[entry["id"]] = entry["record"]
-            except (ValueError, KeyError, TypeError) as exc:
-                if end == len(data) and not data.endswith(b"\n"):
-                    break  # a torn last line: the write it belonged to never finished
-                raise LedgerError(f"{journal}: line {number} is damaged ({exc}); batchgen has not changed it. "
-                                  "Move the .batchgen folder aside to continue from results.json alone") from exc
-            good = end
-    return Loaded(items, manifest, updated, good, retired)
+    for number, (text, end) in enumerate(_lines(data), start=1):
+        try:
+            entry = json.loads(text)
+            item_id, record = entry["id"], entry["record"]
+            if not isinstance(item_id, str) or not isinstance(record, dict) or record.get("state") not in STATES:
+                raise TypeError("not an item record")
+        except (ValueError, KeyError, TypeError) as exc:
+            if end == len(data) and not data.endswith(b"\n") and not strict:
+                break  # a torn last line: the write it belonged to never finished
+            raise LedgerError(f"{path}: line {number} is damaged ({exc}); batchgen has not changed it. Move it "
+                              "aside to continue from results.json alone (changes since the last snapshot are "
+                              "then forgotten)") from exc
+        entries.append((item_id, record))
+        good = end
+    return entries, good
+
+
+def _replay(items: dict[str, dict[str, Any]], journal: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    for item_id, record in journal:
+        items[item_id] = record
+    return items
+
+
+def _keep_damaged(directory: Path) -> None:
+    """Move a damaged results.json aside (never delete it): results.json.damaged-<UTC time>."""
+    damaged = directory / RESULTS
+    if damaged.exists():
+        os.replace(damaged, directory / f"{RESULTS}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
 
 
 def _lines(data: bytes) -> Iterator[tuple[bytes, int]]:
@@ -171,13 +237,18 @@ class Ledger:
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = 0.0
         self.manifest_ids: frozenset[str] | None = None
+        self.recovered: str | None = None  # why results.json was rebuilt from the journals, if it was
         self._retired = loaded.not_in_manifest
 
     # ------------------------------------------------------------ opening and closing
 
     @classmethod
-    def open(cls, directory: Path, manifest: str) -> Ledger:
-        """Lock DIR (LockedError if another run holds it) and load its ledger."""
+    def open(cls, directory: Path, manifest: str, *, adopt: bool = False) -> Ledger:
+        """Lock DIR (LockedError if another run holds it) and load its ledger.
+
+        A ledger made for another manifest is refused (LedgerError) unless `adopt`. A damaged results.json that
+        could be rebuilt is kept beside the new one as results.json.damaged-<time>.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         folder = state_dir(directory)
         lock_fd = _open_nofollow(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
@@ -192,12 +263,22 @@ class Ledger:
             os.ftruncate(lock_fd, 0)
             os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
             loaded = load(directory)
+            if loaded.manifest not in (None, manifest) and not adopt:
+                raise LedgerError(f"{directory / RESULTS} was made for the manifest {loaded.manifest!r}, not "
+                                  f"{manifest!r}; nothing was changed. Use another --out directory, or pass "
+                                  "--adopt-ledger to continue this ledger with the new manifest")
+            if loaded.damaged:
+                _keep_damaged(directory)
             journal_fd = _open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.ftruncate(journal_fd, loaded.journal_bytes)  # drop a torn last line before appending after it
         except BaseException:
             os.close(lock_fd)
             raise
         ledger = cls(directory, loaded, manifest, lock_fd, journal_fd)
+        if loaded.damaged:
+            ledger.recovered = loaded.damaged
+            ledger._dirty = True
+            ledger.snapshot()
         ledger._settle_in_doubt()
         return ledger
 
@@ -303,9 +384,12 @@ class Ledger:
 
     def _write(self, item_id: str, record: dict[str, Any], *, sync: bool) -> None:
         line = json.dumps({"id": item_id, "record": record}, ensure_ascii=False, separators=(",", ":"))
-        os.write(self._journal_fd, line.encode("utf-8") + b"\n")
-        if sync:
-            os.fsync(self._journal_fd)
+        try:
+            os.write(self._journal_fd, line.encode("utf-8") + b"\n")
+            if sync:
+                os.fsync(self._journal_fd)
+        except OSError as exc:
+            raise StorageError(f"cannot write the journal in {self._state_dir}: {exc.strerror or exc}") from exc
         self.items[item_id] = record
         self._dirty = True
 
@@ -339,8 +423,25 @@ class Ledger:
         if ids is not None:
             document["not_in_manifest"] = sorted(set(self.items) - ids)
         data = json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
-        write_atomically(self.directory / RESULTS, data, self._state_dir)
-        os.ftruncate(self._journal_fd, 0)
+        results = self.directory / RESULTS
+        try:
+            # Keep the snapshot being replaced and the journal that leads from it to the new one: if results.json
+            # is ever damaged, the two rebuild it with certainty (see load).
+            if results.exists():
+                link = self._state_dir / f".{PREVIOUS}.tmp"
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(link)
+                os.link(results, link)
+                os.replace(link, self._state_dir / PREVIOUS)
+            write_atomically(results, data, self._state_dir)
+            os.replace(self._state_dir / JOURNAL, self._state_dir / PREVIOUS_JOURNAL)
+            fresh = _open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot write {results}: {exc.strerror or exc}; the previous ledger and the "
+                               "journal are intact, so the next run continues from them") from exc
+        os.close(self._journal_fd)
+        self._journal_fd = fresh
+        fsync_dir(self._state_dir)
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = self._last_snapshot - started

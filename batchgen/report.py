@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -22,10 +21,7 @@ def status(directory: Path) -> dict[str, Any]:
     if not (directory / RESULTS).exists() and not (directory / STATE_DIR).exists():
         raise UsageError(f"{directory} has no ledger ({RESULTS}): nothing has run there yet")
     loaded = load(directory)
-    snapshot: dict[str, Any] = {}
-    if (directory / RESULTS).exists():
-        snapshot = json.loads((directory / RESULTS).read_bytes())
-    retired = set(snapshot.get("not_in_manifest") or ())
+    retired = set(loaded.not_in_manifest)
     counts = dict.fromkeys(STATES, 0)
     failed, in_doubt, incomplete = [], [], []
     for item_id, record in loaded.items.items():
@@ -49,6 +45,7 @@ def status(directory: Path) -> dict[str, Any]:
         "in_doubt": in_doubt,
         "not_in_manifest": sorted(retired & set(loaded.items)),
         "files": sum(len(r.get("files") or ()) for i, r in loaded.items.items() if i not in retired),
+        "damaged": loaded.damaged,
     }
 
 
@@ -58,6 +55,8 @@ def status_text(doc: dict[str, Any]) -> str:
     lines = [f"{doc['directory']}: {total} items from {doc['manifest'] or '(unknown manifest)'}, "
              f"updated {doc['updated_at'] or 'never'}",
              "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {doc['files']} image files"]
+    if doc.get("damaged"):
+        lines.append(f"  warning: {doc['damaged']}; the next run rebuilds it from the journal")
     for entry in doc["failed"]:
         error = entry["error"] or {}
         code = f"{error.get('code')}: " if error.get("code") else ""
@@ -89,8 +88,7 @@ def write_report(directory: Path) -> Path:
     doc = status(directory)
     items = load(directory).items
     retired = set(doc["not_in_manifest"])
-    thumbs = state_dir(directory) / THUMB_DIR
-    thumbs.mkdir(exist_ok=True)
+    thumbs = state_dir(directory, THUMB_DIR)
     shown = [(item_id, record) for item_id, record in items.items()
              if item_id not in retired and record.get("state") == "succeeded" and record.get("files")]
     names = [name for _, record in shown for name in record["files"]]

@@ -313,7 +313,7 @@ async def test_csv_manifest_runs_like_its_yaml_twin(sim_factory, tmp_path):
     async with sim_factory() as sim:
         outcome = await run(make_settings(root / "demo.csv", out, sim))
         assert outcome.exit_code == 0 and sim.stats.creates == 8
-        outcome = await run(make_settings(root / "demo.yaml", out, sim))  # the same requests: nothing to do
+        outcome = await run(make_settings(root / "demo.yaml", out, sim, adopt_ledger=True))  # the same requests
         assert outcome.exit_code == 0 and sim.stats.creates == 8
     doc = results(out)
     assert sorted(f for r in doc["items"].values() for f in r["files"]) == sorted(

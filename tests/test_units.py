@@ -228,5 +228,6 @@ def test_snapshot_is_replaced_atomically_and_no_temp_files_remain(tmp_path):
         for n in range(3):
             book.start_submit(f"i{n}", {"model": "imagen4-ultra", "input": {"prompt": str(n)}})
             book.snapshot()
-    assert sorted(p.name for p in (tmp_path / ".batchgen").iterdir()) == ["journal.jsonl", "lock"]
+    assert sorted(p.name for p in (tmp_path / ".batchgen").iterdir()) == [
+        "journal.jsonl", "lock", "previous-journal.jsonl", "previous.json"]
     assert json.loads((tmp_path / "results.json").read_text())["counts"]["pending"] == 3

@@ -339,6 +339,9 @@ class Simulator:
         urls = []
         for n in range(1, self.config.results_per_task + 1):
             name = f"{n}.{ext}"
+            if self.config.result_url is not None:
+                urls.append(self.config.result_url.format(task_id=task.task_id, n=n, ext=ext))
+                continue
             query = {}
             if self.config.url_ttl is not None:
                 stale = self.config.expired_url_rate and self._rng.random() < self.config.expired_url_rate

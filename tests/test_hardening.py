@@ -1,0 +1,443 @@
+"""Hostile inputs, hostile servers, corrupted state, a full disk, secrets: nothing lost, nothing leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from batchgen import engine, ledger, manifest
+from batchgen.config import RetryPolicy, Secret, Timeouts, read_key
+from batchgen.errors import LedgerError, ManifestError
+from batchgen.progress import Reporter
+
+from .conftest import KEY, make_settings, manifest_of
+
+
+async def run(settings, stream: io.StringIO | None = None) -> engine.Outcome:
+    return await engine.run(settings, Reporter(stream=stream or io.StringIO(), verbose=True))
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+# ---------------------------------------------------------------- 1. hostile manifests
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
+                    st.text(max_size=40))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12),
+                                                                                          inner, max_size=4),
+                      max_leaves=12)
+fieldish = st.sampled_from([*manifest.schema.ALL_FIELDS, "aspect-ratio", "", "<<", "items", "defaults"])
+items = st.dictionaries(st.one_of(fieldish, st.text(max_size=10)), values, max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.one_of(st.lists(items, max_size=5), st.fixed_dictionaries({"items": st.lists(items, max_size=4)},
+                                                                               optional={"defaults": items}), values))
+def test_any_yaml_structure_gives_items_or_a_manifest_error(tmp_path_factory, document):
+    import yaml
+
+    path = tmp_path_factory.mktemp("h") / "m.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    _loads_or_manifest_error(path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300), suffix=st.sampled_from([".yaml", ".csv"]))
+def test_any_text_gives_items_or_a_manifest_error(tmp_path_factory, text, suffix):
+    path = tmp_path_factory.mktemp("h") / f"m{suffix}"
+    path.write_bytes(text.encode("utf-8", errors="surrogatepass"))  # lone surrogates make invalid UTF-8
+    _loads_or_manifest_error(path)
+
+
+def _loads_or_manifest_error(path: Path) -> None:
+    try:
+        loaded = manifest.load(path)
+    except ManifestError as exc:
+        assert exc.problems and all(p.file == str(path) for p in exc.problems)
+        return
+    assert loaded and all(manifest.ID_PATTERN.fullmatch(i.id) and i.input["prompt"].strip() for i in loaded)
+
+
+@pytest.mark.parametrize("content", [b"- prompt: a\n\tseed: 1\n", bytes(range(256)) * 1200,
+                                     b"prompt\n" + b'"' + b"x" * 2_000_000 + b'"\n', b""])
+def test_run_refuses_hostile_manifests_with_exit_2_in_bounded_memory(tmp_path, content):
+    import resource
+
+    path = tmp_path / ("m.csv" if content.startswith(b"prompt") else "m.yaml")
+    path.write_bytes(content)
+    limit = 1536 * 1024 * 1024  # address space: a few hundred MB of heap at most, beside the interpreter's own
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "batchgen", "run", str(path), "--out", str(tmp_path / "out"),
+                           "--api-base", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60,
+                          preexec_fn=cap, env={**os.environ, "BATCHGEN_API_KEY": KEY})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and str(path) in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- 2. hostile or broken file hosts
+
+PNG = io.BytesIO()
+Image.new("RGB", (64, 48), "teal").save(PNG, "PNG")
+PNG_BYTES = PNG.getvalue()
+
+
+@contextlib.asynccontextmanager
+async def hostile_host():
+    async def html(_: web.Request) -> web.Response:
+        return web.Response(text="<html><body>Access denied</body></html>", content_type="text/html")
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(b"\0" * 65536)
+        return response
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = len(PNG_BYTES)
+        await response.prepare(request)
+        await response.write(PNG_BYTES[:100])
+        await asyncio.sleep(30)
+        return response
+
+    async def no_length(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(PNG_BYTES)
+        await response.write_eof()
+        return response
+
+    async def to_file(_: web.Request) -> web.Response:
+        raise web.HTTPFound("file:///etc/passwd")
+
+    async def to_ftp(_: web.Request) -> web.Response:
+        raise web.HTTPFound("ftp://127.0.0.1/x.png")
+
+    async def image(_: web.Request) -> web.Response:
+        return web.Response(body=PNG_BYTES, content_type="image/png")
+
+    app = web.Application()
+    for route, handler in [("/html", html), ("/endless", endless), ("/stall", stall), ("/nolength", no_length),
+                           ("/to-file", to_file), ("/to-ftp", to_ftp), ("/{tail:.*}", image)]:
+        app.router.add_get(route, handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("path", "outcome_state", "reason"), [
+    ("/html", "submitted", "text/html"),
+    ("/endless", "submitted", "limit"),
+    ("/stall", "submitted", "stalled"),
+    ("/to-file", "submitted", "download failed"),
+    ("/to-ftp", "submitted", "download failed"),
+    ("/nolength", "succeeded", None),
+    ("/..%2F..%2Fescape.png", "succeeded", None),
+    ("/../../outside.png", "succeeded", None),
+])
+async def test_hostile_result_hosts_never_write_outside_dir_or_half_files(sim_factory, tmp_path, path,
+                                                                          outcome_state, reason):
+    manifest_path = manifest_of(tmp_path / "m.yaml", ["a"])
+    out = tmp_path / "work" / "out"
+    stream = io.StringIO()
+    async with hostile_host() as host, sim_factory(latency=0.05, result_url=host + path) as sim:
+        settings_ = make_settings(manifest_path, out, sim, max_image_bytes=1024 * 1024,
+                                  timeouts=Timeouts(download_read=0.3, download_total=5),
+                                  retry=RetryPolicy(attempts=3, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01))
+        outcome = await asyncio.wait_for(run(settings_, stream), 60)
+    record = results(out)["items"]["item-00"]
+    assert record["state"] == outcome_state
+    assert outcome.exit_code == (0 if outcome_state == "succeeded" else 5)
+    written = sorted(p.name for p in (tmp_path / "work").iterdir())
+    assert written == ["out"]  # nothing beside DIR
+    images = [p for p in out.iterdir() if p.suffix in (".png", ".jpg")]
+    assert [p.name for p in images] == (["item-00.png"] if outcome_state == "succeeded" else [])
+    assert not list((out / ".batchgen" / "tmp").iterdir())
+    if reason:
+        assert reason in stream.getvalue()
+
+
+async def test_a_non_http_result_url_fails_the_item_with_its_reason(sim_factory, tmp_path):
+    out = tmp_path / "out"
+    async with sim_factory(latency=0.05, result_url="file:///etc/passwd") as sim:
+        outcome = await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a"]), out, sim))
+    assert outcome.exit_code == 1
+    error = results(out)["items"]["item-00"]["error"]
+    assert error["kind"] == "bad_result" and "not http(s)" in error["message"]
+
+
+# ---------------------------------------------------------------- 3. planted files
+
+async def test_planted_symlinks_and_files_are_never_written_through_or_trusted(sim_factory, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "item-00.png").symlink_to(victim)  # where an image will go
+    (out / "item-01.png").write_bytes(b"not the picture")  # a regular file under an item's name
+    async with sim_factory() as sim:
+        outcome = await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a", "b"]), out, sim))
+        assert outcome.exit_code == 0 and sim.stats.creates == 2
+    assert victim.read_text() == "precious"
+    assert not (out / "item-00.png").is_symlink()
+    import hashlib
+
+    for item_id, record in results(out)["items"].items():
+        data = (out / record["files"][0]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == record["sha256"][0], item_id
+
+
+@pytest.mark.parametrize("planted", [".batchgen", ".batchgen/tmp"])
+async def test_a_symlinked_state_folder_is_refused(sim_factory, tmp_path, planted):
+    out = tmp_path / "out"
+    (out / planted).parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / planted).symlink_to(elsewhere)
+    async with sim_factory() as sim:
+        with pytest.raises(Exception, match="symbolic link"):
+            await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a"]), out, sim))
+    assert not list(elsewhere.iterdir())
+
+
+# ---------------------------------------------------------------- 4. corrupted state
+
+async def _two_snapshots(sim_factory, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a", "b"]), out, sim))
+        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a", "b", "c"]), out, sim))
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "hand-edit", "delete"])
+async def test_a_damaged_results_json_is_rebuilt_from_the_journal_and_kept(sim_factory, tmp_path, damage):
+    out = await _two_snapshots(sim_factory, tmp_path)
+    good = results(out)["items"]
+    original = (out / "results.json").read_bytes()
+    if damage == "truncate":
+        (out / "results.json").write_bytes(original[: len(original) // 2])
+    elif damage == "garbage":
+        (out / "results.json").write_bytes(b"\0\xff" * 100)
+    elif damage == "hand-edit":
+        doc = json.loads(original)
+        doc["items"]["item-00"]["state"] = "done!"
+        (out / "results.json").write_text(json.dumps(doc))
+    else:
+        (out / "results.json").unlink()
+    status = subprocess.run([sys.executable, "-m", "batchgen", "status", str(out)], capture_output=True, text=True)
+    assert status.returncode == 0 and "rebuilds it from the journal" in status.stdout
+    async with sim_factory() as sim:
+        stream = io.StringIO()
+        outcome = await run(make_settings(tmp_path / "m.yaml", out, sim), stream)
+        assert outcome.exit_code == 0 and sim.stats.create_calls == 0
+    assert results(out)["items"] == good
+    assert "rebuilt it from the previous snapshot and the journal" in stream.getvalue()
+    kept = list(out.glob("results.json.damaged-*"))
+    assert len(kept) == (0 if damage == "delete" else 1)
+
+
+async def test_unrecoverable_damage_is_exit_2_and_changes_nothing(sim_factory, tmp_path):
+    out = await _two_snapshots(sim_factory, tmp_path)
+    (out / "results.json").write_text("{broken")
+    (out / ".batchgen" / "previous.json").write_text("{also broken")
+    before = sorted(p.name for p in out.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "batchgen", "run", str(tmp_path / "m.yaml"), "--out", str(out),
+                           "--api-base", "http://127.0.0.1:9"], capture_output=True, text=True,
+                          env={**os.environ, "BATCHGEN_API_KEY": KEY})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "results.json is not valid JSON" in proc.stderr and "Restore results.json from a backup" in proc.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert (out / "results.json").read_text() == "{broken"
+
+
+def test_a_journal_damaged_in_the_middle_is_refused(tmp_path):
+    with ledger.Ledger.open(tmp_path, "m.yaml") as book:
+        book.start_submit("a", {"model": "imagen4-ultra", "input": {"prompt": "p"}})
+        book.snapshot()
+        book.start_submit("b", {"model": "imagen4-ultra", "input": {"prompt": "q"}})
+        book.start_submit("c", {"model": "imagen4-ultra", "input": {"prompt": "r"}})
+        journal = tmp_path / ".batchgen" / "journal.jsonl"
+        lines = journal.read_bytes().split(b"\n")
+        journal.write_bytes(lines[0][:10] + b"\n" + b"\n".join(lines[1:]))
+        book._dirty = False  # keep the damage for the next reader
+    with pytest.raises(LedgerError, match="line 1 is damaged"):
+        ledger.load(tmp_path)
+
+
+def test_newer_ledger_and_other_manifest_are_refused(tmp_path):
+    (tmp_path / "results.json").write_text('{"version": 9, "items": {}}')
+    with pytest.raises(LedgerError, match="version 9"):
+        ledger.Ledger.open(tmp_path, "m.yaml")
+    (tmp_path / "results.json").write_text('{"version": 1, "manifest": "other.yaml", "items": {}}')
+    with pytest.raises(LedgerError, match=r"was made for the manifest 'other\.yaml'"):
+        ledger.Ledger.open(tmp_path, "m.yaml")
+    with ledger.Ledger.open(tmp_path, "m.yaml", adopt=True):
+        pass
+    assert json.loads((tmp_path / "results.json").read_text())["manifest"] == "m.yaml"
+
+
+# ---------------------------------------------------------------- 5. disk trouble
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this machine does not let us mount a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_full_disk_stops_cleanly_and_the_next_run_resumes(sim_factory, tmp_path):
+    with small_disk(tmp_path / "disk", "900k") as disk:
+        out = disk / "out"
+        path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(10)])
+        async with sim_factory(image_scale=0.15, latency=0.1) as sim:
+            stream = io.StringIO()
+            outcome = await run(make_settings(path, out, sim, concurrency=2), stream)
+            assert outcome.exit_code == 5, stream.getvalue()
+            assert "No space left on device" in stream.getvalue()
+            ledger.load(out)  # the ledger is valid (items never submitted may be absent: the manifest has them)
+            assert not list((out / ".batchgen" / "tmp").glob("*.part"))
+            for image_path in out.glob("*.png"):
+                with Image.open(image_path) as image:
+                    image.load()
+            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+            outcome = await run(make_settings(path, out, sim))
+            assert outcome.exit_code == 0
+            items = ledger.load(out).items
+            assert len(items) == 10 and {r["state"] for r in items.values()} == {"succeeded"}
+            assert sim.stats.creates <= 10 + sum(r.get("in_doubt", 0) for r in items.values())
+
+
+# ---------------------------------------------------------------- 6. secrets
+
+def test_a_key_file_readable_by_others_draws_a_warning(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-secret\n")
+    key_file.chmod(0o644)
+    warnings: list[str] = []
+    assert read_key({}, str(key_file), warnings) == Secret("sk-secret")
+    assert warnings and "chmod 600" in warnings[0] and "sk-secret" not in warnings[0]
+    key_file.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    warnings.clear()
+    read_key({}, str(key_file), warnings)
+    assert warnings == []
+
+
+async def test_the_key_leaks_nowhere_even_when_the_service_echoes_it(sim_factory, tmp_path):
+    out = tmp_path / "out"
+    stream = io.StringIO()
+    path = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]", "c [sim:reject]"])
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        original = sim._business
+
+        def echoing(code, msg, status=None):  # a careless gateway that repeats the caller's token
+            return original(code, f"{msg} (token {KEY})", status)
+
+        sim._business = echoing
+        await run(make_settings(path, out, sim), stream)
+        assert sim.stats.file_auth_headers == 0 and sim.stats.file_requests >= 1
+    from batchgen import report
+
+    report.write_report(out)
+    for file in out.rglob("*"):
+        if file.is_file():
+            assert KEY.encode() not in file.read_bytes(), file
+    assert KEY not in stream.getvalue()
+    assert "(token ****)" in results(out)["items"]["item-02"]["error"]["message"]
+
+
+# ---------------------------------------------------------------- 7. service misbehaviour
+
+@pytest.mark.parametrize("fault", ["no_task_id", "wrong_task", "no_urls", "bad_result_json"])
+async def test_service_misbehaviour_gives_a_clear_item_state(sim_factory, tmp_path, fault):
+    out = tmp_path / "out"
+    path = manifest_of(tmp_path / "m.yaml", ["a"])
+    async with sim_factory(latency=0.05) as sim:
+        create, record = sim._create_task, sim._record
+        calls = 0
+
+        async def create_without_id(request):
+            nonlocal calls
+            calls += 1
+            response = await create(request)
+            if calls == 1:  # the first one is created (and paid) but the answer has no id
+                return web.json_response({"code": 200, "msg": "success", "data": {}})
+            return response
+
+        def misreported(task, now):
+            data = record(task, now)
+            if fault == "wrong_task" and sim.stats.polls <= 2:
+                data["taskId"] = "task_imagen4-ultra_someone_else"
+            if fault == "no_urls" and data["state"] == "success":
+                data["resultJson"] = json.dumps({"resultUrls": []})
+            if fault == "bad_result_json" and data["state"] == "success":
+                data["resultJson"] = "{not json"
+            return data
+
+        if fault == "no_task_id":
+            sim._create_task = create_without_id
+            sim_app_router_swap(sim)
+        sim._record = misreported
+        stream = io.StringIO()
+        outcome = await asyncio.wait_for(run(make_settings(path, out, sim), stream), 30)
+        creates = sim.stats.creates
+    record_ = results(out)["items"]["item-00"]
+    if fault == "no_task_id":
+        assert outcome.exit_code == 0 and creates == 2 and record_["in_doubt"] == 1
+        assert "may have been created" in stream.getvalue()
+    elif fault == "wrong_task":
+        assert outcome.exit_code == 0 and record_["state"] == "succeeded" and creates == 1
+    else:
+        assert outcome.exit_code == 1 and creates == 1
+        assert record_["state"] == "failed" and record_["error"]["kind"] == "no_result"
+        assert "the task succeeded but" in record_["error"]["message"]
+
+
+def sim_app_router_swap(sim) -> None:
+    """Point the running simulator's createTask route at the (patched) attribute."""
+    for runner in sim._runners:
+        for resource in runner.app.router.resources():
+            for route in resource:
+                if resource.canonical == "/api/v1/jobs/createTask":
+                    route._handler = lambda request: sim._create_task(request)
+
+
+async def test_null_forever_and_generating_forever_end_in_a_timeout_not_a_crash(sim_factory, tmp_path):
+    out = tmp_path / "out"
+    async with sim_factory(latency=0.05, null_window=3600) as sim:
+        outcome = await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a"]), out, sim, task_timeout=0.5))
+        assert outcome.exit_code == 5 and sim.stats.creates == 1
+    record = results(out)["items"]["item-00"]
+    assert record["state"] == "submitted" and record["task_id"]
