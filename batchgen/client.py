@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from . import __version__
-from .config import Secret, Timeouts
+from .config import Secret, Timeouts, redact
 from .errors import (
     AuthError,
     DownloadError,
@@ -111,7 +111,7 @@ class Client:
             async with self._session.request(method, url, json=json_body, params=params, headers=headers,
                                              allow_redirects=False) as response:
                 text = await response.text(errors="replace")
-                return interpret(response.status, response.headers, text.replace(self._key.value, "****"))
+                return interpret(response.status, response.headers, text, secret=self._key.value)
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(f"cannot connect to {self._base}: {exc.os_error or exc}", sent=False) from exc
         except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
@@ -176,7 +176,7 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def interpret(status: int, headers: Mapping[str, str], text: str) -> Any:
+def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str | None = None) -> Any:
     """Turn one API answer into its `data`, or raise the error it means.
 
     The body's `code` wins over an HTTP 200 (some gateways say 200 and mean 500); otherwise the HTTP status
@@ -208,7 +208,7 @@ def interpret(status: int, headers: Mapping[str, str], text: str) -> Any:
             message = "the answer could not be read" if body is None else "the answer had no data"
     if not message:
         message = text.strip()[:200] or f"HTTP {status} with an empty body"
-    message = message[:500]
+    message = redact(message[:500], secret)  # a careless gateway may echo the caller's token
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if effective == 429 or code == "429":
         raise RateLimited(message, status=status, code=code or "429", retry_after=retry_after)

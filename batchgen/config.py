@@ -27,6 +27,15 @@ class Secret:
     __str__ = __repr__
 
 
+MIN_SECRET = 6
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Mask a secret in text. Strings shorter than MIN_SECRET are not masked: no real key is that short, and
+    masking them would mangle ordinary words."""
+    return text.replace(secret, "****") if secret and len(secret) >= MIN_SECRET else text
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Backoff for retryable failures (429, 5xx, transport): capped exponential with jitter, in seconds."""

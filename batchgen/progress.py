@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from .config import redact
+
 SUMMARY_EVERY = 30.0  # seconds between summary lines off a terminal
 
 
@@ -33,7 +35,7 @@ class Reporter:
     # ------------------------------------------------------------ lines
 
     def redact(self, text: str) -> str:
-        return text.replace(self._secret, "****") if self._secret else text
+        return redact(text, self._secret)
 
     def info(self, message: str, **fields: Any) -> None:
         if not self.quiet:

@@ -1,0 +1,295 @@
+"""batchgen's performance against the simulator, as a user runs it: the CLI in a subprocess.
+
+    python benchmarks/run.py            # every scenario (a few minutes on 2 cores)
+    python benchmarks/run.py --quick    # tiny N: the smoke run CI does, so this cannot rot
+    python benchmarks/run.py rate_known capacity
+
+The simulator runs in a process of its own. For each scenario: wall time, the ideal makespan
+(max(N/rate, ceil(N/capacity) * latency) + latency), efficiency = ideal / actual, client CPU ms per task (the
+child's rusage), status queries per task, 429s, paid creates per item, peak RSS; the same for the naive client
+(benchmarks/naive_client.py) where it applies, and the ratio. One table, then one JSON line per scenario.
+Figures are printed, never asserted: targets are in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key"
+
+
+@dataclass
+class Scenario:
+    name: str
+    n: int
+    sim: list[str]
+    run: list[str]
+    rate: float | None = None  # creates per second the service allows
+    capacity: int | None = None
+    latency: float = 0.0
+    naive: bool = True
+    kind: str = "run"  # run | big_images | plan | resume
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def ideal(self) -> float:
+        by_rate = self.n / self.rate if self.rate else 0.0
+        by_capacity = math.ceil(self.n / self.capacity) * self.latency if self.capacity else 0.0
+        return max(by_rate, by_capacity) + self.latency
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    scale = 0.1 if quick else 1.0
+    n = lambda full: max(5, int(full * scale))  # noqa: E731
+    big = 10_000 if quick else 100_000
+    return [
+        Scenario("rate_known", n(300), ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5"],
+                 ["--create-rate", "20/1", "--concurrency", "100"], rate=20, capacity=500, latency=2),
+        Scenario("rate_unknown", n(300), ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5"],
+                 ["--create-rate", "100/1", "--concurrency", "100"], rate=20, capacity=500, latency=2),
+        Scenario("capacity", n(200), ["--rate", "none", "--capacity", "20", "--latency", "1", "--jitter", "0"],
+                 ["--create-rate", "1000/1", "--concurrency", "64", "--poll-interval", "1"], capacity=20, latency=1),
+        Scenario("big_images", n(100) if not quick else 5, ["--rate", "none", "--latency", "0.5", "--jitter", "0",
+                                                            "--image-scale", "1"],
+                 ["--create-rate", "1000/1", "--concurrency", "32", "--poll-interval", "0.5"], latency=0.5,
+                 naive=False, kind="big_images"),
+        Scenario("plan_100k", big, [], ["--dry-run"], naive=False, kind="plan"),
+        Scenario("resume_100k", big, [], [], naive=False, kind="resume"),
+    ]
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Sim:
+    """`batchgen sim` in its own process."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "sim", "--port", "0", "--api-key", KEY,
+                                      "--random-seed", "1", *args], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        match = re.search(r"api=(\S+) files=(\S+)", line)
+        if not match:
+            raise RuntimeError(f"the simulator did not start: {line!r}")
+        self.api, self.files = match.group(1), match.group(2)
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.api + "/__sim/stats", timeout=10) as response:
+            return json.load(response)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def measured(args: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Run a command; its wall time, CPU seconds and peak RSS (its own rusage, not the simulator's)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    stderr = proc.stderr.read() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+            "exit": proc.returncode, "stderr": stderr}
+
+
+def write_manifest(path: Path, n: int, *, as_csv: bool = False) -> Path:
+    if as_csv:
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "prompt", "aspect_ratio", "seed"])
+            for i in range(n):
+                writer.writerow([f"img-{i:06d}", f"A lighthouse at dawn, study number {i}", "16:9", i + 1])
+        return path
+    path.write_text("".join(f"- id: img-{i:05d}\n  prompt: 'A harbour at dawn, number {i}'\n  aspect_ratio: '16:9'\n"
+                            for i in range(n)), encoding="utf-8")
+    return path
+
+
+def batchgen_env(api: str) -> dict[str, str]:
+    return {**os.environ, "BATCHGEN_API_BASE": api, "BATCHGEN_API_KEY": KEY}
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def run_scenario(s: Scenario, work: Path) -> dict[str, Any]:
+    if s.kind == "plan":
+        return plan_100k(s, work)
+    if s.kind == "resume":
+        return resume_100k(s, work)
+    manifest = write_manifest(work / f"{s.name}.yaml", s.n)
+    row: dict[str, Any] = {"scenario": s.name, "n": s.n}
+    sim = Sim(s.sim)
+    try:
+        before = sim.stats()
+        result = measured([sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / s.name),
+                           "--no-progress", "--quiet", *s.run], batchgen_env(sim.api))
+        after = sim.stats()
+    finally:
+        sim.close()
+    creates = after["creates"] - before["creates"]
+    row.update(exit=result["exit"], wall_s=round(result["wall"], 2), cpu_ms_per_task=round(1000 * result["cpu"] / s.n, 2),
+               polls_per_task=round((after["polls"] - before["polls"]) / s.n, 2), r429=after["rate_limited"],
+               creates_per_item=round(creates / s.n, 3), peak_rss_mb=round(result["rss_mb"], 1))
+    if s.kind == "big_images":
+        row.update(big_images(s, work, after, result))
+    else:
+        row["ideal_s"] = round(s.ideal(), 2)
+        row["efficiency"] = round(s.ideal() / result["wall"], 3)
+    if s.naive:
+        row.update(naive(s, manifest, work))
+    if result["exit"] != 0:
+        row["stderr"] = result["stderr"][-500:]
+    return row
+
+
+def naive(s: Scenario, manifest: Path, work: Path) -> dict[str, Any]:
+    sim = Sim(s.sim)
+    try:
+        concurrency = next((s.run[i + 1] for i, a in enumerate(s.run) if a == "--concurrency"), "8")
+        result = measured([sys.executable, str(ROOT / "benchmarks" / "naive_client.py"), str(manifest),
+                           str(work / f"{s.name}-naive"), concurrency], batchgen_env(sim.api))
+        stats = sim.stats()
+    finally:
+        sim.close()
+    return {"naive_wall_s": round(result["wall"], 2), "naive_efficiency": round(s.ideal() / result["wall"], 3),
+            "naive_polls_per_task": round(stats["polls"] / s.n, 2), "naive_429": stats["rate_limited"],
+            "naive_cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
+            "speedup_vs_naive": round(result["wall"] and result["wall"], 2)}
+
+
+def big_images(s: Scenario, work: Path, stats: dict[str, Any], result: dict[str, float]) -> dict[str, Any]:
+    """Download throughput of batchgen (bytes of images / its download time) against curl on the same files."""
+    out = work / s.name
+    files = sorted(p for p in out.iterdir() if p.suffix in (".png", ".jpg"))
+    total = sum(p.stat().st_size for p in files)
+    # batchgen's own time spent downloading is not separable from its run; compare the whole run less the
+    # service's makespan (latency, the tasks all start at once) with curl fetching the same bytes.
+    sim = Sim(s.sim)
+    try:
+        urls = fresh_urls(sim, s.n)
+        curl = shutil.which("curl")
+        started = time.monotonic()
+        if curl:
+            subprocess.run([curl, "-s", "--parallel", "--parallel-max", "32", *sum((["-o", "/dev/null", u]
+                                                                                   for u in urls), [])], check=True)
+        curl_s = time.monotonic() - started
+    finally:
+        sim.close()
+    batchgen_download_s = max(0.001, result["wall"] - s.latency - 0.5)
+    return {"image_mb": round(total / s.n / 1e6, 2), "batchgen_mb_s": round(total / 1e6 / batchgen_download_s, 1),
+            "curl_mb_s": round(total / 1e6 / curl_s, 1) if curl else None,
+            "vs_curl": round(curl_s / batchgen_download_s, 2) if curl else None}
+
+
+def fresh_urls(sim: Sim, n: int) -> list[str]:
+    """Create n tasks on a fresh simulator and return their result URLs once they are done."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    ids = []
+    for i in range(n):
+        body = json.dumps({"model": "imagen4-ultra", "input": {"prompt": f"A harbour at dawn, number {i}",
+                                                               "aspect_ratio": "widescreen_16_9"}}).encode()
+        request = urllib.request.Request(sim.api + "/api/v1/jobs/createTask", data=body, headers=headers)
+        with urllib.request.urlopen(request) as response:
+            ids.append(json.load(response)["data"]["taskId"])
+    urls = []
+    for task_id in ids:
+        while True:
+            request = urllib.request.Request(f"{sim.api}/api/v1/jobs/recordInfo?taskId={task_id}", headers=headers)
+            with urllib.request.urlopen(request) as response:
+                data = json.load(response)["data"]
+            if data and data["state"] == "success":
+                urls.append(json.loads(data["resultJson"])["resultUrls"][0])
+                break
+            time.sleep(0.1)
+    return urls
+
+
+def plan_100k(s: Scenario, work: Path) -> dict[str, Any]:
+    manifest = write_manifest(work / "plan.csv", s.n, as_csv=True)
+    result = measured([sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / "plan"),
+                       "--dry-run"], dict(os.environ))
+    return {"scenario": s.name, "n": s.n, "exit": result["exit"], "wall_s": round(result["wall"], 2),
+            "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3), "peak_rss_mb": round(result["rss_mb"], 1)}
+
+
+def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
+    """A ledger of n finished items (written as batchgen writes it), then a rerun that has nothing to do."""
+    sys.path.insert(0, str(ROOT))
+    from batchgen import manifest as manifests
+
+    path = write_manifest(work / "resume.csv", s.n, as_csv=True)
+    out = work / "resume"
+    out.mkdir()
+    items = {}
+    for item in manifests.load(path):
+        items[item.id] = {"state": "succeeded", "task_id": f"task_imagen4-ultra_{item.id}", "attempts": 1,
+                          "request": item.request, "files": [f"{item.id}.png"], "sha256": ["0" * 64],
+                          "error": None, "submitted_at": "2026-11-26T02:00:00Z", "finished_at": "2026-11-26T02:01:00Z"}
+    document = {"version": 1, "manifest": path.name, "updated_at": "2026-11-26T03:00:00Z",
+                "counts": {"pending": 0, "submitted": 0, "succeeded": s.n, "failed": 0}, "items": items,
+                "not_in_manifest": []}
+    (out / "results.json").write_text(json.dumps(document, indent=1))
+    result = measured([sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--quiet",
+                       "--no-progress"], {**os.environ, "BATCHGEN_API_BASE": "http://127.0.0.1:9",
+                                          "BATCHGEN_API_KEY": KEY})
+    return {"scenario": s.name, "n": s.n, "exit": result["exit"], "wall_s": round(result["wall"], 2),
+            "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3), "peak_rss_mb": round(result["rss_mb"], 1)}
+
+
+# ---------------------------------------------------------------- output
+
+
+COLUMNS = ["scenario", "n", "exit", "wall_s", "ideal_s", "efficiency", "cpu_ms_per_task", "polls_per_task", "r429",
+           "creates_per_item", "peak_rss_mb", "naive_wall_s", "naive_efficiency", "naive_polls_per_task",
+           "naive_429", "batchgen_mb_s", "curl_mb_s", "vs_curl"]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    shown = [c for c in COLUMNS if any(c in r for r in rows)]
+    cells = [[str(r.get(c, "")) for c in shown] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(shown)]
+    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"  # noqa: E731
+    return "\n".join([line(shown), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in cells)])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="scenarios to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny N: a smoke run")
+    args = parser.parse_args()
+    chosen = [s for s in scenarios(args.quick) if not args.names or s.name in args.names]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="batchgen-bench-") as tmp:
+        for scenario in chosen:
+            row = run_scenario(scenario, Path(tmp))
+            for key in [k for k in row if k.startswith("speedup")]:
+                row.pop(key)
+            if "naive_wall_s" in row:
+                row["vs_naive"] = round(row["naive_wall_s"] / row["wall_s"], 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print()
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {'quick' if args.quick else 'full'}")
+    print(table(rows))
+    return 0 if all(r.get("exit") == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
