@@ -228,14 +228,16 @@ class Engine:
         saturated = failed = 0
         while True:
             await self.cooldown.wait()
-            await self.window.acquire()
+            slot = await self.window.acquire()
             if self.creates_left is not None:
                 if self.creates_left <= 0:
+                    self.window.forget(slot)
                     return None
                 self.creates_left -= 1
             job = asyncio.ensure_future(self._create(item, request, callback))
             self._creating.add(job)
             job.add_done_callback(self._creating.discard)
+            job.add_done_callback(functools.partial(self._settle_slot, slot))
             try:
                 return await asyncio.shield(job)
             except RateLimited as exc:
@@ -265,6 +267,13 @@ class Engine:
                 delay = self.s.retry.delay(failed, self.rng.random())
                 self.out.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
+
+    def _settle_slot(self, slot: list[float], job: asyncio.Future[str]) -> None:
+        """A create window slot counts from the answer, unless the service dropped the call (429)."""
+        if not job.cancelled() and isinstance(job.exception(), RateLimited):
+            self.window.forget(slot)
+        else:
+            self.window.done(slot)
 
     def _give_back(self) -> None:
         if self.creates_left is not None:

@@ -8,6 +8,8 @@ shared limiter for everyone instead of each task sleeping on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import time
 from collections import deque
@@ -75,10 +77,14 @@ class InFlightLimiter:
 
 
 class RateWindow:
-    """At most `count` events in any `seconds`-long window, shared by every caller.
+    """At most `count` calls in any `seconds`-long window, shared by every caller.
 
-    The count is adaptive too: a 429 on an event (the service's own window is smaller than we were told)
-    cuts it in half; each full window without a 429 gives one back, up to the configured count.
+    A call counts from the moment its answer came back (`done`), not from when it was sent: the service saw it
+    somewhere in between, so stamping it on return can never undercount the service's own window. A call the
+    service dropped (429) is `forgotten`: it did not count there either.
+
+    The count is adaptive too: a 429 (the service's window is smaller than we were told) cuts it in half, at
+    most once a window; each success gives back a little, up to the configured count.
     """
 
     def __init__(self, count: int, seconds: float, *, adaptive: bool = True) -> None:
@@ -86,7 +92,8 @@ class RateWindow:
         self.seconds = seconds
         self._count = float(count)
         self._adaptive = adaptive
-        self._times: deque[float] = deque()
+        self._slots: list[list[float]] = []  # [stamp]; math.inf while the call is under way
+        self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_cut = -seconds
 
@@ -94,16 +101,30 @@ class RateWindow:
     def count(self) -> int:
         return max(1, int(self._count))
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> list[float]:
+        """Wait until a call may start; returns its slot, for `done` or `forget`."""
         async with self._lock:
             while True:
                 now = time.monotonic()
-                while self._times and self._times[0] <= now - self.seconds:
-                    self._times.popleft()
-                if len(self._times) < self.count:
-                    self._times.append(now)
-                    return
-                await asyncio.sleep(self._times[0] + self.seconds - now)
+                self._slots = [slot for slot in self._slots if slot[0] + self.seconds > now]
+                if len(self._slots) < self.count:
+                    slot = [math.inf]
+                    self._slots.append(slot)
+                    return slot
+                wait = min(slot[0] for slot in self._slots) + self.seconds - now
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), None if math.isinf(wait) else wait)
+
+    def done(self, slot: list[float]) -> None:
+        """The call's answer came back: it counts from now."""
+        slot[0] = time.monotonic()
+        self._changed.set()
+
+    def forget(self, slot: list[float]) -> None:
+        """The service dropped the call (429): it takes no place in the window."""
+        slot[0] = -math.inf
+        self._changed.set()
 
     def on_saturated(self) -> None:
         now = time.monotonic()
@@ -149,7 +170,13 @@ class Cooldown:
         self._rng = rng or random.Random()
 
     def trigger(self, retry_after: float | None = None) -> float:
-        """Start (or extend) the pause; returns its length in seconds."""
+        """Start (or extend) the pause; returns its length in seconds.
+
+        A burst of 429s answering calls sent together is one strike: while a pause is on, another 429 does not
+        lengthen it (unless the server asks for longer with Retry-After).
+        """
+        if retry_after is None and self.remaining > 0:
+            return self.remaining
         self.strikes += 1
         if retry_after is not None and retry_after >= 0:
             delay = min(retry_after, 3600.0)

@@ -148,8 +148,24 @@ async def test_rate_window_spaces_events():
     window = RateWindow(3, 0.2, adaptive=False)
     started = time.monotonic()
     for _ in range(7):
-        await window.acquire()
+        window.done(await window.acquire())
     assert time.monotonic() - started >= 0.4  # events 4-6 waited one window, event 7 a second one
+
+
+async def test_rate_window_counts_a_call_from_its_answer_and_forgets_dropped_ones():
+    window = RateWindow(2, 0.1, adaptive=False)
+    first, second = await window.acquire(), await window.acquire()
+    third = asyncio.ensure_future(window.acquire())
+    await asyncio.sleep(0.15)
+    assert not third.done()  # both calls are still under way: they count however long they take
+    window.forget(first)  # dropped with a 429: it takes no place
+    await asyncio.sleep(0.01)
+    assert third.done()
+    window.done(second)
+    window.done(third.result())
+    started = time.monotonic()
+    window.done(await window.acquire())
+    assert time.monotonic() - started >= 0.09  # a full window after the answers came back
 
 
 def test_rate_window_learns_from_429_and_recovers():
@@ -173,8 +189,14 @@ async def test_token_bucket_paces_queries():
 
 def test_cooldown_grows_and_honours_retry_after():
     cooldown = Cooldown(initial=1, maximum=8)
-    delays = [cooldown.trigger() for _ in range(5)]
+    delays = []
+    for _ in range(5):
+        delays.append(cooldown.trigger())
+        cooldown._until = 0  # that pause is over: the next 429 is a new strike
     assert 0.5 <= delays[0] <= 1 and 4 <= delays[3] <= 8 and delays[4] <= 8
+    cooldown.clear()
+    first = cooldown.trigger()
+    assert cooldown.trigger() <= first and cooldown.strikes == 1  # a burst of 429s is one strike
     assert cooldown.trigger(retry_after=2.5) == 2.5
     cooldown.clear()
     assert cooldown.strikes == 0
