@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from batchgen import manifest  # noqa: E402  - only to read the same manifest
+from batchgen import manifest
 
 
 async def main(manifest_path: str, out: str, concurrency: int = 8) -> None:
