@@ -93,6 +93,9 @@ class Engine:
         self.window = RateWindow(*settings.create_rate)
         self.polls = TokenBucket(settings.poll_rate)
         self.cooldown = Cooldown(settings.retry.wait_initial, settings.retry.wait_max)
+        self.live = 0  # tasks created at the service and not yet seen finished
+        self._epoch = 0  # bumped each time a 429 slows us down; a call remembers the epoch it was sent in
+        self._strikes = 0  # 429 signals since the last success
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self.rng = random.Random()
         self.temp_dir = state_dir(settings.out, "tmp")
@@ -229,6 +232,7 @@ class Engine:
         while True:
             await self.cooldown.wait()
             slot = await self.window.acquire()
+            epoch = self._epoch
             if self.creates_left is not None:
                 if self.creates_left <= 0:
                     self.window.forget(slot)
@@ -242,7 +246,7 @@ class Engine:
                 return await asyncio.shield(job)
             except RateLimited as exc:
                 self._give_back()
-                self._saturated(exc)
+                self._saturated(exc, epoch)
                 saturated += 1
                 if saturated >= SATURATION_ATTEMPTS:
                     self.out.warning(f"item {item.id!r}: the service stayed saturated (429); left for the next run")
@@ -296,18 +300,33 @@ class Engine:
             raise
         self.ledger.submitted(item.id, task_id)
         self.counters.creates += 1
+        self._strikes = 0
         self.cooldown.clear()
         self.window.on_success()
         self.limiter.on_success()
         self.out.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
         return task_id
 
-    def _saturated(self, exc: RateLimited) -> None:
+    def _saturated(self, exc: RateLimited, epoch: int) -> None:
+        """A 429 slows everyone down at once: one signal per burst, however many calls of the burst see it.
+
+        First the shared limits learn what the service took (the in-flight limit drops to the tasks it is
+        running for us, the create window to what it accepted in the last window). Only when 429s go on after
+        that — no success in between — does everyone also pause, for an exponential, jittered cool-down (or the
+        server's Retry-After, always honoured).
+        """
         self.counters.rate_limited += 1
-        self.limiter.on_saturated()
+        if epoch < self._epoch and exc.retry_after is None:
+            return  # sent before we last slowed down: this 429 has been answered already
+        self._epoch += 1
+        self._strikes += 1
+        self.limiter.on_saturated(self.live)
         self.window.on_saturated()
-        delay = self.cooldown.trigger(exc.retry_after)
-        self.out.debug(f"service saturated (429): pausing {delay:.1f} s; in-flight limit now {self.limiter.limit}")
+        delay = 0.0
+        if self._strikes > 1 or exc.retry_after is not None:
+            delay = self.cooldown.trigger(exc.retry_after)
+        self.out.debug(f"service saturated (429): in-flight limit {self.limiter.limit}, create window "
+                       f"{self.window.count}/{self.window.seconds:g} s, pause {delay:.1f} s")
 
     # ------------------------------------------------------------ poll
 
@@ -320,6 +339,7 @@ class Engine:
         slower = CALLBACK_POLL_FACTOR if self.callback_url and not item.callback_url else 1.0
         delay = schedule.interval(0) * slower if first_poll is None else first_poll
         alarm = self._wakeups.setdefault(task_id, asyncio.Event())
+        self.live += 1
         try:
             while True:
                 if time.monotonic() + delay >= deadline:
@@ -336,6 +356,7 @@ class Engine:
                 if record is not None and record.finished:
                     return record
         finally:
+            self.live -= 1
             self._wakeups.pop(task_id, None)
 
     def wake(self, task_id: str) -> None:
@@ -349,11 +370,12 @@ class Engine:
         """One recordInfo under the shared budget; None when there is no answer worth acting on yet."""
         await self.cooldown.wait()
         await self.polls.acquire()
+        epoch = self._epoch
         self.counters.polls += 1
         try:
             return await self.client.record_info(task_id)
         except RateLimited as exc:
-            self._saturated(exc)
+            self._saturated(exc, epoch)
         except (AuthError, QuotaError, UsageError) as exc:
             self.stop("refused", fatal=exc)
             raise Stopped from exc

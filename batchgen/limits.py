@@ -18,17 +18,19 @@ from collections import deque
 class InFlightLimiter:
     """Tasks submitted and not finished, at most `limit`; the limit moves AIMD-style in [1, maximum].
 
-    `on_saturated` halves the limit (at most once per `calm` seconds, so one burst of 429s is one cut);
-    `on_success` raises it by 1/limit, i.e. by one slot per `limit` successes, never above `maximum`.
+    `on_saturated(live)` cuts the limit to the number of tasks the service is running for us when it said 429
+    (that is what it can take), or halves it when that is unknown. `on_success` raises it, never above
+    `maximum`: by 1/limit (one slot per `limit` successes, a gentle probe) while 429s are recent, by a whole
+    slot once `calm` seconds passed without one (the cut was the rate window's doing, not a lack of room).
     """
 
     def __init__(self, maximum: int, *, calm: float = 1.0) -> None:
         self.maximum = maximum
+        self.calm = calm
+        self._last_cut = -math.inf
         self._limit = float(maximum)
         self.in_flight = 0
         self.peak = 0
-        self._calm = calm
-        self._last_cut = -calm
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
@@ -56,15 +58,15 @@ class InFlightLimiter:
         self.in_flight -= 1
         self._wake()
 
-    def on_saturated(self) -> None:
-        now = time.monotonic()
-        if now - self._last_cut >= self._calm:
-            self._last_cut = now
-            self._limit = max(1.0, self._limit / 2)
+    def on_saturated(self, live: int | None = None) -> None:
+        cut = self._limit / 2 if live is None else min(self._limit, float(live))
+        self._limit = max(1.0, cut)
+        self._last_cut = time.monotonic()
 
     def on_success(self) -> None:
         if self._limit < self.maximum:
-            self._limit = min(float(self.maximum), self._limit + 1 / self._limit)
+            step = 1.0 if time.monotonic() - self._last_cut > self.calm else 1 / self._limit
+            self._limit = min(float(self.maximum), self._limit + step)
             self._wake()
 
     def _wake(self) -> None:
@@ -95,7 +97,6 @@ class RateWindow:
         self._slots: list[list[float]] = []  # [stamp]; math.inf while the call is under way
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._last_cut = -seconds
 
     @property
     def count(self) -> int:
@@ -127,10 +128,12 @@ class RateWindow:
         self._changed.set()
 
     def on_saturated(self) -> None:
+        """A 429: the service accepts no more than it accepted in the last window (or half, if none)."""
+        if not self._adaptive:
+            return
         now = time.monotonic()
-        if self._adaptive and now - self._last_cut >= self.seconds:
-            self._last_cut = now
-            self._count = max(1.0, self._count / 2)
+        accepted = sum(1 for slot in self._slots if now - self.seconds < slot[0] <= now)
+        self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
 
     def on_success(self) -> None:
         if self._adaptive and self._count < self.maximum:

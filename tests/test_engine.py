@@ -103,14 +103,23 @@ async def test_capacity_429_backs_off_and_never_exceeds_concurrency(sim_factory,
 async def test_in_flight_limit_is_cut_by_429_and_climbs_back():
     from batchgen.limits import InFlightLimiter
 
-    limiter = InFlightLimiter(8, calm=0.0)
-    limiter.on_saturated()
+    limiter = InFlightLimiter(8, calm=3600)
+    limiter.on_saturated()  # nothing known: halve
     assert limiter.limit == 4
-    limiter.on_saturated()
+    limiter.on_saturated(live=2)  # the service runs 2 of ours and refuses a third: 2 is what it takes
     assert limiter.limit == 2
+    limiter.on_saturated(live=5)  # never raised by a 429
+    assert limiter.limit == 2
+    for _ in range(2):
+        limiter.on_success()
+    assert limiter.limit == 2  # while 429s are recent, one slot per `limit` successes
     for _ in range(40):
         limiter.on_success()
     assert limiter.limit == 8  # back, and never above the maximum
+    limiter.on_saturated(live=3)
+    limiter.calm = 0  # long after the last 429: a whole slot per success
+    limiter.on_success()
+    assert limiter.limit == 4
 
 
 async def test_rate_429_teaches_a_too_generous_create_rate(sim_factory, tmp_path):

@@ -129,7 +129,7 @@ async def test_in_flight_limiter_never_lets_more_than_the_limit_run():
 
 
 async def test_limiter_cut_takes_effect_for_new_slots():
-    limiter = InFlightLimiter(4, calm=0)
+    limiter = InFlightLimiter(4)
     for _ in range(4):
         await limiter.acquire()
     limiter.on_saturated()  # the limit is now 2, with 4 in flight
@@ -168,12 +168,14 @@ async def test_rate_window_counts_a_call_from_its_answer_and_forgets_dropped_one
     assert time.monotonic() - started >= 0.09  # a full window after the answers came back
 
 
-def test_rate_window_learns_from_429_and_recovers():
+async def test_rate_window_learns_from_429_and_recovers():
     window = RateWindow(100, 1.0)
-    window.on_saturated()
+    window.on_saturated()  # nothing accepted yet: halve
     assert window.count == 50
-    window.on_saturated()  # within the same window: one cut per window
-    assert window.count == 50
+    for _ in range(20):
+        window.done(await window.acquire())
+    window.on_saturated()  # the service took 20 in this window and refused the 21st: 20 is its limit
+    assert window.count == 20
     for _ in range(5000):
         window.on_success()
     assert window.count == 100
