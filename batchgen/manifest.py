@@ -48,7 +48,16 @@ class Item:
     callback_url: str | None
     file: str
     line: int
-    canonical: str  # the request as canonical JSON; equal requests have equal strings
+
+    @property
+    def canonical(self) -> str:
+        """The request as canonical JSON: equal requests have equal strings."""
+        return canonical_json(self.request)
+
+    def same_request(self, request: Mapping[str, Any] | None) -> bool:
+        """Whether a request (as the ledger keeps it) is this item's; cheaper than comparing canonical JSON."""
+        return isinstance(request, Mapping) and request.get("model") == self.model and \
+            request.get("input") == self.input
 
     @property
     def request(self) -> dict[str, Any]:
@@ -392,7 +401,8 @@ def _validate(raw_items: list[_RawItem] | None, out: _Collector) -> list[Item]:
         item = _build(raw, out)
         if item is None:
             continue
-        twin = by_request.get(item.canonical)
+        key = _request_key(item)
+        twin = by_request.get(key)
         if twin is not None and "id" not in raw.fields:
             out.add(raw.line, f"the same request as the item on line {twin.line} (id {twin.id!r}); "
                               "give one of them an id, or remove it", raw.label)
@@ -401,7 +411,7 @@ def _validate(raw_items: list[_RawItem] | None, out: _Collector) -> list[Item]:
         if first is not None:
             out.add(raw.line, f"id {item.id!r} is already used by the item on line {first.line}", raw.label, "id")
             continue
-        by_request.setdefault(item.canonical, item)
+        by_request.setdefault(key, item)
         by_id[item.id] = item
         items.append(item)
     return items
@@ -446,8 +456,9 @@ def _build(raw: _RawItem, out: _Collector, *, defaults: bool = False) -> Item | 
             bad("callBackUrl", message)
 
     normalised: dict[str, Any] = {}
-    for name, spec in schema.INPUT_FIELDS.items():
-        if (value := given(name)) is None:
+    for name, value in raw.fields.items():  # the fields given, not every known one: 100,000 items add up
+        spec = schema.INPUT_FIELDS.get(name)
+        if spec is None or value.value is None:
             continue
         as_read = value.text if spec.kind in ("text", "enum") and value.text is not None else value.value
         try:
@@ -459,17 +470,19 @@ def _build(raw: _RawItem, out: _Collector, *, defaults: bool = False) -> Item | 
 
     if defaults or len(out.problems) + out.dropped > before:
         return None
-    request = {"model": schema.MODEL, "input": normalised}
-    canonical = canonical_json(request)
     return Item(
-        id=item_id or derive_id(canonical),
+        id=item_id or derive_id(canonical_json({"model": schema.MODEL, "input": normalised})),
         model=schema.MODEL,
         input=MappingProxyType(normalised),
         callback_url=callback,
         file=out.file,
         line=raw.line,
-        canonical=canonical,
     )
+
+
+def _request_key(item: Item) -> tuple[Any, ...]:
+    """A hashable stand-in for the canonical request (values are str, int or bool: all hashable)."""
+    return item.model, tuple(sorted(item.input.items()))
 
 
 def check_callback_url(url: str) -> str | None:

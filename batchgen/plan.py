@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .manifest import Item, canonical_json
+from .manifest import Item
 
 
 @dataclass(slots=True)
@@ -42,7 +42,7 @@ def make_plan(items: Sequence[Item], records: Mapping[str, Mapping[str, Any]], *
         if record.get("in_doubt"):
             plan.in_doubt.append(item)
         request = record.get("request")
-        if request is None or canonical_json(request) != item.canonical:
+        if not item.same_request(request):
             plan.changed.append(item)
             continue
         state = record.get("state")
