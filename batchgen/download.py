@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from .client import Client
 from .errors import DownloadError
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
 FORMATS = {"PNG": ("png", "png"), "JPEG": ("jpeg", "jpg")}  # Pillow's name -> (output_format, extension)
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/pjpeg", "application/octet-stream",
                   "binary/octet-stream")
