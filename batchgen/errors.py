@@ -11,13 +11,13 @@
     │   ├── QuotaError                 exit 3: 403, quota or access (stop the run)
     │   ├── RequestRejected            400 / 413 / 422: this item's request is wrong (never retried)
     │   ├── RateLimited                429: saturated (back off, retry)
-    │   ├── ServerError                5xx or an unreadable answer (retry with backoff)
-    │   └── TaskFailed                 the task ended in `fail` (transient ones are resubmitted)
+    │   └── ServerError                5xx or an unreadable answer (retry with backoff)
     ├── TransportError                 the network failed: no answer at all (retry with backoff)
     └── DownloadError                  a result file was missing, broken or not an image (retry)
 
-Whether to retry is a property of the class (`retryable`), so the policy lives in one place. aiohttp's own
-exceptions are translated into this tree in `client.py` only (`raise TransportError(...) from exc`).
+What to do about each branch (retry, fail the item, stop the run) is decided in one place, the engine's submit
+and poll steps; a task that ends in `fail` is not an exception but a record, classified by `failures.py`.
+aiohttp's own exceptions are translated into this tree in `client.py` only (`raise TransportError(...) from exc`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ class BatchgenError(Exception):
     """Base of every batchgen error."""
 
     exit_code = 1
-    retryable = False
 
 
 class UsageError(BatchgenError):
@@ -116,7 +115,6 @@ class RequestRejected(ServiceError):
 class RateLimited(ServiceError):
     """429: the service is saturated. `retry_after` is the server's wait in seconds, when it sent one."""
 
-    retryable = True
 
     def __init__(self, message: str, *, status: int | None = 429, code: str | None = "429",
                  retry_after: float | None = None) -> None:
@@ -127,15 +125,6 @@ class RateLimited(ServiceError):
 class ServerError(ServiceError):
     """5xx, or an answer that could not be read: worth another try after a pause."""
 
-    retryable = True
-
-
-class TaskFailed(ServiceError):
-    """The task ended in state `fail`. `transient` says whether a new submission may succeed."""
-
-    def __init__(self, message: str, *, code: str | None, transient: bool) -> None:
-        super().__init__(message, code=code)
-        self.transient = transient
 
 
 class TransportError(BatchgenError):
@@ -145,7 +134,6 @@ class TransportError(BatchgenError):
     a createTask that failed with `sent` True may have been created, and paid for, all the same.
     """
 
-    retryable = True
 
     def __init__(self, message: str, *, sent: bool = True) -> None:
         super().__init__(message)
@@ -155,7 +143,6 @@ class TransportError(BatchgenError):
 class DownloadError(BatchgenError):
     """A result file could not be fetched whole, or is not the image it should be."""
 
-    retryable = True
 
     def __init__(self, message: str, *, expired: bool = False, permanent: bool = False) -> None:
         super().__init__(message)

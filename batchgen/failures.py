@@ -27,7 +27,3 @@ def classify(fail_code: str | None, fail_message: str | None) -> Kind:
         if any(needle in text for needle in needles):
             return kind
     return "unknown"
-
-
-def is_transient(fail_code: str | None, fail_message: str | None) -> bool:
-    return classify(fail_code, fail_message) == "transient"

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .errors import LedgerError, LockedError, StorageError, UsageError
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 VERSION = 1
 STATES = ("pending", "submitted", "succeeded", "failed")
-State = Literal["pending", "submitted", "succeeded", "failed"]
 
 RESULTS = "results.json"
 STATE_DIR = ".batchgen"

@@ -17,7 +17,7 @@ import io
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -63,10 +63,6 @@ class Item:
     def request(self) -> dict[str, Any]:
         """The request body as sent to createTask (without callBackUrl), as a fresh dict."""
         return {"model": self.model, "input": dict(self.input)}
-
-    @property
-    def output_format(self) -> str:
-        return schema.output_format(dict(self.input))
 
 
 def canonical_json(request: Mapping[str, Any]) -> str:
@@ -114,20 +110,6 @@ class _Collector:
             self.problems.append(Problem(self.file, None, f"… and {self.dropped} more problems not listed"))
         if self.problems:
             raise ManifestError(self.problems)
-
-
-def load_many(paths: Iterable[str | Path]) -> list[Item]:
-    """Load several manifests as one: every problem of every file is raised at once."""
-    items: list[Item] = []
-    problems: list[Problem] = []
-    for path in paths:
-        try:
-            items.extend(load(path))
-        except ManifestError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ManifestError(problems)
-    return items
 
 
 def load(path: str | Path) -> list[Item]:

@@ -142,11 +142,6 @@ IMAGE_SIZES: dict[str, tuple[int, int]] = {
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 
 
-def output_format(request_input: dict[str, Any]) -> str:
-    """The canonical output format a request produces (the service's default is PNG)."""
-    return str(request_input.get("output_format", "png"))
-
-
 def suggest(name: str, known: tuple[str, ...] = ALL_FIELDS) -> str | None:
     """The known field name nearest to `name`, if any is close (`aspect-ratio` -> `aspect_ratio`)."""
     folded = name.strip().lower().replace("-", "_").replace(" ", "_").removeprefix("input.")

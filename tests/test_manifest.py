@@ -190,13 +190,17 @@ def test_long_prompt_is_refused(write):
     assert problems(path) == [f"{path}:2: item #1: prompt: too long (30,000 characters; the limit is 20,000)"]
 
 
-def test_multi_file_validation_collects_every_file(write):
+def test_validate_reports_every_file_in_one_pass(write):
     good = write("good.yaml", "- prompt: fine\n")
     bad1 = write("bad1.yaml", "- seed: 1\n")
     bad2 = write("bad2.csv", "prompt,seed\np,0\n")
-    with pytest.raises(ManifestError) as info:
-        manifest.load_many([good, bad1, bad2])
-    assert [p.file for p in info.value.problems] == [str(bad1), str(bad2)]
+    proc = subprocess.run([sys.executable, "-m", "batchgen", "validate", str(good), str(bad1), str(bad2)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{good}: 1 item, valid" in proc.stdout
+    assert proc.stderr.splitlines() == [f"{bad1}:1: item #1: prompt: required, and missing",
+                                        f"{bad2}:2: item #1: seed: expected an integer >= 1, got 0",
+                                        "2 problems found; nothing would be submitted"]
 
 
 # Hostile files: each is a clean exit 2 within a second or two, never a traceback.

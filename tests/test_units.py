@@ -90,7 +90,6 @@ def test_record_tolerates_missing_and_null_fields():
 ])
 def test_failure_classification_table(code, message, kind):
     assert failures.classify(code, message) == kind
-    assert failures.is_transient(code, message) == (kind == "transient")
 
 
 def test_backoff_is_capped_exponential_with_bounded_jitter():

@@ -70,7 +70,6 @@ class _Task:
     created: float  # time.time()
     duration: float
     fail: tuple[str, str] | None
-    update_time: float = 0.0
 
     def state(self, now: float) -> str:
         age = now - self.created
