@@ -208,12 +208,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return engine.dry_run(settings, reporter)
     try:
         outcome = asyncio.run(engine.run(settings, reporter))
-    except ManifestError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} in the manifest; "
-              "nothing was submitted", file=sys.stderr)
-        return exc.exit_code
     finally:
         reporter.close()
     engine.final_report(outcome, settings, reporter)
@@ -278,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)  # one line per problem, each starting with its file:line
+        return exc.exit_code
     except BatchgenError as exc:
         print(f"batchgen: {exc}", file=sys.stderr)
         return exc.exit_code
