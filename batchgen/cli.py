@@ -120,6 +120,7 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-scale", type=float, default=1.0, help="1.0 = real 2K sizes (default)")
     p.add_argument("--rate", default="20/10", help="creates per window, N/SECONDS, or 'none' (default 20/10)")
     p.add_argument("--capacity", type=int, help="429 beyond this many tasks in flight")
+    p.add_argument("--poll-limit", help="429 beyond N status queries per window, N/SECONDS (default: none)")
     p.add_argument("--quota", type=int, help="403 insufficient_user_quota after this many paid creates")
     p.add_argument("--body-limit", type=int, default=1024 * 1024, help="413 beyond this many bytes")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of tasks that end in fail")
@@ -238,6 +239,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, files_port=args.files_port, api_key=args.api_key,
         latency=args.latency, jitter=args.jitter, results_per_task=args.results_per_task,
         image_scale=args.image_scale, rate=rate, capacity=args.capacity, quota=args.quota,
+        poll_limit=parse_rate(args.poll_limit, "--poll-limit") if args.poll_limit else None,
         body_limit=args.body_limit, fail_rate=args.fail_rate, transient_share=args.transient_share,
         error_rate=args.error_rate, drop_rate=args.drop_rate, truncate_rate=args.truncate_rate,
         html_rate=args.html_rate, null_window=args.null_window, url_ttl=args.url_ttl or None,

@@ -371,12 +371,16 @@ class Engine:
         """One recordInfo under the shared budget; None when there is no answer worth acting on yet."""
         await self.cooldown.wait()
         await self.polls.acquire()
-        epoch = self._epoch
         self.counters.polls += 1
         try:
-            return await self.client.record_info(task_id)
-        except RateLimited as exc:
-            self._saturated(exc, epoch)
+            record = await self.client.record_info(task_id)
+            self.polls.on_success()
+            return record
+        except RateLimited:
+            # Status queries have their own budget at the service: a 429 here slows the queries, not the work.
+            self.counters.rate_limited += 1
+            self.polls.on_saturated()
+            self.out.debug(f"recordInfo {task_id}: 429; status queries now {self.polls.rate:g}/s")
         except (AuthError, QuotaError, UsageError) as exc:
             self.stop("refused", fatal=exc)
             raise Stopped from exc

@@ -141,10 +141,16 @@ class RateWindow:
 
 
 class TokenBucket:
-    """`rate` tokens per second with a burst of `burst`; `acquire` waits for one."""
+    """`rate` tokens per second with a burst of `burst`; `acquire` waits for one.
+
+    Adaptive like the others: a 429 halves the rate (at most once a second), each success gives back a
+    tenth of a token per second, up to the configured rate.
+    """
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.maximum = rate
         self.rate = rate
+        self._last_cut = -math.inf
         self.burst = burst if burst is not None else max(1.0, rate)
         self._tokens = self.burst
         self._stamp = time.monotonic()
@@ -160,6 +166,17 @@ class TokenBucket:
                     self._tokens -= 1
                     return
                 await asyncio.sleep((1 - self._tokens) / self.rate)
+
+    def on_saturated(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cut >= 1.0:
+            self._last_cut = now
+            self.rate = max(0.1, self.rate / 2)
+            self.burst = min(self.burst, max(1.0, self.rate))
+
+    def on_success(self) -> None:
+        if self.rate < self.maximum:
+            self.rate = min(self.maximum, self.rate + 0.1)
 
 
 class Cooldown:

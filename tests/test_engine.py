@@ -171,6 +171,14 @@ async def test_broken_downloads_are_retried_and_never_land_half_written(sim_fact
     assert_verified_files(out, results(out))
 
 
+async def test_a_status_query_limit_at_the_service_is_respected(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(6)])
+    async with sim_factory(poll_limit=(3, 0.2), latency=0.2) as sim:
+        outcome = await run(make_settings(path, tmp_path / "out", sim, poll_rate=1000.0))
+        assert outcome.exit_code == 0 and sim.stats.creates == 6
+        assert sim.stats.rate_limited > 0  # told too generous a budget, batchgen met 429s and carried on
+
+
 async def test_null_window_after_creation_is_not_a_failure(sim_factory, tmp_path):
     path = manifest_of(tmp_path / "m.yaml", ["a", "b", "c"])
     async with sim_factory(null_window=0.4, latency=0.1) as sim:

@@ -26,6 +26,7 @@ class SimConfig:
     # Limits of the API family: 20 creates per 10 s per account, 429 beyond (the request is dropped).
     rate: tuple[int, float] | None = (20, 10.0)
     capacity: int | None = None  # 429 beyond this many tasks in flight
+    poll_limit: tuple[int, float] | None = None  # 429 beyond N status queries per window (the family: ~10 per s)
     quota: int | None = None  # paid creates allowed before 403 insufficient_user_quota
     body_limit: int = 1024 * 1024  # 413 beyond this many bytes of request body
 

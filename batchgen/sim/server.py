@@ -99,6 +99,7 @@ class Simulator:
         self._tasks: dict[str, _Task] = {}
         self._finishing: list[float] = []  # heap of finish times of tasks in flight
         self._creates: deque[float] = deque()  # accepted creates in the current rate window
+        self._polls: deque[float] = deque()  # status queries in the current poll window
         self._prompt_submissions: Counter[str] = Counter()
         self._last_id = 0
         self._envelope_turn = 0
@@ -299,6 +300,14 @@ class Simulator:
         self.stats.polls += 1
         if (early := await self._preamble(request)) is not None:
             return early
+        if self.config.poll_limit is not None:
+            limit, window = self.config.poll_limit
+            now = time.time()
+            while self._polls and self._polls[0] <= now - window:
+                self._polls.popleft()
+            if len(self._polls) >= limit:
+                return self._saturated()
+            self._polls.append(now)
         task_id = request.query.get("taskId", "")
         if not task_id:
             return self._business(400, "taskId is required")
