@@ -200,11 +200,13 @@ class Engine:
                     self.out.info(f"item {item.id!r}: task {task_id} failed ({_brief(error)}); submitting again "
                                   f"(attempt {attempts + 1} of {self.s.max_attempts})", item=item.id)
                     self.ledger.requeue(item.id, error)
+                    await self.ledger.durable()
                     task_id = None
                     await self.limiter.acquire()
                     holding = True
                     continue
                 self.ledger.failed(item.id, error)
+                await self.ledger.durable()
                 self._report_failure(item.id, error, attempts)
                 return
         except Stopped:
@@ -260,6 +262,7 @@ class Engine:
                 self._give_back()
                 error = error_record("rejected", exc.code, exc.message)
                 self.ledger.failed(item.id, error)
+                await self.ledger.durable()
                 self._report_failure(item.id, error, 0)
                 return None
             except (ServiceError, TransportError) as exc:
@@ -287,10 +290,12 @@ class Engine:
     async def _create(self, item: Item, request: dict[str, Any], callback: str | None) -> str:
         """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after."""
         self.ledger.start_submit(item.id, request)
+        await self.ledger.durable()  # the intent is on disk before the request leaves
         try:
             task_id = await self.client.create_task(request, callback)
         except TransportError as exc:
             self.ledger.submit_unsent(item.id, in_doubt=exc.sent)
+            await self.ledger.durable()
             if exc.sent:
                 self.counters.in_doubt += 1
                 self.out.warning(f"item {item.id!r}: createTask got no answer ({exc}); it may have been created "
@@ -300,6 +305,7 @@ class Engine:
             self.ledger.submit_unsent(item.id)
             raise
         self.ledger.submitted(item.id, task_id)
+        await self.ledger.durable()  # the task id is on disk before anything else happens to it
         self.counters.creates += 1
         self._strikes = 0
         self.cooldown.clear()
@@ -400,6 +406,7 @@ class Engine:
                         reason = record.result_error or "it gave no result URLs"
                         error = error_record("no_result", None, f"the task succeeded but {reason}")
                         self.ledger.failed(item.id, error)
+                        await self.ledger.durable()
                         self._report_failure(item.id, error, 0)
                         return
                     await asyncio.sleep(self.s.retry.delay(attempt, self.rng.random()))
@@ -413,6 +420,7 @@ class Engine:
                     if exc.permanent:
                         error = error_record("bad_result", None, str(exc))
                         self.ledger.failed(item.id, error)
+                        await self.ledger.durable()
                         self._report_failure(item.id, error, 0)
                         return
                     if exc.expired and (fresh := await self._query(task_id)) is not None and fresh.result_urls:
@@ -422,6 +430,7 @@ class Engine:
                     continue
                 old = list(self.ledger.items[item.id].get("files") or [])
                 self.ledger.succeeded(item.id, names, digests)
+                await self.ledger.durable()
                 download.remove_stale(self.s.out, old, names)
                 self.counters.downloads += len(names)
                 return

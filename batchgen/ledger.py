@@ -1,18 +1,23 @@
 """The ledger: item states in DIR/results.json, an append-only journal, and the directory's lock.
 
 Every change is one transition method. A transition appends the item's whole new record to
-`.batchgen/journal.jsonl` (fsync'd for the ones that matter: a task id received, an item finished), and the
-snapshot `results.json` is rewritten from memory at most every few seconds and at close (temp file, fsync,
-`os.replace`), after which the journal is emptied. So a transition costs O(1) however many items there are,
-and loading is: the snapshot, then the journal replayed over it (last record of an item wins, so replaying
-twice is harmless). A kill at any instant leaves a complete results.json and at most one torn journal line,
-which is dropped.
+`.batchgen/journal.jsonl`; `await durable()` returns once everything appended so far is fsync'd — one fsync, in
+a thread, shared by every transition of the moment (group commit), so the event loop never blocks on the disk
+and a hundred tasks finishing together cost one fsync, not a hundred. The engine awaits it where it matters:
+before a createTask call, when a task id is received, when an item finishes.
+
+The snapshot `results.json` is rewritten from memory at most every few seconds and at close (temp file, fsync,
+`os.replace`), after which a fresh journal is started (the previous snapshot and journal are kept to rebuild a
+damaged results.json). So a transition costs O(1) however many items there are, and loading is: the snapshot,
+then the journal replayed over it (last record of an item wins, so replaying twice is harmless). A kill at any
+instant leaves a complete results.json and at most one torn journal line, which is dropped.
 
 Nothing else writes results.json or anything under `.batchgen/` but the downloads' own temporary files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -237,6 +242,9 @@ class Ledger:
         self._snapshot_cost = 0.0
         self.manifest_ids: frozenset[str] | None = None
         self.recovered: str | None = None  # why results.json was rebuilt from the journals, if it was
+        self._written = 0  # journal lines appended ...
+        self._synced = 0  # ... and how many of them are known to be on disk
+        self._flushing: asyncio.Task[None] | None = None
         self._retired = loaded.not_in_manifest
 
     # ------------------------------------------------------------ opening and closing
@@ -300,12 +308,42 @@ class Ledger:
 
     def _settle_in_doubt(self) -> None:
         """An item found "submitting" was killed inside createTask: it may have been created. Say so."""
-        for item_id, record in self.items.items():
+        for item_id, record in list(self.items.items()):
             if record.get("submitting"):
                 changed = dict(record)
                 changed.pop("submitting")
                 changed["in_doubt"] = int(changed.get("in_doubt", 0)) + 1
-                self._write(item_id, changed, sync=True)
+                self._write(item_id, changed)
+        if self._written:
+            self._fsync(self._journal_fd)
+            self._synced = self._written
+
+    async def durable(self) -> None:
+        """Return once every journal line appended so far is on disk: one fsync, shared by all who wait."""
+        target = self._written
+        while self._synced < target:
+            if self._flushing is None or self._flushing.done():
+                self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        upto = self._written
+        copy = os.dup(self._journal_fd)  # a snapshot may swap the journal meanwhile: fsync what was written
+
+        def sync_and_close() -> None:
+            try:
+                self._fsync(copy)
+            finally:
+                os.close(copy)
+
+        await asyncio.to_thread(sync_and_close)
+        self._synced = max(self._synced, upto)
+
+    def _fsync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot write the journal in {self._state_dir}: {exc.strerror or exc}") from exc
 
     # ------------------------------------------------------------ reading
 
@@ -337,7 +375,7 @@ class Ledger:
         """Intent, on disk before the createTask call: a kill inside the call is then known to be in doubt."""
         record = self._record(item_id, request)
         record.update(state="pending", request=request, submitting=True)
-        self._write(item_id, record, sync=True)
+        self._write(item_id, record)
 
     def submit_unsent(self, item_id: str, *, in_doubt: bool = False) -> None:
         """The createTask call created nothing (or, with in_doubt, may have: count it)."""
@@ -345,7 +383,7 @@ class Ledger:
         record.pop("submitting", None)
         if in_doubt:
             record["in_doubt"] = int(record.get("in_doubt", 0)) + 1
-        self._write(item_id, record, sync=in_doubt)
+        self._write(item_id, record)
 
     def submitted(self, item_id: str, task_id: str) -> None:
         """The service returned a task id: durably on disk before anything else happens to it."""
@@ -353,18 +391,18 @@ class Ledger:
         record.pop("submitting", None)
         record.update(state="submitted", task_id=task_id, attempts=int(record.get("attempts", 0)) + 1,
                       submitted_at=utc_now(), finished_at=None, error=None)
-        self._write(item_id, record, sync=True)
+        self._write(item_id, record)
 
     def requeue(self, item_id: str, error: dict[str, Any]) -> None:
         """The task failed transiently: back to pending, to be submitted again (its error kept for the record)."""
         record = dict(self.items[item_id])
         record.update(state="pending", task_id=None, error=error)
-        self._write(item_id, record, sync=True)
+        self._write(item_id, record)
 
     def succeeded(self, item_id: str, files: list[str], sha256: list[str]) -> None:
         record = dict(self.items[item_id])
         record.update(state="succeeded", files=files, sha256=sha256, error=None, finished_at=utc_now())
-        self._write(item_id, record, sync=True)
+        self._write(item_id, record)
 
     def failed(self, item_id: str, error: dict[str, Any], request: dict[str, Any] | None = None) -> None:
         record = self._record(item_id, request) if request is not None else dict(self.items[item_id])
@@ -372,7 +410,7 @@ class Ledger:
         record.update(state="failed", error=error, finished_at=utc_now())
         if request is not None:
             record["request"] = request
-        self._write(item_id, record, sync=True)
+        self._write(item_id, record)
 
     def _record(self, item_id: str, request: dict[str, Any] | None) -> dict[str, Any]:
         existing = self.items.get(item_id)
@@ -381,12 +419,12 @@ class Ledger:
         return {"state": "pending", "task_id": None, "attempts": 0, "request": request, "files": [],
                 "sha256": [], "error": None, "submitted_at": None, "finished_at": None}
 
-    def _write(self, item_id: str, record: dict[str, Any], *, sync: bool) -> None:
+    def _write(self, item_id: str, record: dict[str, Any]) -> None:
+        """Append the item's new record to the journal (durable once `durable()` says so)."""
         line = json.dumps({"id": item_id, "record": record}, ensure_ascii=False, separators=(",", ":"))
         try:
             os.write(self._journal_fd, line.encode("utf-8") + b"\n")
-            if sync:
-                os.fsync(self._journal_fd)
+            self._written += 1
         except OSError as exc:
             raise StorageError(f"cannot write the journal in {self._state_dir}: {exc.strerror or exc}") from exc
         self.items[item_id] = record
@@ -441,6 +479,7 @@ class Ledger:
         os.close(self._journal_fd)
         self._journal_fd = fresh
         fsync_dir(self._state_dir)
+        self._synced = self._written  # everything written is in the fsync'd snapshot now
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = self._last_snapshot - started
