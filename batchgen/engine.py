@@ -241,10 +241,9 @@ class Engine:
                     self.window.forget(slot)
                     return None
                 self.creates_left -= 1
-            job = asyncio.ensure_future(self._create(item, request, callback))
+            job = asyncio.ensure_future(self._create(item, request, callback, slot))
             self._creating.add(job)
             job.add_done_callback(self._creating.discard)
-            job.add_done_callback(functools.partial(self._settle_slot, slot))
             try:
                 return await asyncio.shield(job)
             except RateLimited as exc:
@@ -276,24 +275,25 @@ class Engine:
                 self.out.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
 
-    def _settle_slot(self, slot: list[float], job: asyncio.Future[str]) -> None:
-        """A create window slot counts from the answer, unless the service dropped the call (429)."""
-        if not job.cancelled() and isinstance(job.exception(), RateLimited):
-            self.window.forget(slot)
-        else:
-            self.window.done(slot)
-
     def _give_back(self) -> None:
         if self.creates_left is not None:
             self.creates_left += 1
 
-    async def _create(self, item: Item, request: dict[str, Any], callback: str | None) -> str:
-        """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after."""
-        self.ledger.start_submit(item.id, request)
-        await self.ledger.durable()  # the intent is on disk before the request leaves
+    async def _create(self, item: Item, request: dict[str, Any], callback: str | None, slot: list[float]) -> str:
+        """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after.
+
+        Its create-window slot counts from the moment the answer arrives, unless the service dropped the call.
+        """
         try:
+            self.ledger.start_submit(item.id, request)
+            await self.ledger.durable()  # the intent is on disk before the request leaves
             task_id = await self.client.create_task(request, callback)
+        except RateLimited:
+            self.window.forget(slot)
+            self.ledger.submit_unsent(item.id)
+            raise
         except TransportError as exc:
+            self.window.done(slot)
             self.ledger.submit_unsent(item.id, in_doubt=exc.sent)
             await self.ledger.durable()
             if exc.sent:
@@ -302,10 +302,16 @@ class Engine:
                                  "and will be submitted again (marked in doubt)", item=item.id)
             raise
         except BaseException:
+            self.window.done(slot)
             self.ledger.submit_unsent(item.id)
             raise
+        self.window.done(slot)
         self.ledger.submitted(item.id, task_id)
-        await self.ledger.durable()  # the task id is on disk before anything else happens to it
+        self.live += 1  # the service is running it from now on, though we wait for the disk before polling
+        try:
+            await self.ledger.durable()  # the task id is on disk before anything else happens to it
+        finally:
+            self.live -= 1
         self.counters.creates += 1
         self._strikes = 0
         self.cooldown.clear()
