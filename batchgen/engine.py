@@ -306,13 +306,13 @@ class Engine:
             self.ledger.submit_unsent(item.id)
             raise
         self.window.done(slot)
+        self.counters.creates += 1  # paid, whatever happens next
         self.ledger.submitted(item.id, task_id)
         self.live += 1  # the service is running it from now on, though we wait for the disk before polling
         try:
             await self.ledger.durable()  # the task id is on disk before anything else happens to it
         finally:
             self.live -= 1
-        self.counters.creates += 1
         self._strikes = 0
         self.cooldown.clear()
         self.window.on_success()
