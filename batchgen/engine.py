@@ -44,6 +44,7 @@ from .errors import (
     UsageError,
 )
 from .ledger import Ledger, error_record, load, state_dir
+from .ledger import exists as ledger_exists
 from .limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
 from .manifest import Item
 from .plan import Plan, make_plan
@@ -487,8 +488,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
     with _bulk():
         items = manifest.load(settings.manifest)
-        loaded = load(settings.out) if (settings.out / "results.json").exists() or \
-            (settings.out / ".batchgen").exists() else None
+        loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed)
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:

@@ -113,6 +113,11 @@ class Loaded:
     damaged: str | None = None  # why results.json could not be used, when the state was recovered without it
 
 
+def exists(directory: Path) -> bool:
+    """Whether DIR has a ledger (or the remains of one) at all."""
+    return (directory / RESULTS).exists() or (directory / STATE_DIR).exists()
+
+
 def load(directory: Path) -> Loaded:
     """Read results.json and replay the journal over it, without taking the lock or writing anything.
 

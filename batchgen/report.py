@@ -13,14 +13,18 @@ from urllib.parse import quote
 from PIL import Image
 
 from .errors import UsageError
-from .ledger import RESULTS, STATE_DIR, STATES, load, state_dir, write_atomically
+from .ledger import RESULTS, STATE_DIR, STATES, Loaded, exists, load, state_dir, write_atomically
 
 
-def status(directory: Path) -> dict[str, Any]:
-    """The ledger of DIR as one document: counts by state, failures, items in doubt, items no longer listed."""
-    if not (directory / RESULTS).exists() and not (directory / STATE_DIR).exists():
+def _load(directory: Path) -> Loaded:
+    if not exists(directory):
         raise UsageError(f"{directory} has no ledger ({RESULTS}): nothing has run there yet")
-    loaded = load(directory)
+    return load(directory)
+
+
+def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
+    """The ledger of DIR as one document: counts by state, failures, items in doubt, items no longer listed."""
+    loaded = loaded or _load(directory)
     retired = set(loaded.not_in_manifest)
     counts = dict.fromkeys(STATES, 0)
     failed, in_doubt, incomplete = [], [], []
@@ -85,8 +89,9 @@ REPORT = "index.html"
 
 def write_report(directory: Path) -> Path:
     """Write DIR/index.html: a static contact sheet that works from file:// with no server and no network."""
-    doc = status(directory)
-    items = load(directory).items
+    loaded = _load(directory)
+    doc = status(directory, loaded)
+    items = loaded.items
     retired = set(doc["not_in_manifest"])
     thumbs = state_dir(directory, THUMB_DIR)
     shown = [(item_id, record) for item_id, record in items.items()
