@@ -24,7 +24,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import download, failures, manifest
@@ -73,8 +73,17 @@ class Outcome:
     counts: dict[str, int]
     counters: Counters
     seconds: float
-    stop_reason: str | None = None
-    failures: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
+    """SPEC's exit code, most severe first: 3 (key/quota) or the fatal error's own, 128+N, 5, 1, 0."""
+    if fatal is not None:
+        return fatal.exit_code
+    if signum is not None:
+        return 128 + signum
+    if counts["pending"] or counts["submitted"]:
+        return 5
+    return 1 if counts["failed"] else 0
 
 
 class Stopped(Exception):
@@ -459,21 +468,7 @@ class Engine:
 
     def outcome(self, seconds: float) -> Outcome:
         counts = self.ledger.counts(self.ids)
-        if isinstance(self.fatal, AuthError | QuotaError):
-            code = 3
-        elif self.fatal is not None:
-            code = self.fatal.exit_code
-        elif self.stop_signal is not None:
-            code = 128 + self.stop_signal
-        elif counts["pending"] or counts["submitted"]:
-            code = 5
-        elif counts["failed"]:
-            code = 1
-        else:
-            code = 0
-        failed = [(i, self.ledger.items[i]["error"] or {}) for i in self.ids
-                  if i in self.ledger.items and self.ledger.items[i]["state"] == "failed"]
-        return Outcome(code, counts, self.counters, seconds, self.stop_reason, failed)
+        return Outcome(exit_code(counts, self.fatal, self.stop_signal), counts, self.counters, seconds)
 
 
 def _brief(error: dict[str, Any]) -> str:
@@ -530,7 +525,7 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
         _announce(plan, items, settings, reporter)
         if not plan.submit and not plan.resume:  # nothing to do: contact nothing, need no key
             counts = ledger.counts(ledger.manifest_ids)
-            outcome = Outcome(1 if counts["failed"] else 0, counts, Counters(), time.monotonic() - started)
+            outcome = Outcome(exit_code(counts), counts, Counters(), time.monotonic() - started)
             return outcome
         async with _service(settings, reporter) as (api_base, key), open_session(settings.timeouts) as session:
             engine = Engine(settings, items, plan, ledger, Client(session, api_base, key, settings.timeouts),
