@@ -32,9 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check manifests; print every problem; exit 0 or 2")
     validate.add_argument("manifests", nargs="+", metavar="MANIFEST")
 
-    run = commands.add_parser("run", help="the main job: submit, poll, download, record; resumes DIR",
-                              description="Submit every item of MANIFEST, poll, download into DIR, and record it "
-                                          "all in DIR/results.json. Rerun the same command to resume.")
+    run = commands.add_parser(
+        "run",
+        help="the main job: submit, poll, download, record; resumes DIR",
+        description="Submit every item of MANIFEST, poll, download into DIR, and record it "
+        "all in DIR/results.json. Rerun the same command to resume.",
+    )
     _add_run_arguments(run)
 
     status = commands.add_parser("status", help="what the ledger of DIR says")
@@ -53,35 +56,69 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (images and results.json)")
     p.add_argument("--api-base", metavar="URL", help="the service's base URL (env BATCHGEN_API_BASE)")
-    p.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file "
-                   "(otherwise env BATCHGEN_API_KEY; never a flag value)")
+    p.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="read the API key from this file (otherwise env BATCHGEN_API_KEY; never a flag value)",
+    )
     p.add_argument("--simulate", action="store_true", help="run against the built-in simulator; no key needed")
-    p.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
-                   help="most tasks in flight at once (default 8)")
-    p.add_argument("--create-rate", default="20/10", metavar="N/SECONDS",
-                   help="most createTask calls per window (default 20/10, the API family's limit)")
-    p.add_argument("--poll-rate", type=_positive_float, default=8.0, metavar="N",
-                   help="most status queries per second (default 8)")
-    p.add_argument("--poll-interval", type=_positive_float, default=2.5, metavar="SECONDS",
-                   help="first interval between status queries of a task; x3 after 30 intervals, x8 after 120 "
-                        "(default 2.5)")
-    p.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
-                   help="submissions per item for transient failures (default 3)")
-    p.add_argument("--task-timeout", type=_positive_float, default=1800.0, metavar="SECONDS",
-                   help="stop waiting for one task after this; it stays resumable (default 1800)")
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=8, metavar="N", help="most tasks in flight at once (default 8)"
+    )
+    p.add_argument(
+        "--create-rate",
+        default="20/10",
+        metavar="N/SECONDS",
+        help="most createTask calls per window (default 20/10, the API family's limit)",
+    )
+    p.add_argument(
+        "--poll-rate", type=_positive_float, default=8.0, metavar="N", help="most status queries per second (default 8)"
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=_positive_float,
+        default=2.5,
+        metavar="SECONDS",
+        help="first interval between status queries of a task; x3 after 30 intervals, x8 after 120 (default 2.5)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="submissions per item for transient failures (default 3)",
+    )
+    p.add_argument(
+        "--task-timeout",
+        type=_positive_float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="stop waiting for one task after this; it stays resumable (default 1800)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="also resubmit items that failed for good earlier")
-    p.add_argument("--adopt-ledger", action="store_true",
-                   help="continue DIR's ledger although another manifest (by file name) made it")
+    p.add_argument(
+        "--adopt-ledger",
+        action="store_true",
+        help="continue DIR's ledger although another manifest (by file name) made it",
+    )
     p.add_argument("--limit", type=_non_negative_int, metavar="N", help="submit at most N new tasks in this run")
-    p.add_argument("--max-runtime", type=_positive_float, metavar="SECONDS",
-                   help="after this long, submit nothing more, save state and exit 5")
+    p.add_argument(
+        "--max-runtime",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="after this long, submit nothing more, save state and exit 5",
+    )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
     p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
-    p.add_argument("--callback-listen", metavar="HOST:PORT",
-                   help="receive the callbacks here for the run's duration; they trigger an immediate status query")
+    p.add_argument(
+        "--callback-listen",
+        metavar="HOST:PORT",
+        help="receive the callbacks here for the run's duration; they trigger an immediate status query",
+    )
     p.add_argument("--report", action="store_true", help="write DIR/index.html at the end of the run")
-    p.add_argument("--metrics-file", metavar="PATH",
-                   help="write the run's figures as a Prometheus textfile (for node_exporter)")
+    p.add_argument(
+        "--metrics-file", metavar="PATH", help="write the run's figures as a Prometheus textfile (for node_exporter)"
+    )
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -187,22 +224,41 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         api_base = config.check_api_base(api_base)
     key = None if args.simulate else config.read_key(env, args.api_key_file, warnings)
     return RunSettings(
-        manifest=Path(args.manifest), out=Path(args.out), api_base=api_base, api_key=key, simulate=args.simulate,
-        concurrency=args.concurrency, create_rate=parse_rate(args.create_rate, "--create-rate"),
-        poll_rate=args.poll_rate, poll=config.PollSchedule(args.poll_interval), max_attempts=args.max_attempts,
-        task_timeout=args.task_timeout, retry_failed=args.retry_failed, adopt_ledger=args.adopt_ledger,
+        manifest=Path(args.manifest),
+        out=Path(args.out),
+        api_base=api_base,
+        api_key=key,
+        simulate=args.simulate,
+        concurrency=args.concurrency,
+        create_rate=parse_rate(args.create_rate, "--create-rate"),
+        poll_rate=args.poll_rate,
+        poll=config.PollSchedule(args.poll_interval),
+        max_attempts=args.max_attempts,
+        task_timeout=args.task_timeout,
+        retry_failed=args.retry_failed,
+        adopt_ledger=args.adopt_ledger,
         limit=args.limit,
-        max_runtime=args.max_runtime, dry_run=args.dry_run, callback_url=callback,
-        callback_listen=args.callback_listen, log_format=args.log_format,
-        quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress,
+        max_runtime=args.max_runtime,
+        dry_run=args.dry_run,
+        callback_url=callback,
+        callback_listen=args.callback_listen,
+        log_format=args.log_format,
+        quiet=args.quiet,
+        verbose=args.verbose,
+        progress=not args.no_progress,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     settings = settings_from(args, os.environ, warnings)
-    reporter = Reporter(fmt=settings.log_format, quiet=settings.quiet, verbose=settings.verbose,
-                        progress=settings.progress, secret=settings.api_key.value if settings.api_key else None)
+    reporter = Reporter(
+        fmt=settings.log_format,
+        quiet=settings.quiet,
+        verbose=settings.verbose,
+        progress=settings.progress,
+        secret=settings.api_key.value if settings.api_key else None,
+    )
     for warning in warnings:
         reporter.warning(warning)
     if settings.dry_run:
@@ -213,8 +269,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         reporter.close()
     engine.final_report(outcome, settings, reporter)
     if args.metrics_file:
-        report.write_metrics(Path(args.metrics_file), manifest=settings.manifest.name, counts=outcome.counts,
-                             figures=engine.figures(outcome))
+        report.write_metrics(
+            Path(args.metrics_file),
+            manifest=settings.manifest.name,
+            counts=outcome.counts,
+            figures=engine.figures(outcome),
+        )
     if args.report:
         reporter.info(f"contact sheet: {report.write_report(settings.out)}")
     return outcome.exit_code
@@ -236,16 +296,33 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     rate = None if args.rate.strip().lower() in ("none", "off", "0") else parse_rate(args.rate, "--rate")
     config = SimConfig(
-        host=args.host, port=args.port, files_port=args.files_port, api_key=args.api_key,
-        latency=args.latency, jitter=args.jitter, results_per_task=args.results_per_task,
-        image_scale=args.image_scale, rate=rate, capacity=args.capacity, quota=args.quota,
+        host=args.host,
+        port=args.port,
+        files_port=args.files_port,
+        api_key=args.api_key,
+        latency=args.latency,
+        jitter=args.jitter,
+        results_per_task=args.results_per_task,
+        image_scale=args.image_scale,
+        rate=rate,
+        capacity=args.capacity,
+        quota=args.quota,
         poll_limit=parse_rate(args.poll_limit, "--poll-limit") if args.poll_limit else None,
-        body_limit=args.body_limit, fail_rate=args.fail_rate, transient_share=args.transient_share,
-        error_rate=args.error_rate, drop_rate=args.drop_rate, truncate_rate=args.truncate_rate,
-        html_rate=args.html_rate, null_window=args.null_window, url_ttl=args.url_ttl or None,
+        body_limit=args.body_limit,
+        fail_rate=args.fail_rate,
+        transient_share=args.transient_share,
+        error_rate=args.error_rate,
+        drop_rate=args.drop_rate,
+        truncate_rate=args.truncate_rate,
+        html_rate=args.html_rate,
+        null_window=args.null_window,
+        url_ttl=args.url_ttl or None,
         expired_url_rate=args.expired_url_rate,
-        http200_errors=args.http200_errors, envelope_429=args.envelope_429, retry_after=args.retry_after,
-        response_delay=args.response_delay, random_seed=args.random_seed,
+        http200_errors=args.http200_errors,
+        envelope_429=args.envelope_429,
+        retry_after=args.retry_after,
+        response_delay=args.response_delay,
+        random_seed=args.random_seed,
     )
 
     async def serve() -> None:
@@ -256,8 +333,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
         try:
             async with Simulator(config) as sim:
                 key = "any non-empty Bearer token" if config.api_key is None else "the --api-key given"
-                print(f"batchgen sim: api={sim.api_url} files={sim.files_url} stats={sim.api_url}/__sim/stats "
-                      f"(accepts {key}; Ctrl-C to stop)", flush=True)
+                print(
+                    f"batchgen sim: api={sim.api_url} files={sim.files_url} stats={sim.api_url}/__sim/stats "
+                    f"(accepts {key}; Ctrl-C to stop)",
+                    flush=True,
+                )
                 await stop.wait()
         except OSError as exc:
             raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
@@ -266,8 +346,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "report": cmd_report,
-            "sim": cmd_sim}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "report": cmd_report, "sim": cmd_sim}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

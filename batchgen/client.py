@@ -60,8 +60,9 @@ async def open_session(timeouts: Timeouts) -> AsyncIterator[aiohttp.ClientSessio
     """The run's one ClientSession. No default headers: the key is added per API call only."""
     connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.api_read)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     headers={"User-Agent": USER_AGENT}, trust_env=False) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False
+    ) as session:
         yield session
 
 
@@ -103,13 +104,15 @@ class Client:
             raise ServerError(f"recordInfo for {task_id} answered about another task ({record.task_id})")
         return record
 
-    async def _call(self, method: str, path: str, *, json_body: Any = None,
-                    params: Mapping[str, str] | None = None) -> Any:
+    async def _call(
+        self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
         headers = {"Authorization": f"Bearer {self._key.value}", "Accept": "application/json"}
         url = self._base + path
         try:
-            async with self._session.request(method, url, json=json_body, params=params, headers=headers,
-                                             allow_redirects=False) as response:
+            async with self._session.request(
+                method, url, json=json_body, params=params, headers=headers, allow_redirects=False
+            ) as response:
                 text = await response.text(errors="replace")
                 return interpret(response.status, response.headers, text, secret=self._key.value)
         except aiohttp.ClientConnectorError as exc:
@@ -127,14 +130,19 @@ class Client:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise DownloadError(f"result URL is not http(s): {url[:100]!r}", permanent=True)
-        timeout = aiohttp.ClientTimeout(total=self._timeouts.download_total, sock_connect=self._timeouts.connect,
-                                        sock_read=self._timeouts.download_read)
+        timeout = aiohttp.ClientTimeout(
+            total=self._timeouts.download_total,
+            sock_connect=self._timeouts.connect,
+            sock_read=self._timeouts.download_read,
+        )
         try:
             async with self._session.get(url, timeout=timeout, max_redirects=5) as response:
                 yield response
         except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
-            raise DownloadError(f"download stalled: no data for {self._timeouts.download_read:g} s, or not "
-                                f"complete within {self._timeouts.download_total:g} s") from exc
+            raise DownloadError(
+                f"download stalled: no data for {self._timeouts.download_read:g} s, or not "
+                f"complete within {self._timeouts.download_total:g} s"
+            ) from exc
         except aiohttp.TooManyRedirects as exc:
             raise DownloadError("result URL redirected too many times") from exc
         except aiohttp.ClientError as exc:
@@ -215,8 +223,7 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
     if effective == 401:
         raise AuthError(f"the service refused the API key (401): {message}", status=status, code=code)
     if effective == 403 or code == "insufficient_user_quota":
-        raise QuotaError(f"the service refused the account (403, quota or access): {message}", status=status,
-                         code=code)
+        raise QuotaError(f"the service refused the account (403, quota or access): {message}", status=status, code=code)
     if effective in (404, 405):
         raise UsageError(f"the service answered {effective} ({message}): is --api-base right?")
     if effective in (400, 413, 422) or 400 <= effective < 500:

@@ -116,8 +116,9 @@ def read_key(env: Mapping[str, str], key_file: str | None, warn: list[str]) -> S
         except OSError as exc:
             raise UsageError(f"--api-key-file {key_file}: cannot read it: {exc.strerror or exc}") from exc
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warn.append(f"--api-key-file {key_file} can be read by others (mode {stat.S_IMODE(mode):o}); "
-                        f"chmod 600 {key_file}")
+            warn.append(
+                f"--api-key-file {key_file} can be read by others (mode {stat.S_IMODE(mode):o}); chmod 600 {key_file}"
+            )
         if not text:
             raise UsageError(f"--api-key-file {key_file} is empty")
         return Secret(text)
@@ -132,7 +133,8 @@ def check_api_base(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--api-base: expected an http(s) URL such as https://api.example.com; got {url!r}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise UsageError(f"--api-base {url}: refusing to send the API key over plain http to a host that is not "
-                         "this machine; use https://")
+        raise UsageError(
+            f"--api-base {url}: refusing to send the API key over plain http to a host that is not "
+            "this machine; use https://"
+        )
     return url
-

@@ -23,12 +23,19 @@ from .errors import DownloadError
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
 FORMATS = {"PNG": ("png", "png"), "JPEG": ("jpeg", "jpg")}  # Pillow's name -> (output_format, extension)
-ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/pjpeg", "application/octet-stream",
-                  "binary/octet-stream")
+ACCEPTED_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "image/pjpeg",
+    "application/octet-stream",
+    "binary/octet-stream",
+)
 
 
-async def fetch(client: Client, url: str, *, directory: Path, temp_dir: Path, stem: str,
-                max_bytes: int) -> tuple[str, str]:
+async def fetch(
+    client: Client, url: str, *, directory: Path, temp_dir: Path, stem: str, max_bytes: int
+) -> tuple[str, str]:
     """Download one result URL to DIR/<stem>.<ext>; returns (file name, sha256 hex)."""
     temp = temp_dir / f"{stem}.{secrets.token_hex(4)}.part"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -36,8 +43,9 @@ async def fetch(client: Client, url: str, *, directory: Path, temp_dir: Path, st
         digest = hashlib.sha256()
         async with client.open_result(url) as response:
             if response.status != 200:
-                raise DownloadError(f"result host answered HTTP {response.status}",
-                                    expired=response.status in (401, 403, 404, 410))
+                raise DownloadError(
+                    f"result host answered HTTP {response.status}", expired=response.status in (401, 403, 404, 410)
+                )
             if response.content_type not in ACCEPTED_TYPES:
                 raise DownloadError(f"result host sent {response.content_type or 'no content type'}, not an image")
             declared = response.content_length

@@ -91,8 +91,9 @@ class Stopped(Exception):
 
 
 class Engine:
-    def __init__(self, settings: RunSettings, items: list[Item], plan: Plan, ledger: Ledger, client: Client,
-                 reporter: Reporter) -> None:
+    def __init__(
+        self, settings: RunSettings, items: list[Item], plan: Plan, ledger: Ledger, client: Client, reporter: Reporter
+    ) -> None:
         self.s = settings
         self.items = items
         self.plan = plan
@@ -202,13 +203,19 @@ class Engine:
                     await self._download(item, task_id, record)
                     return
                 kind = failures.classify(record.fail_code, record.fail_message)
-                error = error_record(f"task_{kind}", record.fail_code,
-                                     record.fail_message or f"the task failed (failCode {record.fail_code})")
+                error = error_record(
+                    f"task_{kind}",
+                    record.fail_code,
+                    record.fail_message or f"the task failed (failCode {record.fail_code})",
+                )
                 attempts = int(self.ledger.items[item.id].get("attempts", 0))
                 if kind == "transient" and attempts < self.s.max_attempts:
                     self.counters.retries += 1
-                    self.out.info(f"item {item.id!r}: task {task_id} failed ({_brief(error)}); submitting again "
-                                  f"(attempt {attempts + 1} of {self.s.max_attempts})", item=item.id)
+                    self.out.info(
+                        f"item {item.id!r}: task {task_id} failed ({_brief(error)}); submitting again "
+                        f"(attempt {attempts + 1} of {self.s.max_attempts})",
+                        item=item.id,
+                    )
                     self.ledger.requeue(item.id, error)
                     await self.ledger.durable()
                     task_id = None
@@ -222,16 +229,24 @@ class Engine:
         except Stopped:
             return
         except (StorageError, OSError) as exc:
-            problem = exc if isinstance(exc, StorageError) else StorageError(
-                f"cannot write in {self.s.out}: {exc.strerror or exc}; the ledger is intact: free some space and "
-                "rerun to continue")
+            problem = (
+                exc
+                if isinstance(exc, StorageError)
+                else StorageError(
+                    f"cannot write in {self.s.out}: {exc.strerror or exc}; the ledger is intact: free some space and "
+                    "rerun to continue"
+                )
+            )
             self.stop("storage", fatal=problem)
         finally:
             release()
 
     def _report_failure(self, item_id: str, error: dict[str, Any], attempts: int) -> None:
-        hint = "rerun with --retry-failed to try again" if error["kind"] != "task_policy" else \
-            "change the prompt to generate it"
+        hint = (
+            "rerun with --retry-failed to try again"
+            if error["kind"] != "task_policy"
+            else "change the prompt to generate it"
+        )
         after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
         self.out.warning(f"item {item_id!r} failed{after} ({_brief(error)}); {hint}", item=item_id, error=error)
 
@@ -308,8 +323,11 @@ class Engine:
             await self.ledger.durable()
             if exc.sent:
                 self.counters.in_doubt += 1
-                self.out.warning(f"item {item.id!r}: createTask got no answer ({exc}); it may have been created "
-                                 "and will be submitted again (marked in doubt)", item=item.id)
+                self.out.warning(
+                    f"item {item.id!r}: createTask got no answer ({exc}); it may have been created "
+                    "and will be submitted again (marked in doubt)",
+                    item=item.id,
+                )
             raise
         except BaseException:
             self.window.done(slot)
@@ -348,8 +366,10 @@ class Engine:
         delay = 0.0
         if self._strikes > 1 or exc.retry_after is not None:
             delay = self.cooldown.trigger(exc.retry_after)
-        self.out.debug(f"service saturated (429): in-flight limit {self.limiter.limit}, create window "
-                       f"{self.window.count}/{self.window.seconds:g} s, pause {delay:.1f} s")
+        self.out.debug(
+            f"service saturated (429): in-flight limit {self.limiter.limit}, create window "
+            f"{self.window.count}/{self.window.seconds:g} s, pause {delay:.1f} s"
+        )
 
     # ------------------------------------------------------------ poll
 
@@ -367,9 +387,11 @@ class Engine:
             while True:
                 if time.monotonic() + delay >= deadline:
                     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-                    self.out.warning(f"item {item.id!r}: task {task_id} not finished after --task-timeout "
-                                     f"{self.s.task_timeout:g} s; it stays submitted, rerun to pick it up",
-                                     item=item.id)
+                    self.out.warning(
+                        f"item {item.id!r}: task {task_id} not finished after --task-timeout "
+                        f"{self.s.task_timeout:g} s; it stays submitted, rerun to pick it up",
+                        item=item.id,
+                    )
                     return None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(alarm.wait(), delay)  # a callback cuts the wait short
@@ -450,16 +472,25 @@ class Engine:
                 download.remove_stale(self.s.out, old, names)
                 self.counters.downloads += len(names)
                 return
-            self.out.warning(f"item {item.id!r}: could not download the result of {task_id} ({last}); it stays "
-                             "submitted, rerun to try again", item=item.id)
+            self.out.warning(
+                f"item {item.id!r}: could not download the result of {task_id} ({last}); it stays "
+                "submitted, rerun to try again",
+                item=item.id,
+            )
 
     async def _fetch_all(self, item: Item, urls: tuple[str, ...]) -> tuple[list[str], list[str]]:
         names: list[str] = []
         digests: list[str] = []
         for n, url in enumerate(urls, start=1):
             stem = item.id if len(urls) == 1 else f"{item.id}_{n}"
-            name, digest = await download.fetch(self.client, url, directory=self.s.out, temp_dir=self.temp_dir,
-                                                stem=stem, max_bytes=self.s.max_image_bytes)
+            name, digest = await download.fetch(
+                self.client,
+                url,
+                directory=self.s.out,
+                temp_dir=self.temp_dir,
+                stem=stem,
+                max_bytes=self.s.max_image_bytes,
+            )
             names.append(name)
             digests.append(digest)
         return names, digests
@@ -493,11 +524,15 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     summary = plan.summary()
     would = len(plan.submit) if settings.limit is None else min(settings.limit, len(plan.submit))
     print(f"{settings.manifest}: {len(items)} items -> {settings.out}")
-    print(f"  would submit {would}: {summary['new']} new, {summary['changed']} changed, {summary['retry']} "
-          f"failed to retry")
+    print(
+        f"  would submit {would}: {summary['new']} new, {summary['changed']} changed, {summary['retry']} "
+        f"failed to retry"
+    )
     print(f"  would poll {summary['resume']} already submitted (by task id, no new charge)")
-    print(f"  already done {summary['done']}; failed and left alone {summary['failed']}"
-          + (" (use --retry-failed)" if summary["failed"] else ""))
+    print(
+        f"  already done {summary['done']}; failed and left alone {summary['failed']}"
+        + (" (use --retry-failed)" if summary["failed"] else "")
+    )
     if summary["in_doubt"]:
         print(f"  in doubt {summary['in_doubt']} (a createTask call was interrupted; it may have been paid)")
     if summary["not_in_manifest"]:
@@ -518,8 +553,10 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
     outcome: Outcome | None = None
     try:
         if ledger.recovered:
-            reporter.warning(f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
-                             "damaged file is kept beside it as results.json.damaged-*")
+            reporter.warning(
+                f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
+                "damaged file is kept beside it as results.json.damaged-*"
+            )
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed)
         ledger.track(items)
         _announce(plan, items, settings, reporter)
@@ -528,8 +565,7 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
             outcome = Outcome(exit_code(counts), counts, Counters(), time.monotonic() - started)
             return outcome
         async with _service(settings, reporter) as (api_base, key), open_session(settings.timeouts) as session:
-            engine = Engine(settings, items, plan, ledger, Client(session, api_base, key, settings.timeouts),
-                            reporter)
+            engine = Engine(settings, items, plan, ledger, Client(session, api_base, key, settings.timeouts), reporter)
             async with _callbacks(settings, engine, reporter):
                 with _signals(engine):
                     await engine.run()
@@ -564,12 +600,19 @@ def _bulk() -> Iterator[None]:
 
 def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Reporter) -> None:
     s = plan.summary()
-    reporter.info(f"{settings.manifest.name}: {len(items)} items; {len(plan.submit)} to submit "
-                  f"({s['new']} new, {s['changed']} changed, {s['retry']} retried), {s['resume']} to resume, "
-                  f"{s['done']} done, {s['failed']} failed earlier", event="plan", **s)
+    reporter.info(
+        f"{settings.manifest.name}: {len(items)} items; {len(plan.submit)} to submit "
+        f"({s['new']} new, {s['changed']} changed, {s['retry']} retried), {s['resume']} to resume, "
+        f"{s['done']} done, {s['failed']} failed earlier",
+        event="plan",
+        **s,
+    )
     for item in plan.in_doubt:
-        reporter.warning(f"item {item.id!r}: an earlier createTask call was interrupted; it may have been paid "
-                         "(in doubt). It is submitted again.", item=item.id)
+        reporter.warning(
+            f"item {item.id!r}: an earlier createTask call was interrupted; it may have been paid "
+            "(in doubt). It is submitted again.",
+            item=item.id,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -598,8 +641,10 @@ async def _callbacks(settings: RunSettings, engine: Engine, reporter: Reporter) 
         return
     host, port = parse_listen(settings.callback_listen)
     if not settings.callback_url and not manifest.is_loopback(host):
-        raise UsageError("--callback-listen on an address other than loopback needs --callback-url: the public "
-                         "https:// URL that reaches this listener")
+        raise UsageError(
+            "--callback-listen on an address other than loopback needs --callback-url: the public "
+            "https:// URL that reaches this listener"
+        )
     receiver = CallbackReceiver(host, port, engine.wake)
     try:
         await receiver.start()
@@ -618,8 +663,9 @@ def _signals(engine: Engine) -> Any:
     loop = asyncio.get_running_loop()
     handled = (signal.SIGINT, signal.SIGTERM)
     for signum in handled:
-        loop.add_signal_handler(signum, functools.partial(engine.stop, f"signal {signal.Signals(signum).name}",
-                                                          signum=signum))
+        loop.add_signal_handler(
+            signum, functools.partial(engine.stop, f"signal {signal.Signals(signum).name}", signum=signum)
+        )
     try:
         yield
     finally:
@@ -630,10 +676,17 @@ def _signals(engine: Engine) -> Any:
 def figures(outcome: Outcome) -> dict[str, float]:
     """The run's figures for monitoring: the JSON summary line and the metrics file say the same."""
     n = outcome.counters
-    return {"paid_creates": n.creates, "retries": n.retries, "rate_limited": n.rate_limited,
-            "status_queries": n.polls, "callbacks": n.callbacks, "in_doubt": n.in_doubt,
-            "seconds": round(outcome.seconds, 3), "exit_code": outcome.exit_code,
-            "finished_timestamp": int(time.time())}
+    return {
+        "paid_creates": n.creates,
+        "retries": n.retries,
+        "rate_limited": n.rate_limited,
+        "status_queries": n.polls,
+        "callbacks": n.callbacks,
+        "in_doubt": n.in_doubt,
+        "seconds": round(outcome.seconds, 3),
+        "exit_code": outcome.exit_code,
+        "finished_timestamp": int(time.time()),
+    }
 
 
 def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:
@@ -641,8 +694,11 @@ def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) ->
     n = outcome.counters
     reporter.summary(c, event="summary", **figures(outcome))
     if reporter.fmt == "text" and not reporter.quiet:
-        reporter.info(f"{n.creates} paid creates, {n.retries} retries, {n.rate_limited}x 429, {n.polls} status "
-                      f"queries, {outcome.seconds:.1f} s; exit {outcome.exit_code}")
+        reporter.info(
+            f"{n.creates} paid creates, {n.retries} retries, {n.rate_limited}x 429, {n.polls} status "
+            f"queries, {outcome.seconds:.1f} s; exit {outcome.exit_code}"
+        )
     if outcome.exit_code == 5:
-        reporter.info(f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command "
-                      "again to continue")
+        reporter.info(
+            f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command again to continue"
+        )

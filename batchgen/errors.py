@@ -115,16 +115,15 @@ class RequestRejected(ServiceError):
 class RateLimited(ServiceError):
     """429: the service is saturated. `retry_after` is the server's wait in seconds, when it sent one."""
 
-
-    def __init__(self, message: str, *, status: int | None = 429, code: str | None = "429",
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = 429, code: str | None = "429", retry_after: float | None = None
+    ) -> None:
         super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
 
 
 class ServerError(ServiceError):
     """5xx, or an answer that could not be read: worth another try after a pause."""
-
 
 
 class TransportError(BatchgenError):
@@ -134,7 +133,6 @@ class TransportError(BatchgenError):
     a createTask that failed with `sent` True may have been created, and paid for, all the same.
     """
 
-
     def __init__(self, message: str, *, sent: bool = True) -> None:
         super().__init__(message)
         self.sent = sent
@@ -142,7 +140,6 @@ class TransportError(BatchgenError):
 
 class DownloadError(BatchgenError):
     """A result file could not be fetched whole, or is not the image it should be."""
-
 
     def __init__(self, message: str, *, expired: bool = False, permanent: bool = False) -> None:
         super().__init__(message)

@@ -15,8 +15,24 @@ Kind = Literal["transient", "policy", "invalid", "unknown"]
 TABLE: tuple[tuple[Kind, tuple[str, ...]], ...] = (
     ("policy", ("content polic", "flagged", "safety", "violat", "prohibited", "nsfw", "sensitive")),
     ("invalid", ("invalid", "validation", "not supported", "unsupported", "required", "400", "422")),
-    ("transient", ("500", "502", "503", "504", "internal error", "try again", "timeout", "timed out", "busy",
-                   "overload", "saturat", "unavailable", "upstream")),
+    (
+        "transient",
+        (
+            "500",
+            "502",
+            "503",
+            "504",
+            "internal error",
+            "try again",
+            "timeout",
+            "timed out",
+            "busy",
+            "overload",
+            "saturat",
+            "unavailable",
+            "upstream",
+        ),
+    ),
 )
 
 

@@ -136,8 +136,9 @@ def load(directory: Path) -> Loaded:
     except _Damaged as exc:
         return _recover(directory, journal, good, str(exc))
     retired = frozenset(document.get("not_in_manifest") or ())
-    return Loaded(_replay(document["items"], journal), document.get("manifest"), document.get("updated_at"), good,
-                  retired)
+    return Loaded(
+        _replay(document["items"], journal), document.get("manifest"), document.get("updated_at"), good, retired
+    )
 
 
 class _Damaged(Exception):
@@ -156,8 +157,10 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
         raise _Damaged(f"{path} is not a batchgen ledger (no 'items' object)")
     version = document.get("version")
     if isinstance(version, int) and version > VERSION:
-        raise LedgerError(f"{path} is ledger version {version}; this batchgen reads version {VERSION}. "
-                          "Use a newer batchgen, or another --out directory; the file was not changed")
+        raise LedgerError(
+            f"{path} is ledger version {version}; this batchgen reads version {VERSION}. "
+            "Use a newer batchgen, or another --out directory; the file was not changed"
+        )
     if version != VERSION:
         raise _Damaged(f"{path} has no valid version (found {version!r})")
     for item_id, record in document["items"].items():
@@ -174,16 +177,26 @@ def _recover(directory: Path, journal: list[tuple[str, dict[str, Any]]], good: i
         try:
             base = _read_snapshot(folder / PREVIOUS)
         except _Damaged as exc:
-            raise LedgerError(f"{why}, and so is its previous copy ({exc}). batchgen has changed neither. "
-                              "Restore results.json from a backup, or move it aside to start a new ledger "
-                              "(the images stay where they are)") from exc
+            raise LedgerError(
+                f"{why}, and so is its previous copy ({exc}). batchgen has changed neither. "
+                "Restore results.json from a backup, or move it aside to start a new ledger "
+                "(the images stay where they are)"
+            ) from exc
     elif not (folder / PREVIOUS_JOURNAL).exists() and not journal:
-        raise LedgerError(f"{why}, and there is no journal to rebuild it from; batchgen has not changed it. "
-                          "Restore it from a backup, or move it aside to start a new ledger (the images stay)")
+        raise LedgerError(
+            f"{why}, and there is no journal to rebuild it from; batchgen has not changed it. "
+            "Restore it from a backup, or move it aside to start a new ledger (the images stay)"
+        )
     earlier, _ = _read_journal(folder / PREVIOUS_JOURNAL, strict=True)
     items = _replay(_replay(base["items"], earlier), journal)
-    return Loaded(items, base.get("manifest"), base.get("updated_at"), good,
-                  frozenset(base.get("not_in_manifest") or ()), damaged=why)
+    return Loaded(
+        items,
+        base.get("manifest"),
+        base.get("updated_at"),
+        good,
+        frozenset(base.get("not_in_manifest") or ()),
+        damaged=why,
+    )
 
 
 def _read_journal(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, dict[str, Any]]], int]:
@@ -202,9 +215,11 @@ def _read_journal(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, 
         except (ValueError, KeyError, TypeError) as exc:
             if end == len(data) and not data.endswith(b"\n") and not strict:
                 break  # a torn last line: the write it belonged to never finished
-            raise LedgerError(f"{path}: line {number} is damaged ({exc}); batchgen has not changed it. Move it "
-                              "aside to continue from results.json alone (changes since the last snapshot are "
-                              "then forgotten)") from exc
+            raise LedgerError(
+                f"{path}: line {number} is damaged ({exc}); batchgen has not changed it. Move it "
+                "aside to continue from results.json alone (changes since the last snapshot are "
+                "then forgotten)"
+            ) from exc
         entries.append((item_id, record))
         good = end
     return entries, good
@@ -269,16 +284,19 @@ class Ledger:
         except BlockingIOError:
             holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(lock_fd)
-            raise LockedError(f"{directory} is in use by another batchgen run (pid {holder}); "
-                              "this run did nothing") from None
+            raise LockedError(
+                f"{directory} is in use by another batchgen run (pid {holder}); this run did nothing"
+            ) from None
         try:
             os.ftruncate(lock_fd, 0)
             os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
             loaded = load(directory)
             if loaded.manifest not in (None, manifest) and not adopt:
-                raise LedgerError(f"{directory / RESULTS} was made for the manifest {loaded.manifest!r}, not "
-                                  f"{manifest!r}; nothing was changed. Use another --out directory, or pass "
-                                  "--adopt-ledger to continue this ledger with the new manifest")
+                raise LedgerError(
+                    f"{directory / RESULTS} was made for the manifest {loaded.manifest!r}, not "
+                    f"{manifest!r}; nothing was changed. Use another --out directory, or pass "
+                    "--adopt-ledger to continue this ledger with the new manifest"
+                )
             if loaded.damaged:
                 _keep_damaged(directory)
             journal_fd = _open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -394,8 +412,14 @@ class Ledger:
         """The service returned a task id: durably on disk before anything else happens to it."""
         record = dict(self.items[item_id])
         record.pop("submitting", None)
-        record.update(state="submitted", task_id=task_id, attempts=int(record.get("attempts", 0)) + 1,
-                      submitted_at=utc_now(), finished_at=None, error=None)
+        record.update(
+            state="submitted",
+            task_id=task_id,
+            attempts=int(record.get("attempts", 0)) + 1,
+            submitted_at=utc_now(),
+            finished_at=None,
+            error=None,
+        )
         self._write(item_id, record)
 
     def requeue(self, item_id: str, error: dict[str, Any]) -> None:
@@ -421,8 +445,17 @@ class Ledger:
         existing = self.items.get(item_id)
         if existing is not None:
             return dict(existing)
-        return {"state": "pending", "task_id": None, "attempts": 0, "request": request, "files": [],
-                "sha256": [], "error": None, "submitted_at": None, "finished_at": None}
+        return {
+            "state": "pending",
+            "task_id": None,
+            "attempts": 0,
+            "request": request,
+            "files": [],
+            "sha256": [],
+            "error": None,
+            "submitted_at": None,
+            "finished_at": None,
+        }
 
     def _write(self, item_id: str, record: dict[str, Any]) -> None:
         """Append the item's new record to the journal (durable once `durable()` says so)."""
@@ -479,8 +512,10 @@ class Ledger:
             os.replace(self._state_dir / JOURNAL, self._state_dir / PREVIOUS_JOURNAL)
             fresh = _open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
-            raise StorageError(f"cannot write {results}: {exc.strerror or exc}; the previous ledger and the "
-                               "journal are intact, so the next run continues from them") from exc
+            raise StorageError(
+                f"cannot write {results}: {exc.strerror or exc}; the previous ledger and the "
+                "journal are intact, so the next run continues from them"
+            ) from exc
         os.close(self._journal_fd)
         self._journal_fd = fresh
         fsync_dir(self._state_dir)

@@ -56,8 +56,9 @@ class Item:
 
     def same_request(self, request: Mapping[str, Any] | None) -> bool:
         """Whether a request (as the ledger keeps it) is this item's; cheaper than comparing canonical JSON."""
-        return isinstance(request, Mapping) and request.get("model") == self.model and \
-            request.get("input") == self.input
+        return (
+            isinstance(request, Mapping) and request.get("model") == self.model and request.get("input") == self.input
+        )
 
     @property
     def request(self) -> dict[str, Any]:
@@ -153,8 +154,9 @@ def _decode(data: bytes, out: _Collector) -> str | None:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        out.add(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                      "save the manifest as UTF-8")
+        out.add(
+            line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the manifest as UTF-8"
+        )
         return None
     nul = text.find("\0")
     if nul >= 0:
@@ -199,8 +201,10 @@ def _read_yaml(text: str, out: _Collector) -> list[_RawItem] | None:
                     out.add(_line(value), "defaults: expected a mapping of field: value")
             else:
                 hint = " (a single item must still be inside a list)" if key in schema.ALL_FIELDS else ""
-                out.add(_line(key_node_of(root, key)), f"unknown top-level key {key!r}: expected 'defaults' "
-                        f"and 'items', or a list of items{hint}")
+                out.add(
+                    _line(key_node_of(root, key)),
+                    f"unknown top-level key {key!r}: expected 'defaults' and 'items', or a list of items{hint}",
+                )
         if items_node is None:
             out.add(_line(root), "no 'items' list")
             return None
@@ -320,7 +324,7 @@ def _read_csv(text: str, out: _Collector) -> list[_RawItem] | None:
                 continue
             index += 1
             label = f"#{index}"
-            if len(row) > len(header) and any(cell.strip() for cell in row[len(header):]):
+            if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
                 out.add(line, f"row has {len(row)} cells but the header names {len(header)}", label)
                 continue
             fields = {
@@ -371,8 +375,11 @@ def _csv_header(row: list[str], line: int, out: _Collector) -> list[str] | None:
 
 def _unknown_field_message(name: str) -> str:
     hint = schema.suggest(name)
-    return f"unknown field; did you mean {hint!r}?" if hint else \
-        f"unknown field; known fields are {', '.join(schema.ALL_FIELDS)}"
+    return (
+        f"unknown field; did you mean {hint!r}?"
+        if hint
+        else f"unknown field; known fields are {', '.join(schema.ALL_FIELDS)}"
+    )
 
 
 def _validate(raw_items: list[_RawItem] | None, out: _Collector) -> list[Item]:
@@ -386,8 +393,12 @@ def _validate(raw_items: list[_RawItem] | None, out: _Collector) -> list[Item]:
         key = _request_key(item)
         twin = by_request.get(key)
         if twin is not None and "id" not in raw.fields:
-            out.add(raw.line, f"the same request as the item on line {twin.line} (id {twin.id!r}); "
-                              "give one of them an id, or remove it", raw.label)
+            out.add(
+                raw.line,
+                f"the same request as the item on line {twin.line} (id {twin.id!r}); "
+                "give one of them an id, or remove it",
+                raw.label,
+            )
             continue
         first = by_id.get(item.id)
         if first is not None:
@@ -423,8 +434,11 @@ def _build(raw: _RawItem, out: _Collector, *, defaults: bool = False) -> Item | 
             bad("id", "an id cannot be a default: each item has its own")
         elif value.text is None or not ID_PATTERN.fullmatch(value.text):
             shown = value.value if value.text is None else value.text
-            bad("id", "expected letters, digits, '.', '_' or '-' (at most 100, starting with a letter or "
-                      f"digit); got {schema.describe(shown)}")
+            bad(
+                "id",
+                "expected letters, digits, '.', '_' or '-' (at most 100, starting with a letter or "
+                f"digit); got {schema.describe(shown)}",
+            )
         else:
             item_id = value.text
 

@@ -27,9 +27,16 @@ class Plan:
         return [*self.new, *self.changed, *self.retry]
 
     def summary(self) -> dict[str, int]:
-        return {"new": len(self.new), "changed": len(self.changed), "retry": len(self.retry),
-                "resume": len(self.resume), "done": len(self.done), "failed": len(self.failed),
-                "in_doubt": len(self.in_doubt), "not_in_manifest": len(self.not_in_manifest)}
+        return {
+            "new": len(self.new),
+            "changed": len(self.changed),
+            "retry": len(self.retry),
+            "resume": len(self.resume),
+            "done": len(self.done),
+            "failed": len(self.failed),
+            "in_doubt": len(self.in_doubt),
+            "not_in_manifest": len(self.not_in_manifest),
+        }
 
 
 def make_plan(items: Sequence[Item], records: Mapping[str, Mapping[str, Any]], *, retry_failed: bool) -> Plan:

@@ -20,8 +20,16 @@ SUMMARY_EVERY = 30.0  # seconds between summary lines off a terminal
 
 
 class Reporter:
-    def __init__(self, *, stream: TextIO | None = None, fmt: str = "text", quiet: bool = False,
-                 verbose: bool = False, progress: bool = True, secret: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        stream: TextIO | None = None,
+        fmt: str = "text",
+        quiet: bool = False,
+        verbose: bool = False,
+        progress: bool = True,
+        secret: str | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.fmt = fmt
         self.quiet = quiet
@@ -53,8 +61,12 @@ class Reporter:
 
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
         if self.fmt == "json":
-            record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level, "msg": message,
-                      **fields}
+            record = {
+                "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "level": level,
+                "msg": message,
+                **fields,
+            }
             line = json.dumps(record, ensure_ascii=False, default=str)
         else:
             line = f"batchgen: {message}" if level in ("info", "debug") else f"batchgen: {level}: {message}"
@@ -76,8 +88,9 @@ class Reporter:
         if self._bar is not None:
             self._bar.n = finished
             self._bar.set_postfix_str(
-                f"ok={counts.get('succeeded', 0)} failed={counts.get('failed', 0)} "
-                f"in-flight={in_flight}/{limit}", refresh=False)
+                f"ok={counts.get('succeeded', 0)} failed={counts.get('failed', 0)} in-flight={in_flight}/{limit}",
+                refresh=False,
+            )
             self._bar.refresh()
             return
         if time.monotonic() - self._last_summary >= SUMMARY_EVERY:

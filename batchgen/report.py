@@ -56,27 +56,35 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
 def status_text(doc: dict[str, Any]) -> str:
     counts = doc["counts"]
     total = sum(counts.values())
-    lines = [f"{doc['directory']}: {total} items from {doc['manifest'] or '(unknown manifest)'}, "
-             f"updated {doc['updated_at'] or 'never'}",
-             "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {doc['files']} image files"]
+    lines = [
+        f"{doc['directory']}: {total} items from {doc['manifest'] or '(unknown manifest)'}, "
+        f"updated {doc['updated_at'] or 'never'}",
+        "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {doc['files']} image files",
+    ]
     if doc.get("damaged"):
         lines.append(f"  warning: {doc['damaged']}; the next run rebuilds it from the journal")
     for entry in doc["failed"]:
         error = entry["error"] or {}
         code = f"{error.get('code')}: " if error.get("code") else ""
-        lines.append(f"  failed  {entry['id']}: {error.get('kind', 'error')}: {code}{error.get('message', '')} "
-                     f"({entry['attempts']} attempt{'s' if entry['attempts'] != 1 else ''})")
+        lines.append(
+            f"  failed  {entry['id']}: {error.get('kind', 'error')}: {code}{error.get('message', '')} "
+            f"({entry['attempts']} attempt{'s' if entry['attempts'] != 1 else ''})"
+        )
     for entry in doc["incomplete"][:50]:
         task = f" (task {entry['task_id']})" if entry["task_id"] else ""
         lines.append(f"  {entry['state']:<9} {entry['id']}{task}")
     if len(doc["incomplete"]) > 50:
         lines.append(f"  … and {len(doc['incomplete']) - 50} more pending or submitted")
     for entry in doc["in_doubt"]:
-        lines.append(f"  in doubt {entry['id']}: a createTask call was interrupted {entry['times']} time(s); "
-                     "the service may have charged for it")
+        lines.append(
+            f"  in doubt {entry['id']}: a createTask call was interrupted {entry['times']} time(s); "
+            "the service may have charged for it"
+        )
     if doc["not_in_manifest"]:
-        lines.append(f"  no longer in the manifest (kept, untouched): {', '.join(doc['not_in_manifest'][:20])}"
-                     + (" …" if len(doc["not_in_manifest"]) > 20 else ""))
+        lines.append(
+            f"  no longer in the manifest (kept, untouched): {', '.join(doc['not_in_manifest'][:20])}"
+            + (" …" if len(doc["not_in_manifest"]) > 20 else "")
+        )
     return "\n".join(lines)
 
 
@@ -94,8 +102,11 @@ def write_report(directory: Path) -> Path:
     items = loaded.items
     retired = set(doc["not_in_manifest"])
     thumbs = state_dir(directory, THUMB_DIR)
-    shown = [(item_id, record) for item_id, record in items.items()
-             if item_id not in retired and record.get("state") == "succeeded" and record.get("files")]
+    shown = [
+        (item_id, record)
+        for item_id, record in items.items()
+        if item_id not in retired and record.get("state") == "succeeded" and record.get("files")
+    ]
     names = [name for _, record in shown for name in record["files"]]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         made = pool.map(lambda name: _thumbnail(directory / name, thumbs / f"{name}.jpg"), names)
@@ -124,16 +135,22 @@ def _thumbnail(source: Path, target: Path) -> tuple[int, int] | None:
         return None
 
 
-def _page(doc: dict[str, Any], shown: list[tuple[str, dict[str, Any]]], items: dict[str, dict[str, Any]],
-          sizes: dict[str, tuple[int, int] | None]) -> str:
+def _page(
+    doc: dict[str, Any],
+    shown: list[tuple[str, dict[str, Any]]],
+    items: dict[str, dict[str, Any]],
+    sizes: dict[str, tuple[int, int] | None],
+) -> str:
     e = html.escape
     counts = doc["counts"]
     cards = []
     for item_id, record in shown:
         request_input = (record.get("request") or {}).get("input") or {}
-        params = " · ".join(e(str(request_input[k])) for k in ("aspect_ratio", "output_format", "seed",
-                                                               "person_generation", "safety_settings", "language")
-                            if k in request_input)
+        params = " · ".join(
+            e(str(request_input[k]))
+            for k in ("aspect_ratio", "output_format", "seed", "person_generation", "safety_settings", "language")
+            if k in request_input
+        )
         took = _duration(record.get("submitted_at"), record.get("finished_at"))
         for name in record["files"]:
             thumb_path = f"{STATE_DIR}/{THUMB_DIR}/{name}.jpg"
@@ -142,27 +159,38 @@ def _page(doc: dict[str, Any], shown: list[tuple[str, dict[str, Any]]], items: d
             cards.append(
                 f'<figure><a href="{quote(name)}"><img src="{quote(thumb_path)}" loading="lazy" decoding="async"'
                 f'{dims} alt="{e(request_input.get("prompt", item_id))}"></a>'
-                f'<figcaption><b>{e(item_id)}</b><p>{e(request_input.get("prompt", ""))}</p>'
-                f'<small>{params}{" · " + e(took) if took else ""}</small></figcaption></figure>')
+                f"<figcaption><b>{e(item_id)}</b><p>{e(request_input.get('prompt', ''))}</p>"
+                f"<small>{params}{' · ' + e(took) if took else ''}</small></figcaption></figure>"
+            )
     problems = []
     for entry in doc["failed"]:
         error = entry["error"] or {}
         prompt = ((items.get(entry["id"]) or {}).get("request") or {}).get("input", {}).get("prompt", "")
-        problems.append(f"<tr><td>{e(entry['id'])}</td><td>failed</td><td>{e(str(error.get('kind', '')))} "
-                        f"{e(str(error.get('code') or ''))}: {e(str(error.get('message', '')))}</td>"
-                        f"<td>{e(prompt)}</td></tr>")
+        problems.append(
+            f"<tr><td>{e(entry['id'])}</td><td>failed</td><td>{e(str(error.get('kind', '')))} "
+            f"{e(str(error.get('code') or ''))}: {e(str(error.get('message', '')))}</td>"
+            f"<td>{e(prompt)}</td></tr>"
+        )
     for entry in doc["incomplete"]:
         prompt = ((items.get(entry["id"]) or {}).get("request") or {}).get("input", {}).get("prompt", "")
         reason = f"task {entry['task_id']} not finished yet" if entry["task_id"] else "not submitted yet"
-        problems.append(f"<tr><td>{e(entry['id'])}</td><td>{e(entry['state'])}</td><td>{e(reason)}</td>"
-                        f"<td>{e(prompt)}</td></tr>")
-    table = ("<h2>Not done</h2><table><tr><th>id</th><th>state</th><th>reason</th><th>prompt</th></tr>"
-             + "".join(problems) + "</table>") if problems else ""
+        problems.append(
+            f"<tr><td>{e(entry['id'])}</td><td>{e(entry['state'])}</td><td>{e(reason)}</td><td>{e(prompt)}</td></tr>"
+        )
+    table = (
+        (
+            "<h2>Not done</h2><table><tr><th>id</th><th>state</th><th>reason</th><th>prompt</th></tr>"
+            + "".join(problems)
+            + "</table>"
+        )
+        if problems
+        else ""
+    )
     summary = " · ".join(f"{counts[s]} {s}" for s in STATES)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>batchgen: {e(str(doc['manifest'] or ''))}</title>
+<title>batchgen: {e(str(doc["manifest"] or ""))}</title>
 <style>
 body{{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}}
 header p{{color:#555}}
@@ -173,8 +201,8 @@ figcaption{{padding:.5rem .6rem}} figcaption p{{margin:.25rem 0;white-space:pre-
 small{{color:#666}} table{{border-collapse:collapse;width:100%;background:#fff}}
 td,th{{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}}
 </style></head><body>
-<header><h1>{e(str(doc['manifest'] or 'batchgen'))}</h1>
-<p>{summary} · {doc['files']} images · updated {e(str(doc['updated_at'] or 'never'))}</p></header>
+<header><h1>{e(str(doc["manifest"] or "batchgen"))}</h1>
+<p>{summary} · {doc["files"]} images · updated {e(str(doc["updated_at"] or "never"))}</p></header>
 {table}
 <h2>Images</h2>
 <div class="grid">

@@ -41,8 +41,9 @@ async def main(manifest_path: str, out: str, concurrency: int = 8) -> None:
                 break
             while True:
                 await asyncio.sleep(1)
-                async with session.get(f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id},
-                                       headers=headers) as r:
+                async with session.get(
+                    f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=headers
+                ) as r:
                     stats["polls"] += 1
                     if r.status == 429:
                         stats["rate_limited"] += 1

@@ -60,19 +60,41 @@ def scenarios(quick: bool) -> list[Scenario]:
     # The simulator does not limit status queries; at 20 creates/s the default budget (8/s) would be the bottleneck.
     polls = ["--poll-rate", "50"]
     return [
-        Scenario("rate_known", n(300), ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5",
-                                         *small],
-                 ["--create-rate", "20/1", "--concurrency", "100", *polls], rate=20, capacity=500, latency=2),
-        Scenario("rate_unknown", n(300), ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5",
-                                           *small],
-                 ["--create-rate", "100/1", "--concurrency", "100", *polls], rate=20, capacity=500, latency=2),
-        Scenario("capacity", n(200), ["--rate", "none", "--capacity", "20", "--latency", "1", "--jitter", "0", *small],
-                 ["--create-rate", "1000/1", "--concurrency", "64", "--poll-interval", "1", *polls],
-                 capacity=20, latency=1),
-        Scenario("big_images", n(100) if not quick else 5, ["--rate", "none", "--latency", "0.5", "--jitter", "0",
-                                                            "--image-scale", "1"],
-                 ["--create-rate", "1000/1", "--concurrency", "32", "--poll-interval", "0.5", *polls], latency=0.5,
-                 naive=False, kind="big_images"),
+        Scenario(
+            "rate_known",
+            n(300),
+            ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5", *small],
+            ["--create-rate", "20/1", "--concurrency", "100", *polls],
+            rate=20,
+            capacity=500,
+            latency=2,
+        ),
+        Scenario(
+            "rate_unknown",
+            n(300),
+            ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5", *small],
+            ["--create-rate", "100/1", "--concurrency", "100", *polls],
+            rate=20,
+            capacity=500,
+            latency=2,
+        ),
+        Scenario(
+            "capacity",
+            n(200),
+            ["--rate", "none", "--capacity", "20", "--latency", "1", "--jitter", "0", *small],
+            ["--create-rate", "1000/1", "--concurrency", "64", "--poll-interval", "1", *polls],
+            capacity=20,
+            latency=1,
+        ),
+        Scenario(
+            "big_images",
+            n(100) if not quick else 5,
+            ["--rate", "none", "--latency", "0.5", "--jitter", "0", "--image-scale", "1"],
+            ["--create-rate", "1000/1", "--concurrency", "32", "--poll-interval", "0.5", *polls],
+            latency=0.5,
+            naive=False,
+            kind="big_images",
+        ),
         Scenario("plan_100k", big, [], ["--dry-run"], naive=False, kind="plan"),
         Scenario("resume_100k", big, [], [], naive=False, kind="resume"),
     ]
@@ -85,8 +107,11 @@ class Sim:
     """`batchgen sim` in its own process."""
 
     def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "sim", "--port", "0", "--api-key", KEY,
-                                      "--random-seed", "1", *args], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--api-key", KEY, "--random-seed", "1", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         match = re.search(r"api=(\S+) files=(\S+)", line)
         if not match:
@@ -110,8 +135,13 @@ def measured(args: list[str], env: dict[str, str]) -> dict[str, float]:
     wall = time.monotonic() - started
     stderr = proc.stderr.read() if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
-            "exit": proc.returncode, "stderr": stderr}
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "exit": proc.returncode,
+        "stderr": stderr,
+    }
 
 
 def write_manifest(path: Path, n: int, *, as_csv: bool = False) -> Path:
@@ -122,8 +152,12 @@ def write_manifest(path: Path, n: int, *, as_csv: bool = False) -> Path:
             for i in range(n):
                 writer.writerow([f"img-{i:06d}", f"A lighthouse at dawn, study number {i}", "16:9", i + 1])
         return path
-    path.write_text("".join(f"- id: img-{i:05d}\n  prompt: 'A harbour at dawn, number {i}'\n"
-                            "  aspect_ratio: '16:9'\n" for i in range(n)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            f"- id: img-{i:05d}\n  prompt: 'A harbour at dawn, number {i}'\n  aspect_ratio: '16:9'\n" for i in range(n)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -144,16 +178,34 @@ def run_scenario(s: Scenario, work: Path) -> dict[str, Any]:
     sim = Sim(s.sim)
     try:
         before = sim.stats()
-        result = measured([sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / s.name),
-                           "--no-progress", "--quiet", *s.run], batchgen_env(sim.api))
+        result = measured(
+            [
+                sys.executable,
+                "-m",
+                "batchgen",
+                "run",
+                str(manifest),
+                "--out",
+                str(work / s.name),
+                "--no-progress",
+                "--quiet",
+                *s.run,
+            ],
+            batchgen_env(sim.api),
+        )
         after = sim.stats()
     finally:
         sim.close()
     creates = after["creates"] - before["creates"]
-    row.update(exit=result["exit"], wall_s=round(result["wall"], 2),
-               cpu_ms_per_task=round(1000 * result["cpu"] / s.n, 2),
-               polls_per_task=round((after["polls"] - before["polls"]) / s.n, 2), r429=after["rate_limited"],
-               creates_per_item=round(creates / s.n, 3), peak_rss_mb=round(result["rss_mb"], 1))
+    row.update(
+        exit=result["exit"],
+        wall_s=round(result["wall"], 2),
+        cpu_ms_per_task=round(1000 * result["cpu"] / s.n, 2),
+        polls_per_task=round((after["polls"] - before["polls"]) / s.n, 2),
+        r429=after["rate_limited"],
+        creates_per_item=round(creates / s.n, 3),
+        peak_rss_mb=round(result["rss_mb"], 1),
+    )
     if s.kind == "big_images":
         row.update(big_images(s, manifest, work, result))
     else:
@@ -170,14 +222,26 @@ def naive(s: Scenario, manifest: Path, work: Path) -> dict[str, Any]:
     sim = Sim(s.sim)
     try:
         concurrency = next((s.run[i + 1] for i, a in enumerate(s.run) if a == "--concurrency"), "8")
-        result = measured([sys.executable, str(ROOT / "benchmarks" / "naive_client.py"), str(manifest),
-                           str(work / f"{s.name}-naive"), concurrency], batchgen_env(sim.api))
+        result = measured(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "naive_client.py"),
+                str(manifest),
+                str(work / f"{s.name}-naive"),
+                concurrency,
+            ],
+            batchgen_env(sim.api),
+        )
         stats = sim.stats()
     finally:
         sim.close()
-    return {"naive_wall_s": round(result["wall"], 2), "naive_efficiency": round(s.ideal() / result["wall"], 3),
-            "naive_polls_per_task": round(stats["polls"] / s.n, 2), "naive_429": stats["rate_limited"],
-            "naive_cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2)}
+    return {
+        "naive_wall_s": round(result["wall"], 2),
+        "naive_efficiency": round(s.ideal() / result["wall"], 3),
+        "naive_polls_per_task": round(stats["polls"] / s.n, 2),
+        "naive_429": stats["rate_limited"],
+        "naive_cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
+    }
 
 
 def big_images(s: Scenario, manifest: Path, work: Path, result: dict[str, float]) -> dict[str, Any]:
@@ -192,8 +256,21 @@ def big_images(s: Scenario, manifest: Path, work: Path, result: dict[str, float]
     total = sum(p.stat().st_size for p in files)
     tiny = Sim([*s.sim, "--image-scale", "0.02"])
     try:
-        small = measured([sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / "tiny"),
-                          "--no-progress", "--quiet", *s.run], batchgen_env(tiny.api))
+        small = measured(
+            [
+                sys.executable,
+                "-m",
+                "batchgen",
+                "run",
+                str(manifest),
+                "--out",
+                str(work / "tiny"),
+                "--no-progress",
+                "--quiet",
+                *s.run,
+            ],
+            batchgen_env(tiny.api),
+        )
     finally:
         tiny.close()
     sim = Sim(s.sim)
@@ -203,16 +280,20 @@ def big_images(s: Scenario, manifest: Path, work: Path, result: dict[str, float]
         started = time.monotonic()
         if curl:
             targets = [arg for url in urls for arg in ("-o", "/dev/null", url)]
-            subprocess.run([curl, "-s", "--parallel", "--parallel-max", "32", *targets], check=True,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [curl, "-s", "--parallel", "--parallel-max", "32", *targets], check=True, stderr=subprocess.DEVNULL
+            )
         curl_s = time.monotonic() - started
     finally:
         sim.close()
     batchgen_download_s = max(0.001, result["wall"] - small["wall"])
-    return {"image_mb": round(total / s.n / 1e6, 2), "batchgen_mb_s": round(total / 1e6 / batchgen_download_s, 1),
-            "curl_mb_s": round(total / 1e6 / curl_s, 1) if curl else None,
-            "vs_curl": round(curl_s / batchgen_download_s, 2) if curl else None,
-            "rss_tiny_mb": round(small["rss_mb"], 1)}
+    return {
+        "image_mb": round(total / s.n / 1e6, 2),
+        "batchgen_mb_s": round(total / 1e6 / batchgen_download_s, 1),
+        "curl_mb_s": round(total / 1e6 / curl_s, 1) if curl else None,
+        "vs_curl": round(curl_s / batchgen_download_s, 2) if curl else None,
+        "rss_tiny_mb": round(small["rss_mb"], 1),
+    }
 
 
 def fresh_urls(sim: Sim, n: int) -> list[str]:
@@ -220,8 +301,12 @@ def fresh_urls(sim: Sim, n: int) -> list[str]:
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     ids = []
     for i in range(n):
-        body = json.dumps({"model": "imagen4-ultra", "input": {"prompt": f"A harbour at dawn, number {i}",
-                                                               "aspect_ratio": "widescreen_16_9"}}).encode()
+        body = json.dumps(
+            {
+                "model": "imagen4-ultra",
+                "input": {"prompt": f"A harbour at dawn, number {i}", "aspect_ratio": "widescreen_16_9"},
+            }
+        ).encode()
         request = urllib.request.Request(sim.api + "/api/v1/jobs/createTask", data=body, headers=headers)
         with urllib.request.urlopen(request) as response:
             ids.append(json.load(response)["data"]["taskId"])
@@ -240,10 +325,18 @@ def fresh_urls(sim: Sim, n: int) -> list[str]:
 
 def plan_100k(s: Scenario, work: Path) -> dict[str, Any]:
     manifest = write_manifest(work / "plan.csv", s.n, as_csv=True)
-    result = measured([sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / "plan"),
-                       "--dry-run"], dict(os.environ))
-    return {"scenario": s.name, "n": s.n, "exit": result["exit"], "wall_s": round(result["wall"], 2),
-            "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3), "peak_rss_mb": round(result["rss_mb"], 1)}
+    result = measured(
+        [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / "plan"), "--dry-run"],
+        dict(os.environ),
+    )
+    return {
+        "scenario": s.name,
+        "n": s.n,
+        "exit": result["exit"],
+        "wall_s": round(result["wall"], 2),
+        "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3),
+        "peak_rss_mb": round(result["rss_mb"], 1),
+    }
 
 
 def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
@@ -256,26 +349,65 @@ def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
     out.mkdir()
     items = {}
     for item in manifests.load(path):
-        items[item.id] = {"state": "succeeded", "task_id": f"task_imagen4-ultra_{item.id}", "attempts": 1,
-                          "request": item.request, "files": [f"{item.id}.png"], "sha256": ["0" * 64],
-                          "error": None, "submitted_at": "2026-11-26T02:00:00Z", "finished_at": "2026-11-26T02:01:00Z"}
-    document = {"version": 1, "manifest": path.name, "updated_at": "2026-11-26T03:00:00Z",
-                "counts": {"pending": 0, "submitted": 0, "succeeded": s.n, "failed": 0}, "items": items,
-                "not_in_manifest": []}
+        items[item.id] = {
+            "state": "succeeded",
+            "task_id": f"task_imagen4-ultra_{item.id}",
+            "attempts": 1,
+            "request": item.request,
+            "files": [f"{item.id}.png"],
+            "sha256": ["0" * 64],
+            "error": None,
+            "submitted_at": "2026-11-26T02:00:00Z",
+            "finished_at": "2026-11-26T02:01:00Z",
+        }
+    document = {
+        "version": 1,
+        "manifest": path.name,
+        "updated_at": "2026-11-26T03:00:00Z",
+        "counts": {"pending": 0, "submitted": 0, "succeeded": s.n, "failed": 0},
+        "items": items,
+        "not_in_manifest": [],
+    }
     (out / "results.json").write_text(json.dumps(document, indent=1))
-    result = measured([sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--quiet",
-                       "--no-progress"], {**os.environ, "BATCHGEN_API_BASE": "http://127.0.0.1:9",
-                                          "BATCHGEN_API_KEY": KEY})
-    return {"scenario": s.name, "n": s.n, "exit": result["exit"], "wall_s": round(result["wall"], 2),
-            "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3), "peak_rss_mb": round(result["rss_mb"], 1)}
+    result = measured(
+        [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--quiet", "--no-progress"],
+        {**os.environ, "BATCHGEN_API_BASE": "http://127.0.0.1:9", "BATCHGEN_API_KEY": KEY},
+    )
+    return {
+        "scenario": s.name,
+        "n": s.n,
+        "exit": result["exit"],
+        "wall_s": round(result["wall"], 2),
+        "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3),
+        "peak_rss_mb": round(result["rss_mb"], 1),
+    }
 
 
 # ---------------------------------------------------------------- output
 
 
-COLUMNS = ["scenario", "n", "exit", "wall_s", "ideal_s", "efficiency", "cpu_ms_per_task", "polls_per_task", "r429",
-           "creates_per_item", "peak_rss_mb", "naive_wall_s", "naive_efficiency", "naive_polls_per_task",
-           "naive_429", "vs_naive", "batchgen_mb_s", "curl_mb_s", "vs_curl", "rss_tiny_mb"]
+COLUMNS = [
+    "scenario",
+    "n",
+    "exit",
+    "wall_s",
+    "ideal_s",
+    "efficiency",
+    "cpu_ms_per_task",
+    "polls_per_task",
+    "r429",
+    "creates_per_item",
+    "peak_rss_mb",
+    "naive_wall_s",
+    "naive_efficiency",
+    "naive_polls_per_task",
+    "naive_429",
+    "vs_naive",
+    "batchgen_mb_s",
+    "curl_mb_s",
+    "vs_curl",
+    "rss_tiny_mb",
+]
 
 
 def table(rows: list[dict[str, Any]]) -> str:

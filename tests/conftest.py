@@ -49,8 +49,14 @@ def make_settings(manifest_path: Path, out: Path, sim: Simulator, **overrides: o
     from batchgen.config import PollSchedule, RetryPolicy, RunSettings, Secret
 
     values: dict[str, object] = dict(
-        manifest=manifest_path, out=out, api_base=sim.api_url, api_key=Secret(KEY), poll=PollSchedule(0.05),
-        create_rate=(1000, 1.0), poll_rate=1000.0, progress=False,
+        manifest=manifest_path,
+        out=out,
+        api_base=sim.api_url,
+        api_key=Secret(KEY),
+        poll=PollSchedule(0.05),
+        create_rate=(1000, 1.0),
+        poll_rate=1000.0,
+        progress=False,
         retry=RetryPolicy(attempts=8, wait_initial=0.05, wait_max=0.4, wait_jitter=0.05),
     )
     values.update(overrides)

@@ -45,8 +45,10 @@ async def test_receiver_accepts_only_its_token_and_a_task_id():
 
 async def test_behind_a_proxy_the_public_url_carries_the_token():
     async with CallbackReceiver("127.0.0.1", 0, lambda _: None) as receiver:
-        assert receiver.url_for("https://hooks.example.com/batchgen/") == \
-            f"https://hooks.example.com/batchgen/{receiver.token}"
+        assert (
+            receiver.url_for("https://hooks.example.com/batchgen/")
+            == f"https://hooks.example.com/batchgen/{receiver.token}"
+        )
 
 
 async def _status_queries(sim, path, out, **kw) -> tuple[int, float]:
@@ -61,8 +63,9 @@ async def test_callbacks_cut_status_queries_per_task(sim_factory, tmp_path):
     async with sim_factory(latency=1.0, jitter=0) as sim:
         polling, _ = await _status_queries(sim, manifest_of(tmp_path / "a.yaml", prompts), tmp_path / "a")
     async with sim_factory(latency=1.0, jitter=0) as sim:
-        with_callbacks, woken = await _status_queries(sim, manifest_of(tmp_path / "b.yaml", prompts), tmp_path / "b",
-                                                      callback_listen=f"127.0.0.1:{free_port()}")
+        with_callbacks, woken = await _status_queries(
+            sim, manifest_of(tmp_path / "b.yaml", prompts), tmp_path / "b", callback_listen=f"127.0.0.1:{free_port()}"
+        )
         assert sim.stats.callbacks_sent == 6
     assert woken == 6
     assert with_callbacks / 6 <= 0.5 * polling / 6, (polling, with_callbacks)
@@ -77,8 +80,15 @@ async def test_a_forged_callback_changes_nothing(sim_factory, tmp_path):
         while not sim._tasks:
             await asyncio.sleep(0.01)
         (task,) = sim._tasks.values()
-        forged = {"code": 200, "msg": "success", "data": {"taskId": task.task_id, "state": "success",
-                                                          "resultJson": json.dumps({"resultUrls": ["http://evil/x"]})}}
+        forged = {
+            "code": 200,
+            "msg": "success",
+            "data": {
+                "taskId": task.task_id,
+                "state": "success",
+                "resultJson": json.dumps({"resultUrls": ["http://evil/x"]}),
+            },
+        }
         async with session.post(task.body["callBackUrl"], json=forged) as response:
             assert response.status == 200  # the right token: the poller is woken, and asks recordInfo
         await asyncio.sleep(0.3)

@@ -28,14 +28,35 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run_args(path: Path, out: Path, sim, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--api-base", sim.api_url,
-            "--poll-interval", "0.05", "--create-rate", "1000/1", "--poll-rate", "1000", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "batchgen",
+        "run",
+        str(path),
+        "--out",
+        str(out),
+        "--api-base",
+        sim.api_url,
+        "--poll-interval",
+        "0.05",
+        "--create-rate",
+        "1000/1",
+        "--poll-rate",
+        "1000",
+        *extra,
+    ]
 
 
 async def start(args: list[str], **kw) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                env=kw.pop("env", env()), **kw)
+    return await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=kw.pop("env", env()),
+        **kw,
+    )
 
 
 async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
@@ -97,8 +118,19 @@ async def test_manifest_errors_exit_2_and_submit_nothing(sim_factory, tmp_path):
 
 async def test_plain_http_to_a_remote_host_is_refused_before_connecting(tmp_path):
     path = manifest_of(tmp_path / "m.yaml", ["a"])
-    code, _, stderr = await cli([sys.executable, "-m", "batchgen", "run", str(path), "--out", str(tmp_path / "o"),
-                                 "--api-base", "http://api.example.com"])
+    code, _, stderr = await cli(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+            "--api-base",
+            "http://api.example.com",
+        ]
+    )
     assert code == 2 and "refusing to send the API key over plain http" in stderr
 
 
@@ -204,8 +236,19 @@ async def test_sigkill_at_random_moments_never_pays_twice_or_leaves_junk(sim_fac
 
 
 async def test_simulate_quick_start_works_offline(tmp_path):
-    code, _, stderr = await cli([sys.executable, "-m", "batchgen", "run", str(ROOT / "sample_manifests" / "demo.yaml"),
-                                 "--out", str(tmp_path / "demo"), "--simulate"], env={**env(), "BATCHGEN_API_KEY": ""})
+    code, _, stderr = await cli(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(ROOT / "sample_manifests" / "demo.yaml"),
+            "--out",
+            str(tmp_path / "demo"),
+            "--simulate",
+        ],
+        env={**env(), "BATCHGEN_API_KEY": ""},
+    )
     assert code == 0, stderr
     assert len(list((tmp_path / "demo").glob("*.png"))) + len(list((tmp_path / "demo").glob("*.jpg"))) == 8
     code, stdout, _ = await cli([sys.executable, "-m", "batchgen", "status", str(tmp_path / "demo"), "--json"])
@@ -223,9 +266,13 @@ async def test_a_terminal_gets_a_tqdm_bar(sim_factory, tmp_path):
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal 120 wide
     try:
         async with sim_factory(api_key=KEY, latency=0.8) as sim:
-            proc = await asyncio.create_subprocess_exec(*run_args(path, tmp_path / "out", sim), env=env(),
-                                                        stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.DEVNULL, stderr=follower)
+            proc = await asyncio.create_subprocess_exec(
+                *run_args(path, tmp_path / "out", sim),
+                env=env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=follower,
+            )
             assert await asyncio.wait_for(proc.wait(), 30) == 0
         os.close(follower)
         follower = -1

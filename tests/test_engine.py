@@ -64,8 +64,10 @@ items:
     record = doc["items"]["png-one"]
     assert record["state"] == "succeeded" and record["attempts"] == 1 and record["error"] is None
     assert record["task_id"].startswith("task_imagen4-ultra_")
-    assert record["request"] == {"model": "imagen4-ultra", "input": {
-        "prompt": "A harbour at dawn", "seed": 42, "aspect_ratio": "widescreen_16_9"}}
+    assert record["request"] == {
+        "model": "imagen4-ultra",
+        "input": {"prompt": "A harbour at dawn", "seed": 42, "aspect_ratio": "widescreen_16_9"},
+    }
     assert record["files"] == ["png-one.png"] and len(record["sha256"][0]) == 64
     assert record["submitted_at"] and record["finished_at"]
     assert doc["items"]["jpeg-one"]["files"] == ["jpeg-one.jpg"]
@@ -151,8 +153,11 @@ async def test_http200_errors_are_read_from_the_body(sim_factory, tmp_path):
     doc = results(out)
     assert doc["items"]["item-00"]["state"] == "succeeded"
     assert doc["items"]["item-01"]["state"] == "failed"
-    assert doc["items"]["item-01"]["error"] == {"kind": "rejected", "code": "422",
-                                                "message": "upstream validation rejected the request"}
+    assert doc["items"]["item-01"]["error"] == {
+        "kind": "rejected",
+        "code": "422",
+        "message": "upstream validation rejected the request",
+    }
 
 
 async def test_broken_downloads_are_retried_and_never_land_half_written(sim_factory, tmp_path):
@@ -187,8 +192,9 @@ async def test_null_window_after_creation_is_not_a_failure(sim_factory, tmp_path
 
 
 async def test_failed_tasks_transient_are_resubmitted_policy_are_not(sim_factory, tmp_path):
-    path = manifest_of(tmp_path / "m.yaml", ["once [sim:fail-transient:1]", "bad [sim:fail-policy]",
-                                             "always [sim:fail-transient]"])
+    path = manifest_of(
+        tmp_path / "m.yaml", ["once [sim:fail-transient:1]", "bad [sim:fail-policy]", "always [sim:fail-transient]"]
+    )
     out = tmp_path / "out"
     async with sim_factory(latency=0.05) as sim:
         outcome = await run(make_settings(path, out, sim, max_attempts=2))
@@ -199,8 +205,11 @@ async def test_failed_tasks_transient_are_resubmitted_policy_are_not(sim_factory
     assert items["item-01"]["state"] == "failed" and items["item-01"]["attempts"] == 1
     assert items["item-01"]["error"]["kind"] == "task_policy" and items["item-01"]["error"]["code"] == "400"
     assert items["item-02"]["state"] == "failed" and items["item-02"]["attempts"] == 2
-    assert items["item-02"]["error"] == {"kind": "task_transient", "code": "500",
-                                         "message": "Internal Error, Please try again later."}
+    assert items["item-02"]["error"] == {
+        "kind": "task_transient",
+        "code": "500",
+        "message": "Internal Error, Please try again later.",
+    }
 
 
 async def test_bad_key_stops_the_run_with_exit_3(sim_factory, tmp_path):
@@ -334,5 +343,6 @@ async def test_csv_manifest_runs_like_its_yaml_twin(sim_factory, tmp_path):
         assert outcome.exit_code == 0 and sim.stats.creates == 8
     doc = results(out)
     assert sorted(f for r in doc["items"].values() for f in r["files"]) == sorted(
-        p.name for p in out.iterdir() if p.suffix in (".png", ".jpg"))
+        p.name for p in out.iterdir() if p.suffix in (".png", ".jpg")
+    )
     assert {p.suffix for p in out.iterdir() if p.is_file() and p.name != "results.json"} == {".png", ".jpg"}

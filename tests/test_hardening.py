@@ -36,18 +36,26 @@ def results(out: Path) -> dict:
 
 # ---------------------------------------------------------------- 1. hostile manifests
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=40))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12),
-                                                                                          inner, max_size=4),
-                      max_leaves=12)
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True), st.text(max_size=40)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
 fieldish = st.sampled_from([*manifest.schema.ALL_FIELDS, "aspect-ratio", "", "<<", "items", "defaults"])
 items = st.dictionaries(st.one_of(fieldish, st.text(max_size=10)), values, max_size=8)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(document=st.one_of(st.lists(items, max_size=5), st.fixed_dictionaries({"items": st.lists(items, max_size=4)},
-                                                                               optional={"defaults": items}), values))
+@given(
+    document=st.one_of(
+        st.lists(items, max_size=5),
+        st.fixed_dictionaries({"items": st.lists(items, max_size=4)}, optional={"defaults": items}),
+        values,
+    )
+)
 def test_any_yaml_structure_gives_items_or_a_manifest_error(tmp_path_factory, document):
     import yaml
 
@@ -73,8 +81,10 @@ def _loads_or_manifest_error(path: Path) -> None:
     assert loaded and all(manifest.ID_PATTERN.fullmatch(i.id) and i.input["prompt"].strip() for i in loaded)
 
 
-@pytest.mark.parametrize("content", [b"- prompt: a\n\tseed: 1\n", bytes(range(256)) * 1200,
-                                     b"prompt\n" + b'"' + b"x" * 2_000_000 + b'"\n', b""])
+@pytest.mark.parametrize(
+    "content",
+    [b"- prompt: a\n\tseed: 1\n", bytes(range(256)) * 1200, b"prompt\n" + b'"' + b"x" * 2_000_000 + b'"\n', b""],
+)
 def test_run_refuses_hostile_manifests_with_exit_2_in_bounded_memory(tmp_path, content):
     import resource
 
@@ -85,9 +95,24 @@ def test_run_refuses_hostile_manifests_with_exit_2_in_bounded_memory(tmp_path, c
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    proc = subprocess.run([sys.executable, "-m", "batchgen", "run", str(path), "--out", str(tmp_path / "out"),
-                           "--api-base", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60,
-                          preexec_fn=cap, env={**os.environ, "BATCHGEN_API_KEY": KEY})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+            "--api-base",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=cap,
+        env={**os.environ, "BATCHGEN_API_KEY": KEY},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and str(path) in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -139,8 +164,15 @@ async def hostile_host():
         return web.Response(body=PNG_BYTES, content_type="image/png")
 
     app = web.Application()
-    for route, handler in [("/html", html), ("/endless", endless), ("/stall", stall), ("/nolength", no_length),
-                           ("/to-file", to_file), ("/to-ftp", to_ftp), ("/{tail:.*}", image)]:
+    for route, handler in [
+        ("/html", html),
+        ("/endless", endless),
+        ("/stall", stall),
+        ("/nolength", no_length),
+        ("/to-file", to_file),
+        ("/to-ftp", to_ftp),
+        ("/{tail:.*}", image),
+    ]:
         app.router.add_get(route, handler)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
@@ -152,25 +184,34 @@ async def hostile_host():
         await runner.cleanup()
 
 
-@pytest.mark.parametrize(("path", "outcome_state", "reason"), [
-    ("/html", "submitted", "text/html"),
-    ("/endless", "submitted", "limit"),
-    ("/stall", "submitted", "stalled"),
-    ("/to-file", "submitted", "download failed"),
-    ("/to-ftp", "submitted", "download failed"),
-    ("/nolength", "succeeded", None),
-    ("/..%2F..%2Fescape.png", "succeeded", None),
-    ("/../../outside.png", "succeeded", None),
-])
-async def test_hostile_result_hosts_never_write_outside_dir_or_half_files(sim_factory, tmp_path, path,
-                                                                          outcome_state, reason):
+@pytest.mark.parametrize(
+    ("path", "outcome_state", "reason"),
+    [
+        ("/html", "submitted", "text/html"),
+        ("/endless", "submitted", "limit"),
+        ("/stall", "submitted", "stalled"),
+        ("/to-file", "submitted", "download failed"),
+        ("/to-ftp", "submitted", "download failed"),
+        ("/nolength", "succeeded", None),
+        ("/..%2F..%2Fescape.png", "succeeded", None),
+        ("/../../outside.png", "succeeded", None),
+    ],
+)
+async def test_hostile_result_hosts_never_write_outside_dir_or_half_files(
+    sim_factory, tmp_path, path, outcome_state, reason
+):
     manifest_path = manifest_of(tmp_path / "m.yaml", ["a"])
     out = tmp_path / "work" / "out"
     stream = io.StringIO()
     async with hostile_host() as host, sim_factory(latency=0.05, result_url=host + path) as sim:
-        settings_ = make_settings(manifest_path, out, sim, max_image_bytes=1024 * 1024,
-                                  timeouts=Timeouts(download_read=0.3, download_total=5),
-                                  retry=RetryPolicy(attempts=3, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01))
+        settings_ = make_settings(
+            manifest_path,
+            out,
+            sim,
+            max_image_bytes=1024 * 1024,
+            timeouts=Timeouts(download_read=0.3, download_total=5),
+            retry=RetryPolicy(attempts=3, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01),
+        )
         outcome = await asyncio.wait_for(run(settings_, stream), 60)
     record = results(out)["items"]["item-00"]
     assert record["state"] == outcome_state
@@ -194,6 +235,7 @@ async def test_a_non_http_result_url_fails_the_item_with_its_reason(sim_factory,
 
 
 # ---------------------------------------------------------------- 3. planted files
+
 
 async def test_planted_symlinks_and_files_are_never_written_through_or_trusted(sim_factory, tmp_path):
     out = tmp_path / "out"
@@ -228,6 +270,7 @@ async def test_a_symlinked_state_folder_is_refused(sim_factory, tmp_path, plante
 
 
 # ---------------------------------------------------------------- 4. corrupted state
+
 
 async def _two_snapshots(sim_factory, tmp_path: Path) -> Path:
     out = tmp_path / "out"
@@ -269,9 +312,22 @@ async def test_unrecoverable_damage_is_exit_2_and_changes_nothing(sim_factory, t
     (out / "results.json").write_text("{broken")
     (out / ".batchgen" / "previous.json").write_text("{also broken")
     before = sorted(p.name for p in out.rglob("*"))
-    proc = subprocess.run([sys.executable, "-m", "batchgen", "run", str(tmp_path / "m.yaml"), "--out", str(out),
-                           "--api-base", "http://127.0.0.1:9"], capture_output=True, text=True,
-                          env={**os.environ, "BATCHGEN_API_KEY": KEY})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(tmp_path / "m.yaml"),
+            "--out",
+            str(out),
+            "--api-base",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BATCHGEN_API_KEY": KEY},
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "results.json is not valid JSON" in proc.stderr and "Restore results.json from a backup" in proc.stderr
     assert sorted(p.name for p in out.rglob("*")) == before
@@ -306,11 +362,16 @@ def test_newer_ledger_and_other_manifest_are_refused(tmp_path):
 
 # ---------------------------------------------------------------- 5. disk trouble
 
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str):
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("this machine does not let us mount a tmpfs")
     try:
         yield path
@@ -341,6 +402,7 @@ async def test_a_full_disk_stops_cleanly_and_the_next_run_resumes(sim_factory, t
 
 
 # ---------------------------------------------------------------- 6. secrets
+
 
 def test_a_key_file_readable_by_others_draws_a_warning(tmp_path):
     key_file = tmp_path / "key"
@@ -379,6 +441,7 @@ async def test_the_key_leaks_nowhere_even_when_the_service_echoes_it(sim_factory
 
 
 # ---------------------------------------------------------------- 7. service misbehaviour
+
 
 @pytest.mark.parametrize("fault", ["no_task_id", "wrong_task", "no_urls", "bad_result_json"])
 async def test_service_misbehaviour_gives_a_clear_item_state(sim_factory, tmp_path, fault):

@@ -21,10 +21,14 @@ def env_file(tmp_path: Path, sim, manifest: Path, out: str, **extra: str) -> Pat
     key_file.chmod(0o600)
     bin_dir = Path(sys.executable).parent  # the batchgen console script installed beside this Python
     values = {
-        "BATCHGEN_MANIFEST": str(manifest), "BATCHGEN_OUT": out, "BATCHGEN_API_BASE": sim.api_url,
-        "BATCHGEN_API_KEY_FILE": str(key_file), "BATCHGEN_BIN": str(bin_dir / "batchgen"),
+        "BATCHGEN_MANIFEST": str(manifest),
+        "BATCHGEN_OUT": out,
+        "BATCHGEN_API_BASE": sim.api_url,
+        "BATCHGEN_API_KEY_FILE": str(key_file),
+        "BATCHGEN_BIN": str(bin_dir / "batchgen"),
         "BATCHGEN_LOG": str(tmp_path / "logs" / "nightly.log"),
-        "BATCHGEN_EXTRA_ARGS": "--poll-interval 0.05 --create-rate 1000/1", **extra,
+        "BATCHGEN_EXTRA_ARGS": "--poll-interval 0.05 --create-rate 1000/1",
+        **extra,
     }
     path = tmp_path / "nightly.env"
     path.write_text("".join(f"{k}={v!r}\n".replace("'", '"') for k, v in values.items()))
@@ -33,9 +37,16 @@ def env_file(tmp_path: Path, sim, manifest: Path, out: str, **extra: str) -> Pat
 
 async def nightly(settings: Path) -> asyncio.subprocess.Process:
     # cron's environment: nothing but what env -i gives; no terminal; no standard input.
-    return await asyncio.create_subprocess_exec("env", "-i", "/bin/sh", str(NIGHTLY), str(settings),
-                                                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    return await asyncio.create_subprocess_exec(
+        "env",
+        "-i",
+        "/bin/sh",
+        str(NIGHTLY),
+        str(settings),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def test_nightly_runs_under_a_bare_environment(sim_factory, tmp_path):
@@ -70,8 +81,9 @@ async def test_two_nightly_runs_at_once_the_second_exits_4(sim_factory, tmp_path
 
 
 def test_missing_settings_file_is_exit_2():
-    proc = subprocess.run(["env", "-i", "/bin/sh", str(NIGHTLY), "/nonexistent/nightly.env"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["env", "-i", "/bin/sh", str(NIGHTLY), "/nonexistent/nightly.env"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "cannot read the settings file" in proc.stderr
 
 
@@ -81,7 +93,10 @@ def test_unit_files_let_batchgen_save_state_and_catch_up():
     assert "TimeoutStopSec=60" in service and "KillSignal=SIGTERM" in service
     assert "ExecStart=/opt/batchgen/jobs/nightly.sh" in service
     assert "Persistent=true" in timer and "OnCalendar=" in timer
-    cron_lines = [line for line in (ROOT / "jobs" / "crontab").read_text().splitlines()
-                  if line and not line.startswith("#") and "=" not in line.split()[0]]
+    cron_lines = [
+        line
+        for line in (ROOT / "jobs" / "crontab").read_text().splitlines()
+        if line and not line.startswith("#") and "=" not in line.split()[0]
+    ]
     assert len(cron_lines) == 1 and len(cron_lines[0].split()) >= 6 and "nightly.sh" in cron_lines[0]
     assert os.access(NIGHTLY, os.X_OK)

@@ -22,7 +22,9 @@ def problems(path: Path) -> list[str]:
 
 
 def test_yaml_with_defaults_normalises_aliases_and_keeps_lines(write):
-    path = write("m.yaml", """\
+    path = write(
+        "m.yaml",
+        """\
 defaults:
   aspect_ratio: "16:9"
   output_format: image/jpeg
@@ -38,11 +40,14 @@ items:
     prompt: third
     output_format: PNG
     language: zh-CN
-""")
+""",
+    )
     a, b, c = manifest.load(path)
     assert (a.id, a.line) == ("a", 5)
-    assert a.request == {"model": "imagen4-ultra", "input": {
-        "prompt": "first", "seed": 42, "aspect_ratio": "widescreen_16_9", "output_format": "jpeg"}}
+    assert a.request == {
+        "model": "imagen4-ultra",
+        "input": {"prompt": "first", "seed": 42, "aspect_ratio": "widescreen_16_9", "output_format": "jpeg"},
+    }
     assert b.line == 8
     assert b.input["aspect_ratio"] == "social_story_9_16"  # unquoted 9:16 is base-60 to YAML 1.1: text wins
     assert b.input["output_format"] == "jpeg" and b.input["enhance_prompt"] is True
@@ -66,19 +71,23 @@ def test_derived_id_is_sha256_of_canonical_request(write):
 
 def test_derived_ids_are_stable_across_order_formats_and_aliases(write):
     yaml_items = manifest.load(write("m.yaml", "- {prompt: one, seed: 1}\n- {prompt: two, aspect_ratio: '4:3'}\n"))
-    reordered = manifest.load(write("r.yaml", "- {aspect_ratio: classic_4_3, prompt: two}\n"
-                                              "- {seed: '1', prompt: one}\n"))
+    reordered = manifest.load(
+        write("r.yaml", "- {aspect_ratio: classic_4_3, prompt: two}\n- {seed: '1', prompt: one}\n")
+    )
     csv_items = manifest.load(write("m.csv", "prompt,seed,aspect_ratio\none,1,\ntwo,,4:3\n"))
     ids = sorted(i.id for i in yaml_items)
     assert ids == sorted(i.id for i in reordered) == sorted(i.id for i in csv_items)
 
 
 def test_csv_bom_quotes_newlines_types_and_row_lines(write):
-    path = write("m.csv", "\ufeffid,prompt,seed,enhance_prompt,compression_quality\n"
-                          'a,"a prompt, with a comma",5,no,\n'
-                          'b,"two\nlines",,TRUE,80\n'
-                          ',,,,\n'
-                          "c,third,,1,\n")
+    path = write(
+        "m.csv",
+        "\ufeffid,prompt,seed,enhance_prompt,compression_quality\n"
+        'a,"a prompt, with a comma",5,no,\n'
+        'b,"two\nlines",,TRUE,80\n'
+        ",,,,\n"
+        "c,third,,1,\n",
+    )
     a, b, c = manifest.load(path)
     assert a.input == {"prompt": "a prompt, with a comma", "seed": 5, "enhance_prompt": False}
     assert b.input == {"prompt": "two\nlines", "enhance_prompt": True, "compression_quality": 80}
@@ -88,56 +97,118 @@ def test_csv_bom_quotes_newlines_types_and_row_lines(write):
 
 # (manifest file name, content, the exact problems expected)
 CASES = [
-    ("seed.yaml", "- id: a\n  prompt: p\n  seed: 0\n",
-     ["seed.yaml:1: item 'a': seed: expected an integer >= 1, got 0"]),
-    ("seedtype.yaml", "- id: a\n  prompt: p\n  seed: 1.5\n",
-     ["seedtype.yaml:1: item 'a': seed: expected an integer, got a number (1.5)"]),
-    ("quality.yaml", "- id: a\n  prompt: p\n  compression_quality: 101\n",
-     ["quality.yaml:1: item 'a': compression_quality: expected an integer from 1 to 100, got 101"]),
-    ("blank.yaml", "- id: a\n  prompt: '   '\n",
-     ["blank.yaml:1: item 'a': prompt: must not be blank"]),
-    ("missing.yaml", "- id: a\n  seed: 3\n",
-     ["missing.yaml:1: item 'a': prompt: required, and missing"]),
-    ("noid.yaml", "- prompt: ok\n- seed: 3\n",
-     ["noid.yaml:2: item #2: prompt: required, and missing"]),
-    ("model.yaml", "- id: a\n  prompt: p\n  model: imagen3\n",
-     ["model.yaml:1: item 'a': model: only 'imagen4-ultra' is supported; got 'imagen3'"]),
-    ("enum.yaml", "- id: a\n  prompt: p\n  person_generation: everyone\n",
-     ["enum.yaml:1: item 'a': person_generation: expected one of dont_allow, allow_adult, allow_all; "
-      "got 'everyone'"]),
-    ("lang.yaml", "- id: a\n  prompt: p\n  language: fr\n",
-     ["lang.yaml:1: item 'a': language: expected one of auto, en, zh, zh-CN, hi, ja, ko, pt, es; got 'fr'"]),
-    ("safety.yaml", "- id: a\n  prompt: p\n  safety_settings: none\n",
-     ["safety.yaml:1: item 'a': safety_settings: expected one of block_low_and_above, block_medium_and_above, "
-      "block_only_high, block_none; got 'none'"]),
-    ("bool.yaml", "- id: a\n  prompt: p\n  enhance_prompt: maybe\n",
-     ["bool.yaml:1: item 'a': enhance_prompt: expected true or false (or yes/no, 1/0); got 'maybe'"]),
-    ("unknown.yaml", "- id: a\n  prompt: p\n  aspect-ratio: '16:9'\n",
-     ["unknown.yaml:1: item 'a': aspect-ratio: unknown field; did you mean 'aspect_ratio'?"]),
-    ("unknown2.yaml", "- id: a\n  prompt: p\n  negative_prompt: x\n",
-     ["unknown2.yaml:1: item 'a': negative_prompt: unknown field; known fields are id, model, callBackUrl, "
-      "prompt, aspect_ratio, person_generation, safety_settings, seed, enhance_prompt, language, output_format, "
-      "compression_quality"]),
-    ("badid.yaml", "- id: -bad\n  prompt: p\n",
-     ["badid.yaml:1: item '-bad': id: expected letters, digits, '.', '_' or '-' (at most 100, starting with a "
-      "letter or digit); got '-bad'"]),
-    ("dupid.yaml", "- id: a\n  prompt: p\n- id: a\n  prompt: q\n",
-     ["dupid.yaml:3: item 'a': id: id 'a' is already used by the item on line 1"]),
-    ("duprequest.yaml", "- prompt: same\n  seed: 2\n- seed: 2\n  prompt: same\n",
-     ["duprequest.yaml:3: item #2: the same request as the item on line 1 (id '3088164f9f48'); "
-      "give one of them an id, or remove it"]),
-    ("http.yaml", "- id: a\n  prompt: p\n  callBackUrl: http://example.com/cb\n",
-     ["http.yaml:1: item 'a': callBackUrl: must be https:// (plain http:// is allowed only to a loopback address)"]),
-    ("ftp.yaml", "- id: a\n  prompt: p\n  callBackUrl: ftp://example.com/cb\n",
-     ["ftp.yaml:1: item 'a': callBackUrl: expected an https:// URL; got 'ftp://example.com/cb'"]),
-    ("twice.yaml", "- id: a\n  prompt: p\n  prompt: q\n",
-     ["twice.yaml:1: item 'a': prompt: given twice"]),
-    ("defaults.yaml", "defaults:\n  seed: -1\n  id: x\nitems:\n  - prompt: p\n",
-     ["defaults.yaml:3: defaults.id: an id cannot be a default: each item has its own",
-      "defaults.yaml:2: defaults.seed: expected an integer >= 1, got -1"]),
-    ("toplevel.yaml", "prompt: p\n",
-     ["toplevel.yaml:1: unknown top-level key 'prompt': expected 'defaults' and 'items', or a list of items "
-      "(a single item must still be inside a list)", "toplevel.yaml:1: no 'items' list"]),
+    (
+        "seed.yaml",
+        "- id: a\n  prompt: p\n  seed: 0\n",
+        ["seed.yaml:1: item 'a': seed: expected an integer >= 1, got 0"],
+    ),
+    (
+        "seedtype.yaml",
+        "- id: a\n  prompt: p\n  seed: 1.5\n",
+        ["seedtype.yaml:1: item 'a': seed: expected an integer, got a number (1.5)"],
+    ),
+    (
+        "quality.yaml",
+        "- id: a\n  prompt: p\n  compression_quality: 101\n",
+        ["quality.yaml:1: item 'a': compression_quality: expected an integer from 1 to 100, got 101"],
+    ),
+    ("blank.yaml", "- id: a\n  prompt: '   '\n", ["blank.yaml:1: item 'a': prompt: must not be blank"]),
+    ("missing.yaml", "- id: a\n  seed: 3\n", ["missing.yaml:1: item 'a': prompt: required, and missing"]),
+    ("noid.yaml", "- prompt: ok\n- seed: 3\n", ["noid.yaml:2: item #2: prompt: required, and missing"]),
+    (
+        "model.yaml",
+        "- id: a\n  prompt: p\n  model: imagen3\n",
+        ["model.yaml:1: item 'a': model: only 'imagen4-ultra' is supported; got 'imagen3'"],
+    ),
+    (
+        "enum.yaml",
+        "- id: a\n  prompt: p\n  person_generation: everyone\n",
+        [
+            "enum.yaml:1: item 'a': person_generation: expected one of dont_allow, allow_adult, allow_all; "
+            "got 'everyone'"
+        ],
+    ),
+    (
+        "lang.yaml",
+        "- id: a\n  prompt: p\n  language: fr\n",
+        ["lang.yaml:1: item 'a': language: expected one of auto, en, zh, zh-CN, hi, ja, ko, pt, es; got 'fr'"],
+    ),
+    (
+        "safety.yaml",
+        "- id: a\n  prompt: p\n  safety_settings: none\n",
+        [
+            "safety.yaml:1: item 'a': safety_settings: expected one of block_low_and_above, block_medium_and_above, "
+            "block_only_high, block_none; got 'none'"
+        ],
+    ),
+    (
+        "bool.yaml",
+        "- id: a\n  prompt: p\n  enhance_prompt: maybe\n",
+        ["bool.yaml:1: item 'a': enhance_prompt: expected true or false (or yes/no, 1/0); got 'maybe'"],
+    ),
+    (
+        "unknown.yaml",
+        "- id: a\n  prompt: p\n  aspect-ratio: '16:9'\n",
+        ["unknown.yaml:1: item 'a': aspect-ratio: unknown field; did you mean 'aspect_ratio'?"],
+    ),
+    (
+        "unknown2.yaml",
+        "- id: a\n  prompt: p\n  negative_prompt: x\n",
+        [
+            "unknown2.yaml:1: item 'a': negative_prompt: unknown field; known fields are id, model, callBackUrl, "
+            "prompt, aspect_ratio, person_generation, safety_settings, seed, enhance_prompt, language, output_format, "
+            "compression_quality"
+        ],
+    ),
+    (
+        "badid.yaml",
+        "- id: -bad\n  prompt: p\n",
+        [
+            "badid.yaml:1: item '-bad': id: expected letters, digits, '.', '_' or '-' (at most 100, starting with a "
+            "letter or digit); got '-bad'"
+        ],
+    ),
+    (
+        "dupid.yaml",
+        "- id: a\n  prompt: p\n- id: a\n  prompt: q\n",
+        ["dupid.yaml:3: item 'a': id: id 'a' is already used by the item on line 1"],
+    ),
+    (
+        "duprequest.yaml",
+        "- prompt: same\n  seed: 2\n- seed: 2\n  prompt: same\n",
+        [
+            "duprequest.yaml:3: item #2: the same request as the item on line 1 (id '3088164f9f48'); "
+            "give one of them an id, or remove it"
+        ],
+    ),
+    (
+        "http.yaml",
+        "- id: a\n  prompt: p\n  callBackUrl: http://example.com/cb\n",
+        ["http.yaml:1: item 'a': callBackUrl: must be https:// (plain http:// is allowed only to a loopback address)"],
+    ),
+    (
+        "ftp.yaml",
+        "- id: a\n  prompt: p\n  callBackUrl: ftp://example.com/cb\n",
+        ["ftp.yaml:1: item 'a': callBackUrl: expected an https:// URL; got 'ftp://example.com/cb'"],
+    ),
+    ("twice.yaml", "- id: a\n  prompt: p\n  prompt: q\n", ["twice.yaml:1: item 'a': prompt: given twice"]),
+    (
+        "defaults.yaml",
+        "defaults:\n  seed: -1\n  id: x\nitems:\n  - prompt: p\n",
+        [
+            "defaults.yaml:3: defaults.id: an id cannot be a default: each item has its own",
+            "defaults.yaml:2: defaults.seed: expected an integer >= 1, got -1",
+        ],
+    ),
+    (
+        "toplevel.yaml",
+        "prompt: p\n",
+        [
+            "toplevel.yaml:1: unknown top-level key 'prompt': expected 'defaults' and 'items', or a list of items "
+            "(a single item must still be inside a list)",
+            "toplevel.yaml:1: no 'items' list",
+        ],
+    ),
     ("notlist.yaml", "items: 3\n", ["notlist.yaml:1: items: expected a list of items"]),
     ("emptylist.yaml", "items: []\n", ["emptylist.yaml:1: no items: the list is empty"]),
     ("scalar.yaml", "- just a string\n", ["scalar.yaml:1: item #1: expected a mapping of field: value"]),
@@ -148,12 +219,20 @@ CASES = [
     ("empty.csv", "", ["empty.csv: the file is empty: expected a list of items"]),
     ("header.csv", "id,prompt\n", ["header.csv:1: no items: the file has a header row only"]),
     ("noprompt.csv", "id,seed\na,1\n", ["noprompt.csv:1: prompt: the header has no 'prompt' column"]),
-    ("csvunknown.csv", "id,prompt,Aspect Ratio\na,p,1:1\n",
-     ["csvunknown.csv:1: Aspect Ratio: unknown field; did you mean 'aspect_ratio'?"]),
+    (
+        "csvunknown.csv",
+        "id,prompt,Aspect Ratio\na,p,1:1\n",
+        ["csvunknown.csv:1: Aspect Ratio: unknown field; did you mean 'aspect_ratio'?"],
+    ),
     ("cells.csv", "prompt,seed\np,1,extra\n", ["cells.csv:2: item #1: row has 3 cells but the header names 2"]),
-    ("csvtypes.csv", "id,prompt,seed,enhance_prompt\na,p,x,\nb,q,,perhaps\n",
-     ["csvtypes.csv:2: item 'a': seed: expected an integer, got 'x'",
-      "csvtypes.csv:3: item 'b': enhance_prompt: expected true or false (or yes/no, 1/0); got 'perhaps'"]),
+    (
+        "csvtypes.csv",
+        "id,prompt,seed,enhance_prompt\na,p,x,\nb,q,,perhaps\n",
+        [
+            "csvtypes.csv:2: item 'a': seed: expected an integer, got 'x'",
+            "csvtypes.csv:3: item 'b': enhance_prompt: expected true or false (or yes/no, 1/0); got 'perhaps'",
+        ],
+    ),
     ("manifest.json", "[]", ["manifest.json: unknown manifest type '.json': name it .yaml, .yml or .csv"]),
 ]
 
@@ -194,13 +273,16 @@ def test_validate_reports_every_file_in_one_pass(write):
     good = write("good.yaml", "- prompt: fine\n")
     bad1 = write("bad1.yaml", "- seed: 1\n")
     bad2 = write("bad2.csv", "prompt,seed\np,0\n")
-    proc = subprocess.run([sys.executable, "-m", "batchgen", "validate", str(good), str(bad1), str(bad2)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchgen", "validate", str(good), str(bad1), str(bad2)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert f"{good}: 1 item, valid" in proc.stdout
-    assert proc.stderr.splitlines() == [f"{bad1}:1: item #1: prompt: required, and missing",
-                                        f"{bad2}:2: item #1: seed: expected an integer >= 1, got 0",
-                                        "2 problems found; nothing would be submitted"]
+    assert proc.stderr.splitlines() == [
+        f"{bad1}:1: item #1: prompt: required, and missing",
+        f"{bad2}:2: item #1: seed: expected an integer >= 1, got 0",
+        "2 problems found; nothing would be submitted",
+    ]
 
 
 # Hostile files: each is a clean exit 2 within a second or two, never a traceback.
@@ -211,8 +293,9 @@ def _hostile() -> dict[str, bytes]:
     laughs.append("items: [*j, *j, *j]")
     return {
         "laughs.yaml": "\n".join(laughs).encode(),
-        "laughs_items.yaml": ("x: &x [" + ",".join(["lol"] * 1000) + "]\nitems:\n"
-                              + "- {prompt: *x}\n" * 1000).encode(),
+        "laughs_items.yaml": (
+            "x: &x [" + ",".join(["lol"] * 1000) + "]\nitems:\n" + "- {prompt: *x}\n" * 1000
+        ).encode(),
         "deep.yaml": b"[" * 100_000 + b"]" * 100_000,
         "deepmap.yaml": b"".join(b"  " * d + b"k:\n" for d in range(3000)),
         "junk.yaml": bytes(range(256)) * 1200,
@@ -231,8 +314,9 @@ def test_hostile_files_exit_2_quickly_without_traceback(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(_hostile()[name])
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "batchgen", "validate", str(path)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchgen", "validate", str(path)], capture_output=True, text=True, timeout=30
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -242,12 +326,16 @@ def test_hostile_files_exit_2_quickly_without_traceback(tmp_path, name):
 
 def test_validate_cli_exit_codes_and_sample_manifests():
     root = Path(__file__).resolve().parents[1] / "sample_manifests"
-    ok = subprocess.run([sys.executable, "-m", "batchgen", "validate", str(root / "demo.yaml"),
-                         str(root / "demo.csv")], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "batchgen", "validate", str(root / "demo.yaml"), str(root / "demo.csv")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "demo.yaml: 8 items, valid" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "batchgen", "validate", str(root / "invalid.yaml")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "batchgen", "validate", str(root / "invalid.yaml")], capture_output=True, text=True
+    )
     assert bad.returncode == 2
     lines = bad.stderr.splitlines()
     assert any(":10: item 'typo-field': aspect-ratio: unknown field; did you mean 'aspect_ratio'?" in x for x in lines)

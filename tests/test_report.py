@@ -24,7 +24,8 @@ HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> &
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
-    reason="headless Chromium is not installed (.ci/run installs it; CI fails rather than skips)")
+    reason="headless Chromium is not installed (.ci/run installs it; CI fails rather than skips)",
+)
 
 
 async def _finished_directory(sim_factory, tmp_path: Path) -> Path:
@@ -57,11 +58,23 @@ async def test_report_renders_in_headless_chromium(sim_factory, tmp_path):
     page = report.write_report(out)
     assert CHROMIUM, "CI must have Chromium: .ci/run installs it"
     proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1200,3000", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
-        "about:blank", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,3000",
+        "--remote-debugging-port=0",
+        "--remote-debugging-address=127.0.0.1",
+        "about:blank",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         endpoint = None
         while endpoint is None:
@@ -121,9 +134,23 @@ async def test_metrics_file_is_a_prometheus_textfile(sim_factory, tmp_path):
     metrics = tmp_path / "metrics" / "batchgen.prom"
     async with sim_factory(api_key="k", latency=0.05) as sim:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "batchgen", "run", str(path), "--out", str(tmp_path / "out"), "--api-base",
-            sim.api_url, "--poll-interval", "0.05", "--metrics-file", str(metrics), "--report",
-            env={**os.environ, "BATCHGEN_API_KEY": "k"}, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+            "--api-base",
+            sim.api_url,
+            "--poll-interval",
+            "0.05",
+            "--metrics-file",
+            str(metrics),
+            "--report",
+            env={**os.environ, "BATCHGEN_API_KEY": "k"},
+            stderr=asyncio.subprocess.PIPE,
+        )
         _, err = await proc.communicate()
     assert proc.returncode == 1, err.decode()
     text = metrics.read_text()

@@ -22,8 +22,9 @@ def body(prompt: str = "A city by the sea", **extra: Any) -> dict[str, Any]:
     return {"model": "imagen4-ultra", "input": {"prompt": prompt, **extra}}
 
 
-async def create(session: aiohttp.ClientSession, sim, payload: dict[str, Any] | None = None,
-                 headers: dict[str, str] = KEY) -> tuple[int, Any]:
+async def create(
+    session: aiohttp.ClientSession, sim, payload: dict[str, Any] | None = None, headers: dict[str, str] = KEY
+) -> tuple[int, Any]:
     async with session.post(sim.api_url + CREATE, json=payload or body(), headers=headers) as r:
         text = await r.text()
         return r.status, json.loads(text) if text else None
@@ -83,8 +84,15 @@ async def test_tasks_finish_without_being_polled(sim_factory):
         assert info["data"]["state"] == "success"
 
 
-@pytest.mark.parametrize(("aspect", "size"), [("1:1", (2048, 2048)), ("social_story_9_16", (1536, 2816)),
-                                              ("4:3", (2368, 1792)), ("traditional_3_4", (1792, 2368))])
+@pytest.mark.parametrize(
+    ("aspect", "size"),
+    [
+        ("1:1", (2048, 2048)),
+        ("social_story_9_16", (1536, 2816)),
+        ("4:3", (2368, 1792)),
+        ("traditional_3_4", (1792, 2368)),
+    ],
+)
 async def test_images_follow_aspect_ratio_and_default_png(sim_factory, aspect, size):
     async with sim_factory(latency=0.05, jitter=0, image_scale=0.1) as sim, aiohttp.ClientSession() as s:
         _, answer = await create(s, sim, body(aspect_ratio=aspect))
@@ -106,15 +114,21 @@ async def test_auth_is_required_in_the_gateway_envelope(sim_factory):
         assert sim.stats.creates == 1
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    ({"input": {"prompt": "x"}}, "model is required"),
-    ({"model": "imagen3", "input": {"prompt": "x"}}, "unsupported model: imagen3"),
-    ({"model": "imagen4-ultra", "input": {}}, "input.prompt is required"),
-    ({"model": "imagen4-ultra", "input": {"prompt": "  "}}, "input.prompt is required"),
-    ({"model": "imagen4-ultra", "input": {"prompt": "x", "seed": 0}}, "input.seed: expected an integer >= 1, got 0"),
-    ({"model": "imagen4-ultra", "input": {"prompt": "x", "aspect_ratio": "2:1"}}, "input.aspect_ratio: expected"),
-    ({"model": "imagen4-ultra", "input": {"prompt": "x", "steps": 3}}, "input.steps is not a supported parameter"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"input": {"prompt": "x"}}, "model is required"),
+        ({"model": "imagen3", "input": {"prompt": "x"}}, "unsupported model: imagen3"),
+        ({"model": "imagen4-ultra", "input": {}}, "input.prompt is required"),
+        ({"model": "imagen4-ultra", "input": {"prompt": "  "}}, "input.prompt is required"),
+        (
+            {"model": "imagen4-ultra", "input": {"prompt": "x", "seed": 0}},
+            "input.seed: expected an integer >= 1, got 0",
+        ),
+        ({"model": "imagen4-ultra", "input": {"prompt": "x", "aspect_ratio": "2:1"}}, "input.aspect_ratio: expected"),
+        ({"model": "imagen4-ultra", "input": {"prompt": "x", "steps": 3}}, "input.steps is not a supported parameter"),
+    ],
+)
 async def test_invalid_requests_get_the_business_envelope(sim_factory, payload, message):
     async with sim_factory() as sim, aiohttp.ClientSession() as s:
         status, answer = await create(s, sim, payload)
@@ -172,12 +186,18 @@ async def test_capacity_429_and_max_in_flight(sim_factory):
         assert (await create(s, sim, body("after")))[0] == 200
 
 
-@pytest.mark.parametrize(("kind", "expected"), [
-    ("relay", {"code": "429", "message": "当前分组上游负载已饱和，请稍后再试", "data": None}),
-    ("business", {"code": 429, "msg": "当前分组上游负载已饱和，请稍后再试", "data": None}),
-    ("gateway", {"error": {"message": "当前分组上游负载已饱和，请稍后再试", "type": "new_api_error", "code": "429"}}),
-    ("empty", None),
-])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("relay", {"code": "429", "message": "当前分组上游负载已饱和，请稍后再试", "data": None}),
+        ("business", {"code": 429, "msg": "当前分组上游负载已饱和，请稍后再试", "data": None}),
+        (
+            "gateway",
+            {"error": {"message": "当前分组上游负载已饱和，请稍后再试", "type": "new_api_error", "code": "429"}},
+        ),
+        ("empty", None),
+    ],
+)
 async def test_429_envelopes(sim_factory, kind, expected):
     async with sim_factory(capacity=0, envelope_429=kind, retry_after=2) as sim, aiohttp.ClientSession() as s:
         async with s.post(sim.api_url + CREATE, json=body(), headers=KEY) as r:
@@ -298,15 +318,34 @@ def test_sim_command_answers_like_the_seed_page_and_stops_on_sigterm():
     import sys
     import urllib.request
 
-    with subprocess.Popen([sys.executable, "-m", "batchgen", "sim", "--port", "0", "--latency", "0.1",
-                           "--jitter", "0", "--image-scale", "0.02"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "batchgen",
+            "sim",
+            "--port",
+            "0",
+            "--latency",
+            "0.1",
+            "--jitter",
+            "0",
+            "--image-scale",
+            "0.02",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         try:
             line = proc.stdout.readline()
             api = re.search(r"api=(\S+)", line).group(1)
             request = urllib.request.Request(
-                api + CREATE, method="POST", headers={**KEY, "Content-Type": "application/json"},
-                data=json.dumps(body("A realistic aerial photo of a futuristic green city beside the sea")).encode())
+                api + CREATE,
+                method="POST",
+                headers={**KEY, "Content-Type": "application/json"},
+                data=json.dumps(body("A realistic aerial photo of a futuristic green city beside the sea")).encode(),
+            )
             with urllib.request.urlopen(request, timeout=5) as r:
                 answer = json.load(r)
             assert answer["code"] == 200 and answer["data"]["taskId"].startswith("task_imagen4-ultra_")

@@ -24,27 +24,30 @@ from batchgen.limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
 SATURATED = "当前分组上游负载已饱和，请稍后再试"
 
 
-@pytest.mark.parametrize(("status", "headers", "body", "expected"), [
-    (200, {}, '{"code":200,"msg":"success","data":{"taskId":"t1"}}', {"taskId": "t1"}),
-    (200, {}, '{"code":"200","message":"ok","data":null}', None),
-    (400, {}, '{"code":400,"msg":"input.prompt is required","data":null}', RequestRejected),
-    (200, {}, '{"code":400,"msg":"input.prompt is required","data":null}', RequestRejected),
-    (200, {}, '{"code":500,"msg":"internal error","data":null}', ServerError),
-    (200, {}, '{"code":"500","message":"internal error"}', ServerError),
-    (401, {}, '{"error":{"message":"invalid token (request id: x)","type":"new_api_error","code":""}}', AuthError),
-    (403, {}, '{"error":{"message":"quota","type":"new_api_error","code":"insufficient_user_quota"}}', QuotaError),
-    (413, {}, "", RequestRejected),
-    (422, {}, '{"code":422,"msg":"upstream validation rejected","data":null}', RequestRejected),
-    (429, {}, f'{{"code":"429","message":"{SATURATED}","data":null}}', RateLimited),
-    (429, {}, "", RateLimited),
-    (429, {}, f'{{"error":{{"message":"{SATURATED}","type":"new_api_error","code":"429"}}}}', RateLimited),
-    (200, {}, f'{{"code":"429","message":"{SATURATED}","data":null}}', RateLimited),
-    (502, {}, "<html>Bad Gateway</html>", ServerError),
-    (503, {}, "", ServerError),
-    (200, {}, "not json at all", ServerError),
-    (200, {}, "", ServerError),
-    (404, {}, "Not Found", UsageError),
-])
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "expected"),
+    [
+        (200, {}, '{"code":200,"msg":"success","data":{"taskId":"t1"}}', {"taskId": "t1"}),
+        (200, {}, '{"code":"200","message":"ok","data":null}', None),
+        (400, {}, '{"code":400,"msg":"input.prompt is required","data":null}', RequestRejected),
+        (200, {}, '{"code":400,"msg":"input.prompt is required","data":null}', RequestRejected),
+        (200, {}, '{"code":500,"msg":"internal error","data":null}', ServerError),
+        (200, {}, '{"code":"500","message":"internal error"}', ServerError),
+        (401, {}, '{"error":{"message":"invalid token (request id: x)","type":"new_api_error","code":""}}', AuthError),
+        (403, {}, '{"error":{"message":"quota","type":"new_api_error","code":"insufficient_user_quota"}}', QuotaError),
+        (413, {}, "", RequestRejected),
+        (422, {}, '{"code":422,"msg":"upstream validation rejected","data":null}', RequestRejected),
+        (429, {}, f'{{"code":"429","message":"{SATURATED}","data":null}}', RateLimited),
+        (429, {}, "", RateLimited),
+        (429, {}, f'{{"error":{{"message":"{SATURATED}","type":"new_api_error","code":"429"}}}}', RateLimited),
+        (200, {}, f'{{"code":"429","message":"{SATURATED}","data":null}}', RateLimited),
+        (502, {}, "<html>Bad Gateway</html>", ServerError),
+        (503, {}, "", ServerError),
+        (200, {}, "not json at all", ServerError),
+        (200, {}, "", ServerError),
+        (404, {}, "Not Found", UsageError),
+    ],
+)
 def test_every_envelope_maps_to_data_or_one_error(status, headers, body, expected):
     if isinstance(expected, type):
         with pytest.raises(expected):
@@ -57,18 +60,22 @@ def test_retry_after_is_honoured_in_seconds_or_as_a_date():
     with pytest.raises(RateLimited) as info:
         client.interpret(429, {"Retry-After": "7"}, "")
     assert info.value.retry_after == 7
-    assert 25 < client.parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT",
-                                                         time.gmtime(time.time() + 30))) <= 30
+    assert (
+        25 < client.parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))) <= 30
+    )
     assert client.parse_retry_after("soon") is None
 
 
-@pytest.mark.parametrize(("result_json", "urls", "problem"), [
-    ('{"resultUrls":["https://cdn/x.png"]}', ("https://cdn/x.png",), None),
-    ({"resultUrls": ["https://cdn/x.png", "https://cdn/y.png"]}, ("https://cdn/x.png", "https://cdn/y.png"), None),
-    ("{not json", (), "resultJson is not valid JSON"),
-    ('{"resultUrls":[]}', (), "the task succeeded but its resultJson has no resultUrls"),
-    ("", (), "the task succeeded but its resultJson has no resultUrls"),
-])
+@pytest.mark.parametrize(
+    ("result_json", "urls", "problem"),
+    [
+        ('{"resultUrls":["https://cdn/x.png"]}', ("https://cdn/x.png",), None),
+        ({"resultUrls": ["https://cdn/x.png", "https://cdn/y.png"]}, ("https://cdn/x.png", "https://cdn/y.png"), None),
+        ("{not json", (), "resultJson is not valid JSON"),
+        ('{"resultUrls":[]}', (), "the task succeeded but its resultJson has no resultUrls"),
+        ("", (), "the task succeeded but its resultJson has no resultUrls"),
+    ],
+)
 def test_result_json_is_a_string_or_an_object(result_json, urls, problem):
     record = client.parse_record("t", {"taskId": "t", "state": "success", "resultJson": result_json})
     assert record.result_urls == urls and record.result_error == problem
@@ -80,14 +87,17 @@ def test_record_tolerates_missing_and_null_fields():
     assert client.parse_record("t", {}).state == "waiting"
 
 
-@pytest.mark.parametrize(("code", "message", "kind"), [
-    ("500", "Internal Error, Please try again later.", "transient"),
-    (None, "upstream timeout", "transient"),
-    ("400", "Your prompt was flagged as violating content policies.", "policy"),
-    ("", "safety filter triggered", "policy"),
-    ("422", "invalid aspect ratio", "invalid"),
-    ("E123", "something new", "unknown"),
-])
+@pytest.mark.parametrize(
+    ("code", "message", "kind"),
+    [
+        ("500", "Internal Error, Please try again later.", "transient"),
+        (None, "upstream timeout", "transient"),
+        ("400", "Your prompt was flagged as violating content policies.", "policy"),
+        ("", "safety filter triggered", "policy"),
+        ("422", "invalid aspect ratio", "invalid"),
+        ("E123", "something new", "unknown"),
+    ],
+)
 def test_failure_classification_table(code, message, kind):
     assert failures.classify(code, message) == kind
 
@@ -252,5 +262,9 @@ def test_snapshot_is_replaced_atomically_and_no_temp_files_remain(tmp_path):
             book.start_submit(f"i{n}", {"model": "imagen4-ultra", "input": {"prompt": str(n)}})
             book.snapshot()
     assert sorted(p.name for p in (tmp_path / ".batchgen").iterdir()) == [
-        "journal.jsonl", "lock", "previous-journal.jsonl", "previous.json"]
+        "journal.jsonl",
+        "lock",
+        "previous-journal.jsonl",
+        "previous.json",
+    ]
     assert json.loads((tmp_path / "results.json").read_text())["counts"]["pending"] == 3

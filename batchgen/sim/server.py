@@ -289,7 +289,7 @@ class Simulator:
             elif MARK + "fail-transient]" in prompt:
                 fail = TRANSIENT_FAILURE
             elif (at := prompt.find(MARK + "fail-transient:")) >= 0:
-                count = prompt[at + len(MARK + "fail-transient:"):].split("]", 1)[0]
+                count = prompt[at + len(MARK + "fail-transient:") :].split("]", 1)[0]
                 if count.isdigit() and self._prompt_submissions[prompt] <= int(count):
                     fail = TRANSIENT_FAILURE
         elif self.config.fail_rate and self._rng.random() < self.config.fail_rate:
@@ -376,8 +376,12 @@ class Simulator:
         task = self._tasks.get(request.match_info["task_id"])
         name = request.match_info["name"]
         stem, _, ext = name.partition(".")
-        if task is None or task.state(time.time()) != "success" or not stem.isdigit() \
-                or not 1 <= int(stem) <= self.config.results_per_task:
+        if (
+            task is None
+            or task.state(time.time()) != "success"
+            or not stem.isdigit()
+            or not 1 <= int(stem) <= self.config.results_per_task
+        ):
             return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
         if self.config.url_ttl is not None:
             expires = request.query.get("expires", "")
@@ -400,8 +404,12 @@ class Simulator:
         if self.config.html_rate and self._rng.random() < self.config.html_rate:
             page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
             return web.Response(body=page, content_type="text/html")
-        response = web.StreamResponse(headers={"Content-Type": "image/png" if fmt == "png" else "image/jpeg",
-                                               "Cache-Control": "private, max-age=3600"})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "image/png" if fmt == "png" else "image/jpeg",
+                "Cache-Control": "private, max-age=3600",
+            }
+        )
         response.content_length = len(content)
         truncate = self.config.truncate_rate and self._rng.random() < self.config.truncate_rate
         try:
@@ -414,8 +422,8 @@ class Simulator:
                 raise asyncio.CancelledError  # the client sees the body end early
             chunk = 256 * 1024
             for start in range(0, len(content), chunk):
-                await response.write(content[start:start + chunk])
-                self.stats.file_bytes += len(content[start:start + chunk])
+                await response.write(content[start : start + chunk])
+                self.stats.file_bytes += len(content[start : start + chunk])
             await response.write_eof()
         except ConnectionResetError:
             raise asyncio.CancelledError from None  # the client went away: nothing to answer, nothing to log
