@@ -22,7 +22,7 @@ MAX_BODY = 1024 * 1024
 class CallbackReceiver:
     """Listens while started: `await receiver.start()` ... `await receiver.close()`, or `async with`."""
 
-    def __init__(self, host: str, port: int, on_task: Callable[[str], None]) -> None:
+    def __init__(self, host: str, port: int, on_task: Callable[[str], None] | None = None) -> None:
         self.host = host
         self.port = port
         self.token = secrets.token_urlsafe(24)
@@ -77,7 +77,8 @@ class CallbackReceiver:
             self.refused += 1
             return web.json_response({"ok": False}, status=400)
         self.received += 1
-        self.on_task(task_id)
+        if self.on_task is not None:
+            self.on_task(task_id)
         return web.json_response({"ok": True})
 
 

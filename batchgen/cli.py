@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import __version__, config, engine, manifest, report
+from . import __version__, config, manifest, report, runner
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import BatchgenError, ManifestError, UsageError
@@ -210,7 +210,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: list[str]) -> RunSettings:
     """Flags > environment > defaults, resolved once."""
     callback = args.callback_url
-    if callback and (problem := manifest.check_callback_url(callback)):
+    if callback and (problem := config.check_callback_url(callback)):
         raise UsageError(f"--callback-url: {problem}")
     if args.callback_listen:
         try:
@@ -262,18 +262,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in warnings:
         reporter.warning(warning)
     if settings.dry_run:
-        return engine.dry_run(settings, reporter)
+        return runner.dry_run(settings, reporter)
     try:
-        outcome = asyncio.run(engine.run(settings, reporter))
+        outcome = asyncio.run(runner.run(settings, reporter))
     finally:
         reporter.close()
-    engine.final_report(outcome, settings, reporter)
+    runner.final_report(outcome, settings, reporter)
     if args.metrics_file:
         report.write_metrics(
             Path(args.metrics_file),
             manifest=settings.manifest.name,
             counts=outcome.counts,
-            figures=engine.figures(outcome),
+            figures=runner.figures(outcome),
         )
     if args.report:
         reporter.info(f"contact sheet: {report.write_report(settings.out)}")

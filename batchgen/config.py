@@ -5,14 +5,15 @@ The API key is held in a `Secret`, which never shows its value in repr or str.
 
 from __future__ import annotations
 
+import ipaddress
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import schema
 from .errors import UsageError
-from .manifest import is_loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +139,30 @@ def check_api_base(url: str) -> str:
             "this machine; use https://"
         )
     return url
+
+
+def check_callback_url(url: str) -> str | None:
+    """Why a callback URL is unacceptable, or None: https, or plain http to a loopback address only."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return f"not a valid URL: {schema.describe(url)}"
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host and is_loopback(host):
+        return None
+    if parts.scheme == "http" and host:
+        return "must be https:// (plain http:// is allowed only to a loopback address)"
+    return f"expected an https:// URL; got {schema.describe(url)}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -17,20 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import gc
 import random
-import secrets
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import download, failures, manifest
-from .callbacks import CallbackReceiver, parse_listen
-from .client import Client, TaskRecord, open_session
-from .config import PollSchedule, RunSettings, Secret
+from . import download, failures
+from .client import Client, TaskRecord
+from .config import PollSchedule, RunSettings
 from .errors import (
     AuthError,
     BatchgenError,
@@ -43,11 +37,11 @@ from .errors import (
     TransportError,
     UsageError,
 )
-from .ledger import Ledger, error_record, load, state_dir
-from .ledger import exists as ledger_exists
+from .files import state_dir
+from .ledger import Ledger, error_record
 from .limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
 from .manifest import Item
-from .plan import Plan, make_plan
+from .plan import Plan
 from .progress import Reporter
 
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
@@ -67,39 +61,28 @@ class Counters:
     callbacks: int = 0  # valid callbacks that woke a poller
 
 
-@dataclass(slots=True)
-class Outcome:
-    exit_code: int
-    counts: dict[str, int]
-    counters: Counters
-    seconds: float
-
-
-def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
-    """SPEC's exit code, most severe first: 3 (key/quota) or the fatal error's own, 128+N, 5, 1, 0."""
-    if fatal is not None:
-        return fatal.exit_code
-    if signum is not None:
-        return 128 + signum
-    if counts["pending"] or counts["submitted"]:
-        return 5
-    return 1 if counts["failed"] else 0
-
-
 class Stopped(Exception):
     """Internal: the run is stopping; unwinds an item's coroutine without changing its state."""
 
 
 class Engine:
     def __init__(
-        self, settings: RunSettings, items: list[Item], plan: Plan, ledger: Ledger, client: Client, reporter: Reporter
+        self,
+        settings: RunSettings,
+        items: list[Item],
+        plan: Plan,
+        ledger: Ledger,
+        client: Client,
+        reporter: Reporter,
+        *,
+        callback_url: str | None = None,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.items = items
         self.plan = plan
         self.ledger = ledger
         self.client = client
-        self.out = reporter
+        self.reporter = reporter
         self.counters = Counters()
         self.limiter = InFlightLimiter(settings.concurrency)
         self.window = RateWindow(*settings.create_rate)
@@ -119,7 +102,7 @@ class Engine:
         self._work: asyncio.Task[None] | None = None
         self._creating: set[asyncio.Task[str]] = set()
         self._wakeups: dict[str, asyncio.Event] = {}  # task id -> its poller's alarm, rung by a callback
-        self.callback_url = settings.callback_url
+        self.callback_url = callback_url  # the run's callBackUrl (with --callback-listen, the receiver's)
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None
 
     # ------------------------------------------------------------ the run
@@ -127,7 +110,7 @@ class Engine:
     async def run(self) -> None:
         """Do the plan; returns when every item is done, or the run was stopped (see `stop_reason`)."""
         download.cleanup_partials(self.temp_dir)
-        self.out.start(len(self.items))
+        self.reporter.start(len(self.items))
         self._work = asyncio.create_task(self._main())
         try:
             await self._work
@@ -140,7 +123,7 @@ class Engine:
             self._show_progress()
 
     def _show_progress(self) -> None:
-        self.out.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)
+        self.reporter.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)
 
     async def _main(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -173,7 +156,9 @@ class Engine:
             self.ledger.maybe_snapshot()
             self._show_progress()
             if self._deadline is not None and time.monotonic() >= self._deadline:
-                self.out.warning(f"--max-runtime {self.s.max_runtime:g} s reached: stopping; rerun to continue")
+                self.reporter.warning(
+                    f"--max-runtime {self.settings.max_runtime:g} s reached: stopping; rerun to continue"
+                )
                 self.stop("max-runtime")
 
     # ------------------------------------------------------------ one item
@@ -209,11 +194,11 @@ class Engine:
                     record.fail_message or f"the task failed (failCode {record.fail_code})",
                 )
                 attempts = int(self.ledger.items[item.id].get("attempts", 0))
-                if kind == "transient" and attempts < self.s.max_attempts:
+                if kind == "transient" and attempts < self.settings.max_attempts:
                     self.counters.retries += 1
-                    self.out.info(
+                    self.reporter.info(
                         f"item {item.id!r}: task {task_id} failed ({_brief(error)}); submitting again "
-                        f"(attempt {attempts + 1} of {self.s.max_attempts})",
+                        f"(attempt {attempts + 1} of {self.settings.max_attempts})",
                         item=item.id,
                     )
                     self.ledger.requeue(item.id, error)
@@ -233,8 +218,8 @@ class Engine:
                 exc
                 if isinstance(exc, StorageError)
                 else StorageError(
-                    f"cannot write in {self.s.out}: {exc.strerror or exc}; the ledger is intact: free some space and "
-                    "rerun to continue"
+                    f"cannot write in {self.settings.out}: {exc.strerror or exc}; the ledger is intact: "
+                    "free some space and rerun to continue"
                 )
             )
             self.stop("storage", fatal=problem)
@@ -248,7 +233,7 @@ class Engine:
             else "change the prompt to generate it"
         )
         after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
-        self.out.warning(f"item {item_id!r} failed{after} ({_brief(error)}); {hint}", item=item_id, error=error)
+        self.reporter.warning(f"item {item_id!r} failed{after} ({_brief(error)}); {hint}", item=item_id, error=error)
 
     # ------------------------------------------------------------ submit
 
@@ -276,7 +261,9 @@ class Engine:
                 self._saturated(exc, epoch)
                 saturated += 1
                 if saturated >= SATURATION_ATTEMPTS:
-                    self.out.warning(f"item {item.id!r}: the service stayed saturated (429); left for the next run")
+                    self.reporter.warning(
+                        f"item {item.id!r}: the service stayed saturated (429); left for the next run"
+                    )
                     return None
             except (AuthError, QuotaError, UsageError) as exc:
                 self._give_back()
@@ -293,11 +280,11 @@ class Engine:
                 if not (isinstance(exc, TransportError) and exc.sent):
                     self._give_back()
                 failed += 1
-                if failed >= self.s.retry.attempts:
-                    self.out.warning(f"item {item.id!r}: createTask kept failing ({exc}); left for the next run")
+                if failed >= self.settings.retry.attempts:
+                    self.reporter.warning(f"item {item.id!r}: createTask kept failing ({exc}); left for the next run")
                     return None
-                delay = self.s.retry.delay(failed, self.rng.random())
-                self.out.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
+                delay = self.settings.retry.delay(failed, self.rng.random())
+                self.reporter.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
 
     def _give_back(self) -> None:
@@ -323,7 +310,7 @@ class Engine:
             await self.ledger.durable()
             if exc.sent:
                 self.counters.in_doubt += 1
-                self.out.warning(
+                self.reporter.warning(
                     f"item {item.id!r}: createTask got no answer ({exc}); it may have been created "
                     "and will be submitted again (marked in doubt)",
                     item=item.id,
@@ -345,7 +332,7 @@ class Engine:
         self.cooldown.clear()
         self.window.on_success()
         self.limiter.on_success()
-        self.out.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
+        self.reporter.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
         return task_id
 
     def _saturated(self, exc: RateLimited, epoch: int) -> None:
@@ -366,7 +353,7 @@ class Engine:
         delay = 0.0
         if self._strikes > 1 or exc.retry_after is not None:
             delay = self.cooldown.trigger(exc.retry_after)
-        self.out.debug(
+        self.reporter.debug(
             f"service saturated (429): in-flight limit {self.limiter.limit}, create window "
             f"{self.window.count}/{self.window.seconds:g} s, pause {delay:.1f} s"
         )
@@ -376,8 +363,8 @@ class Engine:
     async def _wait(self, item: Item, task_id: str, first_poll: float | None) -> TaskRecord | None:
         """Poll until the task is finished, on the age-based schedule; None after --task-timeout."""
         started = time.monotonic()
-        deadline = started + self.s.task_timeout
-        schedule: PollSchedule = self.s.poll
+        deadline = started + self.settings.task_timeout
+        schedule: PollSchedule = self.settings.poll
         # With callbacks on, polling is only the fallback: CALLBACK_POLL_FACTOR times less often.
         slower = CALLBACK_POLL_FACTOR if self.callback_url and not item.callback_url else 1.0
         delay = schedule.interval(0) * slower if first_poll is None else first_poll
@@ -387,9 +374,9 @@ class Engine:
             while True:
                 if time.monotonic() + delay >= deadline:
                     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-                    self.out.warning(
+                    self.reporter.warning(
                         f"item {item.id!r}: task {task_id} not finished after --task-timeout "
-                        f"{self.s.task_timeout:g} s; it stays submitted, rerun to pick it up",
+                        f"{self.settings.task_timeout:g} s; it stays submitted, rerun to pick it up",
                         item=item.id,
                     )
                     return None
@@ -424,12 +411,12 @@ class Engine:
             # Status queries have their own budget at the service: a 429 here slows the queries, not the work.
             self.counters.rate_limited += 1
             self.polls.on_saturated()
-            self.out.debug(f"recordInfo {task_id}: 429; status queries now {self.polls.rate:g}/s")
+            self.reporter.debug(f"recordInfo {task_id}: 429; status queries now {self.polls.rate:g}/s")
         except (AuthError, QuotaError, UsageError) as exc:
             self.stop("refused", fatal=exc)
             raise Stopped from exc
         except (ServiceError, TransportError) as exc:
-            self.out.debug(f"recordInfo {task_id}: {exc}; asking again later")
+            self.reporter.debug(f"recordInfo {task_id}: {exc}; asking again later")
         return None
 
     # ------------------------------------------------------------ download
@@ -438,7 +425,7 @@ class Engine:
         """Fetch every result file; expired URLs are refreshed with one recordInfo each time."""
         async with self.downloads:
             last = "no attempt"
-            for attempt in range(1, self.s.retry.attempts + 1):
+            for attempt in range(1, self.settings.retry.attempts + 1):
                 if not record.result_urls:
                     if attempt >= 3:  # asked three times: the service has no result to give
                         reason = record.result_error or "it gave no result URLs"
@@ -447,14 +434,14 @@ class Engine:
                         await self.ledger.durable()
                         self._report_failure(item.id, error, 0)
                         return
-                    await asyncio.sleep(self.s.retry.delay(attempt, self.rng.random()))
+                    await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     record = await self._query(task_id) or record
                     continue
                 try:
                     names, digests = await self._fetch_all(item, record.result_urls)
                 except DownloadError as exc:
                     last = str(exc)
-                    self.out.debug(f"item {item.id!r}: {exc}")
+                    self.reporter.debug(f"item {item.id!r}: {exc}")
                     if exc.permanent:
                         error = error_record("bad_result", None, str(exc))
                         self.ledger.failed(item.id, error)
@@ -464,15 +451,15 @@ class Engine:
                     if exc.expired and (fresh := await self._query(task_id)) is not None and fresh.result_urls:
                         record = fresh  # signed URLs expire: these are new ones
                         continue
-                    await asyncio.sleep(self.s.retry.delay(attempt, self.rng.random()))
+                    await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
                 old = list(self.ledger.items[item.id].get("files") or [])
                 self.ledger.succeeded(item.id, names, digests)
                 await self.ledger.durable()
-                download.remove_stale(self.s.out, old, names)
+                download.remove_stale(self.settings.out, old, names)
                 self.counters.downloads += len(names)
                 return
-            self.out.warning(
+            self.reporter.warning(
                 f"item {item.id!r}: could not download the result of {task_id} ({last}); it stays "
                 "submitted, rerun to try again",
                 item=item.id,
@@ -486,219 +473,16 @@ class Engine:
             name, digest = await download.fetch(
                 self.client,
                 url,
-                directory=self.s.out,
+                directory=self.settings.out,
                 temp_dir=self.temp_dir,
                 stem=stem,
-                max_bytes=self.s.max_image_bytes,
+                max_bytes=self.settings.max_image_bytes,
             )
             names.append(name)
             digests.append(digest)
         return names, digests
 
-    # ------------------------------------------------------------ the outcome
-
-    def outcome(self, seconds: float) -> Outcome:
-        counts = self.ledger.counts(self.ids)
-        return Outcome(exit_code(counts, self.fatal, self.stop_signal), counts, self.counters, seconds)
-
 
 def _brief(error: dict[str, Any]) -> str:
     code = f"{error.get('code')}: " if error.get("code") else ""
     return f"{code}{error.get('message')}"
-
-
-# ---------------------------------------------------------------- entry points
-
-
-def dry_run(settings: RunSettings, reporter: Reporter) -> int:
-    """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
-    with _bulk():
-        items = manifest.load(settings.manifest)
-        loaded = load(settings.out) if ledger_exists(settings.out) else None
-    records = loaded.items if loaded else {}
-    plan = make_plan(items, records, retry_failed=settings.retry_failed)
-    if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
-        print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
-    if loaded and loaded.damaged:
-        print(f"  note: {loaded.damaged}; a run will rebuild it from the journal")
-    summary = plan.summary()
-    would = len(plan.submit) if settings.limit is None else min(settings.limit, len(plan.submit))
-    print(f"{settings.manifest}: {len(items)} items -> {settings.out}")
-    print(
-        f"  would submit {would}: {summary['new']} new, {summary['changed']} changed, {summary['retry']} "
-        f"failed to retry"
-    )
-    print(f"  would poll {summary['resume']} already submitted (by task id, no new charge)")
-    print(
-        f"  already done {summary['done']}; failed and left alone {summary['failed']}"
-        + (" (use --retry-failed)" if summary["failed"] else "")
-    )
-    if summary["in_doubt"]:
-        print(f"  in doubt {summary['in_doubt']} (a createTask call was interrupted; it may have been paid)")
-    if summary["not_in_manifest"]:
-        print(f"  in the ledger but no longer in the manifest: {summary['not_in_manifest']} (kept, untouched)")
-    for item in plan.submit[:20]:
-        print(f"    submit {item.id}: {item.input['prompt'][:70]}")
-    if len(plan.submit) > 20:
-        print(f"    … and {len(plan.submit) - 20} more")
-    return 0
-
-
-async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
-    """The main job. Raises ManifestError/UsageError (exit 2) or LockedError (exit 4) before any request."""
-    started = time.monotonic()
-    with _bulk():
-        items = manifest.load(settings.manifest)
-        ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
-    outcome: Outcome | None = None
-    try:
-        if ledger.recovered:
-            reporter.warning(
-                f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
-                "damaged file is kept beside it as results.json.damaged-*"
-            )
-        plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed)
-        ledger.track(items)
-        _announce(plan, items, settings, reporter)
-        if not plan.submit and not plan.resume:  # nothing to do: contact nothing, need no key
-            counts = ledger.counts(ledger.manifest_ids)
-            outcome = Outcome(exit_code(counts), counts, Counters(), time.monotonic() - started)
-            return outcome
-        async with _service(settings, reporter) as (api_base, key), open_session(settings.timeouts) as session:
-            engine = Engine(settings, items, plan, ledger, Client(session, api_base, key, settings.timeouts), reporter)
-            async with _callbacks(settings, engine, reporter):
-                with _signals(engine):
-                    await engine.run()
-        reporter.close()
-        outcome = engine.outcome(time.monotonic() - started)
-        if engine.fatal is not None:
-            reporter.error(f"{engine.fatal}; run stopped, state saved")
-        return outcome
-    finally:
-        try:
-            ledger.close()
-        except StorageError as exc:  # the journal still holds what the snapshot could not: nothing is lost
-            if outcome is None:
-                raise
-            reporter.error(str(exc))
-            if outcome.exit_code in (0, 1):
-                outcome.exit_code = StorageError.exit_code
-
-
-@contextlib.contextmanager
-def _bulk() -> Iterator[None]:
-    """Pause the cyclic garbage collector while loading a manifest and a ledger: 100,000 items make millions
-    of small acyclic objects, and the collector's passes over them were 60% of the load time (1.9 s -> 0.8 s)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Reporter) -> None:
-    s = plan.summary()
-    reporter.info(
-        f"{settings.manifest.name}: {len(items)} items; {len(plan.submit)} to submit "
-        f"({s['new']} new, {s['changed']} changed, {s['retry']} retried), {s['resume']} to resume, "
-        f"{s['done']} done, {s['failed']} failed earlier",
-        event="plan",
-        **s,
-    )
-    for item in plan.in_doubt:
-        reporter.warning(
-            f"item {item.id!r}: an earlier createTask call was interrupted; it may have been paid "
-            "(in doubt). It is submitted again.",
-            item=item.id,
-        )
-
-
-@contextlib.asynccontextmanager
-async def _service(settings: RunSettings, reporter: Reporter) -> AsyncIterator[tuple[str, Secret]]:
-    """The API to talk to: the real one, or (--simulate) the built-in simulator on a free loopback port."""
-    if not settings.simulate:
-        if settings.api_key is None:
-            raise UsageError("no API key: set BATCHGEN_API_KEY or pass --api-key-file PATH (or try --simulate)")
-        yield settings.api_base, settings.api_key
-        return
-    from .sim import SimConfig, Simulator
-
-    key = Secret(secrets.token_urlsafe(16))
-    # Realistic but short: seconds instead of Imagen's 20-45 s, quarter-size images, the real rate limit.
-    config = SimConfig(api_key=key.value, latency=3.0, jitter=1.0, image_scale=0.25)
-    async with Simulator(config) as sim:
-        reporter.info(f"--simulate: the built-in simulator answers at {sim.api_url}")
-        yield sim.api_url, key
-
-
-@contextlib.asynccontextmanager
-async def _callbacks(settings: RunSettings, engine: Engine, reporter: Reporter) -> AsyncIterator[None]:
-    """With --callback-listen, receive the service's callbacks for the run's duration; they wake pollers."""
-    if not settings.callback_listen:
-        yield
-        return
-    host, port = parse_listen(settings.callback_listen)
-    if not settings.callback_url and not manifest.is_loopback(host):
-        raise UsageError(
-            "--callback-listen on an address other than loopback needs --callback-url: the public "
-            "https:// URL that reaches this listener"
-        )
-    receiver = CallbackReceiver(host, port, engine.wake)
-    try:
-        await receiver.start()
-    except OSError as exc:
-        raise UsageError(f"--callback-listen {settings.callback_listen}: {exc.strerror or exc}") from exc
-    try:
-        engine.callback_url = receiver.url_for(settings.callback_url)
-        reporter.info(f"receiving callbacks on {host}:{receiver.port} (polling continues as the fallback)")
-        yield
-    finally:
-        await receiver.close()
-
-
-@contextlib.contextmanager
-def _signals(engine: Engine) -> Any:
-    loop = asyncio.get_running_loop()
-    handled = (signal.SIGINT, signal.SIGTERM)
-    for signum in handled:
-        loop.add_signal_handler(
-            signum, functools.partial(engine.stop, f"signal {signal.Signals(signum).name}", signum=signum)
-        )
-    try:
-        yield
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
-
-
-def figures(outcome: Outcome) -> dict[str, float]:
-    """The run's figures for monitoring: the JSON summary line and the metrics file say the same."""
-    n = outcome.counters
-    return {
-        "paid_creates": n.creates,
-        "retries": n.retries,
-        "rate_limited": n.rate_limited,
-        "status_queries": n.polls,
-        "callbacks": n.callbacks,
-        "in_doubt": n.in_doubt,
-        "seconds": round(outcome.seconds, 3),
-        "exit_code": outcome.exit_code,
-        "finished_timestamp": int(time.time()),
-    }
-
-
-def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:
-    c = outcome.counts
-    n = outcome.counters
-    reporter.summary(c, event="summary", **figures(outcome))
-    if reporter.fmt == "text" and not reporter.quiet:
-        reporter.info(
-            f"{n.creates} paid creates, {n.retries} retries, {n.rate_limited}x 429, {n.polls} status "
-            f"queries, {outcome.seconds:.1f} s; exit {outcome.exit_code}"
-        )
-    if outcome.exit_code == 5:
-        reporter.info(
-            f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command again to continue"
-        )

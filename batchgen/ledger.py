@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -29,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import LedgerError, LockedError, StorageError, UsageError
+from .errors import LedgerError, LockedError, StorageError
+from .files import STATE_DIR, fsync_dir, open_nofollow, state_dir, write_atomically
 
 if TYPE_CHECKING:
     from .manifest import Item as ManifestItem
@@ -38,7 +38,6 @@ VERSION = 1
 STATES = ("pending", "submitted", "succeeded", "failed")
 
 RESULTS = "results.json"
-STATE_DIR = ".batchgen"
 JOURNAL = "journal.jsonl"
 PREVIOUS = "previous.json"  # the snapshot before results.json ...
 PREVIOUS_JOURNAL = "previous-journal.jsonl"  # ... and the journal from it to results.json: recovery material
@@ -52,53 +51,6 @@ def utc_now() -> str:
 
 def error_record(kind: str, code: str | None, message: str) -> dict[str, Any]:
     return {"kind": kind, "code": code, "message": message}
-
-
-def _open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
-    """Open without following a symlink planted at `path`."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UsageError(f"{path} is a symbolic link; batchgen will not write through it") from exc
-        raise
-
-
-def state_dir(directory: Path, sub: str | None = None) -> Path:
-    """DIR/.batchgen (or a folder in it), created if missing; never through a symlink."""
-    path = directory / STATE_DIR
-    for folder in (path, path / sub) if sub else (path,):
-        if folder.is_symlink():
-            raise UsageError(f"{folder} is a symbolic link; batchgen keeps its files only in a real directory")
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path / sub if sub else path
-
-
-def write_atomically(path: Path, data: bytes, temp_dir: Path) -> None:
-    """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder)."""
-    temp = temp_dir / f".{path.name}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
-    fd = _open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(slots=True)
@@ -278,7 +230,7 @@ class Ledger:
         """
         directory.mkdir(parents=True, exist_ok=True)
         folder = state_dir(directory)
-        lock_fd = _open_nofollow(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        lock_fd = open_nofollow(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -299,7 +251,7 @@ class Ledger:
                 )
             if loaded.damaged:
                 _keep_damaged(directory)
-            journal_fd = _open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            journal_fd = open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.ftruncate(journal_fd, loaded.journal_bytes)  # drop a torn last line before appending after it
         except BaseException:
             os.close(lock_fd)
@@ -510,7 +462,7 @@ class Ledger:
                 os.replace(link, self._state_dir / PREVIOUS)
             write_atomically(results, data, self._state_dir)
             os.replace(self._state_dir / JOURNAL, self._state_dir / PREVIOUS_JOURNAL)
-            fresh = _open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fresh = open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
             raise StorageError(
                 f"cannot write {results}: {exc.strerror or exc}; the previous ledger and the "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -22,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from . import schema
+from .config import check_callback_url
 from .errors import ManifestError, Problem
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -479,30 +478,3 @@ def _build(raw: _RawItem, out: _Collector, *, defaults: bool = False) -> Item | 
 def _request_key(item: Item) -> tuple[Any, ...]:
     """A hashable stand-in for the canonical request (values are str, int or bool: all hashable)."""
     return item.model, tuple(sorted(item.input.items()))
-
-
-def check_callback_url(url: str) -> str | None:
-    """Why a callback URL is unacceptable, or None: https, or plain http to a loopback address only."""
-    url = url.strip()
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return f"not a valid URL: {schema.describe(url)}"
-    if parts.scheme == "https" and host:
-        return None
-    if parts.scheme == "http" and host and is_loopback(host):
-        return None
-    if parts.scheme == "http" and host:
-        return "must be https:// (plain http:// is allowed only to a loopback address)"
-    return f"expected an https:// URL; got {schema.describe(url)}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a host name or address is this machine's loopback."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

@@ -13,7 +13,8 @@ from urllib.parse import quote
 from PIL import Image
 
 from .errors import UsageError
-from .ledger import RESULTS, STATE_DIR, STATES, Loaded, exists, load, state_dir, write_atomically
+from .files import STATE_DIR, state_dir, write_atomically
+from .ledger import RESULTS, STATES, Loaded, exists, load
 
 
 def _load(directory: Path) -> Loaded:

@@ -9,7 +9,7 @@ import socket
 
 import aiohttp
 
-from batchgen import engine, ledger
+from batchgen import ledger, runner
 from batchgen.callbacks import CallbackReceiver
 from batchgen.config import PollSchedule
 from batchgen.progress import Reporter
@@ -53,7 +53,7 @@ async def test_behind_a_proxy_the_public_url_carries_the_token():
 
 async def _status_queries(sim, path, out, **kw) -> tuple[int, float]:
     settings = make_settings(path, out, sim, poll=PollSchedule(0.1), **kw)
-    outcome = await engine.run(settings, Reporter(stream=io.StringIO()))
+    outcome = await runner.run(settings, Reporter(stream=io.StringIO()))
     assert outcome.exit_code == 0
     return outcome.counters.polls, outcome.counters.callbacks
 
@@ -76,7 +76,7 @@ async def test_a_forged_callback_changes_nothing(sim_factory, tmp_path):
     out = tmp_path / "out"
     async with sim_factory(latency=0.15, jitter=0) as sim, aiohttp.ClientSession() as session:
         settings = make_settings(path, out, sim, callback_listen=f"127.0.0.1:{free_port()}")
-        run = asyncio.ensure_future(engine.run(settings, Reporter(stream=io.StringIO())))
+        run = asyncio.ensure_future(runner.run(settings, Reporter(stream=io.StringIO())))
         while not sim._tasks:
             await asyncio.sleep(0.01)
         (task,) = sim._tasks.values()

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batchgen import engine, ledger
+from batchgen import ledger, runner
 from batchgen.config import Secret
 from batchgen.progress import Reporter
 
 from .conftest import KEY, make_settings, manifest_of
 
 
-async def run(settings) -> engine.Outcome:
-    return await engine.run(settings, Reporter(stream=io.StringIO(), progress=False))
+async def run(settings) -> runner.Outcome:
+    return await runner.run(settings, Reporter(stream=io.StringIO(), progress=False))
 
 
 def results(out: Path) -> dict:
@@ -324,7 +324,7 @@ async def test_the_key_is_in_no_file_under_the_output_directory(sim_factory, tmp
     out = tmp_path / "out"
     stream = io.StringIO()
     async with sim_factory(api_key=KEY, latency=0.05) as sim:
-        await engine.run(make_settings(path, out, sim, verbose=True), Reporter(stream=stream, verbose=True))
+        await runner.run(make_settings(path, out, sim, verbose=True), Reporter(stream=stream, verbose=True))
         assert sim.stats.file_auth_headers == 0
     for file in out.rglob("*"):
         if file.is_file():

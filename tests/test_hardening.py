@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batchgen import engine, ledger, manifest
+from batchgen import ledger, manifest, runner
 from batchgen.config import RetryPolicy, Secret, Timeouts, read_key
 from batchgen.errors import LedgerError, ManifestError
 from batchgen.progress import Reporter
@@ -26,8 +26,8 @@ from batchgen.progress import Reporter
 from .conftest import KEY, make_settings, manifest_of
 
 
-async def run(settings, stream: io.StringIO | None = None) -> engine.Outcome:
-    return await engine.run(settings, Reporter(stream=stream or io.StringIO(), verbose=True))
+async def run(settings, stream: io.StringIO | None = None) -> runner.Outcome:
+    return await runner.run(settings, Reporter(stream=stream or io.StringIO(), verbose=True))
 
 
 def results(out: Path) -> dict:
@@ -490,8 +490,8 @@ async def test_service_misbehaviour_gives_a_clear_item_state(sim_factory, tmp_pa
 
 def sim_app_router_swap(sim) -> None:
     """Point the running simulator's createTask route at the (patched) attribute."""
-    for runner in sim._runners:
-        for resource in runner.app.router.resources():
+    for app_runner in sim._runners:
+        for resource in app_runner.app.router.resources():
             for route in resource:
                 if resource.canonical == "/api/v1/jobs/createTask":
                     route._handler = lambda request: sim._create_task(request)

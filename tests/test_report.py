@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from batchgen import engine, report
+from batchgen import report, runner
 from batchgen.progress import Reporter
 
 from .conftest import make_settings, manifest_of
@@ -32,7 +32,7 @@ async def _finished_directory(sim_factory, tmp_path: Path) -> Path:
     path = manifest_of(tmp_path / "m.yaml", ["a calm sea", HOSTILE, "rejected [sim:fail-policy]"])
     out = tmp_path / "out"
     async with sim_factory(latency=0.05) as sim:
-        outcome = await engine.run(make_settings(path, out, sim), Reporter(stream=io.StringIO()))
+        outcome = await runner.run(make_settings(path, out, sim), Reporter(stream=io.StringIO()))
     assert outcome.exit_code == 1
     return out
 

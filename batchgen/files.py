@@ -1,0 +1,65 @@
+"""File safety: every file batchgen writes goes through these, so that a planted symlink never redirects a write
+and a crash never leaves a half-written file under a final name.
+
+- `open_nofollow`: open without following a symlink at the path (O_NOFOLLOW), a clear UsageError if there is one.
+- `state_dir`: DIR/.batchgen and its folders, created 0700, never through a symlink.
+- `write_atomically`: temp file, fsync, `os.replace`, fsync of the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+STATE_DIR = ".batchgen"
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Open without following a symlink planted at `path`."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path} is a symbolic link; batchgen will not write through it") from exc
+        raise
+
+
+def state_dir(directory: Path, sub: str | None = None) -> Path:
+    """DIR/.batchgen (or a folder in it), created if missing; never through a symlink."""
+    path = directory / STATE_DIR
+    for folder in (path, path / sub) if sub else (path,):
+        if folder.is_symlink():
+            raise UsageError(f"{folder} is a symbolic link; batchgen keeps its files only in a real directory")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path / sub if sub else path
+
+
+def write_atomically(path: Path, data: bytes, temp_dir: Path) -> None:
+    """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder)."""
+    temp = temp_dir / f".{path.name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    fd = open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
