@@ -166,13 +166,15 @@ async def test_a_second_run_on_the_same_directory_exits_4(sim_factory, tmp_path)
 
 
 async def test_two_concurrent_runs_one_exits_4(sim_factory, tmp_path):
-    path = manifest_of(tmp_path / "m.yaml", ["a", "b"])
+    # The first run is held open by construction: its task stays `generating` until the simulator is told.
+    path = manifest_of(tmp_path / "m.yaml", ["a [sim:hold]", "b"])
     out = tmp_path / "out"
-    async with sim_factory(api_key=KEY, latency=0.5) as sim:
+    async with sim_factory(api_key=KEY) as sim:
         first = await start(run_args(path, out, sim))
-        await until(lambda: sim.stats.creates > 0)
+        await until(lambda: sim.stats.creates > 0)  # the lock is taken before any create
         code, _, stderr = await cli(run_args(path, out, sim))
         assert code == 4 and "in use by another batchgen run" in stderr
+        assert sim.release() == 1
         assert (await finish(first))[0] == 0
         assert sim.stats.creates == 2
 

@@ -67,14 +67,18 @@ async def test_nightly_runs_under_a_bare_environment(sim_factory, tmp_path):
 
 
 async def test_two_nightly_runs_at_once_the_second_exits_4(sim_factory, tmp_path):
-    manifest = manifest_of(tmp_path / "m.yaml", ["a", "b"])
-    async with sim_factory(api_key=KEY, latency=1.0) as sim:
+    # The first night is held open by construction: its task stays `generating` until the simulator is told.
+    manifest = manifest_of(tmp_path / "m.yaml", ["a [sim:hold]", "b"])
+    async with sim_factory(api_key=KEY) as sim:
         settings = env_file(tmp_path, sim, manifest, str(tmp_path / "images"))
         first = await nightly(settings)
-        while sim.stats.creates == 0:
+        deadline = time.monotonic() + 60
+        while sim.stats.creates == 0:  # the lock is taken before any create
+            assert time.monotonic() < deadline, "the first night never submitted"
             await asyncio.sleep(0.02)
         second = await nightly(settings)
         await second.communicate()
+        assert sim.release() == 1
         await first.communicate()
     assert second.returncode == 4 and first.returncode == 0
     assert "in use by another batchgen run" in (tmp_path / "logs" / "nightly.log").read_text()

@@ -352,3 +352,18 @@ def test_sim_command_answers_like_the_seed_page_and_stops_on_sigterm():
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
+
+
+async def test_a_held_task_runs_until_released_and_then_finishes(sim_factory):
+    async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
+        _, answer = await create(s, sim, body("hold me [sim:hold]"))
+        task_id = answer["data"]["taskId"]
+        await wait_state(s, sim, task_id, {"generating"})
+        assert sim.in_flight() == 1
+        _, info = await record(s, sim, task_id)
+        assert info["data"]["state"] == "generating" and info["data"]["completeTime"] is None
+        async with s.post(sim.api_url + "/__sim/release") as r:
+            assert (await r.json()) == {"released": 1}
+        data = await wait_state(s, sim, task_id, {"success"})
+        assert json.loads(data["resultJson"])["resultUrls"] and sim.in_flight() == 0
+        assert sim.release() == 0  # nothing left to release

@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import hmac
 import json
+import math
 import random
 import secrets
 import socket
@@ -35,6 +36,8 @@ POLICY_FAILURE = ("400", "Your prompt was flagged as violating content policies.
 #   [sim:fail-transient:N]   ... only the first N times this prompt is submitted
 #   [sim:reject]             createTask answers 422 (upstream validation rejected)
 #   [sim:slow]               the task takes ten times the configured latency
+#   [sim:hold]               the task stays `generating` until `Simulator.release()` (or POST /__sim/release):
+#                            holds a run open by construction, never by a sleep
 MARK = "[sim:"
 
 
@@ -68,7 +71,7 @@ class _Task:
     task_id: str
     body: dict[str, Any]
     created: float  # time.time()
-    duration: float
+    duration: float  # math.inf while held ([sim:hold])
     fail: tuple[str, str] | None
 
     def state(self, now: float) -> str:
@@ -106,6 +109,7 @@ class Simulator:
         self._callbacks: set[asyncio.Task[None]] = set()
         self._callback_session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
+        self._released = asyncio.Event()  # set (and cleared) each time held tasks are released
         self.api_url = ""
         self.files_url = ""
 
@@ -123,6 +127,7 @@ class Simulator:
         api.router.add_post("/api/v1/jobs/createTask", self._create_task)
         api.router.add_get("/api/v1/jobs/recordInfo", self._record_info)
         api.router.add_get("/__sim/stats", self._stats)
+        api.router.add_post("/__sim/release", self._release)
         files = web.Application()
         files.router.add_get("/r/{task_id}/{name}", self._file)
         self.api_url = await self._serve(api, self.config.port)
@@ -284,6 +289,8 @@ class Simulator:
         if MARK in prompt:
             if MARK + "slow]" in prompt:
                 duration *= 10
+            if MARK + "hold]" in prompt:
+                duration = math.inf
             if MARK + "fail-policy]" in prompt:
                 fail = POLICY_FAILURE
             elif MARK + "fail-transient]" in prompt:
@@ -362,6 +369,23 @@ class Simulator:
     def _sign(self, task_id: str, name: str, expires: str) -> str:
         return hmac.new(self._secret, f"{task_id}/{name}/{expires}".encode(), "sha256").hexdigest()[:32]
 
+    def release(self) -> int:
+        """Let every held task ([sim:hold]) finish now; returns how many were released."""
+        now = time.time()
+        released = [task for task in self._tasks.values() if math.isinf(task.duration)]
+        for task in released:
+            task.duration = max(0.01, now - task.created)
+        if released:
+            self._finishing = [t for t in self._finishing if not math.isinf(t)]
+            self._finishing.extend(task.created + task.duration for task in released)
+            heapq.heapify(self._finishing)
+            self._released.set()
+            self._released.clear()
+        return len(released)
+
+    async def _release(self, request: web.Request) -> web.Response:
+        return web.json_response({"released": self.release()})
+
     async def _stats(self, request: web.Request) -> web.Response:
         data = self.stats.as_dict()
         data["in_flight"] = self.in_flight()
@@ -438,6 +462,8 @@ class Simulator:
 
     async def _deliver_callback(self, task: _Task) -> None:
         """POST the terminal recordInfo body to callBackUrl, retried briefly; a hint, never guaranteed."""
+        while math.isinf(task.duration):
+            await self._released.wait()
         await asyncio.sleep(max(0.0, task.created + task.duration - time.time()))
         if self._callback_session is None:
             self._callback_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
