@@ -75,6 +75,8 @@ class _Task:
     fail: tuple[str, str] | None
 
     def state(self, now: float) -> str:
+        if math.isinf(self.duration):
+            return "generating"  # held until released
         age = now - self.created
         if age >= self.duration:
             return "fail" if self.fail else "success"
