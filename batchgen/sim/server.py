@@ -335,7 +335,6 @@ class Simulator:
         if state == "success":
             result_json = json.dumps({"resultUrls": self._result_urls(task, now)})
         update = finished if done else max(task.created, now - 0.5)
-        ms = lambda t: int(t * 1000)  # noqa: E731 - the API's times are Unix milliseconds
         return {
             "taskId": task.task_id,
             "model": schema.MODEL,
@@ -479,6 +478,11 @@ class Simulator:
             except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.2 * 2**attempt)
+
+
+def ms(seconds: float) -> int:
+    """The API's times are Unix milliseconds."""
+    return int(seconds * 1000)
 
 
 def _xml_error(status: int, code: str, message: str) -> web.Response:
