@@ -178,9 +178,9 @@ class Simulator:
     def _saturated(self) -> web.Response:
         self.stats.rate_limited += 1
         headers = {"Retry-After": f"{self.config.retry_after:g}"} if self.config.retry_after is not None else {}
-        kind = self.config.envelope_429
+        kind: str = self.config.envelope_429
         if kind == "mixed":
-            kind = ("relay", "business", "gateway", "empty")[self._envelope_turn % 4]  # type: ignore[assignment]
+            kind = ("relay", "business", "gateway", "empty")[self._envelope_turn % 4]
             self._envelope_turn += 1
         if kind == "empty":
             return web.Response(status=429, headers=headers)
