@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -71,3 +73,11 @@ def manifest_of(path: Path, prompts: list[str], **fields: object) -> Path:
         lines.extend(f"  {k}: {v!r}\n" for k, v in fields.items())
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+async def until(condition: Callable[[], object], deadline: float = 20.0) -> None:
+    """Wait until `condition()` is true, checking every 20 ms; fail the test after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.02)

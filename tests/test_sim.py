@@ -6,12 +6,15 @@ import asyncio
 import io
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from PIL import Image
+
+from .conftest import until
 
 KEY = {"Authorization": "Bearer test-key"}
 CREATE = "/api/v1/jobs/createTask"
@@ -46,21 +49,25 @@ async def wait_state(session, sim, task_id: str, states: set[str], deadline: flo
 
 
 async def test_create_poll_download_lifecycle(sim_factory):
+    lifecycle = ["waiting", "queuing", "generating", "success"]
     async with sim_factory(latency=0.4, jitter=0) as sim, aiohttp.ClientSession() as s:
         status, answer = await create(s, sim, body(aspect_ratio="16:9", output_format="jpg", seed=3))
         assert status == 200 and answer["code"] == 200 and answer["msg"] == "success"
         task_id = answer["data"]["taskId"]
         assert task_id.startswith("task_imagen4-ultra_")
-        seen = set()
-        while True:
+        seen: list[str] = []
+        deadline = time.monotonic() + 20
+        while not seen or seen[-1] != "success":
+            assert time.monotonic() < deadline, f"never finished; saw {seen}"
             status, info = await record(s, sim, task_id)
             data = info["data"]
-            seen.add(data["state"])
-            if data["state"] == "success":
-                break
-            assert data["resultJson"] == "" and data["completeTime"] is None
-            await asyncio.sleep(0.02)
-        assert {"waiting", "generating", "success"} <= seen
+            if not seen or seen[-1] != data["state"]:
+                seen.append(data["state"])
+            if data["state"] != "success":
+                assert data["resultJson"] == "" and data["completeTime"] is None
+                await asyncio.sleep(0.02)
+        # However fast or slow the polls came, the states seen follow the lifecycle in order.
+        assert seen == sorted(seen, key=lifecycle.index) and len(set(seen)) == len(seen)
         assert json.loads(data["param"]) == body(aspect_ratio="16:9", output_format="jpg", seed=3)
         assert data["failCode"] == "" and data["costTime"] >= 390
         assert data["createTime"] <= data["completeTime"]
@@ -78,8 +85,8 @@ async def test_tasks_finish_without_being_polled(sim_factory):
     async with sim_factory(latency=0.2, jitter=0) as sim, aiohttp.ClientSession() as s:
         _, answer = await create(s, sim)
         assert sim.in_flight() == 1
-        await asyncio.sleep(0.3)
-        assert sim.in_flight() == 0
+        await until(lambda: sim.in_flight() == 0)
+        assert sim.stats.polls == 0
         _, info = await record(s, sim, answer["data"]["taskId"])
         assert info["data"]["state"] == "success"
 
@@ -163,9 +170,8 @@ async def test_unknown_and_fresh_tasks_are_null(sim_factory):
         _, created = await create(s, sim)
         _, answer = await record(s, sim, created["data"]["taskId"])
         assert answer["code"] == 422
-        await asyncio.sleep(0.35)
-        _, answer = await record(s, sim, created["data"]["taskId"])
-        assert answer["code"] == 200
+        data = await wait_state(s, sim, created["data"]["taskId"], {"waiting", "queuing", "generating", "success"})
+        assert data["taskId"] == created["data"]["taskId"]  # visible once the null window is over
 
 
 async def test_rate_window_429_drops_the_request(sim_factory):
@@ -173,8 +179,11 @@ async def test_rate_window_429_drops_the_request(sim_factory):
         statuses = [(await create(s, sim, body(f"p{n}")))[0] for n in range(5)]
         assert statuses == [200, 200, 200, 429, 429]
         assert sim.stats.creates == 3 and sim.stats.rate_limited == 2
-        await asyncio.sleep(0.55)
-        assert (await create(s, sim, body("later")))[0] == 200
+        deadline = time.monotonic() + 10
+        while (await create(s, sim, body("later")))[0] != 200:  # a refused create is dropped: retrying is free
+            assert time.monotonic() < deadline, "the window never reopened"
+            await asyncio.sleep(0.05)
+        assert sim.stats.creates == 4
 
 
 async def test_capacity_429_and_max_in_flight(sim_factory):
@@ -182,7 +191,7 @@ async def test_capacity_429_and_max_in_flight(sim_factory):
         results = await asyncio.gather(*(create(s, sim, body(f"p{n}")) for n in range(4)))
         assert sorted(status for status, _ in results) == [200, 200, 429, 429]
         assert sim.stats.max_in_flight == 2
-        await asyncio.sleep(0.35)
+        await until(lambda: sim.in_flight() == 0)
         assert (await create(s, sim, body("after")))[0] == 200
 
 
@@ -204,6 +213,16 @@ async def test_429_envelopes(sim_factory, kind, expected):
             text = await r.text()
             assert r.status == 429 and r.headers["Retry-After"] == "2"
         assert (json.loads(text) if text else None) == expected
+
+
+async def test_mixed_429_envelopes_take_turns(sim_factory):
+    async with sim_factory(capacity=0, envelope_429="mixed") as sim, aiohttp.ClientSession() as s:
+        answers = [await create(s, sim) for _ in range(4)]
+    assert [status for status, _ in answers] == [429] * 4
+    relay, business, gateway, empty = (answer for _, answer in answers)
+    assert relay["code"] == "429" and "message" in relay
+    assert business["code"] == 429 and "msg" in business
+    assert gateway["error"]["code"] == "429" and empty is None
 
 
 async def test_injected_500s_and_dropped_connections(sim_factory):
@@ -238,16 +257,23 @@ async def _result_url(s, sim, prompt: str = "p") -> str:
 
 
 async def test_result_urls_expire_and_refresh_on_record_info(sim_factory):
-    async with sim_factory(latency=0.05, jitter=0, url_ttl=1) as sim, aiohttp.ClientSession() as s:
+    async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
         url = await _result_url(s, sim)
         async with s.get(url) as r:
             assert r.status == 200
         async with s.get(url.replace("sig=", "sig=0")) as r:
             assert r.status == 403
-        await asyncio.sleep(2.05)  # expiry has one-second resolution
-        async with s.get(url) as r:
+    async with sim_factory(latency=0.05, jitter=0, expired_url_rate=1.0) as sim, aiohttp.ClientSession() as s:
+        _, answer = await create(s, sim)
+        task_id = answer["data"]["taskId"]
+        data = await wait_state(s, sim, task_id, {"success"})
+        (stale,) = json.loads(data["resultJson"])["resultUrls"]
+        async with s.get(stale) as r:
             assert r.status == 403 and "expired" in await r.text()
-        fresh = await _result_url(s, sim, "p2")
+        sim.config = replace(sim.config, expired_url_rate=0.0)
+        _, again = await record(s, sim, task_id)  # the same task, asked again: a freshly signed URL
+        (fresh,) = json.loads(again["data"]["resultJson"])["resultUrls"]
+        assert fresh != stale
         async with s.get(fresh) as r:
             assert r.status == 200
 
@@ -300,10 +326,7 @@ async def test_callbacks_are_posted_and_retried(sim_factory):
         async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
             payload = {**body("hooked"), "callBackUrl": f"http://127.0.0.1:{port}/hook"}
             _, answer = await create(s, sim, payload)
-            for _ in range(100):
-                if received:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: received)
             assert calls == 2 and sim.stats.callbacks_sent == 1
             assert received[0]["data"]["taskId"] == answer["data"]["taskId"]
             assert received[0]["data"]["state"] == "success"
