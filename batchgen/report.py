@@ -240,10 +240,10 @@ def _entries(items: dict[str, dict[str, Any]], retired: set[str], has_thumb: set
         params = [f"{request_input[k]}" for k in _PARAMS if request_input.get(k) not in (None, "")]
         if params:
             base["params"] = params
-        reason = _reason(state, record)
+        files = [name for name in record.get("files") or () if _plain_name(name)] if state == "succeeded" else []
+        reason = _reason(state, record, files)
         if reason:
             base["reason"] = reason
-        files = [name for name in record.get("files") or () if _plain_name(name)] if state == "succeeded" else []
         if not files:
             entries.append(base)
         for n, name in enumerate(files, 1):
@@ -256,7 +256,7 @@ def _entries(items: dict[str, dict[str, Any]], retired: set[str], has_thumb: set
     return entries
 
 
-def _reason(state: str, record: dict[str, Any]) -> str:
+def _reason(state: str, record: dict[str, Any], files: list[str]) -> str:
     if state == "failed":
         error = record.get("error") or {}
         code = f" {error['code']}" if error.get("code") else ""
@@ -267,8 +267,8 @@ def _reason(state: str, record: dict[str, Any]) -> str:
         return f"not finished yet (task {record['task_id']})" if record.get("task_id") else "not finished yet"
     if state == "pending":
         return "not submitted yet"
-    if state == "succeeded" and not record.get("files"):
-        return "succeeded, but no image file is recorded"
+    if state == "succeeded" and not files:
+        return "succeeded, but the ledger names no image file in this folder"
     return ""
 
 

@@ -153,6 +153,18 @@ def test_thumbnail_folder_through_a_symlink_is_refused(tmp_path):
         report.write_report(out)
 
 
+def test_ledger_file_names_outside_the_folder_are_neither_linked_nor_read(tmp_path):
+    out = _big_ledger(tmp_path, 2)
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    with Ledger.open(out, "big.yaml") as ledger:  # a ledger edited by hand, or by someone else
+        ledger.succeeded("item-01", ["../outside.png"], ["0" * 64])
+    page = report.write_report(out).read_text()
+    data = json.loads(page.split('id="sheet-data">')[1].split("</script>")[0])
+    entry = next(i for i in data["items"] if i["id"] == "item-01")
+    assert "file" not in entry and "thumb" not in entry and "no image file" in entry["reason"]
+    assert not (out / "outside.png.jpg").exists() and "outside" not in page
+
+
 # ---------------------------------------------------------------- in a real browser
 
 CARDS = "document.querySelectorAll('#grid .card').length"
@@ -255,8 +267,17 @@ async def test_contact_sheet_in_chromium(sim_factory, tmp_path):
         await page.wait_for(f"{LIGHTBOX} === 'item-01'")
         await page.screenshot(ARTEFACTS / "contact-sheet-lightbox-420.png")
         await page.evaluate("0")  # let the last events arrive
-    assert page.errors == []  # no exception, no CSP violation
-    assert page.requests and all(u.startswith("file://") for u in page.requests), page.requests  # no network
+        assert page.errors == []  # no exception, no CSP violation
+        assert page.requests and all(u.startswith("file://") for u in page.requests), page.requests  # no network
+
+        # Defence in depth: were some text ever left unescaped, the page's policy runs only its own script.
+        tampered = out / "tampered.html"
+        html = (out / "index.html").read_text()
+        tampered.write_text(html.replace("<main", "<script>document.title='pwned'</script><main", 1))
+        await page.goto(tampered.as_uri())
+        await page.wait_for(f"{CARDS} === 7")
+        assert await page.evaluate("document.title") != "pwned"
+        assert any("Content Security Policy" in error for error in page.errors)
 
 
 def _big_ledger(tmp_path: Path, n: int) -> Path:
