@@ -435,7 +435,7 @@ overflow-wrap:anywhere}
 .figures div{min-width:0;padding:4px 10px} .figures dd{font-size:16px}
 .figures .wide{grid-column:1/-1}
 .grid{grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
-#q{flex-basis:100%}
+#q{flex-basis:100%} .bar{position:static}
 .lightbox{grid-template-columns:1fr;grid-template-rows:62vh auto;overflow:auto;align-items:start}
 .lb-stage{height:62vh;padding:12px;grid-row:1;grid-column:1}
 .lb-prev,.lb-next{position:absolute;top:31vh;transform:translateY(-50%);z-index:1}
@@ -585,7 +585,7 @@ _SCRIPT = r"""
       line.append(bit);
     };
     if (item.seed !== undefined) add("seed", item.seed);
-    if (item.took !== undefined) add("generated in", took(item.took));
+    if (item.took !== undefined) add(item.was === "succeeded" ? "generated in" : "took", took(item.took));
     if (item.params) line.append(make(part, "", item.params.join(" · ")));
     return line;
   }
@@ -648,7 +648,7 @@ _SCRIPT = r"""
     const facts = make("dl");
     const fact = (label, value) => { facts.append(make("dt", "", label), make("dd", "", value)); };
     if (item.seed !== undefined) fact("Seed", item.seed);
-    if (item.took !== undefined) fact("Generation time", took(item.took));
+    if (item.took !== undefined) fact(item.was === "succeeded" ? "Generation time" : "Time taken", took(item.took));
     if (item.params) fact("Parameters", item.params.join(" · "));
     if (item.state === "retired") fact("Ledger state", item.was);
     if (item.reason) fact("Reason", item.reason);
