@@ -102,8 +102,6 @@ LAST_RUN = "last-run.json"  # under DIR/.batchgen/: the last run's figures, for 
 PAGE_SIZE = 200  # cards in the DOM at once: a 10,000-image night stays one light page
 # Shown on the page: what a person reading a night needs. Everything else in `figures` is kept but not shown.
 RUN_FIGURES = ("paid_creates", "retries", "rate_limited", "in_doubt", "seconds", "exit_code", "finished_timestamp")
-# Item states as the page's filter names them; "retired" is a ledger item the manifest no longer lists.
-SHEET_STATES = (*STATES, "retired")
 # What the image's parameters are called on a card, in the order shown (the seed and the time get their own label).
 _PARAMS = ("aspect_ratio", "output_format", "person_generation", "safety_settings", "language")
 
@@ -159,7 +157,6 @@ def write_report(directory: Path) -> Path:
     data = {
         "title": str(doc["manifest"] or directory.name or "batchgen"),
         "updated": doc["updated_at"],
-        "counts": {**doc["counts"], "retired": len(doc["not_in_manifest"])},
         "run": _run_figures(last_run_figures(directory)),
         "items": _entries(loaded.items, set(doc["not_in_manifest"]), has_thumb),
         "pageSize": PAGE_SIZE,
