@@ -435,7 +435,7 @@ overflow-wrap:anywhere}
 #q{flex-basis:100%} .bar{position:static}
 .lightbox{grid-template-columns:1fr;grid-template-rows:62vh auto;overflow:auto;align-items:start}
 .lb-stage{height:62vh;padding:12px;grid-row:1;grid-column:1}
-.lb-prev,.lb-next{position:absolute;top:31vh;transform:translateY(-50%);z-index:1}
+.lb-prev,.lb-next{position:absolute;top:31vh;transform:translateY(-50%);z-index:1;background:rgba(0,0,0,.6)}
 .lb-prev{left:8px} .lb-next{right:8px}
 .lb-info{grid-row:2;grid-column:1;padding:16px;border-left:0}
 }
