@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from . import manifest
+from . import manifest, report
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -240,6 +240,10 @@ def figures(outcome: Outcome) -> dict[str, float]:
 def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:
     c = outcome.counts
     n = outcome.counters
+    try:  # for the contact sheet's header: the ledger holds items, not runs
+        report.write_last_run(settings.out, figures(outcome))
+    except (OSError, BatchgenError) as exc:
+        reporter.warning(f"could not keep the run's figures for the contact sheet: {exc}")
     reporter.summary(c, event="summary", **figures(outcome))
     if reporter.fmt == "text" and not reporter.quiet:
         reporter.info(

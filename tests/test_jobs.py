@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from batchgen import report
+
 from .conftest import KEY, manifest_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +63,8 @@ async def test_nightly_runs_under_a_bare_environment(sim_factory, tmp_path):
     assert day.name == time.strftime("%Y-%m-%d", time.gmtime())
     assert sorted(p.name for p in day.glob("*.png")) == ["item-00.png", "item-01.png"]
     assert (day / "index.html").exists()
+    figures = report.last_run_figures(day)  # the run kept its figures for the contact sheet's header
+    assert figures is not None and figures["exit_code"] == 1 and figures["paid_creates"] == 3
     log = (tmp_path / "logs" / "nightly.log").read_text()
     assert "2 succeeded, 1 failed" in log and log.rstrip().endswith("exit 1")
     assert "\r" not in log and KEY not in log
