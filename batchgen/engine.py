@@ -269,6 +269,9 @@ class Engine:
             job = asyncio.ensure_future(self._create(item, request, callback, slot))
             self._creating.add(job)
             job.add_done_callback(self._creating.discard)
+            # A stop cancels the shield's waiter, not the call: its error (the key refused for every call of the
+            # burst) is then nobody's to read, and asyncio would log it as "never retrieved" on stderr.
+            job.add_done_callback(lambda done: done.cancelled() or done.exception())
             try:
                 return await asyncio.shield(job)
             except RateLimited as exc:
@@ -601,7 +604,7 @@ def _bulk() -> Iterator[None]:
 def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Reporter) -> None:
     s = plan.summary()
     reporter.info(
-        f"{settings.manifest.name}: {len(items)} items; {len(plan.submit)} to submit "
+        f"{settings.manifest.name}: {len(items)} item{'s' if len(items) != 1 else ''}; {len(plan.submit)} to submit "
         f"({s['new']} new, {s['changed']} changed, {s['retry']} retried), {s['resume']} to resume, "
         f"{s['done']} done, {s['failed']} failed earlier",
         event="plan",
@@ -674,7 +677,8 @@ def _signals(engine: Engine) -> Any:
 
 
 def figures(outcome: Outcome) -> dict[str, float]:
-    """The run's figures for monitoring: the JSON summary line and the metrics file say the same."""
+    """The run's figures for monitoring: the JSON summary line and the metrics file say the same (the CLI adds
+    the time the run ended, once the contact sheet is written)."""
     n = outcome.counters
     return {
         "paid_creates": n.creates,
@@ -685,20 +689,14 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "in_doubt": n.in_doubt,
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
-        "finished_timestamp": int(time.time()),
     }
 
 
 def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:
+    """What is left to do, if anything. The summary line itself is the CLI's, the last line on every exit path."""
     c = outcome.counts
-    n = outcome.counters
-    reporter.summary(c, event="summary", **figures(outcome))
-    if reporter.fmt == "text" and not reporter.quiet:
-        reporter.info(
-            f"{n.creates} paid creates, {n.retries} retries, {n.rate_limited}x 429, {n.polls} status "
-            f"queries, {outcome.seconds:.1f} s; exit {outcome.exit_code}"
-        )
     if outcome.exit_code == 5:
         reporter.info(
-            f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command again to continue"
+            f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command again to continue",
+            event="incomplete",
         )
