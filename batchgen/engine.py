@@ -48,7 +48,7 @@ from .ledger import exists as ledger_exists
 from .limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
 from .manifest import Item
 from .plan import Plan, make_plan
-from .progress import Reporter
+from .progress import Reporter, clip, plural
 
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 DOWNLOAD_SLOTS = 8  # result files fetched at once
@@ -242,11 +242,12 @@ class Engine:
             release()
 
     def _report_failure(self, item_id: str, error: dict[str, Any], attempts: int) -> None:
-        hint = (
-            "rerun with --retry-failed to try again"
-            if error["kind"] != "task_policy"
-            else "change the prompt to generate it"
-        )
+        if error["kind"] in ("rejected", "task_invalid"):  # the same request would be refused again
+            hint = "fix the item in the manifest; a changed item is submitted again"
+        elif error["kind"] == "task_policy":
+            hint = "change the prompt to generate it"
+        else:
+            hint = "rerun with --retry-failed to try again"
         after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
         self.out.warning(f"item {item_id!r} failed{after} ({_brief(error)}); {hint}", item=item_id, error=error)
 
@@ -526,7 +527,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         print(f"  note: {loaded.damaged}; a run will rebuild it from the journal")
     summary = plan.summary()
     would = len(plan.submit) if settings.limit is None else min(settings.limit, len(plan.submit))
-    print(f"{settings.manifest}: {len(items)} items -> {settings.out}")
+    print(f"{settings.manifest}: {plural(len(items), 'item')} -> {settings.out}")
     print(
         f"  would submit {would}: {summary['new']} new, {summary['changed']} changed, {summary['retry']} "
         f"failed to retry"
@@ -541,7 +542,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     if summary["not_in_manifest"]:
         print(f"  in the ledger but no longer in the manifest: {summary['not_in_manifest']} (kept, untouched)")
     for item in plan.submit[:20]:
-        print(f"    submit {item.id}: {item.input['prompt'][:70]}")
+        print(f"    submit {item.id}: {clip(item.input['prompt'], 70)}")
     if len(plan.submit) > 20:
         print(f"    … and {len(plan.submit) - 20} more")
     return 0
@@ -604,7 +605,7 @@ def _bulk() -> Iterator[None]:
 def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Reporter) -> None:
     s = plan.summary()
     reporter.info(
-        f"{settings.manifest.name}: {len(items)} item{'s' if len(items) != 1 else ''}; {len(plan.submit)} to submit "
+        f"{settings.manifest.name}: {plural(len(items), 'item')}; {len(plan.submit)} to submit "
         f"({s['new']} new, {s['changed']} changed, {s['retry']} retried), {s['resume']} to resume, "
         f"{s['done']} done, {s['failed']} failed earlier",
         event="plan",

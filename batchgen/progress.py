@@ -164,6 +164,17 @@ def plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
+def clip(text: str, width: int) -> str:
+    """One line of at most `width` characters, cut at a word boundary with an ellipsis: a prompt in a listing."""
+    line = " ".join(text.split())
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1]
+    if " " in cut and line[width - 1] != " ":
+        cut = cut[: cut.rfind(" ")]  # never end on half a word
+    return cut.rstrip(" ,.;:-") + "…"
+
+
 def local_timestamp() -> str:
     """The local time with its UTC offset, to the second: `2026-11-26 02:15:03+0800` (cron runs in local time)."""
     return time.strftime("%Y-%m-%d %H:%M:%S%z")

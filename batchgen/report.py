@@ -15,6 +15,7 @@ from PIL import Image
 
 from .errors import UsageError
 from .ledger import RESULTS, STATE_DIR, STATES, Loaded, exists, load, state_dir, write_atomically
+from .progress import plural
 
 
 def _load(directory: Path) -> Loaded:
@@ -58,9 +59,9 @@ def status_text(doc: dict[str, Any]) -> str:
     counts = doc["counts"]
     total = sum(counts.values())
     lines = [
-        f"{doc['directory']}: {total} items from {doc['manifest'] or '(unknown manifest)'}, "
+        f"{doc['directory']}: {plural(total, 'item')} from {doc['manifest'] or '(unknown manifest)'}, "
         f"updated {doc['updated_at'] or 'never'}",
-        "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {doc['files']} image files",
+        "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {plural(doc['files'], 'image file')}",
     ]
     if doc.get("damaged"):
         lines.append(f"  warning: {doc['damaged']}; the next run rebuilds it from the journal")
@@ -69,7 +70,7 @@ def status_text(doc: dict[str, Any]) -> str:
         code = f"{error.get('code')}: " if error.get("code") else ""
         lines.append(
             f"  failed  {entry['id']}: {error.get('kind', 'error')}: {code}{error.get('message', '')} "
-            f"({entry['attempts']} attempt{'s' if entry['attempts'] != 1 else ''})"
+            f"({_tries(error.get('kind'), entry['attempts'])})"
         )
     for entry in doc["incomplete"][:50]:
         task = f" (task {entry['task_id']})" if entry["task_id"] else ""
@@ -78,7 +79,7 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append(f"  … and {len(doc['incomplete']) - 50} more pending or submitted")
     for entry in doc["in_doubt"]:
         lines.append(
-            f"  in doubt {entry['id']}: a createTask call was interrupted {entry['times']} time(s); "
+            f"  in doubt {entry['id']}: a createTask call was interrupted {plural(entry['times'], 'time')}; "
             "the service may have charged for it"
         )
     if doc["not_in_manifest"]:
@@ -87,6 +88,13 @@ def status_text(doc: dict[str, Any]) -> str:
             + (" …" if len(doc["not_in_manifest"]) > 20 else "")
         )
     return "\n".join(lines)
+
+
+def _tries(kind: str | None, attempts: int) -> str:
+    """How far a failed item got: a request the service rejected at createTask never became a task."""
+    if kind == "rejected":
+        return "rejected when submitted: no task was created; fix the item in the manifest"
+    return plural(attempts, "attempt")
 
 
 # ---------------------------------------------------------------- the contact sheet
