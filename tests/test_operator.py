@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchgen import ledger
+from batchgen import ledger, report
 from batchgen.errors import Problem
+from batchgen.report import SUCCESS
 
 from .conftest import KEY, manifest_of
 from .test_cli_run import ROOT, cli, env, finish, run_args, start, until
@@ -319,3 +320,31 @@ def test_a_bug_without_a_directory_prints_the_line_then_the_traceback(tmp_path):
     first, *rest = proc.stderr.splitlines()
     assert TEXT_LINE.match(first) and "unexpected error, a bug in batchgen: AttributeError: injected" in first
     assert rest[0].startswith("Traceback") and "broken_load" in proc.stderr
+
+
+def test_metrics_label_survives_escaping_and_is_carried_over_exactly(tmp_path):
+    path = tmp_path / "batchgen.prom"
+    odd = 'night "one"\\2026\nlist.yaml'
+    figures = {"paid_creates": 3, "seconds": 1.25, "exit_code": 0, "finished_timestamp": 1795654503.412}
+    report.write_metrics(path, manifest=odd, counts={"succeeded": 3}, figures=figures)
+    report.write_metrics(path, manifest=None, counts=None, figures={"exit_code": 2, "finished_timestamp": 1795740000.5})
+    (family,) = [f for f in text_string_to_metric_families(path.read_text()) if f.name == SUCCESS]
+    (sample,) = family.samples
+    assert sample.labels == {"manifest": odd} and sample.value == 1795654503.412
+    assert "batchgen_last_run_finished_timestamp" in path.read_text() and "1795740000.5" in path.read_text()
+    assert report.exact(1795654503.412) == "1795654503.412" and report.exact(3) == "3" and report.exact(2.0) == "2"
+
+
+async def test_a_dry_run_leaves_the_metrics_of_the_last_real_run_alone(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a"])
+    metrics = tmp_path / "batchgen.prom"
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        assert (await cli(run_args(path, tmp_path / "out", sim, "--metrics-file", str(metrics))))[0] == 0
+        before = metrics.read_bytes()
+        code, stdout, stderr = await cli(
+            run_args(path, tmp_path / "out", sim, "--metrics-file", str(metrics), "--dry-run", "--log-format", "json")
+        )
+    assert code == 0 and "already done 1" in stdout
+    assert metrics.read_bytes() == before
+    (summary,) = json_lines(stderr)
+    assert summary["event"] == "summary" and summary["dry_run"] is True and summary["exit_code"] == 0
