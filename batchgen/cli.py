@@ -509,9 +509,10 @@ def _handle(session: Session, raised: BaseException) -> int:
     if isinstance(exc, BatchgenError):
         out.error(str(exc), event=_event_of(exc))
         return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        out.warning("interrupted (SIGINT)", event="interrupted")
-        return 128 + signal.SIGINT
+    if isinstance(exc, KeyboardInterrupt | StoppedEarly):
+        signum = exc.signum if isinstance(exc, StoppedEarly) else signal.SIGINT
+        out.warning(f"stopped by {signal.Signals(signum).name} before the run began", event="stopped")
+        return 128 + signum
     if isinstance(exc, BrokenPipeError):
         _silence_stdout()
         return EX_PIPE
@@ -525,7 +526,9 @@ def _unwrap(exc: BaseException) -> BaseException:
     that error, shown as itself; anything else stays a group, and is a bug."""
     if isinstance(exc, BaseExceptionGroup):
         leaves = list(_leaves(exc))
-        if len(leaves) == 1 and isinstance(leaves[0], BatchgenError | KeyboardInterrupt | BrokenPipeError):
+        if len(leaves) == 1 and isinstance(
+            leaves[0], BatchgenError | KeyboardInterrupt | StoppedEarly | BrokenPipeError
+        ):
             return leaves[0]
     return exc
 
@@ -693,7 +696,8 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     if settings.dry_run:
         return engine.dry_run(settings, out)
     try:
-        outcome = asyncio.run(engine.run(settings, out))
+        with _stop_on_signals():
+            outcome = asyncio.run(engine.run(settings, out))
     finally:
         out.close()
     session.counts = outcome.counts
@@ -705,6 +709,28 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
         except BatchgenError as exc:  # the run's own outcome stands; the page can be made later
             out.error(f"the contact sheet could not be written: {exc}; `batchgen report {settings.out}` retries it")
     return outcome.exit_code
+
+
+class StoppedEarly(BaseException):
+    """SIGTERM or SIGINT before the run's own handlers are in place (reading a large manifest, opening the
+    ledger): unwinds like Ctrl-C, so that the ledger is closed and the metrics and summary are still written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    def stop(signum: int, frame: object) -> None:
+        raise StoppedEarly(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield  # the engine's loop installs its own handlers for its duration (they stop the run gracefully)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def cmd_status(args: argparse.Namespace, session: Session) -> int:

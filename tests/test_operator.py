@@ -348,3 +348,30 @@ async def test_a_dry_run_leaves_the_metrics_of_the_last_real_run_alone(sim_facto
     assert metrics.read_bytes() == before
     (summary,) = json_lines(stderr)
     assert summary["event"] == "summary" and summary["dry_run"] is True and summary["exit_code"] == 0
+
+
+async def test_a_signal_before_the_run_began_still_writes_the_metrics_and_the_summary(tmp_path):
+    # The manifest is a FIFO: batchgen blocks reading it, before the run's own signal handlers exist (as it
+    # would while reading a 100,000-item manifest), until this test writes, which it never does.
+    fifo = tmp_path / "m.yaml"
+    os.mkfifo(fifo)
+    metrics = tmp_path / "batchgen.prom"
+    args = [sys.executable, "-m", "batchgen", "run", str(fifo), "--out", str(tmp_path / "out"), "--simulate"]
+    proc = await start([*args, "--metrics-file", str(metrics), "--log-format", "json"])
+    deadline = time.monotonic() + 20
+    while True:  # a non-blocking open for writing succeeds once batchgen has the FIFO open for reading
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "batchgen never opened the manifest"
+            await asyncio.sleep(0.02)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        code, _, stderr = await finish(proc)
+    finally:
+        os.close(writer)
+    assert code == 143, stderr
+    records = json_lines(stderr)
+    assert records[-1]["event"] == "summary" and records[-1]["exit_code"] == 143
+    assert metrics_of(metrics)["batchgen_last_run_exit_code"] == 143
