@@ -16,6 +16,7 @@ import pytest
 from batchgen import ledger
 
 from .conftest import KEY, manifest_of
+from .test_operator import INJECT
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHTLY = ROOT / "jobs" / "nightly.sh"
@@ -105,6 +106,7 @@ async def test_a_night_cut_short_is_finished_by_the_next_without_paying_again(si
         ("key refused", 3, "exit 3: the service refused the key or the quota"),
         ("no batchgen", 127, "exit 127: cannot run"),
         ("dated folder", 2, "has a date pattern; use one fixed folder"),
+        ("a bug", 70, "exit 70: a bug in batchgen; the traceback is in"),
     ],
 )
 async def test_a_night_that_needs_a_person_prints_one_line(sim_factory, tmp_path, case, code, said):
@@ -116,12 +118,19 @@ async def test_a_night_that_needs_a_person_prints_one_line(sim_factory, tmp_path
         extra["BATCHGEN_API_BASE"] = ""  # set below, with a simulator that knows another key
     elif case == "no batchgen":
         extra["BATCHGEN_BIN"] = str(tmp_path / "no" / "batchgen")
+    elif case == "a bug":  # the real CLI with one broken object injected (see test_operator.INJECT)
+        buggy = tmp_path / "buggy.py"
+        buggy.write_text(INJECT.format(error='RuntimeError("injected")'))
+        wrapper = tmp_path / "batchgen-with-a-bug"
+        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {buggy} "$@"\n')
+        wrapper.chmod(0o755)
+        extra["BATCHGEN_BIN"] = str(wrapper)
     out_dir = str(tmp_path / "images" / ("%Y-%m-%d" if case == "dated folder" else ""))
     async with sim_factory(api_key=KEY if case != "key refused" else "another-key-42", latency=0.05) as sim:
         extra.pop("BATCHGEN_API_BASE", None)
         proc = await nightly(env_file(tmp_path, sim, manifest, out_dir, **extra))
         out, err = await proc.communicate()
-        assert sim.stats.creates == 0
+        assert sim.stats.creates == (1 if case == "a bug" else 0)
     assert proc.returncode == code and out == b""
     (line,) = err.decode().splitlines()
     assert line.startswith(f"batchgen nightly ({tmp_path / 'nightly.env'}): ") and said in line, line
