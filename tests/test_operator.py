@@ -375,3 +375,28 @@ async def test_a_signal_before_the_run_began_still_writes_the_metrics_and_the_su
     records = json_lines(stderr)
     assert records[-1]["event"] == "summary" and records[-1]["exit_code"] == 143
     assert metrics_of(metrics)["batchgen_last_run_exit_code"] == 143
+
+
+def test_what_python_itself_logs_is_one_json_object_too(tmp_path):
+    # asyncio reports an unretrieved task error through `logging`, with a traceback: under --log-format json
+    # even that must be one object per line. A wrapped manifest loader logs such a record, then does its job.
+    code = (
+        "import logging, sys, warnings, batchgen.cli, batchgen.manifest\n"
+        "real = batchgen.manifest.load\n"
+        "def load(path):\n"
+        "    try:\n        raise RuntimeError('lost')\n"
+        "    except RuntimeError as exc:\n"
+        "        logging.getLogger('asyncio').error('Task exception was never retrieved', exc_info=exc)\n"
+        "    warnings.warn('a warning from a library')\n"
+        "    return real(path)\n"
+        "batchgen.manifest.load = load\n"
+        "sys.exit(batchgen.cli.main(sys.argv[1:]))\n"
+    )
+    path = manifest_of(tmp_path / "m.yaml", ["a"])
+    args = ["run", str(path), "--out", str(tmp_path / "out"), "--simulate", "--dry-run", "--log-format", "json"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    records = json_lines(proc.stderr)
+    logged = [r for r in records if r["event"] == "python_log"]
+    assert [r["logger"] for r in logged] == ["asyncio", "py.warnings"]
+    assert "RuntimeError: lost" in logged[0]["detail"] and records[-1]["event"] == "summary"
