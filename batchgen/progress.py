@@ -126,11 +126,12 @@ class Reporter:
     def final(self, counts: dict[str, int] | None, figures: dict[str, Any], meaning: str) -> None:
         """The run's last line, on every exit path: the counts (when the run got that far) and its figures.
 
-        Text: one line for a person, left out under --quiet when all went well. JSON: always, for the machine
-        that reads the log.
+        Text: one line for a person, left out under --quiet after a normal run (exit 0, 1 or 5). JSON: always,
+        for the machine that reads the log.
         """
         code = figures["exit_code"]
-        if self.fmt == "text" and self.quiet and code in (0, 1):
+        normal = code in (0, 1, 5)  # done; some failed for good; incomplete, the next run continues
+        if self.fmt == "text" and self.quiet and normal:
             return
         parts = [counts_text(counts)] if counts is not None else []
         if "paid_creates" in figures:
@@ -147,7 +148,7 @@ class Reporter:
             )
         parts.append(f"exit {code} ({meaning})")
         fields: dict[str, Any] = {"event": "summary", **({"counts": counts} if counts is not None else {}), **figures}
-        self._emit("info" if code in (0, 1) else "error", "; ".join(parts), fields)
+        self._emit("info" if normal else "error", "; ".join(parts), fields)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -167,3 +167,12 @@ def test_validate_counts_in_the_singular(tmp_path):
     proc = subprocess.run([*BATCHGEN, "validate", str(path)], capture_output=True, text=True)
     assert proc.stdout == f"{path}: 1 item, valid\n"
     assert Path(path).exists()
+
+
+async def test_short_quiet_and_verbose_flags(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["a"])
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, quiet = await run_cli(run_args(path, tmp_path / "q", sim, "-q"))
+        assert code == 0 and quiet == ""  # a normal night under -q says nothing at all
+        code, _, verbose = await run_cli(run_args(path, tmp_path / "v", sim, "-v"))
+        assert code == 0 and "item 'item-00': submitted as task_" in verbose
