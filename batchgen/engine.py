@@ -227,11 +227,12 @@ class Engine:
             release()
 
     def _report_failure(self, item_id: str, error: dict[str, Any], attempts: int) -> None:
-        hint = (
-            "rerun with --retry-failed to try again"
-            if error["kind"] != "task_policy"
-            else "change the prompt to generate it"
-        )
+        if error["kind"] in ("rejected", "task_invalid"):  # the same request would be refused again
+            hint = "fix the item in the manifest; a changed item is submitted again"
+        elif error["kind"] == "task_policy":
+            hint = "change the prompt to generate it"
+        else:
+            hint = "rerun with --retry-failed to try again"
         after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
         self.reporter.warning(f"item {item_id!r} failed{after} ({_brief(error)}); {hint}", item=item_id, error=error)
 
@@ -254,6 +255,9 @@ class Engine:
             job = asyncio.ensure_future(self._create(item, request, callback, slot))
             self._creating.add(job)
             job.add_done_callback(self._creating.discard)
+            # A stop cancels the shield's waiter, not the call: its error (the key refused for every call of the
+            # burst) is then nobody's to read, and asyncio would log it as "never retrieved" on stderr.
+            job.add_done_callback(lambda done: done.cancelled() or done.exception())
             try:
                 return await asyncio.shield(job)
             except RateLimited as exc:

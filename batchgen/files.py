@@ -38,14 +38,18 @@ def state_dir(directory: Path, sub: str | None = None) -> Path:
     return path / sub if sub else path
 
 
-def write_atomically(path: Path, data: bytes, temp_dir: Path) -> None:
-    """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder)."""
+def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | None = None) -> None:
+    """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder).
+
+    `mode`, when given, is set exactly, whatever the umask (a file another user's daemon must read)."""
     temp = temp_dir / f".{path.name}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temp)
     fd = open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

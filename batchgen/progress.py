@@ -3,13 +3,19 @@ carriage returns, but a one-line summary every 30 s and at the end; `--log-forma
 
 One small interface (`Reporter`) so the engine never cares which. Every line passes through `redact`, so the
 API key cannot reach the output even by accident.
+
+Log lines carry a timestamp (a cron log is read the next morning): text lines the local time with its UTC
+offset, JSON lines `ts` in UTC. Every JSON line has an `event`. A closed stderr (a reader that went away) never
+stops a run: the lines are dropped from then on.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -32,13 +38,18 @@ class Reporter:
     ) -> None:
         self.stream = stream or sys.stderr
         self.fmt = fmt
+        self.tty = self.stream.isatty()
+        self._bar: tqdm[Any] | None = None
+        self._closed_pipe = False
+        self._last_summary = time.monotonic()
+        self.configure(quiet=quiet, verbose=verbose, progress=progress, secret=secret)
+
+    def configure(self, *, quiet: bool, verbose: bool, progress: bool, secret: str | None) -> None:
+        """Settle what the flags say, once they are all known (error lines may come before that)."""
         self.quiet = quiet
         self.verbose = verbose
-        self.tty = self.stream.isatty()
         self._secret = secret
-        self._bar: tqdm[Any] | None = None
-        self._want_bar = progress and self.tty and not quiet and fmt == "text"
-        self._last_summary = time.monotonic()
+        self._want_bar = progress and self.tty and not quiet and self.fmt == "text"
 
     # ------------------------------------------------------------ lines
 
@@ -60,21 +71,28 @@ class Reporter:
         self._emit("error", message, fields)
 
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        event = fields.pop("event", "log")
         if self.fmt == "json":
-            record = {
-                "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "level": level,
-                "msg": message,
-                **fields,
-            }
+            record = {"ts": utc_timestamp(), "level": level, "event": event, "msg": message, **fields}
             line = json.dumps(record, ensure_ascii=False, default=str)
         else:
-            line = f"batchgen: {message}" if level in ("info", "debug") else f"batchgen: {level}: {message}"
-        line = self.redact(line)
-        if self._bar is not None:
-            self._bar.write(line, file=self.stream)
-        else:
-            print(line, file=self.stream, flush=True)
+            said = f"batchgen: {message}" if level in ("info", "debug") else f"batchgen: {level}: {message}"
+            line = f"{local_timestamp()} {said}"
+        self.write_line(self.redact(line))
+
+    def write_line(self, line: str) -> None:
+        """One line on the stream, unchanged (the caller formats and redacts it); a closed pipe drops it."""
+        if self._closed_pipe:
+            return
+        try:
+            if self._bar is not None:
+                self._bar.write(line, file=self.stream)
+            else:
+                print(line, file=self.stream, flush=True)
+        except OSError as exc:  # BrokenPipeError, or EPIPE from a lower layer: the reader is gone
+            if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
+                raise
+            self._closed_pipe = True
 
     # ------------------------------------------------------------ progress
 
@@ -100,12 +118,69 @@ class Reporter:
         self._last_summary = time.monotonic()
         if self.quiet or self._bar is not None:
             return
-        text = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("succeeded", "failed", "submitted", "pending"))
+        text = counts_text(counts)
         if "in_flight" in extra:
             text += f"; in flight {extra['in_flight']}/{extra['limit']}"
         self._emit("info", text, {"event": "progress", "counts": counts, **extra})
+
+    def final(self, counts: dict[str, int] | None, figures: dict[str, Any], meaning: str) -> None:
+        """The run's last line, on every exit path: the counts (when the run got that far) and its figures.
+
+        Text: one line for a person, left out under --quiet after a normal run (exit 0, 1 or 5). JSON: always,
+        for the machine that reads the log.
+        """
+        code = figures["exit_code"]
+        normal = code in (0, 1, 5)  # done; some failed for good; incomplete, the next run continues
+        if self.fmt == "text" and self.quiet and normal:
+            return
+        parts = [counts_text(counts)] if counts is not None else []
+        if "paid_creates" in figures:
+            parts.append(
+                ", ".join(
+                    [
+                        plural(figures["paid_creates"], "paid create"),
+                        plural(figures["retries"], "retry", "retries"),
+                        f"{figures['rate_limited']}× 429",
+                        plural(figures["status_queries"], "status query", "status queries"),
+                        f"{figures['seconds']:.1f} s",
+                    ]
+                )
+            )
+        parts.append(f"exit {code} ({meaning})")
+        fields: dict[str, Any] = {"event": "summary", **({"counts": counts} if counts is not None else {}), **figures}
+        self._emit("info" if normal else "error", "; ".join(parts), fields)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts.get(k, 0)} {k}" for k in ("succeeded", "failed", "submitted", "pending"))
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """`1 retry`, `2 retries`, `0 paid creates`."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def clip(text: str, width: int) -> str:
+    """One line of at most `width` characters, cut at a word boundary with an ellipsis: a prompt in a listing."""
+    line = " ".join(text.split())
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1]
+    if " " in cut and line[width - 1] != " ":
+        cut = cut[: cut.rfind(" ")]  # never end on half a word
+    return cut.rstrip(" ,.;:-") + "…"
+
+
+def local_timestamp() -> str:
+    """The local time with its UTC offset, to the second: `2026-11-26 02:15:03+0800` (cron runs in local time)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+def utc_timestamp() -> str:
+    """ISO 8601 in UTC, to the millisecond: `2026-11-25T18:15:03.123Z`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -8,6 +8,7 @@ import hashlib
 import html
 import json
 import os
+import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -20,6 +21,7 @@ from PIL import Image
 from .errors import UsageError
 from .files import STATE_DIR, state_dir, write_atomically
 from .ledger import RESULTS, STATES, Loaded, exists, load
+from .progress import plural
 
 
 def _load(directory: Path) -> Loaded:
@@ -63,9 +65,9 @@ def status_text(doc: dict[str, Any]) -> str:
     counts = doc["counts"]
     total = sum(counts.values())
     lines = [
-        f"{doc['directory']}: {total} items from {doc['manifest'] or '(unknown manifest)'}, "
+        f"{doc['directory']}: {plural(total, 'item')} from {doc['manifest'] or '(unknown manifest)'}, "
         f"updated {doc['updated_at'] or 'never'}",
-        "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {doc['files']} image files",
+        "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {plural(doc['files'], 'image file')}",
     ]
     if doc.get("damaged"):
         lines.append(f"  warning: {doc['damaged']}; the next run rebuilds it from the journal")
@@ -74,7 +76,7 @@ def status_text(doc: dict[str, Any]) -> str:
         code = f"{error.get('code')}: " if error.get("code") else ""
         lines.append(
             f"  failed  {entry['id']}: {error.get('kind', 'error')}: {code}{error.get('message', '')} "
-            f"({entry['attempts']} attempt{'s' if entry['attempts'] != 1 else ''})"
+            f"({_tries(error.get('kind'), entry['attempts'])})"
         )
     for entry in doc["incomplete"][:50]:
         task = f" (task {entry['task_id']})" if entry["task_id"] else ""
@@ -83,7 +85,7 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append(f"  … and {len(doc['incomplete']) - 50} more pending or submitted")
     for entry in doc["in_doubt"]:
         lines.append(
-            f"  in doubt {entry['id']}: a createTask call was interrupted {entry['times']} time(s); "
+            f"  in doubt {entry['id']}: a createTask call was interrupted {plural(entry['times'], 'time')}; "
             "the service may have charged for it"
         )
     if doc["not_in_manifest"]:
@@ -92,6 +94,13 @@ def status_text(doc: dict[str, Any]) -> str:
             + (" …" if len(doc["not_in_manifest"]) > 20 else "")
         )
     return "\n".join(lines)
+
+
+def _tries(kind: str | None, attempts: int) -> str:
+    """How far a failed item got: a request the service rejected at createTask never became a task."""
+    if kind == "rejected":
+        return "rejected when submitted: no task was created; fix the item in the manifest"
+    return plural(attempts, "attempt")
 
 
 # ---------------------------------------------------------------- the contact sheet
@@ -706,14 +715,83 @@ _SCRIPT = r"""
 
 # ---------------------------------------------------------------- metrics for node_exporter
 
+# Every family the file can hold, with its HELP text: `promtool check metrics` wants HELP and TYPE for each.
+METRIC_HELP = {
+    "batchgen_items": "Items of the last run's manifest, by state (left out when the run stopped before reading it).",
+    "batchgen_last_run_paid_creates": "createTask calls of the last run that may have been charged.",
+    "batchgen_last_run_retries": "Tasks of the last run submitted again after a transient failure.",
+    "batchgen_last_run_rate_limited": "429 answers the last run received.",
+    "batchgen_last_run_status_queries": "recordInfo calls of the last run.",
+    "batchgen_last_run_callbacks": "Valid callbacks that woke a poller in the last run.",
+    "batchgen_last_run_in_doubt": "createTask calls of the last run whose answer was lost (possibly paid).",
+    "batchgen_last_run_seconds": "Wall time of the last run, in seconds.",
+    "batchgen_last_run_exit_code": "Exit code of the last run (0 all done, 1 some failed, 5 incomplete, see README).",
+    "batchgen_last_run_finished_timestamp": "When the last run ended, in Unix seconds, whatever its exit code.",
+    "batchgen_last_success_timestamp": (
+        "When the last run that finished its work (exit 0 or 1) ended, in Unix seconds; carried over by runs "
+        "that did not."
+    ),
+}
+SUCCESS = "batchgen_last_success_timestamp"
+METRICS_MODE = 0o644  # node_exporter reads it as another user, whatever the job's umask
 
-def write_metrics(path: Path, *, manifest: str, counts: dict[str, int], figures: dict[str, float]) -> None:
-    """A Prometheus textfile-collector file, replaced atomically (node_exporter must never read half a file)."""
+
+def write_metrics(
+    path: Path, *, manifest: str | None, counts: dict[str, int] | None, figures: dict[str, float | int]
+) -> None:
+    """A Prometheus textfile-collector file, replaced atomically (node_exporter must never read half a file).
+
+    `figures` holds at least `exit_code` and `finished_timestamp`; a run that stopped early (exit 2, 4, 70)
+    knows no more, and `counts` is None. The last-success timestamp is this run's end when it finished its
+    work (exit 0 or 1), else the one in the previous file, so that a night that keeps failing shows as stale.
+    `manifest` None keeps the previous file's label (the flags could not be read).
+    """
+    previous = _read_previous(path)
+    if manifest is None:
+        manifest = previous.get("manifest", "")
     label = manifest.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    lines = ["# HELP batchgen_items Items of the last run's manifest, by state.", "# TYPE batchgen_items gauge"]
-    lines += [f'batchgen_items{{manifest="{label}",state="{state}"}} {counts.get(state, 0)}' for state in STATES]
-    for name, value in figures.items():
-        lines += [f"# TYPE batchgen_last_run_{name} gauge", f'batchgen_last_run_{name}{{manifest="{label}"}} {value:g}']
+    samples: list[tuple[str, str, float | int]] = []
+    if counts is not None:
+        samples += [("batchgen_items", f'manifest="{label}",state="{state}"', counts.get(state, 0)) for state in STATES]
+    samples += [(f"batchgen_last_run_{name}", f'manifest="{label}"', value) for name, value in figures.items()]
+    success = figures["finished_timestamp"] if figures["exit_code"] in (0, 1) else previous.get(SUCCESS)
+    if success is not None:
+        samples.append((SUCCESS, f'manifest="{label}"', success))
+    lines: list[str] = []
+    for name in dict.fromkeys(name for name, _, _ in samples):
+        lines += [f"# HELP {name} {METRIC_HELP.get(name, name)}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{labels}}} {exact(value)}" for n, labels, value in samples if n == name]
     data = ("\n".join(lines) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, data, path.parent)
+    write_atomically(path, data, path.parent, mode=METRICS_MODE)
+
+
+def exact(value: float | int) -> str:
+    """A sample value written exactly: integers as integers, others with every digit they have (never %g,
+    which turns a Unix timestamp into 1.7957e+09, minutes off)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return repr(float(value))
+
+
+def _read_previous(path: Path) -> dict[str, Any]:
+    """From the previous metrics file: the last-success timestamp and the manifest label, when there are."""
+    found: dict[str, Any] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name == SUCCESS and "} " in rest:
+            labels, _, value = rest.rpartition("} ")
+            try:
+                found[SUCCESS] = float(value.strip())
+            except ValueError:
+                continue
+            if labels.startswith('manifest="') and labels.endswith('"'):
+                raw = labels[len('manifest="') : -1]
+                found["manifest"] = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], raw)
+    return found

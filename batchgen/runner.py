@@ -27,7 +27,7 @@ from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, make_plan
-from .progress import Reporter
+from .progress import Reporter, clip, plural
 
 
 @dataclass(slots=True)
@@ -62,7 +62,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         print(f"  note: {loaded.damaged}; a run will rebuild it from the journal")
     summary = plan.summary()
     would = len(plan.submit) if settings.limit is None else min(settings.limit, len(plan.submit))
-    print(f"{settings.manifest}: {len(items)} items -> {settings.out}")
+    print(f"{settings.manifest}: {plural(len(items), 'item')} -> {settings.out}")
     print(
         f"  would submit {would}: {summary['new']} new, {summary['changed']} changed, {summary['retry']} "
         f"failed to retry"
@@ -77,7 +77,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     if summary["not_in_manifest"]:
         print(f"  in the ledger but no longer in the manifest: {summary['not_in_manifest']} (kept, untouched)")
     for item in plan.submit[:20]:
-        print(f"    submit {item.id}: {item.input['prompt'][:70]}")
+        print(f"    submit {item.id}: {clip(item.input['prompt'], 70)}")
     if len(plan.submit) > 20:
         print(f"    … and {len(plan.submit) - 20} more")
     return 0
@@ -150,7 +150,7 @@ def _bulk() -> Iterator[None]:
 def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Reporter) -> None:
     s = plan.summary()
     reporter.info(
-        f"{settings.manifest.name}: {len(items)} items; {len(plan.submit)} to submit "
+        f"{settings.manifest.name}: {plural(len(items), 'item')}; {len(plan.submit)} to submit "
         f"({s['new']} new, {s['changed']} changed, {s['retry']} retried), {s['resume']} to resume, "
         f"{s['done']} done, {s['failed']} failed earlier",
         event="plan",
@@ -222,7 +222,8 @@ def _signals(engine: Engine) -> Iterator[None]:
 
 
 def figures(outcome: Outcome) -> dict[str, float]:
-    """The run's figures for monitoring: the JSON summary line and the metrics file say the same."""
+    """The run's figures for monitoring: the JSON summary line and the metrics file say the same (the CLI adds
+    the time the run ended, once the contact sheet is written)."""
     n = outcome.counters
     return {
         "paid_creates": n.creates,
@@ -233,24 +234,19 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "in_doubt": n.in_doubt,
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
-        "finished_timestamp": int(time.time()),
     }
 
 
 def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:
-    c = outcome.counts
-    n = outcome.counters
+    """What is left to do, if anything; keeps the run's figures for the contact sheet. The summary line itself
+    is the CLI's, the last line on every exit path."""
     try:  # for the contact sheet's header: the ledger holds items, not runs
         report.write_last_run(settings.out, figures(outcome))
     except (OSError, BatchgenError) as exc:
         reporter.warning(f"could not keep the run's figures for the contact sheet: {exc}")
-    reporter.summary(c, event="summary", **figures(outcome))
-    if reporter.fmt == "text" and not reporter.quiet:
-        reporter.info(
-            f"{n.creates} paid creates, {n.retries} retries, {n.rate_limited}x 429, {n.polls} status "
-            f"queries, {outcome.seconds:.1f} s; exit {outcome.exit_code}"
-        )
+    c = outcome.counts
     if outcome.exit_code == 5:
         reporter.info(
-            f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command again to continue"
+            f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command again to continue",
+            event="incomplete",
         )

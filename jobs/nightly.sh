@@ -3,15 +3,31 @@
 #
 #   jobs/nightly.sh [ENV_FILE]          (default: $BATCHGEN_ENV_FILE, else /etc/batchgen/nightly.env)
 #
-# Everything comes from the env file (see jobs/nightly.env.example); no secret is in this script. The exit code
-# is batchgen's own: 0 all done · 1 some failed for good · 5 incomplete, the next run continues · 3 key or quota
-# refused · 4 the previous run is still going (batchgen's lock) · 2 bad manifest or settings · 130/143 stopped.
+# Everything comes from the env file (see nightly.env.example); no secret is in this script. The exit code is
+# batchgen's own: 0 all done · 1 some failed for good · 5 incomplete, the next run continues · 3 key or quota
+# refused · 4 the previous run is still going (batchgen's lock) · 2 bad manifest or settings · 70 a bug in
+# batchgen · 130/143 stopped · 126/127 the batchgen command cannot be run.
+#
+# Output: batchgen's lines go to the log. This script prints nothing when all is well (0, 1, 5: normal nights),
+# and exactly one line on stderr for an exit code that needs a person, so that cron's MAILTO mails it.
+#
+# One output folder, every night: its ledger is what makes a night that stopped with tasks submitted (5) be
+# finished by the next night, by task id, without paying again. Only the contact sheet is dated: a copy of
+# index.html as index-YYYY-MM-DD.html, the date in local time (the time cron and the crontab speak).
 set -u
-umask 077
+# The images, results.json, the contact sheet and the metrics are meant to be read by others (a web server,
+# node_exporter): no umask 077 here. The key file keeps its own mode 600.
+umask 022
+
+say() { # the one line for a person (cron mails it), also kept in the log when there is one
+    echo "batchgen nightly ($env_file): $*" >&2
+    [ -n "${log:-}" ] && echo "=== $(date +'%Y-%m-%d %H:%M:%S%z') $*" >>"$log" 2>/dev/null
+    return 0
+}
 
 env_file=${1:-${BATCHGEN_ENV_FILE:-/etc/batchgen/nightly.env}}
 if [ ! -r "$env_file" ]; then
-    echo "nightly.sh: cannot read the settings file $env_file" >&2
+    say "exit 2: cannot read the settings file $env_file"
     exit 2
 fi
 set -a
@@ -19,15 +35,29 @@ set -a
 . "$env_file"
 set +a
 
-: "${BATCHGEN_MANIFEST:?set BATCHGEN_MANIFEST in $env_file}"
-: "${BATCHGEN_OUT:?set BATCHGEN_OUT in $env_file}"
+if [ -z "${BATCHGEN_MANIFEST:-}" ] || [ -z "${BATCHGEN_OUT:-}" ]; then
+    say "exit 2: set BATCHGEN_MANIFEST and BATCHGEN_OUT in $env_file"
+    exit 2
+fi
+out=$BATCHGEN_OUT
+case $out in
+*%*)
+    # A folder per night would start a new ledger every night, and submit (pay for) again the items the last
+    # night left submitted. Refuse rather than pay twice.
+    say "exit 2: BATCHGEN_OUT=$out has a date pattern; use one fixed folder (the contact sheet is dated instead)"
+    exit 2
+    ;;
+esac
 bin=${BATCHGEN_BIN:-batchgen}                 # e.g. /opt/batchgen/venv/bin/batchgen (cron's PATH is short)
-out=$(date -u +"$BATCHGEN_OUT")               # strftime patterns allowed: /srv/images/%Y-%m-%d for dated runs
 log=${BATCHGEN_LOG:-$out.log}
 PATH=${PATH:-/usr/bin:/bin}:/usr/local/bin
 export PATH
 
-mkdir -p "$(dirname "$log")" "$out" || exit 2
+if ! mkdir -p "$(dirname "$log")" "$out"; then
+    log=
+    say "exit 2: cannot create $out or the log's folder"
+    exit 2
+fi
 set -- run "$BATCHGEN_MANIFEST" --out "$out" --no-progress
 [ -n "${BATCHGEN_API_KEY_FILE:-}" ] && set -- "$@" --api-key-file "$BATCHGEN_API_KEY_FILE"
 [ -n "${BATCHGEN_LIMIT:-}" ] && set -- "$@" --limit "$BATCHGEN_LIMIT"
@@ -35,11 +65,29 @@ set -- run "$BATCHGEN_MANIFEST" --out "$out" --no-progress
 [ -n "${BATCHGEN_METRICS_FILE:-}" ] && set -- "$@" --metrics-file "$BATCHGEN_METRICS_FILE"
 [ "${BATCHGEN_REPORT:-yes}" = yes ] && set -- "$@" --report
 
-{
-    echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) batchgen $* (pid $$)"
-} >>"$log"
+echo "=== $(date +'%Y-%m-%d %H:%M:%S%z') batchgen $* (pid $$)" >>"$log"
 # shellcheck disable=SC2086
-$bin "$@" ${BATCHGEN_EXTRA_ARGS:-} </dev/null >>"$log" 2>&1
+"$bin" "$@" ${BATCHGEN_EXTRA_ARGS:-} </dev/null >>"$log" 2>&1
 code=$?
-echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) exit $code" >>"$log"
+echo "=== $(date +'%Y-%m-%d %H:%M:%S%z') exit $code" >>"$log"
+
+if [ "${BATCHGEN_REPORT:-yes}" = yes ] && [ -f "$out/index.html" ] && [ "$code" -ne 4 ]; then
+    cp "$out/index.html" "$out/index-$(date +%Y-%m-%d).html" 2>/dev/null # the night's contact sheet
+fi
+
+case $code in
+0 | 1 | 5) ;; # all done · some failed for good (see `batchgen status`) · incomplete, the next night continues
+2) say "exit 2: a broken manifest or settings; nothing was submitted. See $log" ;;
+3) say "exit 3: the service refused the key or the quota; the run stopped. See $log" ;;
+4) say "exit 4: the previous run still holds $out; this one did nothing. See $log" ;;
+70) say "exit 70: a bug in batchgen; the traceback is in $out/.batchgen/crash-*.log" ;;
+126 | 127) say "exit $code: cannot run $bin (BATCHGEN_BIN in $env_file)" ;;
+*)
+    if [ "$code" -gt 128 ]; then
+        say "exit $code: stopped by signal $((code - 128)); the next night continues. See $log"
+    else
+        say "exit $code: see $log"
+    fi
+    ;;
+esac
 exit "$code"
