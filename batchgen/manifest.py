@@ -101,6 +101,8 @@ class _Collector:
         self.dropped = 0
 
     def add(self, line: int | None, message: str, item: str | None = None, field: str | None = None) -> None:
+        if field is not None and (len(field) > 60 or not field.isprintable()):
+            field = repr(schema.shorten(field))  # a key with a newline or a megabyte of text: one short line
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(Problem(self.file, line, message, item, field))
         else:
@@ -116,7 +118,12 @@ class _Collector:
 def load(path: str | Path) -> list[Item]:
     """Read, validate and normalise one manifest file. Raises ManifestError naming every problem."""
     path = Path(path)
-    out = _Collector(str(path))
+    name = str(path)
+    if why := unencodable(name):  # the ledger records the name, and the journal is UTF-8
+        out = _Collector(name.encode("utf-8", "backslashreplace").decode("ascii"))
+        out.add(None, f"the file name cannot be encoded as UTF-8 ({why}): rename the file")
+        out.raise_if_any()
+    out = _Collector(name)
     raw_items = _read(path, out)
     out.raise_if_any()
     items = _validate(raw_items, out)
@@ -147,6 +154,24 @@ def _read(path: Path, out: _Collector) -> list[_RawItem] | None:
     if suffix == ".csv":
         return _read_csv(text, out)
     return _read_yaml(text, out)
+
+
+def unencodable(text: str) -> str | None:
+    """Why `text` cannot be written as UTF-8 (the journal's and the ledger's encoding), or None.
+
+    YAML's `"\\ud83d"` escapes make lone surrogates (json.dump writes an emoji as such a pair, and YAML does not
+    join pairs); Python keeps undecodable bytes of a file name as surrogates too."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate, U+{ord(text[exc.start]):04X}, at character {exc.start + 1}"
+    return None
+
+
+UNENCODABLE = "text that cannot be encoded as UTF-8"
+UNENCODABLE_HINT = "; write the character itself, or one \\U0001F600-style escape, not a \\ud83d\\ude00 pair"
 
 
 def _decode(data: bytes, out: _Collector) -> str | None:
@@ -203,7 +228,8 @@ def _read_yaml(text: str, out: _Collector) -> list[_RawItem] | None:
                 hint = " (a single item must still be inside a list)" if key in schema.ALL_FIELDS else ""
                 out.add(
                     _line(key_node_of(root, key)),
-                    f"unknown top-level key {key!r}: expected 'defaults' and 'items', or a list of items{hint}",
+                    f"unknown top-level key {schema.shorten(key)!r}: expected 'defaults' and 'items', "
+                    f"or a list of items{hint}",
                 )
         if items_node is None:
             out.add(_line(root), "no 'items' list")
@@ -238,12 +264,15 @@ def _pairs(node: yaml.MappingNode, out: _Collector, label: str | None) -> Iterat
     seen: set[str] = set()
     for key_node, value_node in node.value:
         line = _line(node) if label is not None else _line(key_node)  # an item's problems carry its line
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _YAML_NULL:
-            out.add(line, "a field name must be text", label)
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<":
+            out.add(line, "YAML merge keys (<<) are not supported; use 'defaults:'", label, "<<")
+            continue
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _YAML_STR:
+            out.add(line, f"a field name must be text; got {_describe_node(key_node)}", label)
             continue
         key = key_node.value
-        if key == "<<":
-            out.add(line, "YAML merge keys (<<) are not supported; use 'defaults:'", label, key)
+        if why := unencodable(key):
+            out.add(line, f"{UNENCODABLE} ({why}){UNENCODABLE_HINT}", label, key)
             continue
         if key in seen:
             out.add(line, "given twice", label, key)
@@ -291,6 +320,12 @@ def _yaml_value(node: yaml.Node) -> _Value:
     return _Value(value, node.value, line)
 
 
+def _describe_node(node: yaml.Node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        return schema.describe(_yaml_value(node).value)
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+
+
 def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == _YAML_NULL
 
@@ -334,7 +369,7 @@ def _read_csv(text: str, out: _Collector) -> list[_RawItem] | None:
             }
             id_value = fields.get("id")
             if id_value is not None:
-                label = repr(id_value.text)
+                label = repr(schema.shorten(id_value.text or ""))
             raw.append(_RawItem(line, label, fields))
     except csv.Error as exc:
         out.add(reader.line_num or start, f"CSV error: {exc}")
@@ -424,9 +459,15 @@ def _build(raw: _RawItem, out: _Collector, *, defaults: bool = False) -> Item | 
         value = raw.fields.get(name)
         return value if value is not None and value.value is not None else None
 
-    for name in raw.fields:
+    unwritable = False
+    for name, value in raw.fields.items():
         if name not in schema.ALL_FIELDS:
             bad(name, _unknown_field_message(name))
+        elif value.text is not None and (why := unencodable(value.text)):
+            bad(name, f"{UNENCODABLE} ({why}){UNENCODABLE_HINT}")
+            unwritable = True
+    if unwritable:
+        return None  # the checks below would only repeat it ("not a valid id", "not one of …")
 
     item_id: str | None = None
     if (value := given("id")) is not None:
@@ -456,7 +497,8 @@ def _build(raw: _RawItem, out: _Collector, *, defaults: bool = False) -> Item | 
         spec = schema.INPUT_FIELDS.get(name)
         if spec is None or value.value is None:
             continue
-        as_read = value.text if spec.kind in ("text", "enum") and value.text is not None else value.value
+        # The literal text where there is one: `16:9` is a base-60 integer to YAML, and `1` an int, not a bool.
+        as_read = value.text if spec.kind != "int" and value.text is not None else value.value
         try:
             normalised[name] = spec.normalise(as_read)
         except schema.FieldError as exc:
