@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import __version__, config, engine, manifest, report
+from . import __version__, config, engine, manifest, plan, report
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import BatchgenError, ManifestError, UsageError
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check manifests; print every problem; exit 0 or 2")
     validate.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    _add_price_argument(validate)
 
     run = commands.add_parser(
         "run",
@@ -125,6 +126,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="also debug lines")
 
 
+def _add_price_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--price",
+        metavar="AMOUNT",
+        help="price of one image, any currency (env BATCHGEN_PRICE): validate shows items x price as an upper "
+        "bound, --dry-run the estimated cost of its paid creates",
+    )
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -191,16 +201,21 @@ def parse_rate(text: str, flag: str) -> tuple[int, float]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.price is not None:
+        price = plan.parse_price(args.price, "--price")
+    else:
+        price = plan.parse_price(os.environ.get("BATCHGEN_PRICE"), "BATCHGEN_PRICE")
     problems = 0
     for path in args.manifests:
         try:
-            items = manifest.load(path)
+            loaded = manifest.load_counted(path)
         except ManifestError as exc:
             problems += len(exc.problems)
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
-        print(f"{path}: {len(items)} item{'s' if len(items) != 1 else ''}, valid")
+        count = len(loaded.items)
+        print(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
     if problems:
         print(f"{problems} problem{'s' if problems != 1 else ''} found; nothing would be submitted", file=sys.stderr)
         return 2

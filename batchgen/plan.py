@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .errors import UsageError
 from .manifest import Item
 
 
@@ -64,3 +66,39 @@ def make_plan(items: Sequence[Item], records: Mapping[str, Mapping[str, Any]], *
     listed = {item.id for item in items}
     plan.not_in_manifest = sorted(set(records) - listed)
     return plan
+
+
+# ---------------------------------------------------------------- what it would cost, before it is spent
+
+IMAGE_SECONDS = (20, 45)  # Imagen 4 Ultra's published time per image
+
+
+def parse_price(text: str | None, source: str) -> Decimal | None:
+    """A price per image (any currency) from --price or $BATCHGEN_PRICE; None when neither is given."""
+    if text is None or not text.strip():
+        return None
+    try:
+        price = Decimal(text.strip())
+    except InvalidOperation:
+        price = Decimal("NaN")
+    if not price.is_finite() or price < 0:
+        raise UsageError(f"{source}: expected a price per image such as 0.04; got {text!r}")
+    return price
+
+
+def item_counts(listed: int, expanded: int) -> str:
+    """`validate`'s count: the items a file lists and, when matrices or counts made more, the items after."""
+    if listed == expanded:
+        return _plural(expanded, "item")
+    return f"{_plural(listed, 'item')} listed, {expanded:,} after expansion"
+
+
+def upper_bound(items: int, price: Decimal | None) -> str:
+    """`validate`'s cost: every item paid for once, which nothing already done in a DIR can make more."""
+    if price is None:
+        return ""
+    return f"; at most {items:,} × {price} = {price * items} if every item is paid for once"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

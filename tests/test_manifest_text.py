@@ -111,8 +111,13 @@ def test_odd_keys_in_csv_headers_and_defaults_give_one_clear_line(write):
     path = write("d.yaml", 'defaults:\n  "a\\nb": 1\n  3: x\nitems:\n  - prompt: p\n')
     assert problems(path) == [
         f"{path}:3: a field name must be text; got a number (3)",
-        f"{path}:2: 'defaults.a\\nb': unknown field; known fields are " + ", ".join(manifest.schema.ALL_FIELDS),
+        f"{path}:2: 'defaults.a\\nb': unknown field; known fields are " + ", ".join(manifest.schema.MANIFEST_FIELDS),
     ]
+
+
+def test_a_character_yaml_forbids_is_one_line_at_its_line(write):
+    path = write("del.yaml", "- id: a\n  prompt: p\n- id: b\n  prompt: 'x\x7fy'\n")
+    assert problems(path) == [f"{path}:4: YAML does not allow the character U+007F (column 13)"]
 
 
 def test_validate_cli_prints_unencodable_text_as_a_problem_not_a_traceback(write):
