@@ -110,6 +110,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="after this long, submit nothing more, save state and exit 5",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
+    _add_price_argument(p)
     p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
     p.add_argument(
         "--callback-listen",
@@ -201,10 +202,7 @@ def parse_rate(text: str, flag: str) -> tuple[int, float]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    if args.price is not None:
-        price = plan.parse_price(args.price, "--price")
-    else:
-        price = plan.parse_price(os.environ.get("BATCHGEN_PRICE"), "BATCHGEN_PRICE")
+    price = plan.price_from(args.price, os.environ)
     problems = 0
     for path in args.manifests:
         try:
@@ -255,6 +253,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         limit=args.limit,
         max_runtime=args.max_runtime,
         dry_run=args.dry_run,
+        price=plan.price_from(args.price, env),
         callback_url=callback,
         callback_listen=args.callback_listen,
         log_format=args.log_format,

@@ -47,7 +47,7 @@ from .ledger import Ledger, error_record, load, state_dir
 from .ledger import exists as ledger_exists
 from .limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
 from .manifest import Item
-from .plan import Plan, make_plan
+from .plan import Plan, describe, make_plan
 from .progress import Reporter
 
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
@@ -521,26 +521,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
         print(f"  note: {loaded.damaged}; a run will rebuild it from the journal")
-    summary = plan.summary()
-    would = len(plan.submit) if settings.limit is None else min(settings.limit, len(plan.submit))
-    print(f"{settings.manifest}: {len(items)} items -> {settings.out}")
-    print(
-        f"  would submit {would}: {summary['new']} new, {summary['changed']} changed, {summary['retry']} "
-        f"failed to retry"
-    )
-    print(f"  would poll {summary['resume']} already submitted (by task id, no new charge)")
-    print(
-        f"  already done {summary['done']}; failed and left alone {summary['failed']}"
-        + (" (use --retry-failed)" if summary["failed"] else "")
-    )
-    if summary["in_doubt"]:
-        print(f"  in doubt {summary['in_doubt']} (a createTask call was interrupted; it may have been paid)")
-    if summary["not_in_manifest"]:
-        print(f"  in the ledger but no longer in the manifest: {summary['not_in_manifest']} (kept, untouched)")
-    for item in plan.submit[:20]:
-        print(f"    submit {item.id}: {item.input['prompt'][:70]}")
-    if len(plan.submit) > 20:
-        print(f"    … and {len(plan.submit) - 20} more")
+    print("\n".join(describe(plan, settings)))
     return 0
 
 
