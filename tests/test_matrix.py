@@ -343,3 +343,16 @@ def test_any_grid_has_unique_grammatical_ids_that_ignore_order(tmp_path_factory,
     assert all(manifest.ID_PATTERN.fullmatch(i) for i in first)
     shuffled = {n: data.draw(st.permutations(v)) for n, v in data.draw(st.permutations(list(grid.items())))}
     assert load(shuffled) == first
+
+
+def test_the_sample_grid_validates_with_its_wildcard_file():
+    root = Path(__file__).resolve().parents[1] / "sample_manifests"
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchgen", "validate", str(root / "grid.yaml")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{root / 'grid.yaml'}: 2 items listed, 51 after expansion, valid\n"
+    items = by_id(root / "grid.yaml")
+    assert "zoo-fox-snow-16_9_cb140f95-ink_drawing" in items  # the id the sample's comment shows
+    assert {i.cell["style"] for i in items.values() if i.cell} == {"oil painting", "watercolour", "ink drawing"}
+    assert [items[f"lighthouse{s}"].copy for s in ("", "-2", "-3")] == [1, 2, 3]
