@@ -30,7 +30,18 @@ from typing import Any
 import yaml
 
 from . import ids, schema
-from .readers import UNENCODABLE, UNENCODABLE_HINT, YAML_STR, RawItem, Value, describe_node, line_of, unencodable
+from .readers import (
+    MAX_MANIFEST_BYTES,
+    UNENCODABLE,
+    UNENCODABLE_HINT,
+    YAML_STR,
+    RawItem,
+    Value,
+    describe_node,
+    line_of,
+    read_bounded,
+    unencodable,
+)
 
 MAX_ITEMS = 100_000  # items a manifest may expand to: a night's work many times over, and a ledger that loads fast
 MAX_AXES = 32
@@ -132,6 +143,10 @@ def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded
         message = f"{' × '.join(shape)} = {size:,} items{beside}; the limit is {MAX_ITEMS:,}"
         report(raw.line, "matrix" if axes else "count", message)
         return None
+    text = _text_size(templates, axes) * count
+    if text > MAX_MANIFEST_BYTES:  # a wildcard value repeated in 100,000 prompts: refused before it is made
+        report(raw.line, "matrix", f"would expand to {text:,} characters of text; the limit is {MAX_MANIFEST_BYTES:,}")
+        return None
 
     if given_id is not None and given_id.value is not None:
         if problem := ids.id_problem(given_id.text, given_id.value):
@@ -156,6 +171,20 @@ def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded
                 again = {**filled, "seed": Value(seed + copy - 1, str(seed + copy - 1), filled["seed"].line)}
             out.append(Expanded(ids.copy_id(base_id, copy), again, cell, copy))
     return out
+
+
+def _text_size(templates: Mapping[str, Template], axes: list[Axis]) -> int:
+    """The characters every cell's filled fields add up to, from the values' lengths (nothing is filled)."""
+    cells = math.prod(len(axis.values) for axis in axes)
+    by_name = {axis.name: axis for axis in axes}
+    total = 0
+    for template in templates.values():
+        for literal, name in template:
+            total += len(literal) * cells
+            if name is not None:  # each value of the axis appears in cells / len(axis) cells
+                axis = by_name[name]
+                total += sum(map(len, axis.values)) * (cells // len(axis.values))
+    return total
 
 
 def _cells(axes: list[Axis]) -> Iterator[tuple[Mapping[str, str], tuple[str, ...]]]:
@@ -281,6 +310,9 @@ def _axis(name: str, node: yaml.Node, line: int, base: Path, bad: Callable[[str]
     by_token: dict[str, str] = {}
     seen: set[str] = set()
     for value in values:
+        if len(value) > schema.MAX_TEXT:
+            bad(f"a value of {len(value):,} characters; the limit is {schema.MAX_TEXT:,}")
+            return None
         if value in seen:
             bad(f"value {schema.shorten(value)!r} given twice")
             return None
@@ -319,16 +351,10 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
     if not name.strip() or unencodable(name):
         bad(f"expected a file name; got {schema.describe(name)}")
         return None
-    path = base / name
     shown = repr(schema.shorten(name))
-    try:
-        size = path.stat().st_size
-        if size > MAX_WILDCARD_BYTES:
-            bad(f"{shown} is {size:,} bytes; the limit is {MAX_WILDCARD_BYTES:,}")
-            return None
-        data = path.read_bytes()
-    except OSError as exc:
-        bad(f"cannot read {shown}: {exc.strerror or exc}")
+    data = read_bounded(base / name, MAX_WILDCARD_BYTES, shown)
+    if isinstance(data, str):
+        bad(data)
         return None
     try:
         text = data.decode("utf-8-sig")

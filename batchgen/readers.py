@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,14 +105,9 @@ def read(path: Path, out: Collector, check_defaults: CheckDefaults) -> list[RawI
     if suffix not in (".yaml", ".yml", ".csv"):
         out.add(None, f"unknown manifest type {suffix or '(no extension)'!r}: name it .yaml, .yml or .csv")
         return None
-    try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            out.add(None, f"file is {size:,} bytes; the limit is {MAX_MANIFEST_BYTES:,}")
-            return None
-        data = path.read_bytes()
-    except OSError as exc:
-        out.add(None, f"cannot read the file: {exc.strerror or exc}")
+    data = read_bounded(path, MAX_MANIFEST_BYTES, "the file")
+    if isinstance(data, str):
+        out.add(None, data)
         return None
     text = _decode(data, out)
     if text is None:
@@ -121,6 +118,28 @@ def read(path: Path, out: Collector, check_defaults: CheckDefaults) -> list[RawI
     if suffix == ".csv":
         return _read_csv(text, out)
     return _read_yaml(text, out, check_defaults)
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes | str:
+    """The bytes of a regular file of at most `limit` bytes, or why not. A FIFO or a device (`/dev/zero`) named
+    as a manifest or a wildcard file would otherwise block the run for ever or fill the memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # O_NONBLOCK: a FIFO's open
+    except OSError as exc:
+        return f"cannot read {what}: {exc.strerror or exc}"
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return f"cannot read {what}: not a regular file"
+        if info.st_size > limit:
+            return f"{what} is {info.st_size:,} bytes; the limit is {limit:,}"
+        try:
+            data = handle.read(limit + 1)  # bounded even if the file grows while it is read
+        except OSError as exc:
+            return f"cannot read {what}: {exc.strerror or exc}"
+    if len(data) > limit:
+        return f"{what} is over {limit:,} bytes; the limit is {limit:,}"
+    return data
 
 
 def unencodable(text: str) -> str | None:

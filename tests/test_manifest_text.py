@@ -136,12 +136,20 @@ def test_validate_cli_prints_unencodable_text_as_a_problem_not_a_traceback(write
 # Any string YAML can express, in any place of an item: a manifest either loads into requests the journal can
 # write, or is refused with problems that are each one printable line.
 any_text = st.text(st.characters(codec=None, categories=None), max_size=12)  # surrogates included
-keys = st.one_of(st.sampled_from(manifest.schema.ALL_FIELDS), any_text)
-scalars = st.one_of(any_text, st.integers(-3, 3), st.booleans(), st.none())
-hostile_items = st.dictionaries(keys, st.one_of(scalars, st.lists(scalars, max_size=2)), min_size=1, max_size=5)
+keys = st.one_of(st.sampled_from(manifest.schema.MANIFEST_FIELDS), any_text)
+scalars = st.one_of(
+    any_text, st.sampled_from(["{a}", "{{", "}", "{b}x{a}"]), st.integers(-3, 3), st.booleans(), st.none()
+)
+matrices = st.dictionaries(
+    st.one_of(st.sampled_from(["a", "b"]), any_text),
+    st.one_of(st.lists(scalars, max_size=3), st.fixed_dictionaries({"file": any_text}), scalars),
+    max_size=3,
+)
+fields = st.one_of(scalars, st.lists(scalars, max_size=2), matrices)
+hostile_items = st.dictionaries(keys, fields, min_size=1, max_size=5)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=st.lists(hostile_items, min_size=1, max_size=3))
 def test_any_string_anywhere_loads_writable_or_is_refused_in_one_line_each(tmp_path_factory, document):
     path = tmp_path_factory.mktemp("t") / "m.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -290,6 +291,31 @@ def test_the_limit_counts_the_manifests_other_items(write):
         f"{path}:11: item 'c': count: count 99,995 = 99,995 items, beside the manifest's other 10; the limit is 100,000"
     ]
     assert len(manifest.load(write("ok.yaml", plain + "- id: c\n  prompt: p\n  count: 99990\n"))) == 100_000
+
+
+def test_text_a_grid_would_make_is_bounded_before_it_is_made(write):
+    write("long.txt", "\n".join(f"{n:05d}" + "x" * 10_000 for n in range(1000)))
+    write("n.txt", "\n".join(str(n) for n in range(100)))
+    path = write("t.yaml", "- id: t\n  prompt: '{a} {b}'\n  matrix: {a: {file: long.txt}, b: {file: n.txt}}\n")
+    found = problems(path)
+    assert found == [
+        f"{path}:1: item 't': matrix: would expand to 1,000,790,000 characters of text; the limit is 536,870,912"
+    ]
+    write("huge.txt", "y" * 20_001 + "\n")
+    path = write("h.yaml", "- id: h\n  prompt: '{a}'\n  matrix: {a: {file: huge.txt}}\n")
+    assert problems(path) == [f"{path}:3: item 'h': matrix.a: a value of 20,001 characters; the limit is 20,000"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
+def test_a_fifo_or_device_as_a_wildcard_file_is_refused_without_blocking(write, tmp_path):
+    os.mkfifo(tmp_path / "fifo.txt")
+    path = write("f.yaml", "- id: f\n  prompt: '{a}{b}'\n  matrix: {a: {file: fifo.txt}, b: {file: /dev/zero}}\n")
+    assert problems(path) == [
+        f"{path}:3: item 'f': matrix.a: cannot read 'fifo.txt': not a regular file",
+        f"{path}:3: item 'f': matrix.b: cannot read '/dev/zero': not a regular file",
+    ]
+    os.mkfifo(tmp_path / "m.yaml")
+    assert problems(tmp_path / "m.yaml") == [f"{tmp_path / 'm.yaml'}: cannot read the file: not a regular file"]
 
 
 def test_aliases_in_a_matrix_stay_bounded(write):
