@@ -18,6 +18,7 @@ The size of an expansion is known from the axes' lengths before any cell is made
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -143,9 +144,10 @@ def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded
         message = f"{' × '.join(shape)} = {size:,} items{beside}; the limit is {MAX_ITEMS:,}"
         report(raw.line, "matrix" if axes else "count", message)
         return None
-    text = _text_size(templates, axes) * count
-    if text > MAX_MANIFEST_BYTES:  # a wildcard value repeated in 100,000 prompts: refused before it is made
-        report(raw.line, "matrix", f"would expand to {text:,} characters of text; the limit is {MAX_MANIFEST_BYTES:,}")
+    chars = _text_size(templates, axes) * count
+    if chars > MAX_MANIFEST_BYTES:  # a wildcard value repeated in 100,000 prompts: refused before it is made
+        message = f"would expand to {chars:,} characters of text; the limit is {MAX_MANIFEST_BYTES:,}"
+        report(raw.line, "matrix", message)
         return None
 
     if given_id is not None and given_id.value is not None:
@@ -285,7 +287,7 @@ def read_matrix(node: Any, line: int, base: Path, report: Report) -> tuple[bool,
             ok = False
             continue
         seen.add(name)
-        axis = _axis(name, value_node, at, base, lambda message, f=field, a=at: report(a, f, message))
+        axis = _axis(name, value_node, at, base, functools.partial(report, at, field))
         if axis is None:
             ok = False
         else:

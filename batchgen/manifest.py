@@ -66,8 +66,8 @@ class Item:
 class CellItem(Item):
     """An item made by a `matrix` or a `count`. (Two more fields on every item cost 3% of loading 100,000.)"""
 
-    cell: Mapping[str, str]  # type: ignore[misc]  # a field where Item has a read-only property
-    copy: int  # type: ignore[misc]
+    cell: Mapping[str, str]  # a field where Item has a read-only property
+    copy: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,7 +226,7 @@ def _read_yaml(text: str, out: Collector, check_defaults: CheckDefaults) -> list
             out.add(line_of(root), "no 'items' list")
             return None
     if not isinstance(items_node, yaml.SequenceNode):
-        out.add(line_of(items_node), "items: expected a list of items")
+        out.add(line_of(items_node) if items_node is not None else None, "items: expected a list of items")
         return None
     if not items_node.value:
         out.add(line_of(items_node), "no items: the list is empty")
