@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, config, manifest, report, runner
+from . import __version__, config, manifest, plan, report, runner
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import AuthError, BatchgenError, LockedError, ManifestError, QuotaError, StorageError, UsageError
@@ -109,6 +109,7 @@ def build_parser() -> Parser:
         "field: what is wrong. Exit 0 when all are valid, 2 otherwise.",
     )
     _complete(validate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
+    _add_price_argument(validate)
 
     run = commands.add_parser(
         "run",
@@ -248,6 +249,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="after this long, submit nothing more, save state and exit 5",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
+    _add_price_argument(p)
     p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
     p.add_argument(
         "--callback-listen",
@@ -272,6 +274,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
+
+
+def _add_price_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--price",
+        metavar="AMOUNT",
+        help="price of one image, any currency (env BATCHGEN_PRICE): validate shows items x price as an upper "
+        "bound, --dry-run the estimated cost of its paid creates",
+    )
 
 
 def positive_int(text: str) -> int:
@@ -624,16 +635,18 @@ def _finish_run(session: Session, code: int) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, session: Session) -> int:
+    price = plan.price_from(args.price, os.environ)
     problems = 0
     for path in args.manifests:
         try:
-            items = manifest.load(path)
+            loaded = manifest.load_counted(path)
         except ManifestError as exc:
             problems += len(exc.problems)
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
-        print(f"{path}: {plural(len(items), 'item')}, valid")
+        count = len(loaded.items)
+        print(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
     if problems:
         print(f"{plural(problems, 'problem')} found; nothing would be submitted", file=sys.stderr)
         return 2
@@ -673,6 +686,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         limit=args.limit,
         max_runtime=args.max_runtime,
         dry_run=args.dry_run,
+        price=plan.price_from(args.price, env),
         callback_url=callback,
         callback_listen=args.callback_listen,
         log_format=args.log_format,
@@ -688,15 +702,15 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     session.directory = args.out
     out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=None)
     warnings: list[str] = []
-    settings = settings_from(args, os.environ, warnings)
-    secret = settings.api_key.value if settings.api_key else None
-    out.configure(quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=secret)
-    for warning in warnings:
-        out.warning(warning)
-    if settings.dry_run:
-        return runner.dry_run(settings, out)
     try:
-        with _stop_on_signals():
+        with _stop_on_signals():  # reading the key from a pipe (`--api-key-file <(…)`) may block too
+            settings = settings_from(args, os.environ, warnings)
+            secret = settings.api_key.value if settings.api_key else None
+            out.configure(quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=secret)
+            for warning in warnings:
+                out.warning(warning)
+            if settings.dry_run:
+                return runner.dry_run(settings, out)
             outcome = asyncio.run(runner.run(settings, out))
     finally:
         out.close()

@@ -9,6 +9,7 @@ import ipaddress
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -102,6 +103,7 @@ class RunSettings:
     quiet: bool = False
     verbose: bool = False
     progress: bool = True
+    price: Decimal | None = None  # per image, any currency (--price / BATCHGEN_PRICE): cost estimates only
     max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()

@@ -1,12 +1,21 @@
-"""Manifest items x ledger records -> what this run does with each item. `run` and `--dry-run` share it."""
+"""Manifest items x ledger records -> what this run does with each item. `run` and `--dry-run` share it.
+
+Also what a run would cost before anything is spent: the paid creates, the expected wall time, the price.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
 
+from .errors import UsageError
 from .manifest import Item
+
+if TYPE_CHECKING:
+    from .config import RunSettings
 
 
 @dataclass(slots=True)
@@ -64,3 +73,124 @@ def make_plan(items: Sequence[Item], records: Mapping[str, Mapping[str, Any]], *
     listed = {item.id for item in items}
     plan.not_in_manifest = sorted(set(records) - listed)
     return plan
+
+
+# ---------------------------------------------------------------- what it would cost, before it is spent
+
+IMAGE_SECONDS = (20, 45)  # Imagen 4 Ultra's published time per image
+LISTED = 50  # items --dry-run lists by id and prompt; the rest are counted
+LINE = 118  # characters of a listed item's line
+
+
+def describe(plan: Plan, settings: RunSettings) -> list[str]:
+    """What `run --dry-run` prints: what would happen to each item, and what it would cost in creates, time and
+    (with a price) money. Contacts nothing."""
+    s = plan.summary()
+    total = sum(s[k] for k in ("new", "changed", "retry", "resume", "done", "failed"))
+    submit = plan.submit
+    paid = len(submit) if settings.limit is None else min(settings.limit, len(submit))
+    capped = f" (--limit {settings.limit} of {len(submit):,})" if paid < len(submit) else ""
+    lines = [
+        f"{settings.manifest}: {_plural(total, 'item')} -> {settings.out}",
+        f"  would submit {paid:,}{capped}: {s['new']:,} new, {s['changed']:,} changed, {s['retry']:,} failed to retry",
+        f"  paid creates: {paid:,} = new + changed + retried{', up to --limit' if capped else ''} "
+        "(each createTask is charged; polling and downloads are not)",
+    ]
+    if paid:
+        lines.extend(expected_time(paid, settings.create_rate, settings.concurrency))
+    if settings.price is not None:
+        cost = settings.price * paid
+        lines.append(f"  estimated cost: {paid:,} × {settings.price} = {cost} (a retried failure is paid again)")
+    lines.append(f"  would poll {s['resume']:,} already submitted (by task id, no new charge)")
+    lines.append(
+        f"  already done {s['done']:,}; failed and left alone {s['failed']:,}"
+        + (" (use --retry-failed)" if s["failed"] else "")
+    )
+    if s["in_doubt"]:
+        lines.append(f"  in doubt {s['in_doubt']:,} (a createTask call was interrupted; it may have been paid)")
+    if s["not_in_manifest"]:
+        lines.append(f"  in the ledger but no longer in the manifest: {s['not_in_manifest']:,} (kept, untouched)")
+    for item in submit[: min(paid, LISTED)]:
+        head = f"    submit {item.id}: "
+        lines.append(head + cut(item.input.get("prompt", ""), max(30, LINE - len(head))))
+    if paid > LISTED:
+        lines.append(f"    … and {paid - LISTED:,} more")
+    return lines
+
+
+def expected_time(creates: int, create_rate: tuple[int, float], concurrency: int) -> list[str]:
+    """The wall time of `creates` new tasks, as two lines: the create window paces the submissions (ceil(N/rate)
+    windows), the in-flight limit paces them too where it is tighter, and the last image takes 20 to 45 s."""
+    per, window = create_rate
+    windows = math.ceil(creates / per)
+    last_create = (windows - 1) * window
+    waves = math.ceil(creates / concurrency)
+    low, high = (_duration(max(last_create, (waves - 1) * t) + t) for t in IMAGE_SECONDS)
+    span = f"about {low}" if low == high else f"about {low} to {high}"
+    fast, slow = IMAGE_SECONDS
+    tighter = last_create < (waves - 1) * fast
+    return [
+        f"  expected time: {span}, at {fast}–{slow} s per image (the service's published time)",
+        f"    {creates:,} creates in ⌈{creates:,}/{per}⌉ = {windows:,} window{'' if windows == 1 else 's'} of "
+        f"{window:g} s (--create-rate {per}/{window:g})"
+        + (f"; at most {concurrency} in flight (--concurrency) is the tighter limit" if tighter else ""),
+    ]
+
+
+def cut(text: str, width: int) -> str:
+    """`text` on one line, cut at a word boundary to at most `width` characters (control characters as spaces)."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(flat) <= width:
+        return flat
+    head = flat[: width - 1]
+    space = head.rfind(" ")
+    return (head[:space] if space > width // 2 else head).rstrip(" ,;:.") + "…"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min" + (f" {seconds} s" if seconds else "")
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def price_from(flag: str | None, env: Mapping[str, str]) -> Decimal | None:
+    """The price per image: --price, else $BATCHGEN_PRICE, else None (no cost shown)."""
+    if flag is not None:
+        return parse_price(flag, "--price")
+    return parse_price(env.get("BATCHGEN_PRICE"), "BATCHGEN_PRICE")
+
+
+def parse_price(text: str | None, source: str) -> Decimal | None:
+    """A price per image (any currency) from --price or $BATCHGEN_PRICE; None when neither is given."""
+    if text is None or not text.strip():
+        return None
+    try:
+        price = Decimal(text.strip())
+    except InvalidOperation:
+        price = Decimal("NaN")
+    if not price.is_finite() or price < 0:
+        raise UsageError(f"{source}: expected a price per image such as 0.04; got {text!r}")
+    return price
+
+
+def item_counts(listed: int, expanded: int) -> str:
+    """`validate`'s count: the items a file lists and, when matrices or counts made more, the items after."""
+    if listed == expanded:
+        return _plural(expanded, "item")
+    return f"{_plural(listed, 'item')} listed, {expanded:,} after expansion"
+
+
+def upper_bound(items: int, price: Decimal | None) -> str:
+    """`validate`'s cost: every item paid for once, which nothing already done in a DIR can make more."""
+    if price is None:
+        return ""
+    return f"; at most {items:,} × {price} = {price * items} if every item is paid for once"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -26,8 +26,8 @@ from .errors import BatchgenError, StorageError, UsageError
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
-from .plan import Plan, make_plan
-from .progress import Reporter, clip, plural
+from .plan import Plan, describe, make_plan
+from .progress import Reporter, plural
 
 
 @dataclass(slots=True)
@@ -60,26 +60,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
         print(f"  note: {loaded.damaged}; a run will rebuild it from the journal")
-    summary = plan.summary()
-    would = len(plan.submit) if settings.limit is None else min(settings.limit, len(plan.submit))
-    print(f"{settings.manifest}: {plural(len(items), 'item')} -> {settings.out}")
-    print(
-        f"  would submit {would}: {summary['new']} new, {summary['changed']} changed, {summary['retry']} "
-        f"failed to retry"
-    )
-    print(f"  would poll {summary['resume']} already submitted (by task id, no new charge)")
-    print(
-        f"  already done {summary['done']}; failed and left alone {summary['failed']}"
-        + (" (use --retry-failed)" if summary["failed"] else "")
-    )
-    if summary["in_doubt"]:
-        print(f"  in doubt {summary['in_doubt']} (a createTask call was interrupted; it may have been paid)")
-    if summary["not_in_manifest"]:
-        print(f"  in the ledger but no longer in the manifest: {summary['not_in_manifest']} (kept, untouched)")
-    for item in plan.submit[:20]:
-        print(f"    submit {item.id}: {clip(item.input['prompt'], 70)}")
-    if len(plan.submit) > 20:
-        print(f"    … and {len(plan.submit) - 20} more")
+    print("\n".join(describe(plan, settings)))
     return 0
 
 
@@ -208,8 +189,11 @@ async def _callbacks(settings: RunSettings, reporter: Reporter) -> AsyncIterator
 
 @contextlib.contextmanager
 def _signals(engine: Engine) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the engine gracefully while it runs; before and after, the handlers the caller had
+    (the CLI's, which unwind to the same exit code) are back in place, never the default that kills outright."""
     loop = asyncio.get_running_loop()
     handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in handled}
     for signum in handled:
         loop.add_signal_handler(
             signum, functools.partial(engine.stop, f"signal {signal.Signals(signum).name}", signum=signum)
@@ -218,7 +202,9 @@ def _signals(engine: Engine) -> Iterator[None]:
         yield
     finally:
         for signum in handled:
-            loop.remove_signal_handler(signum)
+            loop.remove_signal_handler(signum)  # this resets the signal to its default ...
+            if previous[signum] is not None:  # None: a handler not set from Python, nothing to restore
+                signal.signal(signum, previous[signum])  # ... so the caller's own handler is put back
 
 
 def figures(outcome: Outcome) -> dict[str, float]:

@@ -128,6 +128,9 @@ INPUT_FIELDS: dict[str, InputField] = {
 # Fields of an item outside `input`.
 TOP_FIELDS = ("id", "model", "callBackUrl")
 ALL_FIELDS = (*TOP_FIELDS, *INPUT_FIELDS)
+# Fields a manifest item may have besides the request's: they make several items of one (expand.py).
+EXPANSION_FIELDS = ("matrix", "count")
+MANIFEST_FIELDS = (*ALL_FIELDS, *EXPANSION_FIELDS)
 
 # Output size in pixels per aspect ratio: Imagen 4 Ultra's 2K outputs (the largest is 2816x1536).
 IMAGE_SIZES: dict[str, tuple[int, int]] = {

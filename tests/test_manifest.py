@@ -157,7 +157,7 @@ CASES = [
         [
             "unknown2.yaml:1: item 'a': negative_prompt: unknown field; known fields are id, model, callBackUrl, "
             "prompt, aspect_ratio, person_generation, safety_settings, seed, enhance_prompt, language, output_format, "
-            "compression_quality"
+            "compression_quality, matrix, count"
         ],
     ),
     (

@@ -312,7 +312,7 @@ def test_a_bug_without_a_directory_prints_the_line_then_the_traceback(tmp_path):
     code = (
         "import sys, batchgen.cli, batchgen.manifest\n"
         "def broken_load(path):\n    raise AttributeError('injected')\n"
-        "batchgen.manifest.load = broken_load\n"
+        "batchgen.manifest.load_counted = broken_load\n"
         "sys.exit(batchgen.cli.main(sys.argv[1:]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, "validate", str(manifest)], capture_output=True, text=True)
@@ -351,12 +351,14 @@ async def test_a_dry_run_leaves_the_metrics_of_the_last_real_run_alone(sim_facto
 
 
 async def test_a_signal_before_the_run_began_still_writes_the_metrics_and_the_summary(tmp_path):
-    # The manifest is a FIFO: batchgen blocks reading it, before the run's own signal handlers exist (as it
-    # would while reading a 100,000-item manifest), until this test writes, which it never does.
-    fifo = tmp_path / "m.yaml"
+    # The key file is a FIFO, as `--api-key-file <(pass show key)` gives: batchgen blocks reading it, before the
+    # run's own signal handlers exist, until this test writes, which it never does.
+    fifo = tmp_path / "key"
     os.mkfifo(fifo)
     metrics = tmp_path / "batchgen.prom"
-    args = [sys.executable, "-m", "batchgen", "run", str(fifo), "--out", str(tmp_path / "out"), "--simulate"]
+    manifest = manifest_of(tmp_path / "m.yaml", ["a"])
+    args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(tmp_path / "out")]
+    args += ["--api-base", "http://127.0.0.1:9", "--api-key-file", str(fifo)]
     proc = await start([*args, "--metrics-file", str(metrics), "--log-format", "json"])
     deadline = time.monotonic() + 20
     while True:  # a non-blocking open for writing succeeds once batchgen has the FIFO open for reading
@@ -364,7 +366,7 @@ async def test_a_signal_before_the_run_began_still_writes_the_metrics_and_the_su
             writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
             break
         except OSError:
-            assert time.monotonic() < deadline, "batchgen never opened the manifest"
+            assert time.monotonic() < deadline, "batchgen never opened the key file"
             await asyncio.sleep(0.02)
     try:
         proc.send_signal(signal.SIGTERM)

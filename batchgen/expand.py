@@ -1,0 +1,377 @@
+"""Matrices, counts and wildcard files: one manifest item -> the items of its cells, with ids that stay put.
+
+    - id: zoo
+      prompt: "A {animal} in {place}, {style}"
+      matrix: {animal: [fox, owl], place: [snow, "a pine forest"], style: {file: styles.txt}}
+      count: 2
+      seed: 7
+
+Braces mean something only in an item with a `matrix` (an older prompt with `{…}` in it keeps its request and
+id); there `{axis}` in any field is filled from the cell and `{{`/`}}` are literal braces. Every cell x count is
+one item: its id is the prefix (the item's id, else one derived from the item without `matrix` and `count`), one
+token per axis in the axes' name order (ids.token), and `-2`, `-3` … for copies after the first, so adding a
+value adds only its cells, removing one retires only its cells, and reordering values or axes moves nothing.
+Copies of an item with `seed: S` get seeds S, S+1, …. Values are validated after substitution, like any item's.
+
+The size of an expansion is known from the axes' lengths before any cell is made, and refused past MAX_ITEMS.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from . import ids, schema
+from .readers import (
+    MAX_MANIFEST_BYTES,
+    UNENCODABLE,
+    UNENCODABLE_HINT,
+    YAML_STR,
+    RawItem,
+    Value,
+    describe_node,
+    line_of,
+    read_bounded,
+    unencodable,
+)
+
+MAX_ITEMS = 100_000  # items a manifest may expand to: a night's work many times over, and a ledger that loads fast
+MAX_AXES = 32
+MAX_WILDCARD_BYTES = 64 * 1024 * 1024
+COUNT = schema.InputField("count", "int", minimum=1, maximum=MAX_ITEMS)
+_AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+Report = Callable[[int, str, str], None]  # (line, field, message) of one problem of the item
+Template = tuple[tuple[str, str | None], ...]  # (literal text, then the axis whose value follows it, or None)
+NO_CELL: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Axis:
+    name: str
+    values: tuple[str, ...]
+    tokens: tuple[str, ...]  # the id token of each value
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expanded:
+    """One item of an expansion, not validated yet: its id, its fields after substitution, its cell and copy."""
+
+    id: str
+    fields: dict[str, Value]
+    cell: Mapping[str, str]
+    copy: int
+
+
+def expands(raw: RawItem) -> bool:
+    return "matrix" in raw.fields or "count" in raw.fields
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def parse_template(text: str, axes: Collection[str]) -> Template:
+    """`text` as literal pieces and placeholders; raises TemplateError naming the first bad brace."""
+    parts: list[tuple[str, str | None]] = []
+    literal: list[str] = []
+    position = 0
+    for match in _BRACES.finditer(text):
+        literal.append(text[position : match.start()])
+        position = match.end()
+        found, name = match.group(), match.group(1)
+        if found in ("{{", "}}"):
+            literal.append(found[0])
+        elif name is not None and _AXIS_NAME.fullmatch(name):
+            if name not in axes:
+                raise TemplateError(f"{{{name}}} has no axis in the matrix (axes: {', '.join(sorted(axes))})")
+            parts.append(("".join(literal), name))
+            literal = []
+        else:
+            raise TemplateError(
+                f"{schema.shorten(found)!r} at character {match.start() + 1} is not a placeholder: "
+                "write {{ and }} for a literal brace"
+            )
+    literal.append(text[position:])
+    parts.append(("".join(literal), None))
+    return tuple(parts)
+
+
+def fill(template: Template, cell: Mapping[str, str]) -> str:
+    return "".join(text + cell[name] if name is not None else text for text, name in template)
+
+
+def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded] | None:
+    """The items of `raw` (which has a `matrix` or a `count`), or None after reporting why there are none.
+
+    `room` is how many items the manifest may still grow by; `base` is the folder wildcard files are read from."""
+    fields = dict(raw.fields)
+    matrix = fields.pop("matrix", None)
+    count_value = fields.pop("count", None)
+    given_id = fields.pop("id", None)
+    count = 1
+    if count_value is not None and count_value.value is not None:
+        try:
+            count = COUNT.normalise(count_value.value)
+        except schema.FieldError as exc:
+            report(count_value.line, "count", str(exc))
+            return None
+    matrix_ok, axes, names = True, list[Axis](), set[str]()
+    if matrix is not None:
+        read = read_matrix(matrix.value, matrix.line, base, report)
+        if read is None:
+            return None
+        matrix_ok, axes, names = read
+    templates = _templates(fields, axes, names, report, check_unused=matrix_ok)
+    if templates is None or not matrix_ok:
+        return None
+    size = math.prod(len(axis.values) for axis in axes) * count
+    if size > room:  # known from the axes' lengths: nothing is made before this check
+        shape = [f"{len(a.values):,} {a.name}" for a in axes] + ([f"count {count:,}"] if count > 1 or not axes else [])
+        others = MAX_ITEMS - room
+        beside = f", beside the manifest's other {others:,}" if others else ""
+        message = f"{' × '.join(shape)} = {size:,} items{beside}; the limit is {MAX_ITEMS:,}"
+        report(raw.line, "matrix" if axes else "count", message)
+        return None
+    chars = _text_size(templates, axes) * count
+    if chars > MAX_MANIFEST_BYTES:  # a wildcard value repeated in 100,000 prompts: refused before it is made
+        message = f"would expand to {chars:,} characters of text; the limit is {MAX_MANIFEST_BYTES:,}"
+        report(raw.line, "matrix", message)
+        return None
+
+    if given_id is not None and given_id.value is not None:
+        if problem := ids.id_problem(given_id.text, given_id.value):
+            report(given_id.line, "id", problem)
+            return None
+        prefix = given_id.text or ""
+    else:
+        prefix = _derived_prefix(fields, templates)
+
+    out: list[Expanded] = []
+    for cell, tokens in _cells(axes):
+        filled = dict(fields)
+        for name, template in templates.items():
+            text = fill(template, cell)
+            filled[name] = Value(text, text, fields[name].line)
+        base_id = ids.cell_id(prefix, tokens)
+        out.append(Expanded(base_id, filled, cell, 1))
+        seed = _seed(filled.get("seed")) if count > 1 else None
+        for copy in range(2, count + 1):
+            again = filled
+            if seed is not None:
+                again = {**filled, "seed": Value(seed + copy - 1, str(seed + copy - 1), filled["seed"].line)}
+            out.append(Expanded(ids.copy_id(base_id, copy), again, cell, copy))
+    return out
+
+
+def _text_size(templates: Mapping[str, Template], axes: list[Axis]) -> int:
+    """The characters every cell's filled fields add up to, from the values' lengths (nothing is filled)."""
+    cells = math.prod(len(axis.values) for axis in axes)
+    by_name = {axis.name: axis for axis in axes}
+    total = 0
+    for template in templates.values():
+        for literal, name in template:
+            total += len(literal) * cells
+            if name is not None:  # each value of the axis appears in cells / len(axis) cells
+                axis = by_name[name]
+                total += sum(map(len, axis.values)) * (cells // len(axis.values))
+    return total
+
+
+def _cells(axes: list[Axis]) -> Iterator[tuple[Mapping[str, str], tuple[str, ...]]]:
+    if not axes:
+        yield NO_CELL, ()
+        return
+    names = [axis.name for axis in axes]
+    for picks in itertools.product(*(range(len(axis.values)) for axis in axes)):
+        cell = {name: axis.values[i] for name, axis, i in zip(names, axes, picks, strict=True)}
+        yield MappingProxyType(cell), tuple(axis.tokens[i] for axis, i in zip(axes, picks, strict=True))
+
+
+def _templates(
+    fields: dict[str, Value], axes: list[Axis], names: set[str], report: Report, *, check_unused: bool
+) -> dict[str, Template] | None:
+    """The fields that hold placeholders, parsed; reports bad braces, unknown placeholders and unused axes.
+
+    `names` holds every axis the matrix names, `axes` those that were read without a problem."""
+    if not names:
+        return {}  # braces are literal text outside a matrix
+    templates: dict[str, Template] = {}
+    ok = True
+    for name, value in fields.items():
+        if value.text is None:
+            if value.value == {}:  # `seed: {s}` unquoted is a YAML mapping, not a placeholder
+                report(value.line, name, f'a YAML mapping: put a placeholder in quotes, e.g. {name}: "{{name}}"')
+                ok = False
+            continue
+        if "{" not in value.text and "}" not in value.text:
+            continue
+        try:
+            templates[name] = parse_template(value.text, names)
+        except TemplateError as exc:
+            report(value.line, name, str(exc))
+            ok = False
+    used = {axis for template in templates.values() for _, axis in template if axis is not None}
+    for axis in axes:
+        if axis.name not in used and check_unused and ok:
+            report(axis.line, f"matrix.{axis.name}", f"no field uses {{{axis.name}}}")
+            ok = False
+    return templates if ok else None
+
+
+def _derived_prefix(fields: dict[str, Value], templates: Mapping[str, Template]) -> str:
+    """The id an item without `matrix` and `count` would have: fields with placeholders as written, the rest
+    normalised (so a count-only item's first copy keeps the id it had before it had a count)."""
+    request: dict[str, Any] = {}
+    for name, value in fields.items():
+        spec = schema.INPUT_FIELDS.get(name)
+        if spec is None or value.value is None:
+            continue
+        if name in templates:
+            request[name] = value.text
+            continue
+        try:
+            request[name] = spec.normalise(value.as_read(spec.kind))
+        except schema.FieldError:
+            request[name] = value.text  # reported when the cells are validated
+    return ids.derive_id(ids.canonical_json({"model": schema.MODEL, "input": request}))
+
+
+def _seed(value: Value | None) -> int | None:
+    if value is None or value.value is None:
+        return None
+    try:
+        seed: int = schema.INPUT_FIELDS["seed"].normalise(value.as_read("int"))
+    except schema.FieldError:
+        return None  # the first copy reports it
+    return seed
+
+
+# ---------------------------------------------------------------- the matrix
+
+
+def read_matrix(node: Any, line: int, base: Path, report: Report) -> tuple[bool, list[Axis], set[str]] | None:
+    """Whether every axis was read, the axes read (sorted by name), and the names of all; None when the matrix is
+    not a mapping of axes at all. Reports every problem."""
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        report(line, "matrix", "expected a mapping of axis: [values, …] or axis: {file: PATH}")
+        return None
+    if len(node.value) > MAX_AXES:
+        report(line, "matrix", f"{len(node.value)} axes; the limit is {MAX_AXES}")
+        return None
+    axes: list[Axis] = []
+    seen: set[str] = set()
+    ok = True
+    for key_node, value_node in node.value:
+        at = line_of(key_node)
+        name = key_node.value if isinstance(key_node, yaml.ScalarNode) and key_node.tag == YAML_STR else None
+        if name is None or not _AXIS_NAME.fullmatch(name):
+            shown = repr(schema.shorten(name)) if name is not None else describe_node(key_node)
+            report(at, "matrix", f"an axis is named by a letter or '_', then letters, digits or '_'; got {shown}")
+            ok = False
+            continue
+        field = f"matrix.{name}"
+        if name in seen:
+            report(at, field, "given twice")
+            ok = False
+            continue
+        seen.add(name)
+        axis = _axis(name, value_node, at, base, functools.partial(report, at, field))
+        if axis is None:
+            ok = False
+        else:
+            axes.append(axis)
+    return ok, sorted(axes, key=lambda axis: axis.name), seen
+
+
+def _axis(name: str, node: yaml.Node, line: int, base: Path, bad: Callable[[str], None]) -> Axis | None:
+    values: list[str] | None
+    if isinstance(node, yaml.SequenceNode):
+        values = _listed(node, bad)
+    elif isinstance(node, yaml.MappingNode):
+        values = _from_file(node, base, bad)
+    else:
+        bad(f"expected a list of values or {{file: PATH}}; got {describe_node(node)}")
+        return None
+    if values is None:
+        return None
+    if not values:
+        bad("empty: an axis needs at least one value")
+        return None
+    by_token: dict[str, str] = {}
+    seen: set[str] = set()
+    for value in values:
+        if len(value) > schema.MAX_TEXT:
+            bad(f"a value of {len(value):,} characters; the limit is {schema.MAX_TEXT:,}")
+            return None
+        if value in seen:
+            bad(f"value {schema.shorten(value)!r} given twice")
+            return None
+        seen.add(value)
+        other = by_token.setdefault(ids.token(value), value)
+        if other != value:  # a 32-bit hash collision: vanishingly rare, and never a shared id
+            bad(f"values {schema.shorten(other)!r} and {schema.shorten(value)!r} would share an id; change one")
+            return None
+    return Axis(name, tuple(values), tuple(by_token), line)
+
+
+def _listed(node: yaml.SequenceNode, bad: Callable[[str], None]) -> list[str] | None:
+    if len(node.value) > MAX_ITEMS:
+        bad(f"{len(node.value):,} values; the limit is {MAX_ITEMS:,}")
+        return None
+    values: list[str] = []
+    for child in node.value:
+        if not isinstance(child, yaml.ScalarNode) or child.tag == "tag:yaml.org,2002:null":
+            bad(f"a value is text or a number; got {describe_node(child)} (on line {line_of(child)})")
+            return None
+        if why := unencodable(child.value):
+            bad(f"{UNENCODABLE} ({why}){UNENCODABLE_HINT}")
+            return None
+        values.append(child.value)  # the text as written: `16:9` stays 16:9, `007` stays 007
+    return values
+
+
+def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -> list[str] | None:
+    """One value per line of a wildcard file, relative to the manifest; blank lines and # comments skipped."""
+    pairs = node.value
+    key, value = pairs[0] if len(pairs) == 1 else (None, None)
+    if not (isinstance(key, yaml.ScalarNode) and key.value == "file" and isinstance(value, yaml.ScalarNode)):
+        bad("expected a list of values or {file: PATH}")
+        return None
+    name = value.value
+    if not name.strip() or unencodable(name):
+        bad(f"expected a file name; got {schema.describe(name)}")
+        return None
+    shown = repr(schema.shorten(name))
+    data = read_bounded(base / name, MAX_WILDCARD_BYTES, shown)
+    if isinstance(data, str):
+        bad(data)
+        return None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        at = data.count(b"\n", 0, exc.start) + 1
+        bad(f"{shown} line {at}: not UTF-8 text; save it as UTF-8")
+        return None
+    if "\0" in text:
+        bad(f"{shown} contains a NUL character: this is not a text file")
+        return None
+    values = [kept for line in text.split("\n") if (kept := line.strip()) and not kept.startswith("#")]
+    if not values:
+        bad(f"{shown} has no values (blank lines and # lines are skipped)")
+        return None
+    if len(values) > MAX_ITEMS:
+        bad(f"{shown} has {len(values):,} values; the limit is {MAX_ITEMS:,}")
+        return None
+    return values
