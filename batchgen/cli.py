@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, config, manifest, plan, report, runner
+from . import __version__, config, manifest, plan, report, runner, sheet
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import AuthError, BatchgenError, LockedError, ManifestError, QuotaError, StorageError, UsageError
@@ -719,7 +719,7 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     runner.final_report(outcome, settings, out)
     if args.report:
         try:
-            out.info(f"contact sheet: {report.write_report(settings.out)}", event="contact_sheet")
+            out.info(f"contact sheet: {sheet.write_report(settings.out)}", event="contact_sheet")
         except BatchgenError as exc:  # the run's own outcome stands; the page can be made later
             out.error(f"the contact sheet could not be written: {exc}; `batchgen report {settings.out}` retries it")
     return outcome.exit_code
@@ -754,7 +754,7 @@ def cmd_status(args: argparse.Namespace, session: Session) -> int:
 
 
 def cmd_report(args: argparse.Namespace, session: Session) -> int:
-    print(report.write_report(Path(args.directory)))
+    print(sheet.write_report(Path(args.directory)))
     return 0
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from . import manifest, report
+from . import manifest, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -227,7 +227,7 @@ def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) ->
     """What is left to do, if anything; keeps the run's figures for the contact sheet. The summary line itself
     is the CLI's, the last line on every exit path."""
     try:  # for the contact sheet's header: the ledger holds items, not runs
-        report.write_last_run(settings.out, figures(outcome))
+        sheet.write_last_run(settings.out, figures(outcome))
     except (OSError, BatchgenError) as exc:
         reporter.warning(f"could not keep the run's figures for the contact sheet: {exc}")
     c = outcome.counts

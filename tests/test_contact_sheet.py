@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from batchgen import manifest as manifest_module
-from batchgen import report, runner
+from batchgen import report, runner, sheet
 from batchgen.errors import UsageError
 from batchgen.ledger import Ledger, error_record
 from batchgen.progress import Reporter
@@ -42,11 +42,11 @@ def mode(path: Path) -> int:
 
 
 def test_last_run_figures_round_trip_and_absent(tmp_path):
-    assert report.last_run_figures(tmp_path) is None  # no run has written them: the page shows counts only
+    assert sheet.last_run_figures(tmp_path) is None  # no run has written them: the page shows counts only
     figures = {"paid_creates": 12, "retries": 3, "rate_limited": 2, "seconds": 81.5, "exit_code": 1}
-    path = report.write_last_run(tmp_path, {**figures, "note": "not a number", "flag": True})
+    path = sheet.write_last_run(tmp_path, {**figures, "note": "not a number", "flag": True})
     assert path == tmp_path / ".batchgen" / "last-run.json"
-    assert report.last_run_figures(tmp_path) == figures  # numbers only; a bool is not a figure
+    assert sheet.last_run_figures(tmp_path) == figures  # numbers only; a bool is not a figure
     assert sorted(p.name for p in path.parent.iterdir()) == ["last-run.json"]  # no temporary file left
 
 
@@ -54,16 +54,16 @@ def test_last_run_figures_round_trip_and_absent(tmp_path):
 def test_last_run_figures_damaged_is_none(tmp_path, content):
     (tmp_path / ".batchgen").mkdir()
     (tmp_path / ".batchgen" / "last-run.json").write_bytes(content)
-    assert report.last_run_figures(tmp_path) is None
+    assert sheet.last_run_figures(tmp_path) is None
 
 
 def test_write_last_run_replaces_the_file_whole(tmp_path):
-    report.write_last_run(tmp_path, {"paid_creates": 1, "exit_code": 0})
+    sheet.write_last_run(tmp_path, {"paid_creates": 1, "exit_code": 0})
     path = tmp_path / ".batchgen" / "last-run.json"
     with path.open("rb") as reader:  # a reader of the old file keeps it whole: a rename, not a rewrite in place
-        report.write_last_run(tmp_path, {"paid_creates": 2, "exit_code": 5})
+        sheet.write_last_run(tmp_path, {"paid_creates": 2, "exit_code": 5})
         assert json.loads(reader.read()) == {"exit_code": 0, "paid_creates": 1}
-    assert report.last_run_figures(tmp_path) == {"exit_code": 5, "paid_creates": 2}
+    assert sheet.last_run_figures(tmp_path) == {"exit_code": 5, "paid_creates": 2}
 
 
 # ---------------------------------------------------------------- escaping the inline data
@@ -71,7 +71,7 @@ def test_write_last_run_replaces_the_file_whole(tmp_path):
 
 def test_script_json_cannot_leave_its_element():
     value = {"prompt": HOSTILE, "more": "a\u2029b</SCRIPT >"}
-    text = report.script_json(value)
+    text = sheet.script_json(value)
     assert not set(text) & {"<", ">", "&", "\u2028", "\u2029"}
     assert json.loads(text) == value  # the escapes mean the same characters: nothing is lost
 
@@ -97,7 +97,7 @@ async def _night(sim_factory, tmp_path: Path) -> Path:
         settings = make_settings(path, out, sim, limit=1, task_timeout=0.3)
         outcome = await runner.run(settings, Reporter(stream=io.StringIO()))
     # Where the integrator calls it: at the end of the run, with the figures the summary line prints.
-    report.write_last_run(out, runner.figures(outcome))
+    sheet.write_last_run(out, runner.figures(outcome))
     counts = report.status(out)["counts"]
     assert counts == {"pending": 1, "submitted": 1, "succeeded": 3, "failed": 1}, counts
     assert outcome.exit_code == 5
@@ -109,7 +109,7 @@ async def test_report_files_are_escaped_shareable_and_reused(sim_factory, tmp_pa
     (out / ".batchgen" / "thumbs").mkdir(mode=0o700, parents=True)  # as an older batchgen, or a strict umask, left it
     old = os.umask(0o077)  # nightly.sh's umask: the sheet must still be readable by others
     try:
-        page = report.write_report(out).read_text()
+        page = sheet.write_report(out).read_text()
     finally:
         os.umask(old)
     # Shareable: every thumbnail 0644 in a 0755 folder outside the private state folder; the page 0644.
@@ -145,7 +145,7 @@ async def test_report_files_are_escaped_shareable_and_reused(sim_factory, tmp_pa
     assert json.loads(data)["run"]["exit_code"] == 5
     # Thumbnails are reused, not remade.
     before = {p: p.stat().st_mtime_ns for p in thumbs}
-    report.write_report(out)
+    sheet.write_report(out)
     assert {p: p.stat().st_mtime_ns for p in thumbs} == before
 
 
@@ -155,7 +155,7 @@ def test_thumbnail_folder_through_a_symlink_is_refused(tmp_path):
     (out / ".batchgen").mkdir(exist_ok=True)
     (out / ".batchgen" / "thumbs").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(UsageError, match="symbolic link"):
-        report.write_report(out)
+        sheet.write_report(out)
 
 
 def test_ledger_file_names_outside_the_folder_are_neither_linked_nor_read(tmp_path):
@@ -163,7 +163,7 @@ def test_ledger_file_names_outside_the_folder_are_neither_linked_nor_read(tmp_pa
     Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
     with Ledger.open(out, "big.yaml") as ledger:  # a ledger edited by hand, or by someone else
         ledger.succeeded("item-01", ["../outside.png"], ["0" * 64])
-    page = report.write_report(out).read_text()
+    page = sheet.write_report(out).read_text()
     data = json.loads(page.split('id="sheet-data">')[1].split("</script>")[0])
     entry = next(i for i in data["items"] if i["id"] == "item-01")
     assert "file" not in entry and "thumb" not in entry and "no image file" in entry["reason"]
@@ -183,7 +183,7 @@ LIGHTBOX = (
 @needs_browser
 async def test_contact_sheet_in_chromium(sim_factory, tmp_path):
     out = await _night(sim_factory, tmp_path)
-    url = report.write_report(out).as_uri()
+    url = sheet.write_report(out).as_uri()
     async with chromium(tmp_path / "profile", 1280, 900) as page:
         await page.goto(url)
         await page.wait_for(f"{CARDS} === 7")
@@ -314,20 +314,20 @@ def _big_ledger(tmp_path: Path, n: int) -> Path:
 @pytest.mark.slow
 async def test_ten_thousand_items_keep_one_page_in_the_dom(tmp_path):
     out = _big_ledger(tmp_path, 10_000)
-    url = report.write_report(out).as_uri()
-    assert report.last_run_figures(out) is None
+    url = sheet.write_report(out).as_uri()
+    assert sheet.last_run_figures(out) is None
     async with chromium(tmp_path / "profile", 1280, 900) as page:
         await page.goto(url)
         await page.wait_for(f"{CARDS} > 0")
-        assert await page.evaluate(CARDS) == report.PAGE_SIZE  # one page of cards, not 10,000
-        assert await page.evaluate("document.querySelectorAll('img').length") <= report.PAGE_SIZE + 1
+        assert await page.evaluate(CARDS) == sheet.PAGE_SIZE  # one page of cards, not 10,000
+        assert await page.evaluate("document.querySelectorAll('img').length") <= sheet.PAGE_SIZE + 1
         assert await page.evaluate("document.getElementById('no-run') !== null")  # counts only: no figures kept
         assert "Showing 1–200 of 10,000 cards" in await page.evaluate("document.getElementById('shown').textContent")
         # Lazy: far fewer thumbnails fetched than cards on the page.
-        assert len([u for u in page.requests if "/thumbs/" in u]) < report.PAGE_SIZE / 2
+        assert len([u for u in page.requests if "/thumbs/" in u]) < sheet.PAGE_SIZE / 2
         await page.click('#pager button[data-go="next"]')
         await page.wait_for("document.querySelector('#grid .card').dataset.id === 'item-200'")
-        assert await page.evaluate(CARDS) == report.PAGE_SIZE
+        assert await page.evaluate(CARDS) == sheet.PAGE_SIZE
         await page.click('#chips button[data-state="failed"]')
         await page.wait_for(f"{CARDS} === 10")
         await page.type("#q", "prompt number 9999")
@@ -336,12 +336,12 @@ async def test_ten_thousand_items_keep_one_page_in_the_dom(tmp_path):
         await page.wait_for(f"JSON.stringify({SHOWN_IDS}) === '[\"item-9999\"]'")
         # The lightbox crosses pages: from the last card of page 1, next opens the first of page 2.
         await page.type("#q", "")
-        await page.wait_for(f"{CARDS} === {report.PAGE_SIZE}")
+        await page.wait_for(f"{CARDS} === {sheet.PAGE_SIZE}")
         await page.click('.card[data-id="item-199"] .thumb')
         await page.wait_for(f"{LIGHTBOX} === 'item-199'")
         await page.key("ArrowRight")
         await page.wait_for(f"{LIGHTBOX} === 'item-200'")
         assert await page.evaluate("document.querySelector('#grid .card').dataset.id") == "item-200"
-        assert await page.evaluate(CARDS) == report.PAGE_SIZE
+        assert await page.evaluate(CARDS) == sheet.PAGE_SIZE
         await page.evaluate("0")
     assert page.errors == []

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batchgen import ledger, manifest, runner
+from batchgen import ledger, manifest, runner, sheet
 from batchgen.config import RetryPolicy, Secret, Timeouts, read_key
 from batchgen.errors import LedgerError, ManifestError
 from batchgen.progress import Reporter
@@ -430,9 +430,8 @@ async def test_the_key_leaks_nowhere_even_when_the_service_echoes_it(sim_factory
         sim._business = echoing
         await run(make_settings(path, out, sim), stream)
         assert sim.stats.file_auth_headers == 0 and sim.stats.file_requests >= 1
-    from batchgen import report
 
-    report.write_report(out)
+    sheet.write_report(out)
     for file in out.rglob("*"):
         if file.is_file():
             assert KEY.encode() not in file.read_bytes(), file

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import ledger, report
+from batchgen import ledger, sheet
 
 from .conftest import KEY, manifest_of
 from .test_operator import INJECT
@@ -74,7 +74,7 @@ async def test_nightly_runs_under_a_bare_environment(sim_factory, tmp_path):
     for path in [*images.glob("*.png"), images / "results.json", images / "index.html", dated, metrics]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     assert stat.S_IMODE(images.stat().st_mode) == 0o755
-    figures = report.last_run_figures(images)  # the run kept its figures for the contact sheet's header
+    figures = sheet.last_run_figures(images)  # the run kept its figures for the contact sheet's header
     assert figures is not None and figures["exit_code"] == 1 and figures["paid_creates"] == 3
     log = (tmp_path / "logs" / "nightly.log").read_text()
     assert "2 succeeded, 1 failed" in log and log.rstrip().endswith("exit 1")
