@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import cli
+from batchgen import args
 from batchgen.config import PollSchedule
 from batchgen.progress import clip
 
@@ -24,7 +24,7 @@ BATCHGEN = [sys.executable, "-m", "batchgen"]
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    root = cli.build_parser()
+    root = args.build_parser()
     (commands,) = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
     return {"batchgen": root, **commands.choices}
 

@@ -8,6 +8,6 @@ so a misunderstanding of the API cannot hide by being shared between the two sid
 """
 
 from .config import SimConfig
-from .server import SimStats, Simulator
+from .server import SimStats, Simulator, serve_until_stopped
 
-__all__ = ["SimConfig", "SimStats", "Simulator"]
+__all__ = ["SimConfig", "SimStats", "Simulator", "serve_until_stopped"]

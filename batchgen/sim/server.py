@@ -10,6 +10,7 @@ import json
 import math
 import random
 import secrets
+import signal
 import socket
 import time
 from collections import Counter, deque
@@ -478,6 +479,22 @@ class Simulator:
             except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.2 * 2**attempt)
+
+
+async def serve_until_stopped(config: SimConfig) -> None:
+    """`batchgen sim`: serve until SIGINT or SIGTERM, after printing where (OSError if the port cannot be had)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Simulator(config) as sim:
+        key = "any non-empty Bearer token" if config.api_key is None else "the --api-key given"
+        print(
+            f"batchgen sim: api={sim.api_url} files={sim.files_url} stats={sim.api_url}/__sim/stats "
+            f"(accepts {key}; Ctrl-C to stop)",
+            flush=True,
+        )
+        await stop.wait()
 
 
 def ms(seconds: float) -> int:

@@ -1,0 +1,370 @@
+"""The command line's grammar: every subcommand, option and value type, the exit codes for --help, and the
+parser's own error (FlagError, exit 2) — no behaviour, which is cli.py's.
+
+Kept apart so that `batchgen completion` and the help texts come from the one parser the CLI uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import PollSchedule
+from .errors import UsageError
+
+# What each exit code means, most severe first (SPEC section 3); the run's --help epilog and summary line.
+EXIT_CODES = {
+    70: "an unexpected error, a bug in batchgen; the traceback is in DIR/.batchgen/crash-*.log",
+    3: "the service refused the key or the quota (401/403); run stopped, state saved",
+    2: "usage or manifest error; nothing submitted",
+    4: "another run holds DIR's lock; this run did nothing",
+    128: "stopped by signal N (SIGINT 130, SIGTERM 143); state saved",
+    5: "incomplete: items remain pending or submitted; run again to continue",
+    1: "finished, and some items failed for good",
+    0: "every item succeeded",
+}
+
+
+def exit_meaning(code: int) -> str:
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            return f"stopped by {signal.Signals(code - 128).name}; state saved"
+    return EXIT_CODES.get(code, "see the README's exit codes")
+
+
+class FlagError(UsageError):
+    """argparse found the command line wrong; `usage` is the usage text of the (sub)command."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with no silent prefix matching (`--lim` is not `--limit`), and errors that go through the
+    ladder (so a bad flag still writes the metrics file and, with --log-format json, a JSON line)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise FlagError(f"{self.prog}: {message}", self.format_usage())
+
+
+FILE = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab's FILE and DIRECTORY, without importing it
+DIRECTORY = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/"}
+
+
+def _complete(action: argparse.Action, what: dict[str, str]) -> None:
+    action.complete = what  # type: ignore[attr-defined]  # read by shtab for `batchgen completion`
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="batchgen",
+        description="Turn a manifest of prompts into a folder of images from imagen4-ultra, resumably.",
+        epilog="Run `batchgen COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check manifests; print every problem; exit 0 or 2",
+        description="Check MANIFEST files without sending anything: every problem is printed as file:line: item: "
+        "field: what is wrong. Exit 0 when all are valid, 2 otherwise.",
+    )
+    _complete(validate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
+    _add_price_argument(validate)
+
+    run = commands.add_parser(
+        "run",
+        help="the main job: submit, poll, download, record; resumes DIR",
+        description="Submit every item of MANIFEST, poll, download into DIR, and record it all in "
+        "DIR/results.json. Rerun the same command to resume: nothing is paid for twice.",
+        epilog=_exit_code_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_arguments(run)
+
+    status = commands.add_parser(
+        "status",
+        help="what the ledger of DIR says",
+        description="Counts by state, each failed item with its reason, pending and submitted items with their "
+        "task ids, items in doubt and items no longer in the manifest, from DIR/results.json.",
+    )
+    _complete(status.add_argument("directory", metavar="DIR", help="a run's output directory"), DIRECTORY)
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    contact = commands.add_parser(
+        "report",
+        help="write DIR/index.html, a contact sheet of the images",
+        description="Write DIR/index.html: a static page of the run's images, prompts and failures that works "
+        "from file:// with no network.",
+    )
+    _complete(contact.add_argument("directory", metavar="DIR", help="a run's output directory"), DIRECTORY)
+
+    sim = commands.add_parser(
+        "sim",
+        help="run the simulated service on loopback, with fault injection",
+        description="Serve the jobs API and its result files on loopback, as the real service behaves, with "
+        "knobs for its faults. Ctrl-C stops it.",
+    )
+    _add_sim_arguments(sim)
+
+    jobs = commands.add_parser(
+        "jobs",
+        help="write out the nightly job files (cron, systemd) or the sample manifests",
+        description="Write out files shipped inside batchgen: `install` the nightly job (nightly.sh, its env "
+        "file, a crontab, a systemd service and timer), `samples` the sample manifests.",
+    )
+    jobs.add_argument("what", choices=["install", "samples"], help="install: the job files; samples: manifests")
+    _complete(jobs.add_argument("directory", metavar="DIR", help="where to write them (created)"), DIRECTORY)
+    jobs.add_argument("--force", action="store_true", help="overwrite files that differ from the shipped ones")
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script generated from batchgen's own parser (needs the `completion` "
+        "extra: pip install 'batchgen[completion]'). See the README for where to put it.",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
+    return parser
+
+
+def _exit_code_epilog() -> str:
+    lines = ["exit codes (the most severe wins, in this order):"]
+    for code, meaning in EXIT_CODES.items():
+        lines.append(f"  {'128+N' if code == 128 else code:<6} {meaning}")
+    return "\n".join(lines)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    _complete(p.add_argument("manifest", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
+    _complete(
+        p.add_argument(
+            "--out", required=True, metavar="DIR", help="output directory: images, results.json, .batchgen/"
+        ),
+        DIRECTORY,
+    )
+    p.add_argument("--api-base", metavar="URL", help="the service's base URL (env BATCHGEN_API_BASE)")
+    _complete(
+        p.add_argument(
+            "--api-key-file",
+            metavar="PATH",
+            help="read the API key from this file (otherwise env BATCHGEN_API_KEY; never a flag value)",
+        ),
+        FILE,
+    )
+    p.add_argument("--simulate", action="store_true", help="run against the built-in simulator; no key needed")
+    p.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="most tasks in flight at once (default %(default)s)",
+    )
+    p.add_argument(
+        "--create-rate",
+        default="20/10",
+        metavar="N/SECONDS",
+        help="most createTask calls per window (default %(default)s, the API family's limit)",
+    )
+    p.add_argument(
+        "--poll-rate",
+        type=positive_number,
+        default=8.0,
+        metavar="N",
+        help="most status queries per second, all tasks together (default %(default)g)",
+    )
+    first = PollSchedule().first
+    p.add_argument(
+        "--poll-interval",
+        type=positive_number,
+        default=first,
+        metavar="SECONDS",
+        help="a task's first interval between status queries; 3x after 12 intervals, 8x after 48 (default "
+        f"%(default)g: every {first:g} s, every {3 * first:g} s after {12 * first:g} s, every {8 * first:g} s "
+        f"after {48 * first:g} s)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="submissions per item for transient failures (default %(default)s)",
+    )
+    p.add_argument(
+        "--task-timeout",
+        type=positive_number,
+        default=1800.0,
+        metavar="SECONDS",
+        help="stop waiting for one task after this; it stays resumable (default %(default)g)",
+    )
+    p.add_argument("--retry-failed", action="store_true", help="also resubmit items that failed for good earlier")
+    p.add_argument(
+        "--adopt-ledger",
+        action="store_true",
+        help="continue DIR's ledger although another manifest (by file name) made it",
+    )
+    p.add_argument("--limit", type=non_negative_int, metavar="N", help="submit at most N new tasks in this run")
+    p.add_argument(
+        "--max-runtime",
+        type=positive_number,
+        metavar="SECONDS",
+        help="after this long, submit nothing more, save state and exit 5",
+    )
+    p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
+    _add_price_argument(p)
+    p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
+    p.add_argument(
+        "--callback-listen",
+        metavar="HOST:PORT",
+        help="receive the callbacks here for the run's duration; they trigger an immediate status query",
+    )
+    p.add_argument("--report", action="store_true", help="write DIR/index.html at the end of the run")
+    _complete(
+        p.add_argument(
+            "--metrics-file",
+            metavar="PATH",
+            help="write the run's figures as a Prometheus textfile (for node_exporter), on every exit",
+        ),
+        FILE,
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text: timestamped lines; json: one JSON object per stderr line, the summary last (default text)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
+
+
+def _add_price_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--price",
+        metavar="AMOUNT",
+        help="price of one image, any currency (env BATCHGEN_PRICE): validate shows items x price as an upper "
+        "bound, --dry-run the estimated cost of its paid creates",
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return value
+
+
+def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=port, default=8080, help="API port (default %(default)s; 0 for a free one)")
+    p.add_argument("--files-port", type=port, default=0, help="port of the result-file origin (default: free)")
+    p.add_argument("--api-key", help="the only key accepted (default: any non-empty Bearer token)")
+    p.add_argument(
+        "--latency", type=non_negative_number, default=30.0, help="seconds from creation to result (default 30)"
+    )
+    p.add_argument("--jitter", type=non_negative_number, default=5.0, help="+/- seconds around --latency (default 5)")
+    p.add_argument("--results-per-task", type=positive_int, default=1, help="result URLs per task (default 1)")
+    p.add_argument("--image-scale", type=positive_number, default=1.0, help="1.0 = real 2K sizes (default)")
+    p.add_argument("--rate", default="20/10", help="creates per window, N/SECONDS, or 'none' (default 20/10)")
+    p.add_argument("--capacity", type=positive_int, help="429 beyond this many tasks in flight")
+    p.add_argument("--poll-limit", help="429 beyond N status queries per window, N/SECONDS (default: none)")
+    p.add_argument("--quota", type=non_negative_int, help="403 insufficient_user_quota after this many paid creates")
+    p.add_argument("--body-limit", type=positive_int, default=1024 * 1024, help="413 beyond this many bytes")
+    p.add_argument("--fail-rate", type=share, default=0.0, help="share of tasks that end in fail")
+    p.add_argument("--transient-share", type=share, default=0.5, help="share of failures that are transient")
+    p.add_argument("--error-rate", type=share, default=0.0, help="share of API requests answered 500")
+    p.add_argument("--drop-rate", type=share, default=0.0, help="share of API requests dropped unanswered")
+    p.add_argument("--truncate-rate", type=share, default=0.0, help="share of downloads cut short")
+    p.add_argument("--html-rate", type=share, default=0.0, help="share of downloads answered with HTML")
+    p.add_argument(
+        "--null-window", type=non_negative_number, default=0.0, help="seconds of 'recordInfo is null' after create"
+    )
+    p.add_argument("--url-ttl", type=non_negative_number, default=3600.0, help="seconds a result URL stays valid")
+    p.add_argument("--expired-url-rate", type=share, default=0.0, help="share of result URLs already expired")
+    p.add_argument("--http200-errors", action="store_true", help="business errors with HTTP 200")
+    p.add_argument(
+        "--envelope-429",
+        choices=["relay", "business", "gateway", "empty", "mixed"],
+        default="relay",
+        help="how a 429 is wrapped (default relay: the task relay's own envelope)",
+    )
+    p.add_argument(
+        "--retry-after", type=non_negative_number, help="send Retry-After on 429 (the real service does not)"
+    )
+    p.add_argument("--response-delay", type=non_negative_number, default=0.0, help="seconds added to every API answer")
+    p.add_argument("--random-seed", type=int, help="seed for the random faults, for repeatable runs")
+
+
+def parse_rate(text: str, flag: str) -> tuple[int, float]:
+    """`N/SECONDS` -> (N, SECONDS)."""
+    count, sep, window = text.partition("/")
+    try:
+        parsed = int(count), float(window or "1")
+    except ValueError:
+        parsed = (0, 0.0)
+    if not sep and window == "":
+        parsed = (parsed[0], 1.0)
+    if parsed[0] < 1 or parsed[1] <= 0:
+        raise UsageError(f"{flag}: expected N/SECONDS with N >= 1 and SECONDS > 0, e.g. 20/10; got {text!r}")
+    return parsed
