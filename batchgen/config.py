@@ -49,7 +49,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, jitter: float) -> float:
         """The wait after failed attempt number `attempt` (1-based); `jitter` is a random number in [0, 1)."""
-        return min(self.wait_max, self.wait_initial * 2 ** (attempt - 1)) + self.wait_jitter * jitter
+        return min(self.wait_max, self.wait_initial * 2.0 ** (attempt - 1)) + self.wait_jitter * jitter
 
 
 @dataclass(frozen=True, slots=True)
