@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 from . import __version__
 from .config import PollSchedule
 from .errors import UsageError
+
+T = TypeVar("T", int, float)
 
 # What each exit code means, most severe first (SPEC section 3); the run's --help epilog and summary line.
 EXIT_CODES = {
@@ -255,64 +259,29 @@ def _add_price_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _value_type(parse: Callable[[str], T], ok: Callable[[T], bool], expected: str) -> Callable[[str], T]:
+    """An argparse `type=`: `parse` the text, accept it if `ok`; otherwise a message in the user's words (never
+    argparse's "invalid positive_int value")."""
+
+    def check(text: str) -> T:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
-    return value
-
-
-def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
-    return value
+# NaN fails every comparison, so no range below admits it; inf is refused wherever a bound is open.
+positive_int = _value_type(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _value_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_number = _value_type(float, lambda v: 0 < v < math.inf, "a number > 0")
+non_negative_number = _value_type(float, lambda v: 0 <= v < math.inf, "a number >= 0")
+share = _value_type(float, lambda v: 0 <= v <= 1, "a share between 0 and 1")
+port = _value_type(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 
 
 def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
