@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import __version__, config, manifest, report, runner
+from . import __version__, config, manifest, memory, report, runner
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import BatchgenError, ManifestError, UsageError
@@ -63,7 +63,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--simulate", action="store_true", help="run against the built-in simulator; no key needed")
     p.add_argument(
-        "--concurrency", type=_positive_int, default=8, metavar="N", help="most tasks in flight at once (default 8)"
+        "--concurrency",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="most tasks in flight at once (default 100, the API family's published 100+ running tasks; "
+        "a 429 teaches batchgen the real figure)",
     )
     p.add_argument(
         "--create-rate",
@@ -72,14 +77,24 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="most createTask calls per window (default 20/10, the API family's limit)",
     )
     p.add_argument(
-        "--poll-rate", type=_positive_float, default=8.0, metavar="N", help="most status queries per second (default 8)"
+        "--poll-rate",
+        type=_positive_float,
+        default=8.0,
+        metavar="N",
+        help="most status queries per second, in any 1-second window, all tasks together (default 8)",
     )
     p.add_argument(
         "--poll-interval",
         type=_positive_float,
         default=2.5,
         metavar="SECONDS",
-        help="first interval between status queries of a task; x3 after 30 intervals, x8 after 120 (default 2.5)",
+        help="cold start, before any latency is known: probe the oldest task this often; x3 after 30 intervals, "
+        "x8 after 120 (default 2.5)",
+    )
+    p.add_argument(
+        "--forget-service",
+        action="store_true",
+        help="forget what earlier runs learned about the service (limits, latencies) and start cold",
     )
     p.add_argument(
         "--max-attempts",
@@ -233,6 +248,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         create_rate=parse_rate(args.create_rate, "--create-rate"),
         poll_rate=args.poll_rate,
         poll=config.PollSchedule(args.poll_interval),
+        forget_service=args.forget_service,
         max_attempts=args.max_attempts,
         task_timeout=args.task_timeout,
         retry_failed=args.retry_failed,
@@ -282,7 +298,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     doc = report.status(Path(args.directory))
+    doc["services"] = memory.describe(os.environ, Path(args.directory))  # what runs learned (memory.py)
     print(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
+    if not args.json and doc["services"]:
+        print(memory.describe_text(doc["services"]))
     return 0
 
 

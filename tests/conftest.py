@@ -71,3 +71,12 @@ def manifest_of(path: Path, prompts: list[str], **fields: object) -> Path:
         lines.extend(f"  {k}: {v!r}\n" for k, v in fields.items())
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """What runs learn about a service (batchgen/memory.py) is kept in a temporary directory, never in the
+    user's ~/.local/state; subprocesses started by a test inherit it through the environment."""
+    home = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home

@@ -19,7 +19,7 @@ from batchgen.errors import (
     ServerError,
     UsageError,
 )
-from batchgen.limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
+from batchgen.limits import Cooldown, InFlightLimiter, RateWindow
 
 SATURATED = "当前分组上游负载已饱和，请稍后再试"
 
@@ -108,7 +108,7 @@ def test_backoff_is_capped_exponential_with_bounded_jitter():
     assert policy.delay(1, 0.999) < 1.5
 
 
-def test_poll_schedule_follows_the_published_advice():
+def test_cold_start_schedule_follows_the_published_advice():
     schedule = PollSchedule(2.5)
     assert schedule.interval(0) == 2.5 and schedule.interval(29) == 2.5  # every 2-3 s for the first 30 s
     assert 5 <= schedule.interval(31) <= 10 and 5 <= schedule.interval(119) <= 10
@@ -190,27 +190,17 @@ async def test_rate_window_learns_from_429_and_recovers():
     assert window.count == 100
 
 
-async def test_token_bucket_paces_queries():
-    bucket = TokenBucket(50, burst=1)
-    started = time.monotonic()
-    for _ in range(6):
-        await bucket.acquire()
-    assert time.monotonic() - started >= 0.09
-
-
 def test_cooldown_grows_and_honours_retry_after():
-    cooldown = Cooldown(initial=1, maximum=8)
+    clock = [0.0]
+    cooldown = Cooldown(RetryPolicy(wait_initial=1, wait_max=8, wait_jitter=0), clock=lambda: clock[0])
     delays = []
-    for _ in range(5):
-        delays.append(cooldown.trigger())
-        cooldown._until = 0  # that pause is over: the next 429 is a new strike
-    assert 0.5 <= delays[0] <= 1 and 4 <= delays[3] <= 8 and delays[4] <= 8
-    cooldown.clear()
-    first = cooldown.trigger()
-    assert cooldown.trigger() <= first and cooldown.strikes == 1  # a burst of 429s is one strike
-    assert cooldown.trigger(retry_after=2.5) == 2.5
-    cooldown.clear()
-    assert cooldown.strikes == 0
+    for pause in range(1, 6):
+        delays.append(cooldown.trigger(pause))
+        clock[0] += delays[-1]  # that pause is over
+    assert delays == [1, 2, 4, 8, 8]
+    first = cooldown.trigger(1)
+    assert cooldown.trigger(2) == first  # a pause under way is not lengthened by the burst that caused it
+    assert cooldown.trigger(1, retry_after=30) == 30  # ... unless the server asks for longer
 
 
 # ---------------------------------------------------------------- the ledger
