@@ -114,7 +114,6 @@ class Engine:
         self.fatal: BatchgenError | None = None
         self._work: asyncio.Task[None] | None = None
         self._creating: set[asyncio.Task[str]] = set()
-        self._wakeups: dict[str, asyncio.Event] = {}  # task id -> its poller's alarm, rung by a callback
         self.callback_url = callback_url  # the run's callBackUrl (with --callback-listen, the receiver's)
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None
 
@@ -384,13 +383,13 @@ class Engine:
                     )
                     return None
                 record = await self._ask(task_id)
-                if record is None:
+                if record is None:  # no usable answer this time (429, 5xx, network, not visible yet)
+                    # The place to look at a task the service does not know (404 / `recordInfo is null`).
                     self.polls.observe(task_id, None)
                     continue
                 self.polls.observe(task_id, record.finished, record.created, record.completed)
                 if record.finished:
                     return record
-                # (a task the service does not know — 404 / recordInfo is null — is looked at here)
         finally:
             self.throttle.task_ended()
             self.polls.remove(task_id)

@@ -4,7 +4,6 @@ simulator, no sleeping."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import random
@@ -48,12 +47,12 @@ def scheduler(clock: Clock, *, prior: Quantiles | None = None, poll_rate: float 
     return PollScheduler(throttle(clock, poll_rate=poll_rate), PollSchedule(2.5), prior=prior, clock=clock, **kw)
 
 
-def most_in_any_second(stamps: list[float]) -> int:
-    """The largest number of stamps in any half-open 1-second window."""
+def most_in_any_second(stamps: list[float], jitter: float = 0.0) -> int:
+    """The largest number of stamps in any half-open window of 1 s (+ jitter)."""
     stamps = sorted(stamps)
     most = 0
     for i, start in enumerate(stamps):
-        most = max(most, sum(1 for t in stamps[i:] if t < start + 1.0))
+        most = max(most, sum(1 for t in stamps[i:] if t < start + 1.0 + jitter))
     return most
 
 
@@ -72,9 +71,9 @@ def test_status_budget_holds_in_every_one_second_window_and_a_429_halves_it():
         clock.advance(rng.uniform(0, 0.002))
         while budget.take():
             stamps.append(clock.now)
-    assert most_in_any_second(stamps) == 8  # used to the full, never above it (no burst at the start either)
-    assert len(stamps) >= 7.9 * (stamps[-1] - stamps[0])
-    assert min(b - a for a, b in itertools.pairwise(stamps)) >= 1 / 8  # evenly spaced: no burst
+    assert most_in_any_second(stamps) == 8  # used to the full, never above it
+    assert most_in_any_second(stamps, StatusBudget.JITTER) == 9  # ... nor above 9 in any 1.25 s (network jitter)
+    assert len(stamps) >= 7.1 * (stamps[-1] - stamps[0])
     budget.on_saturated()
     assert budget.rate == 4
     later = []
@@ -227,16 +226,15 @@ def test_oldest_first_when_more_are_due_than_the_budget_allows():
         clock.advance(1)
     for n in (3, 1, 4, 0, 2):
         polls.ready(f"t{n}")
-    clock.advance(60)  # all due; the budget grants one every half second
-    granted = []
-    for _ in range(4):
-        granted += polls.grant()
-        clock.advance(0.5)
-    assert granted == ["t0", "t1", "t2", "t3"]
+    clock.advance(60)  # all due
+    assert polls.grant() == ["t0", "t1"]
+    clock.advance(1.25)
+    assert polls.grant() == ["t2", "t3"]
     polls.wake("t4")  # ... except that a callback's hint goes first
     polls.add("t5")
     polls.ready("t5")
-    assert polls.grant() == ["t4"]
+    clock.advance(1.25)
+    assert polls.grant() == ["t4"]  # (t5, just created, is not due)
 
 
 def test_the_budget_holds_whatever_the_number_of_tasks_in_flight():
@@ -298,7 +296,7 @@ def test_cold_start_probes_the_oldest_one_at_a_time_and_the_quick_start_stays_qu
     rng = random.Random(5)
     latencies = {f"t{n}": rng.uniform(2.6, 4.0) for n in range(8)}
     seen = simulate(polls, clock, latencies)
-    assert max(seen["found"].values()) <= 5.0 + 1.0  # the probe at 5 s finds one; the rest follow at once
+    assert max(seen["found"].values()) <= 5.0 + 0.1  # the probe at 5 s finds one; the rest follow at once
     assert sum(seen["asked"].values()) <= 8 + 2  # one probe at 2.5 s, one at 5 s, then one query each
 
 

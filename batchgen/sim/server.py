@@ -62,6 +62,7 @@ class SimStats:
     detection_delay: dict[str, float] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)  # per task: creation to finish (held ones: once released)
     polls_rate_limited: int = 0  # 429 answers to recordInfo (of `rate_limited`)
+    polls_unfinished: int = 0  # recordInfo answers for a task not finished yet (queries a perfect client saves)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -333,7 +334,9 @@ class Simulator:
         if task is None or now - task.created < self.config.null_window:
             return self._business(422, "recordInfo is null")
         record = self._record(task, now)
-        if record["state"] in ("success", "fail") and task_id not in self.stats.detection_delay:
+        if record["state"] not in ("success", "fail"):
+            self.stats.polls_unfinished += 1
+        elif task_id not in self.stats.detection_delay:
             self.stats.detection_delay[task_id] = now - (task.created + task.duration)
         return web.json_response({"code": 200, "msg": "success", "data": record})
 
