@@ -73,17 +73,20 @@ def service_of(api_base: str) -> str:
     return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
 
 
-def directory(env: Mapping[str, str], out: Path) -> Path:
-    """Where memories are kept: $XDG_STATE_HOME/batchgen, ~/.local/state/batchgen, else DIR/.batchgen."""
-    candidates = []
+def directory(env: Mapping[str, str], out: Path, *, create: bool = True) -> Path:
+    """Where memories are kept: $XDG_STATE_HOME/batchgen, ~/.local/state/batchgen, else DIR/.batchgen.
+
+    `create`: make the folder if missing (a run); without it (`status`), a missing one is simply named."""
+    candidate = None
     if (xdg := env.get("XDG_STATE_HOME", "")) and os.path.isabs(xdg):
-        candidates.append(Path(xdg) / "batchgen")
+        candidate = Path(xdg) / "batchgen"
     elif (home := env.get("HOME", "")) and os.path.isabs(home):
-        candidates.append(Path(home) / ".local" / "state" / "batchgen")
-    for candidate in candidates:
+        candidate = Path(home) / ".local" / "state" / "batchgen"
+    if candidate is not None:
         with contextlib.suppress(OSError):
-            candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if os.access(candidate, os.W_OK | os.X_OK) and not candidate.is_symlink():
+            if create:
+                candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not candidate.exists() or (os.access(candidate, os.W_OK | os.X_OK) and not candidate.is_symlink()):
                 return candidate
     return out / STATE_DIR
 
@@ -180,7 +183,7 @@ def describe(env: Mapping[str, str], out: Path) -> list[dict[str, Any]]:
     """Every service remembered where a run with DIR `out` would look (for `status`)."""
     found = []
     now = time.time()
-    for folder in dict.fromkeys([directory(env, out), out / STATE_DIR]):
+    for folder in dict.fromkeys([directory(env, out, create=False), out / STATE_DIR]):
         for path in sorted(folder.glob(f"{PREFIX}*.json")) if folder.is_dir() else []:
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
                 doc = json.loads(path.read_text(encoding="utf-8"))

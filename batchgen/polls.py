@@ -228,8 +228,10 @@ class PollScheduler:
         if finished is None or task.created is None:
             return
         if finished:
-            exact = completed is not None and created is not None and completed >= created
-            self.model.finished(task_id, completed - created if exact else now - task.created)  # type: ignore[operator]
+            if completed is not None and created is not None and completed >= created:
+                self.model.finished(task_id, completed - created)  # the service's own clock: exact
+            else:
+                self.model.finished(task_id, now - task.created)  # first seen finished: at most that
         elif task.asked is not None:
             self.model.running(task_id, task.asked - task.created)  # running when the query left, at least
 

@@ -453,3 +453,17 @@ def test_status_lists_what_is_remembered(tmp_path):
     assert [e["service"] for e in entries] == [base]
     text = memory.describe_text(entries)
     assert "accepted 14 creates/10 s" in text and "first 429 at 60 tasks" in text and "21.2/32.5/43.8" in text
+
+
+def test_a_run_that_cannot_keep_its_memory_goes_on_without(tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the state folder should be")
+    kept = memory.ServiceMemory("https://api.example.com", time.time(), None, None, None, REAL, 10)
+    assert memory.save(blocked, "https://api.example.com", kept) is False
+    assert memory.load(blocked, "https://api.example.com") is None
+
+
+def test_status_creates_no_state_folder(tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    assert memory.describe(env, tmp_path / "out") == []
+    assert not (tmp_path / "xdg").exists()
