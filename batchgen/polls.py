@@ -1,7 +1,7 @@
 """The poll scheduler: which task to ask recordInfo about next, under the run's one status budget.
 
-Every status query of a run is granted here, one at a time, at most `--poll-rate` in any 1-second window,
-whatever the number of tasks in flight. The rules, in order:
+Every status query of a run is granted here, under the status budget (limits.StatusBudget: at most
+`--poll-rate` in any 1-second window, whatever the number of tasks in flight). The rules:
 
 - **Never before a task could plausibly be finished.** Once the run knows its latencies, a task is first asked
   at the low end of them (the 5th percentile) plus one gap, then once a gap. The gap is a quarter of the median
@@ -12,6 +12,8 @@ whatever the number of tasks in flight. The rules, in order:
 - **Spend the idle budget on the tail.** While tasks wait to be created, a detection delay costs nothing (the
   create window sets the pace); once none do, the last tasks decide when the run ends, so the gap shrinks to
   what half the budget allows across the tasks that could be finished.
+- **Outliers back off.** A task older than the slowest latency seen (the 95th percentile) is asked less and
+  less often as it ages, as the family advises for old tasks.
 - **Learn from this run.** Latencies are estimated from this run's tasks (createTime/completeTime, else the
   age at which a task was first seen finished), counting the tasks seen still running as "longer than that"
   (Kaplan-Meier, for censored data): counting only the finished ones would mistake the first, fastest tasks for
@@ -185,6 +187,7 @@ class PollScheduler:
         self._extra: deque[asyncio.Future[None]] = deque()  # queries outside the schedule (fresh result URLs)
         self._extra_count = 0  # the same, for the pure bookkeeping in tests (no futures)
         self._last_probe: float | None = None
+        self.wakeup: float | None = None  # when the last `grant` found the next query may be due
         self._changed = asyncio.Event()
 
     # ---------------------------------------------------------------- what the engine tells us
@@ -237,11 +240,11 @@ class PollScheduler:
 
     # ---------------------------------------------------------------- the decision
 
-    def due(self, task: _Task, now: float, tail_gap: float | None = None) -> float:
-        """When `task` may next be asked, on the clock (math.inf: not by its schedule; a cold probe may)."""
+    def due(self, task: _Task, known: Quantiles | None, tail_gap: float | None = None) -> float:
+        """When `task` may next be asked, on the clock, given the latencies `known` (math.inf: not by its
+        schedule; a cold probe may)."""
         if task.woken or task.created is None:
             return -math.inf
-        known = self.model.quantiles()
         if known is None:
             return math.inf  # cold: only the probe asks
         gap = max(self.floor, GAP_SHARE * known.median)
@@ -258,9 +261,8 @@ class PollScheduler:
         gap = max(gap, (task.asked - task.created - known.high) / 2)
         return max(task.created + first, task.asked + gap)
 
-    def _tail_gap(self, now: float) -> float | None:
+    def _tail_gap(self, now: float, known: Quantiles | None) -> float | None:
         """In the tail, the gap that spends TAIL_SHARE of the budget on the tasks that may be finished."""
-        known = self.model.quantiles()
         if known is None or not self.in_tail():
             return None
         eligible = sum(
@@ -268,10 +270,12 @@ class PollScheduler:
         )
         return max(self.floor, TAIL_GAP_SHARE * known.median, eligible / (TAIL_SHARE * self.budget.rate))
 
-    def _probe(self, now: float) -> tuple[_Task | None, float]:
+    def _probe(self, now: float, known: Quantiles | None) -> tuple[_Task | None, float]:
         """Cold start: the task to probe next (the oldest, least recently asked) and when."""
+        if known is not None:
+            return None, math.inf
         waiting = [t for t in self._tasks.values() if t.created is not None and t.waiting]
-        if self.model.quantiles() is not None or not waiting:
+        if not waiting:
             return None, math.inf
         task = min(waiting, key=lambda t: (t.asked if t.asked is not None else t.created, t.created))
         assert task.created is not None
@@ -279,9 +283,16 @@ class PollScheduler:
         since = self._last_probe if self._last_probe is not None else task.created
         return task, since + interval
 
+    def _schedule(self, now: float) -> tuple[list[tuple[float, _Task]], _Task | None, float]:
+        """Every waiting task with the time it is due, the cold probe (if any) and when it is due."""
+        known = self.model.quantiles()
+        tail_gap = self._tail_gap(now, known)
+        times = [(self.due(t, known, tail_gap), t) for t in self._tasks.values() if t.waiting]
+        return (times, *self._probe(now, known))
+
     def grant(self) -> list[str]:
         """Hand out every query that is due and fits the budget, first in line first; the task ids granted
-        (extra queries first, as "")."""
+        (extra queries first, as ""). Also works out when the next may be due (`wakeup`)."""
         now = self.clock()
         granted: list[str] = []
         while self._extra_count and self.budget.take():
@@ -292,9 +303,8 @@ class PollScheduler:
                 if not waiter.done():
                     waiter.set_result(None)
                     break
-        tail_gap = self._tail_gap(now)
-        due = [t for t in self._tasks.values() if t.waiting and self.due(t, now, tail_gap) <= now]
-        probe, probe_at = self._probe(now)
+        times, probe, probe_at = self._schedule(now)
+        due = [t for at, t in times if at <= now]
         if probe is not None and probe_at <= now and probe not in due:
             due.append(probe)
         due.sort(key=lambda t: (not t.woken, t.created if t.created is not None else -math.inf))
@@ -310,14 +320,18 @@ class PollScheduler:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             granted.append(task.task_id)
+        later = [at for at, t in times if t.waiting]
+        if probe is not None and self._last_probe == now:  # probed just now: the next probe, if still cold
+            probe_at = self._probe(now, self.model.quantiles())[1]
+        self.wakeup = self._wakeup_from([*later, probe_at])
         return granted
 
     def next_wakeup(self) -> float | None:
         """When `grant` may have something to hand out next (None: only when something changes)."""
-        now = self.clock()
-        tail_gap = self._tail_gap(now)
-        times = [self.due(t, now, tail_gap) for t in self._tasks.values() if t.waiting]
-        times.append(self._probe(now)[1])
+        times, _, probe_at = self._schedule(self.clock())
+        return self._wakeup_from([at for at, _ in times] + [probe_at])
+
+    def _wakeup_from(self, times: list[float]) -> float | None:
         if self._extra_count:
             times.append(-math.inf)
         earliest = min(times, default=math.inf)
@@ -358,7 +372,7 @@ class PollScheduler:
                 await asyncio.sleep(pause)
                 continue
             self.grant()
-            wakeup = self.next_wakeup()
+            wakeup = self.wakeup
             self._changed.clear()
             delay = None if wakeup is None else max(TICK, wakeup - self.clock())
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that arrives as

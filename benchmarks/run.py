@@ -246,6 +246,8 @@ def real_profile(s: Scenario, work: Path) -> list[dict[str, Any]]:
                 "creates_per_item": round((after["creates"] - before["creates"]) / s.n, 3),
                 "peak_rss_mb": round(result["rss_mb"], 1),
             }
+            if start == "cold":  # the simulator's figure is the most since it started: the cold run's only
+                row["most_in_flight"] = after["max_in_flight"]
             if result["exit"] != 0:
                 row["stderr"] = result["stderr"][-500:]
             rows.append(row)
@@ -482,6 +484,7 @@ COLUMNS = [
     "delay_p50_s",
     "delay_p95_s",
     "r429",
+    "most_in_flight",
     "creates_per_item",
     "peak_rss_mb",
     "naive_wall_s",
