@@ -168,9 +168,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--concurrency",
         type=positive_int,
-        default=8,
+        default=100,
         metavar="N",
-        help="most tasks in flight at once (default %(default)s)",
+        help="most tasks in flight at once (default %(default)s, the API family's published 100+ running tasks; "
+        "a 429 teaches batchgen the real figure)",
     )
     p.add_argument(
         "--create-rate",
@@ -183,7 +184,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_number,
         default=8.0,
         metavar="N",
-        help="most status queries per second, all tasks together (default %(default)g)",
+        help="most status queries per second, in any 1-second window, all tasks together (default %(default)g)",
     )
     first = PollSchedule().first
     p.add_argument(
@@ -191,9 +192,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=positive_number,
         default=first,
         metavar="SECONDS",
-        help="a task's first interval between status queries; 3x after 12 intervals, 8x after 48 (default "
-        f"%(default)g: every {first:g} s, every {3 * first:g} s after {12 * first:g} s, every {8 * first:g} s "
-        f"after {48 * first:g} s)",
+        help="cold start, before any latency is known: probe the oldest task this often; 3x after 12 intervals, "
+        f"8x after 48 (default %(default)g: every {first:g} s, every {3 * first:g} s after {12 * first:g} s, "
+        f"every {8 * first:g} s after {48 * first:g} s); once tasks finish, the learned latencies decide",
+    )
+    p.add_argument(
+        "--forget-service",
+        action="store_true",
+        help="forget what earlier runs learned about the service (limits, latencies) and start cold",
     )
     p.add_argument(
         "--max-attempts",

@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, manifest, plan, report, runner, sheet
+from . import __version__, config, manifest, memory, plan, report, runner, sheet
 from .args import FlagError, Parser, build_parser, exit_meaning, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -324,6 +324,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         create_rate=parse_rate(args.create_rate, "--create-rate"),
         poll_rate=args.poll_rate,
         poll=config.PollSchedule(args.poll_interval),
+        forget_service=args.forget_service,
         max_attempts=args.max_attempts,
         task_timeout=args.task_timeout,
         retry_failed=args.retry_failed,
@@ -394,7 +395,10 @@ def _stop_on_signals() -> Iterator[None]:
 
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     doc = report.status(Path(args.directory))
+    doc["services"] = memory.describe(os.environ, Path(args.directory))  # what runs learned (memory.py)
     print(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
+    if not args.json and doc["services"]:
+        print(memory.describe_text(doc["services"]))
     return 0
 
 

@@ -49,6 +49,8 @@ class TaskRecord:
     fail_code: str | None
     fail_message: str | None
     result_error: str | None = None  # set when a success carried no readable resultJson
+    created: float | None = None  # createTime, Unix seconds (the poll scheduler learns latencies from these)
+    completed: float | None = None  # completeTime, Unix seconds
 
     @property
     def finished(self) -> bool:
@@ -174,7 +176,18 @@ def parse_record(task_id: str, data: Mapping[str, Any]) -> TaskRecord:
         fail_code=_text(data.get("failCode")),
         fail_message=_text(data.get("failMsg")),
         result_error=problem,
+        created=_seconds(data.get("createTime")),
+        completed=_seconds(data.get("completeTime")),
     )
+
+
+def _seconds(millis: Any) -> float | None:
+    """A Unix-milliseconds time (an int, or digits in a string) in seconds; None when missing or not a time."""
+    try:
+        value = float(millis)
+    except (TypeError, ValueError):
+        return None
+    return value / 1000 if 0 < value < 1e14 else None  # NaN, infinities and nonsense are no time
 
 
 def _text(value: Any) -> str | None:

@@ -40,7 +40,11 @@ def redact(text: str, secret: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Backoff for retryable failures (429, 5xx, transport): capped exponential with jitter, in seconds."""
+    """Backoff for retryable failures (429, 5xx, transport): capped exponential with jitter, in seconds.
+
+    `delay` is the one backoff formula of batchgen: the engine's retries and the throttle's shared cool-down
+    after 429s (limits.Cooldown) both use it.
+    """
 
     attempts: int = 8  # calls per operation before the item is left for the next run
     wait_initial: float = 1.0
@@ -54,7 +58,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class PollSchedule:
-    """How often to ask for one task's state, by its age: the API family's advice, scaled by `first`.
+    """The cold start of the poll scheduler (polls.py): how often to probe a task while nothing is known of the
+    service's latencies — the API family's advice, scaled by `first`.
 
     Every 2-3 s for the first 30 s, 5-10 s after that, 15-30 s after two minutes.
     """
@@ -86,10 +91,13 @@ class RunSettings:
     api_base: str
     api_key: Secret | None
     simulate: bool = False
-    concurrency: int = 8
+    # The API family publishes 100+ tasks running at once: at 20 creates per 10 s and 20-45 s per image, a run
+    # has up to 90 in flight, so the create window, not this limit, sets the pace. A 429 teaches the real figure.
+    concurrency: int = 100
     create_rate: tuple[int, float] = (20, 10.0)  # the API family allows 20 creates per 10 s per account
     poll_rate: float = 8.0  # status queries per second (the family allows about 10 per key)
     poll: PollSchedule = PollSchedule()
+    forget_service: bool = False  # drop what earlier runs learned about the service (memory.py) first
     max_attempts: int = 3
     task_timeout: float = 1800.0
     retry_failed: bool = False

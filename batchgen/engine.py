@@ -16,15 +16,15 @@ closes, so only SIGKILL can leave a submission in doubt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import download, failures
+from . import download, failures, memory
 from .client import Client, TaskRecord
-from .config import PollSchedule, RunSettings
+from .config import RunSettings
 from .errors import (
     AuthError,
     BatchgenError,
@@ -39,15 +39,15 @@ from .errors import (
 )
 from .files import state_dir
 from .ledger import Ledger, error_record
-from .limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
+from .limits import Throttle
 from .manifest import Item
 from .plan import Plan
+from .polls import PollScheduler
 from .progress import Reporter
 
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 DOWNLOAD_SLOTS = 8  # result files fetched at once
 SHUTDOWN_GRACE = 3.0  # seconds a stopping run waits for createTask calls already sent
-CALLBACK_POLL_FACTOR = 4.0  # with callbacks on, polling is the fallback and runs this much slower
 
 
 @dataclass(slots=True)
@@ -84,13 +84,26 @@ class Engine:
         self.client = client
         self.reporter = reporter
         self.counters = Counters()
-        self.limiter = InFlightLimiter(settings.concurrency)
-        self.window = RateWindow(*settings.create_rate)
-        self.polls = TokenBucket(settings.poll_rate)
-        self.cooldown = Cooldown(settings.retry.wait_initial, settings.retry.wait_max)
-        self.live = 0  # tasks created at the service and not yet seen finished
-        self._epoch = 0  # bumped each time a 429 slows us down; a call remembers the epoch it was sent in
-        self._strikes = 0  # 429 signals since the last success
+        # What earlier runs learned about this service (none with --simulate): where the limits start.
+        self._memory_dir = None if settings.simulate else memory.directory(os.environ, settings.out)
+        self.remembered = self._remember(settings)
+        self.throttle = Throttle(
+            concurrency=settings.concurrency,
+            create_rate=settings.create_rate,
+            poll_rate=settings.poll_rate,
+            retry=settings.retry,
+            hints=self.remembered.hints(settings.create_rate) if self.remembered else None,
+        )
+        self.limiter = self.throttle.limiter  # short names for the throttle's parts
+        self.window = self.throttle.window
+        self.cooldown = self.throttle.cooldown
+        self._dispatched = False  # every item of the plan has its slot: the run is in its tail once none waits
+        self.polls = PollScheduler(
+            self.throttle,
+            settings.poll,
+            prior=self.remembered.latency if self.remembered else None,
+            in_tail=lambda: self._dispatched and not self.window.waiting and not self._creating,
+        )
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self.rng = random.Random()
         self.temp_dir = state_dir(settings.out, "tmp")
@@ -101,7 +114,6 @@ class Engine:
         self.fatal: BatchgenError | None = None
         self._work: asyncio.Task[None] | None = None
         self._creating: set[asyncio.Task[str]] = set()
-        self._wakeups: dict[str, asyncio.Event] = {}  # task id -> its poller's alarm, rung by a callback
         self.callback_url = callback_url  # the run's callBackUrl (with --callback-listen, the receiver's)
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None
 
@@ -121,6 +133,7 @@ class Engine:
             if self._creating:  # createTask calls already sent: record their task ids before the ledger closes
                 await asyncio.wait(self._creating, timeout=SHUTDOWN_GRACE)
             self._show_progress()
+            self._keep_memory()
 
     def _show_progress(self) -> None:
         self.reporter.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)
@@ -128,9 +141,12 @@ class Engine:
     async def _main(self) -> None:
         async with asyncio.TaskGroup() as group:
             ticker = group.create_task(self._tick())
+            poller = group.create_task(self.polls.run())
             async with asyncio.TaskGroup() as work:
                 await self._dispatch(work)
+                self._dispatched = True
             ticker.cancel()
+            poller.cancel()
 
     def stop(self, reason: str, *, signum: int | None = None, fatal: BatchgenError | None = None) -> None:
         """Stop the run now: nothing more is submitted; what is in flight stays resumable by its task id."""
@@ -246,7 +262,7 @@ class Engine:
         while True:
             await self.cooldown.wait()
             slot = await self.window.acquire()
-            epoch = self._epoch
+            epoch = self.throttle.epoch
             if self.creates_left is not None:
                 if self.creates_left <= 0:
                     self.window.forget(slot)
@@ -327,101 +343,107 @@ class Engine:
         self.window.done(slot)
         self.counters.creates += 1  # paid, whatever happens next
         self.ledger.submitted(item.id, task_id)
-        self.live += 1  # the service is running it from now on, though we wait for the disk before polling
+        self.throttle.task_started()  # the service is running it from now on, though we wait for the disk first
         try:
             await self.ledger.durable()  # the task id is on disk before anything else happens to it
         finally:
-            self.live -= 1
-        self._strikes = 0
-        self.cooldown.clear()
-        self.window.on_success()
-        self.limiter.on_success()
+            self.throttle.task_ended()
+        self.throttle.on_create_success()
         self.reporter.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
         return task_id
 
     def _saturated(self, exc: RateLimited, epoch: int) -> None:
-        """A 429 slows everyone down at once: one signal per burst, however many calls of the burst see it.
-
-        First the shared limits learn what the service took (the in-flight limit drops to the tasks it is
-        running for us, the create window to what it accepted in the last window). Only when 429s go on after
-        that — no success in between — does everyone also pause, for an exponential, jittered cool-down (or the
-        server's Retry-After, always honoured).
-        """
+        """A createTask 429: the throttle slows everyone down at once (see limits.Throttle)."""
         self.counters.rate_limited += 1
-        if epoch < self._epoch and exc.retry_after is None:
-            return  # sent before we last slowed down: this 429 has been answered already
-        self._epoch += 1
-        self._strikes += 1
-        self.limiter.on_saturated(self.live)
-        self.window.on_saturated()
-        delay = 0.0
-        if self._strikes > 1 or exc.retry_after is not None:
-            delay = self.cooldown.trigger(exc.retry_after)
-        self.reporter.debug(
-            f"service saturated (429): in-flight limit {self.limiter.limit}, create window "
-            f"{self.window.count}/{self.window.seconds:g} s, pause {delay:.1f} s"
-        )
+        pause = self.throttle.on_create_saturated(epoch, exc.retry_after)
+        if pause is not None:
+            self.reporter.debug(
+                f"service saturated (429): in-flight limit {self.limiter.limit}, create window "
+                f"{self.window.count}/{self.window.seconds:g} s, pause {pause:.1f} s"
+            )
 
     # ------------------------------------------------------------ poll
 
     async def _wait(self, item: Item, task_id: str, first_poll: float | None) -> TaskRecord | None:
-        """Poll until the task is finished, on the age-based schedule; None after --task-timeout."""
-        started = time.monotonic()
-        deadline = started + self.settings.task_timeout
-        schedule: PollSchedule = self.settings.poll
-        # With callbacks on, polling is only the fallback: CALLBACK_POLL_FACTOR times less often.
-        slower = CALLBACK_POLL_FACTOR if self.callback_url and not item.callback_url else 1.0
-        delay = schedule.interval(0) * slower if first_poll is None else first_poll
-        alarm = self._wakeups.setdefault(task_id, asyncio.Event())
-        self.live += 1
+        """Poll until the task is finished, when the poll scheduler says; None after --task-timeout.
+
+        `first_poll` is not None for a task resumed from an earlier run: its age is unknown, so it is asked at
+        once. A task whose callback comes to this run's listener is polled only as the fallback.
+        """
+        deadline = time.monotonic() + self.settings.task_timeout
+        fallback = bool(self.callback_url and not item.callback_url)
+        self.polls.add(task_id, fallback=fallback, resumed=first_poll is not None)
+        self.throttle.task_started()
         try:
             while True:
-                if time.monotonic() + delay >= deadline:
-                    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        await self.polls.turn(task_id)
+                except TimeoutError:
                     self.reporter.warning(
                         f"item {item.id!r}: task {task_id} not finished after --task-timeout "
                         f"{self.settings.task_timeout:g} s; it stays submitted, rerun to pick it up",
                         item=item.id,
                     )
                     return None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(alarm.wait(), delay)  # a callback cuts the wait short
-                alarm.clear()
-                delay = schedule.interval(time.monotonic() - started) * slower
-                record = await self._query(task_id)
-                if record is not None and record.finished:
+                record = await self._ask(task_id)
+                if record is None:  # no usable answer this time (429, 5xx, network, not visible yet)
+                    # The place to look at a task the service does not know (404 / `recordInfo is null`).
+                    self.polls.observe(task_id, None)
+                    continue
+                self.polls.observe(task_id, record.finished, record.created, record.completed)
+                if record.finished:
                     return record
         finally:
-            self.live -= 1
-            self._wakeups.pop(task_id, None)
+            self.throttle.task_ended()
+            self.polls.remove(task_id)
 
     def wake(self, task_id: str) -> None:
         """A callback says this task may be finished: ask recordInfo now rather than at the next poll."""
-        alarm = self._wakeups.get(task_id)
-        if alarm is not None:
+        if self.polls.wake(task_id):
             self.counters.callbacks += 1
-            alarm.set()
 
     async def _query(self, task_id: str) -> TaskRecord | None:
-        """One recordInfo under the shared budget; None when there is no answer worth acting on yet."""
-        await self.cooldown.wait()
+        """One recordInfo outside the poll schedule (fresh result URLs), first in line for the shared budget."""
         await self.polls.acquire()
+        return await self._ask(task_id)
+
+    async def _ask(self, task_id: str) -> TaskRecord | None:
+        """One recordInfo, its budget already granted; None when there is no answer worth acting on yet."""
         self.counters.polls += 1
         try:
             record = await self.client.record_info(task_id)
-            self.polls.on_success()
+            self.throttle.on_status_success()
             return record
         except RateLimited:
             # Status queries have their own budget at the service: a 429 here slows the queries, not the work.
             self.counters.rate_limited += 1
-            self.polls.on_saturated()
-            self.reporter.debug(f"recordInfo {task_id}: 429; status queries now {self.polls.rate:g}/s")
+            self.throttle.on_status_saturated()
+            self.reporter.debug(f"recordInfo {task_id}: 429; status queries now {self.throttle.status.rate:g}/s")
         except (AuthError, QuotaError, UsageError) as exc:
             self.stop("refused", fatal=exc)
             raise Stopped from exc
         except (ServiceError, TransportError) as exc:
             self.reporter.debug(f"recordInfo {task_id}: {exc}; asking again later")
         return None
+
+    # ------------------------------------------------------------ what the next run starts from
+
+    def _remember(self, settings: RunSettings) -> memory.ServiceMemory | None:
+        if self._memory_dir is None:
+            return None
+        if settings.forget_service and memory.forget(self._memory_dir, settings.api_base):
+            self.reporter.info(f"--forget-service: forgot what earlier runs learned about {settings.api_base}")
+        return None if settings.forget_service else memory.load(self._memory_dir, settings.api_base)
+
+    def _keep_memory(self) -> None:
+        if self._memory_dir is None:
+            return
+        learned = memory.learned(
+            self.remembered, self.settings.api_base, self.throttle, self.polls, self.settings.create_rate[1]
+        )
+        if not memory.save(self._memory_dir, self.settings.api_base, learned):
+            self.reporter.debug(f"could not keep what this run learned about the service in {self._memory_dir}")
 
     # ------------------------------------------------------------ download
 

@@ -81,3 +81,12 @@ async def until(condition: Callable[[], object], deadline: float = 20.0) -> None
     while not condition():
         assert time.monotonic() < end, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """What runs learn about a service (batchgen/memory.py) is kept in a temporary directory, never in the
+    user's ~/.local/state; subprocesses started by a test inherit it through the environment."""
+    home = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home

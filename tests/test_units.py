@@ -19,7 +19,7 @@ from batchgen.errors import (
     ServerError,
     UsageError,
 )
-from batchgen.limits import Cooldown, InFlightLimiter, RateWindow, TokenBucket
+from batchgen.limits import Cooldown, InFlightLimiter, RateWindow
 
 SATURATED = "当前分组上游负载已饱和，请稍后再试"
 
@@ -108,7 +108,7 @@ def test_backoff_is_capped_exponential_with_bounded_jitter():
     assert policy.delay(1, 0.999) < 1.5
 
 
-def test_poll_schedule_follows_the_published_advice():
+def test_cold_start_schedule_follows_the_published_advice():
     schedule = PollSchedule(2.5)
     assert schedule.interval(0) == 2.5 and schedule.interval(29) == 2.5  # every 2-3 s for the first 30 s
     assert 5 <= schedule.interval(31) <= 10 and 5 <= schedule.interval(119) <= 10
@@ -137,6 +137,12 @@ async def test_in_flight_limiter_never_lets_more_than_the_limit_run():
     assert 0 < peak <= 3 and limiter.in_flight == 0
 
 
+async def settle() -> None:
+    """Let every ready callback and task run (a few turns of the loop; no time passes)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def test_limiter_cut_takes_effect_for_new_slots():
     limiter = InFlightLimiter(4)
     for _ in range(4):
@@ -145,36 +151,41 @@ async def test_limiter_cut_takes_effect_for_new_slots():
     waiter = asyncio.ensure_future(limiter.acquire())
     for in_flight in (3, 2):
         limiter.release()
-        await asyncio.sleep(0.01)
+        await settle()
         assert not waiter.done(), f"started with {in_flight} in flight and a limit of 2"
     limiter.release()
-    await asyncio.sleep(0.01)
+    await settle()
     assert waiter.done() and limiter.in_flight == 2
     waiter.result()
 
 
-async def test_rate_window_spaces_events():
-    window = RateWindow(3, 0.2, adaptive=False)
-    started = time.monotonic()
-    for _ in range(7):
-        window.done(await window.acquire())
-    assert time.monotonic() - started >= 0.4  # events 4-6 waited one window, event 7 a second one
+def test_rate_window_spaces_events():
+    clock = [0.0]
+    window = RateWindow(3, 0.2, adaptive=False, clock=lambda: clock[0])
+    starts = []
+    while len(starts) < 7:
+        if window.wait_time() == 0:
+            window.done(window.take())  # answered at once
+            starts.append(clock[0])
+        else:
+            clock[0] = round(clock[0] + 0.01, 2)
+    assert starts == [0, 0, 0, 0.2, 0.2, 0.2, 0.4]  # events 4-6 waited one window, event 7 a second one
 
 
-async def test_rate_window_counts_a_call_from_its_answer_and_forgets_dropped_ones():
-    window = RateWindow(2, 0.1, adaptive=False)
-    first, second = await window.acquire(), await window.acquire()
-    third = asyncio.ensure_future(window.acquire())
-    await asyncio.sleep(0.15)
-    assert not third.done()  # both calls are still under way: they count however long they take
+def test_rate_window_counts_a_call_from_its_answer_and_forgets_dropped_ones():
+    clock = [0.0]
+    window = RateWindow(2, 0.1, adaptive=False, clock=lambda: clock[0])
+    first, second = window.take(), window.take()
+    clock[0] = 0.15
+    assert window.wait_time() is None  # both calls are still under way: they count however long they take
     window.forget(first)  # dropped with a 429: it takes no place
-    await asyncio.sleep(0.01)
-    assert third.done()
+    assert window.wait_time() == 0
+    third = window.take()
     window.done(second)
-    window.done(third.result())
-    started = time.monotonic()
-    window.done(await window.acquire())
-    assert time.monotonic() - started >= 0.09  # a full window after the answers came back
+    window.done(third)
+    assert window.wait_time() == pytest.approx(0.1)  # a full window after the answers came back
+    clock[0] = 0.25
+    assert window.wait_time() == 0
 
 
 async def test_rate_window_learns_from_429_and_recovers():
@@ -190,27 +201,17 @@ async def test_rate_window_learns_from_429_and_recovers():
     assert window.count == 100
 
 
-async def test_token_bucket_paces_queries():
-    bucket = TokenBucket(50, burst=1)
-    started = time.monotonic()
-    for _ in range(6):
-        await bucket.acquire()
-    assert time.monotonic() - started >= 0.09
-
-
 def test_cooldown_grows_and_honours_retry_after():
-    cooldown = Cooldown(initial=1, maximum=8)
+    clock = [0.0]
+    cooldown = Cooldown(RetryPolicy(wait_initial=1, wait_max=8, wait_jitter=0), clock=lambda: clock[0])
     delays = []
-    for _ in range(5):
-        delays.append(cooldown.trigger())
-        cooldown._until = 0  # that pause is over: the next 429 is a new strike
-    assert 0.5 <= delays[0] <= 1 and 4 <= delays[3] <= 8 and delays[4] <= 8
-    cooldown.clear()
-    first = cooldown.trigger()
-    assert cooldown.trigger() <= first and cooldown.strikes == 1  # a burst of 429s is one strike
-    assert cooldown.trigger(retry_after=2.5) == 2.5
-    cooldown.clear()
-    assert cooldown.strikes == 0
+    for pause in range(1, 6):
+        delays.append(cooldown.trigger(pause))
+        clock[0] += delays[-1]  # that pause is over
+    assert delays == [1, 2, 4, 8, 8]
+    first = cooldown.trigger(1)
+    assert cooldown.trigger(2) == first  # a pause under way is not lengthened by the burst that caused it
+    assert cooldown.trigger(1, retry_after=30) == 30  # ... unless the server asks for longer
 
 
 # ---------------------------------------------------------------- the ledger

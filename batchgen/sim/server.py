@@ -59,6 +59,11 @@ class SimStats:
     callbacks_sent: int = 0
     creates_by_request: Counter[str] = field(default_factory=Counter)  # first 12 hex of sha256 of the request
     polls_by_task: Counter[str] = field(default_factory=Counter)
+    # Per task: seconds from its finish to the first recordInfo that saw it finished (how late a client found it).
+    detection_delay: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)  # per task: creation to finish (held ones: once released)
+    polls_rate_limited: int = 0  # 429 answers to recordInfo (of `rate_limited`)
+    polls_unfinished: int = 0  # recordInfo answers for a task not finished yet (queries a perfect client saves)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -250,6 +255,8 @@ class Simulator:
         heapq.heappush(self._finishing, now + task.duration)
         self.stats.creates += 1
         self.stats.creates_by_request[request_key(body)] += 1
+        if not math.isinf(task.duration):
+            self.stats.latency[task.task_id] = task.duration
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.in_flight(now))
         if isinstance(body.get("callBackUrl"), str):
             self._schedule_callback(task)
@@ -316,6 +323,7 @@ class Simulator:
             while self._polls and self._polls[0] <= now - window:
                 self._polls.popleft()
             if len(self._polls) >= limit:
+                self.stats.polls_rate_limited += 1
                 return self._saturated()
             self._polls.append(now)
         task_id = request.query.get("taskId", "")
@@ -326,7 +334,12 @@ class Simulator:
         now = time.time()
         if task is None or now - task.created < self.config.null_window:
             return self._business(422, "recordInfo is null")
-        return web.json_response({"code": 200, "msg": "success", "data": self._record(task, now)})
+        record = self._record(task, now)
+        if record["state"] not in ("success", "fail"):
+            self.stats.polls_unfinished += 1
+        elif task_id not in self.stats.detection_delay:
+            self.stats.detection_delay[task_id] = now - (task.created + task.duration)
+        return web.json_response({"code": 200, "msg": "success", "data": record})
 
     def _record(self, task: _Task, now: float) -> dict[str, Any]:
         state = task.state(now)
@@ -377,6 +390,7 @@ class Simulator:
         released = [task for task in self._tasks.values() if math.isinf(task.duration)]
         for task in released:
             task.duration = max(0.01, now - task.created)
+            self.stats.latency[task.task_id] = task.duration
         if released:
             self._finishing = [t for t in self._finishing if not math.isinf(t)]
             self._finishing.extend(task.created + task.duration for task in released)

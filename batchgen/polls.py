@@ -1,0 +1,382 @@
+"""The poll scheduler: which task to ask recordInfo about next, under the run's one status budget.
+
+Every status query of a run is granted here, under the status budget (limits.StatusBudget: at most
+`--poll-rate` in any 1-second window, whatever the number of tasks in flight). The rules:
+
+- **Never before a task could plausibly be finished.** Once the run knows its latencies, a task is first asked
+  at the low end of them (the 5th percentile) plus one gap, then once a gap. The gap is a quarter of the median
+  latency, so a task is asked two or three times and found, on average, an eighth of a latency after it
+  finished — at 20-45 s per image, about 2 queries per task for a mean delay of ~4 s.
+- **Oldest first.** When more tasks are due than the budget allows, the oldest go first: they are the likeliest
+  to be finished. A callback's hint (and a query the download needs) goes before all of them.
+- **Spend the idle budget on the tail.** While tasks wait to be created, a detection delay costs nothing (the
+  create window sets the pace); once none do, the last tasks decide when the run ends, so the gap shrinks to
+  what half the budget allows across the tasks that could be finished.
+- **Outliers back off.** A task older than the slowest latency seen (the 95th percentile) is asked less and
+  less often as it ages, as the family advises for old tasks.
+- **Learn from this run.** Latencies are estimated from this run's tasks (createTime/completeTime, else the
+  age at which a task was first seen finished), counting the tasks seen still running as "longer than that"
+  (Kaplan-Meier, for censored data): counting only the finished ones would mistake the first, fastest tasks for
+  the whole distribution. What an earlier run against the same service learned (memory.py) is the starting
+  point until this run has seen a few tasks finish.
+- **Cold start.** With no data at all, probe the oldest task — one at a time, at the family's advised pace
+  (`--poll-interval`, backing off as the task ages) — rather than every young task. A fast service is found at
+  once (the built-in simulator's quick start takes two probes), a slow one costs a few queries.
+- **Callbacks.** A task whose callback goes to this run's listener is polled only as the fallback: after the
+  slowest latency seen plus a long gap, and then `FALLBACK_FACTOR` times less often.
+
+Pure bookkeeping over an injected clock, plus a small asyncio driver (`run`, `turn`); it knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import PollSchedule
+from .limits import Clock, Throttle
+
+MIN_FINISHED = 5  # finished tasks of this run before its own estimate replaces the remembered one
+GAP_SHARE = 0.25  # a task is asked about once every quarter of the median latency
+TAIL_SHARE = 0.5  # in the tail, the share of the status budget spent asking the tasks that may be finished
+TAIL_GAP_SHARE = 1 / 16  # ... but no task more often than once every 1/16 of the median latency
+FALLBACK_FACTOR = 4.0  # with callbacks on, polling is the fallback and runs this much less often
+KEEP = 1000  # finished latencies kept: enough for the quantiles, and it follows a service that changes pace
+TICK = 0.001  # the driver never sleeps less than this (a guard against spinning on float rounding)
+
+
+@dataclass(frozen=True, slots=True)
+class Quantiles:
+    """Task latency in seconds: the low end (5%), the median and the high end (95%)."""
+
+    low: float
+    median: float
+    high: float
+
+
+class LatencyModel:
+    """The latency distribution of the service's tasks, from finished tasks and tasks still running.
+
+    A finished task gives its latency; a task seen running at age `a` says only "longer than a" (a censored
+    observation). The Kaplan-Meier estimator uses both, so the early estimate is not biased towards the fast tasks
+    that happened to finish first. Where the estimate does not reach a quantile yet, the largest age observed is
+    the (conservative) stand-in. Until `MIN_FINISHED` tasks have finished, a remembered `prior` is used.
+    """
+
+    def __init__(self, prior: Quantiles | None = None) -> None:
+        self.prior = prior
+        self._finished: deque[float] = deque(maxlen=KEEP)
+        self._running: dict[str, float] = {}  # task id -> the largest age at which it was seen running
+        self._cached: Quantiles | None = None
+        self._dirty = True
+
+    @property
+    def finished_count(self) -> int:
+        return len(self._finished)
+
+    def finished(self, task_id: str, latency: float) -> None:
+        self._running.pop(task_id, None)
+        self._finished.append(max(0.0, latency))
+        self._dirty = True
+
+    def running(self, task_id: str, age: float) -> None:
+        if age > self._running.get(task_id, -1.0):
+            self._running[task_id] = age
+            self._dirty = True
+
+    def forget(self, task_id: str) -> None:
+        """A task that leaves without being seen finished (timeout, stop): its observation goes with it."""
+        if self._running.pop(task_id, None) is not None:
+            self._dirty = True
+
+    def quantiles(self) -> Quantiles | None:
+        """This run's estimate, the remembered one until this run has enough, or None (nothing known: cold)."""
+        if len(self._finished) < MIN_FINISHED and self.prior is not None:
+            return self.prior
+        return self.own()
+
+    def own(self) -> Quantiles | None:
+        """This run's own estimate, whatever the prior; None before a task finished."""
+        if not self._finished:
+            return None
+        if self._dirty:
+            self._cached = self._estimate()
+            self._dirty = False
+        return self._cached
+
+    def _estimate(self) -> Quantiles:
+        steps = kaplan_meier(list(self._finished), list(self._running.values()))
+        largest = max(max(self._finished), max(self._running.values(), default=0.0))
+        low, median, high = (quantile(steps, share) for share in (0.05, 0.5, 0.95))
+        # Not reached yet: the median is at least the largest age seen (a conservative gap); the high end is
+        # taken as the slowest finish seen, so that a task older than every finished one counts as an outlier.
+        median = median if median is not None else largest
+        return Quantiles(
+            low=low if low is not None else min(self._finished),
+            median=median,
+            high=max(high if high is not None else max(self._finished), median),
+        )
+
+
+def kaplan_meier(events: list[float], censored: list[float]) -> list[tuple[float, float]]:
+    """The estimated distribution function as steps [(time, share finished by then)], from event times and
+    right-censored times (a censored time counts as still at risk at an event of the same time)."""
+    points = sorted([(t, 0) for t in events] + [(t, 1) for t in censored])
+    total = len(points)
+    surviving = 1.0
+    steps: list[tuple[float, float]] = []
+    i = 0
+    while i < total:
+        at, start, ended = points[i][0], i, 0
+        while i < total and points[i][0] == at:
+            ended += points[i][1] == 0
+            i += 1
+        if ended:
+            surviving *= 1 - ended / (total - start)  # `total - start` tasks were still running just before `at`
+            steps.append((at, 1 - surviving))
+    return steps
+
+
+def quantile(steps: list[tuple[float, float]], share: float) -> float | None:
+    """The first time by which `share` of the tasks finished, or None if the estimate does not reach it."""
+    for at, done in steps:
+        if done >= share - 1e-9:
+            return at
+    return None
+
+
+@dataclass(slots=True)
+class _Task:
+    task_id: str
+    created: float | None  # on the scheduler's clock; None until known (a task resumed from an earlier run)
+    fallback: bool  # its callback comes to this run: polling is only the fallback
+    asked: float | None = None  # when it was last granted a query
+    woken: bool = False  # a callback said it may be finished
+    waiting: bool = False  # its poller waits for a turn
+    waiter: asyncio.Future[None] | None = field(default=None, repr=False)
+
+
+class PollScheduler:
+    """Grants every status query of the run. `add` a task, `await turn(task_id)` before each query of it,
+    `observe` what the query said, `remove` it when done; `run()` is the driver (one per run)."""
+
+    def __init__(
+        self,
+        throttle: Throttle,
+        cold: PollSchedule,
+        *,
+        prior: Quantiles | None = None,
+        in_tail: Callable[[], bool] = lambda: False,
+        clock: Clock | None = None,
+        wall: Clock = time.time,
+    ) -> None:
+        self.throttle = throttle
+        self.budget = throttle.status
+        self.cold = cold
+        self.model = LatencyModel(prior)
+        self.in_tail = in_tail
+        self.clock = clock or throttle.clock
+        self.wall = wall
+        self.floor = cold.first / 10  # the shortest gap between two queries of one task
+        self._tasks: dict[str, _Task] = {}
+        self._extra: deque[asyncio.Future[None]] = deque()  # queries outside the schedule (fresh result URLs)
+        self._extra_count = 0  # the same, for the pure bookkeeping in tests (no futures)
+        self._last_probe: float | None = None
+        self.wakeup: float | None = None  # when the last `grant` found the next query may be due
+        self._changed = asyncio.Event()
+
+    # ---------------------------------------------------------------- what the engine tells us
+
+    def add(self, task_id: str, *, fallback: bool = False, resumed: bool = False) -> None:
+        """A task to poll: just created (its age starts now), or `resumed` from an earlier run (age unknown
+        until its first answer, so it is asked at once)."""
+        self._tasks[task_id] = _Task(task_id, None if resumed else self.clock(), fallback)
+        self._changed.set()
+
+    def ready(self, task_id: str) -> None:
+        """The task's poller waits for its next turn (`turn` says it; tests say it by hand)."""
+        self._tasks[task_id].waiting = True
+        self._changed.set()
+
+    def remove(self, task_id: str) -> None:
+        self._tasks.pop(task_id, None)
+        self.model.forget(task_id)
+        self._changed.set()
+
+    def wake(self, task_id: str) -> bool:
+        """A callback says this task may be finished: it goes first in line. Whether the task is ours."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return False
+        task.woken = True
+        self._changed.set()
+        return True
+
+    def observe(
+        self, task_id: str, finished: bool | None, created: float | None = None, completed: float | None = None
+    ) -> None:
+        """What a granted query said: `finished` True/False, or None when there was no usable answer; the
+        service's createTime/completeTime (Unix seconds) when it sent them."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        now = self.clock()
+        if task.created is None and created is not None:
+            task.created = now - max(0.0, self.wall() - created)  # a resumed task: its age from the service
+        if finished is None or task.created is None:
+            return
+        if finished:
+            if completed is not None and created is not None and completed >= created:
+                self.model.finished(task_id, completed - created)  # the service's own clock: exact
+            else:
+                self.model.finished(task_id, now - task.created)  # first seen finished: at most that
+        elif task.asked is not None:
+            self.model.running(task_id, task.asked - task.created)  # running when the query left, at least
+
+    # ---------------------------------------------------------------- the decision
+
+    def due(self, task: _Task, known: Quantiles | None, tail_gap: float | None = None) -> float:
+        """When `task` may next be asked, on the clock, given the latencies `known` (math.inf: not by its
+        schedule; a cold probe may)."""
+        if task.woken or task.created is None:
+            return -math.inf
+        if known is None:
+            return math.inf  # cold: only the probe asks
+        gap = max(self.floor, GAP_SHARE * known.median)
+        if task.fallback:
+            gap *= FALLBACK_FACTOR
+            first = known.high + gap
+        else:
+            if tail_gap is not None:
+                gap = min(gap, tail_gap)
+            first = known.low + gap
+        if task.asked is None:
+            return task.created + first
+        # Past the high end, a task is an outlier: back off as it ages, as the family advises for old tasks.
+        gap = max(gap, (task.asked - task.created - known.high) / 2)
+        return max(task.created + first, task.asked + gap)
+
+    def _tail_gap(self, now: float, known: Quantiles | None) -> float | None:
+        """In the tail, the gap that spends TAIL_SHARE of the budget on the tasks that may be finished."""
+        if known is None or not self.in_tail():
+            return None
+        eligible = sum(
+            1 for t in self._tasks.values() if not t.fallback and t.created is not None and now - t.created >= known.low
+        )
+        return max(self.floor, TAIL_GAP_SHARE * known.median, eligible / (TAIL_SHARE * self.budget.rate))
+
+    def _probe(self, now: float, known: Quantiles | None) -> tuple[_Task | None, float]:
+        """Cold start: the task to probe next (the oldest, least recently asked) and when."""
+        if known is not None:
+            return None, math.inf
+        waiting = [t for t in self._tasks.values() if t.created is not None and t.waiting]
+        if not waiting:
+            return None, math.inf
+        task = min(waiting, key=lambda t: (t.asked if t.asked is not None else t.created, t.created))
+        assert task.created is not None
+        interval = self.cold.interval(now - task.created) * (FALLBACK_FACTOR if task.fallback else 1.0)
+        since = self._last_probe if self._last_probe is not None else task.created
+        return task, since + interval
+
+    def _schedule(self, now: float) -> tuple[list[tuple[float, _Task]], _Task | None, float]:
+        """Every waiting task with the time it is due, the cold probe (if any) and when it is due."""
+        known = self.model.quantiles()
+        tail_gap = self._tail_gap(now, known)
+        times = [(self.due(t, known, tail_gap), t) for t in self._tasks.values() if t.waiting]
+        return (times, *self._probe(now, known))
+
+    def grant(self) -> list[str]:
+        """Hand out every query that is due and fits the budget, first in line first; the task ids granted
+        (extra queries first, as ""). Also works out when the next may be due (`wakeup`)."""
+        now = self.clock()
+        granted: list[str] = []
+        while self._extra_count and self.budget.take():
+            self._extra_count -= 1
+            granted.append("")
+            while self._extra:
+                waiter = self._extra.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+        times, probe, probe_at = self._schedule(now)
+        due = [t for at, t in times if at <= now]
+        if probe is not None and probe_at <= now and probe not in due:
+            due.append(probe)
+        due.sort(key=lambda t: (not t.woken, t.created if t.created is not None else -math.inf))
+        for task in due:
+            if not self.budget.take():
+                break
+            if task is probe:
+                self._last_probe = now
+            task.asked = now
+            task.woken = False
+            task.waiting = False
+            asking, task.waiter = task.waiter, None
+            if asking is not None and not asking.done():
+                asking.set_result(None)
+            granted.append(task.task_id)
+        later = [at for at, t in times if t.waiting]
+        if probe is not None and self._last_probe == now:  # probed just now: the next probe, if still cold
+            probe_at = self._probe(now, self.model.quantiles())[1]
+        self.wakeup = self._wakeup_from([*later, probe_at])
+        return granted
+
+    def next_wakeup(self) -> float | None:
+        """When `grant` may have something to hand out next (None: only when something changes)."""
+        times, _, probe_at = self._schedule(self.clock())
+        return self._wakeup_from([at for at, _ in times] + [probe_at])
+
+    def _wakeup_from(self, times: list[float]) -> float | None:
+        if self._extra_count:
+            times.append(-math.inf)
+        earliest = min(times, default=math.inf)
+        if math.isinf(earliest) and earliest > 0:
+            return None
+        return max(earliest, self.budget.next_free())
+
+    # ---------------------------------------------------------------- asyncio
+
+    async def turn(self, task_id: str) -> None:
+        """Wait until this task's next query is granted (the budget is spent for it)."""
+        task = self._tasks[task_id]
+        task.waiter = asyncio.get_running_loop().create_future()
+        self.ready(task_id)
+        try:
+            await task.waiter
+        finally:
+            task.waiter = None
+            task.waiting = False
+
+    async def acquire(self) -> None:
+        """A query outside the schedule (a fresh result URL for a download): first in line, same budget."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._extra.append(waiter)
+        self._extra_count += 1
+        self._changed.set()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not waiter.done():
+                self._extra_count -= 1
+            raise
+
+    async def run(self) -> None:
+        """The driver: grant what is due, sleep until the next thing may be, or until something changes."""
+        while True:
+            if (pause := self.throttle.cooldown.remaining) > 0:  # everyone pauses together after 429s
+                await asyncio.sleep(pause)
+                continue
+            self.grant()
+            wakeup = self.wakeup
+            self._changed.clear()
+            delay = None if wakeup is None else max(TICK, wakeup - self.clock())
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that arrives as
+            # the event is set, and the run would never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._changed.wait()

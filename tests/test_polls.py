@@ -1,0 +1,469 @@
+"""The throttle, the poll scheduler and the remembered service, as pure logic: a clock advanced by hand, no
+simulator, no sleeping."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from batchgen import memory
+from batchgen.config import PollSchedule, RetryPolicy
+from batchgen.limits import Hints, StatusBudget, Throttle
+from batchgen.polls import GAP_SHARE, LatencyModel, PollScheduler, Quantiles, kaplan_meier, quantile
+
+
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def throttle(clock: Clock, *, poll_rate: float = 8.0, concurrency: int = 100, hints: Hints | None = None) -> Throttle:
+    return Throttle(
+        concurrency=concurrency,
+        create_rate=(20, 10.0),
+        poll_rate=poll_rate,
+        retry=RetryPolicy(wait_initial=1, wait_max=8, wait_jitter=0.5),
+        hints=hints,
+        clock=clock,
+        rng=random.Random(1),
+    )
+
+
+def scheduler(clock: Clock, *, prior: Quantiles | None = None, poll_rate: float = 8.0, **kw) -> PollScheduler:
+    return PollScheduler(throttle(clock, poll_rate=poll_rate), PollSchedule(2.5), prior=prior, clock=clock, **kw)
+
+
+def most_in_any_second(stamps: list[float], jitter: float = 0.0) -> int:
+    """The largest number of stamps in any half-open window of 1 s (+ jitter)."""
+    stamps = sorted(stamps)
+    most = 0
+    for i, start in enumerate(stamps):
+        most = max(most, sum(1 for t in stamps[i:] if t < start + 1.0 + jitter))
+    return most
+
+
+REAL = Quantiles(low=21.25, median=32.5, high=43.75)  # 20-45 s per image, as the family publishes
+
+
+# ---------------------------------------------------------------- the status budget
+
+
+def test_status_budget_holds_in_every_one_second_window_and_a_429_halves_it():
+    clock = Clock()
+    budget = StatusBudget(8, clock=clock)
+    stamps = []
+    rng = random.Random(3)
+    for _ in range(20000):  # callers asking at random moments, far more often than the budget allows
+        clock.advance(rng.uniform(0, 0.002))
+        while budget.take():
+            stamps.append(clock.now)
+    assert most_in_any_second(stamps) == 8  # used to the full, never above it
+    assert most_in_any_second(stamps, StatusBudget.JITTER) == 9  # ... nor above 9 in any 1.25 s (network jitter)
+    assert len(stamps) >= 7.1 * (stamps[-1] - stamps[0])
+    budget.on_saturated()
+    assert budget.rate == 4
+    later = []
+    for _ in range(500):
+        clock.advance(0.01)
+        while budget.take():
+            later.append(clock.now)
+    assert most_in_any_second(later) <= 4
+    budget.on_saturated()  # within the same second: one cut per burst
+    budget.on_saturated()
+    assert budget.rate == 2
+    for _ in range(1000):
+        budget.on_success()
+    assert budget.rate == 8  # back, never above the flag
+
+
+def test_a_budget_below_one_per_second_spaces_single_queries():
+    clock = Clock()
+    budget = StatusBudget(0.5, clock=clock)
+    assert budget.take() and not budget.take()
+    clock.advance(1.99)
+    assert not budget.take()
+    clock.advance(0.01)
+    assert budget.take()
+
+
+# ---------------------------------------------------------------- the throttle
+
+
+def test_throttle_counts_one_429_burst_once_and_pauses_only_when_429s_go_on():
+    clock = Clock()
+    t = throttle(clock)
+    for _ in range(5):
+        t.task_started()
+    sent_in = t.epoch
+    assert t.on_create_saturated(sent_in) == 0.0  # first signal: the limits learn, nobody pauses yet
+    assert t.limiter.limit == 5 and t.first_429_live == 5
+    assert t.on_create_saturated(sent_in) is None  # same burst: answered already
+    pause = t.on_create_saturated(t.epoch)  # a call sent after the cut still meets 429: a second strike
+    assert pause is not None and 1 <= pause <= 1.5  # the retry policy's first wait: 1 s + up to 0.5 s jitter
+    assert t.cooldown.remaining == pytest.approx(pause)
+    clock.advance(pause)
+    assert t.cooldown.remaining == 0
+    pause = t.on_create_saturated(t.epoch)  # and again: the pause doubles
+    assert pause is not None and 2 <= pause <= 2.5
+    clock.advance(pause)
+    t.on_create_success()
+    assert t.strikes == 0
+    assert t.on_create_saturated(t.epoch) == 0.0  # after a success, a 429 is a first signal again
+    assert t.on_create_saturated(t.epoch, retry_after=7) == 7  # Retry-After is always honoured
+
+
+def test_cooldown_uses_the_one_backoff_formula():
+    clock = Clock()
+    t = throttle(clock)
+    policy = t.cooldown.policy
+    delays = []
+    for pause in range(1, 6):
+        delays.append(t.cooldown.trigger(pause))
+        assert policy.delay(pause, 0) <= delays[-1] <= policy.delay(pause, 0.999999)
+        # while a pause is on, another 429 does not lengthen it
+        assert t.cooldown.trigger(pause + 1) == pytest.approx(delays[-1])
+        clock.advance(delays[-1])
+    assert delays[-1] <= policy.wait_max + policy.wait_jitter
+
+
+def test_remembered_limits_are_where_the_limits_start_and_the_flags_cap_them():
+    clock = Clock()
+    warm = throttle(clock, concurrency=100, hints=Hints(create_count=12, in_flight=60))
+    assert warm.limiter.limit == 60 and warm.limiter.maximum == 100
+    assert warm.window.count == 12 and warm.window.maximum == 20
+    capped = throttle(clock, concurrency=40, hints=Hints(create_count=500, in_flight=90))
+    assert capped.limiter.limit == 40 and capped.window.count == 20
+
+
+def test_rate_window_counts_from_the_answer_on_the_injected_clock():
+    clock = Clock()
+    window = throttle(clock).window
+    slots = [window.take() for _ in range(20)]
+    assert window.wait_time() is None  # all under way: a place frees only when an answer comes back
+    for slot in slots:
+        window.done(slot)
+    clock.advance(9.99)
+    assert window.wait_time() == pytest.approx(0.01)
+    clock.advance(0.01)
+    assert window.wait_time() == 0
+
+
+# ---------------------------------------------------------------- the latency model
+
+
+def test_kaplan_meier_without_censoring_is_the_plain_distribution():
+    steps = kaplan_meier([float(n) for n in range(1, 21)], [])
+    assert quantile(steps, 0.05) == 1 and quantile(steps, 0.5) == 10 and quantile(steps, 0.95) == 19
+    assert quantile(steps, 1.0) == 20
+
+
+def test_learned_quantiles_count_the_tasks_still_running():
+    model = LatencyModel()
+    for n in range(1, 11):  # ten tasks finished after 1..10 s
+        model.finished(f"done-{n}", float(n))
+    for n in range(10):  # ten more still running at 10 s: the median is not 5.5, as the finished alone say
+        model.running(f"running-{n}", 10.0)
+    learned = model.quantiles()
+    assert learned is not None
+    assert learned.low == 1 and learned.median == 10
+    assert learned.high == 10  # not reached yet: the slowest finish seen stands in
+    model.running("running-0", 30.0)  # seen running later: the estimate follows
+    assert model.quantiles().median == 10 and model.quantiles().high >= 10
+
+
+def test_a_remembered_estimate_serves_until_this_run_has_its_own():
+    model = LatencyModel(prior=REAL)
+    assert model.quantiles() == REAL
+    for n in range(4):
+        model.finished(f"t{n}", 3.0)
+    assert model.quantiles() == REAL  # four tasks are not enough to overrule it
+    model.finished("t4", 3.0)
+    assert model.quantiles() == Quantiles(3.0, 3.0, 3.0)
+    assert LatencyModel().quantiles() is None  # nothing known: cold
+
+
+# ---------------------------------------------------------------- the scheduler
+
+
+def test_no_query_before_a_task_could_be_finished():
+    clock = Clock()
+    polls = scheduler(clock, prior=REAL)
+    polls.add("t")
+    polls.ready("t")
+    first = REAL.low + GAP_SHARE * REAL.median  # the low end of the latencies, plus one gap
+    clock.advance(first - 0.01)
+    assert polls.grant() == []
+    assert polls.next_wakeup() == pytest.approx(clock.now + 0.01)
+    clock.advance(0.01)
+    assert polls.grant() == ["t"]
+    polls.observe("t", False)
+    polls.ready("t")
+    clock.advance(GAP_SHARE * REAL.median - 0.01)
+    assert polls.grant() == []  # asked again only a gap later
+    clock.advance(0.01)
+    assert polls.grant() == ["t"]
+
+
+def test_oldest_first_when_more_are_due_than_the_budget_allows():
+    clock = Clock()
+    polls = scheduler(clock, prior=REAL, poll_rate=2)
+    for n in range(5):
+        polls.add(f"t{n}")
+        clock.advance(1)
+    for n in (3, 1, 4, 0, 2):
+        polls.ready(f"t{n}")
+    clock.advance(60)  # all due
+    assert polls.grant() == ["t0", "t1"]
+    clock.advance(1.25)
+    assert polls.grant() == ["t2", "t3"]
+    polls.wake("t4")  # ... except that a callback's hint goes first
+    polls.add("t5")
+    polls.ready("t5")
+    clock.advance(1.25)
+    assert polls.grant() == ["t4"]  # (t5, just created, is not due)
+
+
+def test_the_budget_holds_whatever_the_number_of_tasks_in_flight():
+    clock = Clock()
+    polls = scheduler(clock, prior=Quantiles(1.0, 2.0, 3.0))
+    for n in range(500):
+        polls.add(f"t{n}")
+        polls.ready(f"t{n}")
+    stamps = []
+    for _ in range(3000):
+        clock.advance(0.01)
+        for task_id in polls.grant():
+            stamps.append(clock.now)
+            polls.observe(task_id, False)
+            polls.ready(task_id)
+    assert most_in_any_second(stamps) == 8
+
+
+def simulate(
+    polls: PollScheduler, clock: Clock, latencies: dict[str, float], *, step: float = 0.01, burst_gap: float = 10.0
+) -> dict:
+    """Drive the scheduler against tasks that finish after the given latencies, created 20 at a time every
+    `burst_gap` seconds; at what age each was found finished, and how many queries each took."""
+    created: dict[str, float] = {}
+    found: dict[str, float] = {}
+    asked = dict.fromkeys(latencies, 0)
+    start = clock.now
+    while len(found) < len(latencies) and clock.now < start + 600:
+        for task_id in latencies:
+            if task_id not in created and clock.now - start >= burst_of(task_id) * burst_gap:
+                created[task_id] = clock.now
+                polls.add(task_id)
+                polls.ready(task_id)
+        clock.advance(step)
+        for task_id in polls.grant():
+            asked[task_id] += 1
+            age = clock.now - created[task_id]
+            done = age >= latencies[task_id]
+            # the service's createTime/completeTime, on a wall clock of its own
+            times = (5000.0, 5000.0 + latencies[task_id]) if done else (5000.0, None)
+            polls.observe(task_id, done, *times)
+            if done:
+                found[task_id] = age
+                polls.remove(task_id)
+            else:
+                polls.ready(task_id)
+    return {"found": found, "asked": asked}
+
+
+def burst_of(task_id: str) -> int:
+    """Tasks t0-t19 are created at once, t20-t39 a window later, ...: the create window's pace (20 per 10 s)."""
+    return int(task_id[1:]) // 20
+
+
+def test_cold_start_probes_the_oldest_one_at_a_time_and_the_quick_start_stays_quick():
+    """The quick start: eight images of 3 +/- 1 s, found at 5 s as with the family's every-2.5-s polling."""
+    clock = Clock()
+    polls = scheduler(clock)
+    rng = random.Random(5)
+    latencies = {f"t{n}": rng.uniform(2.6, 4.0) for n in range(8)}
+    seen = simulate(polls, clock, latencies)
+    assert max(seen["found"].values()) <= 5.0 + 0.1  # the probe at 5 s finds one; the rest follow at once
+    assert sum(seen["asked"].values()) <= 8 + 2  # one probe at 2.5 s, one at 5 s, then one query each
+
+
+def test_cold_probes_take_one_task_per_interval():
+    clock = Clock()
+    polls = scheduler(clock)
+    for n in range(20):
+        polls.add(f"t{n}")
+        polls.ready(f"t{n}")
+    probes = []
+    for _ in range(1510):  # 15 s, nothing finishes
+        clock.advance(0.01)
+        for task_id in polls.grant():
+            probes.append(task_id)
+            polls.observe(task_id, False)
+            polls.ready(task_id)
+    assert len(probes) == 6  # at 2.5, 5, ..., 15 s: the family's pace, not 20 tasks x 6
+    assert len(set(probes)) == 6  # each probe asks the task least recently looked at
+
+
+def test_at_the_real_pace_a_task_costs_about_two_queries_and_is_found_within_ten_seconds():
+    clock = Clock()
+    polls = scheduler(clock, prior=REAL)
+    rng = random.Random(9)
+    latencies = {f"t{n}": rng.uniform(20, 45) for n in range(40)}
+    seen = simulate(polls, clock, latencies, step=0.05)
+    delays = sorted(seen["found"][t] - latencies[t] for t in latencies)
+    assert len(delays) == 40
+    assert sum(seen["asked"].values()) / 40 <= 3.0
+    assert delays[int(0.95 * 40) - 1] <= 10.0
+
+
+def test_with_callbacks_polling_is_the_fallback():
+    clock = Clock()
+    polls = scheduler(clock, prior=REAL)
+    polls.add("cb", fallback=True)
+    polls.ready("cb")
+    clock.advance(REAL.high)
+    assert polls.grant() == []  # the callback should come: no query by the slowest latency seen
+    polls.wake("cb")
+    assert polls.grant() == ["cb"]  # the callback came: asked at once
+
+
+def test_in_the_tail_the_idle_budget_goes_to_the_last_tasks():
+    def gap_after_first(in_tail: bool) -> float:
+        clock = Clock()
+        polls = scheduler(clock, prior=REAL, in_tail=lambda: in_tail)
+        polls.add("t")
+        polls.ready("t")
+        clock.advance(30)  # due either way (low + gap = 29.4 s), not yet an outlier (high = 43.75 s)
+        assert polls.grant() == ["t"]
+        polls.observe("t", False)
+        polls.ready("t")
+        return polls.next_wakeup() - clock.now
+
+    assert gap_after_first(False) == pytest.approx(GAP_SHARE * REAL.median)
+    assert gap_after_first(True) < GAP_SHARE * REAL.median / 2
+
+
+def test_a_resumed_task_is_asked_at_once_and_aged_by_the_service():
+    clock = Clock()
+    wall = Clock(1_800_000_000.0)
+    polls = PollScheduler(throttle(clock), PollSchedule(2.5), prior=REAL, clock=clock, wall=wall)
+    polls.add("old", resumed=True)
+    polls.ready("old")
+    assert polls.grant() == ["old"]
+    polls.observe("old", False, created=wall.now - 40.0)  # the service says it was created 40 s ago
+    polls.ready("old")
+    clock.advance(GAP_SHARE * REAL.median)
+    assert polls.grant() == ["old"]  # old enough: asked again a gap later, not at low + gap from now
+
+
+# ---------------------------------------------------------------- the remembered service
+
+
+def test_memory_round_trip_keeps_the_service_never_the_key(tmp_path):
+    base = "https://user:sk-secret-123@api.example.com/v1/?key=sk-secret-123#x"
+    kept = memory.ServiceMemory(memory.service_of(base), time.time(), 14, 10.0, 60, REAL, 120)
+    assert memory.save(tmp_path, base, kept)
+    (path,) = tmp_path.glob("service-*.json")
+    assert "sk-secret" not in path.read_text() and "user" not in path.read_text()
+    loaded = memory.load(tmp_path, base)
+    assert loaded == dataclasses.replace(kept, saved_at=loaded.saved_at)
+    assert loaded.saved_at == pytest.approx(kept.saved_at, abs=0.001) and loaded.service == "https://api.example.com/v1"
+    assert loaded.hints((20, 10.0)) == Hints(create_count=14, in_flight=60)
+    assert loaded.hints((20, 60.0)).create_count is None  # learned for another window length
+    assert memory.load(tmp_path, "https://other.example.com") is None
+    assert memory.forget(tmp_path, base) and memory.load(tmp_path, base) is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["not json", "[]", "truncated", "stale", "future", "other_service", "newer", "bad_latency", "bad_rate"],
+)
+def test_a_damaged_stale_or_foreign_memory_is_ignored(tmp_path, damage):
+    base = "https://api.example.com"
+    good = memory.ServiceMemory(memory.service_of(base), time.time(), 14, 10.0, 60, REAL, 120).as_json()
+    doc: object = dict(good)
+    if damage == "stale":
+        doc = {**good, "saved_at": time.time() - 40 * 86400}
+    elif damage == "future":
+        doc = {**good, "saved_at": time.time() + 7 * 86400}
+    elif damage == "other_service":  # a file copied from another service's name
+        doc = {**good, "service": "https://other.example.com"}
+    elif damage == "newer":
+        doc = {**good, "version": 2}
+    elif damage == "bad_latency":
+        doc = {**good, "latency": {"p05": 40, "p50": 30, "p95": "x", "n": 1}}
+    elif damage == "bad_rate":
+        doc = {**good, "create_rate": [-3, 10]}
+    elif damage == "[]":
+        doc = []
+    path = memory.path_for(tmp_path, base)
+    text = json.dumps(doc)
+    path.write_text({"not json": "{nope", "truncated": text[: len(text) // 2]}.get(damage, text))
+    assert memory.load(tmp_path, base) is None
+
+
+def test_memory_lives_in_xdg_state_else_home_else_the_output_directory(tmp_path):
+    out = tmp_path / "out"
+    assert memory.directory({"XDG_STATE_HOME": str(tmp_path / "xdg")}, out) == tmp_path / "xdg" / "batchgen"
+    home = tmp_path / "home"
+    assert memory.directory({"HOME": str(home)}, out) == home / ".local" / "state" / "batchgen"
+    assert memory.directory({}, out) == out / ".batchgen"  # cron under `env -i`: no home at all
+    if os.geteuid() != 0:  # root writes anywhere: a read-only home cannot be made for it
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert memory.directory({"HOME": str(locked)}, out) == out / ".batchgen"
+
+
+def test_what_a_run_learned_replaces_what_it_contradicts(tmp_path):
+    clock = Clock()
+    before = memory.ServiceMemory("https://api.example.com", time.time(), 14, 10.0, 30, REAL, 120)
+    t = throttle(clock, hints=before.hints((20, 10.0)))
+    polls = PollScheduler(t, PollSchedule(2.5), prior=before.latency, clock=clock)
+    for _ in range(40):  # this run went past the remembered in-flight level without a 429
+        t.task_started()
+    for n in range(6):
+        polls.model.finished(f"t{n}", 3.0 + n)
+    after = memory.learned(before, "https://api.example.com", t, polls, 10.0)
+    assert after.in_flight is None  # no longer holds
+    assert after.create_count == 14  # the window never went past 14 in this run: still the best guess
+    assert after.latency == polls.model.own() and after.tasks_seen == 6
+    t.on_create_saturated(t.epoch)  # now a 429 at 40 tasks in flight
+    after = memory.learned(before, "https://api.example.com", t, polls, 10.0)
+    assert after.in_flight == 40
+
+
+def test_status_lists_what_is_remembered(tmp_path):
+    base = "https://api.example.com"
+    folder = memory.directory({"XDG_STATE_HOME": str(tmp_path / "xdg")}, tmp_path / "out")
+    memory.save(folder, base, memory.ServiceMemory(memory.service_of(base), time.time(), 14, 10.0, 60, REAL, 120))
+    entries = memory.describe({"XDG_STATE_HOME": str(tmp_path / "xdg")}, Path(tmp_path / "out"))
+    assert [e["service"] for e in entries] == [base]
+    text = memory.describe_text(entries)
+    assert "accepted 14 creates/10 s" in text and "first 429 at 60 tasks" in text and "21.2/32.5/43.8" in text
+
+
+def test_a_run_that_cannot_keep_its_memory_goes_on_without(tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the state folder should be")
+    kept = memory.ServiceMemory("https://api.example.com", time.time(), None, None, None, REAL, 10)
+    assert memory.save(blocked, "https://api.example.com", kept) is False
+    assert memory.load(blocked, "https://api.example.com") is None
+
+
+def test_status_creates_no_state_folder(tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    assert memory.describe(env, tmp_path / "out") == []
+    assert not (tmp_path / "xdg").exists()
