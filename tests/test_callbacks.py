@@ -14,7 +14,7 @@ from batchgen.callbacks import CallbackReceiver
 from batchgen.config import PollSchedule
 from batchgen.progress import Reporter
 
-from .conftest import make_settings, manifest_of
+from .conftest import make_settings, manifest_of, until
 
 
 def free_port() -> int:
@@ -74,27 +74,28 @@ async def test_callbacks_cut_status_queries_per_task(sim_factory, tmp_path):
 
 
 async def test_a_forged_callback_changes_nothing(sim_factory, tmp_path):
-    path = manifest_of(tmp_path / "m.yaml", ["slow [sim:slow]"])
+    # The task is held: whatever a callback claims, recordInfo says "generating" until the test releases it.
+    path = manifest_of(tmp_path / "m.yaml", ["held [sim:hold]"])
     out = tmp_path / "out"
-    async with sim_factory(latency=0.15, jitter=0) as sim, aiohttp.ClientSession() as session:
+    async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as session:
         settings = make_settings(path, out, sim, callback_listen=f"127.0.0.1:{free_port()}")
         run = asyncio.ensure_future(runner.run(settings, Reporter(stream=io.StringIO())))
-        while not sim._tasks:
-            await asyncio.sleep(0.01)
-        (task,) = sim._tasks.values()
+        await until(lambda: sim.stats.creates == 1)
+        ((task_id, body),) = sim.created().items()
+        # A forged result on the simulator's own file origin: any fetch of it would be counted there.
+        forged_url = f"{sim.files_url}/r/{task_id}/1.png"
         forged = {
             "code": 200,
             "msg": "success",
-            "data": {
-                "taskId": task.task_id,
-                "state": "success",
-                "resultJson": json.dumps({"resultUrls": ["http://evil/x"]}),
-            },
+            "data": {"taskId": task_id, "state": "success", "resultJson": json.dumps({"resultUrls": [forged_url]})},
         }
-        async with session.post(task.body["callBackUrl"], json=forged) as response:
+        asked = sim.stats.polls_by_task[task_id]
+        async with session.post(body["callBackUrl"], json=forged) as response:
             assert response.status == 200  # the right token: the poller is woken, and asks recordInfo
-        await asyncio.sleep(0.3)
-        assert ledger.load(out).items["item-00"]["state"] == "submitted"  # recordInfo said: still generating
+        await until(lambda: sim.stats.polls_by_task[task_id] > asked)  # ... which says: still generating
+        assert ledger.load(out).items["item-00"]["state"] == "submitted"
+        assert sim.stats.file_requests == 0  # the forged URL was never fetched
+        assert sim.release() == 1
         outcome = await run
         assert outcome.exit_code == 0
-        assert sim.stats.file_requests == 1  # only the real result URL was ever fetched
+        assert sim.stats.file_requests == 1  # only the real result URL, handed out by recordInfo, was fetched

@@ -384,6 +384,10 @@ class Simulator:
     def _sign(self, task_id: str, name: str, expires: str) -> str:
         return hmac.new(self._secret, f"{task_id}/{name}/{expires}".encode(), "sha256").hexdigest()[:32]
 
+    def created(self) -> dict[str, dict[str, Any]]:
+        """Every task created so far: its id -> the body of its createTask request (callBackUrl included)."""
+        return {task_id: task.body for task_id, task in self._tasks.items()}
+
     def release(self) -> int:
         """Let every held task ([sim:hold]) finish now; returns how many were released."""
         now = time.time()
