@@ -12,6 +12,12 @@ damaged results.json). So a transition costs O(1) however many items there are, 
 then the journal replayed over it (last record of an item wins, so replaying twice is harmless). A kill at any
 instant leaves a complete results.json and at most one torn journal line, which is dropped.
 
+Each snapshot has a generation number, and each journal starts with a header line naming the generation it
+follows (`{"base": N}`; 0 for an empty ledger). So a deleted or damaged results.json is rebuilt only when the
+material left provably covers the whole history — previous.json and the journals that lead on from it, or, for a
+ledger that never had two snapshots, the journals from generation 0 — and refused otherwise: a DIR with journals
+is never taken for a fresh start (that would pay for every item again).
+
 Nothing else writes results.json or anything under `.batchgen/` but the downloads' own temporary files.
 """
 
@@ -26,16 +32,17 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from .errors import LedgerError, LockedError, StorageError
-from .files import STATE_DIR, fsync_dir, open_nofollow, state_dir, write_atomically
+from .files import STATE_DIR, check_output_dir, fsync_dir, open_nofollow, write_atomically
 
 if TYPE_CHECKING:
     from .manifest import Item as ManifestItem
 
 VERSION = 1
-STATES = ("pending", "submitted", "succeeded", "failed")
+State = Literal["pending", "submitted", "succeeded", "failed"]
+STATES: tuple[State, ...] = ("pending", "submitted", "succeeded", "failed")
 
 RESULTS = "results.json"
 JOURNAL = "journal.jsonl"
@@ -49,20 +56,59 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def error_record(kind: str, code: str | None, message: str) -> dict[str, Any]:
+class ErrorRecord(TypedDict):
+    kind: str  # task_transient, task_policy, rejected, bad_result, no_result, lost, duplicate_task, ...
+    code: str | None
+    message: str
+
+
+class Record(TypedDict):
+    """One item's entry in results.json (SPEC §4). engine, plan and report read records through this schema."""
+
+    state: State
+    task_id: str | None
+    attempts: int  # submissions of the current request (reset when the request changes or on --retry-failed)
+    request: dict[str, Any] | None
+    files: list[str]
+    sha256: list[str]
+    error: ErrorRecord | None
+    submitted_at: str | None
+    finished_at: str | None
+    paid: NotRequired[int]  # createTask answers that carried a task id, over the item's whole life: never reset
+    in_doubt: NotRequired[int]  # createTask calls that may have been paid without our knowing the task id
+    submitting: NotRequired[bool]  # a createTask call is under way (on disk: the run died inside it)
+
+
+def error_record(kind: str, code: str | None, message: str) -> ErrorRecord:
     return {"kind": kind, "code": code, "message": message}
+
+
+def new_record(request: dict[str, Any] | None) -> Record:
+    return {
+        "state": "pending",
+        "task_id": None,
+        "attempts": 0,
+        "request": request,
+        "files": [],
+        "sha256": [],
+        "error": None,
+        "submitted_at": None,
+        "finished_at": None,
+    }
 
 
 @dataclass(slots=True)
 class Loaded:
     """What a ledger directory holds: records by id, the manifest it was made for, the journal's length."""
 
-    items: dict[str, dict[str, Any]]
+    items: dict[str, Record]
     manifest: str | None
     updated_at: str | None
     journal_bytes: int  # the length of the journal's whole lines (a torn tail is beyond it)
     not_in_manifest: frozenset[str] = frozenset()
     damaged: str | None = None  # why results.json could not be used, when the state was recovered without it
+    generation: int = 0  # of the snapshot the state was loaded from (0: none)
+    replayed: int = 0  # journal records replayed over the snapshot (changes it does not hold yet)
 
 
 def exists(directory: Path) -> bool:
@@ -73,24 +119,39 @@ def exists(directory: Path) -> bool:
 def load(directory: Path) -> Loaded:
     """Read results.json and replay the journal over it, without taking the lock or writing anything.
 
-    A damaged results.json (not JSON, not a ledger, a record without a valid state) is recovered from the
-    previous snapshot and the two journals since it, when they are all there and whole; otherwise LedgerError.
+    A missing or damaged results.json (not JSON, not a ledger, a record without a valid state) is rebuilt from
+    the previous snapshot and the journals since it, when they provably cover the whole history; otherwise
+    LedgerError. A DIR whose journals hold records is never read as an empty ledger.
     """
     folder = directory / STATE_DIR
     snapshot = directory / RESULTS
-    journal, good = _read_journal(folder / JOURNAL)
+    journal = _read_journal(folder / JOURNAL)
     if not snapshot.exists():
-        if (folder / PREVIOUS).exists():
-            return _recover(directory, journal, good, f"{snapshot} is missing")
-        return Loaded(_replay({}, journal), None, None, good)
+        if (folder / PREVIOUS).exists() or (folder / PREVIOUS_JOURNAL).exists():
+            return _recover(directory, journal, f"{snapshot} is missing")
+        if journal.base not in (None, 0):
+            return _recover(directory, journal, f"{snapshot} is missing")
+        # No snapshot was ever made: the journal (from an empty ledger) is the whole state.
+        return Loaded(_replay({}, journal.entries), None, None, journal.good, replayed=len(journal.entries))
     try:
         document = _read_snapshot(snapshot)
     except _Damaged as exc:
-        return _recover(directory, journal, good, str(exc))
+        return _recover(directory, journal, str(exc))
     retired = frozenset(document.get("not_in_manifest") or ())
     return Loaded(
-        _replay(document["items"], journal), document.get("manifest"), document.get("updated_at"), good, retired
+        _replay(document["items"], journal.entries),
+        document.get("manifest"),
+        document.get("updated_at"),
+        journal.good,
+        retired,
+        generation=_generation(document),
+        replayed=len(journal.entries),
     )
+
+
+def _generation(document: dict[str, Any]) -> int:
+    value = document.get("generation")
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 class _Damaged(Exception):
@@ -121,9 +182,18 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
     return document
 
 
-def _recover(directory: Path, journal: list[tuple[str, dict[str, Any]]], good: int, why: str) -> Loaded:
-    """The state without results.json: the previous snapshot + the journal before it + the current journal."""
+def _recover(directory: Path, journal: _Journal, why: str) -> Loaded:
+    """The state without results.json: the previous snapshot + the journal after it + the current journal.
+
+    Journals with headers must chain: previous-journal follows previous.json's generation (or 0, an empty ledger,
+    when there is no previous.json), and the current journal follows the snapshot after that. Anything else
+    means history is missing, and rebuilding from it would resubmit (pay for) items already done: refused.
+    """
     folder = directory / STATE_DIR
+    refuse = (
+        f"{why}; batchgen has changed nothing. Restore {RESULTS} from a backup, or move {directory} aside and "
+        "start a new ledger elsewhere (items it held would be submitted, and paid for, again)"
+    )
     base: dict[str, Any] = {"items": {}}
     if (folder / PREVIOUS).exists():
         try:
@@ -134,33 +204,52 @@ def _recover(directory: Path, journal: list[tuple[str, dict[str, Any]]], good: i
                 "Restore results.json from a backup, or move it aside to start a new ledger "
                 "(the images stay where they are)"
             ) from exc
-    elif not (folder / PREVIOUS_JOURNAL).exists() and not journal:
-        raise LedgerError(
-            f"{why}, and there is no journal to rebuild it from; batchgen has not changed it. "
-            "Restore it from a backup, or move it aside to start a new ledger (the images stay)"
-        )
-    earlier, _ = _read_journal(folder / PREVIOUS_JOURNAL, strict=True)
-    items = _replay(_replay(base["items"], earlier), journal)
+    earlier = _read_journal(folder / PREVIOUS_JOURNAL, strict=True)
+    if not (folder / PREVIOUS).exists() and not (folder / PREVIOUS_JOURNAL).exists() and not journal.entries:
+        raise LedgerError(f"{why}, and there is no journal to rebuild it from. {refuse}")
+    start = _generation(base)
+    if earlier.base is not None and earlier.base != start:
+        what = "previous.json is missing" if not (folder / PREVIOUS).exists() else "previous.json is out of step"
+        raise LedgerError(f"{why}, and {what}: the journals left do not hold the whole history. {refuse}")
+    expected = start + 1 if (folder / PREVIOUS_JOURNAL).exists() else start
+    if journal.base is not None and earlier.base is not None and journal.base != expected:
+        raise LedgerError(f"{why}, and the journals do not follow on from each other. {refuse}")
+    items = _replay(_replay(base["items"], earlier.entries), journal.entries)
     return Loaded(
         items,
         base.get("manifest"),
         base.get("updated_at"),
-        good,
+        journal.good,
         frozenset(base.get("not_in_manifest") or ()),
         damaged=why,
+        generation=journal.base if journal.base is not None else expected,
     )
 
 
-def _read_journal(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """A journal's entries, and the length of its whole lines. A torn last line is dropped."""
+@dataclass(slots=True)
+class _Journal:
+    entries: list[tuple[str, Record]]
+    good: int  # the length of its whole lines
+    base: int | None  # the snapshot generation it follows (None: a journal from before headers, or none)
+
+
+def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
+    """A journal's header and entries, and the length of its whole lines. A torn last line is dropped."""
     if not path.exists():
-        return [], 0
+        return _Journal([], 0, None)
     data = path.read_bytes()
-    entries: list[tuple[str, dict[str, Any]]] = []
+    entries: list[tuple[str, Record]] = []
     good = 0
+    base: int | None = None
     for number, (text, end) in enumerate(_lines(data), start=1):
         try:
             entry = json.loads(text)
+            if number == 1 and isinstance(entry, dict) and "base" in entry and "id" not in entry:
+                if not isinstance(entry["base"], int):
+                    raise TypeError("not a journal header")
+                base = entry["base"]
+                good = end
+                continue
             item_id, record = entry["id"], entry["record"]
             if not isinstance(item_id, str) or not isinstance(record, dict) or record.get("state") not in STATES:
                 raise TypeError("not an item record")
@@ -172,12 +261,12 @@ def _read_journal(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, 
                 "aside to continue from results.json alone (changes since the last snapshot are "
                 "then forgotten)"
             ) from exc
-        entries.append((item_id, record))
+        entries.append((item_id, record))  # type: ignore[arg-type]  # checked above: a dict with a valid state
         good = end
-    return entries, good
+    return _Journal(entries, good, base)
 
 
-def _replay(items: dict[str, dict[str, Any]], journal: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _replay(items: dict[str, Record], journal: list[tuple[str, Record]]) -> dict[str, Record]:
     for item_id, record in journal:
         items[item_id] = record
     return items
@@ -209,7 +298,7 @@ class Ledger:
         self._lock_fd = lock_fd
         self._journal_fd = journal_fd
         self._state_dir = directory / STATE_DIR
-        self._dirty = loaded.journal_bytes > 0 or loaded.manifest != manifest
+        self._dirty = loaded.replayed > 0 or loaded.manifest != manifest
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = 0.0
         self.manifest_ids: frozenset[str] | None = None
@@ -218,6 +307,8 @@ class Ledger:
         self._synced = 0  # ... and how many of them are known to be on disk
         self._flushing: asyncio.Task[None] | None = None
         self._retired = loaded.not_in_manifest
+        self._generation = loaded.generation
+        self._broken: StorageError | None = None  # a journal write went wrong: nothing more may be appended
 
     # ------------------------------------------------------------ opening and closing
 
@@ -228,8 +319,7 @@ class Ledger:
         A ledger made for another manifest is refused (LedgerError) unless `adopt`. A damaged results.json that
         could be rebuilt is kept beside the new one as results.json.damaged-<time>.
         """
-        directory.mkdir(parents=True, exist_ok=True)
-        folder = state_dir(directory)
+        folder = check_output_dir(directory)
         lock_fd = open_nofollow(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -253,14 +343,19 @@ class Ledger:
                 _keep_damaged(directory)
             journal_fd = open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.ftruncate(journal_fd, loaded.journal_bytes)  # drop a torn last line before appending after it
+            if loaded.journal_bytes == 0:
+                _write_all(journal_fd, _header(loaded.generation), folder)
         except BaseException:
             os.close(lock_fd)
             raise
         ledger = cls(directory, loaded, manifest, lock_fd, journal_fd)
         if loaded.damaged:
             ledger.recovered = loaded.damaged
-            ledger._dirty = True
-            ledger.snapshot()
+            # Twice: the first snapshot replaces the lost one, the second makes previous.json and the journals
+            # chain again from it (see _recover), so a second loss can be rebuilt as surely as this one.
+            for _ in range(2):
+                ledger._dirty = True
+                ledger.snapshot()
         ledger._settle_in_doubt()
         return ledger
 
@@ -285,9 +380,9 @@ class Ledger:
         """An item found "submitting" was killed inside createTask: it may have been created. Say so."""
         for item_id, record in list(self.items.items()):
             if record.get("submitting"):
-                changed = dict(record)
+                changed = record.copy()
                 changed.pop("submitting")
-                changed["in_doubt"] = int(changed.get("in_doubt", 0)) + 1
+                changed["in_doubt"] = changed.get("in_doubt", 0) + 1
                 self._write(item_id, changed)
         if self._written:
             self._fsync(self._journal_fd)
@@ -322,12 +417,12 @@ class Ledger:
 
     # ------------------------------------------------------------ reading
 
-    def get(self, item_id: str) -> dict[str, Any] | None:
-        return self.items.get(item_id)
+    def record(self, item_id: str) -> Record:
+        return self.items[item_id]
 
-    def state(self, item_id: str) -> str | None:
-        record = self.items.get(item_id)
-        return record["state"] if record else None
+    def owners(self) -> Iterator[tuple[str, Record]]:
+        """Every item's record, for those who must know what other items hold (file names, task ids)."""
+        return iter(self.items.items())
 
     # ------------------------------------------------------------ transitions
 
@@ -347,83 +442,110 @@ class Ledger:
             self._dirty = True  # the manifest dropped (or brought back) items: the snapshot must say so
 
     def start_submit(self, item_id: str, request: dict[str, Any]) -> None:
-        """Intent, on disk before the createTask call: a kill inside the call is then known to be in doubt."""
+        """Intent, on disk before the createTask call: a kill inside the call is then known to be in doubt.
+
+        `attempts` counts submissions of one request: it starts again when the request changed or the item had
+        failed for good (only --retry-failed submits a failed item again). `paid` is never reset.
+        """
         record = self._record(item_id, request)
+        if record["state"] == "failed" or record["request"] != request:
+            record["attempts"] = 0
         record.update(state="pending", request=request, submitting=True)
         self._write(item_id, record)
 
     def submit_unsent(self, item_id: str, *, in_doubt: bool = False) -> None:
         """The createTask call created nothing (or, with in_doubt, may have: count it)."""
-        record = dict(self.items[item_id])
+        record = self._copy(item_id)
         record.pop("submitting", None)
         if in_doubt:
-            record["in_doubt"] = int(record.get("in_doubt", 0)) + 1
+            record["in_doubt"] = record.get("in_doubt", 0) + 1
         self._write(item_id, record)
 
     def submitted(self, item_id: str, task_id: str) -> None:
         """The service returned a task id: durably on disk before anything else happens to it."""
-        record = dict(self.items[item_id])
+        record = self._copy(item_id)
         record.pop("submitting", None)
         record.update(
             state="submitted",
             task_id=task_id,
-            attempts=int(record.get("attempts", 0)) + 1,
+            attempts=record.get("attempts", 0) + 1,
+            paid=record.get("paid", 0) + 1,
             submitted_at=utc_now(),
             finished_at=None,
             error=None,
         )
         self._write(item_id, record)
 
-    def requeue(self, item_id: str, error: dict[str, Any]) -> None:
+    def paid_without_task(self, item_id: str, error: ErrorRecord) -> None:
+        """createTask answered with a task id we cannot use (another item's): paid, and failed for good."""
+        record = self._copy(item_id)
+        record.pop("submitting", None)
+        record.update(
+            state="failed",
+            attempts=record.get("attempts", 0) + 1,
+            paid=record.get("paid", 0) + 1,
+            error=error,
+            finished_at=utc_now(),
+        )
+        self._write(item_id, record)
+
+    def requeue(self, item_id: str, error: ErrorRecord) -> None:
         """The task failed transiently: back to pending, to be submitted again (its error kept for the record)."""
-        record = dict(self.items[item_id])
+        record = self._copy(item_id)
         record.update(state="pending", task_id=None, error=error)
         self._write(item_id, record)
 
+    def refetch(self, item_id: str) -> None:
+        """A succeeded item's files are gone from DIR: back to submitted, to fetch them again by its task id."""
+        record = self._copy(item_id)
+        record.update(state="submitted", files=[], sha256=[], finished_at=None)
+        self._write(item_id, record)
+
     def succeeded(self, item_id: str, files: list[str], sha256: list[str]) -> None:
-        record = dict(self.items[item_id])
+        record = self._copy(item_id)
         record.update(state="succeeded", files=files, sha256=sha256, error=None, finished_at=utc_now())
         self._write(item_id, record)
 
-    def failed(self, item_id: str, error: dict[str, Any], request: dict[str, Any] | None = None) -> None:
-        record = self._record(item_id, request) if request is not None else dict(self.items[item_id])
+    def failed(self, item_id: str, error: ErrorRecord, request: dict[str, Any] | None = None) -> None:
+        record = self._record(item_id, request) if request is not None else self._copy(item_id)
         record.pop("submitting", None)
         record.update(state="failed", error=error, finished_at=utc_now())
         if request is not None:
             record["request"] = request
         self._write(item_id, record)
 
-    def _record(self, item_id: str, request: dict[str, Any] | None) -> dict[str, Any]:
+    def _copy(self, item_id: str) -> Record:
+        return self.items[item_id].copy()
+
+    def _record(self, item_id: str, request: dict[str, Any] | None) -> Record:
         existing = self.items.get(item_id)
         if existing is not None:
-            return dict(existing)
-        return {
-            "state": "pending",
-            "task_id": None,
-            "attempts": 0,
-            "request": request,
-            "files": [],
-            "sha256": [],
-            "error": None,
-            "submitted_at": None,
-            "finished_at": None,
-        }
+            return existing.copy()
+        return new_record(request)
 
-    def _write(self, item_id: str, record: dict[str, Any]) -> None:
-        """Append the item's new record to the journal (durable once `durable()` says so)."""
+    def _write(self, item_id: str, record: Record) -> None:
+        """Append the item's new record to the journal (durable once `durable()` says so).
+
+        A write that fails, or writes only part of the line (a nearly full disk may do that without an error),
+        stops all further journaling: the part written is cut off again where possible, and otherwise it is the
+        journal's torn last line, which loading drops. Nothing is appended after it.
+        """
+        if self._broken is not None:
+            raise self._broken
         line = json.dumps({"id": item_id, "record": record}, ensure_ascii=False, separators=(",", ":"))
         try:
-            os.write(self._journal_fd, line.encode("utf-8") + b"\n")
-            self._written += 1
-        except OSError as exc:
-            raise StorageError(f"cannot write the journal in {self._state_dir}: {exc.strerror or exc}") from exc
+            _write_all(self._journal_fd, line.encode("utf-8") + b"\n", self._state_dir)
+        except StorageError as exc:
+            self._broken = exc
+            raise
+        self._written += 1
         self.items[item_id] = record
         self._dirty = True
 
     # ------------------------------------------------------------ snapshots
 
     def counts(self, ids: Iterable[str] | None = None) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
         records = self.items.values() if ids is None else (self.items[i] for i in ids if i in self.items)
         for record in records:
             counts[record["state"]] = counts.get(record["state"], 0) + 1
@@ -438,10 +560,13 @@ class Ledger:
         """Write results.json from memory, atomically, then empty the journal it now contains."""
         if not self._dirty:
             return
+        if self._broken is not None:
+            raise self._broken  # the journal may hold a part line: keep it as the torn tail, write nothing more
         started = time.monotonic()
         ids = self.manifest_ids
-        document = {
+        document: dict[str, Any] = {
             "version": VERSION,
+            "generation": self._generation + 1,
             "manifest": self.manifest,
             "updated_at": utc_now(),
             "counts": self.counts(ids),
@@ -462,7 +587,12 @@ class Ledger:
                 os.replace(link, self._state_dir / PREVIOUS)
             write_atomically(results, data, self._state_dir)
             os.replace(self._state_dir / JOURNAL, self._state_dir / PREVIOUS_JOURNAL)
-            fresh = open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fresh = open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fresh, _header(self._generation + 1), self._state_dir)
+            except BaseException:
+                os.close(fresh)
+                raise
         except OSError as exc:
             raise StorageError(
                 f"cannot write {results}: {exc.strerror or exc}; the previous ledger and the "
@@ -470,8 +600,30 @@ class Ledger:
             ) from exc
         os.close(self._journal_fd)
         self._journal_fd = fresh
+        self._generation += 1
         fsync_dir(self._state_dir)
         self._synced = self._written  # everything written is in the fsync'd snapshot now
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = self._last_snapshot - started
+
+
+def _header(generation: int) -> bytes:
+    """A journal's first line: the snapshot generation its records follow."""
+    return json.dumps({"base": generation}).encode() + b"\n"
+
+
+def _write_all(fd: int, data: bytes, folder: Path) -> None:
+    """Append `data` whole, or raise StorageError; a part written is cut off again where the disk allows."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        written = os.write(fd, data)
+    except OSError as exc:
+        raise StorageError(f"cannot write the journal in {folder}: {exc.strerror or exc}") from exc
+    if written != len(data):
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise StorageError(
+            f"cannot write the journal in {folder}: the disk took {written} of {len(data)} bytes (full?); "
+            "the ledger is intact: free some space and rerun to continue"
+        )

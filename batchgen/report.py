@@ -28,7 +28,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
     loaded = loaded or _load(directory)
     retired = set(loaded.not_in_manifest)
     counts = dict.fromkeys(STATES, 0)
-    failed, in_doubt, incomplete = [], [], []
+    failed, in_doubt, incomplete, missing = [], [], [], []
     for item_id, record in loaded.items.items():
         if item_id in retired:
             continue
@@ -38,6 +38,10 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
             failed.append({"id": item_id, "attempts": record.get("attempts", 0), "error": record.get("error")})
         elif state in ("pending", "submitted"):
             incomplete.append({"id": item_id, "state": state, "task_id": record.get("task_id")})
+        if state == "succeeded":
+            gone = [name for name in record.get("files") or () if not (directory / name).is_file()]
+            if gone:
+                missing.append({"id": item_id, "files": gone})
         if record.get("in_doubt") or record.get("submitting"):
             in_doubt.append({"id": item_id, "times": int(record.get("in_doubt", 0)) + bool(record.get("submitting"))})
     return {
@@ -48,6 +52,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "failed": failed,
         "incomplete": incomplete,
         "in_doubt": in_doubt,
+        "missing_files": missing,
         "not_in_manifest": sorted(retired & set(loaded.items)),
         "files": sum(len(r.get("files") or ()) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
@@ -76,6 +81,11 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append(f"  {entry['state']:<9} {entry['id']}{task}")
     if len(doc["incomplete"]) > 50:
         lines.append(f"  … and {len(doc['incomplete']) - 50} more pending or submitted")
+    for entry in doc.get("missing_files", ()):
+        lines.append(
+            f"  missing {entry['id']}: {', '.join(entry['files'])} gone from the directory; the next run "
+            "fetches it again"
+        )
     for entry in doc["in_doubt"]:
         lines.append(
             f"  in doubt {entry['id']}: a createTask call was interrupted {entry['times']} time(s); "

@@ -55,7 +55,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         items = manifest.load(settings.manifest)
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
-    plan = make_plan(items, records, retry_failed=settings.retry_failed)
+    plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
@@ -68,6 +68,8 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         f"failed to retry"
     )
     print(f"  would poll {summary['resume']} already submitted (by task id, no new charge)")
+    if summary["missing"]:
+        print(f"  of those, {summary['missing']} succeeded but lost a file: fetched again by task id")
     print(
         f"  already done {summary['done']}; failed and left alone {summary['failed']}"
         + (" (use --retry-failed)" if summary["failed"] else "")
@@ -96,8 +98,10 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
                 f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
                 "damaged file is kept beside it as results.json.damaged-*"
             )
-        plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed)
+        plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
+        for item in plan.missing:
+            ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
         if not plan.submit and not plan.resume:  # nothing to do: contact nothing, need no key
             counts = ledger.counts(ledger.manifest_ids)
@@ -160,6 +164,12 @@ def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Re
         reporter.warning(
             f"item {item.id!r}: an earlier createTask call was interrupted; it may have been paid "
             "(in doubt). It is submitted again.",
+            item=item.id,
+        )
+    for item in plan.missing:
+        reporter.warning(
+            f"item {item.id!r}: a file the ledger records is gone from {settings.out}; fetching it again by "
+            "its task id (no new charge)",
             item=item.id,
         )
 
@@ -231,6 +241,7 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "status_queries": n.polls,
         "callbacks": n.callbacks,
         "in_doubt": n.in_doubt,
+        "lost": n.lost,
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
         "finished_timestamp": int(time.time()),
