@@ -64,11 +64,15 @@ class Names:
     def stems(self, item_id: str, count: int) -> list[str]:
         """The stems for an item's `count` images: SPEC §4's names, unless another item holds one."""
         wanted = [item_id] if count == 1 else [f"{item_id}_{n}" for n in range(1, count + 1)]
+        # A case-folded twin that does not own its id (`fox` beside `Fox`) never uses a plain name, so that
+        # which of the two finishes first cannot decide who gets `Fox_1`. Between other items `<id>_<n>` is
+        # unique: the digits after the last `_` are n, so the id before them is the item's own.
+        twin = self._planned.get(_key(item_id), item_id) != item_id
         taken: set[str] = set()
         result = []
         for stem in wanted:
-            chosen = stem
-            turn = 0
+            chosen = _distinct(stem, item_id, 1) if twin else stem
+            turn = 1 if twin else 0
             while not self._free(item_id, chosen) or _key(chosen) in taken:
                 turn += 1
                 chosen = _distinct(stem, item_id, turn)
