@@ -13,7 +13,7 @@ import secrets
 import socket
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -160,6 +160,17 @@ class Simulator:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+
+    async def restart(self) -> None:
+        """Stop listening and listen again on the same ports, keeping every task and counter: a redeploy of a
+        service whose task records live in a database. Connections open meanwhile are dropped."""
+        api_port = int(self.api_url.rsplit(":", 1)[1])
+        files_port = int(self.files_url.rsplit(":", 1)[1])
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        self.config = replace(self.config, port=api_port, files_port=files_port)
+        await self.start()
 
     def in_flight(self, now: float | None = None) -> int:
         """Tasks created and not yet in a terminal state."""
