@@ -85,10 +85,36 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     return 0
 
 
+class _Stop:
+    """SIGINT/SIGTERM for the whole run: before the engine exists a signal is kept (the run then ends before
+    contacting anything, exit 128+N); once it runs, each signal goes to `Engine.stop` (a second one: at once)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.engine: Engine | None = None
+
+    def __call__(self, signum: int) -> None:
+        if self.engine is not None:
+            self.engine.stop(f"signal {signal.Signals(signum).name}", signum=signum)
+        elif self.signum is None:
+            self.signum = signum
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+        if self.signum is not None:
+            self(self.signum)
+
+
 async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
     """The main job. Raises ManifestError/UsageError (exit 2) or LockedError (exit 4) before any request."""
+    stop = _Stop()
+    with _signals(stop):
+        return await _run(settings, reporter, stop)
+
+
+async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcome:
     started = time.monotonic()
-    with _bulk():
+    with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
         items = manifest.load(settings.manifest)
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
@@ -103,9 +129,9 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
         for item in plan.missing:
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
-        if not plan.submit and not plan.resume:  # nothing to do: contact nothing, need no key
+        if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
             counts = ledger.counts(ledger.manifest_ids)
-            outcome = Outcome(exit_code(counts), counts, Counters(), time.monotonic() - started)
+            outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
@@ -117,8 +143,8 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
             engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url)
             if receiver is not None:
                 receiver.on_task = engine.wake
-            with _signals(engine):
-                await engine.run()
+            stop.attach(engine)
+            await engine.run()
         reporter.close()
         counts = ledger.counts(engine.ids)
         outcome = Outcome(
@@ -217,13 +243,11 @@ async def _callbacks(settings: RunSettings, reporter: Reporter) -> AsyncIterator
 
 
 @contextlib.contextmanager
-def _signals(engine: Engine) -> Iterator[None]:
+def _signals(stop: _Stop) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     handled = (signal.SIGINT, signal.SIGTERM)
     for signum in handled:
-        loop.add_signal_handler(
-            signum, functools.partial(engine.stop, f"signal {signal.Signals(signum).name}", signum=signum)
-        )
+        loop.add_signal_handler(signum, functools.partial(stop, signum))
     try:
         yield
     finally:

@@ -247,9 +247,9 @@ class Soak:
                 problems.append(f"{name}: {why}")
 
         hold("crash", "Traceback" not in log, "a traceback: " + log[log.find("Traceback") :][:300])
-        # Death by the signal itself: SIGKILL, or SIGTERM before batchgen has taken the signal over (while Python
-        # starts); either way the state must be whole, which the checks below hold it to.
-        sent = -signal.SIGTERM if "SIGTERM" in tried else -signal.SIGKILL
+        # Death by the signal itself: SIGKILL, or SIGTERM/SIGINT before batchgen has taken the signal over (while
+        # Python starts); either way the state must be whole, which the checks below hold it to.
+        sent = next((-int(getattr(signal, n)) for n in ("SIGTERM", "SIGINT") if n in tried), -signal.SIGKILL)
         hold("crash", code is not None and (code in SPEC_EXITS or code in (-signal.SIGKILL, sent)), f"exit {code}")
         forms = {KEY, quote(KEY, safe=""), quote(KEY), quote_plus(KEY)}
         hold("key", not any(f in log for f in forms), "the key in a log line")
