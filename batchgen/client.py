@@ -158,7 +158,7 @@ class Client:
                 params=params,
                 headers=headers,
                 allow_redirects=False,
-                **({"timeout": bound} if bound is not None else {}),
+                timeout=bound or self._session.timeout,
             ) as response:
                 text = await response.text(errors="replace")
                 return response.status, response.headers, text

@@ -450,7 +450,7 @@ class Ledger:
         record = self._record(item_id, request)
         if record["state"] == "failed" or record["request"] != request:
             record["attempts"] = 0
-        record.update(state="pending", request=request, submitting=True)
+        record.update({"state": "pending", "request": request, "submitting": True})
         self._write(item_id, record)
 
     def submit_unsent(self, item_id: str, *, in_doubt: bool = False) -> None:
@@ -466,13 +466,15 @@ class Ledger:
         record = self._copy(item_id)
         record.pop("submitting", None)
         record.update(
-            state="submitted",
-            task_id=task_id,
-            attempts=record.get("attempts", 0) + 1,
-            paid=record.get("paid", 0) + 1,
-            submitted_at=utc_now(),
-            finished_at=None,
-            error=None,
+            {
+                "state": "submitted",
+                "task_id": task_id,
+                "attempts": record.get("attempts", 0) + 1,
+                "paid": record.get("paid", 0) + 1,
+                "submitted_at": utc_now(),
+                "finished_at": None,
+                "error": None,
+            }
         )
         self._write(item_id, record)
 
@@ -481,35 +483,37 @@ class Ledger:
         record = self._copy(item_id)
         record.pop("submitting", None)
         record.update(
-            state="failed",
-            attempts=record.get("attempts", 0) + 1,
-            paid=record.get("paid", 0) + 1,
-            error=error,
-            finished_at=utc_now(),
+            {
+                "state": "failed",
+                "attempts": record.get("attempts", 0) + 1,
+                "paid": record.get("paid", 0) + 1,
+                "error": error,
+                "finished_at": utc_now(),
+            }
         )
         self._write(item_id, record)
 
     def requeue(self, item_id: str, error: ErrorRecord) -> None:
         """The task failed transiently: back to pending, to be submitted again (its error kept for the record)."""
         record = self._copy(item_id)
-        record.update(state="pending", task_id=None, error=error)
+        record.update({"state": "pending", "task_id": None, "error": error})
         self._write(item_id, record)
 
     def refetch(self, item_id: str) -> None:
         """A succeeded item's files are gone from DIR: back to submitted, to fetch them again by its task id."""
         record = self._copy(item_id)
-        record.update(state="submitted", files=[], sha256=[], finished_at=None)
+        record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None})
         self._write(item_id, record)
 
     def succeeded(self, item_id: str, files: list[str], sha256: list[str]) -> None:
         record = self._copy(item_id)
-        record.update(state="succeeded", files=files, sha256=sha256, error=None, finished_at=utc_now())
+        record.update({"state": "succeeded", "files": files, "sha256": sha256, "error": None, "finished_at": utc_now()})
         self._write(item_id, record)
 
     def failed(self, item_id: str, error: ErrorRecord, request: dict[str, Any] | None = None) -> None:
         record = self._record(item_id, request) if request is not None else self._copy(item_id)
         record.pop("submitting", None)
-        record.update(state="failed", error=error, finished_at=utc_now())
+        record.update({"state": "failed", "error": error, "finished_at": utc_now()})
         if request is not None:
             record["request"] = request
         self._write(item_id, record)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .errors import UsageError
 from .files import STATE_DIR, state_dir, write_atomically
-from .ledger import RESULTS, STATES, Loaded, exists, load
+from .ledger import RESULTS, STATES, Loaded, Record, exists, load
 
 
 def _load(directory: Path) -> Loaded:
@@ -146,10 +146,15 @@ def _thumbnail(source: Path, target: Path) -> tuple[int, int] | None:
         return None
 
 
+def _prompt(record: Record | None) -> str:
+    request = (record.get("request") if record is not None else None) or {}
+    return str(request.get("input", {}).get("prompt", ""))
+
+
 def _page(
     doc: dict[str, Any],
-    shown: list[tuple[str, dict[str, Any]]],
-    items: dict[str, dict[str, Any]],
+    shown: list[tuple[str, Record]],
+    items: dict[str, Record],
     sizes: dict[str, tuple[int, int] | None],
 ) -> str:
     e = html.escape
@@ -176,14 +181,14 @@ def _page(
     problems = []
     for entry in doc["failed"]:
         error = entry["error"] or {}
-        prompt = ((items.get(entry["id"]) or {}).get("request") or {}).get("input", {}).get("prompt", "")
+        prompt = _prompt(items.get(entry["id"]))
         problems.append(
             f"<tr><td>{e(entry['id'])}</td><td>failed</td><td>{e(str(error.get('kind', '')))} "
             f"{e(str(error.get('code') or ''))}: {e(str(error.get('message', '')))}</td>"
             f"<td>{e(prompt)}</td></tr>"
         )
     for entry in doc["incomplete"]:
-        prompt = ((items.get(entry["id"]) or {}).get("request") or {}).get("input", {}).get("prompt", "")
+        prompt = _prompt(items.get(entry["id"]))
         reason = f"task {entry['task_id']} not finished yet" if entry["task_id"] else "not submitted yet"
         problems.append(
             f"<tr><td>{e(entry['id'])}</td><td>{e(entry['state'])}</td><td>{e(reason)}</td><td>{e(prompt)}</td></tr>"

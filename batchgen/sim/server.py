@@ -202,7 +202,7 @@ class Simulator:
         headers = {"Retry-After": f"{self.config.retry_after:g}"} if self.config.retry_after is not None else {}
         kind = self.config.envelope_429
         if kind == "mixed":
-            kind = ("relay", "business", "gateway", "empty")[self._envelope_turn % 4]  # type: ignore[assignment]
+            kind = ("relay", "business", "gateway", "empty")[self._envelope_turn % 4]
             self._envelope_turn += 1
         if kind == "empty":
             return web.Response(status=429, headers=headers)
@@ -388,7 +388,10 @@ class Simulator:
         if state == "success":
             result_json = json.dumps({"resultUrls": self._result_urls(task, now)})
         update = finished if done else max(task.created, now - 0.5)
-        ms = lambda t: int(t * 1000)  # noqa: E731 - the API's times are Unix milliseconds
+
+        def ms(t: float) -> int:  # the API's times are Unix milliseconds
+            return int(t * 1000)
+
         return {
             "taskId": task.task_id,
             "model": schema.MODEL,
