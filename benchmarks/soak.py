@@ -69,6 +69,7 @@ class Soak:
         self.tried: Counter[str] = Counter()
         self.held: Counter[str] = Counter()
         self.broken: list[str] = []
+        self.deleted: set[str] = set()  # image files the soak deleted (an item no longer listed keeps its gap)
         self.full_disk = False
         self.sim: Simulator | None = None
         self.base: SimConfig | None = None  # the faultless service: each night's knobs start from it
@@ -179,7 +180,9 @@ class Soak:
             tried.append("results.json truncated")
         images = [p for p in self.out.glob("*.*") if p.suffix in (".png", ".jpg")] if self.out.exists() else []
         if images and r.random() < 0.1:
-            r.choice(images).unlink()
+            victim = r.choice(images)
+            victim.unlink()
+            self.deleted.add(victim.name)
             tried.append("an image deleted")
         filler = self.work / "disk" / "filler"
         if self.full_disk and r.random() < 0.08:
@@ -270,6 +273,7 @@ class Soak:
             doubt = (record.get("in_doubt", 0) + bool(record.get("submitting"))) if record else 0
             made = creates.get(item_id, 0)
             hold("money", paid <= made <= paid + doubt, f"{item_id}: {made} creates, paid {paid}, in doubt {doubt}")
+        ids = [item.id for item in manifest.load(self.manifest)]
         credited: dict[str, str] = {}
         for item_id, record in loaded.items.items():
             for name, digest in zip(record["files"], record["sha256"], strict=False):
@@ -277,8 +281,11 @@ class Soak:
                     hold("files", False, f"{name} credited to {credited[name.casefold()]} and {item_id}")
                 path = self.out / name
                 if not path.exists():
-                    gone = "an image deleted" in tried or killed or "disk full" in " ".join(tried)
-                    hold("ledger", gone, f"{item_id}: {name} missing though nothing deleted it")
+                    # Missing is fine only where the run could not fetch it again: a kill, a full disk, or an
+                    # item no longer in the manifest (kept untouched by SPEC).
+                    unlisted = item_id not in ids and name in self.deleted
+                    gone = unlisted or "an image deleted" in tried or killed or "disk full" in " ".join(tried)
+                    hold("ledger", gone, f"{item_id}: {name} missing and not fetched again")
                     continue
                 hold("ledger", hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{name}: sha256 differs")
         for path in self.out.iterdir():
@@ -289,7 +296,6 @@ class Soak:
             if path.is_file() and not path.name.endswith(".part"):
                 data = path.read_bytes()
                 hold("key", not any(f.encode() in data for f in forms), f"the key in {path}")
-        ids = [item.id for item in manifest.load(self.manifest)]
         counts = dict.fromkeys(ledger.STATES, 0)
         for item_id in ids:
             if item_id in loaded.items:

@@ -574,3 +574,19 @@ async def test_a_deleted_image_is_noticed_by_status_and_fetched_again(sim_factor
 
 def test_retry_policy_counts_calls_not_submissions():
     assert RetryPolicy().calls == 8 and not hasattr(RetryPolicy(), "attempts")
+
+
+async def test_two_resumed_items_with_one_task_id_never_both_succeed(sim_factory, tmp_path):
+    """A ledger from before the check: the second holder of a task id fails, the first keeps it."""
+    out = tmp_path / "out"
+    path = manifest_of(tmp_path / "m.yaml", ["a [sim:hold]", "b [sim:hold]"])
+    async with sim_factory(latency=0.05) as sim:
+        await run(make_settings(path, out, sim, task_timeout=0.3))
+        doc = results(out)
+        doc["items"]["item-01"]["task_id"] = doc["items"]["item-00"]["task_id"]
+        (out / "results.json").write_text(json.dumps(doc))
+        sim.release()
+        outcome = await run(make_settings(path, out, sim))
+    items = results(out)["items"]
+    assert outcome.exit_code == 1 and items["item-00"]["state"] == "succeeded"
+    assert items["item-01"]["state"] == "failed" and items["item-01"]["error"]["kind"] == "duplicate_task"
