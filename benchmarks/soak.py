@@ -284,7 +284,7 @@ class Soak:
                     # Missing is fine only where the run could not fetch it again: a kill, a full disk, or an
                     # item no longer in the manifest (kept untouched by SPEC).
                     unlisted = item_id not in ids and name in self.deleted
-                    gone = unlisted or "an image deleted" in tried or killed or "disk full" in " ".join(tried)
+                    gone = unlisted or killed or "disk full" in " ".join(tried)
                     hold("ledger", gone, f"{item_id}: {name} missing and not fetched again")
                     continue
                 hold("ledger", hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{name}: sha256 differs")
