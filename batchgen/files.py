@@ -13,7 +13,7 @@ import errno
 import os
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import StorageError, UsageError
 
 STATE_DIR = ".batchgen"
 
@@ -41,6 +41,7 @@ def check_output_dir(directory: Path, uid: int | None = None) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _storage(exc, directory)
         raise UsageError(f"--out {directory}: cannot create it: {exc.strerror or exc}") from exc
     folder = directory / STATE_DIR
     if folder.exists() and not folder.is_symlink():
@@ -54,7 +55,14 @@ def check_output_dir(directory: Path, uid: int | None = None) -> Path:
     try:
         return state_dir(directory)
     except OSError as exc:
+        _storage(exc, directory)
         raise UsageError(f"--out {directory}: cannot create {folder}: {exc.strerror or exc}") from exc
+
+
+def _storage(exc: OSError, directory: Path) -> None:
+    """A full or failing disk is a StorageError (exit 5: free space and rerun), not a usage error."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        raise StorageError(f"cannot write in {directory}: {exc.strerror or exc}") from exc
 
 
 def state_dir(directory: Path, sub: str | None = None) -> Path:

@@ -132,6 +132,9 @@ class Ledger:
             os.ftruncate(journal_fd, loaded.journal_bytes)  # drop a torn last line before appending after it
             if loaded.journal_bytes == 0:
                 _write_all(journal_fd, header(loaded.generation), folder)
+        except OSError as exc:  # a full or failing disk while opening: exit 5 with the reason, not a traceback
+            os.close(lock_fd)
+            raise StorageError(f"cannot open the ledger in {folder}: {exc.strerror or exc}") from exc
         except BaseException:
             os.close(lock_fd)
             raise

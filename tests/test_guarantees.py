@@ -6,6 +6,7 @@ Real HTTP on loopback against the simulator (faults come from its knobs), real f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -590,3 +591,16 @@ async def test_two_resumed_items_with_one_task_id_never_both_succeed(sim_factory
     items = results(out)["items"]
     assert outcome.exit_code == 1 and items["item-00"]["state"] == "succeeded"
     assert items["item-01"]["state"] == "failed" and items["item-01"]["error"]["kind"] == "duplicate_task"
+
+
+async def test_a_disk_already_full_at_start_is_exit_5_not_a_traceback(sim_factory, tmp_path):
+    from .test_hardening import small_disk
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        with contextlib.suppress(OSError):  # fills the 64k disk, then ENOSPC
+            (disk / "filler").write_bytes(b"\0" * 1024 * 1024)
+        path = manifest_of(tmp_path / "m.yaml", ["a"])
+        async with sim_factory() as sim:
+            code, _, err = await cli(run_args(path, disk / "out", sim))
+            assert sim.stats.create_calls == 0
+    assert code == 5 and "Traceback" not in err and "No space left" in err
