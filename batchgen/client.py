@@ -104,6 +104,9 @@ class Client:
         bound = aiohttp.ClientTimeout(total=self._timeouts.create, sock_connect=self._timeouts.connect)
         status, headers, text = await self._request("POST", "/api/v1/jobs/createTask", json_body=body, bound=bound)
         task_id = _task_id_in(text)
+        if task_id is not None and carries(task_id, self._key.value):
+            # Keeping it would write the key into the ledger; it may be paid, so the caller marks it in doubt.
+            raise ServerError(f"createTask answered a task id carrying the API key: {self._mask(task_id)!r}")
         if task_id is not None:
             return task_id
         if _is_html(headers, text) and status < 500:

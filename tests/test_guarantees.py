@@ -24,7 +24,7 @@ from aiohttp import web
 from batchgen import ledger, report, runner
 from batchgen.client import Client, open_session
 from batchgen.config import RetryPolicy, Secret, Timeouts, redact
-from batchgen.errors import LedgerError, StorageError, UsageError
+from batchgen.errors import LedgerError, ServerError, StorageError, UsageError
 from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
@@ -228,6 +228,17 @@ async def test_nothing_the_service_sends_reaches_disk_or_a_log_with_the_key(sim_
     assert error["kind"] == "bad_result" and "carries the API key" in error["message"]
     assert "auth=****" in error["message"]
     assert "****" in report.status_text(report.status(out))
+
+
+async def test_a_task_id_carrying_the_key_is_never_written():
+    api, base = await _tiny_api(200, json.dumps({"code": 200, "data": {"taskId": f"task_{KEY}"}}), "application/json")
+    try:
+        async with open_session(Timeouts()) as session:
+            with pytest.raises(ServerError, match=r"task_\*\*\*\*") as caught:
+                await Client(session, base, Secret(KEY), Timeouts()).create_task({"model": "m", "input": {}})
+    finally:
+        await api.cleanup()
+    assert KEY not in str(caught.value)
 
 
 # ---------------------------------------------------------------- 5. one bad result URL fails one item
