@@ -350,8 +350,8 @@ COMMANDS = {"validate": cmd_validate, "run": cmd_run, "status": cmd_status, "rep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # inside: a Ctrl-C this early is exit 130 too, not a traceback
         return COMMANDS[args.command](args)
     except ManifestError as exc:
         print(exc, file=sys.stderr)  # one line per problem, each starting with its file:line
