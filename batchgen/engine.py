@@ -163,8 +163,8 @@ class Engine:
     def stop(self, reason: str, *, signum: int | None = None, fatal: BatchgenError | None = None) -> None:
         """Stop the run now: nothing more is submitted; what is in flight stays resumable by its task id."""
         if self.stop_reason is not None:
-            if signum is not None and self.stop_signal is not None and not self._abandoned:
-                self._abandoned = True  # a second signal: now, even inside createTask calls
+            if signum is not None and not self._abandoned:
+                self._abandoned = True  # a signal while stopping already: now, even inside createTask calls
                 for job in list(self._creating):
                     job.cancel()
             return
