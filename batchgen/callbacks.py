@@ -39,17 +39,26 @@ class CallbackReceiver:
         await self.close()
 
     async def start(self) -> None:
-        """Bind and listen; raises OSError when the address cannot be had."""
+        """Bind and listen; raises OSError when the address cannot be had (leaving no runner or socket open)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        try:
+            await self._runner.setup()
+            self.port = sock.getsockname()[1]
+            await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._runner is not None:

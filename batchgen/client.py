@@ -6,6 +6,10 @@ data or into one exception of the `errors` tree. aiohttp's own exceptions are tr
 
 The key is sent only to the API origin, in the Authorization header of API calls; result files are fetched
 without it (and API calls never follow redirects, so the header cannot be carried elsewhere).
+
+This module is also the one masking boundary for what the service sends: every message, failCode, failMsg and
+result URL leaves it with the key (and its URL-encoded forms) masked, so nothing from the service reaches the
+ledger, a log line or a page with the key in it. A result URL that carries the key is flagged, never fetched.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from . import __version__
-from .config import Secret, Timeouts, redact
+from .config import Secret, Timeouts, carries, redact
 from .errors import (
     AuthError,
     DownloadError,
@@ -51,10 +55,19 @@ class TaskRecord:
     result_error: str | None = None  # set when a success carried no readable resultJson
     created: float | None = None  # createTime, Unix seconds (the poll scheduler learns latencies from these)
     completed: float | None = None  # completeTime, Unix seconds
+    key_in_url: bool = False  # a result URL carried the API key (the URLs here are masked): never fetch them
 
     @property
     def finished(self) -> bool:
         return self.state in ("success", "fail")
+
+    @property
+    def unknown(self) -> bool:
+        """The service does not know the task (recordInfo is null, or 404): not visible yet, or forgotten."""
+        return self.state == UNKNOWN
+
+
+UNKNOWN = "unknown"  # our own state for a task the service answers null or 404 for
 
 
 @asynccontextmanager
@@ -80,58 +93,110 @@ class Client:
     # ------------------------------------------------------------ the API
 
     async def create_task(self, request: Mapping[str, Any], callback_url: str | None = None) -> str:
-        """Submit one task; returns its id. Raises a ServiceError or a TransportError."""
+        """Submit one task; returns its id. Raises a ServiceError or a TransportError.
+
+        An answer that carries a taskId is a created task, whatever its HTTP status or body code (201, `code: 0`,
+        even an error status): the service has it, and it is paid. The caller decides what a failure without a
+        taskId means for money (a 5xx or a lost answer may still have created one).
+        """
         body = dict(request)
         if callback_url:
             body["callBackUrl"] = callback_url
-        data = await self._call("POST", "/api/v1/jobs/createTask", json_body=body)
-        task_id = data.get("taskId") if isinstance(data, dict) else None
-        if not isinstance(task_id, str) or not task_id:
-            # The service said success: it may have created (and charged for) a task we cannot name.
-            raise TransportError("createTask answered success without a taskId", sent=True)
-        return task_id
+        bound = aiohttp.ClientTimeout(total=self._timeouts.create, sock_connect=self._timeouts.connect)
+        status, headers, text = await self._request("POST", "/api/v1/jobs/createTask", json_body=body, bound=bound)
+        task_id = _task_id_in(text)
+        if task_id is not None and carries(task_id, self._key.value):
+            # Keeping it would write the key into the ledger; it may be paid, so the caller marks it in doubt.
+            raise ServerError(f"createTask answered a task id carrying the API key: {self._mask(task_id)!r}")
+        if task_id is not None:
+            return task_id
+        if _is_html(headers, text) and status < 500:
+            raise UsageError(f"createTask answered an HTML page (HTTP {status}): is --api-base right?")
+        data = interpret(status, headers, text, secret=self._key.value)  # raises for every error answer
+        raise ServerError(self._mask(f"createTask answered success without a taskId ({str(data)[:100]!r})"))
 
-    async def record_info(self, task_id: str) -> TaskRecord | None:
-        """The task's record, or None while the service says "recordInfo is null" (not visible yet)."""
+    async def record_info(self, task_id: str) -> TaskRecord:
+        """The task's record. A task the service does not know (recordInfo is null, or a 404 about the task)
+        comes back with state UNKNOWN: just created and not visible yet, or forgotten. Only a 404 that shows
+        the API itself is missing (an HTML page) is a UsageError."""
+        status, headers, text = await self._request("GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id})
+        if _is_html(headers, text) and status < 500:
+            raise UsageError(f"recordInfo answered an HTML page (HTTP {status}): is --api-base right?")
+        if status == 404:
+            return _unknown(task_id)
         try:
-            data = await self._call("GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id})
+            data = interpret(status, headers, text, secret=self._key.value)
         except RequestRejected as exc:
-            if exc.code == "422" and NULL_RECORD in exc.message:
-                return None
+            if exc.code in ("422", "404") and (NULL_RECORD in exc.message or exc.code == "404"):
+                return _unknown(task_id)
+            raise
+        except UsageError:
+            if status == 200:  # a 404 in the body `code` only: about this task, not the API
+                return _unknown(task_id)
             raise
         if not isinstance(data, dict):
-            return None
-        record = parse_record(task_id, data)
+            return _unknown(task_id)
+        record = parse_record(task_id, data, secret=self._key.value)
         if record.task_id != task_id:
             raise ServerError(f"recordInfo for {task_id} answered about another task ({record.task_id})")
         return record
 
-    async def _call(
-        self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, str] | None = None
-    ) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        bound: aiohttp.ClientTimeout | None = None,
+    ) -> tuple[int, Mapping[str, str], str]:
+        """One API call: (status, headers, body text). Transport failures become TransportError, masked."""
         headers = {"Authorization": f"Bearer {self._key.value}", "Accept": "application/json"}
         url = self._base + path
+        limit = self._timeouts.create if bound is not None else self._timeouts.api_read
         try:
             async with self._session.request(
-                method, url, json=json_body, params=params, headers=headers, allow_redirects=False
+                method,
+                url,
+                json=json_body,
+                params=params,
+                headers=headers,
+                allow_redirects=False,
+                timeout=bound or self._session.timeout,
             ) as response:
                 text = await response.text(errors="replace")
-                return interpret(response.status, response.headers, text, secret=self._key.value)
+                return response.status, response.headers, text
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect to {self._base}: {exc.os_error or exc}", sent=False) from exc
+            raise TransportError(
+                self._mask(f"cannot connect to {self._base}: {exc.os_error or exc}"), sent=False
+            ) from exc
         except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
-            raise TransportError(f"{path}: no answer within {self._timeouts.api_read:g} s") from exc
+            raise TransportError(f"{path}: no answer within {limit:g} s") from exc
         except aiohttp.ClientError as exc:
-            raise TransportError(f"{path}: {type(exc).__name__}: {exc}") from exc
+            raise TransportError(self._mask(f"{path}: {type(exc).__name__}: {exc}")) from exc
+
+    def _mask(self, text: str) -> str:
+        return redact(text, self._key.value)
 
     # ------------------------------------------------------------ result files
 
     @asynccontextmanager
     async def open_result(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """GET a result URL, without the key. Errors while reading the body are translated here too."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DownloadError(f"result URL is not http(s): {url[:100]!r}", permanent=True)
+        """GET a result URL, without the key. Errors while reading the body are translated here too.
+
+        A URL that cannot be parsed, is not http(s), or carries the key fails for good (DownloadError permanent):
+        one bad answer fails one item, never the run.
+        """
+        shown = self._mask(url[:200])
+        if carries(url, self._key.value):
+            raise DownloadError(f"result URL carries the API key; not fetched: {shown!r}", permanent=True)
+        try:
+            parts = urlsplit(url)
+            hostname, _ = parts.hostname, parts.port  # .port raises ValueError for a bad port
+        except ValueError as exc:
+            raise DownloadError(f"result URL is malformed ({exc}): {shown!r}", permanent=True) from exc
+        if parts.scheme not in ("http", "https") or not hostname:
+            raise DownloadError(f"result URL is not http(s): {shown!r}", permanent=True)
         timeout = aiohttp.ClientTimeout(
             total=self._timeouts.download_total,
             sock_connect=self._timeouts.connect,
@@ -147,12 +212,42 @@ class Client:
             ) from exc
         except aiohttp.TooManyRedirects as exc:
             raise DownloadError("result URL redirected too many times") from exc
+        except (aiohttp.InvalidURL, ValueError) as exc:  # InvalidURL is a ClientError too: first
+            raise DownloadError(self._mask(f"result URL is malformed: {exc}"), permanent=True) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise DownloadError(
+                self._mask(f"result host unreachable: {exc.os_error or exc}"), unreachable=True
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise DownloadError(f"download failed: {type(exc).__name__}: {exc}") from exc
+            raise DownloadError(self._mask(f"download failed: {type(exc).__name__}: {exc}")) from exc
 
 
-def parse_record(task_id: str, data: Mapping[str, Any]) -> TaskRecord:
-    """recordInfo's `data`: `resultJson` is a JSON string (or an object); empty strings mean none."""
+def _unknown(task_id: str) -> TaskRecord:
+    return TaskRecord(task_id=task_id, state=UNKNOWN, result_urls=(), fail_code=None, fail_message=None)
+
+
+def _task_id_in(text: str) -> str | None:
+    """The taskId an answer carries (`data.taskId`, whatever the status and code), or None."""
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    task_id = data.get("taskId") if isinstance(data, dict) else None
+    return task_id.strip() if isinstance(task_id, str) and task_id.strip() else None
+
+
+def _is_html(headers: Mapping[str, str], text: str) -> bool:
+    """An HTML page where the API should answer JSON: the base URL points somewhere else."""
+    kind = headers.get("Content-Type", "").lower()
+    return "text/html" in kind or text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+
+
+def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | None = None) -> TaskRecord:
+    """recordInfo's `data`: `resultJson` is a JSON string (or an object); empty strings mean none.
+
+    Every text is masked for `secret`; a result URL that carried it sets `key_in_url`.
+    """
     state = str(data.get("state") or "").strip().lower() or "waiting"
     urls: tuple[str, ...] = ()
     problem = None
@@ -169,15 +264,17 @@ def parse_record(task_id: str, data: Mapping[str, Any]) -> TaskRecord:
             urls = tuple(u for u in found if isinstance(u, str) and u)
         if not urls and problem is None:
             problem = "the task succeeded but its resultJson has no resultUrls"
+    masked = tuple(redact(u, secret) for u in urls)
     return TaskRecord(
         task_id=str(data.get("taskId") or task_id),
         state=state,
-        result_urls=urls,
-        fail_code=_text(data.get("failCode")),
-        fail_message=_text(data.get("failMsg")),
+        result_urls=masked,
+        fail_code=_masked(data.get("failCode"), secret),
+        fail_message=_masked(data.get("failMsg"), secret),
         result_error=problem,
         created=_seconds(data.get("createTime")),
         completed=_seconds(data.get("completeTime")),
+        key_in_url=masked != urls,
     )
 
 
@@ -188,6 +285,11 @@ def _seconds(millis: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value / 1000 if 0 < value < 1e14 else None  # NaN, infinities and nonsense are no time
+
+
+def _masked(value: Any, secret: str | None) -> str | None:
+    text = _text(value)
+    return None if text is None else redact(text, secret)
 
 
 def _text(value: Any) -> str | None:

@@ -6,12 +6,13 @@ The API key is held in a `Secret`, which never shows its value in repr or str.
 from __future__ import annotations
 
 import ipaddress
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from . import schema
 from .errors import UsageError
@@ -32,10 +33,27 @@ class Secret:
 MIN_SECRET = 6
 
 
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """The secret as it may appear in text: itself, and URL-encoded (%XX in either case, + for a space)."""
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")}
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form) for form in forms}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 def redact(text: str, secret: str | None) -> str:
-    """Mask a secret in text. Strings shorter than MIN_SECRET are not masked: no real key is that short, and
-    masking them would mangle ordinary words."""
-    return text.replace(secret, "****") if secret and len(secret) >= MIN_SECRET else text
+    """Mask a secret, and its URL-encoded forms, in text. Strings shorter than MIN_SECRET are not masked: no
+    real key is that short, and masking them would mangle ordinary words."""
+    if not secret or len(secret) < MIN_SECRET:
+        return text
+    for form in secret_forms(secret):
+        if form in text:
+            text = text.replace(form, "****")
+    return text
+
+
+def carries(text: str, secret: str | None) -> bool:
+    """Whether text holds the secret in any of its forms."""
+    return redact(text, secret) != text
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +64,7 @@ class RetryPolicy:
     after 429s (limits.Cooldown) both use it.
     """
 
-    attempts: int = 8  # calls per operation before the item is left for the next run
+    calls: int = 8  # calls per operation (one createTask, one download) before the item is left for the next run
     wait_initial: float = 1.0
     wait_max: float = 60.0
     wait_jitter: float = 1.0  # up to this many seconds added at random
@@ -80,6 +98,9 @@ class Timeouts:
 
     connect: float = 10.0
     api_read: float = 60.0  # one API answer
+    # One createTask call, whole: a stopping run waits for a call already sent (it may be paid), and the
+    # systemd unit gives it TimeoutStopSec=60 before SIGKILL; 45 s leaves room for the ledger and the exit.
+    create: float = 45.0
     download_read: float = 60.0  # silence between two chunks of a result file
     download_total: float = 900.0  # one whole result file
 

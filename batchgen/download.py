@@ -20,9 +20,10 @@ from PIL import Image, UnidentifiedImageError
 
 from .client import Client
 from .errors import DownloadError
+from .files import fsync_dir
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
-FORMATS = {"PNG": ("png", "png"), "JPEG": ("jpeg", "jpg")}  # Pillow's name -> (output_format, extension)
+FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow's name -> the file extension
 ACCEPTED_TYPES = (
     "image/png",
     "image/jpeg",
@@ -62,9 +63,12 @@ async def fetch(
             if declared is not None and size != declared:
                 raise DownloadError(f"download truncated: {size:,} of {declared:,} bytes")
         await asyncio.to_thread(os.fsync, fd)
-        _, ext = await asyncio.to_thread(verify_image, temp)
+        ext = await asyncio.to_thread(verify_image, temp)
         final = directory / f"{stem}.{ext}"
         os.replace(temp, final)
+        # The rename is durable before the caller records success: a crash must not leave the ledger vouching
+        # for a file whose directory entry never reached the disk.
+        await asyncio.to_thread(fsync_dir, directory)
         return final.name, digest.hexdigest()
     except BaseException:
         with contextlib.suppress(OSError):
@@ -74,8 +78,8 @@ async def fetch(
         os.close(fd)
 
 
-def verify_image(path: Path) -> tuple[str, str]:
-    """Check that a file is a whole PNG or JPEG; returns (output_format, extension)."""
+def verify_image(path: Path) -> str:
+    """Check that a file is a whole PNG or JPEG; returns its extension."""
     try:
         with Image.open(path) as image:
             kind = image.format or ""

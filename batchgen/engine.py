@@ -9,13 +9,21 @@ manifest never holds 100,000 tasks), all owned by one TaskGroup. An item's life:
 
 The slot is released when the task is finished at the service (success or fail), before the download, so the
 service's capacity, not our disk, paces the work. A stop (signal, --max-runtime, a refused key) cancels the
-work at once; a createTask call already under way is shielded and its task id recorded before the ledger
-closes, so only SIGKILL can leave a submission in doubt.
+work at once; a createTask call already sent is shielded and allowed to finish within its own timeout
+(`Timeouts.create`, which fits the systemd unit's stop timeout), its task id recorded before the ledger closes.
+A second signal abandons those calls: their items are marked in doubt.
+
+Money: an answer that carries a taskId is a paid task; a create that got no answer, or a 5xx, after the request
+left may have been paid: the item is marked in doubt, and --limit counts it. A taskId the service already gave
+another item is a service error for the second item, never its success. A task the service no longer knows,
+created over a day ago, is lost (failed, kind `lost`): only --retry-failed pays for it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
+import contextlib
 import os
 import random
 import time
@@ -38,16 +46,23 @@ from .errors import (
     UsageError,
 )
 from .files import state_dir
-from .ledger import Ledger, error_record
+from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
+from .names import Names
 from .plan import Plan
 from .polls import PollScheduler
 from .progress import Reporter
 
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 DOWNLOAD_SLOTS = 8  # result files fetched at once
-SHUTDOWN_GRACE = 3.0  # seconds a stopping run waits for createTask calls already sent
+SHUTDOWN_MARGIN = 5.0  # beyond Timeouts.create, for the ledger's fsync after the last answer
+NO_RESULT_QUERIES = 3  # a success without result URLs: recordInfo asked this many times before "no result"
+LOST_AFTER = 24 * 3600.0  # seconds: an unknown task older than this was forgotten by the service (it keeps
+#                           task records for weeks, not forever); a younger one may just not be visible yet
+
+# Errors after which a createTask certainly created nothing: anything else after the request left may have.
+NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError)
 
 
 @dataclass(slots=True)
@@ -59,6 +74,7 @@ class Counters:
     downloads: int = 0
     in_doubt: int = 0
     callbacks: int = 0  # valid callbacks that woke a poller
+    lost: int = 0  # tasks the service forgot (failed, kind `lost`)
 
 
 class Stopped(Exception):
@@ -114,6 +130,15 @@ class Engine:
         self.fatal: BatchgenError | None = None
         self._work: asyncio.Task[None] | None = None
         self._creating: set[asyncio.Task[str]] = set()
+        self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
+        self._task_owner: dict[str, str] = {}  # task id -> the item it was created for
+        for item_id, record in ledger.owners():
+            if record.get("task_id"):
+                self._task_owner.setdefault(str(record["task_id"]), item_id)
+        self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen
+        self.names = Names(
+            self.ids, ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded")
+        )
         self.callback_url = callback_url  # the run's callBackUrl (with --callback-listen, the receiver's)
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None
 
@@ -131,7 +156,11 @@ class Engine:
                 raise  # we were cancelled from outside, not stopped
         finally:
             if self._creating:  # createTask calls already sent: record their task ids before the ledger closes
-                await asyncio.wait(self._creating, timeout=SHUTDOWN_GRACE)
+                self.reporter.warning(
+                    f"waiting up to {self.settings.timeouts.create:g} s for {len(self._creating)} createTask "
+                    "call(s) already sent (they may be paid); signal again to stop now"
+                )
+                await asyncio.wait(self._creating, timeout=self.settings.timeouts.create + SHUTDOWN_MARGIN)
             self._show_progress()
             self._keep_memory()
 
@@ -151,6 +180,10 @@ class Engine:
     def stop(self, reason: str, *, signum: int | None = None, fatal: BatchgenError | None = None) -> None:
         """Stop the run now: nothing more is submitted; what is in flight stays resumable by its task id."""
         if self.stop_reason is not None:
+            if signum is not None and not self._abandoned:
+                self._abandoned = True  # a signal while stopping already: now, even inside createTask calls
+                for job in list(self._creating):
+                    job.cancel()
             return
         self.stop_reason = reason
         self.stop_signal = signum
@@ -163,6 +196,9 @@ class Engine:
         for item, task_id in queue:
             if task_id is None and self.creates_left is not None and self.creates_left <= 0:
                 break  # --limit: the rest stay pending for the next run
+            if task_id is not None and self._task_owner.setdefault(task_id, item.id) != item.id:
+                await self._fail(item.id, self._duplicate(task_id))  # two items, one task: never both succeed
+                continue
             await self.limiter.acquire()
             work.create_task(self._item(item, task_id))
 
@@ -200,6 +236,10 @@ class Engine:
                 if record is None:
                     return  # --task-timeout: stays submitted, resumable with its task id
                 release()
+                if record.unknown:  # _wait returns an unknown task only once it is lost
+                    self.counters.lost += 1
+                    await self._fail(item.id, self._lost_error(task_id))
+                    return
                 if record.state == "success":
                     await self._download(item, task_id, record)
                     return
@@ -209,7 +249,7 @@ class Engine:
                     record.fail_code,
                     record.fail_message or f"the task failed (failCode {record.fail_code})",
                 )
-                attempts = int(self.ledger.items[item.id].get("attempts", 0))
+                attempts = self.ledger.record(item.id).get("attempts", 0)
                 if kind == "transient" and attempts < self.settings.max_attempts:
                     self.counters.retries += 1
                     self.reporter.info(
@@ -223,9 +263,7 @@ class Engine:
                     await self.limiter.acquire()
                     holding = True
                     continue
-                self.ledger.failed(item.id, error)
-                await self.ledger.durable()
-                self._report_failure(item.id, error, attempts)
+                await self._fail(item.id, error)
                 return
         except Stopped:
             return
@@ -242,7 +280,11 @@ class Engine:
         finally:
             release()
 
-    def _report_failure(self, item_id: str, error: dict[str, Any], attempts: int) -> None:
+    async def _fail(self, item_id: str, error: ErrorRecord) -> None:
+        """The item failed for good: record it, durably, then say so with what to do."""
+        self.ledger.failed(item_id, error)
+        await self.ledger.durable()
+        attempts = self.ledger.record(item_id).get("attempts", 0)
         if error["kind"] in ("rejected", "task_invalid"):  # the same request would be refused again
             hint = "fix the item in the manifest; a changed item is submitted again"
         elif error["kind"] == "task_policy":
@@ -251,6 +293,23 @@ class Engine:
             hint = "rerun with --retry-failed to try again"
         after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
         self.reporter.warning(f"item {item_id!r} failed{after} ({_brief(error)}); {hint}", item=item_id, error=error)
+
+    def _duplicate(self, task_id: str) -> ErrorRecord:
+        owner = self._task_owner.get(task_id)
+        return error_record(
+            "duplicate_task",
+            None,
+            f"the service answered task id {task_id}, which is item {owner!r}'s: a service error "
+            "(this item was not generated)",
+        )
+
+    def _lost_error(self, task_id: str) -> ErrorRecord:
+        return error_record(
+            "lost",
+            None,
+            f"the service no longer knows task {task_id}, created over {LOST_AFTER / 3600:g} h ago; "
+            "a new submission is paid again",
+        )
 
     # ------------------------------------------------------------ submit
 
@@ -267,15 +326,15 @@ class Engine:
                 if self.creates_left <= 0:
                     self.window.forget(slot)
                     return None
-                self.creates_left -= 1
+                self.creates_left -= 1  # given back only when the call certainly created nothing
             job = asyncio.ensure_future(self._create(item, request, callback, slot))
             self._creating.add(job)
+            job.add_done_callback(_settle_job)
             job.add_done_callback(self._creating.discard)
-            # A stop cancels the shield's waiter, not the call: its error (the key refused for every call of the
-            # burst) is then nobody's to read, and asyncio would log it as "never retrieved" on stderr.
-            job.add_done_callback(lambda done: done.cancelled() or done.exception())
             try:
                 return await asyncio.shield(job)
+            except _Taken:
+                return None  # a duplicate task id: failed and reported
             except RateLimited as exc:
                 self._give_back()
                 self._saturated(exc, epoch)
@@ -291,16 +350,13 @@ class Engine:
                 raise Stopped from exc
             except RequestRejected as exc:
                 self._give_back()
-                error = error_record("rejected", exc.code, exc.message)
-                self.ledger.failed(item.id, error)
-                await self.ledger.durable()
-                self._report_failure(item.id, error, 0)
+                await self._fail(item.id, error_record("rejected", exc.code, exc.message))
                 return None
             except (ServiceError, TransportError) as exc:
-                if not (isinstance(exc, TransportError) and exc.sent):
+                if isinstance(exc, TransportError) and not exc.sent:
                     self._give_back()
                 failed += 1
-                if failed >= self.settings.retry.attempts:
+                if failed >= self.settings.retry.calls:
                     self.reporter.warning(f"item {item.id!r}: createTask kept failing ({exc}); left for the next run")
                     return None
                 delay = self.settings.retry.delay(failed, self.rng.random())
@@ -315,33 +371,41 @@ class Engine:
         """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after.
 
         Its create-window slot counts from the moment the answer arrives, unless the service dropped the call.
+        A failure after the request left that does not prove nothing was created (a 5xx, a lost answer, a
+        stop inside the call) marks the item in doubt: it may have been paid.
         """
+        self.ledger.start_submit(item.id, request)
         try:
-            self.ledger.start_submit(item.id, request)
             await self.ledger.durable()  # the intent is on disk before the request leaves
+        except BaseException:
+            self.ledger.submit_unsent(item.id)
+            raise
+        try:
             task_id = await self.client.create_task(request, callback)
         except RateLimited:
             self.window.forget(slot)
             self.ledger.submit_unsent(item.id)
             raise
-        except TransportError as exc:
+        except BaseException as exc:
             self.window.done(slot)
-            self.ledger.submit_unsent(item.id, in_doubt=exc.sent)
-            await self.ledger.durable()
-            if exc.sent:
+            doubt = _maybe_created(exc)
+            self.ledger.submit_unsent(item.id, in_doubt=doubt)
+            if doubt:
                 self.counters.in_doubt += 1
                 self.reporter.warning(
-                    f"item {item.id!r}: createTask got no answer ({exc}); it may have been created "
-                    "and will be submitted again (marked in doubt)",
+                    f"item {item.id!r}: createTask got no usable answer ({_reason(exc)}); it may have been "
+                    "created and paid: marked in doubt" + ("" if self.stop_reason else "; submitting again"),
                     item=item.id,
                 )
-            raise
-        except BaseException:
-            self.window.done(slot)
-            self.ledger.submit_unsent(item.id)
+            await self.ledger.durable()
             raise
         self.window.done(slot)
         self.counters.creates += 1  # paid, whatever happens next
+        if self._task_owner.setdefault(task_id, item.id) != item.id:
+            self.ledger.paid_without_task(item.id, self._duplicate(task_id))
+            await self.ledger.durable()
+            await self._fail(item.id, self._duplicate(task_id))
+            raise _Taken
         self.ledger.submitted(item.id, task_id)
         self.throttle.task_started()  # the service is running it from now on, though we wait for the disk first
         try:
@@ -387,12 +451,11 @@ class Engine:
                     )
                     return None
                 record = await self._ask(task_id)
-                if record is None:  # no usable answer this time (429, 5xx, network, not visible yet)
-                    # The place to look at a task the service does not know (404 / `recordInfo is null`).
+                if record is None:  # no usable answer this time (429, 5xx, network)
                     self.polls.observe(task_id, None)
                     continue
                 self.polls.observe(task_id, record.finished, record.created, record.completed)
-                if record.finished:
+                if record.finished or self._lost(item, task_id, record):
                     return record
         finally:
             self.throttle.task_ended()
@@ -445,57 +508,97 @@ class Engine:
         if not memory.save(self._memory_dir, self.settings.api_base, learned):
             self.reporter.debug(f"could not keep what this run learned about the service in {self._memory_dir}")
 
+    def _lost(self, item: Item, task_id: str, record: TaskRecord) -> bool:
+        """Whether an unknown task is lost: the service forgot it, created over LOST_AFTER ago.
+
+        Its age is the older of our submitted_at and the service's createTime (when it ever told us): a task
+        younger than that may just not be visible yet, and is polled until --task-timeout like any other.
+        """
+        if record.created is not None:
+            self._service_created.setdefault(task_id, record.created)
+        if not record.unknown:
+            return False
+        created: list[float] = []
+        if task_id in self._service_created:
+            created.append(self._service_created[task_id])
+        submitted = self.ledger.record(item.id).get("submitted_at")
+        if submitted:
+            with contextlib.suppress(ValueError):
+                created.append(calendar.timegm(time.strptime(submitted, "%Y-%m-%dT%H:%M:%SZ")))
+        return bool(created) and time.time() - min(created) > LOST_AFTER
+
     # ------------------------------------------------------------ download
 
     async def _download(self, item: Item, task_id: str, record: TaskRecord) -> None:
-        """Fetch every result file; expired URLs are refreshed with one recordInfo each time."""
+        """Fetch every result file; expired URLs are refreshed with one recordInfo each time.
+
+        A URL that carries the key is never fetched, and a malformed one fails the item (`bad_result`); a result
+        host that cannot be reached through every try fails it too, rather than every night again.
+        """
+        if record.key_in_url:
+            urls = ", ".join(record.result_urls)[:300]
+            await self._fail(
+                item.id, error_record("bad_result", None, f"a result URL carries the API key; not fetched: {urls}")
+            )
+            return
         async with self.downloads:
-            last = "no attempt"
-            for attempt in range(1, self.settings.retry.attempts + 1):
+            last: DownloadError | None = None
+            queries = 0
+            for attempt in range(1, self.settings.retry.calls + 1):
                 if not record.result_urls:
-                    if attempt >= 3:  # asked three times: the service has no result to give
+                    queries += 1
+                    if queries >= NO_RESULT_QUERIES:  # the service has no result to give
                         reason = record.result_error or "it gave no result URLs"
-                        error = error_record("no_result", None, f"the task succeeded but {reason}")
-                        self.ledger.failed(item.id, error)
-                        await self.ledger.durable()
-                        self._report_failure(item.id, error, 0)
+                        await self._fail(item.id, error_record("no_result", None, f"the task succeeded but {reason}"))
                         return
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
-                    record = await self._query(task_id) or record
+                    record = _fresher(await self._query(task_id), record)
                     continue
                 try:
                     names, digests = await self._fetch_all(item, record.result_urls)
                 except DownloadError as exc:
-                    last = str(exc)
+                    last = exc
                     self.reporter.debug(f"item {item.id!r}: {exc}")
                     if exc.permanent:
-                        error = error_record("bad_result", None, str(exc))
-                        self.ledger.failed(item.id, error)
-                        await self.ledger.durable()
-                        self._report_failure(item.id, error, 0)
+                        await self._fail(item.id, error_record("bad_result", None, str(exc)))
                         return
-                    if exc.expired and (fresh := await self._query(task_id)) is not None and fresh.result_urls:
-                        record = fresh  # signed URLs expire: these are new ones
-                        continue
+                    if exc.expired or exc.unreachable:
+                        fresh = _fresher(await self._query(task_id), record)
+                        if fresh.key_in_url:
+                            await self._download(item, task_id, fresh)
+                            return
+                        if fresh.result_urls != record.result_urls and fresh.result_urls:
+                            record = fresh  # signed URLs expire: these are new ones
+                            continue
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
-                old = list(self.ledger.items[item.id].get("files") or [])
+                old = list(self.ledger.record(item.id).get("files") or [])
                 self.ledger.succeeded(item.id, names, digests)
+                self.names.credit(item.id, names)
                 await self.ledger.durable()
-                download.remove_stale(self.settings.out, old, names)
+                download.remove_stale(
+                    self.settings.out, [n for n in old if not self.names.credited_to_other(item.id, n)], names
+                )
                 self.counters.downloads += len(names)
                 return
+            if last is not None and last.unreachable:
+                await self._fail(
+                    item.id,
+                    error_record(
+                        "bad_result", None, f"{last} (after {self.settings.retry.calls} tries with fresh URLs)"
+                    ),
+                )
+                return
             self.reporter.warning(
-                f"item {item.id!r}: could not download the result of {task_id} ({last}); it stays "
-                "submitted, rerun to try again",
+                f"item {item.id!r}: could not download the result of {task_id} ({last or 'no attempt'}); it "
+                "stays submitted, rerun to try again",
                 item=item.id,
             )
 
     async def _fetch_all(self, item: Item, urls: tuple[str, ...]) -> tuple[list[str], list[str]]:
         names: list[str] = []
         digests: list[str] = []
-        for n, url in enumerate(urls, start=1):
-            stem = item.id if len(urls) == 1 else f"{item.id}_{n}"
+        for stem, url in zip(self.names.stems(item.id, len(urls)), urls, strict=True):
             name, digest = await download.fetch(
                 self.client,
                 url,
@@ -509,6 +612,36 @@ class Engine:
         return names, digests
 
 
-def _brief(error: dict[str, Any]) -> str:
+class _Taken(Exception):
+    """Internal: createTask answered a task id another item holds (already failed and reported)."""
+
+
+def _maybe_created(exc: BaseException) -> bool:
+    """Whether a createTask that ended in `exc` after the request left may have created (and charged) a task."""
+    if isinstance(exc, TransportError):
+        return exc.sent
+    return not isinstance(exc, NOT_CREATED)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "stopped inside the call"
+    return str(exc) or type(exc).__name__
+
+
+def _settle_job(job: asyncio.Task[Any]) -> None:
+    """Retrieve a finished createTask job's exception: a stop cancels the shield's waiter, not the call, so its
+    error (the key refused for every call of the burst) may be nobody's to read, and asyncio would log it as
+    "never retrieved" on stderr."""
+    if not job.cancelled():
+        job.exception()
+
+
+def _fresher(fresh: TaskRecord | None, record: TaskRecord) -> TaskRecord:
+    """A new recordInfo answer, if it says something about a finished task; else what we had."""
+    return fresh if fresh is not None and fresh.finished else record
+
+
+def _brief(error: ErrorRecord) -> str:
     code = f"{error.get('code')}: " if error.get("code") else ""
     return f"{code}{error.get('message')}"

@@ -141,7 +141,10 @@ class TransportError(BatchgenError):
 class DownloadError(BatchgenError):
     """A result file could not be fetched whole, or is not the image it should be."""
 
-    def __init__(self, message: str, *, expired: bool = False, permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, *, expired: bool = False, permanent: bool = False, unreachable: bool = False
+    ) -> None:
         super().__init__(message)
         self.expired = expired  # 401/403/404/410 from the result host: the signed URL may have expired
-        self.permanent = permanent  # no retry can help (the URL is not http(s))
+        self.permanent = permanent  # no retry can help (malformed, not http(s), or carrying the key)
+        self.unreachable = unreachable  # no connection to the result host at all

@@ -13,7 +13,7 @@ import errno
 import os
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import StorageError, UsageError
 
 STATE_DIR = ".batchgen"
 
@@ -26,6 +26,43 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         if exc.errno == errno.ELOOP:
             raise UsageError(f"{path} is a symbolic link; batchgen will not write through it") from exc
         raise
+
+
+def check_output_dir(directory: Path, uid: int | None = None) -> Path:
+    """Make sure DIR and DIR/.batchgen can be ours (created if missing); returns DIR/.batchgen.
+
+    --out naming a file, a path under a file, a folder this user cannot write, or a .batchgen that belongs to
+    another user (its journal and lock would then be shared across users) is a UsageError: exit 2 with what to
+    do, never a traceback.
+    """
+    uid = os.geteuid() if uid is None else uid
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--out {directory} is a file, not a directory; choose a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _storage(exc, directory)
+        raise UsageError(f"--out {directory}: cannot create it: {exc.strerror or exc}") from exc
+    folder = directory / STATE_DIR
+    if folder.exists() and not folder.is_symlink():
+        owner = folder.stat().st_uid
+        if owner != uid:
+            raise UsageError(
+                f"{folder} belongs to another user (uid {owner}); run batchgen as that user, or use another --out"
+            )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {directory}: this user (uid {uid}) cannot write there; use another --out")
+    try:
+        return state_dir(directory)
+    except OSError as exc:
+        _storage(exc, directory)
+        raise UsageError(f"--out {directory}: cannot create {folder}: {exc.strerror or exc}") from exc
+
+
+def _storage(exc: OSError, directory: Path) -> None:
+    """A full or failing disk is a StorageError (exit 5: free space and rerun), not a usage error."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        raise StorageError(f"cannot write in {directory}: {exc.strerror or exc}") from exc
 
 
 def state_dir(directory: Path, sub: str | None = None) -> Path:

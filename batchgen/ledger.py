@@ -12,6 +12,9 @@ damaged results.json). So a transition costs O(1) however many items there are, 
 then the journal replayed over it (last record of an item wins, so replaying twice is harmless). A kill at any
 instant leaves a complete results.json and at most one torn journal line, which is dropped.
 
+Reading a ledger directory (the record schema, load, the rebuild of a lost results.json, journal generations)
+lives in `records.py`; its names are available from here too.
+
 Nothing else writes results.json or anything under `.batchgen/` but the downloads' own temporary files.
 """
 
@@ -24,179 +27,52 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import LedgerError, LockedError, StorageError
-from .files import STATE_DIR, fsync_dir, open_nofollow, state_dir, write_atomically
+from .files import STATE_DIR, check_output_dir, fsync_dir, open_nofollow, write_atomically
+from .records import (
+    JOURNAL,
+    PREVIOUS,
+    PREVIOUS_JOURNAL,
+    RESULTS,
+    STATES,
+    VERSION,
+    ErrorRecord,
+    Loaded,
+    Record,
+    State,
+    error_record,
+    exists,
+    header,
+    keep_damaged,
+    load,
+    new_record,
+)
 
 if TYPE_CHECKING:
     from .manifest import Item as ManifestItem
 
-VERSION = 1
-STATES = ("pending", "submitted", "succeeded", "failed")
+__all__ = [  # the records names users of the ledger read from here
+    "RESULTS",
+    "STATES",
+    "ErrorRecord",
+    "Ledger",
+    "Loaded",
+    "Record",
+    "State",
+    "error_record",
+    "exists",
+    "load",
+]
 
-RESULTS = "results.json"
-JOURNAL = "journal.jsonl"
-PREVIOUS = "previous.json"  # the snapshot before results.json ...
-PREVIOUS_JOURNAL = "previous-journal.jsonl"  # ... and the journal from it to results.json: recovery material
 LOCK = "lock"
 SNAPSHOT_EVERY = 5.0  # seconds between snapshots at the least (more for a large ledger: see _due)
 
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def error_record(kind: str, code: str | None, message: str) -> dict[str, Any]:
-    return {"kind": kind, "code": code, "message": message}
-
-
-@dataclass(slots=True)
-class Loaded:
-    """What a ledger directory holds: records by id, the manifest it was made for, the journal's length."""
-
-    items: dict[str, dict[str, Any]]
-    manifest: str | None
-    updated_at: str | None
-    journal_bytes: int  # the length of the journal's whole lines (a torn tail is beyond it)
-    not_in_manifest: frozenset[str] = frozenset()
-    damaged: str | None = None  # why results.json could not be used, when the state was recovered without it
-
-
-def exists(directory: Path) -> bool:
-    """Whether DIR has a ledger (or the remains of one) at all."""
-    return (directory / RESULTS).exists() or (directory / STATE_DIR).exists()
-
-
-def load(directory: Path) -> Loaded:
-    """Read results.json and replay the journal over it, without taking the lock or writing anything.
-
-    A damaged results.json (not JSON, not a ledger, a record without a valid state) is recovered from the
-    previous snapshot and the two journals since it, when they are all there and whole; otherwise LedgerError.
-    """
-    folder = directory / STATE_DIR
-    snapshot = directory / RESULTS
-    journal, good = _read_journal(folder / JOURNAL)
-    if not snapshot.exists():
-        if (folder / PREVIOUS).exists():
-            return _recover(directory, journal, good, f"{snapshot} is missing")
-        return Loaded(_replay({}, journal), None, None, good)
-    try:
-        document = _read_snapshot(snapshot)
-    except _Damaged as exc:
-        return _recover(directory, journal, good, str(exc))
-    retired = frozenset(document.get("not_in_manifest") or ())
-    return Loaded(
-        _replay(document["items"], journal), document.get("manifest"), document.get("updated_at"), good, retired
-    )
-
-
-class _Damaged(Exception):
-    pass
-
-
-def _read_snapshot(path: Path) -> dict[str, Any]:
-    """A snapshot's document; _Damaged if it is not a whole, well-formed ledger; LedgerError if it is newer."""
-    try:
-        document = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _Damaged(f"{path} is not valid JSON ({exc})") from exc
-    except OSError as exc:
-        raise LedgerError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("items"), dict):
-        raise _Damaged(f"{path} is not a batchgen ledger (no 'items' object)")
-    version = document.get("version")
-    if isinstance(version, int) and version > VERSION:
-        raise LedgerError(
-            f"{path} is ledger version {version}; this batchgen reads version {VERSION}. "
-            "Use a newer batchgen, or another --out directory; the file was not changed"
-        )
-    if version != VERSION:
-        raise _Damaged(f"{path} has no valid version (found {version!r})")
-    for item_id, record in document["items"].items():
-        if not isinstance(record, dict) or record.get("state") not in STATES:
-            raise _Damaged(f"{path}: item {item_id!r} has no valid state")
-    return document
-
-
-def _recover(directory: Path, journal: list[tuple[str, dict[str, Any]]], good: int, why: str) -> Loaded:
-    """The state without results.json: the previous snapshot + the journal before it + the current journal."""
-    folder = directory / STATE_DIR
-    base: dict[str, Any] = {"items": {}}
-    if (folder / PREVIOUS).exists():
-        try:
-            base = _read_snapshot(folder / PREVIOUS)
-        except _Damaged as exc:
-            raise LedgerError(
-                f"{why}, and so is its previous copy ({exc}). batchgen has changed neither. "
-                "Restore results.json from a backup, or move it aside to start a new ledger "
-                "(the images stay where they are)"
-            ) from exc
-    elif not (folder / PREVIOUS_JOURNAL).exists() and not journal:
-        raise LedgerError(
-            f"{why}, and there is no journal to rebuild it from; batchgen has not changed it. "
-            "Restore it from a backup, or move it aside to start a new ledger (the images stay)"
-        )
-    earlier, _ = _read_journal(folder / PREVIOUS_JOURNAL, strict=True)
-    items = _replay(_replay(base["items"], earlier), journal)
-    return Loaded(
-        items,
-        base.get("manifest"),
-        base.get("updated_at"),
-        good,
-        frozenset(base.get("not_in_manifest") or ()),
-        damaged=why,
-    )
-
-
-def _read_journal(path: Path, *, strict: bool = False) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """A journal's entries, and the length of its whole lines. A torn last line is dropped."""
-    if not path.exists():
-        return [], 0
-    data = path.read_bytes()
-    entries: list[tuple[str, dict[str, Any]]] = []
-    good = 0
-    for number, (text, end) in enumerate(_lines(data), start=1):
-        try:
-            entry = json.loads(text)
-            item_id, record = entry["id"], entry["record"]
-            if not isinstance(item_id, str) or not isinstance(record, dict) or record.get("state") not in STATES:
-                raise TypeError("not an item record")
-        except (ValueError, KeyError, TypeError) as exc:
-            if end == len(data) and not data.endswith(b"\n") and not strict:
-                break  # a torn last line: the write it belonged to never finished
-            raise LedgerError(
-                f"{path}: line {number} is damaged ({exc}); batchgen has not changed it. Move it "
-                "aside to continue from results.json alone (changes since the last snapshot are "
-                "then forgotten)"
-            ) from exc
-        entries.append((item_id, record))
-        good = end
-    return entries, good
-
-
-def _replay(items: dict[str, dict[str, Any]], journal: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    for item_id, record in journal:
-        items[item_id] = record
-    return items
-
-
-def _keep_damaged(directory: Path) -> None:
-    """Move a damaged results.json aside (never delete it): results.json.damaged-<UTC time>."""
-    damaged = directory / RESULTS
-    if damaged.exists():
-        os.replace(damaged, directory / f"{RESULTS}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-
-
-def _lines(data: bytes) -> Iterator[tuple[bytes, int]]:
-    start = 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end + 1
-        yield data[start:end], end
-        start = end
 
 
 class Ledger:
@@ -209,7 +85,7 @@ class Ledger:
         self._lock_fd = lock_fd
         self._journal_fd = journal_fd
         self._state_dir = directory / STATE_DIR
-        self._dirty = loaded.journal_bytes > 0 or loaded.manifest != manifest
+        self._dirty = loaded.replayed > 0 or loaded.manifest != manifest
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = 0.0
         self.manifest_ids: frozenset[str] | None = None
@@ -218,6 +94,8 @@ class Ledger:
         self._synced = 0  # ... and how many of them are known to be on disk
         self._flushing: asyncio.Task[None] | None = None
         self._retired = loaded.not_in_manifest
+        self._generation = loaded.generation
+        self._broken: StorageError | None = None  # a journal write went wrong: nothing more may be appended
 
     # ------------------------------------------------------------ opening and closing
 
@@ -228,8 +106,7 @@ class Ledger:
         A ledger made for another manifest is refused (LedgerError) unless `adopt`. A damaged results.json that
         could be rebuilt is kept beside the new one as results.json.damaged-<time>.
         """
-        directory.mkdir(parents=True, exist_ok=True)
-        folder = state_dir(directory)
+        folder = check_output_dir(directory)
         lock_fd = open_nofollow(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -250,17 +127,25 @@ class Ledger:
                     "--adopt-ledger to continue this ledger with the new manifest"
                 )
             if loaded.damaged:
-                _keep_damaged(directory)
+                keep_damaged(directory)
             journal_fd = open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.ftruncate(journal_fd, loaded.journal_bytes)  # drop a torn last line before appending after it
+            if loaded.journal_bytes == 0:
+                _write_all(journal_fd, header(loaded.generation), folder)
+        except OSError as exc:  # a full or failing disk while opening: exit 5 with the reason, not a traceback
+            os.close(lock_fd)
+            raise StorageError(f"cannot open the ledger in {folder}: {exc.strerror or exc}") from exc
         except BaseException:
             os.close(lock_fd)
             raise
         ledger = cls(directory, loaded, manifest, lock_fd, journal_fd)
         if loaded.damaged:
             ledger.recovered = loaded.damaged
-            ledger._dirty = True
-            ledger.snapshot()
+            # Twice: the first snapshot replaces the lost one, the second makes previous.json and the journals
+            # chain again from it (see _recover), so a second loss can be rebuilt as surely as this one.
+            for _ in range(2):
+                ledger._dirty = True
+                ledger.snapshot()
         ledger._settle_in_doubt()
         return ledger
 
@@ -285,9 +170,9 @@ class Ledger:
         """An item found "submitting" was killed inside createTask: it may have been created. Say so."""
         for item_id, record in list(self.items.items()):
             if record.get("submitting"):
-                changed = dict(record)
+                changed = record.copy()
                 changed.pop("submitting")
-                changed["in_doubt"] = int(changed.get("in_doubt", 0)) + 1
+                changed["in_doubt"] = changed.get("in_doubt", 0) + 1
                 self._write(item_id, changed)
         if self._written:
             self._fsync(self._journal_fd)
@@ -322,12 +207,12 @@ class Ledger:
 
     # ------------------------------------------------------------ reading
 
-    def get(self, item_id: str) -> dict[str, Any] | None:
-        return self.items.get(item_id)
+    def record(self, item_id: str) -> Record:
+        return self.items[item_id]
 
-    def state(self, item_id: str) -> str | None:
-        record = self.items.get(item_id)
-        return record["state"] if record else None
+    def owners(self) -> Iterator[tuple[str, Record]]:
+        """Every item's record, for those who must know what other items hold (file names, task ids)."""
+        return iter(self.items.items())
 
     # ------------------------------------------------------------ transitions
 
@@ -347,83 +232,114 @@ class Ledger:
             self._dirty = True  # the manifest dropped (or brought back) items: the snapshot must say so
 
     def start_submit(self, item_id: str, request: dict[str, Any]) -> None:
-        """Intent, on disk before the createTask call: a kill inside the call is then known to be in doubt."""
+        """Intent, on disk before the createTask call: a kill inside the call is then known to be in doubt.
+
+        `attempts` counts submissions of one request: it starts again when the request changed or the item had
+        failed for good (only --retry-failed submits a failed item again). `paid` is never reset.
+        """
         record = self._record(item_id, request)
-        record.update(state="pending", request=request, submitting=True)
+        if record["state"] == "failed" or record["request"] != request:
+            record["attempts"] = 0
+        record.update({"state": "pending", "request": request, "submitting": True})
         self._write(item_id, record)
 
     def submit_unsent(self, item_id: str, *, in_doubt: bool = False) -> None:
         """The createTask call created nothing (or, with in_doubt, may have: count it)."""
-        record = dict(self.items[item_id])
+        record = self._copy(item_id)
         record.pop("submitting", None)
         if in_doubt:
-            record["in_doubt"] = int(record.get("in_doubt", 0)) + 1
+            record["in_doubt"] = record.get("in_doubt", 0) + 1
         self._write(item_id, record)
 
     def submitted(self, item_id: str, task_id: str) -> None:
         """The service returned a task id: durably on disk before anything else happens to it."""
-        record = dict(self.items[item_id])
+        record = self._copy(item_id)
         record.pop("submitting", None)
         record.update(
-            state="submitted",
-            task_id=task_id,
-            attempts=int(record.get("attempts", 0)) + 1,
-            submitted_at=utc_now(),
-            finished_at=None,
-            error=None,
+            {
+                "state": "submitted",
+                "task_id": task_id,
+                "attempts": record.get("attempts", 0) + 1,
+                "paid": record.get("paid", 0) + 1,
+                "submitted_at": utc_now(),
+                "finished_at": None,
+                "error": None,
+            }
         )
         self._write(item_id, record)
 
-    def requeue(self, item_id: str, error: dict[str, Any]) -> None:
+    def paid_without_task(self, item_id: str, error: ErrorRecord) -> None:
+        """createTask answered with a task id we cannot use (another item's): paid, and failed for good."""
+        record = self._copy(item_id)
+        record.pop("submitting", None)
+        record.update(
+            {
+                "state": "failed",
+                "attempts": record.get("attempts", 0) + 1,
+                "paid": record.get("paid", 0) + 1,
+                "error": error,
+                "finished_at": utc_now(),
+            }
+        )
+        self._write(item_id, record)
+
+    def requeue(self, item_id: str, error: ErrorRecord) -> None:
         """The task failed transiently: back to pending, to be submitted again (its error kept for the record)."""
-        record = dict(self.items[item_id])
-        record.update(state="pending", task_id=None, error=error)
+        record = self._copy(item_id)
+        record.update({"state": "pending", "task_id": None, "error": error})
+        self._write(item_id, record)
+
+    def refetch(self, item_id: str) -> None:
+        """A succeeded item's files are gone from DIR: back to submitted, to fetch them again by its task id."""
+        record = self._copy(item_id)
+        record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None})
         self._write(item_id, record)
 
     def succeeded(self, item_id: str, files: list[str], sha256: list[str]) -> None:
-        record = dict(self.items[item_id])
-        record.update(state="succeeded", files=files, sha256=sha256, error=None, finished_at=utc_now())
+        record = self._copy(item_id)
+        record.update({"state": "succeeded", "files": files, "sha256": sha256, "error": None, "finished_at": utc_now()})
         self._write(item_id, record)
 
-    def failed(self, item_id: str, error: dict[str, Any], request: dict[str, Any] | None = None) -> None:
-        record = self._record(item_id, request) if request is not None else dict(self.items[item_id])
+    def failed(self, item_id: str, error: ErrorRecord, request: dict[str, Any] | None = None) -> None:
+        record = self._record(item_id, request) if request is not None else self._copy(item_id)
         record.pop("submitting", None)
-        record.update(state="failed", error=error, finished_at=utc_now())
+        record.update({"state": "failed", "error": error, "finished_at": utc_now()})
         if request is not None:
             record["request"] = request
         self._write(item_id, record)
 
-    def _record(self, item_id: str, request: dict[str, Any] | None) -> dict[str, Any]:
+    def _copy(self, item_id: str) -> Record:
+        return self.items[item_id].copy()
+
+    def _record(self, item_id: str, request: dict[str, Any] | None) -> Record:
         existing = self.items.get(item_id)
         if existing is not None:
-            return dict(existing)
-        return {
-            "state": "pending",
-            "task_id": None,
-            "attempts": 0,
-            "request": request,
-            "files": [],
-            "sha256": [],
-            "error": None,
-            "submitted_at": None,
-            "finished_at": None,
-        }
+            return existing.copy()
+        return new_record(request)
 
-    def _write(self, item_id: str, record: dict[str, Any]) -> None:
-        """Append the item's new record to the journal (durable once `durable()` says so)."""
+    def _write(self, item_id: str, record: Record) -> None:
+        """Append the item's new record to the journal (durable once `durable()` says so).
+
+        A write that fails, or writes only part of the line (a nearly full disk may do that without an error),
+        stops all further journaling: the part written is cut off again where possible, and otherwise it is the
+        journal's torn last line, which loading drops. Nothing is appended after it.
+        """
+        if self._broken is not None:
+            raise self._broken
         line = json.dumps({"id": item_id, "record": record}, ensure_ascii=False, separators=(",", ":"))
         try:
-            os.write(self._journal_fd, line.encode("utf-8") + b"\n")
-            self._written += 1
-        except OSError as exc:
-            raise StorageError(f"cannot write the journal in {self._state_dir}: {exc.strerror or exc}") from exc
+            _write_all(self._journal_fd, line.encode("utf-8") + b"\n", self._state_dir)
+        except StorageError as exc:
+            self._broken = exc
+            raise
+        self._written += 1
         self.items[item_id] = record
         self._dirty = True
 
     # ------------------------------------------------------------ snapshots
 
     def counts(self, ids: Iterable[str] | None = None) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
         records = self.items.values() if ids is None else (self.items[i] for i in ids if i in self.items)
         for record in records:
             counts[record["state"]] = counts.get(record["state"], 0) + 1
@@ -438,10 +354,13 @@ class Ledger:
         """Write results.json from memory, atomically, then empty the journal it now contains."""
         if not self._dirty:
             return
+        if self._broken is not None:
+            raise self._broken  # the journal may hold a part line: keep it as the torn tail, write nothing more
         started = time.monotonic()
         ids = self.manifest_ids
-        document = {
+        document: dict[str, Any] = {
             "version": VERSION,
+            "generation": self._generation + 1,
             "manifest": self.manifest,
             "updated_at": utc_now(),
             "counts": self.counts(ids),
@@ -462,7 +381,12 @@ class Ledger:
                 os.replace(link, self._state_dir / PREVIOUS)
             write_atomically(results, data, self._state_dir)
             os.replace(self._state_dir / JOURNAL, self._state_dir / PREVIOUS_JOURNAL)
-            fresh = open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fresh = open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fresh, header(self._generation + 1), self._state_dir)
+            except BaseException:
+                os.close(fresh)
+                raise
         except OSError as exc:
             raise StorageError(
                 f"cannot write {results}: {exc.strerror or exc}; the previous ledger and the "
@@ -470,8 +394,25 @@ class Ledger:
             ) from exc
         os.close(self._journal_fd)
         self._journal_fd = fresh
+        self._generation += 1
         fsync_dir(self._state_dir)
         self._synced = self._written  # everything written is in the fsync'd snapshot now
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = self._last_snapshot - started
+
+
+def _write_all(fd: int, data: bytes, folder: Path) -> None:
+    """Append `data` whole, or raise StorageError; a part written is cut off again where the disk allows."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        written = os.write(fd, data)
+    except OSError as exc:
+        raise StorageError(f"cannot write the journal in {folder}: {exc.strerror or exc}") from exc
+    if written != len(data):
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise StorageError(
+            f"cannot write the journal in {folder}: the disk took {written} of {len(data)} bytes (full?); "
+            "the ledger is intact: free some space and rerun to continue"
+        )

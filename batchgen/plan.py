@@ -9,9 +9,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+from .ledger import Record
 from .manifest import Item
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ class Plan:
     resume: list[tuple[Item, str]] = field(default_factory=list)  # submitted earlier: poll this task id
     done: list[Item] = field(default_factory=list)
     failed: list[Item] = field(default_factory=list)  # failed for good earlier; left alone
-    in_doubt: list[Item] = field(default_factory=list)  # a createTask call of theirs may have been paid
+    in_doubt: list[Item] = field(default_factory=list)  # submitted again though an earlier create may be paid
+    missing: list[Item] = field(default_factory=list)  # succeeded, but a file is gone: fetched again (in resume)
     not_in_manifest: list[str] = field(default_factory=list)
 
     @property
@@ -44,35 +47,51 @@ class Plan:
             "done": len(self.done),
             "failed": len(self.failed),
             "in_doubt": len(self.in_doubt),
+            "missing": len(self.missing),
             "not_in_manifest": len(self.not_in_manifest),
         }
 
 
-def make_plan(items: Sequence[Item], records: Mapping[str, Mapping[str, Any]], *, retry_failed: bool) -> Plan:
+def make_plan(
+    items: Sequence[Item], records: Mapping[str, Record], *, retry_failed: bool, directory: Path | None = None
+) -> Plan:
+    """What to do with each item. With `directory`, a succeeded item whose files are gone is fetched again."""
     plan = Plan()
     for item in items:
         record = records.get(item.id)
         if record is None:
             plan.new.append(item)
             continue
-        if record.get("in_doubt"):
-            plan.in_doubt.append(item)
-        request = record.get("request")
-        if not item.same_request(request):
+        if not item.same_request(record.get("request")):
             plan.changed.append(item)
-            continue
-        state = record.get("state")
-        if state == "succeeded":
-            plan.done.append(item)
-        elif state == "submitted" and record.get("task_id"):
-            plan.resume.append((item, str(record["task_id"])))
-        elif state == "failed":
-            (plan.retry if retry_failed else plan.failed).append(item)
         else:
-            plan.new.append(item)
+            state = record.get("state")
+            task_id = record.get("task_id")
+            if state == "succeeded":
+                if directory is not None and task_id and _missing(directory, record):
+                    plan.missing.append(item)
+                    plan.resume.append((item, task_id))
+                else:
+                    plan.done.append(item)
+                continue
+            if state == "submitted" and task_id:
+                plan.resume.append((item, task_id))
+                continue
+            if state == "failed":
+                (plan.retry if retry_failed else plan.failed).append(item)
+                if not retry_failed:
+                    continue
+            else:
+                plan.new.append(item)
+        if record.get("in_doubt") or record.get("submitting"):
+            plan.in_doubt.append(item)  # only those submitted again now: the warning is about this run
     listed = {item.id for item in items}
     plan.not_in_manifest = sorted(set(records) - listed)
     return plan
+
+
+def _missing(directory: Path, record: Record) -> bool:
+    return any(not (directory / name).is_file() for name in record.get("files") or ())
 
 
 # ---------------------------------------------------------------- what it would cost, before it is spent
@@ -102,6 +121,8 @@ def describe(plan: Plan, settings: RunSettings) -> list[str]:
         cost = settings.price * paid
         lines.append(f"  estimated cost: {paid:,} × {settings.price} = {cost} (a retried failure is paid again)")
     lines.append(f"  would poll {s['resume']:,} already submitted (by task id, no new charge)")
+    if s["missing"]:
+        lines.append(f"  of those, {s['missing']:,} succeeded but lost a file: fetched again by task id")
     lines.append(
         f"  already done {s['done']:,}; failed and left alone {s['failed']:,}"
         + (" (use --retry-failed)" if s["failed"] else "")

@@ -26,7 +26,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
     loaded = loaded or read_ledger(directory)
     retired = set(loaded.not_in_manifest)
     counts = dict.fromkeys(STATES, 0)
-    failed, in_doubt, incomplete = [], [], []
+    failed, in_doubt, incomplete, missing = [], [], [], []
     for item_id, record in loaded.items.items():
         if item_id in retired:
             continue
@@ -36,6 +36,10 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
             failed.append({"id": item_id, "attempts": record.get("attempts", 0), "error": record.get("error")})
         elif state in ("pending", "submitted"):
             incomplete.append({"id": item_id, "state": state, "task_id": record.get("task_id")})
+        if state == "succeeded":
+            gone = [name for name in record.get("files") or () if not (directory / name).is_file()]
+            if gone:
+                missing.append({"id": item_id, "files": gone})
         if record.get("in_doubt") or record.get("submitting"):
             in_doubt.append({"id": item_id, "times": int(record.get("in_doubt", 0)) + bool(record.get("submitting"))})
     return {
@@ -46,6 +50,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "failed": failed,
         "incomplete": incomplete,
         "in_doubt": in_doubt,
+        "missing_files": missing,
         "not_in_manifest": sorted(retired & set(loaded.items)),
         "files": sum(len(r.get("files") or ()) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
@@ -74,6 +79,11 @@ def status_text(doc: dict[str, Any]) -> str:
         lines.append(f"  {entry['state']:<9} {entry['id']}{task}")
     if len(doc["incomplete"]) > 50:
         lines.append(f"  … and {len(doc['incomplete']) - 50} more pending or submitted")
+    for entry in doc.get("missing_files", ()):
+        lines.append(
+            f"  missing {entry['id']}: {', '.join(entry['files'])} gone from the directory; the next run "
+            "fetches it again"
+        )
     for entry in doc["in_doubt"]:
         lines.append(
             f"  in doubt {entry['id']}: a createTask call was interrupted {plural(entry['times'], 'time')}; "
@@ -105,6 +115,7 @@ METRIC_HELP = {
     "batchgen_last_run_status_queries": "recordInfo calls of the last run.",
     "batchgen_last_run_callbacks": "Valid callbacks that woke a poller in the last run.",
     "batchgen_last_run_in_doubt": "createTask calls of the last run whose answer was lost (possibly paid).",
+    "batchgen_last_run_lost": "Items of the last run whose task the service no longer knew, a day after creation.",
     "batchgen_last_run_seconds": "Wall time of the last run, in seconds.",
     "batchgen_last_run_exit_code": "Exit code of the last run (0 all done, 1 some failed, 5 incomplete, see README).",
     "batchgen_last_run_finished_timestamp": "When the last run ended, in Unix seconds, whatever its exit code.",

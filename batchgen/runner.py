@@ -55,7 +55,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         items = manifest.load(settings.manifest)
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
-    plan = make_plan(items, records, retry_failed=settings.retry_failed)
+    plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
@@ -64,10 +64,36 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     return 0
 
 
+class _Stop:
+    """SIGINT/SIGTERM for the whole run: before the engine exists a signal is kept (the run then ends before
+    contacting anything, exit 128+N); once it runs, each signal goes to `Engine.stop` (a second one: at once)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.engine: Engine | None = None
+
+    def __call__(self, signum: int) -> None:
+        if self.engine is not None:
+            self.engine.stop(f"signal {signal.Signals(signum).name}", signum=signum)
+        elif self.signum is None:
+            self.signum = signum
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+        if self.signum is not None:
+            self(self.signum)
+
+
 async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
     """The main job. Raises ManifestError/UsageError (exit 2) or LockedError (exit 4) before any request."""
+    stop = _Stop()
+    with _signals(stop):
+        return await _run(settings, reporter, stop)
+
+
+async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcome:
     started = time.monotonic()
-    with _bulk():
+    with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
         items = manifest.load(settings.manifest)
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
@@ -77,12 +103,14 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
                 f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
                 "damaged file is kept beside it as results.json.damaged-*"
             )
-        plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed)
+        plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
+        for item in plan.missing:
+            ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
-        if not plan.submit and not plan.resume:  # nothing to do: contact nothing, need no key
+        if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
             counts = ledger.counts(ledger.manifest_ids)
-            outcome = Outcome(exit_code(counts), counts, Counters(), time.monotonic() - started)
+            outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
@@ -94,8 +122,8 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
             engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url)
             if receiver is not None:
                 receiver.on_task = engine.wake
-            with _signals(engine):
-                await engine.run()
+            stop.attach(engine)
+            await engine.run()
         reporter.close()
         counts = ledger.counts(engine.ids)
         outcome = Outcome(
@@ -143,6 +171,12 @@ def _announce(plan: Plan, items: list[Item], settings: RunSettings, reporter: Re
             "(in doubt). It is submitted again.",
             item=item.id,
         )
+    for item in plan.missing:
+        reporter.warning(
+            f"item {item.id!r}: a file the ledger records is gone from {settings.out}; fetching it again by "
+            "its task id (no new charge)",
+            item=item.id,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -188,16 +222,14 @@ async def _callbacks(settings: RunSettings, reporter: Reporter) -> AsyncIterator
 
 
 @contextlib.contextmanager
-def _signals(engine: Engine) -> Iterator[None]:
-    """SIGINT/SIGTERM stop the engine gracefully while it runs; before and after, the handlers the caller had
+def _signals(stop: _Stop) -> Iterator[None]:
+    """SIGINT/SIGTERM go to `stop` while the run's loop runs; before and after, the handlers the caller had
     (the CLI's, which unwind to the same exit code) are back in place, never the default that kills outright."""
     loop = asyncio.get_running_loop()
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.getsignal(signum) for signum in handled}
     for signum in handled:
-        loop.add_signal_handler(
-            signum, functools.partial(engine.stop, f"signal {signal.Signals(signum).name}", signum=signum)
-        )
+        loop.add_signal_handler(signum, functools.partial(stop, signum))
     try:
         yield
     finally:
@@ -218,6 +250,7 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "status_queries": n.polls,
         "callbacks": n.callbacks,
         "in_doubt": n.in_doubt,
+        "lost": n.lost,
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
     }

@@ -26,6 +26,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from .files import STATE_DIR, state_dir, write_atomically
+from .ledger import Record
 from .report import read_ledger, status
 
 
@@ -157,7 +158,7 @@ def _run_figures(figures: dict[str, float] | None) -> dict[str, float] | None:
     return {k: figures[k] for k in RUN_FIGURES if k in figures}
 
 
-def _entries(items: dict[str, dict[str, Any]], retired: set[str], has_thumb: set[str]) -> list[dict[str, Any]]:
+def _entries(items: Mapping[str, Record], retired: set[str], has_thumb: set[str]) -> list[dict[str, Any]]:
     """One entry per image of a succeeded item, one per item otherwise: the cards of the page, as data."""
     entries: list[dict[str, Any]] = []
     for item_id, record in items.items():
@@ -193,9 +194,9 @@ def _entries(items: dict[str, dict[str, Any]], retired: set[str], has_thumb: set
     return entries
 
 
-def _reason(state: str, record: dict[str, Any], files: list[str]) -> str:
+def _reason(state: str, record: Record, files: list[str]) -> str:
     if state == "failed":
-        error = record.get("error") or {}
+        error: Mapping[str, Any] = record.get("error") or {}
         code = f" {error['code']}" if error.get("code") else ""
         attempts = int(record.get("attempts") or 0)
         tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})" if attempts else ""

@@ -59,7 +59,7 @@ def make_settings(manifest_path: Path, out: Path, sim: Simulator, **overrides: o
         create_rate=(1000, 1.0),
         poll_rate=1000.0,
         progress=False,
-        retry=RetryPolicy(attempts=8, wait_initial=0.05, wait_max=0.4, wait_jitter=0.05),
+        retry=RetryPolicy(calls=8, wait_initial=0.05, wait_max=0.4, wait_jitter=0.05),
     )
     values.update(overrides)
     return RunSettings(**values)  # type: ignore[arg-type]

@@ -210,7 +210,7 @@ async def test_hostile_result_hosts_never_write_outside_dir_or_half_files(
             sim,
             max_image_bytes=1024 * 1024,
             timeouts=Timeouts(download_read=0.3, download_total=5),
-            retry=RetryPolicy(attempts=3, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01),
+            retry=RetryPolicy(calls=3, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01),
         )
         outcome = await asyncio.wait_for(run(settings_, stream), 60)
     record = results(out)["items"]["item-00"]

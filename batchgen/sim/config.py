@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Envelope429 = Literal["relay", "business", "gateway", "empty", "mixed"]
+LostAnswer = Literal["504", "drop", "mixed"]
+ForgetAnswer = Literal["null", "404"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,25 @@ class SimConfig:
     envelope_429: Envelope429 = "relay"
     retry_after: float | None = None  # send Retry-After on 429 (the real service does not)
     response_delay: float = 0.0  # added to every API answer
+
+    # Money faults: createTask calls whose outcome the client cannot be sure of.
+    create_delay: float = 0.0  # the task is created at once, its answer sent this much later
+    lost_answer_rate: float = 0.0  # share of creates where the task is created, then the answer is lost ...
+    lost_answer: LostAnswer = "504"  # ... as a 504 gateway page, a dropped connection, or either at random
+    create_status: int = 200  # the HTTP status of a successful create's answer (201 happens) ...
+    create_code: int | str = 200  # ... and its body code (some deployments say 0)
+    reuse_id_rate: float = 0.0  # share of creates answered with the task id of the create before (a bug)
+
+    # Forgetting: the service keeps task records for weeks, not forever.
+    forget_after: float | None = None  # recordInfo answers as for an unknown task this long after creation ...
+    forget_rate: float = 1.0  # ... for this share of tasks (decided at creation) ...
+    forget_answer: ForgetAnswer = "404"  # ... with a 404 "task not found", or 422 "recordInfo is null"
+    create_time_offset: float = 0.0  # createTime is reported this many seconds in the past (an old task)
+
+    # A careless service that repeats the caller's token: in error messages and failMsg (as sent and
+    # URL-encoded), and, with key_in_result_url, in the result URLs it hands out (`?auth=<url-encoded token>`).
+    echo_token: bool = False
+    key_in_result_url: bool = False
 
     callback_attempts: int = 3  # callbacks are retried briefly, then given up
     random_seed: int | None = None  # for repeatable faults

@@ -14,9 +14,9 @@ import signal
 import socket
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -46,7 +46,9 @@ MARK = "[sim:"
 class SimStats:
     """What the simulator saw. Tests read it directly, or as JSON from GET /__sim/stats."""
 
-    creates: int = 0  # paid: createTask calls that returned a task id
+    creates: int = 0  # paid: createTask calls that created a task (whether or not its answer arrived)
+    answers_lost: int = 0  # creates whose answer was then lost (504 or dropped): the client cannot know
+    ids_reused: int = 0  # creates answered with an earlier task's id
     create_calls: int = 0
     polls: int = 0
     rate_limited: int = 0  # 429 answers, any endpoint
@@ -79,6 +81,7 @@ class _Task:
     created: float  # time.time()
     duration: float  # math.inf while held ([sim:hold])
     fail: tuple[str, str] | None
+    forgets: bool = False  # recordInfo forgets it after SimConfig.forget_after
 
     def state(self, now: float) -> str:
         if math.isinf(self.duration):
@@ -113,6 +116,8 @@ class Simulator:
         self._polls: deque[float] = deque()  # status queries in the current poll window
         self._prompt_submissions: Counter[str] = Counter()
         self._last_id = 0
+        self._last_task: str | None = None
+        self._caller = ""  # the Bearer token of the latest API request (echo_token repeats it)
         self._envelope_turn = 0
         self._callbacks: set[asyncio.Task[None]] = set()
         self._callback_session: aiohttp.ClientSession | None = None
@@ -162,6 +167,17 @@ class Simulator:
             await runner.cleanup()
         self._runners.clear()
 
+    async def restart(self) -> None:
+        """Stop listening and listen again on the same ports, keeping every task and counter: a redeploy of a
+        service whose task records live in a database. Connections open meanwhile are dropped."""
+        api_port = int(self.api_url.rsplit(":", 1)[1])
+        files_port = int(self.files_url.rsplit(":", 1)[1])
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        self.config = replace(self.config, port=api_port, files_port=files_port)
+        await self.start()
+
     def in_flight(self, now: float | None = None) -> int:
         """Tasks created and not yet in a terminal state."""
         now = time.time() if now is None else now
@@ -171,7 +187,13 @@ class Simulator:
 
     # ------------------------------------------------------------ envelopes
 
+    def _echo(self, msg: str) -> str:
+        if not self.config.echo_token:
+            return msg
+        return f"{msg} (token {self._caller}, encoded {quote(self._caller, safe='')})"
+
     def _business(self, code: int, msg: str, status: int | None = None) -> web.Response:
+        msg = self._echo(msg) if code != 200 else msg
         http = 200 if self.config.http200_errors and code != 200 else (status or code)
         return web.json_response({"code": code, "msg": msg, "data": None}, status=http)
 
@@ -204,6 +226,7 @@ class Simulator:
             await asyncio.sleep(self.config.response_delay)
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        self._caller = token
         if not token or (self.config.api_key is not None and not hmac.compare_digest(token, self.config.api_key)):
             return self._gateway(401, "invalid token" if token else "missing token")
         if self.config.drop_rate and self._rng.random() < self.config.drop_rate:
@@ -260,7 +283,28 @@ class Simulator:
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.in_flight(now))
         if isinstance(body.get("callBackUrl"), str):
             self._schedule_callback(task)
-        return web.json_response({"code": 200, "msg": "success", "data": {"taskId": task.task_id}})
+        answered = task.task_id
+        if self.config.reuse_id_rate and self._last_task and self._rng.random() < self.config.reuse_id_rate:
+            answered = self._last_task
+            self.stats.ids_reused += 1
+        self._last_task = task.task_id
+        if self.config.create_delay:
+            await asyncio.sleep(self.config.create_delay)
+        if self.config.lost_answer_rate and self._rng.random() < self.config.lost_answer_rate:
+            self.stats.answers_lost += 1
+            kind = self.config.lost_answer
+            if kind == "mixed":
+                kind = "504" if self._rng.random() < 0.5 else "drop"
+            if kind == "drop":
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError  # the client sees the connection dropped
+            page = "<html><head><title>504 Gateway Time-out</title></head><body>504 Gateway Time-out</body></html>"
+            return web.Response(status=504, text=page, content_type="text/html")
+        return web.json_response(
+            {"code": self.config.create_code, "msg": "success", "data": {"taskId": answered}},
+            status=self.config.create_status,
+        )
 
     def _invalid(self, body: dict[str, Any]) -> str | None:
         """The service's 400 message for a malformed request, or None."""
@@ -311,7 +355,8 @@ class Simulator:
                     fail = TRANSIENT_FAILURE
         elif self.config.fail_rate and self._rng.random() < self.config.fail_rate:
             fail = TRANSIENT_FAILURE if self._rng.random() < self.config.transient_share else POLICY_FAILURE
-        return _Task(task_id, body, now, duration, fail)
+        forgets = self.config.forget_after is not None and self._rng.random() < self.config.forget_rate
+        return _Task(task_id, body, now, duration, fail, forgets)
 
     async def _record_info(self, request: web.Request) -> web.StreamResponse:
         self.stats.polls += 1
@@ -332,7 +377,15 @@ class Simulator:
         self.stats.polls_by_task[task_id] += 1
         task = self._tasks.get(task_id)
         now = time.time()
-        if task is None or now - task.created < self.config.null_window:
+        forgotten = (
+            task is not None
+            and task.forgets
+            and self.config.forget_after is not None
+            and now - task.created >= self.config.forget_after
+        )
+        if forgotten and self.config.forget_answer == "404":
+            return self._business(404, "task not found")
+        if task is None or forgotten or now - task.created < self.config.null_window:
             return self._business(422, "recordInfo is null")
         record = self._record(task, now)
         if record["state"] not in ("success", "fail"):
@@ -356,9 +409,9 @@ class Simulator:
             "param": json.dumps(task.body, ensure_ascii=False),
             "resultJson": result_json,
             "failCode": task.fail[0] if state == "fail" and task.fail else "",
-            "failMsg": task.fail[1] if state == "fail" and task.fail else "",
+            "failMsg": self._echo(task.fail[1]) if state == "fail" and task.fail else "",
             "costTime": ms(task.duration) if done else None,
-            "createTime": ms(task.created),
+            "createTime": ms(task.created - self.config.create_time_offset),
             "updateTime": ms(update),
             "completeTime": ms(finished) if done else None,
         }
@@ -372,11 +425,13 @@ class Simulator:
             if self.config.result_url is not None:
                 urls.append(self.config.result_url.format(task_id=task.task_id, n=n, ext=ext))
                 continue
-            query = {}
+            query: dict[str, str] = {}
             if self.config.url_ttl is not None:
                 stale = self.config.expired_url_rate and self._rng.random() < self.config.expired_url_rate
                 expires = str(int(now - 1 if stale else now + self.config.url_ttl))
                 query = {"expires": expires, "sig": self._sign(task.task_id, name, expires)}
+            if self.config.key_in_result_url:
+                query["auth"] = self._caller
             suffix = f"?{urlencode(query)}" if query else ""
             urls.append(f"{self.files_url}/r/{task.task_id}/{name}{suffix}")
         return urls

@@ -1,0 +1,269 @@
+"""The ledger on disk, read: the record schema, results.json with its journals replayed over it, and the rebuild
+of a missing or damaged results.json. Nothing here writes but `keep_damaged` (a rename); the open, locked ledger
+that changes records is `ledger.Ledger`.
+
+Each snapshot has a generation number, and each journal starts with a header line naming the generation it
+follows (`{"base": N}`; 0 for an empty ledger). So a deleted or damaged results.json is rebuilt only when the
+material left provably covers the whole history — previous.json and the journals that lead on from it, or, for a
+ledger that never had two snapshots, the journals from generation 0 — and refused otherwise: a DIR with journals
+is never taken for a fresh start (that would pay for every item again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NotRequired, TypedDict
+
+from .errors import LedgerError
+from .files import STATE_DIR
+
+VERSION = 1
+State = Literal["pending", "submitted", "succeeded", "failed"]
+STATES: tuple[State, ...] = ("pending", "submitted", "succeeded", "failed")
+
+RESULTS = "results.json"
+JOURNAL = "journal.jsonl"
+PREVIOUS = "previous.json"  # the snapshot before results.json ...
+PREVIOUS_JOURNAL = "previous-journal.jsonl"  # ... and the journal from it to results.json: recovery material
+
+
+class ErrorRecord(TypedDict):
+    kind: str  # task_transient, task_policy, rejected, bad_result, no_result, lost, duplicate_task, ...
+    code: str | None
+    message: str
+
+
+class Record(TypedDict):
+    """One item's entry in results.json (SPEC §4). engine, plan and report read records through this schema."""
+
+    state: State
+    task_id: str | None
+    attempts: int  # submissions of the current request (reset when the request changes or on --retry-failed)
+    request: dict[str, Any] | None
+    files: list[str]
+    sha256: list[str]
+    error: ErrorRecord | None
+    submitted_at: str | None
+    finished_at: str | None
+    paid: NotRequired[int]  # createTask answers that carried a task id, over the item's whole life: never reset
+    in_doubt: NotRequired[int]  # createTask calls that may have been paid without our knowing the task id
+    submitting: NotRequired[bool]  # a createTask call is under way (on disk: the run died inside it)
+
+
+def error_record(kind: str, code: str | None, message: str) -> ErrorRecord:
+    return {"kind": kind, "code": code, "message": message}
+
+
+def new_record(request: dict[str, Any] | None) -> Record:
+    return {
+        "state": "pending",
+        "task_id": None,
+        "attempts": 0,
+        "request": request,
+        "files": [],
+        "sha256": [],
+        "error": None,
+        "submitted_at": None,
+        "finished_at": None,
+    }
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What a ledger directory holds: records by id, the manifest it was made for, the journal's length."""
+
+    items: dict[str, Record]
+    manifest: str | None
+    updated_at: str | None
+    journal_bytes: int  # the length of the journal's whole lines (a torn tail is beyond it)
+    not_in_manifest: frozenset[str] = frozenset()
+    damaged: str | None = None  # why results.json could not be used, when the state was recovered without it
+    generation: int = 0  # of the snapshot the state was loaded from (0: none)
+    replayed: int = 0  # journal records replayed over the snapshot (changes it does not hold yet)
+
+
+def exists(directory: Path) -> bool:
+    """Whether DIR has a ledger (or the remains of one) at all."""
+    return (directory / RESULTS).exists() or (directory / STATE_DIR).exists()
+
+
+def load(directory: Path) -> Loaded:
+    """Read results.json and replay the journal over it, without taking the lock or writing anything.
+
+    A missing or damaged results.json (not JSON, not a ledger, a record without a valid state) is rebuilt from
+    the previous snapshot and the journals since it, when they provably cover the whole history; otherwise
+    LedgerError. A DIR whose journals hold records is never read as an empty ledger.
+    """
+    folder = directory / STATE_DIR
+    snapshot = directory / RESULTS
+    journal = _read_journal(folder / JOURNAL)
+    if not snapshot.exists():
+        if (folder / PREVIOUS).exists() or (folder / PREVIOUS_JOURNAL).exists():
+            return _recover(directory, journal, f"{snapshot} is missing")
+        if journal.base not in (None, 0):
+            return _recover(directory, journal, f"{snapshot} is missing")
+        # No snapshot was ever made: the journal (from an empty ledger) is the whole state.
+        return Loaded(_replay({}, journal.entries), None, None, journal.good, replayed=len(journal.entries))
+    try:
+        document = _read_snapshot(snapshot)
+    except _Damaged as exc:
+        return _recover(directory, journal, str(exc))
+    retired = frozenset(document.get("not_in_manifest") or ())
+    return Loaded(
+        _replay(document["items"], journal.entries),
+        document.get("manifest"),
+        document.get("updated_at"),
+        journal.good,
+        retired,
+        generation=_generation(document),
+        replayed=len(journal.entries),
+    )
+
+
+def _generation(document: dict[str, Any]) -> int:
+    value = document.get("generation")
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _read_snapshot(path: Path) -> dict[str, Any]:
+    """A snapshot's document; _Damaged if it is not a whole, well-formed ledger; LedgerError if it is newer."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Damaged(f"{path} is not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise LedgerError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("items"), dict):
+        raise _Damaged(f"{path} is not a batchgen ledger (no 'items' object)")
+    version = document.get("version")
+    if isinstance(version, int) and version > VERSION:
+        raise LedgerError(
+            f"{path} is ledger version {version}; this batchgen reads version {VERSION}. "
+            "Use a newer batchgen, or another --out directory; the file was not changed"
+        )
+    if version != VERSION:
+        raise _Damaged(f"{path} has no valid version (found {version!r})")
+    for item_id, record in document["items"].items():
+        if not isinstance(record, dict) or record.get("state") not in STATES:
+            raise _Damaged(f"{path}: item {item_id!r} has no valid state")
+    return document
+
+
+def _recover(directory: Path, journal: _Journal, why: str) -> Loaded:
+    """The state without results.json: the previous snapshot + the journal after it + the current journal.
+
+    Journals with headers must chain: previous-journal follows previous.json's generation (or 0, an empty ledger,
+    when there is no previous.json), and the current journal follows the snapshot after that. Anything else
+    means history is missing, and rebuilding from it would resubmit (pay for) items already done: refused.
+    """
+    folder = directory / STATE_DIR
+    refuse = (
+        f"{why}; batchgen has changed nothing. Restore {RESULTS} from a backup, or move {directory} aside and "
+        "start a new ledger elsewhere (items it held would be submitted, and paid for, again)"
+    )
+    base: dict[str, Any] = {"items": {}}
+    if (folder / PREVIOUS).exists():
+        try:
+            base = _read_snapshot(folder / PREVIOUS)
+        except _Damaged as exc:
+            raise LedgerError(
+                f"{why}, and so is its previous copy ({exc}). batchgen has changed neither. "
+                "Restore results.json from a backup, or move it aside to start a new ledger "
+                "(the images stay where they are)"
+            ) from exc
+    earlier = _read_journal(folder / PREVIOUS_JOURNAL, strict=True)
+    if not (folder / PREVIOUS).exists() and not (folder / PREVIOUS_JOURNAL).exists() and not journal.entries:
+        raise LedgerError(f"{why}, and there is no journal to rebuild it from. {refuse}")
+    start = _generation(base)
+    if earlier.base is not None and earlier.base != start:
+        what = "previous.json is missing" if not (folder / PREVIOUS).exists() else "previous.json is out of step"
+        raise LedgerError(f"{why}, and {what}: the journals left do not hold the whole history. {refuse}")
+    expected = start + 1 if (folder / PREVIOUS_JOURNAL).exists() else start
+    if journal.base is not None and earlier.base is not None and journal.base != expected:
+        raise LedgerError(f"{why}, and the journals do not follow on from each other. {refuse}")
+    items = _replay(_replay(base["items"], earlier.entries), journal.entries)
+    return Loaded(
+        items,
+        base.get("manifest"),
+        base.get("updated_at"),
+        journal.good,
+        frozenset(base.get("not_in_manifest") or ()),
+        damaged=why,
+        generation=journal.base if journal.base is not None else expected,
+    )
+
+
+@dataclass(slots=True)
+class _Journal:
+    entries: list[tuple[str, Record]]
+    good: int  # the length of its whole lines
+    base: int | None  # the snapshot generation it follows (None: a journal from before headers, or none)
+
+
+def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
+    """A journal's header and entries, and the length of its whole lines. A torn last line is dropped."""
+    if not path.exists():
+        return _Journal([], 0, None)
+    data = path.read_bytes()
+    entries: list[tuple[str, Record]] = []
+    good = 0
+    base: int | None = None
+    for number, (text, end) in enumerate(_lines(data), start=1):
+        try:
+            entry = json.loads(text)
+            if number == 1 and isinstance(entry, dict) and "base" in entry and "id" not in entry:
+                if not isinstance(entry["base"], int):
+                    raise TypeError("not a journal header")
+                base = entry["base"]
+                good = end
+                continue
+            item_id, record = entry["id"], entry["record"]
+            if not isinstance(item_id, str) or not isinstance(record, dict) or record.get("state") not in STATES:
+                raise TypeError("not an item record")
+        except (ValueError, KeyError, TypeError) as exc:
+            if end == len(data) and not data.endswith(b"\n") and not strict:
+                break  # a torn last line: the write it belonged to never finished
+            raise LedgerError(
+                f"{path}: line {number} is damaged ({exc}); batchgen has not changed it. Move it "
+                "aside to continue from results.json alone (changes since the last snapshot are "
+                "then forgotten)"
+            ) from exc
+        entries.append((item_id, record))  # type: ignore[arg-type]  # checked above: a dict with a valid state
+        good = end
+    return _Journal(entries, good, base)
+
+
+def _replay(items: dict[str, Record], journal: list[tuple[str, Record]]) -> dict[str, Record]:
+    for item_id, record in journal:
+        items[item_id] = record
+    return items
+
+
+def keep_damaged(directory: Path) -> None:
+    """Move a damaged results.json aside (never delete it): results.json.damaged-<UTC time>."""
+    damaged = directory / RESULTS
+    if damaged.exists():
+        os.replace(damaged, directory / f"{RESULTS}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+
+
+def _lines(data: bytes) -> Iterator[tuple[bytes, int]]:
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end + 1
+        yield data[start:end], end
+        start = end
+
+
+def header(generation: int) -> bytes:
+    """A journal's first line: the snapshot generation its records follow."""
+    return json.dumps({"base": generation}).encode() + b"\n"
