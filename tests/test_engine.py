@@ -14,7 +14,7 @@ from batchgen import ledger, runner
 from batchgen.config import Secret
 from batchgen.progress import Reporter
 
-from .conftest import KEY, make_settings, manifest_of
+from .conftest import make_settings, manifest_of
 
 
 async def run(settings) -> runner.Outcome:
@@ -318,20 +318,6 @@ async def test_an_interrupted_create_is_marked_in_doubt_and_reported(sim_factory
         assert outcome.exit_code == 0 and sim.stats.creates == 1
     assert results(out)["items"]["item-00"]["in_doubt"] == 1
     assert report.status(out)["in_doubt"] == [{"id": "item-00", "times": 1}]
-
-
-async def test_the_key_is_in_no_file_under_the_output_directory(sim_factory, tmp_path):
-    path = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]"])
-    out = tmp_path / "out"
-    stream = io.StringIO()
-    async with sim_factory(api_key=KEY, latency=0.05) as sim:
-        await runner.run(make_settings(path, out, sim, verbose=True), Reporter(stream=stream, verbose=True))
-        assert sim.stats.file_auth_headers == 0
-    for file in out.rglob("*"):
-        if file.is_file():
-            assert KEY.encode() not in file.read_bytes(), file
-    assert KEY not in stream.getvalue()
-    assert "Secret('****')" in repr(make_settings(path, out, sim))
 
 
 async def test_csv_manifest_runs_like_its_yaml_twin(sim_factory, tmp_path):

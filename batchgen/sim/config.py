@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+Misreport = Literal["no_task_id", "wrong_task", "no_urls", "bad_result_json"]
 Envelope429 = Literal["relay", "business", "gateway", "empty", "mixed"]
 LostAnswer = Literal["504", "drop", "mixed"]
 ForgetAnswer = Literal["null", "404"]
@@ -66,6 +67,10 @@ class SimConfig:
     # URL-encoded), and, with key_in_result_url, in the result URLs it hands out (`?auth=<url-encoded token>`).
     echo_token: bool = False
     key_in_result_url: bool = False
+    # Answers that are wrong in shape: the first create answers success with no taskId (the task is created and
+    # paid all the same); the first two recordInfo answers of a task are about another task (and say it failed);
+    # a success whose resultJson has no URLs, or is not JSON.
+    misreport: Misreport | None = None
 
     callback_attempts: int = 3  # callbacks are retried briefly, then given up
     random_seed: int | None = None  # for repeatable faults

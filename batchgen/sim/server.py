@@ -301,9 +301,9 @@ class Simulator:
                 raise asyncio.CancelledError  # the client sees the connection dropped
             page = "<html><head><title>504 Gateway Time-out</title></head><body>504 Gateway Time-out</body></html>"
             return web.Response(status=504, text=page, content_type="text/html")
+        data = {} if self.config.misreport == "no_task_id" and self.stats.creates == 1 else {"taskId": answered}
         return web.json_response(
-            {"code": self.config.create_code, "msg": "success", "data": {"taskId": answered}},
-            status=self.config.create_status,
+            {"code": self.config.create_code, "msg": "success", "data": data}, status=self.config.create_status
         )
 
     def _invalid(self, body: dict[str, Any]) -> str | None:
@@ -387,7 +387,7 @@ class Simulator:
             return self._business(404, "task not found")
         if task is None or forgotten or now - task.created < self.config.null_window:
             return self._business(422, "recordInfo is null")
-        record = self._record(task, now)
+        record = self._misreported(self._record(task, now), task_id)
         if record["state"] not in ("success", "fail"):
             self.stats.polls_unfinished += 1
         elif task_id not in self.stats.detection_delay:
@@ -415,6 +415,23 @@ class Simulator:
             "updateTime": ms(update),
             "completeTime": ms(finished) if done else None,
         }
+
+    def _misreported(self, record: dict[str, Any], task_id: str) -> dict[str, Any]:
+        """The `misreport` knob's wrong answers (see SimConfig)."""
+        fault = self.config.misreport
+        if fault == "wrong_task" and self.stats.polls_by_task[task_id] <= 2:
+            record.update(
+                taskId=f"task_{schema.MODEL}_someone_else",
+                state="fail",
+                failCode=POLICY_FAILURE[0],
+                failMsg=POLICY_FAILURE[1],
+                resultJson="",
+            )
+        elif fault == "no_urls" and record["state"] == "success":
+            record["resultJson"] = json.dumps({"resultUrls": []})
+        elif fault == "bad_result_json" and record["state"] == "success":
+            record["resultJson"] = "{not json"
+        return record
 
     def _result_urls(self, task: _Task, now: float) -> list[str]:
         data = task.body["input"]
