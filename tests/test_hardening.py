@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -335,17 +336,18 @@ async def test_unrecoverable_damage_is_exit_2_and_changes_nothing(sim_factory, t
 
 
 def test_a_journal_damaged_in_the_middle_is_refused(tmp_path):
-    with ledger.Ledger.open(tmp_path, "m.yaml") as book:
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    with ledger.Ledger.open(live, "m.yaml") as book:
         book.start_submit("a", {"model": "imagen4-ultra", "input": {"prompt": "p"}})
         book.snapshot()
         book.start_submit("b", {"model": "imagen4-ultra", "input": {"prompt": "q"}})
         book.start_submit("c", {"model": "imagen4-ultra", "input": {"prompt": "r"}})
-        journal = tmp_path / ".batchgen" / "journal.jsonl"
+        journal = live / ".batchgen" / "journal.jsonl"
         lines = journal.read_bytes().split(b"\n")
         journal.write_bytes(lines[0][:10] + b"\n" + b"\n".join(lines[1:]))
-        book._dirty = False  # keep the damage for the next reader
+        shutil.copytree(live, crashed)  # what a kill at this moment leaves: no snapshot at close
     with pytest.raises(LedgerError, match="line 1 is damaged"):
-        ledger.load(tmp_path)
+        ledger.load(crashed)
 
 
 def test_newer_ledger_and_other_manifest_are_refused(tmp_path):

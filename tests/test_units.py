@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 
 import pytest
@@ -218,29 +219,26 @@ def test_cooldown_grows_and_honours_retry_after():
 
 
 def test_journal_replays_over_the_snapshot_and_a_torn_line_is_dropped(tmp_path):
-    with ledger.Ledger.open(tmp_path, "m.yaml") as book:
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    with ledger.Ledger.open(live, "m.yaml") as book:
         book.start_submit("a", {"model": "imagen4-ultra", "input": {"prompt": "p"}})
         book.submitted("a", "task_1")
         book.snapshot()
         book.start_submit("b", {"model": "imagen4-ultra", "input": {"prompt": "q"}})
         book.submitted("b", "task_2")
-        journal = tmp_path / ".batchgen" / "journal.jsonl"
+        journal = live / ".batchgen" / "journal.jsonl"
         whole = journal.read_bytes()
         # a kill mid-append: half a line after the whole ones
         with open(journal, "ab") as handle:
             handle.write(b'{"id":"a","record":{"state":"succ')
-        loaded = ledger.load(tmp_path)
+        loaded = ledger.load(live)
         assert loaded.items["a"]["task_id"] == "task_1" and loaded.items["b"]["task_id"] == "task_2"
         assert loaded.journal_bytes == len(whole)
-        book._journal_fd, fd = -1, book._journal_fd  # simulate the kill: no snapshot at close
-        import os
-
-        os.close(fd)
-        os.close(book._lock_fd)
-    with ledger.Ledger.open(tmp_path, "m.yaml") as book:  # the torn tail is cut before appending
+        shutil.copytree(live, crashed)  # what a kill at this moment leaves: no snapshot at close
+    with ledger.Ledger.open(crashed, "m.yaml") as book:  # the torn tail is cut before appending
         assert book.items["b"]["state"] == "submitted"
         book.succeeded("b", ["b.png"], ["0" * 64])
-    doc = json.loads((tmp_path / "results.json").read_text())
+    doc = json.loads((crashed / "results.json").read_text())
     assert doc["items"]["b"]["state"] == "succeeded" and doc["counts"]["succeeded"] == 1
 
 
