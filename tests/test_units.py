@@ -267,3 +267,25 @@ def test_snapshot_is_replaced_atomically_and_no_temp_files_remain(tmp_path):
         "previous.json",
     ]
     assert json.loads((tmp_path / "results.json").read_text())["counts"]["pending"] == 3
+
+
+def test_in_flight_limit_is_cut_by_429_and_climbs_back():
+    from batchgen.limits import InFlightLimiter
+
+    limiter = InFlightLimiter(8, calm=3600)
+    limiter.on_saturated()  # nothing known: halve
+    assert limiter.limit == 4
+    limiter.on_saturated(live=2)  # the service runs 2 of ours and refuses a third: 2 is what it takes
+    assert limiter.limit == 2
+    limiter.on_saturated(live=5)  # never raised by a 429
+    assert limiter.limit == 2
+    for _ in range(2):
+        limiter.on_success()
+    assert limiter.limit == 2  # while 429s are recent, one slot per `limit` successes
+    for _ in range(40):
+        limiter.on_success()
+    assert limiter.limit == 8  # back, and never above the maximum
+    limiter.on_saturated(live=3)
+    limiter.calm = 0  # long after the last 429: a whole slot per success
+    limiter.on_success()
+    assert limiter.limit == 4
