@@ -462,10 +462,16 @@ async def test_service_misbehaviour_gives_a_clear_item_state(sim_factory, tmp_pa
         assert "the task succeeded but" in record_["error"]["message"]
 
 
-async def test_null_forever_and_generating_forever_end_in_a_timeout_not_a_crash(sim_factory, tmp_path):
+@pytest.mark.parametrize(
+    ("prompt", "knobs"),
+    [("a", {"null_window": 3600}), ("a [sim:hold]", {})],
+    ids=["recordInfo is null forever", "generating forever"],
+)
+async def test_null_forever_and_generating_forever_end_in_a_timeout_not_a_crash(sim_factory, tmp_path, prompt, knobs):
     out = tmp_path / "out"
-    async with sim_factory(latency=0.05, null_window=3600) as sim:
-        outcome = await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a"]), out, sim, task_timeout=0.5))
+    async with sim_factory(latency=0.05, **knobs) as sim:
+        outcome = await run(make_settings(manifest_of(tmp_path / "m.yaml", [prompt]), out, sim, task_timeout=0.5))
         assert outcome.exit_code == 5 and sim.stats.creates == 1
+        sim.release()
     record = results(out)["items"]["item-00"]
     assert record["state"] == "submitted" and record["task_id"]

@@ -249,12 +249,6 @@ def test_invalid_results_json_is_never_overwritten(tmp_path):
     assert (tmp_path / "results.json").read_text() == '{"version": 1, "items": {'
 
 
-def test_a_newer_ledger_version_is_refused(tmp_path):
-    (tmp_path / "results.json").write_text('{"version": 2, "items": {}}')
-    with pytest.raises(LedgerError, match="version 2"):
-        ledger.Ledger.open(tmp_path, "m.yaml")
-
-
 def test_snapshot_is_replaced_atomically_and_no_temp_files_remain(tmp_path):
     with ledger.Ledger.open(tmp_path, "m.yaml") as book:
         for n in range(3):
