@@ -13,10 +13,9 @@ work at once; a createTask call already sent is shielded and allowed to finish w
 (`Timeouts.create`, which fits the systemd unit's stop timeout), its task id recorded before the ledger closes.
 A second signal abandons those calls: their items are marked in doubt.
 
-Money: an answer that carries a taskId is a paid task; a create that got no answer, or a 5xx, after the request
-left may have been paid: the item is marked in doubt, and --limit counts it. A taskId the service already gave
-another item is a service error for the second item, never its success. A task the service no longer knows,
-created over a day ago, is lost (failed, kind `lost`): only --retry-failed pays for it again.
+The createTask side (money: paid and in-doubt creates, --limit, one owner per task id) is submit.py's
+Submitter. A task the service no longer knows, created over a day ago, is lost (failed, kind `lost`): only
+--retry-failed pays for it again.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ import contextlib
 import os
 import random
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from . import download, failures, memory
 from .client import Client, TaskRecord
@@ -39,7 +36,6 @@ from .errors import (
     DownloadError,
     QuotaError,
     RateLimited,
-    RequestRejected,
     ServiceError,
     StorageError,
     TransportError,
@@ -53,32 +49,13 @@ from .names import Names
 from .plan import Plan
 from .polls import PollScheduler
 from .progress import Reporter
+from .submit import Counters, Stopped, Submitter
 
-SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 DOWNLOAD_SLOTS = 8  # result files fetched at once
 SHUTDOWN_MARGIN = 5.0  # beyond Timeouts.create, for the ledger's fsync after the last answer
 NO_RESULT_QUERIES = 3  # a success without result URLs: recordInfo asked this many times before "no result"
 LOST_AFTER = 24 * 3600.0  # seconds: an unknown task older than this was forgotten by the service (it keeps
 #                           task records for weeks, not forever); a younger one may just not be visible yet
-
-# Errors after which a createTask certainly created nothing: anything else after the request left may have.
-NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError)
-
-
-@dataclass(slots=True)
-class Counters:
-    creates: int = 0  # paid
-    retries: int = 0
-    rate_limited: int = 0
-    polls: int = 0
-    downloads: int = 0
-    in_doubt: int = 0
-    callbacks: int = 0  # valid callbacks that woke a poller
-    lost: int = 0  # tasks the service forgot (failed, kind `lost`)
-
-
-class Stopped(Exception):
-    """Internal: the run is stopping; unwinds an item's coroutine without changing its state."""
 
 
 class Engine:
@@ -118,28 +95,32 @@ class Engine:
             self.throttle,
             settings.poll,
             prior=self.remembered.latency if self.remembered else None,
-            in_tail=lambda: self._dispatched and not self.window.waiting and not self._creating,
+            in_tail=lambda: self._dispatched and not self.window.waiting and not self.submitter.creating,
         )
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self.rng = random.Random()
         self.temp_dir = state_dir(settings.out, "tmp")
         self.ids = [item.id for item in items]
-        self.creates_left = settings.limit
         self.stop_reason: str | None = None
         self.stop_signal: int | None = None
         self.fatal: BatchgenError | None = None
         self._work: asyncio.Task[None] | None = None
-        self._creating: set[asyncio.Task[str]] = set()
-        self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
-        self._task_owner: dict[str, str] = {}  # task id -> the item it was created for
-        for item_id, record in ledger.owners():
-            if record.get("task_id"):
-                self._task_owner.setdefault(str(record["task_id"]), item_id)
+        self.submitter = Submitter(
+            settings,
+            ledger,
+            client,
+            self.throttle,
+            reporter,
+            self.counters,
+            callback_url=callback_url,
+            fail=self._fail,
+            stop=self.stop,
+            stopping=lambda: self.stop_reason is not None,
+        )
         self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen
         self.names = Names(
             self.ids, ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded")
         )
-        self.callback_url = callback_url  # the run's callBackUrl (with --callback-listen, the receiver's)
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None
 
     # ------------------------------------------------------------ the run
@@ -155,12 +136,12 @@ class Engine:
             if not (self._work.cancelled() and self.stop_reason is not None):
                 raise  # we were cancelled from outside, not stopped
         finally:
-            if self._creating:  # createTask calls already sent: record their task ids before the ledger closes
+            if creating := self.submitter.creating:  # calls already sent: record their task ids before closing
                 self.reporter.warning(
-                    f"waiting up to {self.settings.timeouts.create:g} s for {len(self._creating)} createTask "
+                    f"waiting up to {self.settings.timeouts.create:g} s for {len(creating)} createTask "
                     "call(s) already sent (they may be paid); signal again to stop now"
                 )
-                await asyncio.wait(self._creating, timeout=self.settings.timeouts.create + SHUTDOWN_MARGIN)
+                await asyncio.wait(creating, timeout=self.settings.timeouts.create + SHUTDOWN_MARGIN)
             self._show_progress()
             self._keep_memory()
 
@@ -180,10 +161,8 @@ class Engine:
     def stop(self, reason: str, *, signum: int | None = None, fatal: BatchgenError | None = None) -> None:
         """Stop the run now: nothing more is submitted; what is in flight stays resumable by its task id."""
         if self.stop_reason is not None:
-            if signum is not None and not self._abandoned:
-                self._abandoned = True  # a signal while stopping already: now, even inside createTask calls
-                for job in list(self._creating):
-                    job.cancel()
+            if signum is not None:  # a signal while stopping already: now, even inside createTask calls
+                self.submitter.abandon()
             return
         self.stop_reason = reason
         self.stop_signal = signum
@@ -194,10 +173,11 @@ class Engine:
     async def _dispatch(self, work: asyncio.TaskGroup) -> None:
         queue: list[tuple[Item, str | None]] = [*self.plan.resume, *((i, None) for i in self.plan.submit)]
         for item, task_id in queue:
-            if task_id is None and self.creates_left is not None and self.creates_left <= 0:
+            left = self.submitter.creates_left
+            if task_id is None and left is not None and left <= 0:
                 break  # --limit: the rest stay pending for the next run
-            if task_id is not None and self._task_owner.setdefault(task_id, item.id) != item.id:
-                await self._fail(item.id, self._duplicate(task_id))  # two items, one task: never both succeed
+            if task_id is not None and not self.submitter.claim(task_id, item.id):
+                await self._fail(item.id, self.submitter.duplicate(task_id))  # two items, one task
                 continue
             await self.limiter.acquire()
             work.create_task(self._item(item, task_id))
@@ -228,7 +208,7 @@ class Engine:
         try:
             while True:
                 if task_id is None:
-                    task_id = await self._submit(item)
+                    task_id = await self.submitter.submit(item)
                     if task_id is None:
                         return
                 record = await self._wait(item, task_id, first_poll)
@@ -294,15 +274,6 @@ class Engine:
         after = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
         self.reporter.warning(f"item {item_id!r} failed{after} ({_brief(error)}); {hint}", item=item_id, error=error)
 
-    def _duplicate(self, task_id: str) -> ErrorRecord:
-        owner = self._task_owner.get(task_id)
-        return error_record(
-            "duplicate_task",
-            None,
-            f"the service answered task id {task_id}, which is item {owner!r}'s: a service error "
-            "(this item was not generated)",
-        )
-
     def _lost_error(self, task_id: str) -> ErrorRecord:
         return error_record(
             "lost",
@@ -310,121 +281,6 @@ class Engine:
             f"the service no longer knows task {task_id}, created over {LOST_AFTER / 3600:g} h ago; "
             "a new submission is paid again",
         )
-
-    # ------------------------------------------------------------ submit
-
-    async def _submit(self, item: Item) -> str | None:
-        """createTask with retries; the task id, or None if the item failed or must wait for the next run."""
-        request = item.request
-        callback = item.callback_url or self.callback_url
-        saturated = failed = 0
-        while True:
-            await self.cooldown.wait()
-            slot = await self.window.acquire()
-            epoch = self.throttle.epoch
-            if self.creates_left is not None:
-                if self.creates_left <= 0:
-                    self.window.forget(slot)
-                    return None
-                self.creates_left -= 1  # given back only when the call certainly created nothing
-            job = asyncio.ensure_future(self._create(item, request, callback, slot))
-            self._creating.add(job)
-            job.add_done_callback(_settle_job)
-            job.add_done_callback(self._creating.discard)
-            try:
-                return await asyncio.shield(job)
-            except _Taken:
-                return None  # a duplicate task id: failed and reported
-            except RateLimited as exc:
-                self._give_back()
-                self._saturated(exc, epoch)
-                saturated += 1
-                if saturated >= SATURATION_ATTEMPTS:
-                    self.reporter.warning(
-                        f"item {item.id!r}: the service stayed saturated (429); left for the next run"
-                    )
-                    return None
-            except (AuthError, QuotaError, UsageError) as exc:
-                self._give_back()
-                self.stop("refused", fatal=exc)
-                raise Stopped from exc
-            except RequestRejected as exc:
-                self._give_back()
-                await self._fail(item.id, error_record("rejected", exc.code, exc.message))
-                return None
-            except (ServiceError, TransportError) as exc:
-                if isinstance(exc, TransportError) and not exc.sent:
-                    self._give_back()
-                failed += 1
-                if failed >= self.settings.retry.calls:
-                    self.reporter.warning(f"item {item.id!r}: createTask kept failing ({exc}); left for the next run")
-                    return None
-                delay = self.settings.retry.delay(failed, self.rng.random())
-                self.reporter.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
-                await asyncio.sleep(delay)
-
-    def _give_back(self) -> None:
-        if self.creates_left is not None:
-            self.creates_left += 1
-
-    async def _create(self, item: Item, request: dict[str, Any], callback: str | None, slot: list[float]) -> str:
-        """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after.
-
-        Its create-window slot counts from the moment the answer arrives, unless the service dropped the call.
-        A failure after the request left that does not prove nothing was created (a 5xx, a lost answer, a
-        stop inside the call) marks the item in doubt: it may have been paid.
-        """
-        self.ledger.start_submit(item.id, request)
-        try:
-            await self.ledger.durable()  # the intent is on disk before the request leaves
-        except BaseException:
-            self.ledger.submit_unsent(item.id)
-            raise
-        try:
-            task_id = await self.client.create_task(request, callback)
-        except RateLimited:
-            self.window.forget(slot)
-            self.ledger.submit_unsent(item.id)
-            raise
-        except BaseException as exc:
-            self.window.done(slot)
-            doubt = _maybe_created(exc)
-            self.ledger.submit_unsent(item.id, in_doubt=doubt)
-            if doubt:
-                self.counters.in_doubt += 1
-                self.reporter.warning(
-                    f"item {item.id!r}: createTask got no usable answer ({_reason(exc)}); it may have been "
-                    "created and paid: marked in doubt" + ("" if self.stop_reason else "; submitting again"),
-                    item=item.id,
-                )
-            await self.ledger.durable()
-            raise
-        self.window.done(slot)
-        self.counters.creates += 1  # paid, whatever happens next
-        if self._task_owner.setdefault(task_id, item.id) != item.id:
-            self.ledger.paid_without_task(item.id, self._duplicate(task_id))
-            await self.ledger.durable()
-            await self._fail(item.id, self._duplicate(task_id))
-            raise _Taken
-        self.ledger.submitted(item.id, task_id)
-        self.throttle.task_started()  # the service is running it from now on, though we wait for the disk first
-        try:
-            await self.ledger.durable()  # the task id is on disk before anything else happens to it
-        finally:
-            self.throttle.task_ended()
-        self.throttle.on_create_success()
-        self.reporter.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
-        return task_id
-
-    def _saturated(self, exc: RateLimited, epoch: int) -> None:
-        """A createTask 429: the throttle slows everyone down at once (see limits.Throttle)."""
-        self.counters.rate_limited += 1
-        pause = self.throttle.on_create_saturated(epoch, exc.retry_after)
-        if pause is not None:
-            self.reporter.debug(
-                f"service saturated (429): in-flight limit {self.limiter.limit}, create window "
-                f"{self.window.count}/{self.window.seconds:g} s, pause {pause:.1f} s"
-            )
 
     # ------------------------------------------------------------ poll
 
@@ -435,7 +291,7 @@ class Engine:
         once. A task whose callback comes to this run's listener is polled only as the fallback.
         """
         deadline = time.monotonic() + self.settings.task_timeout
-        fallback = bool(self.callback_url and not item.callback_url)
+        fallback = bool(self.submitter.callback_url and not item.callback_url)
         self.polls.add(task_id, fallback=fallback, resumed=first_poll is not None)
         self.throttle.task_started()
         try:
@@ -610,31 +466,6 @@ class Engine:
             names.append(name)
             digests.append(digest)
         return names, digests
-
-
-class _Taken(Exception):
-    """Internal: createTask answered a task id another item holds (already failed and reported)."""
-
-
-def _maybe_created(exc: BaseException) -> bool:
-    """Whether a createTask that ended in `exc` after the request left may have created (and charged) a task."""
-    if isinstance(exc, TransportError):
-        return exc.sent
-    return not isinstance(exc, NOT_CREATED)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.CancelledError):
-        return "stopped inside the call"
-    return str(exc) or type(exc).__name__
-
-
-def _settle_job(job: asyncio.Task[Any]) -> None:
-    """Retrieve a finished createTask job's exception: a stop cancels the shield's waiter, not the call, so its
-    error (the key refused for every call of the burst) may be nobody's to read, and asyncio would log it as
-    "never retrieved" on stderr."""
-    if not job.cancelled():
-        job.exception()
 
 
 def _fresher(fresh: TaskRecord | None, record: TaskRecord) -> TaskRecord:

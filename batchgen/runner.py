@@ -21,13 +21,14 @@ from . import manifest, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
-from .engine import Counters, Engine
+from .engine import Engine
 from .errors import BatchgenError, StorageError, UsageError
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, describe, make_plan
 from .progress import Reporter, plural
+from .submit import Counters
 
 
 @dataclass(slots=True)

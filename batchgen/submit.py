@@ -1,0 +1,248 @@
+"""The money side of an item's life: createTask under the throttle, bracketed by the ledger.
+
+The intent is on disk before the request leaves, the task id (fsync'd) before anything else happens to it. An
+answer that carries a taskId is a paid task; a create that got no answer, or a 5xx, after the request left may
+have been paid: the item is marked in doubt, and --limit counts it. A taskId the service already gave another
+item is a service error for the second item, never its success. A stop lets calls already sent finish (they
+are shielded); a second signal abandons them, in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .client import Client
+from .config import RunSettings
+from .errors import (
+    AuthError,
+    QuotaError,
+    RateLimited,
+    RequestRejected,
+    ServiceError,
+    TransportError,
+    UsageError,
+)
+from .ledger import ErrorRecord, Ledger, error_record
+from .limits import Throttle
+from .manifest import Item
+from .progress import Reporter
+
+SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
+
+# Errors after which a createTask certainly created nothing: anything else after the request left may have.
+NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError)
+
+
+@dataclass(slots=True)
+class Counters:
+    creates: int = 0  # paid
+    retries: int = 0
+    rate_limited: int = 0
+    polls: int = 0
+    downloads: int = 0
+    in_doubt: int = 0
+    callbacks: int = 0  # valid callbacks that woke a poller
+    lost: int = 0  # tasks the service forgot (failed, kind `lost`)
+
+
+class Stopped(Exception):
+    """Internal: the run is stopping; unwinds an item's coroutine without changing its state."""
+
+
+class Submitter:
+    """createTask for the engine's items: retries, --limit, in-doubt marks, one owner per task id."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        ledger: Ledger,
+        client: Client,
+        throttle: Throttle,
+        reporter: Reporter,
+        counters: Counters,
+        *,
+        callback_url: str | None,
+        fail: Callable[[str, ErrorRecord], Awaitable[None]],
+        stop: Callable[..., None],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.client = client
+        self.throttle = throttle
+        self.reporter = reporter
+        self.counters = counters
+        self.callback_url = callback_url  # the run's callBackUrl (with --callback-listen, the receiver's)
+        self._fail = fail
+        self._stop = stop
+        self._stopping = stopping
+        self.rng = random.Random()
+        self.creates_left = settings.limit  # --limit: every possibly paid create counts
+        self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
+        self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
+        self.task_owner: dict[str, str] = {}  # task id -> the item it was created for
+        for item_id, record in ledger.owners():
+            if record.get("task_id"):
+                self.task_owner.setdefault(str(record["task_id"]), item_id)
+
+    def claim(self, task_id: str, item_id: str) -> bool:
+        """Whether a resumed task id is this item's alone (two items, one task: never both succeed)."""
+        return self.task_owner.setdefault(task_id, item_id) == item_id
+
+    def abandon(self) -> None:
+        """Give up the createTask calls under way, now (a second signal): their items stay in doubt."""
+        if not self._abandoned:
+            self._abandoned = True
+            for job in list(self.creating):
+                job.cancel()
+
+    def duplicate(self, task_id: str) -> ErrorRecord:
+        owner = self.task_owner.get(task_id)
+        return error_record(
+            "duplicate_task",
+            None,
+            f"the service answered task id {task_id}, which is item {owner!r}'s: a service error "
+            "(this item was not generated)",
+        )
+
+    async def submit(self, item: Item) -> str | None:
+        """createTask with retries; the task id, or None if the item failed or must wait for the next run."""
+        request = item.request
+        callback = item.callback_url or self.callback_url
+        saturated = failed = 0
+        while True:
+            await self.throttle.cooldown.wait()
+            slot = await self.throttle.window.acquire()
+            epoch = self.throttle.epoch
+            if self.creates_left is not None:
+                if self.creates_left <= 0:
+                    self.throttle.window.forget(slot)
+                    return None
+                self.creates_left -= 1  # given back only when the call certainly created nothing
+            job = asyncio.ensure_future(self._create(item, request, callback, slot))
+            self.creating.add(job)
+            job.add_done_callback(_settle_job)
+            job.add_done_callback(self.creating.discard)
+            try:
+                return await asyncio.shield(job)
+            except _Taken:
+                return None  # a duplicate task id: failed and reported
+            except RateLimited as exc:
+                self._give_back()
+                self._saturated(exc, epoch)
+                saturated += 1
+                if saturated >= SATURATION_ATTEMPTS:
+                    self.reporter.warning(
+                        f"item {item.id!r}: the service stayed saturated (429); left for the next run"
+                    )
+                    return None
+            except (AuthError, QuotaError, UsageError) as exc:
+                self._give_back()
+                self._stop("refused", fatal=exc)
+                raise Stopped from exc
+            except RequestRejected as exc:
+                self._give_back()
+                await self._fail(item.id, error_record("rejected", exc.code, exc.message))
+                return None
+            except (ServiceError, TransportError) as exc:
+                if isinstance(exc, TransportError) and not exc.sent:
+                    self._give_back()
+                failed += 1
+                if failed >= self.settings.retry.calls:
+                    self.reporter.warning(f"item {item.id!r}: createTask kept failing ({exc}); left for the next run")
+                    return None
+                delay = self.settings.retry.delay(failed, self.rng.random())
+                self.reporter.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
+                await asyncio.sleep(delay)
+
+    def _give_back(self) -> None:
+        if self.creates_left is not None:
+            self.creates_left += 1
+
+    async def _create(self, item: Item, request: dict[str, Any], callback: str | None, slot: list[float]) -> str:
+        """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after.
+
+        Its create-window slot counts from the moment the answer arrives, unless the service dropped the call.
+        A failure after the request left that does not prove nothing was created (a 5xx, a lost answer, a
+        stop inside the call) marks the item in doubt: it may have been paid.
+        """
+        self.ledger.start_submit(item.id, request)
+        try:
+            await self.ledger.durable()  # the intent is on disk before the request leaves
+        except BaseException:
+            self.ledger.submit_unsent(item.id)
+            raise
+        try:
+            task_id = await self.client.create_task(request, callback)
+        except RateLimited:
+            self.throttle.window.forget(slot)
+            self.ledger.submit_unsent(item.id)
+            raise
+        except BaseException as exc:
+            self.throttle.window.done(slot)
+            doubt = _maybe_created(exc)
+            self.ledger.submit_unsent(item.id, in_doubt=doubt)
+            if doubt:
+                self.counters.in_doubt += 1
+                self.reporter.warning(
+                    f"item {item.id!r}: createTask got no usable answer ({_reason(exc)}); it may have been "
+                    "created and paid: marked in doubt" + ("" if self._stopping() else "; submitting again"),
+                    item=item.id,
+                )
+            await self.ledger.durable()
+            raise
+        self.throttle.window.done(slot)
+        self.counters.creates += 1  # paid, whatever happens next
+        if self.task_owner.setdefault(task_id, item.id) != item.id:
+            self.ledger.paid_without_task(item.id, self.duplicate(task_id))
+            await self.ledger.durable()
+            await self._fail(item.id, self.duplicate(task_id))
+            raise _Taken
+        self.ledger.submitted(item.id, task_id)
+        self.throttle.task_started()  # the service is running it from now on, though we wait for the disk first
+        try:
+            await self.ledger.durable()  # the task id is on disk before anything else happens to it
+        finally:
+            self.throttle.task_ended()
+        self.throttle.on_create_success()
+        self.reporter.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
+        return task_id
+
+    def _saturated(self, exc: RateLimited, epoch: int) -> None:
+        """A createTask 429: the throttle slows everyone down at once (see limits.Throttle)."""
+        self.counters.rate_limited += 1
+        pause = self.throttle.on_create_saturated(epoch, exc.retry_after)
+        if pause is not None:
+            self.reporter.debug(
+                f"service saturated (429): in-flight limit {self.throttle.limiter.limit}, create window "
+                f"{self.throttle.window.count}/{self.throttle.window.seconds:g} s, pause {pause:.1f} s"
+            )
+
+
+class _Taken(Exception):
+    """Internal: createTask answered a task id another item holds (already failed and reported)."""
+
+
+def _maybe_created(exc: BaseException) -> bool:
+    """Whether a createTask that ended in `exc` after the request left may have created (and charged) a task."""
+    if isinstance(exc, TransportError):
+        return exc.sent
+    return not isinstance(exc, NOT_CREATED)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "stopped inside the call"
+    return str(exc) or type(exc).__name__
+
+
+def _settle_job(job: asyncio.Task[Any]) -> None:
+    """Retrieve a finished createTask job's exception: a stop cancels the shield's waiter, not the call, so its
+    error (the key refused for every call of the burst) may be nobody's to read, and asyncio would log it as
+    "never retrieved" on stderr."""
+    if not job.cancelled():
+        job.exception()
