@@ -49,6 +49,7 @@ MAX_AXES = 32
 MAX_WILDCARD_BYTES = 64 * 1024 * 1024
 COUNT = schema.InputField("count", "int", minimum=1, maximum=MAX_ITEMS)
 _AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 _BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 Report = Callable[[int, str, str], None]  # (line, field, message) of one problem of the item
@@ -123,7 +124,7 @@ def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded
     count = 1
     if count_value is not None and count_value.value is not None:
         try:
-            count = COUNT.normalise(count_value.value)
+            count = COUNT.normalise(count_value.as_read("int"))
         except schema.FieldError as exc:
             report(count_value.line, "count", str(exc))
             return None
@@ -367,7 +368,8 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
     if "\0" in text:
         bad(f"{shown} contains a NUL character: this is not a text file")
         return None
-    values = [kept for line in text.split("\n") if (kept := line.strip()) and not kept.startswith("#")]
+    # CR-only (classic Mac) and CRLF line ends count too: otherwise the whole file is one value with \r in it.
+    values = [kept for line in _LINE_END.split(text) if (kept := line.strip()) and not kept.startswith("#")]
     if not values:
         bad(f"{shown} has no values (blank lines and # lines are skipped)")
         return None

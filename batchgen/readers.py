@@ -44,9 +44,11 @@ class Value:
     line: int
 
     def as_read(self, kind: schema.Kind) -> Any:
-        """What a field of this kind checks: the literal text where there is one (`16:9` is a base-60 integer to
-        YAML, and `1` an int, not a bool), the typed value for integers (`seed: 1.5` is not 1)."""
-        return self.text if kind != "int" and self.text is not None else self.value
+        """What a field checks: the literal text where there is one (`16:9` is a base-60 integer to YAML, `1` an
+        int, not a bool, and `1_0` or `+3` are not the plain digits an integer field takes)."""
+        if self.text is None or (kind == "int" and type(self.value) not in (int, str)):
+            return self.value  # `seed: 1.5` is described as the number it is
+        return self.text
 
 
 @dataclass(slots=True)
@@ -127,10 +129,13 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes | str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # O_NONBLOCK: a FIFO's open
     except OSError as exc:
         return f"cannot read {what}: {exc.strerror or exc}"
+    # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        return f"cannot read {what}: {kind}"
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return f"cannot read {what}: not a regular file"
         if info.st_size > limit:
             return f"{what} is {info.st_size:,} bytes; the limit is {limit:,}"
         try:
