@@ -33,6 +33,7 @@ import yaml
 from . import ids, schema
 from .readers import (
     MAX_MANIFEST_BYTES,
+    NUL,
     UNENCODABLE,
     UNENCODABLE_HINT,
     YAML_STR,
@@ -320,9 +321,13 @@ def _axis(name: str, node: yaml.Node, line: int, base: Path, bad: Callable[[str]
             bad(f"value {schema.shorten(value)!r} given twice")
             return None
         seen.add(value)
-        other = by_token.setdefault(ids.token(value), value)
-        if other != value:  # a 32-bit hash collision: vanishingly rare, and never a shared id
-            bad(f"values {schema.shorten(other)!r} and {schema.shorten(value)!r} would share an id; change one")
+        token = ids.token(value)
+        other = by_token.setdefault(token, value)
+        if other != value:  # a plain value that spells another's slug and hash (ids.py), or a hash collision
+            bad(
+                f"values {schema.shorten(other)!r} and {schema.shorten(value)!r} would share the id part "
+                f"{token!r}; change one"
+            )
             return None
     return Axis(name, tuple(values), tuple(by_token), line)
 
@@ -339,6 +344,9 @@ def _listed(node: yaml.SequenceNode, bad: Callable[[str], None]) -> list[str] | 
         if why := unencodable(child.value):
             bad(f"{UNENCODABLE} ({why}){UNENCODABLE_HINT}")
             return None
+        if "\0" in child.value:  # as in a wildcard file, or in the manifest's own bytes
+            bad(f"value {schema.shorten(child.value)!r} {NUL}")
+            return None
         values.append(child.value)  # the text as written: `16:9` stays 16:9, `007` stays 007
     return values
 
@@ -351,7 +359,7 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
         bad("expected a list of values or {file: PATH}")
         return None
     name = value.value
-    if not name.strip() or unencodable(name):
+    if not name.strip() or unencodable(name) or "\0" in name:  # open() raises ValueError on a NUL
         bad(f"expected a file name; got {schema.describe(name)}")
         return None
     shown = repr(schema.shorten(name))

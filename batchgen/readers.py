@@ -54,7 +54,7 @@ class Value:
 @dataclass(slots=True)
 class RawItem:
     line: int
-    label: str
+    label: str  # the item's id as given (shortened), or "#3" for the third item when it has none
     fields: dict[str, Value]
 
 
@@ -162,6 +162,7 @@ def unencodable(text: str) -> str | None:
 
 
 UNENCODABLE = "text that cannot be encoded as UTF-8"
+NUL = "contains a NUL character (a \\0 escape): text fields cannot hold one"
 UNENCODABLE_HINT = "; write the character itself, or one \\U0001F600-style escape, not a \\ud83d\\ude00 pair"
 
 
@@ -247,7 +248,7 @@ def _read_yaml(text: str, out: Collector, check_defaults: CheckDefaults) -> list
             continue
         for key_node, value_node in node.value:  # name the item by its id in every message, when it has one
             if key_node.value == "id" and isinstance(value_node, yaml.ScalarNode) and value_node.value:
-                label = repr(schema.shorten(value_node.value))
+                label = schema.shorten(value_node.value)
         fields = _yaml_fields(node, out, label)
         if fields is None:
             continue
@@ -299,8 +300,12 @@ def _yaml_fields(node: yaml.MappingNode, out: Collector, label: str | None) -> d
         # A matrix is a mapping of lists: kept as its node, for expand.py to walk (and bound) itself.
         value = Value(node_value, None, line_of(node_value)) if key == "matrix" else yaml_value(node_value)
         # Only YAML's escapes make text that UTF-8 cannot hold (CSV and wildcard files are decoded strictly).
-        if value.text is not None and not value.text.isascii() and (why := unencodable(value.text)):
+        message = None
+        if value.text is not None and "\0" in value.text:  # YAML's "\0" escape: refused as in the file itself
+            message = NUL
+        elif value.text is not None and not value.text.isascii() and (why := unencodable(value.text)):
             message = f"{UNENCODABLE} ({why}){UNENCODABLE_HINT}"
+        if message is not None:
             if label is None:
                 out.add(value.line, message, None, f"defaults.{key}")
             else:
@@ -382,7 +387,7 @@ def _read_csv(text: str, out: Collector) -> list[RawItem] | None:
             id_value = fields.get("id")
             if id_value is not None:
                 text = id_value.text or ""
-                label = repr(text if len(text) <= 60 else schema.shorten(text))
+                label = schema.shorten(text)
             raw.append(RawItem(line, label, fields))
     except csv.Error as exc:
         out.add(reader.line_num or start, f"CSV error: {exc}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from batchgen import manifest, schema
+from batchgen.errors import ManifestError
 
 from .test_manifest import problems
 
@@ -109,3 +110,35 @@ def test_a_wildcard_file_with_cr_only_line_ends_is_one_value_per_line(write):
     write("styles.txt", b"oil\rwatercolour\r\r# a comment\rink\r\n")
     path = write("m.yaml", '- id: z\n  prompt: "a fox, {style}"\n  matrix:\n    style: {file: styles.txt}\n')
     assert sorted(item.cell["style"] for item in manifest.load(path)) == ["ink", "oil", "watercolour"]
+
+
+def test_a_nul_inside_a_yaml_value_is_refused_as_in_the_file_itself(write):
+    path = write(
+        "n.yaml",
+        '- id: z\n  prompt: "a {s}"\n  matrix:\n    s: ["x\\0y", "b"]\n'
+        '- id: f\n  prompt: "a {s}"\n  matrix:\n    s: {file: "x\\0y"}\n',
+    )
+    assert problems(path) == [
+        f"{path}:4: item 'z': matrix.s: value 'x\\x00y' contains a NUL character (a \\0 escape): "
+        "text fields cannot hold one",
+        f"{path}:8: item 'f': matrix.s: expected a file name; got 'x\\x00y'",
+    ]
+    plain = write("p.yaml", '- id: p\n  prompt: "a\\0b"\n')
+    assert problems(plain) == [
+        f"{plain}:1: item 'p': prompt: contains a NUL character (a \\0 escape): text fields cannot hold one"
+    ]
+
+
+def test_a_problem_names_its_item_by_the_bare_id_and_prints_it_quoted(write):
+    path = write("b.yaml", "- id: zoo-fox\n  prompt: p\n  seed: 0\n- prompt: q\n  seed: 0\n")
+    with pytest.raises(ManifestError) as info:
+        manifest.load(path)
+    assert [p.item for p in info.value.problems] == ["zoo-fox", "#2"]
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:1: item 'zoo-fox': seed: expected an integer >= 1, got 0",
+        f"{path}:4: item #2: seed: expected an integer >= 1, got 0",
+    ]
+    csv = write("b.csv", "id,prompt,seed\nzoo-fox,p,0\n")
+    with pytest.raises(ManifestError) as info:
+        manifest.load(csv)
+    assert [p.item for p in info.value.problems] == ["zoo-fox"]

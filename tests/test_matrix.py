@@ -157,7 +157,19 @@ def test_two_values_whose_tokens_meet_are_a_validation_error(write):
     assert ids.token("##%$!$") == ids.token("^#*^^%")
     path = write("c.yaml", "- id: a\n  prompt: '{v}'\n  matrix:\n    v: ['##%$!$', '^#*^^%']\n")
     assert problems(path) == [
-        f"{path}:4: item 'a': matrix.v: values '##%$!$' and '^#*^^%' would share an id; change one"
+        f"{path}:4: item 'a': matrix.v: values '##%$!$' and '^#*^^%' would share the id part "
+        f"{ids.token('##%$!$')!r}; change one"
+    ]
+
+
+def test_a_plain_value_that_spells_another_values_slug_and_hash_is_refused_without_blaming_a_hash(write):
+    # No collision needed: a plain value may end in any 8 hex digits, so it can be written as another's token.
+    plain = "a b " + ids.token("a_b").rsplit("_", 1)[1]
+    assert ids.token(plain) == ids.token("a_b")
+    path = write("c.yaml", f"- id: a\n  prompt: '{{v}}'\n  matrix:\n    v: ['{plain}', 'a_b']\n")
+    assert problems(path) == [
+        f"{path}:4: item 'a': matrix.v: values {plain!r} and 'a_b' would share the id part "
+        f"{ids.token('a_b')!r}; change one"
     ]
 
 
