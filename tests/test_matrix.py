@@ -349,8 +349,10 @@ def test_validate_cli_prints_counts_before_and_after_expansion(write):
 
 
 # Any small grid: ids are unique, within the grammar, and the same whatever the order of values and axes.
+# No NUL (a value may not hold one), and no \x1e: it separates the placeholders in the prompt, so that two cells
+# never make one prompt (`a b` + `c` and `a` + `b c` would be one request: a duplicate error, rightly).
 axis_values = st.lists(
-    st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]), max_size=8),
+    st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"], exclude_characters="\0\x1e"), max_size=8),
     min_size=1,
     max_size=4,
     unique=True,
@@ -367,7 +369,7 @@ def test_any_grid_has_unique_grammatical_ids_that_ignore_order(tmp_path_factory,
     folder = tmp_path_factory.mktemp("g")
 
     def load(axes: dict[str, list[str]]) -> dict[str, dict]:
-        prompt = " ".join("{" + name + "}" for name in sorted(axes)) + " x"
+        prompt = "\x1e".join("{" + name + "}" for name in sorted(axes)) + " x"
         path = folder / "g.yaml"
         item = {"id": "g", "prompt": prompt, "count": count, "matrix": axes}
         path.write_text(json.dumps([item]), encoding="utf-8")
