@@ -22,6 +22,7 @@ aiohttp's own exceptions are translated into this tree in `client.py` only (`rai
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -37,6 +38,9 @@ class UsageError(BatchgenError):
     exit_code = 2
 
 
+_POSITION = re.compile(r"#[0-9]+")
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong in a manifest, located by file, line, item and field."""
@@ -44,14 +48,14 @@ class Problem:
     file: str
     line: int | None
     message: str
-    item: str | None = None  # a label: "'harbor-dawn'", or "#3" for the third item when it has no id
+    item: str | None = None  # the item's id as given, bare ("harbor-dawn"), or "#3" for the third one without
     field: str | None = None
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         parts = [where]
-        if self.item is not None:
-            parts.append(f"item {self.item}")
+        if self.item is not None:  # an id is quoted (it may hold spaces or ':'); a position is not
+            parts.append(f"item {self.item}" if _POSITION.fullmatch(self.item) else f"item {self.item!r}")
         if self.field is not None:
             parts.append(self.field)
         return ": ".join(parts) + ": " + self.message

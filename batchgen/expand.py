@@ -33,6 +33,7 @@ import yaml
 from . import ids, schema
 from .readers import (
     MAX_MANIFEST_BYTES,
+    NUL,
     UNENCODABLE,
     UNENCODABLE_HINT,
     YAML_STR,
@@ -49,6 +50,7 @@ MAX_AXES = 32
 MAX_WILDCARD_BYTES = 64 * 1024 * 1024
 COUNT = schema.InputField("count", "int", minimum=1, maximum=MAX_ITEMS)
 _AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 _BRACES = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 Report = Callable[[int, str, str], None]  # (line, field, message) of one problem of the item
@@ -123,7 +125,7 @@ def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded
     count = 1
     if count_value is not None and count_value.value is not None:
         try:
-            count = COUNT.normalise(count_value.value)
+            count = COUNT.normalise(count_value.as_read("int"))
         except schema.FieldError as exc:
             report(count_value.line, "count", str(exc))
             return None
@@ -319,9 +321,13 @@ def _axis(name: str, node: yaml.Node, line: int, base: Path, bad: Callable[[str]
             bad(f"value {schema.shorten(value)!r} given twice")
             return None
         seen.add(value)
-        other = by_token.setdefault(ids.token(value), value)
-        if other != value:  # a 32-bit hash collision: vanishingly rare, and never a shared id
-            bad(f"values {schema.shorten(other)!r} and {schema.shorten(value)!r} would share an id; change one")
+        token = ids.token(value)
+        other = by_token.setdefault(token, value)
+        if other != value:  # a plain value that spells another's slug and hash (ids.py), or a hash collision
+            bad(
+                f"values {schema.shorten(other)!r} and {schema.shorten(value)!r} would share the id part "
+                f"{token!r}; change one"
+            )
             return None
     return Axis(name, tuple(values), tuple(by_token), line)
 
@@ -338,6 +344,9 @@ def _listed(node: yaml.SequenceNode, bad: Callable[[str], None]) -> list[str] | 
         if why := unencodable(child.value):
             bad(f"{UNENCODABLE} ({why}){UNENCODABLE_HINT}")
             return None
+        if "\0" in child.value:  # as in a wildcard file, or in the manifest's own bytes
+            bad(f"value {schema.shorten(child.value)!r} {NUL}")
+            return None
         values.append(child.value)  # the text as written: `16:9` stays 16:9, `007` stays 007
     return values
 
@@ -350,7 +359,7 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
         bad("expected a list of values or {file: PATH}")
         return None
     name = value.value
-    if not name.strip() or unencodable(name):
+    if not name.strip() or unencodable(name) or "\0" in name:  # open() raises ValueError on a NUL
         bad(f"expected a file name; got {schema.describe(name)}")
         return None
     shown = repr(schema.shorten(name))
@@ -367,7 +376,8 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
     if "\0" in text:
         bad(f"{shown} contains a NUL character: this is not a text file")
         return None
-    values = [kept for line in text.split("\n") if (kept := line.strip()) and not kept.startswith("#")]
+    # CR-only (classic Mac) and CRLF line ends count too: otherwise the whole file is one value with \r in it.
+    values = [kept for line in _LINE_END.split(text) if (kept := line.strip()) and not kept.startswith("#")]
     if not values:
         bad(f"{shown} has no values (blank lines and # lines are skipped)")
         return None

@@ -16,8 +16,11 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_ID = 100
 
 # A value made of letters, digits and single spaces is its own token (spaces as '_'); anything else is a slug and
-# a hash of the exact value. Plain tokens hold no '_' of their own, so the two kinds meet only in a hash collision,
-# which expand.py reports; tokens hold no '-', which joins them, so cells of one item cannot share an id.
+# a hash of the exact value. The two kinds can meet: `a b 648fa9b3` is written `a_b_648fa9b3`, which is also the
+# slug and hash of `a_b` (a plain value can end in any 8 hex digits; a hash collision is only one way to meet).
+# Changing the construction would move the ids of existing plain values ending in 8 hex digits (`shot 20240101`),
+# and an id that moves is paid for again; so expand.py refuses two values of one axis with one token instead.
+# Tokens hold no '-', which joins them, so cells of one item with distinct tokens cannot share an id.
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
 _ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
 MAX_PLAIN_TOKEN = 32

@@ -147,12 +147,29 @@ def _expanded(raw: RawItem, base: Path, room: int, out: Collector) -> list[Item]
     report = lambda line, field, message: out.add(line, message, raw.label, field)  # noqa: E731
     cells = expand.expand(raw, base, room, report)
     made: list[Item] = []
+    # Two cells whose requests are equal once normalised (`16:9` and `widescreen_16_9`, seeds `1` and `01`) would
+    # pay twice for one image: an error, as two plain items with one request are (so are `seed: "{s}"` with
+    # s: [1, 2] and count 2, whose copies meet at seed 2). Copies of one cell may be equal: `count` without a seed
+    # asks for several draws of one request on purpose.
+    first: dict[tuple[Any, ...], expand.Expanded] = {}
     with out.distinct():  # a bad value shows once, not once per cell that has it
         for cell in cells or ():
             built = _build(RawItem(raw.line, raw.label, cell.fields), out, given_id=cell.id)
-            if built is not None:
-                made.append(_with_cell(built, cell))
+            if built is None:
+                continue
+            twin = first.setdefault(_request_key(built), cell)
+            if twin.cell is not cell.cell:  # the copies of one cell share one cell mapping
+                message = f"cells {_shown(twin)} and {_shown(cell)} make the same request; remove one value"
+                out.add(raw.line, message, raw.label, "matrix")
+                continue
+            made.append(_with_cell(built, cell))
     return made
+
+
+def _shown(cell: expand.Expanded) -> str:
+    """A cell's values for a message: {axis: 'value', …}, and which copy when it is not the first."""
+    values = ", ".join(f"{name}: {schema.shorten(value)!r}" for name, value in cell.cell.items())
+    return f"{{{values}}}" + (f" (copy {cell.copy})" if cell.copy > 1 else "")
 
 
 def _with_cell(item: Item, cell: expand.Expanded) -> Item:
@@ -187,7 +204,7 @@ def _build(raw: RawItem, out: Collector, *, defaults: bool = False, given_id: st
             bad("matrix", "a matrix cannot be a default: give it to the items it expands")
         if (value := given("count")) is not None:
             try:
-                expand.COUNT.normalise(value.value)
+                expand.COUNT.normalise(value.as_read("int"))
             except schema.FieldError as exc:
                 bad("count", str(exc))
     elif (value := given("id")) is not None:
@@ -212,7 +229,9 @@ def _build(raw: RawItem, out: Collector, *, defaults: bool = False, given_id: st
             continue
         try:  # inline Value.as_read: this loop runs for every field of 100,000 items
             normalised[name] = spec.normalise(
-                value.text if spec.kind != "int" and value.text is not None else value.value
+                value.text
+                if value.text is not None and (spec.kind != "int" or type(value.value) in (int, str))
+                else value.value
             )
         except schema.FieldError as exc:
             bad(name, str(exc))

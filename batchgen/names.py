@@ -64,6 +64,7 @@ class Names:
     def stems(self, item_id: str, count: int) -> list[str]:
         """The stems for an item's `count` images: SPEC §4's names, unless another item holds one."""
         wanted = [item_id] if count == 1 else [f"{item_id}_{n}" for n in range(1, count + 1)]
+        wanted = [unreserved(stem) for stem in wanted]
         # A case-folded twin that does not own its id (`fox` beside `Fox`) never uses a plain name, so that
         # which of the two finishes first cannot decide who gets `Fox_1`. Between other items `<id>_<n>` is
         # unique: the digits after the last `_` are n, so the id before them is the item's own.
@@ -86,6 +87,14 @@ class Names:
         if planned is not None and planned != item_id:
             return False
         return not (self._credited.get(key, set()) - {item_id})
+
+
+def unreserved(stem: str) -> str:
+    """`stem`, or `_stem` when it (or its first folder) would be a name batchgen keeps for itself (SPEC §3):
+    `results.json*` (an id `results.json` would write `results.json.png` beside the ledger and its damaged copies),
+    `index.html`, `.batchgen`. An id starts with a letter or digit, so no item's own name is ever `_…`."""
+    first = _key(stem).split("/", 1)[0]
+    return f"_{stem}" if first.startswith("results.json") or first in ("index.html", ".batchgen") else stem
 
 
 def _distinct(stem: str, item_id: str, turn: int) -> str:

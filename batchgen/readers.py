@@ -44,15 +44,17 @@ class Value:
     line: int
 
     def as_read(self, kind: schema.Kind) -> Any:
-        """What a field of this kind checks: the literal text where there is one (`16:9` is a base-60 integer to
-        YAML, and `1` an int, not a bool), the typed value for integers (`seed: 1.5` is not 1)."""
-        return self.text if kind != "int" and self.text is not None else self.value
+        """What a field checks: the literal text where there is one (`16:9` is a base-60 integer to YAML, `1` an
+        int, not a bool, and `1_0` or `+3` are not the plain digits an integer field takes)."""
+        if self.text is None or (kind == "int" and type(self.value) not in (int, str)):
+            return self.value  # `seed: 1.5` is described as the number it is
+        return self.text
 
 
 @dataclass(slots=True)
 class RawItem:
     line: int
-    label: str
+    label: str  # the item's id as given (shortened), or "#3" for the third item when it has none
     fields: dict[str, Value]
 
 
@@ -127,10 +129,13 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes | str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # O_NONBLOCK: a FIFO's open
     except OSError as exc:
         return f"cannot read {what}: {exc.strerror or exc}"
+    # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        return f"cannot read {what}: {kind}"
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return f"cannot read {what}: not a regular file"
         if info.st_size > limit:
             return f"{what} is {info.st_size:,} bytes; the limit is {limit:,}"
         try:
@@ -157,6 +162,7 @@ def unencodable(text: str) -> str | None:
 
 
 UNENCODABLE = "text that cannot be encoded as UTF-8"
+NUL = "contains a NUL character (a \\0 escape): text fields cannot hold one"
 UNENCODABLE_HINT = "; write the character itself, or one \\U0001F600-style escape, not a \\ud83d\\ude00 pair"
 
 
@@ -242,7 +248,7 @@ def _read_yaml(text: str, out: Collector, check_defaults: CheckDefaults) -> list
             continue
         for key_node, value_node in node.value:  # name the item by its id in every message, when it has one
             if key_node.value == "id" and isinstance(value_node, yaml.ScalarNode) and value_node.value:
-                label = repr(schema.shorten(value_node.value))
+                label = schema.shorten(value_node.value)
         fields = _yaml_fields(node, out, label)
         if fields is None:
             continue
@@ -294,8 +300,12 @@ def _yaml_fields(node: yaml.MappingNode, out: Collector, label: str | None) -> d
         # A matrix is a mapping of lists: kept as its node, for expand.py to walk (and bound) itself.
         value = Value(node_value, None, line_of(node_value)) if key == "matrix" else yaml_value(node_value)
         # Only YAML's escapes make text that UTF-8 cannot hold (CSV and wildcard files are decoded strictly).
-        if value.text is not None and not value.text.isascii() and (why := unencodable(value.text)):
+        message = None
+        if value.text is not None and "\0" in value.text:  # YAML's "\0" escape: refused as in the file itself
+            message = NUL
+        elif value.text is not None and not value.text.isascii() and (why := unencodable(value.text)):
             message = f"{UNENCODABLE} ({why}){UNENCODABLE_HINT}"
+        if message is not None:
             if label is None:
                 out.add(value.line, message, None, f"defaults.{key}")
             else:
@@ -377,7 +387,7 @@ def _read_csv(text: str, out: Collector) -> list[RawItem] | None:
             id_value = fields.get("id")
             if id_value is not None:
                 text = id_value.text or ""
-                label = repr(text if len(text) <= 60 else schema.shorten(text))
+                label = schema.shorten(text)
             raw.append(RawItem(line, label, fields))
     except csv.Error as exc:
         out.add(reader.line_num or start, f"CSV error: {exc}")

@@ -73,6 +73,84 @@ def new_record(request: dict[str, Any] | None) -> Record:
     }
 
 
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why a record read from disk does not fit the Record schema, or None; a missing field is filled in.
+
+    results.json is a document people open and edit. A field of the wrong type (`files: 5`, `attempts: "many"`,
+    `request: {"input": "x"}`) would otherwise surface as a traceback in whichever command reads it first, or as
+    a request that never equals the manifest's (paid again). So a record is whole or the snapshot is damaged: the
+    loader then rebuilds it from the journals, or refuses with nothing changed. Fields this schema does not know
+    are left alone; a missing one takes its value in a new record (an older or trimmed ledger)."""
+    state = record.get("state")
+    if state not in STATES:
+        return f"state is {_shown(state)}, not one of {', '.join(STATES)}"
+    for name, default in _DEFAULTS.items():
+        if name not in record:
+            record[name] = default.copy() if isinstance(default, list) else default
+    task_id = record["task_id"]
+    if not (task_id is None or (isinstance(task_id, str) and task_id)):
+        return f"task_id is {_shown(task_id)}, not a task id"
+    if state == "submitted" and task_id is None:
+        return "state is submitted, but it has no task_id"
+    for name in ("attempts", "paid", "in_doubt"):
+        value = record.get(name, 0)
+        if type(value) is not int or value < 0:
+            return f"{name} is {_shown(value)}, not a count"
+    if type(record.get("submitting", False)) is not bool:
+        return f"submitting is {_shown(record['submitting'])}, not true or false"
+    request = record["request"]
+    if request is not None:
+        if not isinstance(request, dict) or not isinstance(request.get("model", ""), str):
+            return f"request is {_shown(request)}, not a request"
+        if not isinstance(request.get("input", {}), dict):
+            return f"request.input is {_shown(request['input'])}, not a mapping"
+    for name in ("files", "sha256"):
+        value = record[name]
+        # Names that leave DIR are harmless here: the sheet links none and nothing deletes one (download.py).
+        if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+            return f"{name} is {_shown(value)}, not a list of names"
+    error = record["error"]
+    if error is not None and not (
+        isinstance(error, dict)
+        and isinstance(error.get("kind"), str)
+        and isinstance(error.get("message"), str)
+        and (error.get("code") is None or type(error["code"]) in (str, int))
+    ):
+        return f"error is {_shown(error)}, not null or {{kind, code, message}}"
+    for name in ("submitted_at", "finished_at"):
+        if not (record[name] is None or isinstance(record[name], str)):
+            return f"{name} is {_shown(record[name])}, not a time"
+    return None
+
+
+_DEFAULTS: dict[str, Any] = {
+    "task_id": None,
+    "attempts": 0,
+    "request": None,
+    "files": [],
+    "sha256": [],
+    "error": None,
+    "submitted_at": None,
+    "finished_at": None,
+}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def document_problem(document: dict[str, Any]) -> str | None:
+    """Why a snapshot's own fields (beside its items) do not fit, or None."""
+    retired = document.get("not_in_manifest")
+    if retired is not None and not (isinstance(retired, list) and all(isinstance(i, str) for i in retired)):
+        return f"not_in_manifest is {_shown(retired)}, not a list of ids"
+    for name in ("manifest", "updated_at"):
+        if not (document.get(name) is None or isinstance(document[name], str)):
+            return f"{name} is {_shown(document[name])}, not text"
+    return None
+
+
 @dataclass(slots=True)
 class Loaded:
     """What a ledger directory holds: records by id, the manifest it was made for, the journal's length."""
@@ -152,9 +230,13 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
         )
     if version != VERSION:
         raise _Damaged(f"{path} has no valid version (found {version!r})")
+    if problem := document_problem(document):
+        raise _Damaged(f"{path} is damaged: {problem}")
     for item_id, record in document["items"].items():
-        if not isinstance(record, dict) or record.get("state") not in STATES:
-            raise _Damaged(f"{path}: item {item_id!r} has no valid state")
+        if not isinstance(record, dict):
+            raise _Damaged(f"{path}: item {item_id!r} is {_shown(record)}, not a record")
+        if problem := record_problem(record):
+            raise _Damaged(f"{path}: item {item_id!r} is damaged: {problem}")
     return document
 
 
@@ -227,8 +309,10 @@ def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
                 good = end
                 continue
             item_id, record = entry["id"], entry["record"]
-            if not isinstance(item_id, str) or not isinstance(record, dict) or record.get("state") not in STATES:
+            if not isinstance(item_id, str) or not isinstance(record, dict):
                 raise TypeError("not an item record")
+            if problem := record_problem(record):
+                raise TypeError(f"item {item_id!r}: {problem}")
         except (ValueError, KeyError, TypeError) as exc:
             if end == len(data) and not data.endswith(b"\n") and not strict:
                 break  # a torn last line: the write it belonged to never finished

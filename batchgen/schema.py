@@ -7,6 +7,7 @@ about what the service accepts. Pure data and pure functions: no I/O.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +18,12 @@ MODEL = "imagen4-ultra"
 MAX_TEXT = 20_000
 
 Kind = Literal["text", "enum", "int", "bool"]
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_MAX_DIGITS = 40
+# The seed table says only "at least 1". The service takes the request as JSON into typed fields; a seed beyond a
+# signed 64-bit integer cannot be one there, so that is the bound we check (and name) rather than paying to learn.
+MAX_SEED = 2**63 - 1
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -81,16 +88,22 @@ class InputField:
             raise FieldError(f"expected an integer, got {describe(value)}")
         if isinstance(value, int):
             return value
-        if isinstance(value, str):
-            text = value.strip()
-            if text.lstrip("+-").isdigit() and len(text) <= 20:
-                return int(text)
+        # Plain ASCII digits only, as written: str.isdigit() takes '٣' and '³', int() takes ' 3 ', '+3' and '1_0'
+        # (and YAML 1.1 reads `1_0` as 10 and `0x10` as 16), none of which a person means as a count or a seed.
+        if isinstance(value, str) and _INTEGER.fullmatch(value):
+            if len(value.lstrip("-")) > _MAX_DIGITS:  # int() of 5,000 digits raises; any bound is far below
+                raise FieldError(f"{self._range_message(None)}, got {shorten(value)}")
+            return int(value)
         raise FieldError(f"expected an integer, got {describe(value)}")
 
-    def _range_message(self, number: int) -> str:
-        if self.maximum is None:
-            return f"expected an integer >= {self.minimum}, got {number}"
-        return f"expected an integer from {self.minimum} to {self.maximum}, got {number}"
+    def _range_message(self, number: int | None) -> str:
+        got = "" if number is None else f", got {number}"
+        huge = self.maximum is None or self.maximum >= MAX_SEED
+        if number is None or (huge and self.maximum is not None and number > self.maximum):
+            return f"too large: expected an integer from {self.minimum} to {self.maximum}{got}"
+        if huge:  # a bound far out of reach is noise in `got 0`
+            return f"expected an integer >= {self.minimum}{got}"
+        return f"expected an integer from {self.minimum} to {self.maximum}{got}"
 
 
 ASPECT_RATIOS = ("square_1_1", "social_story_9_16", "widescreen_16_9", "traditional_3_4", "classic_4_3")
@@ -117,7 +130,7 @@ INPUT_FIELDS: dict[str, InputField] = {
             "enum",
             ("block_low_and_above", "block_medium_and_above", "block_only_high", "block_none"),
         ),
-        InputField("seed", "int", minimum=1),
+        InputField("seed", "int", minimum=1, maximum=MAX_SEED),
         InputField("enhance_prompt", "bool"),
         InputField("language", "enum", ("auto", "en", "zh", "zh-CN", "hi", "ja", "ko", "pt", "es")),
         InputField("output_format", "enum", ("png", "jpeg"), {"jpg": "jpeg", "image/jpeg": "jpeg", "image/png": "png"}),

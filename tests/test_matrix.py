@@ -157,7 +157,19 @@ def test_two_values_whose_tokens_meet_are_a_validation_error(write):
     assert ids.token("##%$!$") == ids.token("^#*^^%")
     path = write("c.yaml", "- id: a\n  prompt: '{v}'\n  matrix:\n    v: ['##%$!$', '^#*^^%']\n")
     assert problems(path) == [
-        f"{path}:4: item 'a': matrix.v: values '##%$!$' and '^#*^^%' would share an id; change one"
+        f"{path}:4: item 'a': matrix.v: values '##%$!$' and '^#*^^%' would share the id part "
+        f"{ids.token('##%$!$')!r}; change one"
+    ]
+
+
+def test_a_plain_value_that_spells_another_values_slug_and_hash_is_refused_without_blaming_a_hash(write):
+    # No collision needed: a plain value may end in any 8 hex digits, so it can be written as another's token.
+    plain = "a b " + ids.token("a_b").rsplit("_", 1)[1]
+    assert ids.token(plain) == ids.token("a_b")
+    path = write("c.yaml", f"- id: a\n  prompt: '{{v}}'\n  matrix:\n    v: ['{plain}', 'a_b']\n")
+    assert problems(path) == [
+        f"{path}:4: item 'a': matrix.v: values {plain!r} and 'a_b' would share the id part "
+        f"{ids.token('a_b')!r}; change one"
     ]
 
 
@@ -337,8 +349,10 @@ def test_validate_cli_prints_counts_before_and_after_expansion(write):
 
 
 # Any small grid: ids are unique, within the grammar, and the same whatever the order of values and axes.
+# No NUL (a value may not hold one), and no \x1e: it separates the placeholders in the prompt, so that two cells
+# never make one prompt (`a b` + `c` and `a` + `b c` would be one request: a duplicate error, rightly).
 axis_values = st.lists(
-    st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]), max_size=8),
+    st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"], exclude_characters="\0\x1e"), max_size=8),
     min_size=1,
     max_size=4,
     unique=True,
@@ -355,7 +369,7 @@ def test_any_grid_has_unique_grammatical_ids_that_ignore_order(tmp_path_factory,
     folder = tmp_path_factory.mktemp("g")
 
     def load(axes: dict[str, list[str]]) -> dict[str, dict]:
-        prompt = " ".join("{" + name + "}" for name in sorted(axes)) + " x"
+        prompt = "\x1e".join("{" + name + "}" for name in sorted(axes)) + " x"
         path = folder / "g.yaml"
         item = {"id": "g", "prompt": prompt, "count": count, "matrix": axes}
         path.write_text(json.dumps([item]), encoding="utf-8")

@@ -180,7 +180,7 @@ async def test_manifest_problems_keep_file_line_first_in_text_and_are_objects_in
     assert text.splitlines()[0].startswith(f"{bad}:")
     problems = [r for r in json_lines(as_json) if r["event"] == "manifest_problem"]
     assert problems and all(r["file"] == str(bad) and r["line"] for r in problems)
-    assert any(r["item"] == "'bad-seed'" and r["field"] == "seed" for r in problems)
+    assert any(r["item"] == "bad-seed" and r["field"] == "seed" for r in problems)  # the bare id
     assert str(Problem(str(bad), problems[0]["line"], "x")).startswith(f"{bad}:")
 
 
