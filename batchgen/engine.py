@@ -573,7 +573,7 @@ class Engine:
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
                 old = list(self.ledger.record(item.id).get("files") or [])
-                self.ledger.succeeded(item.id, names, digests)
+                self.ledger.succeeded(item.id, names, digests, cost=dict(record.cost))
                 self.names.credit(item.id, names)
                 await self.ledger.durable()
                 download.remove_stale(

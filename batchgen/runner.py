@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 from . import manifest, sheet
 from .callbacks import CallbackReceiver, parse_listen
@@ -28,6 +29,7 @@ from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, describe, make_plan
 from .progress import Reporter, plural
+from .records import price_of
 
 
 @dataclass(slots=True)
@@ -36,6 +38,8 @@ class Outcome:
     counts: dict[str, int]
     counters: Counters
     seconds: float
+    price: Decimal | None = None  # per image: --price, else the one the ledger recorded
+    paid_total: int = 0  # paid creates the ledger counts over every item's life (spend so far = this × price)
 
 
 def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
@@ -105,12 +109,15 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             )
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
+        if settings.price is not None:
+            ledger.set_price(str(settings.price))
         for item in plan.missing:
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
         if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
             counts = ledger.counts(ledger.manifest_ids)
             outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
+            _spend(outcome, ledger)
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
@@ -129,6 +136,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         outcome = Outcome(
             exit_code(counts, engine.fatal, engine.stop_signal), counts, engine.counters, time.monotonic() - started
         )
+        _spend(outcome, ledger)
         if engine.fatal is not None:
             reporter.error(f"{engine.fatal}; run stopped, state saved")
         return outcome
@@ -141,6 +149,12 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             reporter.error(str(exc))
             if outcome.exit_code in (0, 1):
                 outcome.exit_code = StorageError.exit_code
+
+
+def _spend(outcome: Outcome, ledger: Ledger) -> None:
+    """What the run needs to report spend: the price (recorded in the ledger) and every paid create it counts."""
+    outcome.price = price_of(ledger.price)
+    outcome.paid_total = sum(int(record.get("paid", 0)) for record in ledger.items.values())
 
 
 @contextlib.contextmanager
@@ -253,7 +267,15 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "lost": n.lost,
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
+        **spend_figures(n.creates, outcome.paid_total, outcome.price),
     }
+
+
+def spend_figures(paid: int, paid_total: int, price: Decimal | None) -> dict[str, float]:
+    """With a known price: this run's spend (its paid creates times the price) and the ledger's spend so far."""
+    if price is None:
+        return {}
+    return {"price": float(price), "spend": float(price * paid), "spend_total": float(price * paid_total)}
 
 
 def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:
