@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from .client import Client
 from .errors import DownloadError
 from .files import fsync_dir
+from .names import inside
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
 FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow's name -> the file extension
@@ -37,8 +38,10 @@ ACCEPTED_TYPES = (
 async def fetch(
     client: Client, url: str, *, directory: Path, temp_dir: Path, stem: str, max_bytes: int
 ) -> tuple[str, str]:
-    """Download one result URL to DIR/<stem>.<ext>; returns (file name, sha256 hex)."""
-    temp = temp_dir / f"{stem}.{secrets.token_hex(4)}.part"
+    """Download one result URL to DIR/<stem>.<ext>; returns (its path relative to DIR, sha256 hex).
+
+    A stem may hold `/` (--name): the subfolders are made inside DIR, never through a link out of it."""
+    temp = temp_dir / f"{stem.replace('/', '_')}.{secrets.token_hex(4)}.part"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         digest = hashlib.sha256()
@@ -65,17 +68,35 @@ async def fetch(
         await asyncio.to_thread(os.fsync, fd)
         ext = await asyncio.to_thread(verify_image, temp)
         final = directory / f"{stem}.{ext}"
+        if "/" in stem:
+            await asyncio.to_thread(make_folders, directory, final.parent)
         os.replace(temp, final)
         # The rename is durable before the caller records success: a crash must not leave the ledger vouching
         # for a file whose directory entry never reached the disk.
-        await asyncio.to_thread(fsync_dir, directory)
-        return final.name, digest.hexdigest()
+        await asyncio.to_thread(fsync_dir, final.parent)
+        return final.relative_to(directory).as_posix(), digest.hexdigest()
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
     finally:
         os.close(fd)
+
+
+def make_folders(directory: Path, folder: Path) -> None:
+    """Make a name's subfolders inside DIR; a component that is a symlink (or not a folder) is refused, so a
+    planted link cannot send a file out of DIR."""
+    current = directory
+    for part in folder.relative_to(directory).parts:
+        current = current / part
+        try:
+            os.mkdir(current, 0o755)
+            fsync_dir(current.parent)
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise DownloadError(
+                    f"{current} is not a folder inside {directory}; not writing through it", permanent=True
+                ) from None
 
 
 def verify_image(path: Path) -> str:
@@ -99,7 +120,7 @@ def verify_image(path: Path) -> str:
 def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
     """After a changed item's new images are in place, remove its old ones that were not replaced."""
     for name in set(old) - set(keep):
-        if "/" in name or name.startswith("."):
+        if not inside(name):
             continue
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()

@@ -27,6 +27,7 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,7 @@ class Engine:
         reporter: Reporter,
         *,
         callback_url: str | None = None,
+        stems: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.items = items
@@ -137,7 +139,10 @@ class Engine:
                 self._task_owner.setdefault(str(record["task_id"]), item_id)
         self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen
         self.names = Names(
-            self.ids, ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded")
+            self.ids,
+            ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded"),
+            template=settings.name,
+            stems=stems,
         )
         self.callback_url = callback_url  # the run's callBackUrl (with --callback-listen, the receiver's)
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from . import manifest, sheet
+from . import manifest, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -57,6 +57,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
     with _bulk():
         items = manifest.load(settings.manifest)
+        _stems(items, settings)
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
@@ -99,6 +100,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
     started = time.monotonic()
     with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
         items = manifest.load(settings.manifest)
+        stems = _stems(items, settings)  # a --name that collides or leaves DIR: exit 2 before anything is sent
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
     try:
@@ -126,7 +128,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         ):
             client = Client(session, api_base, key, settings.timeouts)
             callback_url = receiver.url_for(settings.callback_url) if receiver else settings.callback_url
-            engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url)
+            engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url, stems=stems)
             if receiver is not None:
                 receiver.on_task = engine.wake
             stop.attach(engine)
@@ -149,6 +151,13 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             reporter.error(str(exc))
             if outcome.exit_code in (0, 1):
                 outcome.exit_code = StorageError.exit_code
+
+
+def _stems(items: list[Item], settings: RunSettings) -> dict[str, str] | None:
+    """Every item's file-name stem under --name (None: the default `{id}`, SPEC §4's names)."""
+    if settings.name == names.DEFAULT_TEMPLATE:
+        return None
+    return names.render_stems(items, settings.name, started=time.time())
 
 
 def _spend(outcome: Outcome, ledger: Ledger) -> None:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from .files import STATE_DIR, state_dir, write_atomically
 from .ledger import Record
+from .names import inside
 from .report import read_ledger, status
 
 
@@ -93,7 +94,7 @@ def write_report(directory: Path) -> Path:
         if _plain_name(name)
     ]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        made = pool.map(lambda name: _thumbnail(directory / name, thumbs / f"{name}.jpg"), names)
+        made = pool.map(lambda name: _thumbnail(directory / name, thumbs / _thumb_name(name)), names)
         has_thumb = {name for name, ok in zip(names, made, strict=True) if ok}
     data = {
         "title": str(doc["manifest"] or directory.name or "batchgen"),
@@ -109,8 +110,14 @@ def write_report(directory: Path) -> Path:
 
 
 def _plain_name(name: object) -> bool:
-    """A ledger file name the page may link to: a file in DIR itself (the ledger is data, not trusted paths)."""
-    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+    """A ledger file name the page may link to: a path inside DIR (`--name` makes subfolders), never `..`, an
+    absolute path or a hidden one (the ledger is data, not trusted paths)."""
+    return isinstance(name, str) and inside(name)
+
+
+def _thumb_name(name: str) -> str:
+    """A thumbnail's file name: one flat folder of them, a subfolder's `/` quoted (`zoo%2Ffox.png.jpg`)."""
+    return f"{quote(name, safe='')}.jpg" if "/" in name else f"{name}.jpg"
 
 
 def _thumb_folder(directory: Path) -> Path:
@@ -187,7 +194,7 @@ def _entries(items: Mapping[str, Record], retired: set[str], has_thumb: set[str]
         for n, name in enumerate(files, 1):
             entry = {**base, "file": quote(name)}
             if name in has_thumb:
-                entry["thumb"] = quote(f"{THUMB_DIR}/{name}.jpg")
+                entry["thumb"] = quote(f"{THUMB_DIR}/{_thumb_name(name)}")
             if len(files) > 1:
                 entry["part"] = f"{n}/{len(files)}"
             entries.append(entry)
