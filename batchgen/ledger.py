@@ -297,12 +297,23 @@ class Ledger:
         self._write(item_id, record)
 
     def succeeded(
-        self, item_id: str, files: list[str], sha256: list[str], *, cost: dict[str, float] | None = None
+        self,
+        item_id: str,
+        files: list[str],
+        sha256: list[str],
+        *,
+        cost: dict[str, float] | None = None,
+        received: list[str] | None = None,
     ) -> None:
+        """`sha256` of the files as kept; `received`, with --metadata, of the files as the service sent them
+        (they differ when provenance text was written into a PNG)."""
         record = self._copy(item_id)
         record.update({"state": "succeeded", "files": files, "sha256": sha256, "error": None, "finished_at": utc_now()})
+        record.pop("sha256_received", None)
         if cost:
             record["cost"] = cost
+        if received is not None:
+            record["sha256_received"] = received
         self._write(item_id, record)
 
     def set_price(self, price: str) -> None:

@@ -55,6 +55,7 @@ class Record(TypedDict):
     in_doubt: NotRequired[int]  # createTask calls that may have been paid without our knowing the task id
     submitting: NotRequired[bool]  # a createTask call is under way (on disk: the run died inside it)
     cost: NotRequired[dict[str, float]]  # the service's billing fields from recordInfo (never a callback)
+    sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
 
 
 def error_record(kind: str, code: str | None, message: str) -> ErrorRecord:

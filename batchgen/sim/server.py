@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .. import schema
 from .config import SimConfig
-from .images import render, size_for, variant_of
+from .images import render, size_for, variant_of, with_c2pa
 
 SATURATED = "当前分组上游负载已饱和，请稍后再试"  # the task relay's own words: "upstream load is saturated"
 
@@ -511,6 +511,8 @@ class Simulator:
         quality = int(data.get("compression_quality", 90))
         variant = variant_of(f"{data['prompt']}|{data.get('seed')}|{stem}")
         content = await asyncio.to_thread(render, width, height, fmt, quality, variant)
+        if self.config.c2pa and fmt == "png":
+            content = with_c2pa(content)
 
         if self.config.html_rate and self._rng.random() < self.config.html_rate:
             page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
