@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from . import provenance
 from .files import STATE_DIR, state_dir, write_atomically
 from .ledger import Record
 from .names import inside
@@ -100,7 +101,7 @@ def write_report(directory: Path) -> Path:
         "title": str(doc["manifest"] or directory.name or "batchgen"),
         "updated": doc["updated_at"],
         "run": _run_figures(last_run_figures(directory)),
-        "items": _entries(loaded.items, set(doc["not_in_manifest"]), has_thumb),
+        "items": _entries(loaded.items, set(doc["not_in_manifest"]), has_thumb, directory),
         "pageSize": PAGE_SIZE,
     }
     target = directory / REPORT
@@ -113,6 +114,21 @@ def _plain_name(name: object) -> bool:
     """A ledger file name the page may link to: a path inside DIR (`--name` makes subfolders), never `..`, an
     absolute path or a hidden one (the ledger is data, not trusted paths)."""
     return isinstance(name, str) and inside(name)
+
+
+def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
+    """The parameters of an image as its sidecar (--metadata) records them, when it has a readable one."""
+    doc = provenance.sidecar_of(directory, name)
+    if doc is None:
+        return
+    entry["sidecar"] = quote(f"{name}.json")
+    request = doc.get("request") if isinstance(doc.get("request"), dict) else {}
+    request_input = request.get("input") if isinstance(request.get("input"), dict) else {}
+    params = [str(request_input[k]) for k in _PARAMS if request_input.get(k) not in (None, "")]
+    params += [f"{k} {doc[k]}" for k in ("model", "task_id") if isinstance(doc.get(k), str)]
+    if isinstance(doc.get("manifest"), str) and isinstance(doc.get("line"), int):
+        params.append(f"{doc['manifest']}:{doc['line']}")
+    entry["params"] = params
 
 
 def _thumb_name(name: str) -> str:
@@ -165,8 +181,11 @@ def _run_figures(figures: dict[str, float] | None) -> dict[str, float] | None:
     return {k: figures[k] for k in RUN_FIGURES if k in figures}
 
 
-def _entries(items: Mapping[str, Record], retired: set[str], has_thumb: set[str]) -> list[dict[str, Any]]:
-    """One entry per image of a succeeded item, one per item otherwise: the cards of the page, as data."""
+def _entries(
+    items: Mapping[str, Record], retired: set[str], has_thumb: set[str], directory: Path | None = None
+) -> list[dict[str, Any]]:
+    """One entry per image of a succeeded item, one per item otherwise: the cards of the page, as data. An
+    image with a --metadata sidecar shows the parameters the sidecar holds, and links to it."""
     entries: list[dict[str, Any]] = []
     for item_id, record in items.items():
         state = record.get("state", "pending")
@@ -197,6 +216,8 @@ def _entries(items: Mapping[str, Record], retired: set[str], has_thumb: set[str]
                 entry["thumb"] = quote(f"{THUMB_DIR}/{_thumb_name(name)}")
             if len(files) > 1:
                 entry["part"] = f"{n}/{len(files)}"
+            if directory is not None:
+                _from_sidecar(entry, directory, name)
             entries.append(entry)
     return entries
 

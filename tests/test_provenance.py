@@ -109,3 +109,18 @@ def test_itxt_insertion_keeps_every_other_byte_and_reads_back(tmp_path):
     target = tmp_path / "x.png"
     target.write_bytes(written)
     assert provenance.read_png_text(target) == '{"é": 1}\n'
+
+
+async def test_the_contact_sheet_shows_the_parameters_of_the_sidecar_and_links_it(sim_factory, tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY) as sim:
+        code, _, stderr = await cli(run_args(path, out, sim, "--metadata", "sidecar", "--name", "a/{id}", "--report"))
+    assert code == 0, stderr
+    page = (out / "index.html").read_text()
+    data = page.split('<script type="application/json" id="sheet-data">')[1].split("</script>")[0]
+    fox = next(i for i in json.loads(data)["items"] if i["id"] == "fox")
+    task_id = ledger.load(out).items["fox"]["task_id"]
+    assert fox["sidecar"] == "a/fox.png.json"
+    assert fox["params"] == ["widescreen_16_9", "model imagen4-ultra", f"task_id {task_id}", "m.yaml:1"]
