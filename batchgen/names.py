@@ -169,14 +169,13 @@ def _outside(stem: str) -> str | None:
     if any(part.startswith(".") or part.endswith((".", " ")) or part.startswith(" ") for part in parts):
         return "a hidden or blank-edged name (batchgen keeps .batchgen/ for itself)"
     if len(parts) == 1 and _reserved_stem(parts[0]):
-        return "a name batchgen keeps for itself (results.json*, index.html)"
+        return "a name batchgen keeps for itself (results.json*)"
     return None
 
 
 def _reserved_stem(stem: str) -> bool:
-    """Whether `<stem>.<ext>` would be one of DIR's own files: results.json* or index.html."""
-    folded = stem.casefold()
-    return folded.startswith("results.json") or folded == "index"
+    """Whether `<stem>.<ext>` (or its sidecar) would match one of DIR's own names: results.json*."""
+    return stem.casefold().startswith("results.json")
 
 
 class Names:

@@ -122,8 +122,10 @@ def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
     if doc is None:
         return
     entry["sidecar"] = quote(f"{name}.json")
-    request = doc.get("request") if isinstance(doc.get("request"), dict) else {}
-    request_input = request.get("input") if isinstance(request.get("input"), dict) else {}
+    request = doc.get("request")
+    request_input = request.get("input") if isinstance(request, dict) else None
+    if not isinstance(request_input, dict):
+        request_input = {}
     params = [str(request_input[k]) for k in _PARAMS if request_input.get(k) not in (None, "")]
     params += [f"{k} {doc[k]}" for k in ("model", "task_id") if isinstance(doc.get(k), str)]
     if isinstance(doc.get("manifest"), str) and isinstance(doc.get("line"), int):
