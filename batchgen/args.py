@@ -230,6 +230,20 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
     _add_price_argument(p)
+    p.add_argument(
+        "--name",
+        metavar="TEMPLATE",
+        default="{id}",
+        help="file names from {id}, {seed}, {aspect_ratio}, {prompt}, matrix axes, {copy}, {date}, {n}; '/' makes "
+        "subfolders inside DIR (default {id})",
+    )
+    p.add_argument(
+        "--metadata",
+        choices=["none", "sidecar", "png"],
+        default="none",
+        help="sidecar: <image file name>.json beside each image with its parameters; png: also inside each PNG "
+        "as iTXt, except a PNG carrying a C2PA manifest (default none)",
+    )
     p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
     p.add_argument(
         "--callback-listen",

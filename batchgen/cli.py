@@ -333,6 +333,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         max_runtime=args.max_runtime,
         dry_run=args.dry_run,
         price=plan.price_from(args.price, env),
+        name=args.name,
+        metadata=args.metadata,
         callback_url=callback,
         callback_listen=args.callback_listen,
         log_format=args.log_format,

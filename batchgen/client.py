@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -41,6 +42,7 @@ from .errors import (
 
 USER_AGENT = f"batchgen/{__version__}"
 NULL_RECORD = "recordInfo is null"
+COST_FIELDS = ("consumeCredits", "remainedCredits", "costTime")  # recordInfo's billing fields, when present
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class TaskRecord:
     created: float | None = None  # createTime, Unix seconds (the poll scheduler learns latencies from these)
     completed: float | None = None  # completeTime, Unix seconds
     key_in_url: bool = False  # a result URL carried the API key (the URLs here are masked): never fetch them
+    cost: tuple[tuple[str, float], ...] = ()  # the service's billing fields (COST_FIELDS) that it sent, numeric
 
     @property
     def finished(self) -> bool:
@@ -275,7 +278,19 @@ def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | None = 
         created=_seconds(data.get("createTime")),
         completed=_seconds(data.get("completeTime")),
         key_in_url=masked != urls,
+        cost=tuple((name, value) for name in COST_FIELDS if (value := _number(data.get(name))) is not None),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A finite number (or digits in a string); None otherwise: a billing field we cannot read is left out."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _seconds(millis: Any) -> float | None:

@@ -132,7 +132,9 @@ class RunSettings:
     quiet: bool = False
     verbose: bool = False
     progress: bool = True
-    price: Decimal | None = None  # per image, any currency (--price / BATCHGEN_PRICE): cost estimates only
+    price: Decimal | None = None  # per image, any currency (--price / BATCHGEN_PRICE): estimates and spend
+    name: str = "{id}"  # --name: the file-name template (names.py)
+    metadata: str = "none"  # --metadata: none | sidecar | png (provenance.py)
     max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()

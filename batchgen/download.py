@@ -13,14 +13,17 @@ import contextlib
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import aiofiles
 from PIL import Image, UnidentifiedImageError
 
+from . import provenance
 from .client import Client
 from .errors import DownloadError
 from .files import fsync_dir
+from .names import inside
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
 FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow's name -> the file extension
@@ -35,10 +38,21 @@ ACCEPTED_TYPES = (
 
 
 async def fetch(
-    client: Client, url: str, *, directory: Path, temp_dir: Path, stem: str, max_bytes: int
-) -> tuple[str, str]:
-    """Download one result URL to DIR/<stem>.<ext>; returns (file name, sha256 hex)."""
-    temp = temp_dir / f"{stem}.{secrets.token_hex(4)}.part"
+    client: Client,
+    url: str,
+    *,
+    directory: Path,
+    temp_dir: Path,
+    stem: str,
+    max_bytes: int,
+    png_text: Callable[[str], str] | None = None,
+) -> tuple[str, str, str]:
+    """Download one result URL to DIR/<stem>.<ext>; returns (its path relative to DIR, the sha256 of the file
+    as kept, the sha256 as received). With `png_text` (--metadata png), a PNG without a C2PA manifest gets
+    `png_text(sha256 as received)` as an iTXt chunk before it is renamed into place.
+
+    A stem may hold `/` (--name): the subfolders are made inside DIR, never through a link out of it."""
+    temp = temp_dir / f"{stem.replace('/', '_')}.{secrets.token_hex(4)}.part"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         digest = hashlib.sha256()
@@ -64,18 +78,57 @@ async def fetch(
                 raise DownloadError(f"download truncated: {size:,} of {declared:,} bytes")
         await asyncio.to_thread(os.fsync, fd)
         ext = await asyncio.to_thread(verify_image, temp)
+        received = final_digest = digest.hexdigest()
+        if png_text is not None and ext == "png":
+            final_digest = await asyncio.to_thread(_add_text, temp, png_text(received))
         final = directory / f"{stem}.{ext}"
+        if "/" in stem:
+            await asyncio.to_thread(make_folders, directory, final.parent)
         os.replace(temp, final)
         # The rename is durable before the caller records success: a crash must not leave the ledger vouching
         # for a file whose directory entry never reached the disk.
-        await asyncio.to_thread(fsync_dir, directory)
-        return final.name, digest.hexdigest()
+        await asyncio.to_thread(fsync_dir, final.parent)
+        return final.relative_to(directory).as_posix(), final_digest, received
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
     finally:
         os.close(fd)
+
+
+def _add_text(path: Path, text: str) -> str:
+    """Insert the provenance text into a verified PNG in place (unless it carries a C2PA manifest, which
+    stays byte for byte as received), verify it again; returns the sha256 of the file as kept."""
+    data = path.read_bytes()
+    if not provenance.has_c2pa(data):
+        data = provenance.with_itxt(data, text)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        verify_image(path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_folders(directory: Path, folder: Path) -> None:
+    """Make a name's subfolders inside DIR; a component that is a symlink (or not a folder) is refused, so a
+    planted link cannot send a file out of DIR."""
+    current = directory
+    for part in folder.relative_to(directory).parts:
+        current = current / part
+        try:
+            os.mkdir(current, 0o755)
+            fsync_dir(current.parent)
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise DownloadError(
+                    f"{current} is not a folder inside {directory}; not writing through it", permanent=True
+                ) from None
 
 
 def verify_image(path: Path) -> str:
@@ -99,10 +152,12 @@ def verify_image(path: Path) -> str:
 def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
     """After a changed item's new images are in place, remove its old ones that were not replaced."""
     for name in set(old) - set(keep):
-        if "/" in name or name.startswith("."):
+        if not inside(name):
             continue
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (directory / f"{name}.json").unlink()  # its --metadata sidecar, if it had one
 
 
 def cleanup_partials(temp_dir: Path) -> None:

@@ -26,8 +26,9 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Mapping
 
-from . import download, failures, memory
+from . import download, failures, memory, provenance
 from .client import Client, TaskRecord
 from .config import RunSettings
 from .errors import (
@@ -69,6 +70,7 @@ class Engine:
         reporter: Reporter,
         *,
         callback_url: str | None = None,
+        stems: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.items = items
@@ -119,7 +121,10 @@ class Engine:
         )
         self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen
         self.names = Names(
-            self.ids, ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded")
+            self.ids,
+            ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded"),
+            template=settings.name,
+            stems=stems,
         )
         self._deadline = time.monotonic() + settings.max_runtime if settings.max_runtime else None
 
@@ -411,7 +416,7 @@ class Engine:
                     record = _fresher(await self._query(task_id), record)
                     continue
                 try:
-                    names, digests = await self._fetch_all(item, record.result_urls)
+                    names, digests, received = await self._fetch_all(item, task_id, record)
                 except DownloadError as exc:
                     last = exc
                     self.reporter.debug(f"item {item.id!r}: {exc}")
@@ -429,7 +434,13 @@ class Engine:
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
                 old = list(self.ledger.record(item.id).get("files") or [])
-                self.ledger.succeeded(item.id, names, digests)
+                self.ledger.succeeded(
+                    item.id,
+                    names,
+                    digests,
+                    cost=dict(record.cost),
+                    received=received if self.settings.metadata != "none" else None,
+                )
                 self.names.credit(item.id, names)
                 await self.ledger.durable()
                 download.remove_stale(
@@ -451,21 +462,47 @@ class Engine:
                 item=item.id,
             )
 
-    async def _fetch_all(self, item: Item, urls: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    async def _fetch_all(self, item: Item, task_id: str, record: TaskRecord) -> tuple[list[str], list[str], list[str]]:
+        """Each result file under its name; returns the names, the sha256 of each as kept and as received.
+        With --metadata, each image's sidecar is in place (atomically) before the next file is fetched."""
         names: list[str] = []
         digests: list[str] = []
+        received: list[str] = []
+        mode = self.settings.metadata
+
+        def text(sha256_received: str) -> str:
+            return provenance.text_of(
+                provenance.document(
+                    item_id=item.id,
+                    request=item.request,
+                    task_id=task_id,
+                    created=record.created,
+                    completed=record.completed,
+                    sha256_received=sha256_received,
+                    manifest=self.settings.manifest.name,
+                    line=item.line,
+                )
+            )
+
+        urls = record.result_urls
         for stem, url in zip(self.names.stems(item.id, len(urls)), urls, strict=True):
-            name, digest = await download.fetch(
+            name, digest, as_received = await download.fetch(
                 self.client,
                 url,
                 directory=self.settings.out,
                 temp_dir=self.temp_dir,
                 stem=stem,
                 max_bytes=self.settings.max_image_bytes,
+                png_text=text if mode == "png" else None,
             )
+            if mode != "none":
+                await asyncio.to_thread(
+                    provenance.write_sidecar, self.settings.out / name, text(as_received), self.temp_dir
+                )
             names.append(name)
             digests.append(digest)
-        return names, digests
+            received.append(as_received)
+        return names, digests, received
 
 
 def _fresher(fresh: TaskRecord | None, record: TaskRecord) -> TaskRecord:

@@ -96,6 +96,7 @@ class Ledger:
         self._retired = loaded.not_in_manifest
         self._generation = loaded.generation
         self._broken: StorageError | None = None  # a journal write went wrong: nothing more may be appended
+        self.price = loaded.price  # per image, as a decimal string: the latest run's --price
 
     # ------------------------------------------------------------ opening and closing
 
@@ -295,10 +296,31 @@ class Ledger:
         record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None})
         self._write(item_id, record)
 
-    def succeeded(self, item_id: str, files: list[str], sha256: list[str]) -> None:
+    def succeeded(
+        self,
+        item_id: str,
+        files: list[str],
+        sha256: list[str],
+        *,
+        cost: dict[str, float] | None = None,
+        received: list[str] | None = None,
+    ) -> None:
+        """`sha256` of the files as kept; `received`, with --metadata, of the files as the service sent them
+        (they differ when provenance text was written into a PNG)."""
         record = self._copy(item_id)
         record.update({"state": "succeeded", "files": files, "sha256": sha256, "error": None, "finished_at": utc_now()})
+        record.pop("sha256_received", None)
+        if cost:
+            record["cost"] = cost
+        if received is not None:
+            record["sha256_received"] = received
         self._write(item_id, record)
+
+    def set_price(self, price: str) -> None:
+        """The run's price per image (--price), kept in the snapshot: `status` reports spend from it later."""
+        if price != self.price:
+            self.price = price
+            self._dirty = True
 
     def failed(self, item_id: str, error: ErrorRecord, request: dict[str, Any] | None = None) -> None:
         record = self._record(item_id, request) if request is not None else self._copy(item_id)
@@ -366,6 +388,8 @@ class Ledger:
             "counts": self.counts(ids),
             "items": self.items,
         }
+        if self.price is not None:
+            document["price"] = self.price
         if ids is not None:
             document["not_in_manifest"] = sorted(set(self.items) - ids)
         data = json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"

@@ -10,16 +10,36 @@ credits to another item is never handed out, so never overwritten or deleted.
 
 Names are stems (no extension): the extension follows the image's format, known only once it is verified, and
 a stem is one name whatever the extension, so `x_1.png` and `x_1.jpg` never belong to two items.
-File-name templates (`--name`) will come through `Names(template=...)`; today only `{id}` is accepted.
+With `--name TEMPLATE` each item's stem comes from its fields instead (`render_stems`): the stems every item
+will use are rendered before anything is sent, so a template that gives two items one name, leaves DIR or takes a
+name batchgen keeps is an error then; only `{n}` (how many results an item gets) is filled in here, later.
+Stems may hold `/`: subfolders of DIR, and the ledger records each file's path relative to DIR.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import re
+import string
+import time
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .manifest import Item
 
 DEFAULT_TEMPLATE = "{id}"
+N = "{n}"  # the placeholder left in a rendered stem, filled per result by Names.stems
+FIELDS = ("id", "seed", "aspect_ratio", "prompt", "copy", "date", "n")  # besides any matrix axis
+UNSET = "none"
+PROMPT_WORDS = 6  # {prompt}: the first few words ...
+MAX_VALUE = 40  # ... and no value longer than this many characters (a hash keeps it distinct)
+_LITERAL = re.compile(r"[A-Za-z0-9._/ -]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def _key(stem: str) -> str:
@@ -27,7 +47,135 @@ def _key(stem: str) -> str:
 
 
 def stem_of(file_name: str) -> str:
-    return PurePosixPath(file_name).stem if "." in file_name else file_name
+    """A file's name without its extension, its folders kept (`zoo/fox.png` -> `zoo/fox`)."""
+    path = PurePosixPath(file_name)
+    return str(path.with_suffix("")) if path.suffix else file_name
+
+
+# ---------------------------------------------------------------- templates (--name)
+
+
+def check_template(template: str) -> list[str]:
+    """The placeholders of a `--name` template, in order; UsageError for a template that can never be a name."""
+    fields: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UsageError(f"--name {template!r}: {exc} (write {{{{ and }}}} for literal braces)") from exc
+    for literal, field, spec, conversion in parsed:
+        if not _LITERAL.fullmatch(literal):
+            raise UsageError(
+                f"--name {template!r}: {literal!r}: only letters, digits, '.', '_', '-', ' ' and '/' may be "
+                "written around the placeholders"
+            )
+        if field is not None:
+            if not field or spec or conversion or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", field):
+                raise UsageError(f"--name {template!r}: {{{field}}} is not a placeholder (write {{id}}, {{seed}}, …)")
+            fields.append(field)
+    if not fields:
+        raise UsageError(f"--name {template!r}: has no placeholder, so every item would get one name")
+    if template.startswith("/"):
+        raise UsageError(f"--name {template!r}: a name is a path inside DIR, never an absolute one")
+    if template.count(N) > 1:
+        raise UsageError(f"--name {template!r}: {N} may appear once")
+    return fields
+
+
+def render_stems(items: Sequence[Item], template: str, *, started: float | None = None) -> dict[str, str]:
+    """Every item's stem under `template`, `{n}` left in place; UsageError (before anything is sent) for an
+    unknown placeholder, a name outside DIR or reserved by batchgen, or two items that would get one name.
+
+    `{date}` is the run's start in local time, like the dated contact sheet of jobs/nightly.sh."""
+    fields = check_template(template)
+    date = time.strftime("%Y-%m-%d", time.localtime(started))
+    axes = {axis for item in items for axis in getattr(item, "cell", {})}
+    unknown = [f for f in fields if f not in FIELDS and f not in axes]
+    if unknown:
+        known = ", ".join(f"{{{f}}}" for f in (*FIELDS, *sorted(axes)))
+        raise UsageError(f"--name {template!r}: {{{unknown[0]}}} is no placeholder here; known: {known}")
+    stems: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    problems: list[str] = []
+    for item in items:
+        stem = template.format_map(_Values(item, date))
+        why = _outside(stem)
+        if why:
+            problems.append(f"{item.file}:{item.line}: item {item.id!r}: --name gives {stem!r}, {why}")
+            continue
+        key = _key(stem)
+        if key in owner:
+            problems.append(
+                f"{item.file}:{item.line}: item {item.id!r}: --name {template!r} gives it {stem!r}, the name of "
+                f"item {owner[key]!r}; add a placeholder that tells them apart (e.g. {{id}})"
+            )
+            continue
+        owner[key] = item.id
+        stems[item.id] = stem
+    if problems:
+        shown = problems[:20] + ([f"… and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise UsageError("file names from --name:\n  " + "\n  ".join(shown))
+    return stems
+
+
+class _Values(dict[str, str]):
+    """One item's placeholder values, rendered: normalised (the request's own values), slugged, unset: none."""
+
+    def __init__(self, item: Item, date: str) -> None:
+        super().__init__()
+        self.item = item
+        self.date = date
+
+    def __missing__(self, field: str) -> str:
+        item = self.item
+        if field == "id":
+            return item.id  # the id grammar is already safe; `{id}` alone keeps SPEC §4's names
+        if field == "n":
+            return N
+        if field == "date":
+            return self.date
+        if field == "copy":
+            return str(getattr(item, "copy", 1))
+        if field == "prompt":
+            return slug(" ".join(str(item.input.get("prompt", "")).split()[:PROMPT_WORDS]).lower())
+        source = item.input if field in ("seed", "aspect_ratio") else getattr(item, "cell", {})
+        value = source.get(field)
+        return UNSET if value is None or value == "" else slug(str(value))
+
+
+def slug(value: str) -> str:
+    """A value as one safe path segment: letters, digits, `_` and `-`; a hash where nothing safe is left, and a
+    hash suffix when it had to be shortened."""
+    ascii_text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    text = _UNSAFE.sub("-", ascii_text).strip("-_")
+    digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
+    if not text:
+        return digest
+    if len(text) > MAX_VALUE:
+        return f"{text[: MAX_VALUE - 9].rstrip('-_')}-{digest}"
+    return text
+
+
+def inside(name: str) -> bool:
+    """Whether a file name from the ledger is a plain path inside DIR (no `..`, not absolute, not hidden)."""
+    parts = name.split("/")
+    return bool(name) and "\\" not in name and not any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+
+
+def _outside(stem: str) -> str | None:
+    """Why a rendered stem may not be a file's name in DIR, or None."""
+    parts = stem.split("/")
+    if stem.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return "which is not a path inside DIR"
+    if any(part.startswith(".") or part.endswith((".", " ")) or part.startswith(" ") for part in parts):
+        return "a hidden or blank-edged name (batchgen keeps .batchgen/ for itself)"
+    if len(parts) == 1 and _reserved_stem(parts[0]):
+        return "a name batchgen keeps for itself (results.json*)"
+    return None
+
+
+def _reserved_stem(stem: str) -> bool:
+    """Whether `<stem>.<ext>` (or its sidecar) would match one of DIR's own names: results.json*."""
+    return stem.casefold().startswith("results.json")
 
 
 class Names:
@@ -40,14 +188,16 @@ class Names:
         credited: Iterable[tuple[str, Iterable[str]]],
         *,
         template: str = DEFAULT_TEMPLATE,
+        stems: Mapping[str, str] | None = None,
     ) -> None:
-        if template != DEFAULT_TEMPLATE:
-            raise ValueError(f"file-name template {template!r}: only {DEFAULT_TEMPLATE!r} is supported yet")
+        if template != DEFAULT_TEMPLATE and stems is None:
+            raise ValueError(f"file-name template {template!r} needs the stems render_stems gave")
         self.template = template
+        self._stems = dict(stems or {})  # item id -> its rendered stem (`{n}` left in), with --name
         # Each manifest id owns its own single-image name; case-folded twins (Fox, fox): the smallest id wins.
         self._planned: dict[str, str] = {}
         for item_id in sorted(manifest_ids):
-            self._planned.setdefault(_key(item_id), item_id)
+            self._planned.setdefault(_key(self._stems.get(item_id, item_id).replace(N, "1")), item_id)
         self._credited: dict[str, set[str]] = {}
         for item_id, files in credited:
             self.credit(item_id, files)
@@ -63,12 +213,16 @@ class Names:
 
     def stems(self, item_id: str, count: int) -> list[str]:
         """The stems for an item's `count` images: SPEC §4's names, unless another item holds one."""
-        wanted = [item_id] if count == 1 else [f"{item_id}_{n}" for n in range(1, count + 1)]
+        base = self._stems.get(item_id, item_id)
+        if N in base:
+            wanted = [base.replace(N, str(n)) for n in range(1, count + 1)]
+        else:
+            wanted = [base] if count == 1 else [f"{base}_{n}" for n in range(1, count + 1)]
         wanted = [unreserved(stem) for stem in wanted]
         # A case-folded twin that does not own its id (`fox` beside `Fox`) never uses a plain name, so that
         # which of the two finishes first cannot decide who gets `Fox_1`. Between other items `<id>_<n>` is
         # unique: the digits after the last `_` are n, so the id before them is the item's own.
-        twin = self._planned.get(_key(item_id), item_id) != item_id
+        twin = self._planned.get(_key(base.replace(N, "1")), item_id) != item_id
         taken: set[str] = set()
         result = []
         for stem in wanted:

@@ -143,6 +143,7 @@ class Reporter:
                         f"{figures['rate_limited']}× 429",
                         plural(figures["status_queries"], "status query", "status queries"),
                         f"{figures['seconds']:.1f} s",
+                        *_spent(figures),
                     ]
                 )
             )
@@ -184,3 +185,8 @@ def local_timestamp() -> str:
 def utc_timestamp() -> str:
     """ISO 8601 in UTC, to the millisecond: `2026-11-25T18:15:03.123Z`."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _spent(figures: dict[str, Any]) -> list[str]:
+    """With a price: the run's spend and the ledger's spend so far (runner.spend_figures)."""
+    return [f"spent {figures['spend']:g} ({figures['spend_total']:g} so far)"] if "spend" in figures else []

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -53,6 +54,8 @@ class Record(TypedDict):
     paid: NotRequired[int]  # createTask answers that carried a task id, over the item's whole life: never reset
     in_doubt: NotRequired[int]  # createTask calls that may have been paid without our knowing the task id
     submitting: NotRequired[bool]  # a createTask call is under way (on disk: the run died inside it)
+    cost: NotRequired[dict[str, float]]  # the service's billing fields from recordInfo (never a callback)
+    sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
 
 
 def error_record(kind: str, code: str | None, message: str) -> ErrorRecord:
@@ -163,6 +166,7 @@ class Loaded:
     damaged: str | None = None  # why results.json could not be used, when the state was recovered without it
     generation: int = 0  # of the snapshot the state was loaded from (0: none)
     replayed: int = 0  # journal records replayed over the snapshot (changes it does not hold yet)
+    price: str | None = None  # the price per image the last run with --price recorded (a decimal string)
 
 
 def exists(directory: Path) -> bool:
@@ -200,7 +204,24 @@ def load(directory: Path) -> Loaded:
         retired,
         generation=_generation(document),
         replayed=len(journal.entries),
+        price=_price(document),
     )
+
+
+def _price(document: dict[str, Any]) -> str | None:
+    value = document.get("price")
+    return value if isinstance(value, str) else None
+
+
+def price_of(text: str | None) -> Decimal | None:
+    """A recorded price per image, or None when there is none (or it is not a finite number)."""
+    if text is None:
+        return None
+    try:
+        price = Decimal(text)
+    except InvalidOperation:
+        return None
+    return price if price.is_finite() else None
 
 
 def _generation(document: dict[str, Any]) -> int:
@@ -281,6 +302,7 @@ def _recover(directory: Path, journal: _Journal, why: str) -> Loaded:
         frozenset(base.get("not_in_manifest") or ()),
         damaged=why,
         generation=journal.base if journal.base is not None else expected,
+        price=_price(base),
     )
 
 

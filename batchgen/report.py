@@ -12,6 +12,7 @@ from .errors import UsageError
 from .files import write_atomically
 from .ledger import RESULTS, STATES, Loaded, exists, load
 from .progress import plural
+from .records import price_of
 
 
 def read_ledger(directory: Path) -> Loaded:
@@ -54,7 +55,34 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "not_in_manifest": sorted(retired & set(loaded.items)),
         "files": sum(len(r.get("files") or ()) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
+        **_spend(loaded),
     }
+
+
+def _spend(loaded: Loaded) -> dict[str, Any]:
+    """Money: the ledger's paid creates (every item's whole life, listed or not), the recorded price and the
+    spend so far, and the service's own billing fields from recordInfo (summed; the balance of the latest)."""
+    paid = sum(int(record.get("paid", 0)) for record in loaded.items.values())
+    doc: dict[str, Any] = {"paid_creates": paid, "price": loaded.price, "spend": None}
+    price = price_of(loaded.price)
+    if price is not None:
+        doc["spend"] = str(price * paid)
+    consumed, costs, latest = 0.0, 0, None
+    for record in loaded.items.values():
+        cost = record.get("cost") or {}
+        if "consumeCredits" in cost:
+            consumed += cost["consumeCredits"]
+            costs += 1
+        if "remainedCredits" in cost:
+            when = record.get("finished_at") or ""
+            if latest is None or when >= latest[0]:
+                latest = (when, cost["remainedCredits"])
+    doc["service_credits"] = {
+        "consumed": consumed if costs else None,
+        "remained": latest[1] if latest else None,
+        "items": costs,
+    }
+    return doc
 
 
 def status_text(doc: dict[str, Any]) -> str:
@@ -67,6 +95,15 @@ def status_text(doc: dict[str, Any]) -> str:
     ]
     if doc.get("damaged"):
         lines.append(f"  warning: {doc['damaged']}; the next run rebuilds it from the journal")
+    money = plural(doc.get("paid_creates", 0), "paid create")
+    if doc.get("spend") is not None:
+        money += f" × {doc['price']} = {doc['spend']} spent so far"
+    credits = doc.get("service_credits") or {}
+    if credits.get("consumed") is not None:
+        money += f"; the service charged {credits['consumed']:g} credits for {plural(credits['items'], 'item')}"
+    if credits.get("remained") is not None:
+        money += f", {credits['remained']:g} credits left"
+    lines.append(f"  {money}")
     for entry in doc["failed"]:
         error = entry["error"] or {}
         code = f"{error.get('code')}: " if error.get("code") else ""
@@ -117,6 +154,9 @@ METRIC_HELP = {
     "batchgen_last_run_in_doubt": "createTask calls of the last run whose answer was lost (possibly paid).",
     "batchgen_last_run_lost": "Items of the last run whose task the service no longer knew, a day after creation.",
     "batchgen_last_run_seconds": "Wall time of the last run, in seconds.",
+    "batchgen_last_run_price": "The price of one image the last run knew (--price, or the one its ledger recorded).",
+    "batchgen_last_run_spend": "The last run's paid creates times the price.",
+    "batchgen_last_run_spend_total": "Spend so far: every paid create the ledger counts, times the price.",
     "batchgen_last_run_exit_code": "Exit code of the last run (0 all done, 1 some failed, 5 incomplete, see README).",
     "batchgen_last_run_finished_timestamp": "When the last run ended, in Unix seconds, whatever its exit code.",
     "batchgen_last_success_timestamp": (

@@ -16,8 +16,9 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
-from . import manifest, sheet
+from . import manifest, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -28,6 +29,7 @@ from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, describe, make_plan
 from .progress import Reporter, plural
+from .records import price_of
 from .submit import Counters
 
 
@@ -37,6 +39,8 @@ class Outcome:
     counts: dict[str, int]
     counters: Counters
     seconds: float
+    price: Decimal | None = None  # per image: --price, else the one the ledger recorded
+    paid_total: int = 0  # paid creates the ledger counts over every item's life (spend so far = this × price)
 
 
 def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
@@ -54,6 +58,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
     with _bulk():
         items = manifest.load(settings.manifest)
+        _stems(items, settings)
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
@@ -96,6 +101,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
     started = time.monotonic()
     with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
         items = manifest.load(settings.manifest)
+        stems = _stems(items, settings)  # a --name that collides or leaves DIR: exit 2 before anything is sent
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
     try:
@@ -106,12 +112,15 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             )
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
+        if settings.price is not None:
+            ledger.set_price(str(settings.price))
         for item in plan.missing:
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
         if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
             counts = ledger.counts(ledger.manifest_ids)
             outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
+            _spend(outcome, ledger)
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
@@ -120,7 +129,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         ):
             client = Client(session, api_base, key, settings.timeouts)
             callback_url = receiver.url_for(settings.callback_url) if receiver else settings.callback_url
-            engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url)
+            engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url, stems=stems)
             if receiver is not None:
                 receiver.on_task = engine.wake
             stop.attach(engine)
@@ -130,6 +139,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         outcome = Outcome(
             exit_code(counts, engine.fatal, engine.stop_signal), counts, engine.counters, time.monotonic() - started
         )
+        _spend(outcome, ledger)
         if engine.fatal is not None:
             reporter.error(f"{engine.fatal}; run stopped, state saved")
         return outcome
@@ -142,6 +152,19 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             reporter.error(str(exc))
             if outcome.exit_code in (0, 1):
                 outcome.exit_code = StorageError.exit_code
+
+
+def _stems(items: list[Item], settings: RunSettings) -> dict[str, str] | None:
+    """Every item's file-name stem under --name (None: the default `{id}`, SPEC §4's names)."""
+    if settings.name == names.DEFAULT_TEMPLATE:
+        return None
+    return names.render_stems(items, settings.name, started=time.time())
+
+
+def _spend(outcome: Outcome, ledger: Ledger) -> None:
+    """What the run needs to report spend: the price (recorded in the ledger) and every paid create it counts."""
+    outcome.price = price_of(ledger.price)
+    outcome.paid_total = sum(int(record.get("paid", 0)) for record in ledger.items.values())
 
 
 @contextlib.contextmanager
@@ -254,7 +277,15 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "lost": n.lost,
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
+        **spend_figures(n.creates, outcome.paid_total, outcome.price),
     }
+
+
+def spend_figures(paid: int, paid_total: int, price: Decimal | None) -> dict[str, float]:
+    """With a known price: this run's spend (its paid creates times the price) and the ledger's spend so far."""
+    if price is None:
+        return {}
+    return {"price": float(price), "spend": float(price * paid), "spend_total": float(price * paid_total)}
 
 
 def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) -> None:

@@ -25,8 +25,10 @@ from urllib.parse import quote
 
 from PIL import Image
 
+from . import provenance
 from .files import STATE_DIR, state_dir, write_atomically
 from .ledger import Record
+from .names import inside
 from .report import read_ledger, status
 
 
@@ -93,13 +95,13 @@ def write_report(directory: Path) -> Path:
         if _plain_name(name)
     ]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        made = pool.map(lambda name: _thumbnail(directory / name, thumbs / f"{name}.jpg"), names)
+        made = pool.map(lambda name: _thumbnail(directory / name, thumbs / _thumb_name(name)), names)
         has_thumb = {name for name, ok in zip(names, made, strict=True) if ok}
     data = {
         "title": str(doc["manifest"] or directory.name or "batchgen"),
         "updated": doc["updated_at"],
         "run": _run_figures(last_run_figures(directory)),
-        "items": _entries(loaded.items, set(doc["not_in_manifest"]), has_thumb),
+        "items": _entries(loaded.items, set(doc["not_in_manifest"]), has_thumb, directory),
         "pageSize": PAGE_SIZE,
     }
     target = directory / REPORT
@@ -109,8 +111,31 @@ def write_report(directory: Path) -> Path:
 
 
 def _plain_name(name: object) -> bool:
-    """A ledger file name the page may link to: a file in DIR itself (the ledger is data, not trusted paths)."""
-    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+    """A ledger file name the page may link to: a path inside DIR (`--name` makes subfolders), never `..`, an
+    absolute path or a hidden one (the ledger is data, not trusted paths)."""
+    return isinstance(name, str) and inside(name)
+
+
+def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
+    """The parameters of an image as its sidecar (--metadata) records them, when it has a readable one."""
+    doc = provenance.sidecar_of(directory, name)
+    if doc is None:
+        return
+    entry["sidecar"] = quote(f"{name}.json")
+    request = doc.get("request")
+    request_input = request.get("input") if isinstance(request, dict) else None
+    if not isinstance(request_input, dict):
+        request_input = {}
+    params = [str(request_input[k]) for k in _PARAMS if request_input.get(k) not in (None, "")]
+    params += [f"{k} {doc[k]}" for k in ("model", "task_id") if isinstance(doc.get(k), str)]
+    if isinstance(doc.get("manifest"), str) and isinstance(doc.get("line"), int):
+        params.append(f"{doc['manifest']}:{doc['line']}")
+    entry["params"] = params
+
+
+def _thumb_name(name: str) -> str:
+    """A thumbnail's file name: one flat folder of them, a subfolder's `/` quoted (`zoo%2Ffox.png.jpg`)."""
+    return f"{quote(name, safe='')}.jpg" if "/" in name else f"{name}.jpg"
 
 
 def _thumb_folder(directory: Path) -> Path:
@@ -158,8 +183,11 @@ def _run_figures(figures: dict[str, float] | None) -> dict[str, float] | None:
     return {k: figures[k] for k in RUN_FIGURES if k in figures}
 
 
-def _entries(items: Mapping[str, Record], retired: set[str], has_thumb: set[str]) -> list[dict[str, Any]]:
-    """One entry per image of a succeeded item, one per item otherwise: the cards of the page, as data."""
+def _entries(
+    items: Mapping[str, Record], retired: set[str], has_thumb: set[str], directory: Path | None = None
+) -> list[dict[str, Any]]:
+    """One entry per image of a succeeded item, one per item otherwise: the cards of the page, as data. An
+    image with a --metadata sidecar shows the parameters the sidecar holds, and links to it."""
     entries: list[dict[str, Any]] = []
     for item_id, record in items.items():
         state = record.get("state", "pending")
@@ -187,9 +215,11 @@ def _entries(items: Mapping[str, Record], retired: set[str], has_thumb: set[str]
         for n, name in enumerate(files, 1):
             entry = {**base, "file": quote(name)}
             if name in has_thumb:
-                entry["thumb"] = quote(f"{THUMB_DIR}/{name}.jpg")
+                entry["thumb"] = quote(f"{THUMB_DIR}/{_thumb_name(name)}")
             if len(files) > 1:
                 entry["part"] = f"{n}/{len(files)}"
+            if directory is not None:
+                _from_sidecar(entry, directory, name)
             entries.append(entry)
     return entries
 

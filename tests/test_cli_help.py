@@ -105,7 +105,8 @@ def test_bash_completion_is_generated_from_the_parser_and_completes(tmp_path):
         return done.stdout.split()
 
     assert complete("batchgen ") == ["validate", "run", "status", "report", "sim", "jobs", "completion"]
-    assert complete("batchgen run --met") == ["--metrics-file"]
+    assert complete("batchgen run --met") == ["--metadata", "--metrics-file"]  # SPEC §3 has both
+    assert set(complete("batchgen run --metadata ")) == {"none", "sidecar", "png"}
     assert set(complete("batchgen run --log-format ")) == {"text", "json"}
 
 

@@ -555,9 +555,9 @@ async def test_a_renamed_image_is_fsynced_before_the_ledger_vouches_for_it(sim_f
         order.append(f"fsync {Path(path).name}")
         real_fsync(path)
 
-    def succeeded_spy(self, item_id, files, sha):
+    def succeeded_spy(self, item_id, files, sha, **extra):
         order.append(f"succeeded {item_id}")
-        real_succeeded(self, item_id, files, sha)
+        real_succeeded(self, item_id, files, sha, **extra)
 
     monkeypatch.setattr(download, "fsync_dir", fsync_spy)
     monkeypatch.setattr(Ledger, "succeeded", succeeded_spy)

@@ -24,6 +24,11 @@ class SimConfig:
     latency: float = 30.0  # creation to terminal state (Imagen 4 Ultra takes 20-45 s)
     jitter: float = 5.0  # +/- uniformly around latency
     results_per_task: int = 1
+    # The service's billing fields in recordInfo: each task consumes this many credits of the account's
+    # balance (consumeCredits, remainedCredits); None: recordInfo carries only costTime.
+    credits_per_task: float | None = None
+    credits_balance: float = 1000.0
+    c2pa: bool = False  # served PNGs carry a (dummy) C2PA manifest: a `caBX` chunk after IHDR
     image_scale: float = 1.0  # 1.0: real 2K sizes (2816x1536 for 16:9); tests use small images
 
     # Limits of the API family: 20 creates per 10 s per account, 429 beyond (the request is dropped).

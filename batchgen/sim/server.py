@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .. import schema
 from .config import SimConfig
-from .images import render, size_for, variant_of
+from .images import render, size_for, variant_of, with_c2pa
 
 SATURATED = "当前分组上游负载已饱和，请稍后再试"  # the task relay's own words: "upstream load is saturated"
 
@@ -82,6 +82,7 @@ class _Task:
     duration: float  # math.inf while held ([sim:hold])
     fail: tuple[str, str] | None
     forgets: bool = False  # recordInfo forgets it after SimConfig.forget_after
+    number: int = 0  # the account's nth paid create (for remainedCredits)
 
     def state(self, now: float) -> str:
         if math.isinf(self.duration):
@@ -108,6 +109,7 @@ class Simulator:
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
         self.stats = SimStats()
+        self._task_number = 0
         self._rng = random.Random(self.config.random_seed)
         self._secret = secrets.token_bytes(16)
         self._tasks: dict[str, _Task] = {}
@@ -356,7 +358,8 @@ class Simulator:
         elif self.config.fail_rate and self._rng.random() < self.config.fail_rate:
             fail = TRANSIENT_FAILURE if self._rng.random() < self.config.transient_share else POLICY_FAILURE
         forgets = self.config.forget_after is not None and self._rng.random() < self.config.forget_rate
-        return _Task(task_id, body, now, duration, fail, forgets)
+        self._task_number += 1
+        return _Task(task_id, body, now, duration, fail, forgets, self._task_number)
 
     async def _record_info(self, request: web.Request) -> web.StreamResponse:
         self.stats.polls += 1
@@ -414,6 +417,7 @@ class Simulator:
             "createTime": ms(task.created - self.config.create_time_offset),
             "updateTime": ms(update),
             "completeTime": ms(finished) if done else None,
+            **self._credits(task, done),
         }
 
     def _misreported(self, record: dict[str, Any], task_id: str) -> dict[str, Any]:
@@ -432,6 +436,14 @@ class Simulator:
         elif fault == "bad_result_json" and record["state"] == "success":
             record["resultJson"] = "{not json"
         return record
+
+    def _credits(self, task: _Task, done: bool) -> dict[str, float]:
+        """The billing fields of a finished task (with SimConfig.credits_per_task): what it consumed, and the
+        balance left after the account's creates up to and including it."""
+        per = self.config.credits_per_task
+        if per is None or not done:
+            return {}
+        return {"consumeCredits": per, "remainedCredits": self.config.credits_balance - per * task.number}
 
     def _result_urls(self, task: _Task, now: float) -> list[str]:
         data = task.body["input"]
@@ -516,6 +528,8 @@ class Simulator:
         quality = int(data.get("compression_quality", 90))
         variant = variant_of(f"{data['prompt']}|{data.get('seed')}|{stem}")
         content = await asyncio.to_thread(render, width, height, fmt, quality, variant)
+        if self.config.c2pa and fmt == "png":
+            content = with_c2pa(content)
 
         if self.config.html_rate and self._rng.random() < self.config.html_rate:
             page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"

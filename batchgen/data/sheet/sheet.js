@@ -217,6 +217,15 @@
       dd.append(open);
       facts.append(make("dt", "", "File"), dd);
     }
+    if (item.sidecar) {
+      const meta = make("a", "", decodeURIComponent(item.sidecar));
+      meta.href = item.sidecar;
+      meta.target = "_blank";
+      meta.rel = "noopener";
+      const dd = make("dd");
+      dd.append(meta);
+      facts.append(make("dt", "", "Metadata"), dd);
+    }
     info.append(facts);
     $("lb-prev").disabled = index === 0;
     $("lb-next").disabled = index === shown.length - 1;
