@@ -4,7 +4,9 @@ The contact sheet (index.html) is `sheet.py`."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +131,12 @@ METRICS_MODE = 0o644  # node_exporter reads it as another user, whatever the job
 
 
 def write_metrics(
-    path: Path, *, manifest: str | None, counts: dict[str, int] | None, figures: dict[str, float | int]
+    path: Path,
+    *,
+    manifest: str | None,
+    counts: dict[str, int] | None,
+    figures: dict[str, float | int],
+    warn: list[str] | None = None,
 ) -> None:
     """A Prometheus textfile-collector file, replaced atomically (node_exporter must never read half a file).
 
@@ -138,7 +145,7 @@ def write_metrics(
     work (exit 0 or 1), else the one in the previous file, so that a night that keeps failing shows as stale.
     `manifest` None keeps the previous file's label (the flags could not be read).
     """
-    previous = _read_previous(path)
+    previous = _read_previous(path, warn)
     if manifest is None:
         manifest = previous.get("manifest", "")
     label = manifest.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -154,7 +161,8 @@ def write_metrics(
         lines += [f"# HELP {name} {METRIC_HELP.get(name, name)}", f"# TYPE {name} gauge"]
         lines += [f"{name}{{{labels}}} {exact(value)}" for n, labels, value in samples if n == name]
     data = ("\n".join(lines) + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if problem := metrics_problem(path):
+        raise UsageError(f"--metrics-file {path}: {problem}")
     write_atomically(path, data, path.parent, mode=METRICS_MODE)
 
 
@@ -168,13 +176,40 @@ def exact(value: float | int) -> str:
     return repr(float(value))
 
 
-def _read_previous(path: Path) -> dict[str, Any]:
-    """From the previous metrics file: the last-success timestamp and the manifest label, when there are."""
+METRICS_LIMIT = 1024 * 1024  # bytes: a metrics file is a few KiB; a larger one is not ours, its carry-over ignored
+
+
+def metrics_problem(path: Path) -> str | None:
+    """Why --metrics-file cannot be written, or None. Only the file is created, never a missing folder (a typo
+    would otherwise make a tree somewhere, as root under cron); what is there must be a regular file (a
+    FIFO would hang the end of the run, /dev/full would be replaced)."""
+    parent = path.parent
+    if not parent.is_dir():
+        return f"its folder {parent} does not exist (batchgen creates only the file)"
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return "it exists and is not a regular file; name a file (node_exporter reads *.prom files)"
+    return None
+
+
+def _read_previous(path: Path, warn: list[str] | None = None) -> dict[str, Any]:
+    """From the previous metrics file: the last-success timestamp and the manifest label, when there are.
+
+    Read only from a regular file, at most METRICS_LIMIT bytes: anything else has no carry-over (a warning)."""
     found: dict[str, Any] = {}
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: a planted link is not our file
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return found
+    except OSError as exc:
+        _note(warn, f"--metrics-file {path}: cannot read the previous file ({exc.strerror or exc}); no carry-over")
+        return found
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > METRICS_LIMIT:
+            _note(warn, f"--metrics-file {path}: not a regular file of at most 1 MiB; no last success carried over")
+            return found
+        text = handle.read(METRICS_LIMIT).decode("utf-8", errors="replace")
     for line in text.splitlines():
         name, _, rest = line.partition("{")
         if name == SUCCESS and "} " in rest:
@@ -187,3 +222,8 @@ def _read_previous(path: Path) -> dict[str, Any]:
                 raw = labels[len('manifest="') : -1]
                 found["manifest"] = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], raw)
     return found
+
+
+def _note(warn: list[str] | None, message: str) -> None:
+    if warn is not None:
+        warn.append(message)
