@@ -425,7 +425,8 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
         except (BatchgenError, OSError) as exc:  # the run's own outcome stands; the page can be made later
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             out.error(
-                f"the contact sheet {settings.out / 'index.html'} could not be written: {reason}; `batchgen report {settings.out}` retries it",
+                f"the contact sheet {settings.out / 'index.html'} could not be written: {reason}; "
+                f"`batchgen report {settings.out}` retries it",
                 event="contact_sheet_error",
             )
     return outcome.exit_code
