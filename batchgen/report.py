@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .files import write_atomically
-from .ledger import RESULTS, STATES, Loaded, exists, load
+from .files import STATE_DIR, write_atomically
+from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
 from .progress import plural
 
 
@@ -56,15 +56,38 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "not_in_manifest": sorted(retired & set(loaded.items)),
         "files": sum(len(r.get("files") or ()) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
+        "running_pid": running_pid(directory),
     }
+
+
+def running_pid(directory: Path) -> int | None:
+    """The pid of the run that holds DIR's lock now, or None. Read from /proc/locks (Linux), never by taking
+    the lock, not even shared: a run starting at that instant would find it taken and exit 4."""
+    try:
+        info = (directory / STATE_DIR / LOCK).lstat()
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read(METRICS_LIMIT).splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not the holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            return int(fields[4])
+    return None
 
 
 def status_text(doc: dict[str, Any]) -> str:
     counts = doc["counts"]
     total = sum(counts.values())
+    if doc.get("running_pid"):  # its snapshot is written at the end: the journal knows more than results.json
+        when = f"a run is in progress (pid {doc['running_pid']}); last snapshot {doc['updated_at'] or 'not yet'}"
+    else:
+        when = f"updated {doc['updated_at'] or 'never'}"
     lines = [
-        f"{doc['directory']}: {plural(total, 'item')} from {doc['manifest'] or '(unknown manifest)'}, "
-        f"updated {doc['updated_at'] or 'never'}",
+        f"{doc['directory']}: {plural(total, 'item')} from {doc['manifest'] or '(manifest not yet recorded)'}, {when}",
         "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {plural(doc['files'], 'image file')}",
     ]
     if doc.get("damaged"):

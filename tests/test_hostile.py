@@ -292,3 +292,17 @@ def test_jobs_install_never_writes_through_a_symlink(tmp_path):
     assert not installed.is_symlink() and installed.read_bytes() == (ROOT / "jobs" / "nightly.sh").read_bytes()
     assert stat.S_IMODE(installed.stat().st_mode) == 0o755
     assert not [p for p in target.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------- 7. status while a run holds DIR
+
+
+def test_status_while_a_run_holds_the_lock_says_a_run_is_in_progress(tmp_path):
+    directory = a_ledger(tmp_path / "out")
+    with ledger.Ledger.open(directory, "m.yaml"):  # this process is the run in progress
+        proc = batchgen("status", str(directory))
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert f"a run is in progress (pid {os.getpid()})" in first and "updated never" not in first, first
+    after = batchgen("status", str(directory))
+    assert "a run is in progress" not in after.stdout
