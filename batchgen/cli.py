@@ -312,7 +312,9 @@ def _finish_run(session: Session, code: int) -> int:
     the last line on stderr."""
     out = session.out
     figures = {**session.figures, "exit_code": code, "finished_timestamp": round(time.time(), 3)}
-    if session.metrics_file:
+    if session.metrics_file and (problem := report.metrics_problem(Path(session.metrics_file))):
+        out.error(f"--metrics-file {session.metrics_file}: not written: {problem}", event="metrics_error")
+    elif session.metrics_file:
         path = Path(session.metrics_file)
         warnings: list[str] = []
         try:

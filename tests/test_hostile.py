@@ -71,6 +71,11 @@ def test_a_metrics_file_that_is_a_fifo_is_refused_and_never_opened(tmp_path):
     proc = batchgen(*offline_run(tmp_path, "--metrics-file", str(fifo)))
     assert proc.returncode == 2 and "is not a regular file" in proc.stderr, proc.stderr
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    # a flag error still ends in the metrics step: it must neither wait on the FIFO nor replace it
+    flag_error = batchgen(*offline_run(tmp_path, "--metrics-file", str(fifo), "--limit", "-1"))
+    assert flag_error.returncode == 2, flag_error.stderr
+    assert f"--metrics-file {fifo}: not written: it exists and is not a regular file" in flag_error.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
 def test_an_oversized_previous_metrics_file_is_not_carried_over_but_replaced(tmp_path):
