@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from .args import FlagError, Parser, build_parser, exit_meaning, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import AuthError, BatchgenError, LockedError, ManifestError, QuotaError, StorageError, UsageError
-from .files import state_dir
+from .files import state_dir, write_atomically
 from .progress import Reporter, plural, utc_timestamp
 
 EX_SOFTWARE = 70  # sysexits.h: an internal software error, i.e. a bug in batchgen
@@ -83,6 +84,7 @@ def _peek(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _reopen_closed_std_streams()
     early = _peek(argv)
     is_run = early.command == "run"
     fmt = "json" if is_run and early.log_format == "json" else "text"
@@ -98,6 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if session.is_run:
             code = _finish_run(session, code)
     return code
+
+
+def _reopen_closed_std_streams() -> None:
+    """`batchgen run … 2>&-`: a closed stdin, stdout or stderr becomes /dev/null, so that the run does its work
+    (its lines are lost, its exit code is not), and no file batchgen opens later gets descriptor 2 (a stray
+    write to stderr would land in the ledger)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
 
 
 class _ToReporter(logging.Handler):
@@ -131,7 +151,9 @@ def _python_logs_to(out: Reporter) -> Iterator[None]:
 def _ladder(session: Session, argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args, session)
+        code = COMMANDS[args.command](args, session)
+        _flush_stdout()
+        return code
     except SystemExit:
         raise  # --help, --version: argparse has printed what was asked
     except BaseException as exc:  # the ladder's whole point: nothing escapes it as a traceback
@@ -172,6 +194,10 @@ def _handle(session: Session, raised: BaseException) -> int:
     if isinstance(exc, BrokenPipeError):
         _silence_stdout()
         return EX_PIPE
+    if isinstance(exc, StdoutError):  # a full disk under stdout: what was asked was not delivered
+        _silence_stdout()
+        out.error(f"cannot write to standard output: {exc}", event="stdout_error")
+        return StorageError.exit_code
     if isinstance(exc, Exception):
         return _crash(session, exc)
     raise raised  # GeneratorExit and the like: not ours to handle
@@ -207,6 +233,28 @@ def _event_of(exc: BatchgenError) -> str:
     if isinstance(exc, UsageError):
         return "usage_error"
     return "error"
+
+
+class StdoutError(Exception):
+    """Writing to stdout failed for a reason other than a closed pipe (`batchgen status DIR > /dev/full`)."""
+
+
+def say(text: str) -> None:
+    """One result on stdout (a command's output, not a log line), flushed now so that a full disk or a closed
+    pipe is seen here, by the ladder, not by the interpreter's last flush."""
+    _flush_stdout(text + "\n")
+
+
+def _flush_stdout(text: str = "") -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from exc
+        raise StdoutError(exc.strerror or str(exc)) from exc
 
 
 def _silence_stdout() -> None:
@@ -264,13 +312,18 @@ def _finish_run(session: Session, code: int) -> int:
     the last line on stderr."""
     out = session.out
     figures = {**session.figures, "exit_code": code, "finished_timestamp": round(time.time(), 3)}
-    if session.metrics_file:
+    if session.metrics_file and (problem := report.metrics_problem(Path(session.metrics_file))):
+        out.error(f"--metrics-file {session.metrics_file}: not written: {problem}", event="metrics_error")
+    elif session.metrics_file:
         path = Path(session.metrics_file)
+        warnings: list[str] = []
         try:
-            report.write_metrics(path, manifest=session.manifest, counts=session.counts, figures=figures)
+            report.write_metrics(path, manifest=session.manifest, counts=session.counts, figures=figures, warn=warnings)
         except (OSError, BatchgenError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             out.error(f"--metrics-file {path}: cannot write it: {reason}", event="metrics_error")
+        for warning in warnings:
+            out.warning(warning, event="metrics_warning")
     if not (session.dry_run and out.fmt == "text"):
         out.final(session.counts, {**figures, "dry_run": True} if session.dry_run else figures, exit_meaning(code))
     return code
@@ -291,7 +344,7 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
                 print(problem, file=sys.stderr)
             continue
         count = len(loaded.items)
-        print(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
+        say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
     if problems:
         print(f"{plural(problems, 'problem')} found; nothing would be submitted", file=sys.stderr)
         return 2
@@ -308,6 +361,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
             parse_listen(args.callback_listen)
         except ValueError as exc:
             raise UsageError(f"--callback-listen: {exc}") from exc
+    if not args.out:
+        raise UsageError("--out: expected a directory, got an empty string")
     api_base = args.api_base or env.get("BATCHGEN_API_BASE", "")
     if not args.simulate and not args.dry_run:
         if not api_base:
@@ -350,6 +405,9 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     session.directory = args.out
     out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=None)
     warnings: list[str] = []
+    if args.metrics_file and not args.dry_run and (problem := report.metrics_problem(Path(args.metrics_file))):
+        session.metrics_file = None  # refused: nothing is written there, on any exit path
+        raise UsageError(f"--metrics-file {args.metrics_file}: {problem}")
     try:
         with _stop_on_signals():  # reading the key from a pipe (`--api-key-file <(…)`) may block too
             settings = settings_from(args, os.environ, warnings)
@@ -368,8 +426,13 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     if args.report:
         try:
             out.info(f"contact sheet: {sheet.write_report(settings.out)}", event="contact_sheet")
-        except BatchgenError as exc:  # the run's own outcome stands; the page can be made later
-            out.error(f"the contact sheet could not be written: {exc}; `batchgen report {settings.out}` retries it")
+        except (BatchgenError, OSError) as exc:  # the run's own outcome stands; the page can be made later
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            out.error(
+                f"the contact sheet {settings.out / 'index.html'} could not be written: {reason}; "
+                f"`batchgen report {settings.out}` retries it",
+                event="contact_sheet_error",
+            )
     return outcome.exit_code
 
 
@@ -398,14 +461,22 @@ def _stop_on_signals() -> Iterator[None]:
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     doc = report.status(Path(args.directory))
     doc["services"] = memory.describe(os.environ, Path(args.directory))  # what runs learned (memory.py)
-    print(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
+    say(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
     if not args.json and doc["services"]:
-        print(memory.describe_text(doc["services"]))
+        say(memory.describe_text(doc["services"]))
     return 0
 
 
 def cmd_report(args: argparse.Namespace, session: Session) -> int:
-    print(sheet.write_report(Path(args.directory)))
+    directory = Path(args.directory)
+    try:
+        page = sheet.write_report(directory)
+    except OSError as exc:  # DIR/index.html is a folder, DIR is read-only, the disk is full: one clear line
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise StorageError(f"{directory}/index.html: cannot write it: {reason}") from exc
+        raise UsageError(f"{directory}/index.html: cannot write it: {reason}") from exc
+    say(str(page))
     return 0
 
 
@@ -414,23 +485,47 @@ EXECUTABLE = {"nightly.sh"}
 
 
 def cmd_jobs(args: argparse.Namespace, session: Session) -> int:
-    """Write out the files shipped in the package (batchgen/data/), so a pip user has them too."""
+    """Write out the files shipped in the package (batchgen/data/), so a pip user has them too.
+
+    Each file is written atomically and never through a symlink: a link at a file's name counts as a file
+    that differs (kept without --force); --force replaces the link itself, never the file it points to."""
     source = resources.files("batchgen") / "data" / JOB_FILES[args.what]
     target = Path(args.directory)
+    if target.is_symlink() and not target.exists():
+        raise UsageError(f"{target} is a symbolic link to nothing; name a directory")
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} is a file, not a directory; name a directory")
     shipped = sorted((entry.name, entry.read_bytes()) for entry in source.iterdir() if entry.is_file())
-    differing = [name for name, data in shipped if (target / name).exists() and (target / name).read_bytes() != data]
+    differing = [name for name, data in shipped if _differs(target / name, data)]
     if differing and not args.force:
         raise UsageError(
             f"{target}: {', '.join(differing)} already there and different; nothing was written "
             "(--force overwrites them)"
         )
-    target.mkdir(parents=True, exist_ok=True)
-    for name, data in shipped:
-        path = target / name
-        path.write_bytes(data)
-        os.chmod(path, 0o755 if name in EXECUTABLE else 0o644)  # the env example holds no secret
-        print(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name, data in shipped:
+            path = target / name
+            # 755 for the script, 644 for the rest: the env example holds no secret
+            write_atomically(path, data, target, mode=0o755 if name in EXECUTABLE else 0o644)
+            say(str(path))
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot write there: {exc.strerror or exc}") from exc
     return 0
+
+
+def _differs(path: Path, data: bytes) -> bool:
+    """Whether writing `data` at `path` would change what is there; a symlink always differs (never read)."""
+    if path.is_symlink():
+        return True
+    if not path.exists():
+        return False
+    if not path.is_file():
+        return True
+    try:
+        return path.read_bytes() != data
+    except OSError:
+        return True
 
 
 def cmd_completion(args: argparse.Namespace, session: Session) -> int:
@@ -440,7 +535,7 @@ def cmd_completion(args: argparse.Namespace, session: Session) -> int:
         raise UsageError(
             "shell completion needs shtab: pip install 'batchgen[completion]' (or pip install shtab)"
         ) from None
-    print(shtab.complete(build_parser(), shell=args.shell))
+    say(shtab.complete(build_parser(), shell=args.shell))
     return 0
 
 

@@ -6,6 +6,7 @@ The API key is held in a `Secret`, which never shows its value in repr or str.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import stat
 from collections.abc import Mapping
@@ -140,32 +141,74 @@ class RunSettings:
     timeouts: Timeouts = Timeouts()
 
 
+KEY_FILE_LIMIT = 4096  # bytes: a key is a few dozen characters; more is not a key file (or is /dev/zero)
+
+
 def read_key(env: Mapping[str, str], key_file: str | None, warn: list[str]) -> Secret | None:
-    """The API key from --api-key-file, else $BATCHGEN_API_KEY. Never from a flag value."""
+    """The API key from --api-key-file, else $BATCHGEN_API_KEY. Never from a flag value.
+
+    The file may be a pipe (`--api-key-file <(pass show key)`), so it is read as a stream, but never more than
+    KEY_FILE_LIMIT bytes: `/dev/zero` is a clear error, not all the memory of the machine."""
     if key_file:
-        path = Path(key_file)
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"--api-key-file {key_file}: cannot read it: {exc.strerror or exc}") from exc
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warn.append(
-                f"--api-key-file {key_file} can be read by others (mode {stat.S_IMODE(mode):o}); chmod 600 {key_file}"
-            )
+        text = _read_key_file(key_file, warn)
         if not text:
             raise UsageError(f"--api-key-file {key_file} is empty")
+        if problem := key_problem(text):
+            raise UsageError(f"--api-key-file {key_file}: {problem}")
         return Secret(text)
     value = env.get("BATCHGEN_API_KEY", "").strip()
+    if value and (problem := key_problem(value)):
+        raise UsageError(f"BATCHGEN_API_KEY: {problem}")
     return Secret(value) if value else None
+
+
+def _read_key_file(key_file: str, warn: list[str]) -> str:
+    try:
+        with open(key_file, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise UsageError(f"--api-key-file {key_file} is a directory, not a file")
+            data = handle.read(KEY_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise UsageError(f"--api-key-file {key_file}: cannot read it: {exc.strerror or exc}") from exc
+    if len(data) > KEY_FILE_LIMIT:
+        raise UsageError(
+            f"--api-key-file {key_file}: more than {KEY_FILE_LIMIT} bytes; a key file holds the key on one line"
+        )
+    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warn.append(
+            f"--api-key-file {key_file} can be read by others (mode {stat.S_IMODE(mode):o}); chmod 600 {key_file}"
+        )
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"--api-key-file {key_file}: not UTF-8 text; a key file holds the key on one line") from None
+
+
+def key_problem(key: str) -> str | None:
+    """Why a key cannot go in an HTTP header, or None: it must be one line of printable ASCII, no spaces."""
+    for char in key:
+        if not ("!" <= char <= "~"):
+            what = "a line break" if char in "\r\n" else f"the character U+{ord(char):04X}"
+            return f"the key holds {what}; a key is one line of printable ASCII without spaces"
+    return None
 
 
 def check_api_base(url: str) -> str:
     """The base URL without a trailing slash; refuses plain http to anything but loopback (the key goes there)."""
     url = url.strip().rstrip("/")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # a port out of range or not a number raises here, not in the middle of the run
+    except ValueError:
+        raise UsageError(f"--api-base: not a valid URL: {schema.describe(url)}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--api-base: expected an http(s) URL such as https://api.example.com; got {url!r}")
+    if "@" in parts.netloc:  # never echo it: what is before the @ is a password
+        raise UsageError(
+            f"--api-base {parts.scheme}://…@{parts.hostname}: credentials in the URL are refused; the key goes in "
+            "the Authorization header, from --api-key-file or BATCHGEN_API_KEY"
+        )
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise UsageError(
             f"--api-base {url}: refusing to send the API key over plain http to a host that is not "

@@ -6,9 +6,10 @@ Also what a run would cost before anything is spent: the paid creates, the expec
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,17 +187,20 @@ def price_from(flag: str | None, env: Mapping[str, str]) -> Decimal | None:
     return parse_price(env.get("BATCHGEN_PRICE"), "BATCHGEN_PRICE")
 
 
+PRICE = re.compile(r"[0-9]{1,12}(\.[0-9]{0,12})?|\.[0-9]{1,12}")  # ASCII digits only: 0.04, 12, .5
+
+
 def parse_price(text: str | None, source: str) -> Decimal | None:
-    """A price per image (any currency) from --price or $BATCHGEN_PRICE; None when neither is given."""
-    if text is None or not text.strip():
+    """A price per image (any currency) from --price or $BATCHGEN_PRICE; None when neither is given.
+
+    Only what a person writes for a price: plain digits and one decimal point. No sign (`-0`), exponent
+    (`1e999999`, which overflows the cost), `_` separator or non-ASCII digits; `--price ""` is an error, an
+    empty BATCHGEN_PRICE is the same as none."""
+    if text is None or (source != "--price" and not text.strip()):
         return None
-    try:
-        price = Decimal(text.strip())
-    except InvalidOperation:
-        price = Decimal("NaN")
-    if not price.is_finite() or price < 0:
-        raise UsageError(f"{source}: expected a price per image such as 0.04; got {text!r}")
-    return price
+    if not PRICE.fullmatch(text.strip()):
+        raise UsageError(f"{source}: expected a price per image such as 0.04 (digits and a point); got {text!r}")
+    return Decimal(text.strip())
 
 
 def item_counts(listed: int, expanded: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -36,7 +37,8 @@ class Reporter:
         progress: bool = True,
         secret: str | None = None,
     ) -> None:
-        self.stream = stream or sys.stderr
+        # sys.stderr is None when Python started with fd 2 closed (`2>&-`): the lines go nowhere, the run goes on
+        self.stream = stream or sys.stderr or open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
         self.fmt = fmt
         self.tty = self.stream.isatty()
         self._bar: tqdm[Any] | None = None

@@ -4,13 +4,15 @@ The contact sheet (index.html) is `sheet.py`."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .files import write_atomically
-from .ledger import RESULTS, STATES, Loaded, exists, load
+from .files import STATE_DIR, write_atomically
+from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
 from .progress import plural
 from .records import price_of
 
@@ -56,6 +58,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "files": sum(len(r.get("files") or ()) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
         **_spend(loaded),
+        "running_pid": running_pid(directory),
     }
 
 
@@ -85,12 +88,34 @@ def _spend(loaded: Loaded) -> dict[str, Any]:
     return doc
 
 
+def running_pid(directory: Path) -> int | None:
+    """The pid of the run that holds DIR's lock now, or None. Read from /proc/locks (Linux), never by taking
+    the lock, not even shared: a run starting at that instant would find it taken and exit 4."""
+    try:
+        info = (directory / STATE_DIR / LOCK).lstat()
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read(METRICS_LIMIT).splitlines()
+    except OSError:
+        return None
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not the holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            return int(fields[4])
+    return None
+
+
 def status_text(doc: dict[str, Any]) -> str:
     counts = doc["counts"]
     total = sum(counts.values())
+    if doc.get("running_pid"):  # its snapshot is written at the end: the journal knows more than results.json
+        when = f"a run is in progress (pid {doc['running_pid']}); last snapshot {doc['updated_at'] or 'not yet'}"
+    else:
+        when = f"updated {doc['updated_at'] or 'never'}"
     lines = [
-        f"{doc['directory']}: {plural(total, 'item')} from {doc['manifest'] or '(unknown manifest)'}, "
-        f"updated {doc['updated_at'] or 'never'}",
+        f"{doc['directory']}: {plural(total, 'item')} from {doc['manifest'] or '(manifest not yet recorded)'}, {when}",
         "  " + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {plural(doc['files'], 'image file')}",
     ]
     if doc.get("damaged"):
@@ -169,7 +194,12 @@ METRICS_MODE = 0o644  # node_exporter reads it as another user, whatever the job
 
 
 def write_metrics(
-    path: Path, *, manifest: str | None, counts: dict[str, int] | None, figures: dict[str, float | int]
+    path: Path,
+    *,
+    manifest: str | None,
+    counts: dict[str, int] | None,
+    figures: dict[str, float | int],
+    warn: list[str] | None = None,
 ) -> None:
     """A Prometheus textfile-collector file, replaced atomically (node_exporter must never read half a file).
 
@@ -178,7 +208,7 @@ def write_metrics(
     work (exit 0 or 1), else the one in the previous file, so that a night that keeps failing shows as stale.
     `manifest` None keeps the previous file's label (the flags could not be read).
     """
-    previous = _read_previous(path)
+    previous = _read_previous(path, warn)
     if manifest is None:
         manifest = previous.get("manifest", "")
     label = manifest.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -194,7 +224,8 @@ def write_metrics(
         lines += [f"# HELP {name} {METRIC_HELP.get(name, name)}", f"# TYPE {name} gauge"]
         lines += [f"{name}{{{labels}}} {exact(value)}" for n, labels, value in samples if n == name]
     data = ("\n".join(lines) + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if problem := metrics_problem(path):
+        raise UsageError(f"--metrics-file {path}: {problem}")
     write_atomically(path, data, path.parent, mode=METRICS_MODE)
 
 
@@ -208,13 +239,40 @@ def exact(value: float | int) -> str:
     return repr(float(value))
 
 
-def _read_previous(path: Path) -> dict[str, Any]:
-    """From the previous metrics file: the last-success timestamp and the manifest label, when there are."""
+METRICS_LIMIT = 1024 * 1024  # bytes: a metrics file is a few KiB; a larger one is not ours, its carry-over ignored
+
+
+def metrics_problem(path: Path) -> str | None:
+    """Why --metrics-file cannot be written, or None. Only the file is created, never a missing folder (a typo
+    would otherwise make a tree somewhere, as root under cron); what is there must be a regular file (a
+    FIFO would hang the end of the run, /dev/full would be replaced)."""
+    parent = path.parent
+    if not parent.is_dir():
+        return f"its folder {parent} does not exist (batchgen creates only the file)"
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        return "it exists and is not a regular file; name a file (node_exporter reads *.prom files)"
+    return None
+
+
+def _read_previous(path: Path, warn: list[str] | None = None) -> dict[str, Any]:
+    """From the previous metrics file: the last-success timestamp and the manifest label, when there are.
+
+    Read only from a regular file, at most METRICS_LIMIT bytes: anything else has no carry-over (a warning)."""
     found: dict[str, Any] = {}
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: a planted link is not our file
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return found
+    except OSError as exc:
+        _note(warn, f"--metrics-file {path}: cannot read the previous file ({exc.strerror or exc}); no carry-over")
+        return found
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > METRICS_LIMIT:
+            _note(warn, f"--metrics-file {path}: not a regular file of at most 1 MiB; no last success carried over")
+            return found
+        text = handle.read(METRICS_LIMIT).decode("utf-8", errors="replace")
     for line in text.splitlines():
         name, _, rest = line.partition("{")
         if name == SUCCESS and "} " in rest:
@@ -227,3 +285,8 @@ def _read_previous(path: Path) -> dict[str, Any]:
                 raw = labels[len('manifest="') : -1]
                 found["manifest"] = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], raw)
     return found
+
+
+def _note(warn: list[str] | None, message: str) -> None:
+    if warn is not None:
+        warn.append(message)

@@ -30,10 +30,31 @@ if [ ! -r "$env_file" ]; then
     say "exit 2: cannot read the settings file $env_file"
     exit 2
 fi
-set -a
-# shellcheck disable=SC1090
-. "$env_file"
-set +a
+# The env file is read as data, never run as shell: KEY=value lines, a value optionally in "…" or '…', taken
+# literally ($(…), `…` and $VAR are not expanded). Sourcing it would run what it says, and turn
+# BATCHGEN_OUT=/x/img-$(date +%F) into a new folder (a new ledger, paid again) every night.
+while IFS= read -r line || [ -n "$line" ]; do
+    line=${line#"${line%%[! ]*}"} # leading spaces
+    case $line in '' | '#'*) continue ;; esac
+    line=${line#export }
+    name=${line%%=*}
+    case $name in
+    "$line" | '' | [0-9]* | *[!A-Za-z0-9_]*)
+        say "exit 2: $env_file: not a KEY=value line: $line"
+        exit 2
+        ;;
+    esac
+    value=${line#*=}
+    case $value in
+    \"*\") value=${value#\"} value=${value%\"} ;;
+    \'*\') value=${value#\'} value=${value%\'} ;;
+    *)
+        value=${value%%[ 	]#*}                   # an unquoted value ends at " #", as in the shell
+        value=${value%"${value##*[! ]}"}          # trailing spaces
+        ;;
+    esac
+    export "$name=$value"
+done <"$env_file"
 
 if [ -z "${BATCHGEN_MANIFEST:-}" ] || [ -z "${BATCHGEN_OUT:-}" ]; then
     say "exit 2: set BATCHGEN_MANIFEST and BATCHGEN_OUT in $env_file"
@@ -41,10 +62,10 @@ if [ -z "${BATCHGEN_MANIFEST:-}" ] || [ -z "${BATCHGEN_OUT:-}" ]; then
 fi
 out=$BATCHGEN_OUT
 case $out in
-*%*)
+*%* | *'$'* | *'`'*)
     # A folder per night would start a new ledger every night, and submit (pay for) again the items the last
     # night left submitted. Refuse rather than pay twice.
-    say "exit 2: BATCHGEN_OUT=$out has a date pattern; use one fixed folder (the contact sheet is dated instead)"
+    say "exit 2: BATCHGEN_OUT=$out has a date pattern or a shell expansion (not expanded here); use one fixed folder (the contact sheet is dated instead)"
     exit 2
     ;;
 esac
@@ -53,9 +74,15 @@ log=${BATCHGEN_LOG:-$out.log}
 PATH=${PATH:-/usr/bin:/bin}:/usr/local/bin
 export PATH
 
-if ! mkdir -p "$(dirname "$log")" "$out"; then
+if ! mkdir -p "$out" 2>/dev/null; then
     log=
-    say "exit 2: cannot create $out or the log's folder"
+    say "exit 2: cannot create the output folder BATCHGEN_OUT=$out"
+    exit 2
+fi
+if [ -d "$log" ] || ! mkdir -p "$(dirname "$log")" 2>/dev/null || ! : 2>/dev/null >>"$log"; then
+    bad=$log
+    log=
+    say "exit 2: cannot write the log BATCHGEN_LOG=$bad (a file, in a folder this user can write)"
     exit 2
 fi
 set -- run "$BATCHGEN_MANIFEST" --out "$out" --no-progress

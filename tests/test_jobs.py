@@ -61,6 +61,7 @@ async def nightly(settings: Path, *, umask: int = 0o022) -> asyncio.subprocess.P
 async def test_nightly_runs_under_a_bare_environment(sim_factory, tmp_path):
     manifest = manifest_of(tmp_path / "m.yaml", ["a", "b", "c [sim:fail-policy]"])
     metrics = tmp_path / "textfile" / "batchgen.prom"
+    metrics.parent.mkdir()  # node_exporter's textfile folder exists: batchgen creates only the file
     async with sim_factory(api_key=KEY, latency=0.05) as sim:
         settings = env_file(tmp_path, sim, manifest, str(tmp_path / "images"), BATCHGEN_METRICS_FILE=str(metrics))
         proc = await nightly(settings, umask=0o077)  # whatever the umask cron gives, outputs are for sharing
@@ -110,7 +111,11 @@ async def test_a_night_cut_short_is_finished_by_the_next_without_paying_again(si
         ("bad manifest", 2, "exit 2: a broken manifest or settings"),
         ("key refused", 3, "exit 3: the service refused the key or the quota"),
         ("no batchgen", 127, "exit 127: cannot run"),
-        ("dated folder", 2, "has a date pattern; use one fixed folder"),
+        ("dated folder", 2, "has a date pattern or a shell expansion (not expanded here); use one fixed folder"),
+        # the env file is data: `$(date)` in it is neither run nor expanded, so it is seen and refused
+        ("command substitution", 2, "img-$(date +%Y-%m-%d) has a date pattern or a shell expansion"),
+        ("log is a folder", 2, "cannot write the log BATCHGEN_LOG="),
+        ("out cannot be made", 2, "cannot create the output folder BATCHGEN_OUT="),
         ("a bug", 70, "exit 70: a bug in batchgen; the traceback is in"),
     ],
 )
@@ -130,7 +135,14 @@ async def test_a_night_that_needs_a_person_prints_one_line(sim_factory, tmp_path
         wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {buggy} "$@"\n')
         wrapper.chmod(0o755)
         extra["BATCHGEN_BIN"] = str(wrapper)
+    elif case == "log is a folder":
+        extra["BATCHGEN_LOG"] = str(tmp_path)
     out_dir = str(tmp_path / "images" / ("%Y-%m-%d" if case == "dated folder" else ""))
+    if case == "command substitution":
+        out_dir = str(tmp_path / "img-$(date +%Y-%m-%d)")
+    elif case == "out cannot be made":
+        (tmp_path / "a-file").write_text("")
+        out_dir = str(tmp_path / "a-file" / "images")
     async with sim_factory(api_key=KEY if case != "key refused" else "another-key-42", latency=0.05) as sim:
         extra.pop("BATCHGEN_API_BASE", None)
         proc = await nightly(env_file(tmp_path, sim, manifest, out_dir, **extra))
@@ -139,6 +151,7 @@ async def test_a_night_that_needs_a_person_prints_one_line(sim_factory, tmp_path
     assert proc.returncode == code and out == b""
     (line,) = err.decode().splitlines()
     assert line.startswith(f"batchgen nightly ({tmp_path / 'nightly.env'}): ") and said in line, line
+    assert not any(p.name.startswith("img-2") for p in tmp_path.iterdir())  # no dated folder was made
 
 
 async def test_two_nightly_runs_at_once_the_second_exits_4(sim_factory, tmp_path):

@@ -54,6 +54,7 @@ def json_lines(stderr: str) -> list[dict]:
 async def test_metrics_are_exact_parse_as_prometheus_text_and_are_0644_under_umask_077(sim_factory, tmp_path):
     path = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]"])
     metrics = tmp_path / "textfile" / "batchgen.prom"
+    metrics.parent.mkdir()  # node_exporter's textfile folder exists: batchgen creates only the file
     async with sim_factory(api_key=KEY, latency=0.05) as sim:
         before = time.time()
         code, _, stderr = await cli(run_args(path, tmp_path / "out", sim, "--metrics-file", str(metrics)), umask=0o077)

@@ -28,6 +28,7 @@ async def _finished_directory(sim_factory, tmp_path: Path) -> Path:
 async def test_metrics_file_is_a_prometheus_textfile(sim_factory, tmp_path):
     path = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]"])
     metrics = tmp_path / "metrics" / "batchgen.prom"
+    metrics.parent.mkdir()  # node_exporter's textfile folder exists: batchgen creates only the file
     async with sim_factory(api_key="k", latency=0.05) as sim:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
