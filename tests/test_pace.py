@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from batchgen import cli, memory, runner
+from batchgen import cli, commands, memory, runner
 from batchgen.config import PollSchedule, RunSettings
 from batchgen.progress import Reporter
 
@@ -127,4 +127,4 @@ async def test_the_simulator_reports_how_late_each_task_was_found(sim_factory, t
 
 def test_the_forget_flag_reaches_the_settings(tmp_path):
     args = cli.build_parser().parse_args(["run", "m.yaml", "--out", str(tmp_path), "--simulate", "--forget-service"])
-    assert cli.settings_from(args, {}, []).forget_service
+    assert commands.settings_from(args, {}, []).forget_service
