@@ -20,9 +20,11 @@ import aiofiles
 from PIL import Image, UnidentifiedImageError
 
 from . import provenance
-from .client import Client
+from .client import Client, TaskRecord
+from .config import RunSettings
 from .errors import DownloadError
 from .files import fsync_dir
+from .manifest import Item
 from .names import inside
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
@@ -165,3 +167,53 @@ def cleanup_partials(temp_dir: Path) -> None:
     for path in temp_dir.glob("*.part"):
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+async def fetch_all(
+    client: Client,
+    item: Item,
+    task_id: str,
+    record: TaskRecord,
+    *,
+    stems: list[str],
+    settings: RunSettings,
+    temp_dir: Path,
+) -> tuple[list[str], list[str], list[str]]:
+    """Each result file of a task under its stem (from names.Names); returns the names, and the sha256 of each
+    as kept and as received. With --metadata, each image's sidecar is in place (atomically) before the next
+    file is fetched."""
+    names: list[str] = []
+    digests: list[str] = []
+    received: list[str] = []
+    mode = settings.metadata
+
+    def text(sha256_received: str) -> str:
+        return provenance.text_of(
+            provenance.document(
+                item_id=item.id,
+                request=item.request,
+                task_id=task_id,
+                created=record.created,
+                completed=record.completed,
+                sha256_received=sha256_received,
+                manifest=settings.manifest.name,
+                line=item.line,
+            )
+        )
+
+    for stem, url in zip(stems, record.result_urls, strict=True):
+        name, digest, as_received = await fetch(
+            client,
+            url,
+            directory=settings.out,
+            temp_dir=temp_dir,
+            stem=stem,
+            max_bytes=settings.max_image_bytes,
+            png_text=text if mode == "png" else None,
+        )
+        if mode != "none":
+            await asyncio.to_thread(provenance.write_sidecar, settings.out / name, text(as_received), temp_dir)
+        names.append(name)
+        digests.append(digest)
+        received.append(as_received)
+    return names, digests, received

@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Mapping
 
-from . import download, failures, memory, provenance
+from . import download, failures, memory
 from .client import Client, TaskRecord
 from .config import RunSettings
 from .errors import (
@@ -416,7 +416,15 @@ class Engine:
                     record = _fresher(await self._query(task_id), record)
                     continue
                 try:
-                    names, digests, received = await self._fetch_all(item, task_id, record)
+                    names, digests, received = await download.fetch_all(
+                        self.client,
+                        item,
+                        task_id,
+                        record,
+                        stems=self.names.stems(item.id, len(record.result_urls)),
+                        settings=self.settings,
+                        temp_dir=self.temp_dir,
+                    )
                 except DownloadError as exc:
                     last = exc
                     self.reporter.debug(f"item {item.id!r}: {exc}")
@@ -461,48 +469,6 @@ class Engine:
                 "stays submitted, rerun to try again",
                 item=item.id,
             )
-
-    async def _fetch_all(self, item: Item, task_id: str, record: TaskRecord) -> tuple[list[str], list[str], list[str]]:
-        """Each result file under its name; returns the names, the sha256 of each as kept and as received.
-        With --metadata, each image's sidecar is in place (atomically) before the next file is fetched."""
-        names: list[str] = []
-        digests: list[str] = []
-        received: list[str] = []
-        mode = self.settings.metadata
-
-        def text(sha256_received: str) -> str:
-            return provenance.text_of(
-                provenance.document(
-                    item_id=item.id,
-                    request=item.request,
-                    task_id=task_id,
-                    created=record.created,
-                    completed=record.completed,
-                    sha256_received=sha256_received,
-                    manifest=self.settings.manifest.name,
-                    line=item.line,
-                )
-            )
-
-        urls = record.result_urls
-        for stem, url in zip(self.names.stems(item.id, len(urls)), urls, strict=True):
-            name, digest, as_received = await download.fetch(
-                self.client,
-                url,
-                directory=self.settings.out,
-                temp_dir=self.temp_dir,
-                stem=stem,
-                max_bytes=self.settings.max_image_bytes,
-                png_text=text if mode == "png" else None,
-            )
-            if mode != "none":
-                await asyncio.to_thread(
-                    provenance.write_sidecar, self.settings.out / name, text(as_received), self.temp_dir
-                )
-            names.append(name)
-            digests.append(digest)
-            received.append(as_received)
-        return names, digests, received
 
 
 def _fresher(fresh: TaskRecord | None, record: TaskRecord) -> TaskRecord:
