@@ -49,7 +49,7 @@ from batchgen import ledger, manifest  # noqa: E402
 from batchgen.errors import LedgerError  # noqa: E402
 from batchgen.runner import exit_code  # noqa: E402
 from batchgen.sim import SimConfig, Simulator  # noqa: E402
-from batchgen.sim.server import request_key  # noqa: E402
+from batchgen.sim.model import request_key  # noqa: E402
 
 KEY = "soak-key/with+odd=chars 0123456789"
 SPEC_EXITS = {0, 1, 2, 3, 4, 5, 130, 143}

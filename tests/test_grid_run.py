@@ -8,7 +8,7 @@ from pathlib import Path
 
 from batchgen import manifest, runner
 from batchgen.progress import Reporter
-from batchgen.sim.server import request_key
+from batchgen.sim.model import request_key
 
 from .conftest import make_settings
 

@@ -8,6 +8,7 @@ so a misunderstanding of the API cannot hide by being shared between the two sid
 """
 
 from .config import SimConfig
-from .server import SimStats, Simulator, serve_until_stopped
+from .model import SimStats
+from .server import Simulator, serve_until_stopped
 
 __all__ = ["SimConfig", "SimStats", "Simulator", "serve_until_stopped"]

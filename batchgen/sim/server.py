@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import hmac
 import json
@@ -14,7 +13,7 @@ import signal
 import socket
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -24,83 +23,7 @@ from aiohttp import web
 from .. import schema
 from .config import SimConfig
 from .images import render, size_for, variant_of, with_c2pa
-
-SATURATED = "当前分组上游负载已饱和，请稍后再试"  # the task relay's own words: "upstream load is saturated"
-
-# Failures a task can end in: (failCode, failMsg, transient). Modelled on the API family's published ones.
-TRANSIENT_FAILURE = ("500", "Internal Error, Please try again later.")
-POLICY_FAILURE = ("400", "Your prompt was flagged as violating content policies.")
-
-# Prompt markers for tests that need a fault on one item, deterministically:
-#   [sim:fail-policy]        the task ends in fail with a content-policy failure
-#   [sim:fail-transient]     the task ends in fail with a transient failure, every time
-#   [sim:fail-transient:N]   ... only the first N times this prompt is submitted
-#   [sim:reject]             createTask answers 422 (upstream validation rejected)
-#   [sim:slow]               the task takes ten times the configured latency
-#   [sim:hold]               the task stays `generating` until `Simulator.release()` (or POST /__sim/release):
-#                            holds a run open by construction, never by a sleep
-MARK = "[sim:"
-
-
-@dataclass(slots=True)
-class SimStats:
-    """What the simulator saw. Tests read it directly, or as JSON from GET /__sim/stats."""
-
-    creates: int = 0  # paid: createTask calls that created a task (whether or not its answer arrived)
-    answers_lost: int = 0  # creates whose answer was then lost (504 or dropped): the client cannot know
-    ids_reused: int = 0  # creates answered with an earlier task's id
-    create_calls: int = 0
-    polls: int = 0
-    rate_limited: int = 0  # 429 answers, any endpoint
-    errors_injected: int = 0
-    dropped: int = 0
-    max_in_flight: int = 0
-    file_requests: int = 0
-    file_bytes: int = 0
-    file_auth_headers: int = 0  # file requests that carried an Authorization header (never acceptable)
-    callbacks_sent: int = 0
-    creates_by_request: Counter[str] = field(default_factory=Counter)  # first 12 hex of sha256 of the request
-    polls_by_task: Counter[str] = field(default_factory=Counter)
-    # Per task: seconds from its finish to the first recordInfo that saw it finished (how late a client found it).
-    detection_delay: dict[str, float] = field(default_factory=dict)
-    latency: dict[str, float] = field(default_factory=dict)  # per task: creation to finish (held ones: once released)
-    polls_rate_limited: int = 0  # 429 answers to recordInfo (of `rate_limited`)
-    polls_unfinished: int = 0  # recordInfo answers for a task not finished yet (queries a perfect client saves)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["creates_by_request"] = dict(self.creates_by_request)
-        data["polls_by_task"] = dict(self.polls_by_task)
-        return data
-
-
-@dataclass(slots=True)
-class _Task:
-    task_id: str
-    body: dict[str, Any]
-    created: float  # time.time()
-    duration: float  # math.inf while held ([sim:hold])
-    fail: tuple[str, str] | None
-    forgets: bool = False  # recordInfo forgets it after SimConfig.forget_after
-    number: int = 0  # the account's nth paid create (for remainedCredits)
-
-    def state(self, now: float) -> str:
-        if math.isinf(self.duration):
-            return "generating"  # held until released
-        age = now - self.created
-        if age >= self.duration:
-            return "fail" if self.fail else "success"
-        if age < 0.1 * self.duration:
-            return "waiting"
-        if age < 0.25 * self.duration:
-            return "queuing"
-        return "generating"
-
-
-def request_key(body: dict[str, Any]) -> str:
-    """The same key batchgen derives an item id from: sha256 of the canonical {model, input}."""
-    request = {"model": body.get("model"), "input": body.get("input")}
-    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+from .model import MARK, POLICY_FAILURE, SATURATED, TRANSIENT_FAILURE, SimStats, Task, ms, request_key
 
 
 class Simulator:
@@ -112,7 +35,7 @@ class Simulator:
         self._task_number = 0
         self._rng = random.Random(self.config.random_seed)
         self._secret = secrets.token_bytes(16)
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, Task] = {}
         self._finishing: list[float] = []  # heap of finish times of tasks in flight
         self._creates: deque[float] = deque()  # accepted creates in the current rate window
         self._polls: deque[float] = deque()  # status queries in the current poll window
@@ -335,7 +258,7 @@ class Simulator:
                 return f"input.{name} must be an integer"
         return None
 
-    def _new_task(self, body: dict[str, Any], now: float) -> _Task:
+    def _new_task(self, body: dict[str, Any], now: float) -> Task:
         self._last_id = max(self._last_id + 1, int(now * 1000))
         task_id = f"task_{schema.MODEL}_{self._last_id}"
         duration = max(0.01, self.config.latency + self._rng.uniform(-self.config.jitter, self.config.jitter))
@@ -359,7 +282,7 @@ class Simulator:
             fail = TRANSIENT_FAILURE if self._rng.random() < self.config.transient_share else POLICY_FAILURE
         forgets = self.config.forget_after is not None and self._rng.random() < self.config.forget_rate
         self._task_number += 1
-        return _Task(task_id, body, now, duration, fail, forgets, self._task_number)
+        return Task(task_id, body, now, duration, fail, forgets, self._task_number)
 
     async def _record_info(self, request: web.Request) -> web.StreamResponse:
         self.stats.polls += 1
@@ -397,7 +320,7 @@ class Simulator:
             self.stats.detection_delay[task_id] = now - (task.created + task.duration)
         return web.json_response({"code": 200, "msg": "success", "data": record})
 
-    def _record(self, task: _Task, now: float) -> dict[str, Any]:
+    def _record(self, task: Task, now: float) -> dict[str, Any]:
         state = task.state(now)
         done = state in ("success", "fail")
         finished = task.created + task.duration
@@ -437,7 +360,7 @@ class Simulator:
             record["resultJson"] = "{not json"
         return record
 
-    def _credits(self, task: _Task, done: bool) -> dict[str, float]:
+    def _credits(self, task: Task, done: bool) -> dict[str, float]:
         """The billing fields of a finished task (with SimConfig.credits_per_task): what it consumed, and the
         balance left after the account's creates up to and including it."""
         per = self.config.credits_per_task
@@ -445,7 +368,7 @@ class Simulator:
             return {}
         return {"consumeCredits": per, "remainedCredits": self.config.credits_balance - per * task.number}
 
-    def _result_urls(self, task: _Task, now: float) -> list[str]:
+    def _result_urls(self, task: Task, now: float) -> list[str]:
         data = task.body["input"]
         ext = schema.EXTENSIONS[schema.INPUT_FIELDS["output_format"].normalise(data.get("output_format", "png"))]
         urls = []
@@ -561,12 +484,12 @@ class Simulator:
 
     # ------------------------------------------------------------ callbacks
 
-    def _schedule_callback(self, task: _Task) -> None:
+    def _schedule_callback(self, task: Task) -> None:
         job = asyncio.get_running_loop().create_task(self._deliver_callback(task))
         self._callbacks.add(job)
         job.add_done_callback(self._callbacks.discard)
 
-    async def _deliver_callback(self, task: _Task) -> None:
+    async def _deliver_callback(self, task: Task) -> None:
         """POST the terminal recordInfo body to callBackUrl, retried briefly; a hint, never guaranteed."""
         while math.isinf(task.duration):
             await self._released.wait()
@@ -599,11 +522,6 @@ async def serve_until_stopped(config: SimConfig) -> None:
             flush=True,
         )
         await stop.wait()
-
-
-def ms(seconds: float) -> int:
-    """The API's times are Unix milliseconds."""
-    return int(seconds * 1000)
 
 
 def _xml_error(status: int, code: str, message: str) -> web.Response:
