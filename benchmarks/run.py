@@ -78,13 +78,15 @@ def scenarios(quick: bool) -> list[Scenario]:
     # interval, nothing else. Their simulator allows 100 status queries per second (10/s x 10).
     scaled = ["--poll-rate", "80", "--poll-interval", "0.25"]
     scaled_polls = ["--poll-limit", "100/1"]
+    # rate_known and rate_unknown: the same service (20 creates/s, 2 s per image), told its rate or not.
+    rate_20 = ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5", *scaled_polls, *small]
     return [
         Scenario("real_profile", n(120), real, [], naive=False, kind="real"),
         Scenario("real_profile_callbacks", n(120), real, [], naive=False, kind="real", callbacks=True),
         Scenario(
             "rate_known",
             n(300),
-            ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5", *scaled_polls, *small],
+            rate_20,
             ["--create-rate", "20/1", *scaled],
             rate=20,
             capacity=500,
@@ -94,7 +96,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario(
             "rate_unknown",
             n(300),
-            ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5", *scaled_polls, *small],
+            rate_20,
             ["--create-rate", "100/1", *scaled],
             rate=20,
             capacity=500,
