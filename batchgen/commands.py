@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
         session.metrics_file = None  # refused: nothing is written there, on any exit path
         raise UsageError(f"--metrics-file {args.metrics_file}: {problem}")
     try:
-        with _stop_on_signals():  # reading the key from a pipe (`--api-key-file <(…)`) may block too
+        with _stop_on_signals() as early:  # reading the key from a pipe (`--api-key-file <(…)`) may block too
             settings = settings_from(args, os.environ, warnings)
             secret = settings.api_key.value if settings.api_key else None
             out.configure(quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=secret)
@@ -151,7 +151,9 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
                 out.warning(warning)
             if settings.dry_run:
                 return runner.dry_run(settings, out)
-            outcome = asyncio.run(runner.run(settings, out))
+            with asyncio.Runner() as loop:
+                outcome = loop.run(runner.run(settings, out))
+                early.over = True  # the outcome is reached: a signal while the loop closes must not lose it
     finally:
         out.close()
     session.counts = outcome.counts
@@ -179,14 +181,23 @@ class StoppedEarly(BaseException):
         self.signum = signum
 
 
+class _Early:
+    """While `over` is False, SIGTERM/SIGINT raise StoppedEarly; after, they are noted and the run ends as it is."""
+
+    over = False
+
+
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def _stop_on_signals() -> Iterator[_Early]:
+    early = _Early()
+
     def stop(signum: int, frame: object) -> None:
-        raise StoppedEarly(signum)
+        if not early.over:
+            raise StoppedEarly(signum)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield  # the engine's loop installs its own handlers for its duration (they stop the run gracefully)
+        yield early  # the engine's loop installs its own handlers for its duration (they stop the run gracefully)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

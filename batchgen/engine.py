@@ -89,15 +89,13 @@ class Engine:
             retry=settings.retry,
             hints=self.remembered.hints(settings.create_rate) if self.remembered else None,
         )
-        self.limiter = self.throttle.limiter  # short names for the throttle's parts
-        self.window = self.throttle.window
-        self.cooldown = self.throttle.cooldown
+        self.limiter = self.throttle.limiter  # the in-flight slots, taken and given back by every item
         self._dispatched = False  # every item of the plan has its slot: the run is in its tail once none waits
         self.polls = PollScheduler(
             self.throttle,
             settings.poll,
             prior=self.remembered.latency if self.remembered else None,
-            in_tail=lambda: self._dispatched and not self.window.waiting and not self.submitter.creating,
+            in_tail=lambda: self._dispatched and not self.throttle.window.waiting and not self.submitter.creating,
         )
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self.rng = random.Random()
@@ -135,6 +133,8 @@ class Engine:
         download.cleanup_partials(self.temp_dir)
         self.reporter.start(len(self.items))
         self._work = asyncio.create_task(self._main())
+        if self.stop_reason is not None:  # stopped (a signal) while the run was being set up: do nothing
+            self._work.cancel()
         try:
             await self._work
         except asyncio.CancelledError:
@@ -147,6 +147,8 @@ class Engine:
                     "call(s) already sent (they may be paid); signal again to stop now"
                 )
                 await asyncio.wait(creating, timeout=self.settings.timeouts.create + SHUTDOWN_MARGIN)
+                self.submitter.abandon()  # past the bound: given up, in doubt, and recorded so before closing
+                await asyncio.gather(*creating, return_exceptions=True)
             self._show_progress()
             self._keep_memory()
 
@@ -165,10 +167,13 @@ class Engine:
 
     def stop(self, reason: str, *, signum: int | None = None, fatal: BatchgenError | None = None) -> None:
         """Stop the run now: nothing more is submitted; what is in flight stays resumable by its task id."""
-        if self.stop_reason is not None:
+        if self.stop_reason is not None or (self._work is not None and self._work.done()):
             if signum is not None:  # a signal while stopping already: now, even inside createTask calls
                 self.submitter.abandon()
-            return
+                if self._work is not None:
+                    self._work.cancel()
+            if self.stop_reason is not None:
+                return
         self.stop_reason = reason
         self.stop_signal = signum
         self.fatal = fatal
@@ -397,10 +402,7 @@ class Engine:
         host that cannot be reached through every try fails it too, rather than every night again.
         """
         if record.key_in_url:
-            urls = ", ".join(record.result_urls)[:300]
-            await self._fail(
-                item.id, error_record("bad_result", None, f"a result URL carries the API key; not fetched: {urls}")
-            )
+            await self._fail(item.id, _key_in_url(record))
             return
         async with self.downloads:
             last: DownloadError | None = None
@@ -434,7 +436,7 @@ class Engine:
                     if exc.expired or exc.unreachable:
                         fresh = _fresher(await self._query(task_id), record)
                         if fresh.key_in_url:
-                            await self._download(item, task_id, fresh)
+                            await self._fail(item.id, _key_in_url(fresh))
                             return
                         if fresh.result_urls != record.result_urls and fresh.result_urls:
                             record = fresh  # signed URLs expire: these are new ones
@@ -469,6 +471,12 @@ class Engine:
                 "stays submitted, rerun to try again",
                 item=item.id,
             )
+
+
+def _key_in_url(record: TaskRecord) -> ErrorRecord:
+    """A result URL carries the API key: never fetched (that would send the key to the result host)."""
+    urls = ", ".join(record.result_urls)[:300]  # masked already, by the client
+    return error_record("bad_result", None, f"a result URL carries the API key; not fetched: {urls}")
 
 
 def _fresher(fresh: TaskRecord | None, record: TaskRecord) -> TaskRecord:

@@ -174,17 +174,24 @@ class Ledger:
                 changed = record.copy()
                 changed.pop("submitting")
                 changed["in_doubt"] = changed.get("in_doubt", 0) + 1
+                changed["doubt_open"] = True
                 self._write(item_id, changed)
         if self._written:
             self._fsync(self._journal_fd)
             self._synced = self._written
 
     async def durable(self) -> None:
-        """Return once every journal line appended so far is on disk: one fsync, shared by all who wait."""
+        """Return once every journal line appended so far is on disk: one fsync, shared by all who wait.
+
+        After a failed fsync the journal is broken for good (a second fsync may succeed with the dirty pages
+        already dropped, Linux's "fsyncgate"): every later `durable()` raises, never a false "on disk"."""
         target = self._written
         while self._synced < target:
+            if self._broken is not None:
+                raise self._broken
             if self._flushing is None or self._flushing.done():
                 self._flushing = asyncio.get_running_loop().create_task(self._flush())
+                self._flushing.add_done_callback(_retrieve)  # its waiters may all have been cancelled
             await asyncio.shield(self._flushing)
 
     async def _flush(self) -> None:
@@ -197,7 +204,11 @@ class Ledger:
             finally:
                 os.close(copy)
 
-        await asyncio.to_thread(sync_and_close)
+        try:
+            await asyncio.to_thread(sync_and_close)
+        except StorageError as exc:
+            self._broken = exc
+            raise
         self._synced = max(self._synced, upto)
 
     def _fsync(self, fd: int) -> None:
@@ -250,12 +261,14 @@ class Ledger:
         record.pop("submitting", None)
         if in_doubt:
             record["in_doubt"] = record.get("in_doubt", 0) + 1
+            record["doubt_open"] = True
         self._write(item_id, record)
 
     def submitted(self, item_id: str, task_id: str) -> None:
         """The service returned a task id: durably on disk before anything else happens to it."""
         record = self._copy(item_id)
         record.pop("submitting", None)
+        record.pop("doubt_open", None)  # a task id came: the doubt is about an earlier call, already told
         record.update(
             {
                 "state": "submitted",
@@ -440,3 +453,9 @@ def _write_all(fd: int, data: bytes, folder: Path) -> None:
             f"cannot write the journal in {folder}: the disk took {written} of {len(data)} bytes (full?); "
             "the ledger is intact: free some space and rerun to continue"
         )
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Read a finished flush's exception, so that asyncio never reports it as "never retrieved"."""
+    if not task.cancelled():
+        task.exception()

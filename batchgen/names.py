@@ -168,14 +168,9 @@ def _outside(stem: str) -> str | None:
         return "which is not a path inside DIR"
     if any(part.startswith(".") or part.endswith((".", " ")) or part.startswith(" ") for part in parts):
         return "a hidden or blank-edged name (batchgen keeps .batchgen/ for itself)"
-    if len(parts) == 1 and _reserved_stem(parts[0]):
-        return "a name batchgen keeps for itself (results.json*)"
+    if unreserved(stem) != stem:
+        return "a name batchgen keeps for itself (results.json*, index.html, .batchgen)"
     return None
-
-
-def _reserved_stem(stem: str) -> bool:
-    """Whether `<stem>.<ext>` (or its sidecar) would match one of DIR's own names: results.json*."""
-    return stem.casefold().startswith("results.json")
 
 
 class Names:
@@ -248,7 +243,7 @@ def unreserved(stem: str) -> str:
     `results.json*` (an id `results.json` would write `results.json.png` beside the ledger and its damaged copies),
     `index.html`, `.batchgen`. An id starts with a letter or digit, so no item's own name is ever `_…`."""
     first = _key(stem).split("/", 1)[0]
-    return f"_{stem}" if first.startswith("results.json") or first in ("index.html", ".batchgen") else stem
+    return f"_{stem}" if first.startswith(("results.json", "index.html", ".batchgen")) else stem
 
 
 def _distinct(stem: str, item_id: str, turn: int) -> str:

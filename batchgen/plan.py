@@ -84,8 +84,8 @@ def make_plan(
                     continue
             else:
                 plan.new.append(item)
-        if record.get("in_doubt") or record.get("submitting"):
-            plan.in_doubt.append(item)  # only those submitted again now: the warning is about this run
+        if record.get("doubt_open") or record.get("submitting"):
+            plan.in_doubt.append(item)  # submitted again now, with no task id since the doubtful call
     listed = {item.id for item in items}
     plan.not_in_manifest = sorted(set(records) - listed)
     return plan

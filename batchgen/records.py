@@ -54,6 +54,7 @@ class Record(TypedDict):
     paid: NotRequired[int]  # createTask answers that carried a task id, over the item's whole life: never reset
     in_doubt: NotRequired[int]  # createTask calls that may have been paid without our knowing the task id
     submitting: NotRequired[bool]  # a createTask call is under way (on disk: the run died inside it)
+    doubt_open: NotRequired[bool]  # the last create may have been paid and no task id came since: warn on resubmit
     cost: NotRequired[dict[str, float]]  # the service's billing fields from recordInfo (never a callback)
     sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
 
@@ -99,8 +100,9 @@ def record_problem(record: dict[str, Any]) -> str | None:
         value = record.get(name, 0)
         if type(value) is not int or value < 0:
             return f"{name} is {_shown(value)}, not a count"
-    if type(record.get("submitting", False)) is not bool:
-        return f"submitting is {_shown(record['submitting'])}, not true or false"
+    for name in ("submitting", "doubt_open"):
+        if type(record.get(name, False)) is not bool:
+            return f"{name} is {_shown(record.get(name))}, not true or false"
     request = record["request"]
     if request is not None:
         if not isinstance(request, dict) or not isinstance(request.get("model", ""), str):

@@ -10,6 +10,8 @@ are shielded); a second signal abandons them, in doubt.
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -127,6 +129,7 @@ class Submitter:
             self.creating.add(job)
             job.add_done_callback(_settle_job)
             job.add_done_callback(self.creating.discard)
+            job.add_done_callback(functools.partial(self._free_slot, slot))
             try:
                 return await asyncio.shield(job)
             except _Taken:
@@ -156,8 +159,16 @@ class Submitter:
                     self.reporter.warning(f"item {item.id!r}: createTask kept failing ({exc}); left for the next run")
                     return None
                 delay = self.settings.retry.delay(failed, self.rng.random())
+                self.counters.retries += 1  # the next call may be paid too (the last one is in doubt, or not sent)
                 self.reporter.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
+
+    def _free_slot(self, slot: list[float], job: asyncio.Future[str]) -> None:
+        """A call that ended still holding its window slot as under way (its intent could not be written, or
+        a second signal cancelled it before it began) never reached the service: free the slot, or the window
+        would wait for it for ever."""
+        if slot[0] == math.inf:
+            self.throttle.window.forget(slot)
 
     def _give_back(self) -> None:
         if self.creates_left is not None:

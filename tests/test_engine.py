@@ -132,6 +132,8 @@ async def test_server_errors_and_dropped_connections_are_retried(sim_factory, tm
         assert outcome.exit_code == 0, outcome
         assert sim.stats.errors_injected > 0 and sim.stats.dropped > 0
         assert sim.stats.creates == 8  # the simulator drops before creating: nothing was paid twice
+        # Every createTask call after the first of an item is a retry, and is counted as one.
+        assert outcome.counters.retries == sim.stats.create_calls - 8 > 0
     doc = results(out)
     assert_verified_files(out, doc)
 

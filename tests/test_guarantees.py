@@ -21,7 +21,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from aiohttp import web
 
-from batchgen import ledger, report, runner, sheet
+from batchgen import ledger, manifest, report, runner, sheet
 from batchgen.client import Client, open_session
 from batchgen.config import RetryPolicy, Secret, Timeouts, redact
 from batchgen.errors import LedgerError, ServerError, StorageError, UsageError
@@ -615,3 +615,45 @@ async def test_a_disk_already_full_at_start_is_exit_5_not_a_traceback(sim_factor
             code, _, err = await cli(run_args(path, disk / "out", sim))
             assert sim.stats.create_calls == 0
     assert code == 5 and "Traceback" not in err and "No space left" in err
+
+
+async def test_a_stop_before_the_engine_runs_submits_nothing(sim_factory, tmp_path):
+    # A signal that arrives while the run is being set up (the simulator or the callback listener starting)
+    # reaches the engine before its work exists: the work must then never start.
+    from batchgen.client import Client, open_session
+    from batchgen.engine import Engine
+    from batchgen.ledger import Ledger
+    from batchgen.plan import make_plan
+
+    path = manifest_of(tmp_path / "m.yaml", ["a", "b"])
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        settings = make_settings(path, out, sim)
+        items = manifest.load(path)
+        with Ledger.open(out, path.name) as book:
+            book.track(items)
+            async with open_session(settings.timeouts) as session:
+                client = Client(session, sim.api_url, Secret(KEY), settings.timeouts)
+                engine = Engine(
+                    settings, items, make_plan(items, book.items, retry_failed=False), book, client, Reporter()
+                )
+                engine.stop("signal SIGTERM", signum=15)
+                await asyncio.wait_for(engine.run(), 10)
+        assert sim.stats.create_calls == 0 and engine.stop_signal == 15
+
+
+async def test_an_in_doubt_item_that_got_a_task_id_since_is_not_warned_about_again(sim_factory, tmp_path):
+    # In doubt once, then a task id (it failed for good): resubmitted with --retry-failed, there is nothing in
+    # doubt about this submission, so no warning; the history (in_doubt 1) stays in the ledger.
+    out = tmp_path / "out"
+    path = manifest_of(tmp_path / "m.yaml", ["a [sim:fail-policy]"])
+    async with sim_factory(latency=0.05, lost_answer_rate=1.0, lost_answer="drop") as sim:
+        await run(make_settings(path, out, sim, limit=1))
+    async with sim_factory(latency=0.05) as sim:
+        stream = io.StringIO()
+        assert (await run(make_settings(path, out, sim), stream)).exit_code == 1
+        assert "in doubt" in stream.getvalue()  # the run that submits it again after the doubtful call
+        stream = io.StringIO()
+        assert (await run(make_settings(path, out, sim, retry_failed=True), stream)).exit_code == 1
+        assert "in doubt" not in stream.getvalue()
+    assert results(out)["items"]["item-00"]["in_doubt"] == 1

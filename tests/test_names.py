@@ -59,6 +59,9 @@ def _grid(tmp_path: Path) -> Path:
         ("/tmp/{id}", "absolute"),
         (".batchgen/{id}", "hidden"),
         ("results.json{id}", "keeps for itself"),
+        ("results.json/{id}", "keeps for itself"),  # a folder of that name too
+        ("index.html/{id}", "keeps for itself"),  # refused, never silently renamed to _index.html/...
+        ("Index.HTML/{id}", "keeps for itself"),  # a case-insensitive disk
         ("{colour}", "no placeholder here"),
         ("{id}:{n}", "only letters"),
         ("fixed", "no placeholder"),
