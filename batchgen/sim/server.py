@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .. import schema
 from .config import SimConfig
-from .images import render, size_for, variant_of, with_c2pa
+from .files import ResultFiles
 from .model import MARK, POLICY_FAILURE, SATURATED, TRANSIENT_FAILURE, SimStats, Task, ms, request_key
 
 
@@ -33,7 +33,7 @@ class Simulator:
         self.config = config or SimConfig()
         self.stats = SimStats()
         self._task_number = 0
-        self._rng = random.Random(self.config.random_seed)
+        self.rng = random.Random(self.config.random_seed)
         self._secret = secrets.token_bytes(16)
         self._tasks: dict[str, Task] = {}
         self._finishing: list[float] = []  # heap of finish times of tasks in flight
@@ -67,7 +67,7 @@ class Simulator:
         api.router.add_get("/__sim/stats", self._stats)
         api.router.add_post("/__sim/release", self._release)
         files = web.Application()
-        files.router.add_get("/r/{task_id}/{name}", self._file)
+        files.router.add_get("/r/{task_id}/{name}", ResultFiles(self).serve)
         self.api_url = await self._serve(api, self.config.port)
         self.files_url = await self._serve(files, self.config.files_port)
 
@@ -154,12 +154,12 @@ class Simulator:
         self._caller = token
         if not token or (self.config.api_key is not None and not hmac.compare_digest(token, self.config.api_key)):
             return self._gateway(401, "invalid token" if token else "missing token")
-        if self.config.drop_rate and self._rng.random() < self.config.drop_rate:
+        if self.config.drop_rate and self.rng.random() < self.config.drop_rate:
             self.stats.dropped += 1
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError  # aiohttp ends the handler quietly; the client sees a dropped connection
-        if self.config.error_rate and self._rng.random() < self.config.error_rate:
+        if self.config.error_rate and self.rng.random() < self.config.error_rate:
             self.stats.errors_injected += 1
             return self._business(500, "internal error, please try again later")
         return None
@@ -209,17 +209,17 @@ class Simulator:
         if isinstance(body.get("callBackUrl"), str):
             self._schedule_callback(task)
         answered = task.task_id
-        if self.config.reuse_id_rate and self._last_task and self._rng.random() < self.config.reuse_id_rate:
+        if self.config.reuse_id_rate and self._last_task and self.rng.random() < self.config.reuse_id_rate:
             answered = self._last_task
             self.stats.ids_reused += 1
         self._last_task = task.task_id
         if self.config.create_delay:
             await asyncio.sleep(self.config.create_delay)
-        if self.config.lost_answer_rate and self._rng.random() < self.config.lost_answer_rate:
+        if self.config.lost_answer_rate and self.rng.random() < self.config.lost_answer_rate:
             self.stats.answers_lost += 1
             kind = self.config.lost_answer
             if kind == "mixed":
-                kind = "504" if self._rng.random() < 0.5 else "drop"
+                kind = "504" if self.rng.random() < 0.5 else "drop"
             if kind == "drop":
                 if request.transport is not None:
                     request.transport.abort()
@@ -261,7 +261,7 @@ class Simulator:
     def _new_task(self, body: dict[str, Any], now: float) -> Task:
         self._last_id = max(self._last_id + 1, int(now * 1000))
         task_id = f"task_{schema.MODEL}_{self._last_id}"
-        duration = max(0.01, self.config.latency + self._rng.uniform(-self.config.jitter, self.config.jitter))
+        duration = max(0.01, self.config.latency + self.rng.uniform(-self.config.jitter, self.config.jitter))
         prompt: str = body["input"]["prompt"]
         self._prompt_submissions[prompt] += 1
         fail: tuple[str, str] | None = None
@@ -278,9 +278,9 @@ class Simulator:
                 count = prompt[at + len(MARK + "fail-transient:") :].split("]", 1)[0]
                 if count.isdigit() and self._prompt_submissions[prompt] <= int(count):
                     fail = TRANSIENT_FAILURE
-        elif self.config.fail_rate and self._rng.random() < self.config.fail_rate:
-            fail = TRANSIENT_FAILURE if self._rng.random() < self.config.transient_share else POLICY_FAILURE
-        forgets = self.config.forget_after is not None and self._rng.random() < self.config.forget_rate
+        elif self.config.fail_rate and self.rng.random() < self.config.fail_rate:
+            fail = TRANSIENT_FAILURE if self.rng.random() < self.config.transient_share else POLICY_FAILURE
+        forgets = self.config.forget_after is not None and self.rng.random() < self.config.forget_rate
         self._task_number += 1
         return Task(task_id, body, now, duration, fail, forgets, self._task_number)
 
@@ -379,17 +379,20 @@ class Simulator:
                 continue
             query: dict[str, str] = {}
             if self.config.url_ttl is not None:
-                stale = self.config.expired_url_rate and self._rng.random() < self.config.expired_url_rate
+                stale = self.config.expired_url_rate and self.rng.random() < self.config.expired_url_rate
                 expires = str(int(now - 1 if stale else now + self.config.url_ttl))
-                query = {"expires": expires, "sig": self._sign(task.task_id, name, expires)}
+                query = {"expires": expires, "sig": self.sign(task.task_id, name, expires)}
             if self.config.key_in_result_url:
                 query["auth"] = self._caller
             suffix = f"?{urlencode(query)}" if query else ""
             urls.append(f"{self.files_url}/r/{task.task_id}/{name}{suffix}")
         return urls
 
-    def _sign(self, task_id: str, name: str, expires: str) -> str:
+    def sign(self, task_id: str, name: str, expires: str) -> str:
         return hmac.new(self._secret, f"{task_id}/{name}/{expires}".encode(), "sha256").hexdigest()[:32]
+
+    def task(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
 
     def created(self) -> dict[str, dict[str, Any]]:
         """Every task created so far: its id -> the body of its createTask request (callBackUrl included)."""
@@ -417,70 +420,6 @@ class Simulator:
         data = self.stats.as_dict()
         data["in_flight"] = self.in_flight()
         return web.json_response(data)
-
-    # ------------------------------------------------------------ result files (second origin)
-
-    async def _file(self, request: web.Request) -> web.StreamResponse:
-        self.stats.file_requests += 1
-        if "Authorization" in request.headers:
-            self.stats.file_auth_headers += 1
-        task = self._tasks.get(request.match_info["task_id"])
-        name = request.match_info["name"]
-        stem, _, ext = name.partition(".")
-        if (
-            task is None
-            or task.state(time.time()) != "success"
-            or not stem.isdigit()
-            or not 1 <= int(stem) <= self.config.results_per_task
-        ):
-            return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
-        if self.config.url_ttl is not None:
-            expires = request.query.get("expires", "")
-            signature = request.query.get("sig", "")
-            if not hmac.compare_digest(signature, self._sign(task.task_id, name, expires)):
-                return _xml_error(403, "SignatureDoesNotMatch", "The request signature does not match.")
-            if not expires.isdigit() or int(expires) < time.time():
-                return _xml_error(403, "AccessDenied", "Request has expired")
-
-        data = task.body["input"]
-        fmt = schema.INPUT_FIELDS["output_format"].normalise(data.get("output_format", "png"))
-        if schema.EXTENSIONS[fmt] != ext:
-            return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
-        aspect = schema.INPUT_FIELDS["aspect_ratio"].normalise(data.get("aspect_ratio", "square_1_1"))
-        width, height = size_for(aspect, self.config.image_scale)
-        quality = int(data.get("compression_quality", 90))
-        variant = variant_of(f"{data['prompt']}|{data.get('seed')}|{stem}")
-        content = await asyncio.to_thread(render, width, height, fmt, quality, variant)
-        if self.config.c2pa and fmt == "png":
-            content = with_c2pa(content)
-
-        if self.config.html_rate and self._rng.random() < self.config.html_rate:
-            page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
-            return web.Response(body=page, content_type="text/html")
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "image/png" if fmt == "png" else "image/jpeg",
-                "Cache-Control": "private, max-age=3600",
-            }
-        )
-        response.content_length = len(content)
-        truncate = self.config.truncate_rate and self._rng.random() < self.config.truncate_rate
-        try:
-            await response.prepare(request)
-            if truncate:
-                await response.write(content[: len(content) // 2])
-                self.stats.file_bytes += len(content) // 2
-                if request.transport is not None:
-                    request.transport.abort()
-                raise asyncio.CancelledError  # the client sees the body end early
-            chunk = 256 * 1024
-            for start in range(0, len(content), chunk):
-                await response.write(content[start : start + chunk])
-                self.stats.file_bytes += len(content[start : start + chunk])
-            await response.write_eof()
-        except ConnectionResetError:
-            raise asyncio.CancelledError from None  # the client went away: nothing to answer, nothing to log
-        return response
 
     # ------------------------------------------------------------ callbacks
 
@@ -522,9 +461,3 @@ async def serve_until_stopped(config: SimConfig) -> None:
             flush=True,
         )
         await stop.wait()
-
-
-def _xml_error(status: int, code: str, message: str) -> web.Response:
-    """Result hosts are object stores: their errors are small XML documents, not the API's JSON."""
-    body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
-    return web.Response(status=status, text=body, content_type="application/xml")
