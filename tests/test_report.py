@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import os
-import sys
 from pathlib import Path
 
 from batchgen import report, runner
 from batchgen.progress import Reporter
 
-from .conftest import make_settings, manifest_of
+from .conftest import KEY, make_settings, manifest_of
+from .test_cli_run import cli, run_args
 
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> & "quotes"'
 
@@ -29,27 +27,9 @@ async def test_metrics_file_is_a_prometheus_textfile(sim_factory, tmp_path):
     path = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]"])
     metrics = tmp_path / "metrics" / "batchgen.prom"
     metrics.parent.mkdir()  # node_exporter's textfile folder exists: batchgen creates only the file
-    async with sim_factory(api_key="k", latency=0.05) as sim:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(path),
-            "--out",
-            str(tmp_path / "out"),
-            "--api-base",
-            sim.api_url,
-            "--poll-interval",
-            "0.05",
-            "--metrics-file",
-            str(metrics),
-            "--report",
-            env={**os.environ, "BATCHGEN_API_KEY": "k"},
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await proc.communicate()
-    assert proc.returncode == 1, err.decode()
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, stderr = await cli(run_args(path, tmp_path / "out", sim, "--metrics-file", str(metrics), "--report"))
+    assert code == 1, stderr
     text = metrics.read_text()
     assert 'batchgen_items{manifest="m.yaml",state="succeeded"} 1' in text
     assert 'batchgen_items{manifest="m.yaml",state="failed"} 1' in text
