@@ -52,8 +52,8 @@ _PARAMS = ("aspect_ratio", "output_format", "person_generation", "safety_setting
 def write_last_run(directory: Path, figures: Mapping[str, float]) -> Path:
     """Keep the run's figures in DIR/.batchgen/last-run.json for the contact sheet; replaced atomically.
 
-    The run calls it once at the end, with `engine.figures(outcome)` (paid creates, retries, 429s, wall time,
-    exit code, ...): the ledger holds items, not runs, so this file is where the page finds them.
+    `runner.final_report` calls it once at the end with `runner.figures(outcome)` (paid creates, retries, 429s,
+    wall time, exit code, ...): the ledger holds items, not runs, so this file is where the page finds them.
     """
     folder = state_dir(directory)
     target = folder / LAST_RUN
