@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from . import __version__
-from .config import PollSchedule
+from .config import format_rate, run_default
 from .errors import UsageError
+from .sim.config import SimConfig
 
 T = TypeVar("T", int, float)
 
@@ -134,7 +135,7 @@ def build_parser() -> Parser:
         "completion",
         help="print a shell completion script (bash or zsh)",
         description="Print a completion script generated from batchgen's own parser (needs the `completion` "
-        "extra: pip install 'batchgen[completion]'). See the README for where to put it.",
+        "extra: pip install 'batchgen[completion]'). See docs/running.md for where to put it.",
     )
     completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
     return parser
@@ -165,28 +166,35 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         FILE,
     )
     p.add_argument("--simulate", action="store_true", help="run against the built-in simulator; no key needed")
+    _add_pace_arguments(p)
+    _add_item_arguments(p)
+    _add_output_arguments(p)
+
+
+def _add_pace_arguments(p: argparse.ArgumentParser) -> None:
+    """How fast: tasks in flight, the create window, the status budget and the cold start."""
     p.add_argument(
         "--concurrency",
         type=positive_int,
-        default=100,
+        default=run_default("concurrency"),
         metavar="N",
         help="most tasks in flight at once (default %(default)s, the API family's published 100+ running tasks; "
         "a 429 teaches batchgen the real figure)",
     )
     p.add_argument(
         "--create-rate",
-        default="20/10",
+        default=format_rate(run_default("create_rate")),
         metavar="N/SECONDS",
         help="most createTask calls per window (default %(default)s, the API family's limit)",
     )
     p.add_argument(
         "--poll-rate",
         type=positive_number,
-        default=8.0,
+        default=run_default("poll_rate"),
         metavar="N",
         help="most status queries per second, in any 1-second window, all tasks together (default %(default)g)",
     )
-    first = PollSchedule().first
+    first = run_default("poll").first
     p.add_argument(
         "--poll-interval",
         type=positive_number,
@@ -201,17 +209,21 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="forget what earlier runs learned about the service (limits, latencies) and start cold",
     )
+
+
+def _add_item_arguments(p: argparse.ArgumentParser) -> None:
+    """What is submitted, how often, and for how long."""
     p.add_argument(
         "--max-attempts",
         type=positive_int,
-        default=3,
+        default=run_default("max_attempts"),
         metavar="N",
         help="submissions per item for transient failures (default %(default)s)",
     )
     p.add_argument(
         "--task-timeout",
         type=positive_number,
-        default=1800.0,
+        default=run_default("task_timeout"),
         metavar="SECONDS",
         help="stop waiting for one task after this; it stays resumable (default %(default)g)",
     )
@@ -230,19 +242,23 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
     _add_price_argument(p)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """What the run writes: file names, sidecars, callbacks, the report, metrics and logs."""
     p.add_argument(
         "--name",
         metavar="TEMPLATE",
-        default="{id}",
+        default=run_default("name"),
         help="file names from {id}, {seed}, {aspect_ratio}, {prompt}, matrix axes, {copy}, {date}, {n}; '/' makes "
-        "subfolders inside DIR (default {id})",
+        "subfolders inside DIR (default %(default)s)",
     )
     p.add_argument(
         "--metadata",
         choices=["none", "sidecar", "png"],
-        default="none",
+        default=run_default("metadata"),
         help="sidecar: <image file name>.json beside each image with its parameters; png: also inside each PNG "
-        "as iTXt, except a PNG carrying a C2PA manifest (default none)",
+        "as iTXt, except a PNG carrying a C2PA manifest (default %(default)s)",
     )
     p.add_argument("--callback-url", metavar="URL", help="sent as callBackUrl (https, or http to loopback)")
     p.add_argument(
@@ -262,8 +278,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-format",
         choices=["text", "json"],
-        default="text",
-        help="text: timestamped lines; json: one JSON object per stderr line, the summary last (default text)",
+        default=run_default("log_format"),
+        help="text: timestamped lines; json: one JSON object per stderr line, the summary last (default %(default)s)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -305,43 +321,76 @@ port = _value_type(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 
 
 def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    sim = SimConfig()  # the knobs' defaults live in SimConfig (but --port: the command's own 8080)
+    p.add_argument("--host", default=sim.host, help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=port, default=8080, help="API port (default %(default)s; 0 for a free one)")
-    p.add_argument("--files-port", type=port, default=0, help="port of the result-file origin (default: free)")
+    p.add_argument(
+        "--files-port", type=port, default=sim.files_port, help="port of the result-file origin (default: free)"
+    )
     p.add_argument("--api-key", help="the only key accepted (default: any non-empty Bearer token)")
     p.add_argument(
-        "--latency", type=non_negative_number, default=30.0, help="seconds from creation to result (default 30)"
+        "--latency",
+        type=non_negative_number,
+        default=sim.latency,
+        help="seconds from creation to result (default %(default)g)",
     )
-    p.add_argument("--jitter", type=non_negative_number, default=5.0, help="+/- seconds around --latency (default 5)")
-    p.add_argument("--results-per-task", type=positive_int, default=1, help="result URLs per task (default 1)")
-    p.add_argument("--image-scale", type=positive_number, default=1.0, help="1.0 = real 2K sizes (default)")
-    p.add_argument("--rate", default="20/10", help="creates per window, N/SECONDS, or 'none' (default 20/10)")
+    p.add_argument(
+        "--jitter",
+        type=non_negative_number,
+        default=sim.jitter,
+        help="+/- seconds around --latency (default %(default)g)",
+    )
+    p.add_argument(
+        "--results-per-task",
+        type=positive_int,
+        default=sim.results_per_task,
+        help="result URLs per task (default %(default)s)",
+    )
+    p.add_argument(
+        "--image-scale", type=positive_number, default=sim.image_scale, help="1.0 = real 2K sizes (default %(default)g)"
+    )
+    rate = format_rate(sim.rate) if sim.rate else "none"
+    p.add_argument("--rate", default=rate, help="creates per window, N/SECONDS, or 'none' (default %(default)s)")
     p.add_argument("--capacity", type=positive_int, help="429 beyond this many tasks in flight")
     p.add_argument("--poll-limit", help="429 beyond N status queries per window, N/SECONDS (default: none)")
     p.add_argument("--quota", type=non_negative_int, help="403 insufficient_user_quota after this many paid creates")
-    p.add_argument("--body-limit", type=positive_int, default=1024 * 1024, help="413 beyond this many bytes")
-    p.add_argument("--fail-rate", type=share, default=0.0, help="share of tasks that end in fail")
-    p.add_argument("--transient-share", type=share, default=0.5, help="share of failures that are transient")
-    p.add_argument("--error-rate", type=share, default=0.0, help="share of API requests answered 500")
-    p.add_argument("--drop-rate", type=share, default=0.0, help="share of API requests dropped unanswered")
-    p.add_argument("--truncate-rate", type=share, default=0.0, help="share of downloads cut short")
-    p.add_argument("--html-rate", type=share, default=0.0, help="share of downloads answered with HTML")
+    p.add_argument("--body-limit", type=positive_int, default=sim.body_limit, help="413 beyond this many bytes")
+    shares = {
+        "fail_rate": "share of tasks that end in fail",
+        "transient_share": "share of failures that are transient",
+        "error_rate": "share of API requests answered 500",
+        "drop_rate": "share of API requests dropped unanswered",
+        "truncate_rate": "share of downloads cut short",
+        "html_rate": "share of downloads answered with HTML",
+    }
+    for name, text in shares.items():
+        p.add_argument("--" + name.replace("_", "-"), type=share, default=getattr(sim, name), help=text)
     p.add_argument(
-        "--null-window", type=non_negative_number, default=0.0, help="seconds of 'recordInfo is null' after create"
+        "--null-window",
+        type=non_negative_number,
+        default=sim.null_window,
+        help="seconds of 'recordInfo is null' after create",
     )
-    p.add_argument("--url-ttl", type=non_negative_number, default=3600.0, help="seconds a result URL stays valid")
-    p.add_argument("--expired-url-rate", type=share, default=0.0, help="share of result URLs already expired")
+    p.add_argument("--url-ttl", type=non_negative_number, default=sim.url_ttl, help="seconds a result URL stays valid")
+    p.add_argument(
+        "--expired-url-rate", type=share, default=sim.expired_url_rate, help="share of result URLs already expired"
+    )
     p.add_argument("--http200-errors", action="store_true", help="business errors with HTTP 200")
     p.add_argument(
         "--envelope-429",
         choices=["relay", "business", "gateway", "empty", "mixed"],
-        default="relay",
-        help="how a 429 is wrapped (default relay: the task relay's own envelope)",
+        default=sim.envelope_429,
+        help="how a 429 is wrapped (default %(default)s: the task relay's own envelope)",
     )
     p.add_argument(
         "--retry-after", type=non_negative_number, help="send Retry-After on 429 (the real service does not)"
     )
-    p.add_argument("--response-delay", type=non_negative_number, default=0.0, help="seconds added to every API answer")
+    p.add_argument(
+        "--response-delay",
+        type=non_negative_number,
+        default=sim.response_delay,
+        help="seconds added to every API answer",
+    )
     p.add_argument("--random-seed", type=int, help="seed for the random faults, for repeatable runs")
 
 

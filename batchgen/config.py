@@ -10,9 +10,10 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 from . import schema
@@ -139,6 +140,18 @@ class RunSettings:
     max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
+
+
+def run_default(name: str) -> Any:
+    """The default of one `RunSettings` field: the one place a run's defaults live. The parser (args.py), its
+    --help and the generated docs (gendocs.py) read them from here."""
+    (found,) = [f for f in fields(RunSettings) if f.name == name]
+    return found.default
+
+
+def format_rate(rate: tuple[int, float]) -> str:
+    """(20, 10.0) -> '20/10': a create window as the command line writes it."""
+    return f"{rate[0]}/{rate[1]:g}"
 
 
 KEY_FILE_LIMIT = 4096  # bytes: a key is a few dozen characters; more is not a key file (or is /dev/zero)

@@ -1,4 +1,4 @@
-"""Each promise of README's "What batchgen guarantees", held against the faults that once broke it (issue #10).
+"""Each promise of docs/guarantees.md, held against the faults that once broke it (issue #10).
 
 Real HTTP on loopback against the simulator (faults come from its knobs), real files, real signals.
 """
