@@ -15,28 +15,28 @@ from typing import Any, NoReturn, TypeVar
 
 from . import __version__
 from .config import format_rate, run_default
-from .errors import UsageError
+from .errors import ExitCode, UsageError
 from .sim.config import SimConfig
 
 T = TypeVar("T", int, float)
 
 # What each exit code means, most severe first (SPEC section 3); the run's --help epilog and summary line.
-EXIT_CODES = {
-    70: "an unexpected error, a bug in batchgen; the traceback is in DIR/.batchgen/crash-*.log",
-    3: "the service refused the key or the quota (401/403); run stopped, state saved",
-    2: "usage or manifest error; nothing submitted",
-    4: "another run holds DIR's lock; this run did nothing",
-    128: "stopped by signal N (SIGINT 130, SIGTERM 143); state saved",
-    5: "incomplete: items remain pending or submitted; run again to continue",
-    1: "finished, and some items failed for good",
-    0: "every item succeeded",
+EXIT_CODES: dict[int, str] = {
+    ExitCode.SOFTWARE: "an unexpected error, a bug in batchgen; the traceback is in DIR/.batchgen/crash-*.log",
+    ExitCode.AUTH: "the service refused the key or the quota (401/403); run stopped, state saved",
+    ExitCode.USAGE: "usage or manifest error; nothing submitted",
+    ExitCode.LOCKED: "another run holds DIR's lock; this run did nothing",
+    ExitCode.SIGNAL: "stopped by signal N (SIGINT 130, SIGTERM 143); state saved",
+    ExitCode.INCOMPLETE: "incomplete: items remain pending or submitted; run again to continue",
+    ExitCode.FAILED: "finished, and some items failed for good",
+    ExitCode.OK: "every item succeeded",
 }
 
 
 def exit_meaning(code: int) -> str:
-    if code > 128:
+    if code > ExitCode.SIGNAL:
         with contextlib.suppress(ValueError):
-            return f"stopped by {signal.Signals(code - 128).name}; state saved"
+            return f"stopped by {signal.Signals(code - ExitCode.SIGNAL).name}; state saved"
     return EXIT_CODES.get(code, "see the README's exit codes")
 
 
@@ -144,7 +144,7 @@ def build_parser() -> Parser:
 def _exit_code_epilog() -> str:
     lines = ["exit codes (the most severe wins, in this order):"]
     for code, meaning in EXIT_CODES.items():
-        lines.append(f"  {'128+N' if code == 128 else code:<6} {meaning}")
+        lines.append(f"  {'128+N' if code == ExitCode.SIGNAL else int(code):<6} {meaning}")
     return "\n".join(lines)
 
 

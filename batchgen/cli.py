@@ -5,7 +5,7 @@ Nothing imports this module. It knows nothing of HTTP.
 The error ladder, most severe first (SPEC section 3):
 
     any other exception      a bug: one line, the traceback (key masked) in DIR/.batchgen/crash-<UTC time>.log,
-                             exit 70 (EX_SOFTWARE); a group holding one BatchgenError is that error
+                             exit 70 (ExitCode.SOFTWARE); a group holding one BatchgenError is that error
     BatchgenError            its message, exit with its class's code (2 usage/manifest, 3 key/quota, 4 locked, 5)
     KeyboardInterrupt        before the run's own signal handling: 130
     BrokenPipeError          stdout closed by its reader (`| head`): quietly, 141 (128 + SIGPIPE)
@@ -30,12 +30,20 @@ from pathlib import Path
 from . import __version__, report
 from .args import FlagError, Parser, build_parser, exit_meaning
 from .commands import COMMANDS, Session, StdoutError, StoppedEarly, flush_stdout
-from .errors import AuthError, BatchgenError, LockedError, ManifestError, QuotaError, StorageError, UsageError
+from .errors import (
+    AuthError,
+    BatchgenError,
+    ExitCode,
+    LockedError,
+    ManifestError,
+    QuotaError,
+    StorageError,
+    UsageError,
+)
 from .files import state_dir
 from .progress import Reporter, plural, utc_timestamp
 
-EX_SOFTWARE = 70  # sysexits.h: an internal software error, i.e. a bug in batchgen
-EX_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a program its reader stopped reading
+EX_PIPE = ExitCode.signal(signal.SIGPIPE)  # what a shell reports for a program its reader stopped reading
 
 
 # ---------------------------------------------------------------- one invocation
@@ -168,7 +176,7 @@ def _handle(session: Session, raised: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt | StoppedEarly):
         signum = exc.signum if isinstance(exc, StoppedEarly) else signal.SIGINT
         out.warning(f"stopped by {signal.Signals(signum).name} before the run began", event="stopped")
-        return 128 + signum
+        return ExitCode.signal(signum)
     if isinstance(exc, BrokenPipeError):
         _silence_stdout()
         return EX_PIPE
@@ -240,7 +248,7 @@ def _crash(session: Session, exc: Exception) -> int:
     else:
         out.error(f"unexpected error, a bug in batchgen: {brief} (please report it with this traceback)", event="crash")
         out.write_line(trace.rstrip())
-    return EX_SOFTWARE
+    return ExitCode.SOFTWARE
 
 
 def _write_crash_log(directory: str | None, trace: str, out: Reporter) -> Path | None:

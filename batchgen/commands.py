@@ -25,7 +25,7 @@ from . import config, manifest, memory, plan, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
-from .errors import BatchgenError, ManifestError, StorageError, UsageError
+from .errors import BatchgenError, ExitCode, ManifestError, StorageError, UsageError
 from .files import write_atomically
 from .progress import Reporter, plural
 
@@ -81,8 +81,8 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
         say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
     if problems:
         print(f"{plural(problems, 'problem')} found; nothing would be submitted", file=sys.stderr)
-        return 2
-    return 0
+        return ExitCode.USAGE
+    return ExitCode.OK
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: list[str]) -> RunSettings:
@@ -209,7 +209,7 @@ def cmd_status(args: argparse.Namespace, session: Session) -> int:
     say(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
     if not args.json and doc["services"]:
         say(memory.describe_text(doc["services"]))
-    return 0
+    return ExitCode.OK
 
 
 def cmd_report(args: argparse.Namespace, session: Session) -> int:
@@ -222,7 +222,7 @@ def cmd_report(args: argparse.Namespace, session: Session) -> int:
             raise StorageError(f"{directory}/index.html: cannot write it: {reason}") from exc
         raise UsageError(f"{directory}/index.html: cannot write it: {reason}") from exc
     say(str(page))
-    return 0
+    return ExitCode.OK
 
 
 JOB_FILES = {"install": "jobs", "samples": "sample_manifests"}
@@ -256,7 +256,7 @@ def cmd_jobs(args: argparse.Namespace, session: Session) -> int:
             say(str(path))
     except OSError as exc:
         raise UsageError(f"{target}: cannot write there: {exc.strerror or exc}") from exc
-    return 0
+    return ExitCode.OK
 
 
 def _differs(path: Path, data: bytes) -> bool:
@@ -281,7 +281,7 @@ def cmd_completion(args: argparse.Namespace, session: Session) -> int:
             "shell completion needs shtab: pip install 'batchgen[completion]' (or pip install shtab)"
         ) from None
     say(shtab.complete(build_parser(), shell=args.shell))
-    return 0
+    return ExitCode.OK
 
 
 def cmd_sim(args: argparse.Namespace, session: Session) -> int:
@@ -297,7 +297,7 @@ def cmd_sim(args: argparse.Namespace, session: Session) -> int:
         asyncio.run(serve_until_stopped(sim_config))
     except OSError as exc:
         raise UsageError(f"cannot listen on {sim_config.host}:{sim_config.port}: {exc.strerror or exc}") from exc
-    return 0
+    return ExitCode.OK
 
 
 COMMANDS = {

@@ -235,12 +235,12 @@ class Engine:
                     return
                 kind = failures.classify(record.fail_code, record.fail_message)
                 error = error_record(
-                    f"task_{kind}",
+                    kind,
                     record.fail_code,
                     record.fail_message or f"the task failed (failCode {record.fail_code})",
                 )
                 attempts = self.ledger.record(item.id).get("attempts", 0)
-                if kind == "transient" and attempts < self.settings.max_attempts:
+                if kind == "task_transient" and attempts < self.settings.max_attempts:
                     self.counters.retries += 1
                     self.reporter.info(
                         f"item {item.id!r}: task {task_id} failed ({_brief(error)}); submitting again "

@@ -22,20 +22,40 @@ aiohttp's own exceptions are translated into this tree in `client.py` only (`rai
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
+
+
+class ExitCode(enum.IntEnum):
+    """SPEC's exit codes, one name each (the most severe wins: SOFTWARE, AUTH, USAGE, LOCKED, a signal,
+    INCOMPLETE, FAILED, OK). A signal N is `ExitCode.signal(N)`, 128 + N."""
+
+    OK = 0  # every item succeeded
+    FAILED = 1  # finished, and some items failed for good
+    USAGE = 2  # usage or manifest error; nothing submitted
+    AUTH = 3  # the service refused the key or the quota
+    LOCKED = 4  # another run holds DIR's lock
+    INCOMPLETE = 5  # items remain pending or submitted; also a write the disk refused
+    SOFTWARE = 70  # sysexits.h EX_SOFTWARE: a bug in batchgen
+    SIGNAL = 128  # 128 + N: stopped by signal N
+
+    @staticmethod
+    def signal(signum: int) -> int:
+        """What a shell reports for a program stopped by signal `signum`."""
+        return ExitCode.SIGNAL + signum
 
 
 class BatchgenError(Exception):
     """Base of every batchgen error."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.FAILED
 
 
 class UsageError(BatchgenError):
     """The user must fix a flag, a file or the environment."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 _POSITION = re.compile(r"#[0-9]+")
@@ -78,7 +98,7 @@ class LedgerError(UsageError):
 class LockedError(BatchgenError):
     """Another run holds the output directory's lock."""
 
-    exit_code = 4
+    exit_code = ExitCode.LOCKED
 
 
 class StorageError(BatchgenError):
@@ -87,7 +107,7 @@ class StorageError(BatchgenError):
     Exit 5, "incomplete": what was done is recorded, and a rerun continues once there is room.
     """
 
-    exit_code = 5
+    exit_code = ExitCode.INCOMPLETE
 
 
 class ServiceError(BatchgenError):
@@ -103,13 +123,13 @@ class ServiceError(BatchgenError):
 class AuthError(ServiceError):
     """401: the key was refused. The whole run stops."""
 
-    exit_code = 3
+    exit_code = ExitCode.AUTH
 
 
 class QuotaError(ServiceError):
     """403: insufficient quota or access denied. The whole run stops."""
 
-    exit_code = 3
+    exit_code = ExitCode.AUTH
 
 
 class RequestRejected(ServiceError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .args import EXIT_CODES, build_parser
+from .errors import ExitCode
 
 USAGE_WIDTH = 100  # usage lines are wrapped at this width whatever the terminal, so the output is stable
 
@@ -70,7 +71,7 @@ def expand_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str
 
 
 def exit_codes() -> list[tuple[str, str]]:
-    return [("128+N" if code == 128 else str(code), meaning) for code, meaning in EXIT_CODES.items()]
+    return [("128+N" if code == ExitCode.SIGNAL else str(int(code)), meaning) for code, meaning in EXIT_CODES.items()]
 
 
 def markdown(root: argparse.ArgumentParser) -> str:

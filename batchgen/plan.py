@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .errors import UsageError
 from .ledger import Record
 from .manifest import Item
+from .records import doubt_open
 
 if TYPE_CHECKING:
     from .config import RunSettings
@@ -63,11 +64,11 @@ def make_plan(
         if record is None:
             plan.new.append(item)
             continue
-        if not item.same_request(record.get("request")):
+        if not item.same_request(record["request"]):
             plan.changed.append(item)
         else:
-            state = record.get("state")
-            task_id = record.get("task_id")
+            state = record["state"]
+            task_id = record["task_id"]
             if state == "succeeded":
                 if directory is not None and task_id and _missing(directory, record):
                     plan.missing.append(item)
@@ -84,7 +85,7 @@ def make_plan(
                     continue
             else:
                 plan.new.append(item)
-        if record.get("doubt_open") or record.get("submitting"):
+        if doubt_open(record):
             plan.in_doubt.append(item)  # submitted again now, with no task id since the doubtful call
     listed = {item.id for item in items}
     plan.not_in_manifest = sorted(set(records) - listed)
@@ -92,7 +93,7 @@ def make_plan(
 
 
 def _missing(directory: Path, record: Record) -> bool:
-    return any(not (directory / name).is_file() for name in record.get("files") or ())
+    return any(not (directory / name).is_file() for name in record["files"])
 
 
 # ---------------------------------------------------------------- what it would cost, before it is spent

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from .config import redact
+from .errors import ExitCode
 
 SUMMARY_EVERY = 30.0  # seconds between summary lines off a terminal
 
@@ -132,7 +133,11 @@ class Reporter:
         for the machine that reads the log.
         """
         code = figures["exit_code"]
-        normal = code in (0, 1, 5)  # done; some failed for good; incomplete, the next run continues
+        normal = code in (
+            ExitCode.OK,
+            ExitCode.FAILED,
+            ExitCode.INCOMPLETE,
+        )  # done; some failed for good; incomplete, the next run continues
         if self.fmt == "text" and self.quiet and normal:
             return
         parts = [counts_text(counts)] if counts is not None else []

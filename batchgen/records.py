@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
 from .errors import LedgerError
+from .failures import Kind
 from .files import STATE_DIR
 
 VERSION = 1
@@ -34,7 +35,7 @@ PREVIOUS_JOURNAL = "previous-journal.jsonl"  # ... and the journal from it to re
 
 
 class ErrorRecord(TypedDict):
-    kind: str  # task_transient, task_policy, rejected, bad_result, no_result, lost, duplicate_task, ...
+    kind: Kind  # failures.Kind: one spelling, on disk and in the code
     code: str | None
     message: str
 
@@ -59,7 +60,37 @@ class Record(TypedDict):
     sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
 
 
-def error_record(kind: str, code: str | None, message: str) -> ErrorRecord:
+# Typed readers. A record read from disk holds every required field (record_problem fills in a missing one) and a
+# record made in memory starts whole (new_record), so those are read as `record[name]`; these read the fields a
+# record may lack, and the request's input, with their meaning in one place.
+
+
+def paid(record: Record) -> int:
+    """createTask answers that carried a task id, over the item's whole life."""
+    return record.get("paid", 0)
+
+
+def in_doubt(record: Record) -> int:
+    """createTask calls that may have been paid without our learning the task id: counted, or under way."""
+    return record.get("in_doubt", 0) + record.get("submitting", False)
+
+
+def doubt_open(record: Record) -> bool:
+    """Whether the item's last create may have been paid, with no task id since (the next create warns)."""
+    return record.get("doubt_open", False) or record.get("submitting", False)
+
+
+def cost(record: Record) -> dict[str, float]:
+    """The service's billing fields from recordInfo, if it sent any."""
+    return record.get("cost") or {}
+
+
+def request_input(record: Record) -> dict[str, Any]:
+    """The request's `input` (prompt, seed, ...), empty when there is no request."""
+    return (record["request"] or {}).get("input") or {}
+
+
+def error_record(kind: Kind, code: str | None, message: str) -> ErrorRecord:
     return {"kind": kind, "code": code, "message": message}
 
 

@@ -10,7 +10,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from . import records
+from .errors import ExitCode, UsageError
 from .files import STATE_DIR, write_atomically
 from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
 from .progress import plural
@@ -33,18 +34,18 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
     for item_id, record in loaded.items.items():
         if item_id in retired:
             continue
-        state = record.get("state", "pending")
-        counts[state] = counts.get(state, 0) + 1
+        state = record["state"]
+        counts[state] += 1
         if state == "failed":
-            failed.append({"id": item_id, "attempts": record.get("attempts", 0), "error": record.get("error")})
+            failed.append({"id": item_id, "attempts": record["attempts"], "error": record["error"]})
         elif state in ("pending", "submitted"):
-            incomplete.append({"id": item_id, "state": state, "task_id": record.get("task_id")})
+            incomplete.append({"id": item_id, "state": state, "task_id": record["task_id"]})
         if state == "succeeded":
-            gone = [name for name in record.get("files") or () if not (directory / name).is_file()]
+            gone = [name for name in record["files"] if not (directory / name).is_file()]
             if gone:
                 missing.append({"id": item_id, "files": gone})
-        if record.get("in_doubt") or record.get("submitting"):
-            in_doubt.append({"id": item_id, "times": int(record.get("in_doubt", 0)) + bool(record.get("submitting"))})
+        if times := records.in_doubt(record):
+            in_doubt.append({"id": item_id, "times": times})
     return {
         "directory": str(directory),
         "manifest": loaded.manifest,
@@ -55,7 +56,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "in_doubt": in_doubt,
         "missing_files": missing,
         "not_in_manifest": sorted(retired & set(loaded.items)),
-        "files": sum(len(r.get("files") or ()) for i, r in loaded.items.items() if i not in retired),
+        "files": sum(len(r["files"]) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
         **_spend(loaded),
         "running_pid": running_pid(directory),
@@ -65,19 +66,19 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
 def _spend(loaded: Loaded) -> dict[str, Any]:
     """Money: the ledger's paid creates (every item's whole life, listed or not), the recorded price and the
     spend so far, and the service's own billing fields from recordInfo (summed; the balance of the latest)."""
-    paid = sum(int(record.get("paid", 0)) for record in loaded.items.values())
+    paid = sum(records.paid(record) for record in loaded.items.values())
     doc: dict[str, Any] = {"paid_creates": paid, "price": loaded.price, "spend": None}
     price = price_of(loaded.price)
     if price is not None:
         doc["spend"] = str(price * paid)
     consumed, costs, latest = 0.0, 0, None
     for record in loaded.items.values():
-        cost = record.get("cost") or {}
+        cost = records.cost(record)
         if "consumeCredits" in cost:
             consumed += cost["consumeCredits"]
             costs += 1
         if "remainedCredits" in cost:
-            when = record.get("finished_at") or ""
+            when = record["finished_at"] or ""
             if latest is None or when >= latest[0]:
                 latest = (when, cost["remainedCredits"])
     doc["service_credits"] = {
@@ -216,7 +217,11 @@ def write_metrics(
     if counts is not None:
         samples += [("batchgen_items", f'manifest="{label}",state="{state}"', counts.get(state, 0)) for state in STATES]
     samples += [(f"batchgen_last_run_{name}", f'manifest="{label}"', value) for name, value in figures.items()]
-    success = figures["finished_timestamp"] if figures["exit_code"] in (0, 1) else previous.get(SUCCESS)
+    success = (
+        figures["finished_timestamp"]
+        if figures["exit_code"] in (ExitCode.OK, ExitCode.FAILED)
+        else previous.get(SUCCESS)
+    )
     if success is not None:
         samples.append((SUCCESS, f'manifest="{label}"', success))
     lines: list[str] = []

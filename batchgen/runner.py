@@ -23,7 +23,7 @@ from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
 from .engine import Engine
-from .errors import BatchgenError, StorageError, UsageError
+from .errors import BatchgenError, ExitCode, StorageError, UsageError
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
@@ -48,10 +48,10 @@ def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum
     if fatal is not None:
         return fatal.exit_code
     if signum is not None:
-        return 128 + signum
+        return ExitCode.signal(signum)
     if counts["pending"] or counts["submitted"]:
-        return 5
-    return 1 if counts["failed"] else 0
+        return ExitCode.INCOMPLETE
+    return ExitCode.FAILED if counts["failed"] else ExitCode.OK
 
 
 def dry_run(settings: RunSettings, reporter: Reporter) -> int:
@@ -67,7 +67,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     if loaded and loaded.damaged:
         print(f"  note: {loaded.damaged}; a run will rebuild it from the journal")
     print("\n".join(describe(plan, settings)))
-    return 0
+    return ExitCode.OK
 
 
 class _Stop:
@@ -150,7 +150,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             if outcome is None:
                 raise
             reporter.error(str(exc))
-            if outcome.exit_code in (0, 1):
+            if outcome.exit_code in (ExitCode.OK, ExitCode.FAILED):
                 outcome.exit_code = StorageError.exit_code
 
 
@@ -296,7 +296,7 @@ def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) ->
     except (OSError, BatchgenError) as exc:
         reporter.warning(f"could not keep the run's figures for the contact sheet: {exc}")
     c = outcome.counts
-    if outcome.exit_code == 5:
+    if outcome.exit_code == ExitCode.INCOMPLETE:
         reporter.info(
             f"incomplete: {c['pending']} pending, {c['submitted']} submitted; run the same command again to continue",
             event="incomplete",

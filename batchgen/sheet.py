@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from . import provenance
+from . import provenance, records
 from .files import STATE_DIR, state_dir, write_atomically
 from .ledger import Record
 from .names import inside
@@ -90,8 +90,8 @@ def write_report(directory: Path) -> Path:
     names = [
         name
         for record in loaded.items.values()
-        if record.get("state") == "succeeded"
-        for name in record.get("files") or ()
+        if record["state"] == "succeeded"
+        for name in record["files"]
         if _plain_name(name)
     ]
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
@@ -190,8 +190,8 @@ def _entries(
     image with a --metadata sidecar shows the parameters the sidecar holds, and links to it."""
     entries: list[dict[str, Any]] = []
     for item_id, record in items.items():
-        state = record.get("state", "pending")
-        request_input = (record.get("request") or {}).get("input") or {}
+        state = record["state"]
+        request_input = records.request_input(record)
         base: dict[str, Any] = {
             "id": item_id,
             "state": "retired" if item_id in retired else state,
@@ -200,13 +200,13 @@ def _entries(
         }
         if request_input.get("seed") is not None:
             base["seed"] = request_input["seed"]
-        took = _seconds(record.get("submitted_at"), record.get("finished_at"))
+        took = _seconds(record["submitted_at"], record["finished_at"])
         if took is not None:
             base["took"] = took
         params = [f"{request_input[k]}" for k in _PARAMS if request_input.get(k) not in (None, "")]
         if params:
             base["params"] = params
-        files = [name for name in record.get("files") or () if _plain_name(name)] if state == "succeeded" else []
+        files = [name for name in record["files"] if _plain_name(name)] if state == "succeeded" else []
         reason = _reason(state, record, files)
         if reason:
             base["reason"] = reason
@@ -226,13 +226,15 @@ def _entries(
 
 def _reason(state: str, record: Record, files: list[str]) -> str:
     if state == "failed":
-        error: Mapping[str, Any] = record.get("error") or {}
-        code = f" {error['code']}" if error.get("code") else ""
-        attempts = int(record.get("attempts") or 0)
+        error = record["error"]
+        attempts = record["attempts"]
         tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})" if attempts else ""
-        return f"{error.get('kind', 'error')}{code}: {error.get('message', '')}{tried}"
+        if error is None:
+            return f"error: {tried}"
+        code = f" {error['code']}" if error.get("code") else ""  # may be missing in a hand-made ledger
+        return f"{error['kind']}{code}: {error['message']}{tried}"
     if state == "submitted":
-        return f"not finished yet (task {record['task_id']})" if record.get("task_id") else "not finished yet"
+        return f"not finished yet (task {record['task_id']})" if record["task_id"] else "not finished yet"
     if state == "pending":
         return "not submitted yet"
     if state == "succeeded" and not files:

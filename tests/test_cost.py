@@ -13,6 +13,7 @@ import pytest
 from batchgen import manifest, plan
 from batchgen.config import RunSettings
 from batchgen.errors import UsageError
+from batchgen.records import new_record
 
 
 def batchgen(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -99,9 +100,9 @@ def test_describe_lists_cells_and_costs_new_changed_and_retried(write, tmp_path)
     items = manifest.load(path)
     done, changed, failed = items[0], items[1], items[2]
     records = {
-        done.id: {"state": "succeeded", "request": done.request},
-        changed.id: {"state": "succeeded", "request": {"model": "imagen4-ultra", "input": {"prompt": "old"}}},
-        failed.id: {"state": "failed", "request": failed.request},
+        done.id: {**new_record(done.request), "state": "succeeded"},
+        changed.id: {**new_record({"model": "imagen4-ultra", "input": {"prompt": "old"}}), "state": "succeeded"},
+        failed.id: {**new_record(failed.request), "state": "failed"},
     }
     made = plan.make_plan(items, records, retry_failed=True)
     settings = RunSettings(

@@ -91,12 +91,12 @@ def test_record_tolerates_missing_and_null_fields():
 @pytest.mark.parametrize(
     ("code", "message", "kind"),
     [
-        ("500", "Internal Error, Please try again later.", "transient"),
-        (None, "upstream timeout", "transient"),
-        ("400", "Your prompt was flagged as violating content policies.", "policy"),
-        ("", "safety filter triggered", "policy"),
-        ("422", "invalid aspect ratio", "invalid"),
-        ("E123", "something new", "unknown"),
+        ("500", "Internal Error, Please try again later.", "task_transient"),
+        (None, "upstream timeout", "task_transient"),
+        ("400", "Your prompt was flagged as violating content policies.", "task_policy"),
+        ("", "safety filter triggered", "task_policy"),
+        ("422", "invalid aspect ratio", "task_invalid"),
+        ("E123", "something new", "task_unknown"),
     ],
 )
 def test_failure_classification_table(code, message, kind):

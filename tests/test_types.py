@@ -1,0 +1,38 @@
+"""One name per meaning (issue 19): the exit codes are one enum, the failure kinds one Literal spelled as the
+ledger keeps them, and a record's optional fields are read through records.py's readers."""
+
+from __future__ import annotations
+
+import typing
+
+from batchgen import args, errors, failures, records
+from batchgen.errors import ExitCode
+
+
+def test_every_exit_code_has_its_meaning_and_every_error_its_code():
+    assert set(args.EXIT_CODES) == set(ExitCode)
+    assert list(args.EXIT_CODES) == sorted(ExitCode, key=[70, 3, 2, 4, 128, 5, 1, 0].index)
+    assert ExitCode.signal(15) == 143 and args.exit_meaning(143) == "stopped by SIGTERM; state saved"
+    for name in dir(errors):
+        cls = getattr(errors, name)
+        if isinstance(cls, type) and issubclass(cls, errors.BatchgenError):
+            assert isinstance(cls.exit_code, ExitCode), name
+
+
+def test_the_table_classifies_into_the_ledger_spelling():
+    kinds = set(typing.get_args(failures.Kind))
+    assert set(typing.get_args(failures.TaskKind)) <= kinds
+    assert {kind for kind, _ in failures.TABLE} | {failures.classify("E1", "new")} == set(
+        typing.get_args(failures.TaskKind)
+    )
+    assert failures.classify("400", "flagged") == "task_policy"
+
+
+def test_readers_give_the_meaning_of_fields_a_record_may_lack():
+    record = records.new_record({"model": "imagen4-ultra", "input": {"prompt": "a fox", "seed": 3}})
+    assert records.paid(record) == 0 and records.in_doubt(record) == 0 and not records.doubt_open(record)
+    assert records.cost(record) == {} and records.request_input(record)["seed"] == 3
+    record["submitting"] = True
+    record["in_doubt"] = 2
+    assert records.in_doubt(record) == 3 and records.doubt_open(record)
+    assert records.request_input(records.new_record(None)) == {}
