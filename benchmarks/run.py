@@ -537,10 +537,33 @@ def main() -> int:
                 rows.append(row)
                 if scenario.kind != "real":  # real_profile prints each run as it ends (they take minutes)
                     print(json.dumps(row), flush=True)
+        if not args.names or "matrix_limit" in args.names:
+            rows.append(matrix_limit(Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
     print()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {'quick' if args.quick else 'full'}")
     print(table(rows))
     return 0 if all(r.get("exit") == 0 for r in rows) else 1
+
+
+def matrix_limit(work: Path) -> dict[str, Any]:
+    """`batchgen validate` of one item whose matrix makes 1,000 x 1,000 x 1,000 cells: refused from the axes'
+    lengths, never made one by one (that would take hours). Its exit is 0 when it was refused as it should be
+    (validate's exit 2); the figure is the wall time of the refusal."""
+    (work / "n.txt").write_text("\n".join(str(n) for n in range(1000)), encoding="utf-8")
+    path = work / "big.yaml"
+    path.write_text(
+        "- id: big\n  prompt: '{a} {b} {c}'\n  matrix: {a: {file: n.txt}, b: {file: n.txt}, c: {file: n.txt}}\n",
+        encoding="utf-8",
+    )
+    result = measured([sys.executable, "-m", "batchgen", "validate", str(path)], dict(os.environ))
+    return {
+        "scenario": "matrix_limit",
+        "n": 1_000_000_000,
+        "exit": 0 if result["exit"] == 2 else result["exit"] or 1,
+        "wall_s": round(result["wall"], 2),
+        "peak_rss_mb": round(result["rss_mb"], 1),
+    }
 
 
 if __name__ == "__main__":

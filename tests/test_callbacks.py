@@ -14,7 +14,7 @@ from batchgen.callbacks import CallbackReceiver
 from batchgen.config import PollSchedule
 from batchgen.progress import Reporter
 
-from .conftest import make_settings, manifest_of, until
+from .helpers import make_settings, manifest_of, until
 
 
 def free_port() -> int:

@@ -16,9 +16,8 @@ from batchgen import args
 from batchgen.config import PollSchedule
 from batchgen.progress import clip
 
-from .conftest import KEY, manifest_of
-from .test_cli_run import cli as run_cli
-from .test_cli_run import run_args
+from .helpers import KEY, manifest_of, run_args
+from .helpers import cli as run_cli
 
 BATCHGEN = [sys.executable, "-m", "batchgen"]
 

@@ -9,73 +9,12 @@ import os
 import random
 import signal
 import sys
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from batchgen import ledger, manifest
 
-from .conftest import KEY, manifest_of, until
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGEN_")}
-    return {**base, "BATCHGEN_API_KEY": KEY, **extra}
-
-
-def run_args(path: Path, out: Path, sim, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "batchgen",
-        "run",
-        str(path),
-        "--out",
-        str(out),
-        "--api-base",
-        sim.api_url,
-        "--poll-interval",
-        "0.05",
-        "--create-rate",
-        "1000/1",
-        "--poll-rate",
-        "1000",
-        *extra,
-    ]
-
-
-async def start(args: list[str], **kw) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=kw.pop("env", env()),
-        **kw,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def cli(args: list[str], **kw) -> tuple[int, str, str]:
-    return await finish(await start(args, **kw))
-
-
-def check_directory(out: Path) -> dict:
-    """After any kill: results.json (if any) is complete JSON; every image under a final name is whole."""
-    if (out / "results.json").exists():
-        json.loads((out / "results.json").read_text())
-    loaded = ledger.load(out)
-    for image_path in [*out.glob("*.png"), *out.glob("*.jpg")]:
-        with Image.open(image_path) as image:
-            image.load()
-    return loaded.items
+from .helpers import KEY, ROOT, check_directory, cli, env, finish, manifest_of, run_args, start, until
 
 
 async def test_run_non_tty_output_is_plain_lines_with_a_summary(sim_factory, tmp_path):

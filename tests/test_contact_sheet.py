@@ -18,7 +18,7 @@ from batchgen.ledger import Ledger, error_record
 from batchgen.progress import Reporter
 
 from .browser import ARTEFACTS, chromium, needs_browser
-from .conftest import KEY, make_settings
+from .helpers import KEY, make_settings
 
 # A prompt that tries every way out of its element: of the JSON <script> block, of an attribute, of the text.
 HOSTILE = '</script><script>document.title="pwned"</script><img src=x onerror=alert(1)> & \u2028 <!-- "quotes"'

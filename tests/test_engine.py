@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from batchgen import ledger, runner
+from batchgen import ledger
 from batchgen.config import Secret
-from batchgen.progress import Reporter
 
-from .conftest import make_settings, manifest_of
-
-
-async def run(settings) -> runner.Outcome:
-    return await runner.run(settings, Reporter(stream=io.StringIO(), progress=False))
-
-
-def results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
+from .helpers import make_settings, manifest_of, results, run
 
 
 def assert_verified_files(out: Path, doc: dict) -> None:

@@ -10,7 +10,7 @@ from batchgen import manifest, runner
 from batchgen.progress import Reporter
 from batchgen.sim.model import request_key
 
-from .conftest import make_settings
+from .helpers import make_settings, run
 
 GRID = """\
 items:
@@ -27,10 +27,6 @@ items:
 def requests_of(path: Path) -> dict[str, str]:
     """Each manifest item's id -> the key the simulator counts its creates by."""
     return {item.id: request_key(item.request) for item in manifest.load(path)}
-
-
-async def run(settings) -> runner.Outcome:
-    return await runner.run(settings, Reporter(stream=io.StringIO(), progress=False))
 
 
 async def test_an_edited_grid_pays_only_for_its_new_cells(sim_factory, tmp_path, capsys):

@@ -29,18 +29,9 @@ from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
 
-from .conftest import KEY, make_settings, manifest_of
-from .test_cli_run import cli, run_args, until
+from .helpers import KEY, cli, make_settings, manifest_of, results, run, run_args, small_disk, until
 
 DAY = 24 * 3600.0
-
-
-async def run(settings, stream: io.StringIO | None = None) -> runner.Outcome:
-    return await runner.run(settings, Reporter(stream=stream or io.StringIO(), verbose=True))
-
-
-def results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
 
 
 def sha256(path: Path) -> str:
@@ -605,7 +596,6 @@ async def test_two_resumed_items_with_one_task_id_never_both_succeed(sim_factory
 
 
 async def test_a_disk_already_full_at_start_is_exit_5_not_a_traceback(sim_factory, tmp_path):
-    from .test_hardening import small_disk
 
     with small_disk(tmp_path / "disk", "64k") as disk:
         with contextlib.suppress(OSError):  # fills the 64k disk, then ENOSPC

@@ -24,16 +24,7 @@ from batchgen.config import RetryPolicy, Secret, Timeouts, read_key
 from batchgen.errors import LedgerError, ManifestError, UsageError
 from batchgen.progress import Reporter
 
-from .conftest import KEY, make_settings, manifest_of
-
-
-async def run(settings, stream: io.StringIO | None = None) -> runner.Outcome:
-    return await runner.run(settings, Reporter(stream=stream or io.StringIO(), verbose=True))
-
-
-def results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
-
+from .helpers import KEY, make_settings, manifest_of, results, run, small_disk
 
 # ---------------------------------------------------------------- 1. hostile manifests
 
@@ -363,22 +354,6 @@ def test_newer_ledger_and_other_manifest_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- 5. disk trouble
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str):
-    path.mkdir()
-    if (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        != 0
-    ):
-        pytest.skip("this machine does not let us mount a tmpfs")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 async def test_a_full_disk_stops_cleanly_and_the_next_run_resumes(sim_factory, tmp_path):

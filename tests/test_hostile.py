@@ -17,8 +17,7 @@ import pytest
 
 from batchgen import ledger
 
-from .conftest import KEY, manifest_of
-from .test_cli_run import ROOT, env, run_args
+from .helpers import KEY, ROOT, cli, env, manifest_of, run_args
 
 BATCHGEN = [sys.executable, "-m", "batchgen"]
 MEMORY_CAP = 2 * 1024**3  # bytes of address space: ample for batchgen, far below what /dev/zero would take
@@ -245,8 +244,6 @@ def test_status_to_a_closed_pipe_is_quiet_141(tmp_path):
 
 
 async def test_an_index_html_folder_is_one_error_line_and_the_run_keeps_its_outcome(sim_factory, tmp_path):
-    from .test_cli_run import cli
-
     manifest = manifest_of(tmp_path / "m.yaml", ["a"])
     out = tmp_path / "out"
     (out / "index.html").mkdir(parents=True)
@@ -266,8 +263,6 @@ async def test_an_index_html_folder_is_one_error_line_and_the_run_keeps_its_outc
 
 
 async def test_a_run_with_stderr_closed_does_its_work(sim_factory, tmp_path):
-    from .test_cli_run import cli
-
     manifest = manifest_of(tmp_path / "m.yaml", ["a", "b"])
     out = tmp_path / "out"
     async with sim_factory(api_key=KEY, latency=0.05) as sim:

@@ -11,7 +11,7 @@ import pytest
 from batchgen import manifest, schema
 from batchgen.errors import ManifestError
 
-from .test_manifest import problems
+from .helpers import problems
 
 
 def validate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -15,8 +15,7 @@ import pytest
 
 from batchgen import ledger, sheet
 
-from .conftest import KEY, manifest_of
-from .test_operator import INJECT
+from .helpers import INJECT, KEY, manifest_of, until
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHTLY = ROOT / "jobs" / "nightly.sh"
@@ -160,10 +159,8 @@ async def test_two_nightly_runs_at_once_the_second_exits_4(sim_factory, tmp_path
     async with sim_factory(api_key=KEY) as sim:
         settings = env_file(tmp_path, sim, manifest, str(tmp_path / "images"))
         first = await nightly(settings)
-        deadline = time.monotonic() + 60
-        while sim.stats.creates == 0:  # the lock is taken before any create
-            assert time.monotonic() < deadline, "the first night never submitted"
-            await asyncio.sleep(0.02)
+        # the lock is taken before any create
+        await until(lambda: sim.stats.creates, 60, what="the first night never submitted")
         second = await nightly(settings)
         _, second_err = await second.communicate()
         assert sim.release() == 1

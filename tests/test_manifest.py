@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 
 from batchgen import manifest
-from batchgen.errors import ManifestError
 
-
-def problems(path: Path) -> list[str]:
-    with pytest.raises(ManifestError) as info:
-        manifest.load(path)
-    return [str(p) for p in info.value.problems]
+from .helpers import problems
 
 
 def test_yaml_with_defaults_normalises_aliases_and_keeps_lines(write):

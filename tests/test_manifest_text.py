@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from batchgen import manifest
 from batchgen.errors import ManifestError
 
-from .test_manifest import problems
+from .helpers import problems
 
 UNENCODABLE = "text that cannot be encoded as UTF-8"
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from batchgen import ids, manifest
 
-from .test_manifest import problems
+from .helpers import problems
 
 ZOO = """\
 items:
@@ -288,10 +287,9 @@ def test_an_expansion_past_the_limit_is_refused_before_it_is_made(write):
         "big.yaml",
         "- id: big\n  prompt: '{a} {b} {c}'\n  matrix: {a: {file: n.txt}, b: {file: n.txt}, c: {file: n.txt}}\n",
     )
-    started = time.monotonic()
-    found = problems(path)
-    assert time.monotonic() - started < 5  # a billion cells made one by one would take hours
-    assert found == [
+    # Sized from the axes' lengths, never made one by one (that would take hours): how fast is benchmarks/run.py's
+    # matrix_limit figure, not an assertion here.
+    assert problems(path) == [
         f"{path}:1: item 'big': matrix: 1,000 a × 1,000 b × 1,000 c = 1,000,000,000 items; the limit is 100,000"
     ]
 

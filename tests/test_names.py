@@ -12,8 +12,7 @@ import pytest
 from batchgen import ledger, manifest, names
 from batchgen.errors import UsageError
 
-from .conftest import KEY, manifest_of
-from .test_cli_run import cli, env, run_args
+from .helpers import KEY, cli, env, manifest_of, run_args
 
 GRID = """\
 items:

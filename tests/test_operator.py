@@ -4,6 +4,7 @@ the summary on every exit path, the error ladder's last rung (exit 70), and outp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,8 +22,7 @@ from batchgen import ledger, report
 from batchgen.errors import Problem
 from batchgen.report import SUCCESS
 
-from .conftest import KEY, manifest_of
-from .test_cli_run import ROOT, cli, env, finish, run_args, start, until
+from .helpers import INJECT, KEY, ROOT, cli, env, finish, manifest_of, run_args, start, until
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} batchgen: ")
 
@@ -243,20 +243,9 @@ async def test_a_run_whose_stderr_reader_went_away_finishes_its_work(sim_factory
 
 # ---------------------------------------------------------------- the last rung: a bug is exit 70
 
+
 # Test code driving the real ladder: the real CLI in a subprocess, with one broken object put in place of the
 # download step, so that an exception batchgen never expects is raised deep inside the run's TaskGroup.
-INJECT = """
-import sys
-import batchgen.cli, batchgen.download
-
-async def broken_fetch(*args, **kwargs):
-    raise {error}
-
-batchgen.download.fetch = broken_fetch
-sys.exit(batchgen.cli.main(sys.argv[1:]))
-"""
-
-
 def _injected(error: str, args: list[str]) -> list[str]:
     return [sys.executable, "-c", INJECT.format(error=error), *args[3:]]  # args[:3] is python -m batchgen
 
@@ -361,14 +350,13 @@ async def test_a_signal_before_the_run_began_still_writes_the_metrics_and_the_su
     args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(tmp_path / "out")]
     args += ["--api-base", "http://127.0.0.1:9", "--api-key-file", str(fifo)]
     proc = await start([*args, "--metrics-file", str(metrics), "--log-format", "json"])
-    deadline = time.monotonic() + 20
-    while True:  # a non-blocking open for writing succeeds once batchgen has the FIFO open for reading
-        try:
-            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "batchgen never opened the key file"
-            await asyncio.sleep(0.02)
+
+    def opened() -> int | None:  # a non-blocking open for writing succeeds once batchgen has the FIFO open for reading
+        with contextlib.suppress(OSError):
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        return None
+
+    writer = await until(opened, what="batchgen never opened the key file")
     try:
         proc.send_signal(signal.SIGTERM)
         code, _, stderr = await finish(proc)

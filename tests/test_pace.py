@@ -12,14 +12,15 @@ import pytest
 
 from batchgen import cli, commands, memory, runner
 from batchgen.config import PollSchedule, RunSettings
-from batchgen.progress import Reporter
 
-from .conftest import KEY, make_settings, manifest_of
+from . import helpers
+from .helpers import KEY, make_settings, manifest_of
 
 
 async def run(settings) -> tuple[runner.Outcome, str]:
+    """A run and its log (no debug lines)."""
     stream = io.StringIO()
-    outcome = await runner.run(settings, Reporter(stream=stream, progress=False))
+    outcome = await helpers.run(settings, stream, verbose=False)
     return outcome, stream.getvalue()
 
 

@@ -11,8 +11,7 @@ from PIL import Image
 from batchgen import __version__, ledger, provenance
 from batchgen.sim.images import with_c2pa
 
-from .conftest import KEY
-from .test_cli_run import cli, run_args
+from .helpers import KEY, cli, run_args
 
 MANIFEST = """\
 - id: fox

@@ -8,8 +8,7 @@ from pathlib import Path
 from batchgen import report, runner
 from batchgen.progress import Reporter
 
-from .conftest import KEY, make_settings, manifest_of
-from .test_cli_run import cli, run_args
+from .helpers import KEY, cli, make_settings, manifest_of, run_args
 
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> & "quotes"'
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from .conftest import until
+from .helpers import until
 
 KEY = {"Authorization": "Bearer test-key"}
 CREATE = "/api/v1/jobs/createTask"
@@ -39,13 +38,11 @@ async def record(session: aiohttp.ClientSession, sim, task_id: str) -> tuple[int
 
 
 async def wait_state(session, sim, task_id: str, states: set[str], deadline: float = 10.0) -> dict[str, Any]:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    async def reached() -> dict[str, Any] | None:
         status, answer = await record(session, sim, task_id)
-        if status == 200 and answer["data"]["state"] in states:
-            return answer["data"]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} never reached {states}")
+        return answer["data"] if status == 200 and answer["data"]["state"] in states else None
+
+    return await until(reached, deadline, every=0.05, what=f"task {task_id} never reached {states}")
 
 
 async def test_create_poll_download_lifecycle(sim_factory):
@@ -56,16 +53,17 @@ async def test_create_poll_download_lifecycle(sim_factory):
         task_id = answer["data"]["taskId"]
         assert task_id.startswith("task_imagen4-ultra_")
         seen: list[str] = []
-        deadline = time.monotonic() + 20
-        while not seen or seen[-1] != "success":
-            assert time.monotonic() < deadline, f"never finished; saw {seen}"
-            status, info = await record(s, sim, task_id)
+
+        async def finished() -> dict[str, Any] | None:
+            _, info = await record(s, sim, task_id)
             data = info["data"]
             if not seen or seen[-1] != data["state"]:
                 seen.append(data["state"])
             if data["state"] != "success":
                 assert data["resultJson"] == "" and data["completeTime"] is None
-                await asyncio.sleep(0.02)
+            return data if data["state"] == "success" else None
+
+        data = await until(finished, 20, what="the task never finished")
         # However fast or slow the polls came, the states seen follow the lifecycle in order.
         assert seen == sorted(seen, key=lifecycle.index) and len(set(seen)) == len(seen)
         assert json.loads(data["param"]) == body(aspect_ratio="16:9", output_format="jpg", seed=3)
@@ -179,10 +177,11 @@ async def test_rate_window_429_drops_the_request(sim_factory):
         statuses = [(await create(s, sim, body(f"p{n}")))[0] for n in range(5)]
         assert statuses == [200, 200, 200, 429, 429]
         assert sim.stats.creates == 3 and sim.stats.rate_limited == 2
-        deadline = time.monotonic() + 10
-        while (await create(s, sim, body("later")))[0] != 200:  # a refused create is dropped: retrying is free
-            assert time.monotonic() < deadline, "the window never reopened"
-            await asyncio.sleep(0.05)
+
+        async def accepted() -> bool:  # a refused create is dropped: retrying is free
+            return (await create(s, sim, body("later")))[0] == 200
+
+        await until(accepted, 10, every=0.05, what="the window never reopened")
         assert sim.stats.creates == 4
 
 

@@ -8,8 +8,7 @@ import sys
 
 from batchgen import ledger
 
-from .conftest import KEY, manifest_of
-from .test_cli_run import cli, env, run_args
+from .helpers import KEY, cli, env, manifest_of, run_args
 
 
 async def test_price_is_recorded_and_spend_reported_in_summary_status_and_metrics(sim_factory, tmp_path):

@@ -1,0 +1,198 @@
+"""The tests' shared library: one home for what several test modules need (issue 19). No test module imports
+another test module; they import from here (and fixtures come from conftest.py).
+
+- running batchgen in-process (`run`, `make_settings`) or as a user does, in a subprocess (`run_args`, `cli`,
+  `start`, `finish`, `env`), and reading what it left (`results`, `check_directory`);
+- manifests (`manifest_of`) and the problems a bad one gives (`problems`);
+- waiting on a condition with a deadline (`until`), never a sleep to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from batchgen import ledger, manifest, runner
+from batchgen.errors import ManifestError
+from batchgen.progress import Reporter
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "test-key-0123456789"
+
+
+# ---------------------------------------------------------------- waiting
+
+
+async def until(
+    condition: Callable[[], Any], deadline: float = 20.0, *, every: float = 0.02, what: str = "condition not reached"
+) -> Any:
+    """Wait until `condition()` (a function, or a coroutine function) gives a true value, and return it; check
+    every `every` seconds; fail the test with `what` after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < end, what
+        await asyncio.sleep(every)
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def manifest_of(path: Path, prompts: list[str], **fields: object) -> Path:
+    """A YAML manifest with one item per prompt, ids item-00, item-01, ..."""
+    lines = []
+    for n, prompt in enumerate(prompts):
+        lines.append(f"- id: item-{n:02d}\n  prompt: {prompt!r}\n")
+        lines.extend(f"  {k}: {v!r}\n" for k, v in fields.items())
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    """The problems a manifest is refused with, as printed."""
+    with pytest.raises(ManifestError) as info:
+        manifest.load(path)
+    return [str(p) for p in info.value.problems]
+
+
+# ---------------------------------------------------------------- in-process runs
+
+
+def make_settings(manifest_path: Path, out: Path, sim: Any, **overrides: object) -> Any:
+    """RunSettings for a fast run against `sim`: short polls and back-offs, no progress bar."""
+    from batchgen.config import PollSchedule, RetryPolicy, RunSettings, Secret
+
+    values: dict[str, object] = dict(
+        manifest=manifest_path,
+        out=out,
+        api_base=sim.api_url,
+        api_key=Secret(KEY),
+        poll=PollSchedule(0.05),
+        create_rate=(1000, 1.0),
+        poll_rate=1000.0,
+        progress=False,
+        retry=RetryPolicy(calls=8, wait_initial=0.05, wait_max=0.4, wait_jitter=0.05),
+    )
+    values.update(overrides)
+    return RunSettings(**values)  # type: ignore[arg-type]
+
+
+async def run(settings: Any, stream: io.StringIO | None = None, *, verbose: bool = True) -> runner.Outcome:
+    """One run in-process; its log lines (debug lines too, unless not `verbose`) go to `stream`, or nowhere."""
+    return await runner.run(settings, Reporter(stream=stream or io.StringIO(), verbose=verbose, progress=False))
+
+
+def results(out: Path) -> dict[str, Any]:
+    """DIR/results.json as a document."""
+    return json.loads((out / "results.json").read_text())  # type: ignore[no-any-return]
+
+
+def check_directory(out: Path) -> dict[str, Any]:
+    """After any kill: results.json (if any) is complete JSON; every image under a final name is whole."""
+    if (out / "results.json").exists():
+        json.loads((out / "results.json").read_text())
+    loaded = ledger.load(out)
+    for image_path in [*out.glob("*.png"), *out.glob("*.jpg")]:
+        with Image.open(image_path) as image:
+            image.load()
+    return dict(loaded.items)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `path` (a nearly full disk), or the test is skipped where mount is not permitted."""
+    path.mkdir()
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("this machine does not let us mount a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# ---------------------------------------------------------------- the CLI in a subprocess
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of a batchgen subprocess: no BATCHGEN_* of the caller's, the test key."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGEN_")}
+    return {**base, "BATCHGEN_API_KEY": KEY, **extra}
+
+
+def run_args(path: Path, out: Path, sim: Any, *extra: str) -> list[str]:
+    """`batchgen run` against `sim`, at the test pace."""
+    return [
+        sys.executable,
+        "-m",
+        "batchgen",
+        "run",
+        str(path),
+        "--out",
+        str(out),
+        "--api-base",
+        sim.api_url,
+        "--poll-interval",
+        "0.05",
+        "--create-rate",
+        "1000/1",
+        "--poll-rate",
+        "1000",
+        *extra,
+    ]
+
+
+async def start(args: list[str], **kw: Any) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=kw.pop("env", env()),
+        **kw,
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def cli(args: list[str], **kw: Any) -> tuple[int, str, str]:
+    """Run the command to its end: (exit code, stdout, stderr)."""
+    return await finish(await start(args, **kw))
+
+
+# The real CLI with one object broken: `python -c INJECT.format(error=...)` raises `error` from every download.
+INJECT = """
+import sys
+import batchgen.cli, batchgen.download
+
+async def broken_fetch(*args, **kwargs):
+    raise {error}
+
+batchgen.download.fetch = broken_fetch
+sys.exit(batchgen.cli.main(sys.argv[1:]))
+"""
