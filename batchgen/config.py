@@ -71,9 +71,11 @@ class RetryPolicy:
     wait_max: float = 60.0
     wait_jitter: float = 1.0  # up to this many seconds added at random
 
-    def delay(self, attempt: int, jitter: float) -> float:
-        """The wait after failed attempt number `attempt` (1-based); `jitter` is a random number in [0, 1)."""
-        return min(self.wait_max, self.wait_initial * 2.0 ** (attempt - 1)) + self.wait_jitter * jitter
+    def delay(self, failed: int, jitter: float) -> float:
+        """The wait after the `failed`-th failed call in a row (1-based); `jitter` is a random number in [0, 1).
+
+        (A "call" is one HTTP call of an operation; an item's "attempts" are its submissions, in the ledger.)"""
+        return min(self.wait_max, self.wait_initial * 2.0 ** (failed - 1)) + self.wait_jitter * jitter
 
 
 @dataclass(frozen=True, slots=True)

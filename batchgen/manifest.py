@@ -70,8 +70,9 @@ class CellItem(Item):
 
 
 @dataclass(frozen=True, slots=True)
-class Loaded:
-    """A manifest's items, and how many it lists before matrices and counts are expanded."""
+class Counted:
+    """A manifest's items, and how many it lists before matrices and counts are expanded (records.Loaded is the
+    ledger's, a different thing)."""
 
     items: list[Item]
     listed: int
@@ -82,7 +83,7 @@ def load(path: str | Path) -> list[Item]:
     return load_counted(path).items
 
 
-def load_counted(path: str | Path) -> Loaded:
+def load_counted(path: str | Path) -> Counted:
     """`load`, with the number of items the file lists (`validate` prints both)."""
     path = Path(path)
     name = str(path)
@@ -95,7 +96,7 @@ def load_counted(path: str | Path) -> Loaded:
     out.raise_if_any()
     items = _validate(raw_items or [], path.parent, out)
     out.raise_if_any()
-    return Loaded(items, len(raw_items or ()))
+    return Counted(items, len(raw_items or ()))
 
 
 # ---------------------------------------------------------------- validation
