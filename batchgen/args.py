@@ -328,27 +328,14 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
         "--files-port", type=port, default=sim.files_port, help="port of the result-file origin (default: free)"
     )
     p.add_argument("--api-key", help="the only key accepted (default: any non-empty Bearer token)")
-    p.add_argument(
-        "--latency",
-        type=non_negative_number,
-        default=sim.latency,
-        help="seconds from creation to result (default %(default)g)",
-    )
-    p.add_argument(
-        "--jitter",
-        type=non_negative_number,
-        default=sim.jitter,
-        help="+/- seconds around --latency (default %(default)g)",
-    )
-    p.add_argument(
-        "--results-per-task",
-        type=positive_int,
-        default=sim.results_per_task,
-        help="result URLs per task (default %(default)s)",
-    )
-    p.add_argument(
-        "--image-scale", type=positive_number, default=sim.image_scale, help="1.0 = real 2K sizes (default %(default)g)"
-    )
+    knobs: dict[str, tuple[Callable[[str], Any], str]] = {
+        "latency": (non_negative_number, "seconds from creation to result (default %(default)g)"),
+        "jitter": (non_negative_number, "+/- seconds around --latency (default %(default)g)"),
+        "results_per_task": (positive_int, "result URLs per task (default %(default)s)"),
+        "image_scale": (positive_number, "1.0 = real 2K sizes (default %(default)g)"),
+    }
+    for name, (kind, text) in knobs.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(sim, name), help=text)
     rate = format_rate(sim.rate) if sim.rate else "none"
     p.add_argument("--rate", default=rate, help="creates per window, N/SECONDS, or 'none' (default %(default)s)")
     p.add_argument("--capacity", type=positive_int, help="429 beyond this many tasks in flight")
