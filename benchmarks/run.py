@@ -8,7 +8,7 @@ The simulator runs in a process of its own. For each scenario: wall time, the id
 (max(N/rate, ceil(N/capacity) * latency) + latency), efficiency = ideal / actual, client CPU ms per task (the
 child's rusage), status queries per task, 429s, paid creates per item, peak RSS; the same for the naive client
 (benchmarks/naive_client.py) where it applies, and the ratio. One table, then one JSON line per scenario.
-Figures are printed, never asserted: targets are in the README.
+Figures are printed, never asserted: targets and the last figures are in benchmarks/README.md.
 
 `real_profile` is the service's published profile at the real time scale — 20 creates per 10 s, at most 100
 tasks running, 20-45 s per image, about 10 status queries per second per key — run with batchgen's defaults

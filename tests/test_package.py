@@ -41,7 +41,9 @@ def test_the_wheel_carries_the_licence_metadata_jobs_and_samples(wheel):
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert meta["License"] == "MIT" and meta["Requires-Python"] == ">=3.11"
     assert "License :: OSI Approved :: MIT License" in meta.get_all("Classifier")
-    assert meta["Description-Content-Type"] == "text/markdown" and "## Running nightly" in meta.get_payload()
+    # The description is the README: the front page, which leads on to the nightly job in docs/.
+    assert meta["Description-Content-Type"] == "text/markdown" and "## Exit codes" in meta.get_payload()
+    assert "docs/nightly.md" in meta.get_payload()
     extras = meta.get_all("Provides-Extra")
     assert {"test", "dev", "completion"} <= set(extras)
     requires = meta.get_all("Requires-Dist")
