@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -68,6 +68,12 @@ class Record(TypedDict):
 def paid(record: Record) -> int:
     """createTask answers that carried a task id, over the item's whole life."""
     return record.get("paid", 0)
+
+
+def paid_total(items: Mapping[str, Record]) -> int:
+    """Every paid create the ledger counts, over every item's life, listed or not: spend so far = this x price.
+    The one place it is summed (the run's summary and `status` both read it)."""
+    return sum(paid(record) for record in items.values())
 
 
 def in_doubt(record: Record) -> int:

@@ -66,7 +66,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
 def _spend(loaded: Loaded) -> dict[str, Any]:
     """Money: the ledger's paid creates (every item's whole life, listed or not), the recorded price and the
     spend so far, and the service's own billing fields from recordInfo (summed; the balance of the latest)."""
-    paid = sum(records.paid(record) for record in loaded.items.values())
+    paid = records.paid_total(loaded.items)
     doc: dict[str, Any] = {"paid_creates": paid, "price": loaded.price, "spend": None}
     price = price_of(loaded.price)
     if price is not None:

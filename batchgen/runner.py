@@ -29,7 +29,7 @@ from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, describe, make_plan
 from .progress import Reporter, plural
-from .records import price_of
+from .records import paid_total, price_of
 from .submit import Counters
 
 
@@ -164,7 +164,7 @@ def _stems(items: list[Item], settings: RunSettings) -> dict[str, str] | None:
 def _spend(outcome: Outcome, ledger: Ledger) -> None:
     """What the run needs to report spend: the price (recorded in the ledger) and every paid create it counts."""
     outcome.price = price_of(ledger.price)
-    outcome.paid_total = sum(int(record.get("paid", 0)) for record in ledger.items.values())
+    outcome.paid_total = paid_total(ledger.items)
 
 
 @contextlib.contextmanager

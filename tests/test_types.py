@@ -36,3 +36,9 @@ def test_readers_give_the_meaning_of_fields_a_record_may_lack():
     record["in_doubt"] = 2
     assert records.in_doubt(record) == 3 and records.doubt_open(record)
     assert records.request_input(records.new_record(None)) == {}
+
+
+def test_spend_so_far_is_summed_in_one_place():
+    paid = records.new_record(None)
+    paid["paid"] = 2
+    assert records.paid_total({"a": paid, "b": records.new_record(None)}) == 2
