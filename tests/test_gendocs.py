@@ -122,3 +122,12 @@ def test_every_link_between_the_pages_leads_somewhere():
             assert path.exists(), f"{page.name}: {target}"
             if anchor and path in anchors:
                 assert anchor in anchors[path], f"{page.name}: {target}"
+
+
+def test_text_that_would_be_markup_is_escaped():
+    # roff: a line starting with . or ' is a request, a backslash an escape, - a hyphen (not a minus) otherwise
+    assert gendocs.roff(".TH evil") == "\\&.TH evil"
+    assert gendocs.roff("'br") == "\\&'br"
+    assert gendocs.roff("a\\fB--b\n.c") == "a\\efB\\-\\-b .c"
+    # Markdown: a | would end the table cell, a newline the row
+    assert gendocs.md("a|b\nc") == "a\\|b c"
