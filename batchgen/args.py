@@ -333,6 +333,12 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expired-url-rate", type=share, default=0.0, help="share of result URLs already expired")
     p.add_argument("--http200-errors", action="store_true", help="business errors with HTTP 200")
     p.add_argument(
+        "--png-trailer",
+        choices=["none", "garbage", "double_iend"],
+        default="none",
+        help="served PNGs are followed by bytes after IEND, or by a second IEND (default none)",
+    )
+    p.add_argument(
         "--envelope-429",
         choices=["relay", "business", "gateway", "empty", "mixed"],
         default="relay",
