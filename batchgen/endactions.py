@@ -45,6 +45,10 @@ class EndActions:
     ping: Secret | None = None
     bounds: Bounds = Bounds()
 
+    def urls(self) -> list[str]:
+        """The notify and ping URLs whole: a variable of ours holding one is kept from every child."""
+        return [u.value for u in self.notify] + ([self.ping.value] if self.ping else [])
+
     def secrets(self) -> list[str]:
         """Every text that must never reach a log line or a hook: the URLs, and their parts."""
         found = [part for url in self.notify for part in notify.url_secrets(url.value)]

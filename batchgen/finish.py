@@ -109,11 +109,14 @@ async def _at_end(
     clock = _Clock(actions.bounds, signalled=summary.code > 128)
     loop = asyncio.get_running_loop()
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    for signum in previous:
-        loop.add_signal_handler(signum, clock.signal)
+    try:
+        for signum in previous:
+            loop.add_signal_handler(signum, clock.signal)
+    except RuntimeError:  # not the main thread (a caller's own thread): signals stay with the main thread
+        previous = {}
     secrets = [*actions.secrets(), *([key] if key else [])]
     try:
-        jobs: list[Coroutine[Any, Any, object]] = [_hooks(actions, summary, out, clock, secrets)]
+        jobs: list[Coroutine[Any, Any, object]] = [_hooks(actions, summary, out, clock, key)]
         if actions.notify and should_notify(summary.code, actions.notify_on):
             title, body = message(summary)
             jobs.append(
@@ -130,9 +133,9 @@ async def _at_end(
                 signal.signal(signum, handler)
 
 
-async def _hooks(actions: EndActions, summary: Summary, out: Reporter, clock: _Clock, secrets: list[str]) -> None:
+async def _hooks(actions: EndActions, summary: Summary, out: Reporter, clock: _Clock, key: str | None) -> None:
     stdin = json.dumps(summary.document(), ensure_ascii=False).encode() + b"\n"
-    env = hook_env(os.environ, summary, secrets)
+    env = hook_env(os.environ, summary, [*actions.urls(), *([key] if key else [])])
     for n, argv in enumerate(actions.hooks, 1):
         name = f"--on-finish hook {n} ({shown(Path(argv[0]).name, 60)})"
         if clock.left(actions.bounds.grace) <= 0:
@@ -246,7 +249,7 @@ async def _notify(
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env=child_env(os.environ, secrets, proxy, ca),
+            env=child_env(os.environ, actions.urls(), proxy, ca),
             start_new_session=True,
         )
     except OSError as exc:
