@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import __version__, endactions, finish, report
-from .args import FlagError, Parser, add_end_arguments, build_parser, exit_meaning
+from .args import FlagError, Parser, build_parser, exit_meaning
 from .commands import COMMANDS, Session, StdoutError, StoppedEarly, flush_stdout
 from .errors import AuthError, BatchgenError, LockedError, ManifestError, QuotaError, StorageError, UsageError
 from .files import state_dir
@@ -51,7 +51,10 @@ def _peek(argv: list[str]) -> argparse.Namespace:
     peek.add_argument("-q", "--quiet", action="store_true")
     peek.add_argument("-v", "--verbose", action="store_true")
     peek.add_argument("--dry-run", action="store_true")
-    add_end_arguments(peek)
+    for flag in ("--on-finish", "--notify"):  # the end actions (finish.py) run on every exit path
+        peek.add_argument(flag, action="append")
+    peek.add_argument("--notify-on")
+    peek.add_argument("--ping")
     try:
         found, _ = peek.parse_known_args(argv)
     except FlagError:
@@ -75,14 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         directory=early.out if is_run else None,
     )
     if is_run and not early.dry_run:  # read leniently here: they run even when the flags cannot all be read
-        session.end = endactions.resolve(
-            getattr(early, "on_finish", None),
-            getattr(early, "notify", None),
-            getattr(early, "notify_on", None),
-            getattr(early, "ping", None),
-            os.environ,
-            strict=False,
-        )
+        hooks, urls, when, ping = (getattr(early, name, None) for name in ("on_finish", "notify", "notify_on", "ping"))
+        session.end = endactions.resolve(hooks, urls, when, ping, os.environ, strict=False)
     with _python_logs_to(session.out):
         code = _ladder(session, argv)
         if session.is_run:

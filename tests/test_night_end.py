@@ -332,3 +332,34 @@ def test_end_action_flags_are_read_once_and_checked_before_anything_runs():
     assert [endactions.should_notify(c, "problem") for c in (0, 1, 2, 3, 4, 5, 70, 143)] == [
         False, True, True, True, True, False, True, True
     ]  # fmt: skip
+
+
+async def test_a_crash_still_runs_the_end_actions_and_its_log_masks_their_urls(sim_factory, tmp_path, hook):
+    from .test_operator import _injected
+
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    out = tmp_path / "out"
+    record = tmp_path / "h.json"
+    async with Receiver().running() as monitor, sim_factory(api_key=KEY) as sim:
+        ping = f"http://127.0.0.1:{monitor.port}/{TOKEN}"
+        args = run_args(path, out, sim, "--ping", ping, "--on-finish", f"{sys.executable} {hook} {record}")
+        code, _, stderr = await cli(_injected('RuntimeError("a bug")', args))
+        assert code == 70, stderr
+        assert monitor.paths() == [f"/{TOKEN}/start", f"/{TOKEN}/70"]
+    assert json.loads(record.read_text())["env"]["BATCHGEN_EXIT"] == "70"
+    (crash_log,) = (out / ".batchgen").glob("crash-*.log")
+    assert "--ping ****" in crash_log.read_text() and TOKEN not in crash_log.read_text()
+    assert "--ping on the command line is visible to other users (ps); prefer BATCHGEN_PING" in stderr
+    assert TOKEN not in stderr
+
+
+async def test_a_flag_error_in_the_end_flags_still_writes_the_metrics_and_runs_the_hooks(sim_factory, tmp_path, hook):
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    record = tmp_path / "h.json"
+    metrics = tmp_path / "batchgen.prom"
+    async with sim_factory(api_key=KEY) as sim:
+        args = run_args(path, tmp_path / "out", sim, "--metrics-file", str(metrics), "--notify-on", "sometimes")
+        code, _, stderr = await cli([*args, "--on-finish", f"{sys.executable} {hook} {record}"])
+    assert code == 2 and "--notify-on: invalid choice" in stderr
+    assert 'batchgen_last_run_exit_code{manifest=""} 2' in metrics.read_text()
+    assert json.loads(record.read_text())["env"]["BATCHGEN_EXIT"] == "2"
