@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -363,3 +364,29 @@ async def test_a_flag_error_in_the_end_flags_still_writes_the_metrics_and_runs_t
     assert code == 2 and "--notify-on: invalid choice" in stderr
     assert 'batchgen_last_run_exit_code{manifest=""} 2' in metrics.read_text()
     assert json.loads(record.read_text())["env"]["BATCHGEN_EXIT"] == "2"
+
+
+@pytest.mark.slow
+async def test_sigterm_while_a_hook_hangs_cuts_it_within_the_signal_bound_and_keeps_the_exit_code(
+    sim_factory, tmp_path
+):
+    # 10 s: the bound after a signal (a systemd stop must fit TimeoutStopSec=60), not the 120 s of a normal end.
+    marker = tmp_path / "hook-started"
+    hang = f"import pathlib, time; pathlib.Path({str(marker)!r}).write_text('x'); time.sleep(600)"
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    async with sim_factory(api_key=KEY) as sim:
+        proc = await start(run_args(path, tmp_path / "out", sim, "--on-finish", f"{sys.executable} -c {hang!r}"))
+        await until(marker.exists, deadline=60)
+        proc.send_signal(signal.SIGTERM)
+        code, _, stderr = await finish_proc(proc)
+    assert code == 0, stderr  # the run itself was done: the signal only cut the hook
+    assert "cut at the end-of-run time limit (SIGTERM, then SIGKILL)" in stderr
+
+
+def test_the_notifier_gets_the_runs_proxy_and_ca_and_no_key_or_netrc():
+    env_in = {"BATCHGEN_API_KEY": KEY, "BATCHGEN_NOTIFY": f"json://h/{TOKEN}", "PATH": "/bin", "HOME": "/home/x"}
+    child = endactions.child_env(env_in, [f"json://h/{TOKEN}"], "http://proxy.example:3128", "/etc/ca.pem")
+    assert "BATCHGEN_API_KEY" not in child and "BATCHGEN_NOTIFY" not in child and child["PATH"] == "/bin"
+    assert child["HTTPS_PROXY"] == child["http_proxy"] == "http://proxy.example:3128"
+    assert child["REQUESTS_CA_BUNDLE"] == child["SSL_CERT_FILE"] == "/etc/ca.pem"
+    assert child["NETRC"] == os.devnull
