@@ -390,3 +390,15 @@ def test_the_notifier_gets_the_runs_proxy_and_ca_and_no_key_or_netrc():
     assert child["HTTPS_PROXY"] == child["http_proxy"] == "http://proxy.example:3128"
     assert child["REQUESTS_CA_BUNDLE"] == child["SSL_CERT_FILE"] == "/etc/ca.pem"
     assert child["NETRC"] == os.devnull
+
+
+async def test_json_logs_carry_the_hook_event_and_keep_the_summary_last(sim_factory, tmp_path, hook):
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    async with sim_factory(api_key=KEY) as sim:
+        args = run_args(path, tmp_path / "out", sim, "--log-format", "json")
+        code, _, stderr = await cli([*args, "--on-finish", f"{sys.executable} {hook} {tmp_path / 'h.json'} 4"])
+    assert code == 0, stderr
+    events = [json.loads(line) for line in stderr.splitlines()]
+    (hooked,) = [e for e in events if e["event"] == "hook"]
+    assert hooked["status"] == 4 and hooked["level"] == "warning" and "\x1b" not in hooked["msg"]
+    assert events[-1]["event"] == "summary" and events[-1]["exit_code"] == 0
