@@ -24,6 +24,7 @@ NOTIFY_ON = ("problem", "always")
 PING_OK = (0, 1, 5)  # exits a monitor should see as a night that ran: done, some failed for good, incomplete
 FIRST_FAILURES = 10
 STRIPPED = ("BATCHGEN_API_KEY", "BATCHGEN_PROXY", "BATCHGEN_NOTIFY", "BATCHGEN_PING")
+_SEVERAL = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.-]*://)")  # "url1, url2": split where a scheme follows
 PROXY_VARS = re.compile(r"(?i)^(https?|all|ftp|no)_proxy$")
 
 
@@ -88,7 +89,8 @@ def resolve(
         warn("--notify on the command line is visible to other users (ps); prefer BATCHGEN_NOTIFY")
     if ping and warn:
         warn("--ping on the command line is visible to other users (ps); prefer BATCHGEN_PING")
-    urls = [u for u in (notify_urls or [env.get("BATCHGEN_NOTIFY", "")]) if u.strip()]
+    given = notify_urls or [env.get("BATCHGEN_NOTIFY", "")]
+    urls = [u for text in given for u in _SEVERAL.split(text.strip()) if u.strip()]
     if urls and strict and not notify.available():
         raise UsageError("--notify needs Apprise: pip install 'batchgen[notify]'")
     ping_url = (ping or env.get("BATCHGEN_PING", "")).strip() or None

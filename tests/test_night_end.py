@@ -321,6 +321,8 @@ def test_end_action_flags_are_read_once_and_checked_before_anything_runs():
         ["a 'b c'"], None, None, None, {"BATCHGEN_NOTIFY": "json://h/x", "BATCHGEN_PING": "https://hc/u"}
     )
     assert actions.hooks == (("a", "b c"),) and actions.notify[0].value == "json://h/x" and actions.ping
+    several = endactions.resolve(None, None, None, None, {"BATCHGEN_NOTIFY": "mailto://u:pw@h?to=a,b, json://h/x"})
+    assert [u.value for u in several.notify] == ["mailto://u:pw@h?to=a,b", "json://h/x"]
     assert endactions.mask_argv(["run", "--notify", "slack://t/a/b", "--ping=https://hc/u"]) == [
         "run",
         "--notify",
