@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
-import functools
 import os
 import random
 import time
@@ -427,7 +426,7 @@ class Engine:
                         stems=self.names.stems(item.id, len(record.result_urls)),
                         settings=self.settings,
                         temp_dir=self.temp_dir,
-                        warn=functools.partial(self.reporter.warning, item=item.id),
+                        warn=lambda message: self.reporter.warning(message, item=item.id),
                     )
                 except DownloadError as exc:
                     last = exc
