@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from batchgen import endactions, finish
 from batchgen.config import Secret
+from batchgen.errors import TransportError
 from batchgen.progress import Reporter
 
 from .conftest import KEY, manifest_of, until
@@ -404,3 +406,36 @@ async def test_json_logs_carry_the_hook_event_and_keep_the_summary_last(sim_fact
     (hooked,) = [e for e in events if e["event"] == "hook"]
     assert hooked["status"] == 4 and hooked["level"] == "warning" and "\x1b" not in hooked["msg"]
     assert events[-1]["event"] == "summary" and events[-1]["exit_code"] == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_a_ping_trusts_the_runs_ca_bundle_and_refuses_an_unknown_certificate(tmp_path):
+    import ssl
+    import subprocess
+
+    from batchgen.client import ping
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monitor = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", monitor.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/{TOKEN}"
+    try:
+        assert await ping(url, seconds=5, ca_bundle=str(cert)) == 200
+        with pytest.raises(TransportError, match="TLS failed") as refused:
+            await ping(url, seconds=5)
+        assert TOKEN not in str(refused.value)
+    finally:
+        await runner.cleanup()
+    assert monitor.paths() == [f"/{TOKEN}"]
