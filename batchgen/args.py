@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 from . import __version__
 from .config import format_rate, run_default
+from .endactions import NOTIFY_ON_DEFAULT
 from .errors import ExitCode, UsageError
 from .sim.config import SimConfig
 
@@ -284,6 +285,38 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
+    add_end_arguments(p)
+
+
+def add_end_arguments(p: argparse.ArgumentParser) -> None:
+    """The night's end (finish.py): a hook, a message, a ping, on every exit path but --dry-run."""
+    end = p.add_argument_group("at the end of the run (every exit but --dry-run; 120 s in all, 10 s after a signal)")
+    end.add_argument(
+        "--on-finish",
+        action="append",
+        metavar="CMD",
+        help="run CMD (split like a shell would, never run by one) with the run's summary as JSON on stdin and "
+        "BATCHGEN_EXIT, BATCHGEN_DIR, BATCHGEN_MANIFEST in its environment (never the key); repeatable, in order",
+    )
+    end.add_argument(
+        "--notify",
+        action="append",
+        metavar="URL",
+        help="send one message through an Apprise URL (mail, Slack, ntfy, json://...); prefer env BATCHGEN_NOTIFY "
+        "(a URL with a token is a secret); needs pip install 'batchgen[notify]'; repeatable",
+    )
+    end.add_argument(
+        "--notify-on",
+        choices=["problem", "always"],
+        default=NOTIFY_ON_DEFAULT,
+        help="problem: exits 1, 2, 3, 4, 70 and 128+N, not 0 or 5; always: every run (default %(default)s)",
+    )
+    end.add_argument(
+        "--ping",
+        metavar="URL",
+        help="healthchecks-style monitor: URL/start at the start, URL for exits 0, 1 and 5, URL/<exit code> "
+        "otherwise; prefer env BATCHGEN_PING",
+    )
 
 
 def _add_price_argument(p: argparse.ArgumentParser) -> None:
@@ -363,6 +396,12 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
         "--expired-url-rate", type=share, default=sim.expired_url_rate, help="share of result URLs already expired"
     )
     p.add_argument("--http200-errors", action="store_true", help="business errors with HTTP 200")
+    p.add_argument(
+        "--png-trailer",
+        choices=["none", "garbage", "double_iend"],
+        default=sim.png_trailer,
+        help="served PNGs are followed by bytes after IEND, or by a second IEND (default %(default)s)",
+    )
     p.add_argument(
         "--envelope-429",
         choices=["relay", "business", "gateway", "empty", "mixed"],

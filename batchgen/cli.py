@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import __version__, report
+from . import __version__, endactions, finish, report
 from .args import FlagError, Parser, build_parser, exit_meaning
 from .commands import COMMANDS, Session, StdoutError, StoppedEarly, flush_stdout
 from .errors import (
@@ -59,6 +59,10 @@ def _peek(argv: list[str]) -> argparse.Namespace:
     peek.add_argument("-q", "--quiet", action="store_true")
     peek.add_argument("-v", "--verbose", action="store_true")
     peek.add_argument("--dry-run", action="store_true")
+    for flag in ("--on-finish", "--notify"):  # the end actions (finish.py) run on every exit path
+        peek.add_argument(flag, action="append")
+    peek.add_argument("--notify-on")
+    peek.add_argument("--ping")
     try:
         found, _ = peek.parse_known_args(argv)
     except FlagError:
@@ -81,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_file=early.metrics_file if is_run and not early.dry_run else None,
         directory=early.out if is_run else None,
     )
+    if is_run and not early.dry_run:  # read leniently here: they run even when the flags cannot all be read
+        hooks, urls, when, ping = (getattr(early, name, None) for name in ("on_finish", "notify", "notify_on", "ping"))
+        session.end = endactions.resolve(hooks, urls, when, ping, os.environ, strict=False)
     with _python_logs_to(session.out):
         code = _ladder(session, argv)
         if session.is_run:
@@ -255,7 +262,8 @@ def _write_crash_log(directory: str | None, trace: str, out: Reporter) -> Path |
     if not directory:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    head = out.redact(f"batchgen {__version__} at {utc_timestamp()}, pid {os.getpid()}: {' '.join(sys.argv)}\n\n")
+    argv = " ".join(endactions.mask_argv(sys.argv))
+    head = out.redact(f"batchgen {__version__} at {utc_timestamp()}, pid {os.getpid()}: {argv}\n\n")
     try:
         folder = state_dir(Path(directory))
         for name in (f"crash-{stamp}.log", f"crash-{stamp}-{os.getpid()}.log"):
@@ -288,6 +296,28 @@ def _finish_run(session: Session, code: int) -> int:
             out.error(f"--metrics-file {path}: cannot write it: {reason}", event="metrics_error")
         for warning in warnings:
             out.warning(warning, event="metrics_warning")
+    if not session.dry_run:
+        _end_actions(session, code)
     if not (session.dry_run and out.fmt == "text"):
         out.final(session.counts, {**figures, "dry_run": True} if session.dry_run else figures, exit_meaning(code))
     return code
+
+
+def _end_actions(session: Session, code: int) -> None:
+    """The night's end (finish.py): hooks, the message, the final ping, after the ledger, the contact sheet and
+    the metrics are final and while DIR is still locked; then the lock goes. Never changes the exit code."""
+    summary = endactions.Summary(
+        code=code,
+        meaning=exit_meaning(code),
+        manifest=session.manifest_path,
+        directory=session.directory,
+        counts=session.counts,
+        figures=session.figures,
+        failures=session.failures,
+    )
+    try:
+        finish.at_end(session.end, summary, session.out, key=session.key)
+    except Exception as exc:  # a bug in the end actions must not lose the run's exit code or its summary line
+        session.out.error(f"the end-of-run actions failed: {type(exc).__name__}: {exc}", event="end_actions_error")
+    finally:
+        session.hold.release()

@@ -377,3 +377,40 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+# ---------------------------------------------------------------- monitoring pings (finish.py)
+
+
+async def ping(url: str, *, seconds: float, proxy: str | None = None, ca_bundle: str | None = None) -> int:
+    """One GET to a monitoring URL (healthchecks-style `--ping`); returns the HTTP status.
+
+    Its own short-lived session: no key, no cookies, never ~/.netrc (trust_env is off), the proxy and the CA
+    bundle given by the caller. A ping URL is a secret: no message raised here holds it (TransportError names
+    only what went wrong)."""
+    import ssl
+
+    context: ssl.SSLContext | bool = True
+    if ca_bundle:
+        try:
+            context = ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"the CA bundle cannot be read: {exc}", sent=False) from None
+    bound = aiohttp.ClientTimeout(total=seconds)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=bound, headers={"User-Agent": USER_AGENT}, trust_env=False) as session,
+            session.get(url, proxy=proxy, ssl=context, allow_redirects=True, max_redirects=3) as response,
+        ):
+            await response.read()
+            return response.status
+    except aiohttp.InvalidURL:
+        raise TransportError("not a valid URL", sent=False) from None
+    except TimeoutError:
+        raise TransportError(f"no answer within {seconds:g} s") from None
+    except aiohttp.ClientSSLError as exc:
+        raise TransportError(f"TLS failed ({type(exc).__name__})") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise TransportError(f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})") from None
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"the request failed ({type(exc).__name__})") from None

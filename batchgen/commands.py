@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, manifest, memory, plan, report, runner, sheet
+from . import config, endactions, finish, manifest, memory, plan, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -42,6 +42,12 @@ class Session:
     directory: str | None = None  # DIR, for the crash log
     counts: dict[str, int] | None = None
     figures: dict[str, Any] = field(default_factory=dict)
+    # The night's end (finish.py): the actions, what they are told, and DIR's lock kept for them.
+    end: endactions.EndActions = field(default_factory=endactions.EndActions)
+    manifest_path: str | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    key: str | None = None
+    hold: finish.LockHold = field(default_factory=finish.LockHold)
 
 
 class StdoutError(Exception):
@@ -136,6 +142,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
 def cmd_run(args: argparse.Namespace, session: Session) -> int:
     out = session.out
     session.manifest = Path(args.manifest).name
+    session.manifest_path = args.manifest
     session.directory = args.out
     out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=None)
     warnings: list[str] = []
@@ -144,20 +151,25 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
         raise UsageError(f"--metrics-file {args.metrics_file}: {problem}")
     try:
         with _stop_on_signals() as early:  # reading the key from a pipe (`--api-key-file <(…)`) may block too
+            session.end = endactions.resolve(
+                args.on_finish, args.notify, args.notify_on, args.ping, os.environ, warn=warnings.append
+            )
             settings = settings_from(args, os.environ, warnings)
             secret = settings.api_key.value if settings.api_key else None
+            session.key = secret
             out.configure(quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=secret)
             for warning in warnings:
                 out.warning(warning)
             if settings.dry_run:
                 return runner.dry_run(settings, out)
             with asyncio.Runner() as loop:
-                outcome = loop.run(runner.run(settings, out))
+                outcome = loop.run(finish.started(session.end, runner.run(settings, out, session.hold), out))
                 early.over = True  # the outcome is reached: a signal while the loop closes must not lose it
     finally:
         out.close()
     session.counts = outcome.counts
     session.figures = dict(runner.figures(outcome))
+    session.failures = outcome.failures
     runner.final_report(outcome, settings, out)
     if args.report:
         try:

@@ -47,11 +47,13 @@ async def fetch(
     temp_dir: Path,
     stem: str,
     max_bytes: int,
-    png_text: Callable[[str], str] | None = None,
+    label: Callable[[str], provenance.Label] | None = None,
+    warn: Callable[[str], object] | None = None,
 ) -> tuple[str, str, str]:
     """Download one result URL to DIR/<stem>.<ext>; returns (its path relative to DIR, the sha256 of the file
-    as kept, the sha256 as received). With `png_text` (--metadata png), a PNG without a C2PA manifest gets
-    `png_text(sha256 as received)` as an iTXt chunk before it is renamed into place.
+    as kept, the sha256 as received). With `label` (--metadata png), the image gets `label(sha256 as received)`
+    inside (provenance.embed) before it is renamed into place; a file that cannot take it is kept as received,
+    and `warn` is told why.
 
     A stem may hold `/` (--name): the subfolders are made inside DIR, never through a link out of it."""
     temp = temp_dir / f"{stem.replace('/', '_')}.{secrets.token_hex(4)}.part"
@@ -81,9 +83,11 @@ async def fetch(
         await asyncio.to_thread(os.fsync, fd)
         ext = await asyncio.to_thread(verify_image, temp)
         received = final_digest = digest.hexdigest()
-        if png_text is not None and ext == "png":
-            final_digest = await asyncio.to_thread(_add_text, temp, png_text(received))
         final = directory / f"{stem}.{ext}"
+        if label is not None:
+            final_digest, note = await asyncio.to_thread(_embed, temp, label(received))
+            if note and warn is not None:
+                warn(f"{final.relative_to(directory)}: the metadata was not written into it: {note}; kept as received")
         if "/" in stem:
             await asyncio.to_thread(make_folders, directory, final.parent)
         os.replace(temp, final)
@@ -99,22 +103,21 @@ async def fetch(
         os.close(fd)
 
 
-def _add_text(path: Path, text: str) -> str:
-    """Insert the provenance text into a verified PNG in place (unless it carries a C2PA manifest, which
-    stays byte for byte as received), verify it again; returns the sha256 of the file as kept."""
+def _embed(path: Path, mark: provenance.Label) -> tuple[str, str | None]:
+    """Put the label into a verified image in place (provenance.embed: never re-encoded, a C2PA file as
+    received); returns the sha256 of the file as kept, and why it is as received when that was not meant."""
     data = path.read_bytes()
-    if not provenance.has_c2pa(data):
-        data = provenance.with_itxt(data, text)
+    labelled, note = provenance.embed(data, mark)
+    if labelled is not data:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            view = memoryview(data)
+            view = memoryview(labelled)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
-        verify_image(path)
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(labelled).hexdigest(), note
 
 
 def make_folders(directory: Path, folder: Path) -> None:
@@ -159,7 +162,9 @@ def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
         with contextlib.suppress(FileNotFoundError):
-            (directory / f"{name}.json").unlink()  # its --metadata sidecar, if it had one
+            (directory / f"{name}.json").unlink()  # its --metadata sidecars, if it had them
+        with contextlib.suppress(FileNotFoundError):
+            (directory / f"{name}.xmp").unlink()
 
 
 def cleanup_partials(temp_dir: Path) -> None:
@@ -178,6 +183,7 @@ async def fetch_all(
     stems: list[str],
     settings: RunSettings,
     temp_dir: Path,
+    warn: Callable[[str], object] | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
     """Each result file of a task under its stem (from names.Names); returns the names, and the sha256 of each
     as kept and as received. With --metadata, each image's sidecar is in place (atomically) before the next
@@ -187,8 +193,8 @@ async def fetch_all(
     received: list[str] = []
     mode = settings.metadata
 
-    def text(sha256_received: str) -> str:
-        return provenance.text_of(
+    def label(sha256_received: str) -> provenance.Label:
+        return provenance.label(
             provenance.document(
                 item_id=item.id,
                 request=item.request,
@@ -198,7 +204,8 @@ async def fetch_all(
                 sha256_received=sha256_received,
                 manifest=settings.manifest.name,
                 line=item.line,
-            )
+            ),
+            completed=record.completed,
         )
 
     for stem, url in zip(stems, record.result_urls, strict=True):
@@ -209,10 +216,13 @@ async def fetch_all(
             temp_dir=temp_dir,
             stem=stem,
             max_bytes=settings.max_image_bytes,
-            png_text=text if mode == "png" else None,
+            label=label if mode == "png" else None,
+            warn=warn,
         )
         if mode != "none":
-            await asyncio.to_thread(provenance.write_sidecar, settings.out / name, text(as_received), temp_dir)
+            mark = label(as_received)
+            await asyncio.to_thread(provenance.write_sidecar, settings.out / name, mark.text, temp_dir)
+            await asyncio.to_thread(provenance.write_xmp_sidecar, settings.out / name, mark.xmp, temp_dir)
         names.append(name)
         digests.append(digest)
         received.append(as_received)

@@ -426,6 +426,7 @@ class Engine:
                         stems=self.names.stems(item.id, len(record.result_urls)),
                         settings=self.settings,
                         temp_dir=self.temp_dir,
+                        warn=lambda message: self.reporter.warning(message, item=item.id),
                     )
                 except DownloadError as exc:
                     last = exc

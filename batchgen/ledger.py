@@ -167,6 +167,11 @@ class Ledger:
             self._journal_fd = -1
             os.close(self._lock_fd)
 
+    def lock_descriptor(self) -> int:
+        """A duplicate of the lock's descriptor: DIR stays locked after `close()` until it is closed too (the
+        end-of-run actions run while DIR is still this run's)."""
+        return os.dup(self._lock_fd)
+
     def _settle_in_doubt(self) -> None:
         """An item found "submitting" was killed inside createTask: it may have been created. Say so."""
         for item_id, record in list(self.items.items()):

@@ -15,15 +15,18 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from . import manifest, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
+from .endactions import first_failures
 from .engine import Engine
 from .errors import BatchgenError, ExitCode, StorageError, UsageError
+from .finish import LockHold
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
@@ -41,6 +44,7 @@ class Outcome:
     seconds: float
     price: Decimal | None = None  # per image: --price, else the one the ledger recorded
     paid_total: int = 0  # paid creates the ledger counts over every item's life (spend so far = this × price)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # the first failed items, for the end actions
 
 
 def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
@@ -90,14 +94,15 @@ class _Stop:
             self(self.signum)
 
 
-async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
-    """The main job. Raises ManifestError/UsageError (exit 2) or LockedError (exit 4) before any request."""
+async def run(settings: RunSettings, reporter: Reporter, hold: LockHold | None = None) -> Outcome:
+    """The main job. Raises ManifestError/UsageError (exit 2) or LockedError (exit 4) before any request.
+    With `hold`, DIR stays locked past the ledger's close, for the end actions (finish.py) to release."""
     stop = _Stop()
     with _signals(stop):
-        return await _run(settings, reporter, stop)
+        return await _run(settings, reporter, stop, hold)
 
 
-async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcome:
+async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: LockHold | None) -> Outcome:
     started = time.monotonic()
     with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
         items = manifest.load(settings.manifest)
@@ -121,6 +126,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             counts = ledger.counts(ledger.manifest_ids)
             outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
             _spend(outcome, ledger)
+            outcome.failures = first_failures(ledger.items, ledger.manifest_ids)
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
@@ -140,10 +146,14 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             exit_code(counts, engine.fatal, engine.stop_signal), counts, engine.counters, time.monotonic() - started
         )
         _spend(outcome, ledger)
+        outcome.failures = first_failures(ledger.items, engine.ids)
         if engine.fatal is not None:
             reporter.error(f"{engine.fatal}; run stopped, state saved")
         return outcome
     finally:
+        if hold is not None:
+            with contextlib.suppress(OSError):  # no descriptor left: the lock goes with the ledger, as before
+                hold.keep(ledger.lock_descriptor())
         try:
             ledger.close()
         except StorageError as exc:  # the journal still holds what the snapshot could not: nothing is lost

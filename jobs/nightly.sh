@@ -8,6 +8,11 @@
 # refused · 4 the previous run is still going (batchgen's lock) · 2 bad manifest or settings · 70 a bug in
 # batchgen · 130/143 stopped · 126/127 the batchgen command cannot be run.
 #
+# The night's end is batchgen's own (see docs/night-end.md): BATCHGEN_ON_FINISH is passed as one --on-finish
+# argument (batchgen splits it once, like a shell would, and never runs a shell); BATCHGEN_NOTIFY, BATCHGEN_PING,
+# BATCHGEN_PROXY, BATCHGEN_CA_BUNDLE and BATCHGEN_MODELS_DIR are read by batchgen from the environment (URLs with
+# tokens stay out of `ps`). The hook never inherits the key, proxy credentials, notify or ping URLs.
+#
 # Output: batchgen's lines go to the log. This script prints nothing when all is well (0, 1, 5: normal nights),
 # and exactly one line on stderr for an exit code that needs a person, so that cron's MAILTO mails it.
 #
@@ -91,8 +96,11 @@ set -- run "$BATCHGEN_MANIFEST" --out "$out" --no-progress
 [ -n "${BATCHGEN_MAX_RUNTIME:-}" ] && set -- "$@" --max-runtime "$BATCHGEN_MAX_RUNTIME"
 [ -n "${BATCHGEN_METRICS_FILE:-}" ] && set -- "$@" --metrics-file "$BATCHGEN_METRICS_FILE"
 [ "${BATCHGEN_REPORT:-yes}" = yes ] && set -- "$@" --report
+[ -n "${BATCHGEN_ON_FINISH:-}" ] && set -- "$@" --on-finish "$BATCHGEN_ON_FINISH"
+[ -n "${BATCHGEN_NOTIFY_ON:-}" ] && set -- "$@" --notify-on "$BATCHGEN_NOTIFY_ON"
 
 echo "=== $(date +'%Y-%m-%d %H:%M:%S%z') batchgen $* (pid $$)" >>"$log"
+before=$(wc -c <"$log" 2>/dev/null) || before=0 # this run's lines start here (for the exit-3 line below)
 # shellcheck disable=SC2086
 "$bin" "$@" ${BATCHGEN_EXTRA_ARGS:-} </dev/null >>"$log" 2>&1
 code=$?
@@ -105,7 +113,18 @@ fi
 case $code in
 0 | 1 | 5) ;; # all done · some failed for good (see `batchgen status`) · incomplete, the next night continues
 2) say "exit 2: a broken manifest or settings; nothing was submitted. See $log" ;;
-3) say "exit 3: the service refused the key or the quota; the run stopped. See $log" ;;
+3) # access refused: say by whom, from this run's error lines
+    errors=$(tail -c +"$((before + 1))" "$log" 2>/dev/null | grep -i 'error')
+    if printf '%s\n' "$errors" | grep -qi 'certificate'; then
+        say "exit 3: a certificate did not verify (TLS inspection? BATCHGEN_CA_BUNDLE in $env_file); the run stopped. See $log"
+    elif printf '%s\n' "$errors" | grep -qi 'proxy'; then
+        say "exit 3: the proxy refused us (BATCHGEN_PROXY or HTTPS_PROXY, and its credentials); the run stopped. See $log"
+    elif printf '%s\n' "$errors" | grep -qiE 'key|quota|40[13]'; then
+        say "exit 3: the service refused the key or the quota; the run stopped. See $log"
+    else
+        say "exit 3: access refused: the key or the quota, a proxy or a certificate; the run stopped. See $log"
+    fi
+    ;;
 4) say "exit 4: the previous run still holds $out; this one did nothing. See $log" ;;
 70) say "exit 70: a bug in batchgen; the traceback is in $out/.batchgen/crash-*.log" ;;
 126 | 127) say "exit $code: cannot run $bin (BATCHGEN_BIN in $env_file)" ;;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import stat
@@ -257,3 +258,68 @@ def test_jobs_install_writes_the_shipped_files_and_keeps_a_users_edits(tmp_path)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
         p.name for p in (ROOT / "sample_manifests").iterdir()
     )
+
+
+async def test_nightly_passes_the_hook_as_one_argument_and_the_hook_never_gets_the_key(sim_factory, tmp_path):
+    # nightly.sh exports every line of its env file, the key included when it is kept there: batchgen must
+    # not hand it on to the hook. BATCHGEN_ON_FINISH is one argument, split by batchgen, never by a shell.
+    from .test_night_end import HOOK
+
+    hook = tmp_path / "hook with space.py"
+    hook.write_text(HOOK)
+    record = tmp_path / "hook.json"
+    manifest = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]"])
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        settings = env_file(
+            tmp_path,
+            sim,
+            manifest,
+            str(tmp_path / "images"),
+            BATCHGEN_API_KEY=KEY,
+            BATCHGEN_ON_FINISH=f"{sys.executable} '{hook}' {record} $(touch {tmp_path / 'pwned'})",
+        )
+        proc = await nightly(settings)
+        out, err = await proc.communicate()
+    assert proc.returncode == 1 and out == err == b"", err
+    seen = json.loads(record.read_text())
+    assert seen["argv"] == [str(hook), str(record), "$(touch", f"{tmp_path / 'pwned'})"]
+    assert not (tmp_path / "pwned").exists()
+    assert seen["env"]["BATCHGEN_EXIT"] == "1" and seen["doc"]["counts"]["failed"] == 1
+    assert "BATCHGEN_API_KEY" not in seen["env"] and not any(KEY in v for v in seen["env"].values())
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        ("the proxy 127.0.0.1:3128 refused us (407 Proxy Authentication Required)", "exit 3: the proxy refused us"),
+        ("the certificate of api.example.com does not verify: self-signed", "exit 3: a certificate did not verify"),
+        ("the service refused the API key (401): invalid token", "exit 3: the service refused the key or the quota"),
+        ("access refused", "exit 3: access refused: the key or the quota, a proxy or a certificate"),
+    ],
+)
+def test_the_exit_3_line_names_who_refused(tmp_path, error, said):
+    fake = tmp_path / "batchgen"  # stands in for batchgen: one error line in the log, exit 3
+    fake.write_text(f"#!/bin/sh\necho 'batchgen: error: {error}; run stopped, state saved' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    log = tmp_path / "nightly.log"
+    log.write_text("=== an earlier night: error: the proxy refused us\n")  # only this run's lines count
+    values = {
+        "BATCHGEN_MANIFEST": str(tmp_path / "m.yaml"),
+        "BATCHGEN_OUT": str(tmp_path / "images"),
+        "BATCHGEN_BIN": str(fake),
+        "BATCHGEN_LOG": str(log),
+    }
+    settings = tmp_path / "nightly.env"
+    settings.write_text("".join(f'{k}="{v}"\n' for k, v in values.items()))
+    proc = subprocess.run(["env", "-i", "/bin/sh", str(NIGHTLY), str(settings)], capture_output=True, text=True)
+    assert proc.returncode == 3
+    (line,) = proc.stderr.splitlines()
+    assert said in line, line
+
+
+def test_the_env_example_documents_every_variable_the_night_end_reads():
+    example = (ROOT / "jobs" / "nightly.env.example").read_text()
+    for name in ("ON_FINISH", "NOTIFY", "NOTIFY_ON", "PING", "PROXY", "CA_BUNDLE", "MODELS_DIR"):
+        assert f"# BATCHGEN_{name}=" in example, name
+    script = NIGHTLY.read_text()
+    assert '--on-finish "$BATCHGEN_ON_FINISH"' in script

@@ -9,6 +9,7 @@ Misreport = Literal["no_task_id", "wrong_task", "no_urls", "bad_result_json"]
 Envelope429 = Literal["relay", "business", "gateway", "empty", "mixed"]
 LostAnswer = Literal["504", "drop", "mixed"]
 ForgetAnswer = Literal["null", "404"]
+PngTrailer = Literal["none", "garbage", "double_iend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,9 @@ class SimConfig:
     credits_per_task: float | None = None
     credits_balance: float = 1000.0
     c2pa: bool = False  # served PNGs carry a (dummy) C2PA manifest: a `caBX` chunk after IHDR
+    # Served PNGs are whole, and Pillow reads them, but something follows IEND: bytes (as some encoders and
+    # CDNs append) or a second IEND chunk.
+    png_trailer: PngTrailer = "none"
     image_scale: float = 1.0  # 1.0: real 2K sizes (2816x1536 for 16:9); tests use small images
 
     # Limits of the API family: 20 creates per 10 s per account, 429 beyond (the request is dropped).

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .. import schema
-from .images import render, size_for, variant_of, with_c2pa
+from .images import render, size_for, variant_of, with_c2pa, with_trailer
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -56,6 +56,8 @@ class ResultFiles:
         content = await asyncio.to_thread(render, width, height, fmt, quality, variant)
         if self.sim.config.c2pa and fmt == "png":
             content = with_c2pa(content)
+        if self.sim.config.png_trailer != "none" and fmt == "png":
+            content = with_trailer(content, self.sim.config.png_trailer)
 
         if self.sim.config.html_rate and self.sim.rng.random() < self.sim.config.html_rate:
             page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"

@@ -49,3 +49,11 @@ def with_c2pa(png: bytes) -> bytes:
     after_ihdr = 8 + 8 + 13 + 4  # signature, IHDR's length+type, its 13 bytes of data, its CRC
     chunk = struct.pack(">I", len(C2PA_BOX)) + b"caBX" + C2PA_BOX + struct.pack(">I", zlib.crc32(b"caBX" + C2PA_BOX))
     return png[:after_ihdr] + chunk + png[after_ihdr:]
+
+
+TRAILERS = {"garbage": b"\x00trailing bytes after IEND\n", "double_iend": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
+
+
+def with_trailer(png: bytes, kind: str) -> bytes:
+    """A PNG followed by bytes after its IEND chunk (`garbage`), or by a second IEND (`double_iend`)."""
+    return png + TRAILERS.get(kind, b"")
