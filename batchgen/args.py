@@ -83,6 +83,12 @@ def build_parser() -> Parser:
         "field: what is wrong. Exit 0 when all are valid, 2 otherwise.",
     )
     _complete(validate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
+    validate.add_argument(
+        "--model",
+        metavar="NAME",
+        help="check every item as if it named model NAME (try a successor before switching); "
+        "`batchgen models` lists the models",
+    )
     _add_price_argument(validate)
 
     run = commands.add_parser(

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, manifest, memory, plan, report, runner, sheet
+from . import config, manifest, memory, models, plan, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -68,10 +68,13 @@ def flush_stdout(text: str = "") -> None:
 
 def cmd_validate(args: argparse.Namespace, session: Session) -> int:
     price = plan.price_from(args.price, os.environ)
+    cards = models.builtin()
+    if args.model is not None and cards.get(args.model) is None:
+        raise UsageError(f"--model: {cards.unknown_model(args.model)}")
     problems = 0
     for path in args.manifests:
         try:
-            loaded = manifest.load_counted(path)
+            loaded = manifest.load_counted(path, model=args.model, cards=cards)
         except ManifestError as exc:
             problems += len(exc.problems)
             for problem in exc.problems:

@@ -3,7 +3,8 @@
     BatchgenError                      exit 1 unless a subclass says otherwise
     ├── UsageError                     exit 2: bad flags, bad configuration (the user must act)
     │   ├── ManifestError              exit 2: the manifest is invalid; carries every Problem at once
-    │   └── LedgerError                exit 2: results.json or the journal cannot be trusted
+    │   ├── LedgerError                exit 2: results.json or the journal cannot be trusted
+    │   └── CardError                  exit 2: a model card cannot be read (names its file and line)
     ├── LockedError                    exit 4: another run holds the output directory
     ├── StorageError                   exit 5: the disk refused a write (full, I/O error); the run stops
     ├── ServiceError                   the service answered, and not with success
@@ -73,6 +74,10 @@ class ManifestError(UsageError):
 
 class LedgerError(UsageError):
     """The ledger or its journal cannot be read or trusted."""
+
+
+class CardError(UsageError):
+    """A model card (built-in or a user's) is malformed; the message names the file and the line."""
 
 
 class LockedError(BatchgenError):

@@ -30,6 +30,7 @@ from .errors import ManifestError, Problem
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024  # a 100,000-item manifest is ~20 MB; this is a sanity bound only
 MAX_FIELDS_PER_ITEM = 64  # 14 fields exist; more than this is not a manifest item
 MAX_PROBLEMS = 1000  # beyond this many, the rest are counted, not listed
+MAX_LIST_ITEMS = 64  # a list field's items read (fields.MAX_LIST): more is reported as too many, not read
 
 _YAML_NULL = "tag:yaml.org,2002:null"
 YAML_STR = "tag:yaml.org,2002:str"
@@ -321,8 +322,9 @@ _constructor = yaml.SafeLoader("")
 def yaml_value(node: yaml.Node) -> Value:
     """A field value: never constructs containers, so aliases cannot expand."""
     line = line_of(node)
-    if isinstance(node, yaml.SequenceNode):
-        return Value([], None, line)
+    if isinstance(node, yaml.SequenceNode):  # a list field (reference images): its scalars, one level only
+        items = [n.value if isinstance(n, yaml.ScalarNode) else {} for n in node.value[: MAX_LIST_ITEMS + 1]]
+        return Value(items, None, line)
     if isinstance(node, yaml.MappingNode):
         return Value({}, None, line)
     if node.tag == _YAML_NULL:
@@ -426,10 +428,6 @@ def _csv_header(row: list[str], line: int, out: Collector) -> list[str] | None:
     return names if ok else None
 
 
-def unknown_field_message(name: str) -> str:
-    hint = schema.suggest(name, schema.MANIFEST_FIELDS)
-    return (
-        f"unknown field; did you mean {hint!r}?"
-        if hint
-        else f"unknown field; known fields are {', '.join(schema.MANIFEST_FIELDS)}"
-    )
+def unknown_field_message(name: str, known: tuple[str, ...] = schema.MANIFEST_FIELDS) -> str:
+    hint = schema.suggest(name, known)
+    return f"unknown field; did you mean {hint!r}?" if hint else f"unknown field; known fields are {', '.join(known)}"
