@@ -83,6 +83,7 @@ def build_parser() -> Parser:
         "field: what is wrong. Exit 0 when all are valid, 2 otherwise.",
     )
     _complete(validate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
+    _add_models_dir_argument(validate)
     validate.add_argument(
         "--model",
         metavar="NAME",
@@ -235,6 +236,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="after this long, submit nothing more, save state and exit 5",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
+    _add_models_dir_argument(p)
     _add_price_argument(p)
     p.add_argument(
         "--name",
@@ -274,6 +276,18 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
+
+
+def _add_models_dir_argument(p: argparse.ArgumentParser) -> None:
+    _complete(
+        p.add_argument(
+            "--models-dir",
+            metavar="DIR",
+            help="model cards that add or replace models (env BATCHGEN_MODELS_DIR; default "
+            "$XDG_CONFIG_HOME/batchgen/models, else ~/.config/batchgen/models)",
+        ),
+        DIRECTORY,
+    )
 
 
 def _add_price_argument(p: argparse.ArgumentParser) -> None:

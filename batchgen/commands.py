@@ -68,7 +68,10 @@ def flush_stdout(text: str = "") -> None:
 
 def cmd_validate(args: argparse.Namespace, session: Session) -> int:
     price = plan.price_from(args.price, os.environ)
-    cards = models.builtin()
+    notes: list[str] = []
+    cards = models.registry(args.models_dir, os.environ, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.model is not None and cards.get(args.model) is None:
         raise UsageError(f"--model: {cards.unknown_model(args.model)}")
     problems = 0
@@ -106,6 +109,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
             raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE (or try --simulate)")
         api_base = config.check_api_base(api_base)
     key = None if args.simulate else config.read_key(env, args.api_key_file, warnings)
+    cards = models.registry(args.models_dir, env, warnings)
     return RunSettings(
         manifest=Path(args.manifest),
         out=Path(args.out),
@@ -127,6 +131,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         price=plan.price_from(args.price, env),
         name=args.name,
         metadata=args.metadata,
+        cards=cards,
         callback_url=callback,
         callback_listen=args.callback_listen,
         log_format=args.log_format,

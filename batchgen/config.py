@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus, urlsplit
 
 from . import schema
+from .models import Registry
 from .errors import UsageError
 
 
@@ -136,6 +137,7 @@ class RunSettings:
     price: Decimal | None = None  # per image, any currency (--price / BATCHGEN_PRICE): estimates and spend
     name: str = "{id}"  # --name: the file-name template (names.py)
     metadata: str = "none"  # --metadata: none | sidecar | png (provenance.py)
+    cards: Registry | None = None  # the model cards (--models-dir): None, the built-in ones
     max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()

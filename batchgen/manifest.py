@@ -95,7 +95,7 @@ def load_counted(path: str | Path, *, model: str | None = None, cards: models.Re
         out.raise_if_any()
     out = Collector(name)
     check = _Checker(out, cards or models.builtin(), model)
-    raw_items = read(path, out, check.defaults)
+    raw_items = read(path, out, check.defaults, check.cards.manifest_fields)
     out.raise_if_any()
     items = _validate(raw_items or [], path.parent, check)
     out.raise_if_any()

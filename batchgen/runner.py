@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from . import manifest, names, sheet
+from . import manifest, models, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -57,7 +57,7 @@ def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum
 def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
     with _bulk():
-        items = manifest.load(settings.manifest)
+        items = manifest.load(settings.manifest, cards=settings.cards)
         _stems(items, settings)
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
@@ -100,7 +100,7 @@ async def run(settings: RunSettings, reporter: Reporter) -> Outcome:
 async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcome:
     started = time.monotonic()
     with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
-        items = manifest.load(settings.manifest)
+        items = manifest.load(settings.manifest, cards=settings.cards)
         stems = _stems(items, settings)  # a --name that collides or leaves DIR: exit 2 before anything is sent
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
@@ -114,6 +114,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         ledger.track(items)
         if settings.price is not None:
             ledger.set_price(str(settings.price))
+        ledger.set_cards(models.used(settings.cards or models.builtin(), {item.model for item in items}))
         for item in plan.missing:
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)

@@ -509,3 +509,122 @@ def test_a_malformed_card_is_one_error_naming_file_and_line():
             models.parse(data, "f.json", "x")
         assert str(info.value).startswith(expected), (data[:60], str(info.value))
         assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- user cards
+
+FAST_CARD = """\
+{"card": 1, "model": "imagen4-fast", "successor": "nano-banana-pro-flash",
+ "fields": {"prompt": {"type": "text", "required": true, "max_length": 500},
+            "aspect_ratio": {"type": "enum", "values": ["square_1_1", "widescreen_16_9"], "aliases": {"16:9": "widescreen_16_9"}}}}
+"""
+
+
+def _validate(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "batchgen", "validate", str(path), *extra]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    from .test_cli_run import env
+
+    base = env(**extra)
+    for name in ("XDG_CONFIG_HOME", "HOME"):
+        if name not in extra:
+            base.pop(name, None)
+    return base
+
+
+async def test_user_cards_add_a_model_from_the_flag_the_variable_or_the_config_folder(tmp_path, write):
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "imagen4-fast.json").write_text(FAST_CARD)
+    path = write("fast.yaml", "- prompt: a fox\n  model: imagen4-fast\n  aspect_ratio: '16:9'\n")
+    code, _, err = await cli(_validate(path), env=_env())
+    assert code == 2 and "unknown model 'imagen4-fast'; did you mean 'imagen4-ultra'?" in err
+    code, out, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 0 and "1 item, valid" in out, err
+    code, out, err = await cli(_validate(path), env=_env(BATCHGEN_MODELS_DIR=str(cards)))
+    assert code == 0, err
+    xdg = tmp_path / "xdg"
+    (xdg / "batchgen").mkdir(parents=True)
+    shutil.copytree(cards, xdg / "batchgen" / "models")
+    code, out, err = await cli(_validate(path), env=_env(XDG_CONFIG_HOME=str(xdg)))
+    assert code == 0, err
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    shutil.copytree(cards, home / ".config" / "batchgen" / "models")
+    code, out, err = await cli(_validate(path), env=_env(HOME=str(home)))
+    assert code == 0, err
+    long = write("long.yaml", f"- prompt: {'x' * 501}\n  model: imagen4-fast\n")
+    code, out, err = await cli(_validate(long, "--models-dir", str(cards)), env=_env())
+    assert code == 2 and "prompt: too long (501 characters; the limit is 500)" in err
+    code, out, err = await cli(_validate(path, "--models-dir", str(tmp_path / "none")), env=_env())
+    assert code == 2 and f"--models-dir: {tmp_path / 'none'} is not a directory" in err and "Traceback" not in err
+
+
+async def test_a_user_card_that_replaces_a_built_in_one_says_so_and_the_ledger_records_its_sha256(
+    tmp_path, write, sim_factory
+):
+    import hashlib
+    import json
+
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    built_in = Path(models.__file__).parent / "cards" / "imagen4-ultra.json"
+    strict = json.loads(built_in.read_text())
+    strict["fields"]["prompt"]["max_length"] = 40
+    text = json.dumps(strict)
+    (cards / "mine.json").write_text(text)
+    path = write("night.yaml", "- prompt: a fox in the snow\n")
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 0 and f"model card {cards / 'mine.json'} replaces the built-in card of imagen4-ultra" in err
+    async with sim_factory() as sim:
+        code, _, err = await cli(run_args(path, tmp_path / "out", sim, "--models-dir", str(cards)), env=_env())
+        assert code == 0, err
+        assert f"model card {cards / 'mine.json'} replaces the built-in card of imagen4-ultra" in err
+        recorded = json.loads((tmp_path / "out" / "results.json").read_text())["cards"]
+        assert recorded == {
+            "imagen4-ultra": {"sha256": hashlib.sha256(text.encode()).hexdigest(), "source": str(cards / "mine.json")}
+        }
+        code, _, err = await cli(run_args(path, tmp_path / "out2", sim), env=_env())
+        assert code == 0, err
+    recorded = json.loads((tmp_path / "out2" / "results.json").read_text())["cards"]
+    assert recorded == {
+        "imagen4-ultra": {"sha256": hashlib.sha256(built_in.read_bytes()).hexdigest(), "source": "built-in"}
+    }
+
+
+async def test_a_malformed_or_hostile_card_file_is_one_clear_error(tmp_path, write):
+    import os
+
+    path = write("night.yaml", "- prompt: a fox\n")
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    bad = cards / "broken.json"
+    bad.write_text(
+        '{"card": 1, "model": "x",\n  "fields": {"prompt": {"type": "text", "required": true},\n'
+        '    "steps": {"type": "int", "min": "one"}}}\n'
+    )
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 2 and "Traceback" not in err
+    assert f"{bad}:3: fields.steps.min: expected an integer from" in err
+    bad.write_text("{not json")
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 2 and f"{bad}:1: not valid JSON" in err and "Traceback" not in err
+    bad.unlink()
+    os.mkfifo(cards / "fifo.json")  # read as any input is: never blocks on a FIFO
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 2 and f"{cards / 'fifo.json'}: cannot read the card: not a regular file" in err
+    (cards / "fifo.json").unlink()
+    (cards / "zero.json").symlink_to("/dev/zero")
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 2 and "cannot read the card: not a regular file" in err
+    (cards / "zero.json").unlink()
+    (cards / "big.json").write_bytes(b" " * (models.MAX_CARD_BYTES + 1))
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 2 and "the card is 262,145 bytes; the limit is 262,144" in err
+    (cards / "big.json").unlink()
+    (cards / "a.json").write_text(FAST_CARD)
+    (cards / "b.yaml").write_text(FAST_CARD)
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    assert code == 2 and f"{cards / 'b.yaml'}: model 'imagen4-fast' is already defined by {cards / 'a.json'}" in err
