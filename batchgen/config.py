@@ -16,8 +16,8 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus, urlsplit
 
 from . import schema
-from .models import Registry
 from .errors import UsageError
+from .models import Registry
 
 
 @dataclass(frozen=True, slots=True)

@@ -516,7 +516,8 @@ def test_a_malformed_card_is_one_error_naming_file_and_line():
 FAST_CARD = """\
 {"card": 1, "model": "imagen4-fast", "successor": "nano-banana-pro-flash",
  "fields": {"prompt": {"type": "text", "required": true, "max_length": 500},
-            "aspect_ratio": {"type": "enum", "values": ["square_1_1", "widescreen_16_9"], "aliases": {"16:9": "widescreen_16_9"}}}}
+            "aspect_ratio": {"type": "enum", "values": ["square_1_1", "widescreen_16_9"],
+                             "aliases": {"16:9": "widescreen_16_9"}}}}
 """
 
 
