@@ -119,6 +119,15 @@ def build_parser() -> Parser:
     )
     _complete(contact.add_argument("directory", metavar="DIR", help="a run's output directory"), DIRECTORY)
 
+    cards = commands.add_parser(
+        "models",
+        help="list the model cards, or show one model's fields",
+        description="Without NAME: every model batchgen knows (built-in cards and yours), with its successor and "
+        "sunset date. With NAME: that model's fields, what each accepts, and the rules between fields.",
+    )
+    cards.add_argument("name", nargs="?", metavar="NAME", help="a model, e.g. nano-banana-pro")
+    _add_models_dir_argument(cards)
+
     sim = commands.add_parser(
         "sim",
         help="run the simulated service on loopback, with fault injection",

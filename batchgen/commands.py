@@ -308,8 +308,24 @@ def cmd_sim(args: argparse.Namespace, session: Session) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace, session: Session) -> int:
+    notes: list[str] = []
+    cards = models.registry(args.models_dir, os.environ, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.name is None:
+        lines = models.listing(cards)
+    elif (card := cards.get(args.name)) is not None:
+        lines = models.field_table(card)
+    else:
+        raise UsageError(cards.unknown_model(args.name))
+    say("\n".join(lines))
+    return 0
+
+
 COMMANDS = {
     "validate": cmd_validate,
+    "models": cmd_models,
     "run": cmd_run,
     "status": cmd_status,
     "report": cmd_report,

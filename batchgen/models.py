@@ -28,7 +28,7 @@ from .card_format import Card as Card
 from .card_format import Constraint as Constraint
 from .card_format import parse as parse
 from .errors import CardError
-from .fields import shorten, suggest
+from .fields import MAX_SEED, MIN_INT, InputField, shorten, suggest
 
 DEFAULT_MODEL = "imagen4-ultra"
 MAX_CARD_BYTES = 256 * 1024
@@ -152,3 +152,63 @@ def used(cards: Registry, names: Iterable[str]) -> dict[str, dict[str, str]]:
         if card is not None:
             made[name] = {"sha256": card.sha256, "source": card.source}
     return made
+
+
+# ---------------------------------------------------------------- `batchgen models`
+
+
+def listing(cards: Registry) -> list[str]:
+    """One line per card: name, where it comes from, successor and sunset."""
+    rows = [("model", "card", "successor", "sunset")]
+    for name in sorted(cards.cards):
+        card = cards.cards[name]
+        source = "built-in" if card.source == "built-in" else card.source
+        if name in cards.overridden:
+            source += " (replaces the built-in card)"
+        rows.append((name, source, card.successor or "-", card.sunset.isoformat() if card.sunset else "-"))
+    return _table(rows)
+
+
+def field_table(card: Card) -> list[str]:
+    """A card as `batchgen models NAME` shows it (and docs/models.md quotes it)."""
+    head = [f"{card.name}" + (f" — {card.title}" if card.title else "")]
+    if card.page:
+        head.append(f"page: {card.page}")
+    head.append(f"card: {card.source}, sha256 {card.sha256[:16]}…")
+    head.append(f"successor: {card.successor or '-'}; sunset: {card.sunset.isoformat() if card.sunset else '-'}")
+    rows = [("field", "type", "required", "default", "accepts")]
+    for spec in card.fields.values():
+        default = "" if spec.default is None else str(spec.default).lower() if spec.kind == "bool" else str(spec.default)
+        rows.append((spec.name, spec.kind, "yes" if spec.required else "", default or "-", _accepts(spec)))
+    lines = [*head, "", *_table(rows)]
+    if card.constraints:
+        lines += ["", "between fields:"]
+        for rule in card.constraints:
+            if rule.kind == "together":
+                lines.append(f"  {' and '.join(rule.fields)}: all of them or none")
+            else:
+                lines.append(f"  at most {rule.limit} references in all of {', '.join(rule.fields)}")
+    return lines
+
+
+def _accepts(spec: InputField) -> str:
+    if spec.kind == "text":
+        return f"{spec.min_length:,} to {spec.max_length:,} characters, not blank"
+    if spec.kind == "enum":
+        aliases = ", ".join(f"{a}={t}" for a, t in spec.aliases.items())
+        return ", ".join(spec.choices) + (f" (aliases {aliases})" if aliases else "")
+    if spec.kind == "int":
+        if spec.minimum == MIN_INT and spec.maximum == MAX_SEED:
+            return "integer (any 64-bit signed)"
+        return f"integer {spec.minimum} to {spec.maximum}"
+    if spec.kind == "bool":
+        return "true/false (yes/no, 1/0, on/off)"
+    rule = f"https URL ending in {', '.join(spec.suffixes)}" if spec.suffixes else "https URL"
+    if spec.data_types:
+        rule += f", or data URI ({', '.join(spec.data_types)})"
+    return rule if spec.kind == "image" else f"list of at most {spec.max_items}: {rule}"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -629,3 +629,35 @@ async def test_a_malformed_or_hostile_card_file_is_one_clear_error(tmp_path, wri
     (cards / "b.yaml").write_text(FAST_CARD)
     code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
     assert code == 2 and f"{cards / 'b.yaml'}: model 'imagen4-fast' is already defined by {cards / 'a.json'}" in err
+
+
+# ---------------------------------------------------------------- batchgen models
+
+
+async def test_models_lists_the_cards_and_shows_one_cards_fields(tmp_path):
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "imagen4-fast.json").write_text(FAST_CARD.replace('"successor"', '"sunset": "2026-08-17", "successor"'))
+    command = [sys.executable, "-m", "batchgen", "models"]
+    code, out, err = await cli([*command, "--models-dir", str(cards)], env=_env())
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["model", "card", "successor", "sunset"]
+    assert [line.split()[0] for line in lines[1:]] == sorted([*CARDS.cards, "imagen4-fast"])
+    assert f"imagen4-fast           {cards / 'imagen4-fast.json'}  nano-banana-pro-flash  2026-08-17" in out
+    assert "imagen4-ultra          built-in" in out and "nano-banana-pro" in out
+    code, out, err = await cli([*command, "flux-2-pro"], env=_env())
+    assert code == 0, err
+    assert "width              int              1024     integer 256 to 1440" in out
+    assert "  width and height: all of them or none" in out
+    assert "  at most 4 references in all of input_image, input_image_2, input_image_3, input_image_4," in out
+    code, out, err = await cli([*command, "nano-banana"], env=_env())
+    assert code == 2 and "unknown model 'nano-banana'; did you mean 'nano-banana-pro" in err
+
+
+def test_the_docs_quote_every_built_in_cards_table_as_the_cards_say():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    for card in CARDS.cards.values():
+        table = models.field_table(card)
+        body = "\n".join(table[table.index("") + 1 :])
+        assert body in docs, f"docs/models.md: the table of {card.name} differs from its card"
