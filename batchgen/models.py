@@ -178,8 +178,8 @@ def field_table(card: Card) -> list[str]:
     head.append(f"successor: {card.successor or '-'}; sunset: {card.sunset.isoformat() if card.sunset else '-'}")
     rows = [("field", "type", "required", "default", "accepts")]
     for spec in card.fields.values():
-        default = "" if spec.default is None else str(spec.default).lower() if spec.kind == "bool" else str(spec.default)
-        rows.append((spec.name, spec.kind, "yes" if spec.required else "", default or "-", _accepts(spec)))
+        default = "-" if spec.default is None else str(spec.default)
+        rows.append((spec.name, spec.kind, "yes" if spec.required else "", default, _accepts(spec)))
     lines = [*head, "", *_table(rows)]
     if card.constraints:
         lines += ["", "between fields:"]
