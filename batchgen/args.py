@@ -371,6 +371,20 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
         "--retry-after", type=non_negative_number, help="send Retry-After on 429 (the real service does not)"
     )
     p.add_argument("--response-delay", type=non_negative_number, default=0.0, help="seconds added to every API answer")
+    p.add_argument(
+        "--unsupported-model",
+        action="append",
+        dest="unsupported_models",
+        metavar="MODEL",
+        help="answer creates for MODEL as for a model that is gone (repeat for more)",
+    )
+    p.add_argument(
+        "--unsupported-answer",
+        choices=["400", "price", "503"],
+        default="400",
+        help="how: 400 'unsupported model' (default), 400 model_price_error, or the gateway's 503 'no channel'",
+    )
+    p.add_argument("--wrong-extension", action="store_true", help="result URLs and types say PNG whatever the bytes")
     p.add_argument("--random-seed", type=int, help="seed for the random faults, for repeatable runs")
 
 

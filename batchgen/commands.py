@@ -300,6 +300,7 @@ def cmd_sim(args: argparse.Namespace, session: Session) -> int:
     values["rate"] = None if args.rate.strip().lower() in ("none", "off", "0") else parse_rate(args.rate, "--rate")
     values["poll_limit"] = parse_rate(args.poll_limit, "--poll-limit") if args.poll_limit else None
     values["url_ttl"] = args.url_ttl or None
+    values["unsupported_models"] = tuple(args.unsupported_models or ())
     sim_config = SimConfig(**values)
     try:
         asyncio.run(serve_until_stopped(sim_config))
