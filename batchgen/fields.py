@@ -158,7 +158,8 @@ class InputField:
         return made
 
     def _reference(self, value: Any) -> str:
-        """An https URL the card's rule accepts, or a data URI of one of the card's types."""
+        """An https URL the card's rule accepts, a data URI of one of the card's types, or (where the card takes
+        data URIs) a local file's name, returned as written."""
         if not isinstance(value, str) or not value.strip():
             raise FieldError(f"expected an https:// URL of an image; got {describe(value)}")
         text = value.strip()
@@ -171,6 +172,8 @@ class InputField:
             if match is None or match.group(1).lower() not in self.data_types:
                 raise FieldError(f"expected a base64 data URI of type {', '.join(self.data_types)}")
             return text
+        if self.data_types and "://" not in text:
+            return text  # a local file: manifest.py checks it (inside the manifest's folder, an image) and hashes it
         try:
             parts = urlsplit(text)
         except ValueError:

@@ -14,8 +14,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import expand, models, schema
+from . import expand, models, references, schema
 from .config import check_callback_url
+from .fields import RefList
 from .ids import ID_PATTERN as ID_PATTERN
 from .ids import canonical_json as canonical_json
 from .ids import derive_id as derive_id
@@ -60,6 +61,16 @@ class Item:
         """Which of its item's `count` copies this is, from 1."""
         return 1
 
+    @property
+    def references(self) -> Mapping[str, references.Reference]:
+        """The local reference files its request names by `sha256:<hex>`: none for most items (see RefItem)."""
+        return _NO_REFERENCES
+
+    def wire(self) -> dict[str, Any]:
+        """The createTask body: the request, each reference file's `sha256:<hex>` sent as its data URI.
+        Raises references.ReferenceChanged when a file was edited since the manifest was read."""
+        return references.wire(self.request, self.references) if self.references else self.request
+
 
 @dataclass(frozen=True, slots=True)
 class CellItem(Item):
@@ -67,6 +78,16 @@ class CellItem(Item):
 
     cell: Mapping[str, str]  # a field where Item has a read-only property
     copy: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefItem(CellItem):
+    """An item whose request names local reference files (by sha256); plain or made by a matrix."""
+
+    references: Mapping[str, references.Reference]
+
+
+_NO_REFERENCES: Mapping[str, references.Reference] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +115,7 @@ def load_counted(path: str | Path, *, model: str | None = None, cards: models.Re
         out.add(None, f"the file name cannot be encoded as UTF-8 ({why}): rename the file")
         out.raise_if_any()
     out = Collector(name)
-    check = _Checker(out, cards or models.builtin(), model)
+    check = _Checker(out, cards or models.builtin(), model, references.Files(path.parent))
     raw_items = read(path, out, check.defaults, check.cards.manifest_fields)
     out.raise_if_any()
     items = _validate(raw_items or [], path.parent, check)
@@ -177,6 +198,18 @@ def _shown(cell: expand.Expanded) -> str:
 
 
 def _with_cell(item: Item, cell: expand.Expanded) -> Item:
+    if item.references:
+        return RefItem(
+            item.id,
+            item.model,
+            item.input,
+            item.callback_url,
+            item.file,
+            item.line,
+            cell.cell,
+            cell.copy,
+            item.references,
+        )
     return CellItem(item.id, item.model, item.input, item.callback_url, item.file, item.line, cell.cell, cell.copy)
 
 
@@ -184,8 +217,9 @@ class _Checker:
     """Checks items against their model's card; remembers the `defaults` block, whose fields an item's model
     may lack (skipped for that item) where the item's own may not (an error)."""
 
-    def __init__(self, out: Collector, cards: models.Registry, model: str | None) -> None:
+    def __init__(self, out: Collector, cards: models.Registry, model: str | None, files: references.Files) -> None:
         self.out = out
+        self.files = files  # local reference images, each read once
         self.cards = cards
         self.model = model  # `validate --model NAME`: every item as if it named NAME
         self.known = frozenset(cards.manifest_fields)
@@ -247,7 +281,8 @@ class _Checker:
             if message := check_callback_url(callback):
                 bad("callBackUrl", message)
 
-        normalised = self._input(raw, card, bad, defaults=defaults)
+        refs: dict[str, references.Reference] = {}
+        normalised = self._input(raw, card, bad, refs, defaults=defaults)
         if not defaults and given("prompt") is None:
             bad("prompt", "required, and missing")
         if out.count == before:
@@ -256,7 +291,7 @@ class _Checker:
 
         if defaults or out.count > before:
             return None
-        return Item(
+        made = Item(
             id=item_id or derive_id(canonical_json({"model": model, "input": normalised})),
             model=model,
             input=MappingProxyType(normalised),
@@ -264,8 +299,14 @@ class _Checker:
             file=out.file,
             line=raw.line,
         )
+        if refs:
+            fields = (made.id, model, made.input, callback, out.file, raw.line)
+            return RefItem(*fields, expand.NO_CELL, 1, MappingProxyType(refs))
+        return made
 
-    def _input(self, raw: RawItem, card: models.Card, bad: Any, *, defaults: bool) -> dict[str, Any]:
+    def _input(
+        self, raw: RawItem, card: models.Card, bad: Any, refs: dict[str, references.Reference], *, defaults: bool
+    ) -> dict[str, Any]:
         """The `input` fields given, normalised by the card (not every known one: 100,000 items add up)."""
         normalised: dict[str, Any] = {}
         specs = card.fields
@@ -292,7 +333,39 @@ class _Checker:
                 )
             except schema.FieldError as exc:
                 bad(name, str(exc))
+                continue
+            if spec.data_types and spec.kind in ("image", "list"):
+                normalised[name] = self._local(name, normalised[name], spec, refs, bad)
         return normalised
+
+    def _local(
+        self, name: str, value: Any, spec: schema.InputField, refs: dict[str, references.Reference], bad: Any
+    ) -> Any:
+        """A reference field's value with each local file as `sha256:<hex>` (and the file in `refs`)."""
+        values: list[str] = value if isinstance(value, list) else [value]
+        if not any(references.is_local(text) for text in values):
+            return value
+        made = RefList()
+        for position, text in enumerate(values, start=1):
+            if not references.is_local(text):
+                made.append(text)
+                continue
+            found = self.files.check(text)
+            where = f"item {position}: " if spec.kind == "list" else ""
+            if isinstance(found, str):
+                bad(name, f"{where}{schema.shorten(text)!r}: {found}")
+                return value
+            digest, reference = found
+            if reference.media_type not in spec.data_types:
+                bad(
+                    name,
+                    f"{where}{schema.shorten(text)!r} is {reference.media_type}; this field takes "
+                    f"{', '.join(spec.data_types)}",
+                )
+                return value
+            made.append(digest)
+            refs[digest] = reference
+        return made if spec.kind == "list" else made[0]
 
 
 _OUTSIDE_INPUT = frozenset((*models.TOP_FIELDS, *models.EXPANSION_FIELDS))

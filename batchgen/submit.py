@@ -32,6 +32,7 @@ from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
 from .progress import Reporter
+from .references import ReferenceChanged
 
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 
@@ -114,6 +115,11 @@ class Submitter:
     async def submit(self, item: Item) -> str | None:
         """createTask with retries; the task id, or None if the item failed or must wait for the next run."""
         request = item.request
+        try:  # the body sent: local reference images as data URIs (the ledger keeps their sha256)
+            body = await asyncio.to_thread(item.wire) if item.references else request
+        except ReferenceChanged as exc:  # edited since the manifest was read: the next run sees a changed item
+            await self._fail(item.id, error_record("rejected", None, str(exc)))
+            return None
         callback = item.callback_url or self.callback_url
         saturated = failed = 0
         while True:
@@ -125,7 +131,7 @@ class Submitter:
                     self.throttle.window.forget(slot)
                     return None
                 self.creates_left -= 1  # given back only when the call certainly created nothing
-            job = asyncio.ensure_future(self._create(item, request, callback, slot))
+            job = asyncio.ensure_future(self._create(item, request, callback, slot, body))
             self.creating.add(job)
             job.add_done_callback(_settle_job)
             job.add_done_callback(self.creating.discard)
@@ -174,7 +180,9 @@ class Submitter:
         if self.creates_left is not None:
             self.creates_left += 1
 
-    async def _create(self, item: Item, request: dict[str, Any], callback: str | None, slot: list[float]) -> str:
+    async def _create(
+        self, item: Item, request: dict[str, Any], callback: str | None, slot: list[float], body: dict[str, Any]
+    ) -> str:
         """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after.
 
         Its create-window slot counts from the moment the answer arrives, unless the service dropped the call.
@@ -188,7 +196,7 @@ class Submitter:
             self.ledger.submit_unsent(item.id)
             raise
         try:
-            task_id = await self.client.create_task(request, callback)
+            task_id = await self.client.create_task(body, callback)
         except RateLimited:
             self.throttle.window.forget(slot)
             self.ledger.submit_unsent(item.id)
