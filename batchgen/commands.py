@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import errno
 import json
 import os
@@ -83,6 +84,8 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
+        for line in models.sunset_warnings(cards, {item.model for item in loaded.items}, datetime.date.today()):
+            print(f"warning: {path}: {line}", file=sys.stderr)
         count = len(loaded.items)
         say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
     if problems:

@@ -11,6 +11,7 @@
     │   ├── AuthError                  exit 3: 401, the key was refused (stop the run)
     │   ├── QuotaError                 exit 3: 403, quota or access (stop the run)
     │   ├── RequestRejected            400 / 413 / 422: this item's request is wrong (never retried)
+    │   │   └── ModelUnavailable       the model is not offered (any more): its items are not sent (gone.py)
     │   ├── RateLimited                429: saturated (back off, retry)
     │   └── ServerError                5xx or an unreadable answer (retry with backoff)
     ├── TransportError                 the network failed: no answer at all (retry with backoff)
@@ -119,6 +120,15 @@ class QuotaError(ServiceError):
 
 class RequestRejected(ServiceError):
     """400, 413 or 422: this item's request will never be accepted as it is."""
+
+
+class ModelUnavailable(RequestRejected):
+    """The service does not offer the request's model: 400 "unsupported model", model_price_error, or the
+    gateway's 503 "no channel available for model X", naming it. Nothing was created (gone.py)."""
+
+    def __init__(self, message: str, *, model: str, status: int | None = None) -> None:
+        super().__init__(message, status=status, code="model_unavailable")
+        self.model = model
 
 
 class RateLimited(ServiceError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
 from importlib import resources
 from pathlib import Path
 
@@ -212,3 +213,14 @@ def _accepts(spec: InputField) -> str:
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def sunset_warnings(cards: Registry, names: Iterable[str], today: date) -> list[str]:
+    """One line for each model in use whose card's sunset date has passed."""
+    lines = []
+    for name in sorted(set(names)):
+        card = cards.get(name)
+        if card is not None and card.past_sunset(today):
+            then = f"; its successor is {card.successor!r}" if card.successor else ""
+            lines.append(f"model {name!r} is past its sunset date ({card.sunset}, in its card){then}")
+    return lines

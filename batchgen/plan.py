@@ -79,8 +79,9 @@ def make_plan(
                 plan.resume.append((item, task_id))
                 continue
             if state == "failed":
-                (plan.retry if retry_failed else plan.failed).append(item)
-                if not retry_failed:
+                again = retry_failed or _unavailable(record)  # a model gone yesterday is probed again today
+                (plan.retry if again else plan.failed).append(item)
+                if not again:
                     continue
             else:
                 plan.new.append(item)
@@ -89,6 +90,11 @@ def make_plan(
     listed = {item.id for item in items}
     plan.not_in_manifest = sorted(set(records) - listed)
     return plan
+
+
+def _unavailable(record: Record) -> bool:
+    error = record.get("error")
+    return isinstance(error, dict) and error.get("kind") == "model_unavailable"
 
 
 def _missing(directory: Path, record: Record) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import gc
 import secrets
@@ -114,7 +115,10 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         ledger.track(items)
         if settings.price is not None:
             ledger.set_price(str(settings.price))
-        ledger.set_cards(models.used(settings.cards or models.builtin(), {item.model for item in items}))
+        used = {item.model for item in items}
+        ledger.set_cards(models.used(settings.cards or models.builtin(), used))
+        for line in models.sunset_warnings(settings.cards or models.builtin(), used, datetime.date.today()):
+            reporter.warning(line)
         for item in plan.missing:
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)

@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import gone
 from .client import Client
 from .config import RunSettings
 from .errors import (
     AuthError,
+    ModelUnavailable,
     QuotaError,
     RateLimited,
     RequestRejected,
@@ -31,6 +33,7 @@ from .errors import (
 from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
+from .models import builtin
 from .progress import Reporter
 from .references import ReferenceChanged
 
@@ -91,6 +94,7 @@ class Submitter:
         for item_id, record in ledger.owners():
             if record.get("task_id"):
                 self.task_owner.setdefault(str(record["task_id"]), item_id)
+        self.gate = gone.Gate(gone.suspects(ledger.items.values()), settings.cards or builtin())
 
     def claim(self, task_id: str, item_id: str) -> bool:
         """Whether a resumed task id is this item's alone (two items, one task: never both succeed)."""
@@ -113,7 +117,18 @@ class Submitter:
         )
 
     async def submit(self, item: Item) -> str | None:
-        """createTask with retries; the task id, or None if the item failed or must wait for the next run."""
+        """createTask with retries; the task id, or None if the item failed or must wait for the next run.
+        An item whose model the service does not offer is not sent: it fails (gone.py)."""
+        if not await self.gate.admit(item.model, id(item)):
+            self.ledger.failed(item.id, self.gate.error(item.model))
+            await self.ledger.durable()
+            return None
+        try:
+            return await self._submit(item)
+        finally:
+            self.gate.settle(item.model, id(item))
+
+    async def _submit(self, item: Item) -> str | None:
         request = item.request
         try:  # the body sent: local reference images as data URIs (the ledger keeps their sha256)
             body = await asyncio.to_thread(item.wire) if item.references else request
@@ -153,6 +168,13 @@ class Submitter:
                 self._give_back()
                 self._stop("refused", fatal=exc)
                 raise Stopped from exc
+            except ModelUnavailable as exc:
+                self._give_back()
+                if (line := self.gate.went(item.model, exc.message)) is not None:
+                    self.reporter.error(line, event="model_unavailable", model=item.model)
+                self.ledger.failed(item.id, self.gate.error(item.model))
+                await self.ledger.durable()
+                return None
             except RequestRejected as exc:
                 self._give_back()
                 await self._fail(item.id, error_record("rejected", exc.code, exc.message))

@@ -312,7 +312,7 @@ def test_a_bug_without_a_directory_prints_the_line_then_the_traceback(tmp_path):
     manifest = manifest_of(tmp_path / "m.yaml", ["a"])
     code = (
         "import sys, batchgen.cli, batchgen.manifest\n"
-        "def broken_load(path):\n    raise AttributeError('injected')\n"
+        "def broken_load(path, **options):\n    raise AttributeError('injected')\n"
         "batchgen.manifest.load_counted = broken_load\n"
         "sys.exit(batchgen.cli.main(sys.argv[1:]))\n"
     )
