@@ -386,12 +386,12 @@ def test_what_python_itself_logs_is_one_json_object_too(tmp_path):
     code = (
         "import logging, sys, warnings, batchgen.cli, batchgen.manifest\n"
         "real = batchgen.manifest.load\n"
-        "def load(path):\n"
+        "def load(path, **options):\n"
         "    try:\n        raise RuntimeError('lost')\n"
         "    except RuntimeError as exc:\n"
         "        logging.getLogger('asyncio').error('Task exception was never retrieved', exc_info=exc)\n"
         "    warnings.warn('a warning from a library')\n"
-        "    return real(path)\n"
+        "    return real(path, **options)\n"
         "batchgen.manifest.load = load\n"
         "sys.exit(batchgen.cli.main(sys.argv[1:]))\n"
     )
