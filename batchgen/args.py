@@ -248,6 +248,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _add_models_dir_argument(p)
     _add_price_argument(p)
     p.add_argument(
+        "--max-spend",
+        metavar="AMOUNT",
+        help="create nothing that would take this run's paid creates x their price past AMOUNT (needs --price "
+        "for every model); what is left waits for the next run (exit 5)",
+    )
+    p.add_argument(
         "--name",
         metavar="TEMPLATE",
         default="{id}",
@@ -303,8 +309,9 @@ def _add_price_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--price",
         metavar="AMOUNT",
-        help="price of one image, any currency (env BATCHGEN_PRICE): validate shows items x price as an upper "
-        "bound, --dry-run the estimated cost of its paid creates",
+        help="price of one image, any currency (env BATCHGEN_PRICE), for every model or per model "
+        "(imagen4-ultra=0.06,nano-banana-pro=0.13): validate shows items x price as an upper bound, --dry-run "
+        "the estimated cost of its paid creates, the summary and status the cost per model",
     )
 
 

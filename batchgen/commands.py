@@ -16,13 +16,14 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, manifest, memory, models, plan, report, runner, sheet
+from . import config, manifest, memory, models, plan, prices, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -68,7 +69,7 @@ def flush_stdout(text: str = "") -> None:
 
 
 def cmd_validate(args: argparse.Namespace, session: Session) -> int:
-    price = plan.price_from(args.price, os.environ)
+    price = prices.from_settings(args.price, os.environ)
     notes: list[str] = []
     cards = models.registry(args.models_dir, os.environ, notes)
     for note in notes:
@@ -87,7 +88,12 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
         for line in models.sunset_warnings(cards, {item.model for item in loaded.items}, datetime.date.today()):
             print(f"warning: {path}: {line}", file=sys.stderr)
         count = len(loaded.items)
-        say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
+        single = price.default if price is not None and not price.by_model else None
+        say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, single)}")
+        if price is not None and price.by_model:
+            parts, total = prices.costs(Counter(item.model for item in loaded.items), price)
+            in_all = f"; {total} in all" if total is not None else ""
+            say(f"  at most, if every item is paid for once: {'; '.join(parts)}{in_all}")
     if problems:
         print(f"{plural(problems, 'problem')} found; nothing would be submitted", file=sys.stderr)
         return 2
@@ -113,6 +119,15 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         api_base = config.check_api_base(api_base)
     key = None if args.simulate else config.read_key(env, args.api_key_file, warnings)
     cards = models.registry(args.models_dir, env, warnings)
+    price = prices.from_settings(args.price, env)
+    max_spend = None
+    if args.max_spend is not None:
+        limit = prices.parse(args.max_spend, "--max-spend")
+        if limit is None or limit.by_model or limit.default is None:
+            raise UsageError(f"--max-spend: expected an amount such as 5.00; got {args.max_spend!r}")
+        if price is None:
+            raise UsageError("--max-spend needs --price (or BATCHGEN_PRICE): the price of each model's image")
+        max_spend = limit.default
     return RunSettings(
         manifest=Path(args.manifest),
         out=Path(args.out),
@@ -131,7 +146,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         limit=args.limit,
         max_runtime=args.max_runtime,
         dry_run=args.dry_run,
-        price=plan.price_from(args.price, env),
+        price=price.default if price is not None and not price.by_model else None,
+        prices=price,
+        max_spend=max_spend,
         name=args.name,
         metadata=args.metadata,
         cards=cards,

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from . import prices
 from .errors import UsageError
 from .files import STATE_DIR, write_atomically
 from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
@@ -70,6 +71,19 @@ def _spend(loaded: Loaded) -> dict[str, Any]:
     price = price_of(loaded.price)
     if price is not None:
         doc["spend"] = str(price * paid)
+    by_model = prices.paid_by_model(loaded.items.values())
+    recorded = prices.recorded(loaded.price)
+    doc["by_model"] = {}
+    for model, n in sorted(by_model.items()):
+        each = recorded.of(model) if recorded is not None else None
+        doc["by_model"][model] = {
+            "paid_creates": n,
+            "price": None if each is None else str(each),
+            "spend": None if each is None else str(each * n),
+        }
+    _, total = prices.costs(by_model, recorded)
+    if recorded is not None and recorded.by_model and total is not None:
+        doc["spend"] = str(total)
     consumed, costs, latest = 0.0, 0, None
     for record in loaded.items.values():
         cost = record.get("cost") or {}
@@ -107,6 +121,12 @@ def running_pid(directory: Path) -> int | None:
     return None
 
 
+def _model_cost(model: str, entry: dict[str, Any]) -> str:
+    if entry.get("spend") is None:
+        return f"{model} {entry['paid_creates']:,}"
+    return f"{model} {entry['paid_creates']:,} × {entry['price']} = {entry['spend']}"
+
+
 def status_text(doc: dict[str, Any]) -> str:
     counts = doc["counts"]
     total = sum(counts.values())
@@ -121,8 +141,12 @@ def status_text(doc: dict[str, Any]) -> str:
     if doc.get("damaged"):
         lines.append(f"  warning: {doc['damaged']}; the next run rebuilds it from the journal")
     money = plural(doc.get("paid_creates", 0), "paid create")
-    if doc.get("spend") is not None:
+    if doc.get("spend") is not None and price_of(doc["price"]) is not None:
         money += f" × {doc['price']} = {doc['spend']} spent so far"
+    elif doc.get("spend") is not None:
+        money += f"; {doc['spend']} spent so far"
+    if len(doc.get("by_model") or ()) > 1 or (doc.get("spend") is not None and price_of(doc["price"]) is None):
+        money += " (" + "; ".join(_model_cost(m, e) for m, e in doc["by_model"].items()) + ")"
     credits = doc.get("service_credits") or {}
     if credits.get("consumed") is not None:
         money += f"; the service charged {credits['consumed']:g} credits for {plural(credits['items'], 'item')}"

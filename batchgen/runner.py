@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from . import manifest, models, names, sheet
+from . import manifest, models, names, prices, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -29,6 +29,7 @@ from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, describe, make_plan
+from .prices import Prices
 from .progress import Reporter, plural
 from .records import price_of
 from .submit import Counters
@@ -42,6 +43,9 @@ class Outcome:
     seconds: float
     price: Decimal | None = None  # per image: --price, else the one the ledger recorded
     paid_total: int = 0  # paid creates the ledger counts over every item's life (spend so far = this × price)
+    prices: Prices | None = None  # per model, when the ledger recorded prices per model
+    spend: Decimal | None = None  # with per-model prices: this run's paid creates x their model's price ...
+    spend_total: Decimal | None = None  # ... and the ledger's
 
 
 def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
@@ -102,6 +106,9 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
     started = time.monotonic()
     with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
         items = manifest.load(settings.manifest, cards=settings.cards)
+        money = settings.prices if settings.max_spend is not None else None
+        if money is not None and (missing := money.missing({item.model for item in items})):
+            raise UsageError(f"--max-spend needs a price for every model; --price has none for {', '.join(missing)}")
         stems = _stems(items, settings)  # a --name that collides or leaves DIR: exit 2 before anything is sent
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
@@ -113,8 +120,8 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             )
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
-        if settings.price is not None:
-            ledger.set_price(str(settings.price))
+        if settings.prices is not None:
+            ledger.set_price(str(settings.prices))
         used = {item.model for item in items}
         ledger.set_cards(models.used(settings.cards or models.builtin(), used))
         for line in models.sunset_warnings(settings.cards or models.builtin(), used, datetime.date.today()):
@@ -139,6 +146,11 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
                 receiver.on_task = engine.wake
             stop.attach(engine)
             await engine.run()
+            if (budget := engine.submitter.budget) is not None and budget.reached:
+                reporter.warning(
+                    f"--max-spend {budget.limit} reached ({budget.spent} spent or in doubt): nothing more is created; "
+                    "rerun to continue"
+                )
         reporter.close()
         counts = ledger.counts(engine.ids)
         outcome = Outcome(
@@ -170,6 +182,11 @@ def _spend(outcome: Outcome, ledger: Ledger) -> None:
     """What the run needs to report spend: the price (recorded in the ledger) and every paid create it counts."""
     outcome.price = price_of(ledger.price)
     outcome.paid_total = sum(int(record.get("paid", 0)) for record in ledger.items.values())
+    recorded = prices.recorded(ledger.price)
+    if recorded is not None and recorded.by_model:
+        outcome.prices = recorded
+        _, outcome.spend = prices.costs(outcome.counters.creates_by_model, recorded)
+        _, outcome.spend_total = prices.costs(prices.paid_by_model(ledger.items.values()), recorded)
 
 
 @contextlib.contextmanager
@@ -283,6 +300,8 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
         **spend_figures(n.creates, outcome.paid_total, outcome.price),
+        **({"spend": float(outcome.spend)} if outcome.spend is not None else {}),
+        **({"spend_total": float(outcome.spend_total)} if outcome.spend_total is not None else {}),
     }
 
 
@@ -300,6 +319,11 @@ def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) ->
         sheet.write_last_run(settings.out, figures(outcome))
     except (OSError, BatchgenError) as exc:
         reporter.warning(f"could not keep the run's figures for the contact sheet: {exc}")
+    by_model = outcome.counters.creates_by_model
+    if len(by_model) > 1 or (by_model and outcome.prices is not None):
+        parts, total = prices.costs(by_model, outcome.prices or prices.Prices(outcome.price))
+        cost = f"; {total} in all" if total is not None and (outcome.prices or outcome.price) else ""
+        reporter.info(f"paid creates by model: {'; '.join(parts)}{cost}", event="paid_by_model")
     c = outcome.counts
     if outcome.exit_code == 5:
         reporter.info(

@@ -13,8 +13,9 @@ import asyncio
 import functools
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import gone
@@ -34,6 +35,7 @@ from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
 from .models import builtin
+from .prices import Budget
 from .progress import Reporter
 from .references import ReferenceChanged
 
@@ -53,6 +55,7 @@ class Counters:
     in_doubt: int = 0
     callbacks: int = 0  # valid callbacks that woke a poller
     lost: int = 0  # tasks the service forgot (failed, kind `lost`)
+    creates_by_model: Counter[str] = field(default_factory=Counter)  # paid, per model
 
 
 class Stopped(Exception):
@@ -95,6 +98,9 @@ class Submitter:
             if record.get("task_id"):
                 self.task_owner.setdefault(str(record["task_id"]), item_id)
         self.gate = gone.Gate(gone.suspects(ledger.items.values()), settings.cards or builtin())
+        self.budget = None
+        if settings.max_spend is not None and settings.prices is not None:
+            self.budget = Budget(settings.max_spend, settings.prices)
 
     def claim(self, task_id: str, item_id: str) -> bool:
         """Whether a resumed task id is this item's alone (two items, one task: never both succeed)."""
@@ -146,6 +152,9 @@ class Submitter:
                     self.throttle.window.forget(slot)
                     return None
                 self.creates_left -= 1  # given back only when the call certainly created nothing
+            if self.budget is not None and not self.budget.take(item.model):  # --max-spend: stop creating
+                self.throttle.window.forget(slot)
+                return None
             job = asyncio.ensure_future(self._create(item, request, callback, slot, body))
             self.creating.add(job)
             job.add_done_callback(_settle_job)
@@ -222,10 +231,14 @@ class Submitter:
         except RateLimited:
             self.throttle.window.forget(slot)
             self.ledger.submit_unsent(item.id)
+            if self.budget is not None:
+                self.budget.give_back(item.model)
             raise
         except BaseException as exc:
             self.throttle.window.done(slot)
             doubt = _maybe_created(exc)
+            if self.budget is not None and not doubt:  # certainly not paid: its price is spent on another
+                self.budget.give_back(item.model)
             self.ledger.submit_unsent(item.id, in_doubt=doubt)
             if doubt:
                 self.counters.in_doubt += 1
@@ -238,6 +251,7 @@ class Submitter:
             raise
         self.throttle.window.done(slot)
         self.counters.creates += 1  # paid, whatever happens next
+        self.counters.creates_by_model[item.model] += 1
         if self.task_owner.setdefault(task_id, item.id) != item.id:
             self.ledger.paid_without_task(item.id, self.duplicate(task_id))
             await self.ledger.durable()
