@@ -198,6 +198,9 @@ def _entries(
             "was": state,
             "prompt": str(request_input.get("prompt", "")),
         }
+        model = (record.get("request") or {}).get("model")
+        if isinstance(model, str):
+            base["model"] = model
         if request_input.get("seed") is not None:
             base["seed"] = request_input["seed"]
         took = _seconds(record.get("submitted_at"), record.get("finished_at"))
@@ -294,6 +297,7 @@ def _page(data: dict[str, Any]) -> str:
 </div></header>
 <nav class="bar" aria-label="filter"><div class="wrap">
 <div class="chips" id="chips" role="group" aria-label="state"></div>
+<select id="model" aria-label="model" hidden></select>
 <input id="q" type="search" placeholder="Search id or prompt" aria-label="search by id or prompt" autocomplete="off">
 </div></nav>
 <main class="wrap">
