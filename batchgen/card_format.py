@@ -138,6 +138,8 @@ def parse(data: bytes, file: str, source: str) -> Card:
         raise where.fail(fields_node, "fields: every model has a required `prompt`")
     constraints = tuple(_constraints(top.get("constraints"), fields, where))
     successor = _optional_text(top.get("successor"), where, "successor")
+    if successor is not None and not _MODEL_NAME.fullmatch(successor):
+        raise where.fail(top["successor"], f"successor: {shorten(successor)!r} is not a model name")
     sunset = _sunset(top.get("sunset"), where)
     output = _output(top.get("output"), where)
     return Card(
@@ -198,6 +200,8 @@ def _text(node: yaml.Node | None, where: _Where, parent: yaml.Node | None, what:
     value = _scalar(node, where, parent, what)
     if not isinstance(value, str) or not value.strip():
         raise where.fail(node, f"{what}: expected text")
+    if not value.isprintable() or len(value) > 2000:  # shown on terminals and pages: no escapes, no bidi overrides
+        raise where.fail(node, f"{what}: expected one line of printable text (at most 2,000 characters)")
     return value
 
 

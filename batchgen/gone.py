@@ -46,7 +46,7 @@ def _message(text: str) -> tuple[str, str]:
     try:
         body: Any = json.loads(text)
     except (ValueError, RecursionError):
-        return text[:500], ""
+        return _printable(text[:500]), ""
     if not isinstance(body, dict):
         return "", ""
     error = body.get("error")
@@ -54,7 +54,12 @@ def _message(text: str) -> tuple[str, str]:
         body = error
     message = body.get("msg") or body.get("message") or ""
     code = body.get("code")
-    return (str(message)[:500], "" if code is None else str(code))
+    return (_printable(str(message)[:500]), "" if code is None else _printable(str(code)[:100]))
+
+
+def _printable(text: str) -> str:
+    """The service's text as one printable line: no escape sequences, newlines or bidi overrides reach a log."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def suspects(records: Iterable[Record]) -> set[str]:

@@ -140,7 +140,8 @@ def registry(flag: str | None, env: Mapping[str, str], notes: list[str]) -> Regi
         mine[card.name] = path
         if card.name in base.cards:
             overridden.append(card.name)
-            notes.append(f"model card {path} replaces the built-in card of {card.name}")
+            shown = str(path) if str(path).isprintable() else repr(str(path))
+            notes.append(f"model card {shown} replaces the built-in card of {card.name}")
         cards[card.name] = card
     return Registry(cards, tuple(overridden)) if mine else base
 

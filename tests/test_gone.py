@@ -134,3 +134,10 @@ async def test_a_card_past_its_sunset_warns_in_validate_and_run(tmp_path, write,
     assert code == 0 and warning in err
     code, _, err = await cli(command[:-2], env=_env())
     assert "sunset" not in err
+
+
+def test_the_services_text_reaches_the_log_as_one_printable_line():
+    hostile = json.dumps({"code": 400, "msg": "unsupported model: imagen4-ultra\x1b[31m\nFAKE LINE\u202e\r"})
+    message = gone.classify(400, hostile, "imagen4-ultra")
+    assert message == "unsupported model: imagen4-ultra [31m FAKE LINE"
+    assert message.isprintable()

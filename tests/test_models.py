@@ -661,3 +661,12 @@ def test_the_docs_quote_every_built_in_cards_table_as_the_cards_say():
         table = models.field_table(card)
         body = "\n".join(table[table.index("") + 1 :])
         assert body in docs, f"docs/models.md: the table of {card.name} differs from its card"
+
+
+def test_a_card_holds_only_printable_text_it_may_show():
+    for bad in ('"title": "x\\u001b[2J"', '"successor": "a b"', '"page": "p\\u202e"'):
+        data = (
+            '{"card": 1, "model": "m", ' + bad + ', "fields": {"prompt": {"type": "text", "required": true}}}'
+        ).encode()
+        with pytest.raises(CardError, match="f.json:1: "):
+            models.parse(data, "f.json", "x")
