@@ -668,5 +668,5 @@ def test_a_card_holds_only_printable_text_it_may_show():
         data = (
             '{"card": 1, "model": "m", ' + bad + ', "fields": {"prompt": {"type": "text", "required": true}}}'
         ).encode()
-        with pytest.raises(CardError, match="f.json:1: "):
+        with pytest.raises(CardError, match=r"f\.json:1: "):
             models.parse(data, "f.json", "x")
