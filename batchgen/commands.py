@@ -44,6 +44,7 @@ class Session:
     directory: str | None = None  # DIR, for the crash log
     counts: dict[str, int] | None = None
     figures: dict[str, Any] = field(default_factory=dict)
+    by_model: dict[str, int] = field(default_factory=dict)  # this run's paid creates per model
 
 
 class StdoutError(Exception):
@@ -186,6 +187,7 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
         out.close()
     session.counts = outcome.counts
     session.figures = dict(runner.figures(outcome))
+    session.by_model = dict(outcome.counters.creates_by_model)
     runner.final_report(outcome, settings, out)
     if args.report:
         try:

@@ -203,6 +203,7 @@ METRIC_HELP = {
     "batchgen_last_run_in_doubt": "createTask calls of the last run whose answer was lost (possibly paid).",
     "batchgen_last_run_lost": "Items of the last run whose task the service no longer knew, a day after creation.",
     "batchgen_last_run_seconds": "Wall time of the last run, in seconds.",
+    "batchgen_last_run_paid_creates_by_model": "The last run's paid creates of one model.",
     "batchgen_last_run_price": "The price of one image the last run knew (--price, or the one its ledger recorded).",
     "batchgen_last_run_spend": "The last run's paid creates times the price.",
     "batchgen_last_run_spend_total": "Spend so far: every paid create the ledger counts, times the price.",
@@ -224,6 +225,7 @@ def write_metrics(
     counts: dict[str, int] | None,
     figures: dict[str, float | int],
     warn: list[str] | None = None,
+    by_model: dict[str, int] | None = None,
 ) -> None:
     """A Prometheus textfile-collector file, replaced atomically (node_exporter must never read half a file).
 
@@ -240,6 +242,8 @@ def write_metrics(
     if counts is not None:
         samples += [("batchgen_items", f'manifest="{label}",state="{state}"', counts.get(state, 0)) for state in STATES]
     samples += [(f"batchgen_last_run_{name}", f'manifest="{label}"', value) for name, value in figures.items()]
+    for model, paid in sorted((by_model or {}).items()):  # model names are card names: no quote, no backslash
+        samples.append(("batchgen_last_run_paid_creates_by_model", f'manifest="{label}",model="{model}"', paid))
     success = figures["finished_timestamp"] if figures["exit_code"] in (0, 1) else previous.get(SUCCESS)
     if success is not None:
         samples.append((SUCCESS, f'manifest="{label}"', success))

@@ -52,9 +52,16 @@ async def test_dry_run_summary_and_status_give_paid_creates_and_cost_per_model(t
     assert "estimated cost: imagen4-ultra 2 × 0.06 = 0.12; nano-banana-pro 1 × 0.13 = 0.13; 0.25 in all" in stdout
     code, stdout, err = await cli([sys.executable, "-m", "batchgen", "validate", str(path), *price])
     assert code == 0 and "imagen4-ultra 2 × 0.06 = 0.12; nano-banana-pro 1 × 0.13 = 0.13; 0.25 in all" in stdout
+    metrics = tmp_path / "batchgen.prom"
     async with sim_factory() as sim:
-        code, _, err = await cli(run_args(path, out, sim, *price))
+        code, _, err = await cli(run_args(path, out, sim, *price, "--metrics-file", str(metrics)))
     assert code == 0, err
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    by_model = {s.labels["model"]: s.value for s in families["batchgen_last_run_paid_creates_by_model"].samples}
+    assert by_model == {"imagen4-ultra": 2, "nano-banana-pro": 1}
+    assert families["batchgen_last_run_spend"].samples[0].value == 0.25
     assert "paid creates by model: imagen4-ultra 2 × 0.06 = 0.12; nano-banana-pro 1 × 0.13 = 0.13; 0.25 in all" in err
     code, stdout, err = await cli([sys.executable, "-m", "batchgen", "status", str(out)])
     assert code == 0 and "3 paid creates; 0.25 spent so far (imagen4-ultra 2 × 0.06 = 0.12; nano-banana-pro 1" in stdout
