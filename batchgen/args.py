@@ -84,12 +84,7 @@ def build_parser() -> Parser:
     )
     _complete(validate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
     _add_models_dir_argument(validate)
-    validate.add_argument(
-        "--model",
-        metavar="NAME",
-        help="check every item as if it named model NAME (try a successor before switching); "
-        "`batchgen models` lists the models",
-    )
+    validate.add_argument("--model", metavar="NAME", help="check every item as if it named model NAME")
     _add_price_argument(validate)
 
     run = commands.add_parser(
@@ -119,14 +114,7 @@ def build_parser() -> Parser:
     )
     _complete(contact.add_argument("directory", metavar="DIR", help="a run's output directory"), DIRECTORY)
 
-    cards = commands.add_parser(
-        "models",
-        help="list the model cards, or show one model's fields",
-        description="Without NAME: every model batchgen knows (built-in cards and yours), with its successor and "
-        "sunset date. With NAME: that model's fields, what each accepts, and the rules between fields.",
-    )
-    cards.add_argument("name", nargs="?", metavar="NAME", help="a model, e.g. nano-banana-pro")
-    _add_models_dir_argument(cards)
+    _add_models_command(commands)
 
     sim = commands.add_parser(
         "sim",
@@ -245,14 +233,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="after this long, submit nothing more, save state and exit 5",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
-    _add_models_dir_argument(p)
-    _add_price_argument(p)
-    p.add_argument(
-        "--max-spend",
-        metavar="AMOUNT",
-        help="create nothing that would take this run's paid creates x their price past AMOUNT (needs --price "
-        "for every model); what is left waits for the next run (exit 5)",
-    )
+    _add_money_arguments(p)
     p.add_argument(
         "--name",
         metavar="TEMPLATE",
@@ -291,6 +272,29 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
+
+
+def _add_money_arguments(p: argparse.ArgumentParser) -> None:
+    """`run`'s model cards, prices and spending cap."""
+    _add_models_dir_argument(p)
+    _add_price_argument(p)
+    p.add_argument(
+        "--max-spend",
+        metavar="AMOUNT",
+        help="create nothing that would take this run's paid creates x their price past AMOUNT (needs --price "
+        "for every model); what is left waits for the next run (exit 5)",
+    )
+
+
+def _add_models_command(commands: Any) -> None:
+    cards = commands.add_parser(
+        "models",
+        help="list the model cards, or show one model's fields",
+        description="Without NAME: every model batchgen knows (built-in cards and yours), with its successor and "
+        "sunset date. With NAME: that model's fields, what each accepts, and the rules between fields.",
+    )
+    cards.add_argument("name", nargs="?", metavar="NAME", help="a model, e.g. nano-banana-pro")
+    _add_models_dir_argument(cards)
 
 
 def _add_models_dir_argument(p: argparse.ArgumentParser) -> None:
