@@ -147,3 +147,21 @@ def test_a_reference_file_must_be_an_image_inside_the_manifests_folder(tmp_path,
     for line, case, message in zip(found, cases, expected, strict=False):
         assert f"image_input: item 2: {case!r}" in line and message in line, (line, case)
     assert "item 'flux': input_image: expected an https:// URL of an image; got 'ok.webp'" in found[-1]
+
+
+def test_a_matrix_axis_can_name_the_reference_file(tmp_path, write):
+    write("a.png", image_bytes("red"))
+    write("b.jpg", image_bytes("blue", "JPEG"))
+    path = write(
+        "m.yaml",
+        '- id: look\n  model: nano-banana-pro\n  prompt: like this\n  image_input: "{ref}"\n'
+        "  matrix:\n    ref: [a.png, b.jpg]\n",
+    )
+    first, second = manifest.load(path)
+    assert first.cell == {"ref": "a.png"} and second.cell == {"ref": "b.jpg"}
+    assert first.input["image_input"] == ["sha256:" + hashlib.sha256(image_bytes("red")).hexdigest()]
+    body = second.wire()
+    assert body["input"]["image_input"] == [
+        "data:image/jpeg;base64," + base64.b64encode(image_bytes("blue", "JPEG")).decode()
+    ]
+    assert second.request["input"]["image_input"][0].startswith("sha256:")  # the request itself is unchanged
