@@ -187,6 +187,8 @@ def _tries(kind: str | None, attempts: int) -> str:
     """How far a failed item got: a request the service rejected at createTask never became a task."""
     if kind == "rejected":
         return "rejected when submitted: no task was created; fix the item in the manifest"
+    if kind == "model_unavailable":
+        return "not sent: the service does not offer its model; the next run tries one item of it first"
     return plural(attempts, "attempt")
 
 

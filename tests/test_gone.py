@@ -61,6 +61,9 @@ async def test_a_mixed_night_with_one_model_gone(tmp_path, write, sim_factory, a
     assert "in doubt" not in err and "Traceback" not in err
     items = json.loads((out / "results.json").read_text())["items"]
     assert all(not v.get("doubt_open") and not v.get("paid") for k, v in items.items() if k.startswith("im"))
+    code, status, _ = await cli([sys.executable, "-m", "batchgen", "status", str(out)])
+    assert "failed  im2: model_unavailable: model 'imagen4-ultra' is not offered by the service" in status
+    assert "(not sent: the service does not offer its model; the next run tries one item of it first)" in status
 
 
 async def test_the_next_run_probes_a_gone_model_with_one_item_without_retry_failed(tmp_path, write, sim_factory):
