@@ -264,14 +264,15 @@ class _Checker:
             else:
                 bad("id", id_problem(value.text, value.value if value.text is None else value.text) or "")
 
-        model = schema.MODEL
+        model, named = schema.MODEL, True
         if (value := given("model")) is not None:
             model = (value.text or "").strip()
             if value.text is None or not model:
                 bad("model", f"expected a model name; got {schema.describe(value.value)}")
+                named = False
         card = self.cards.get(model)
-        if card is None:
-            if out.count == before:  # an unknown model has no fields to check
+        if card is None:  # an unknown model has no fields to check
+            if named:
                 bad("model", self.cards.unknown_model(model))
             return None
 

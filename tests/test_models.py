@@ -410,6 +410,7 @@ def test_every_problem_of_every_model_at_once(write):
 - id: c
   model: nano_banana_pro
   prompt: r
+  colour: red
 """,
     )
     with pytest.raises(ManifestError) as info:
@@ -420,6 +421,7 @@ def test_every_problem_of_every_model_at_once(write):
         "6: item 'b': prompt: too short (1 character; at least 2)",
         "6: item 'b': seed: model 'nano-banana-pro' has no field 'seed'; models that have it: flux-2-pro, "
         "imagen4-ultra, seedream-v4-5, z-image",
+        "10: item 'c': colour: unknown field; known fields are " + ", ".join(schema.MANIFEST_FIELDS),
         "10: item 'c': model: unknown model 'nano_banana_pro'; did you mean 'nano-banana-pro'? "
         "(`batchgen models` lists them)",
     ]
