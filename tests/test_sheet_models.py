@@ -36,6 +36,10 @@ async def test_the_comparison_sample_runs_each_model_with_its_own_fields(sim_fac
     assert inputs["nano-banana-pro"]["resolution"] == "2K" and "enhance_prompt" not in inputs["nano-banana-pro"]
     assert set(inputs["flux-2-pro"]) == {"prompt", "aspect_ratio"}
     assert {Path(f).suffix for item in items.values() for f in item["files"]} == {".png", ".jpg", ".webp"}
+    data = json.loads(sheet.write_report(out).read_text().split('id="sheet-data">')[1].split("</script>")[0])
+    params = {entry["id"]: entry.get("params", []) for entry in data["items"]}
+    nano = next(k for k in params if "nano" in k and k.startswith("harbor"))
+    assert params[nano][:2] == ["16:9", "2K"]  # the card's fields, not imagen4-ultra's list
 
 
 @needs_browser
