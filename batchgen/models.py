@@ -164,7 +164,7 @@ def listing(cards: Registry) -> list[str]:
     rows = [("model", "card", "successor", "sunset")]
     for name in sorted(cards.cards):
         card = cards.cards[name]
-        source = "built-in" if card.source == "built-in" else card.source
+        source = card.source if card.source.isprintable() else repr(card.source)  # a file name is outside text
         if name in cards.overridden:
             source += " (replaces the built-in card)"
         rows.append((name, source, card.successor or "-", card.sunset.isoformat() if card.sunset else "-"))
@@ -176,7 +176,8 @@ def field_table(card: Card) -> list[str]:
     head = [f"{card.name}" + (f" — {card.title}" if card.title else "")]
     if card.page:
         head.append(f"page: {card.page}")
-    head.append(f"card: {card.source}, sha256 {card.sha256[:16]}…")
+    source = card.source if card.source.isprintable() else repr(card.source)
+    head.append(f"card: {source}, sha256 {card.sha256[:16]}…")
     head.append(f"successor: {card.successor or '-'}; sunset: {card.sunset.isoformat() if card.sunset else '-'}")
     rows = [("field", "type", "required", "default", "accepts")]
     for spec in card.fields.values():
