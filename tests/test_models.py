@@ -672,3 +672,12 @@ def test_a_card_holds_only_printable_text_it_may_show():
         ).encode()
         with pytest.raises(CardError, match=r"f\.json:1: "):
             models.parse(data, "f.json", "x")
+
+
+async def test_a_card_file_name_with_escapes_is_shown_escaped(tmp_path):
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "evil\x1b[2J.json").write_text(FAST_CARD.replace("imagen4-fast", "imagen4-ultra"))
+    code, out, err = await cli([sys.executable, "-m", "batchgen", "models", "--models-dir", str(cards)], env=_env())
+    assert code == 0, err
+    assert "\x1b" not in out + err and "\\x1b[2J.json" in out and "\\x1b[2J.json" in err
