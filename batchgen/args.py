@@ -85,6 +85,8 @@ def build_parser() -> Parser:
         "field: what is wrong. Exit 0 when all are valid, 2 otherwise.",
     )
     _complete(validate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
+    _add_models_dir_argument(validate)
+    validate.add_argument("--model", metavar="NAME", help="check every item as if it named model NAME")
     _add_price_argument(validate)
 
     run = commands.add_parser(
@@ -113,6 +115,8 @@ def build_parser() -> Parser:
         "from file:// with no network.",
     )
     _complete(contact.add_argument("directory", metavar="DIR", help="a run's output directory"), DIRECTORY)
+
+    _add_models_command(commands)
 
     sim = commands.add_parser(
         "sim",
@@ -242,7 +246,7 @@ def _add_item_arguments(p: argparse.ArgumentParser) -> None:
         help="after this long, submit nothing more, save state and exit 5",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be submitted; contact nothing")
-    _add_price_argument(p)
+    _add_money_arguments(p)
 
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -319,12 +323,48 @@ def add_end_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_money_arguments(p: argparse.ArgumentParser) -> None:
+    """`run`'s model cards, prices and spending cap."""
+    _add_models_dir_argument(p)
+    _add_price_argument(p)
+    p.add_argument(
+        "--max-spend",
+        metavar="AMOUNT",
+        help="create nothing that would take this run's paid creates x their price past AMOUNT (needs --price "
+        "for every model); what is left waits for the next run (exit 5)",
+    )
+
+
+def _add_models_command(commands: Any) -> None:
+    cards = commands.add_parser(
+        "models",
+        help="list the model cards, or show one model's fields",
+        description="Without NAME: every model batchgen knows (built-in cards and yours), with its successor and "
+        "sunset date. With NAME: that model's fields, what each accepts, and the rules between fields.",
+    )
+    cards.add_argument("name", nargs="?", metavar="NAME", help="a model, e.g. nano-banana-pro")
+    _add_models_dir_argument(cards)
+
+
+def _add_models_dir_argument(p: argparse.ArgumentParser) -> None:
+    _complete(
+        p.add_argument(
+            "--models-dir",
+            metavar="DIR",
+            help="model cards that add or replace models (env BATCHGEN_MODELS_DIR; default "
+            "$XDG_CONFIG_HOME/batchgen/models, else ~/.config/batchgen/models)",
+        ),
+        DIRECTORY,
+    )
+
+
 def _add_price_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--price",
         metavar="AMOUNT",
-        help="price of one image, any currency (env BATCHGEN_PRICE): validate shows items x price as an upper "
-        "bound, --dry-run the estimated cost of its paid creates",
+        help="price of one image, any currency (env BATCHGEN_PRICE), for every model or per model "
+        "(imagen4-ultra=0.06,nano-banana-pro=0.13): validate shows items x price as an upper bound, --dry-run "
+        "the estimated cost of its paid creates, the summary and status the cost per model",
     )
 
 
@@ -417,6 +457,21 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
         default=sim.response_delay,
         help="seconds added to every API answer",
     )
+    p.add_argument(
+        "--unsupported-model",
+        action="append",
+        dest="unsupported_models",
+        metavar="MODEL",
+        help="answer creates for MODEL as for a model that is gone (repeat for more)",
+    )
+    p.add_argument(
+        "--unsupported-answer",
+        choices=["400", "price", "503"],
+        default=sim.unsupported_answer,
+        help="how: 400 'unsupported model', 400 model_price_error, or the gateway's 503 'no channel' "
+        "(default %(default)s)",
+    )
+    p.add_argument("--wrong-extension", action="store_true", help="result URLs and types say PNG whatever the bytes")
     p.add_argument("--random-seed", type=int, help="seed for the random faults, for repeatable runs")
 
 

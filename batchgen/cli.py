@@ -290,7 +290,14 @@ def _finish_run(session: Session, code: int) -> int:
         path = Path(session.metrics_file)
         warnings: list[str] = []
         try:
-            report.write_metrics(path, manifest=session.manifest, counts=session.counts, figures=figures, warn=warnings)
+            report.write_metrics(
+                path,
+                manifest=session.manifest,
+                counts=session.counts,
+                figures=figures,
+                warn=warnings,
+                by_model=session.by_model,
+            )
         except (OSError, BatchgenError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             out.error(f"--metrics-file {path}: cannot write it: {reason}", event="metrics_error")

@@ -26,11 +26,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import __version__
+from . import __version__, gone
 from .config import Secret, Timeouts, carries, redact
 from .errors import (
     AuthError,
     DownloadError,
+    ModelUnavailable,
     QuotaError,
     RateLimited,
     RequestRejected,
@@ -113,6 +114,9 @@ class Client:
             raise ServerError(f"createTask answered a task id carrying the API key: {self._mask(task_id)!r}")
         if task_id is not None:
             return task_id
+        model = str(request.get("model") or "")
+        if (gone_message := gone.classify(status, text, model)) is not None:  # about the model, not the run
+            raise ModelUnavailable(self._mask(gone_message), model=model, status=status)
         if _is_html(headers, text) and status < 500:
             raise UsageError(f"createTask answered an HTML page (HTTP {status}): is --api-base right?")
         data = interpret(status, headers, text, secret=self._key.value)  # raises for every error answer

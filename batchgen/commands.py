@@ -10,18 +10,20 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import errno
 import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, endactions, finish, manifest, memory, plan, report, runner, sheet
+from . import config, endactions, finish, manifest, memory, models, plan, prices, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -48,6 +50,7 @@ class Session:
     failures: list[dict[str, Any]] = field(default_factory=list)
     key: str | None = None
     hold: finish.LockHold = field(default_factory=finish.LockHold)
+    by_model: dict[str, int] = field(default_factory=dict)  # this run's paid creates per model
 
 
 class StdoutError(Exception):
@@ -73,18 +76,31 @@ def flush_stdout(text: str = "") -> None:
 
 
 def cmd_validate(args: argparse.Namespace, session: Session) -> int:
-    price = plan.price_from(args.price, os.environ)
+    price = prices.from_settings(args.price, os.environ)
+    notes: list[str] = []
+    cards = models.registry(args.models_dir, os.environ, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.model is not None and cards.get(args.model) is None:
+        raise UsageError(f"--model: {cards.unknown_model(args.model)}")
     problems = 0
     for path in args.manifests:
         try:
-            loaded = manifest.load_counted(path)
+            loaded = manifest.load_counted(path, model=args.model, cards=cards)
         except ManifestError as exc:
             problems += len(exc.problems)
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
+        for line in models.sunset_warnings(cards, {item.model for item in loaded.items}, datetime.date.today()):
+            print(f"warning: {path}: {line}", file=sys.stderr)
         count = len(loaded.items)
-        say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
+        single = price.default if price is not None and not price.by_model else None
+        say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, single)}")
+        if price is not None and price.by_model:
+            parts, total = prices.costs(Counter(item.model for item in loaded.items), price)
+            in_all = f"; {total} in all" if total is not None else ""
+            say(f"  at most, if every item is paid for once: {'; '.join(parts)}{in_all}")
     if problems:
         print(f"{plural(problems, 'problem')} found; nothing would be submitted", file=sys.stderr)
         return ExitCode.USAGE
@@ -109,6 +125,16 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
             raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE (or try --simulate)")
         api_base = config.check_api_base(api_base)
     key = None if args.simulate else config.read_key(env, args.api_key_file, warnings)
+    cards = models.registry(args.models_dir, env, warnings)
+    price = prices.from_settings(args.price, env)
+    max_spend = None
+    if args.max_spend is not None:
+        limit = prices.parse(args.max_spend, "--max-spend")
+        if limit is None or limit.by_model or limit.default is None:
+            raise UsageError(f"--max-spend: expected an amount such as 5.00; got {args.max_spend!r}")
+        if price is None:
+            raise UsageError("--max-spend needs --price (or BATCHGEN_PRICE): the price of each model's image")
+        max_spend = limit.default
     return RunSettings(
         manifest=Path(args.manifest),
         out=Path(args.out),
@@ -127,9 +153,12 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         limit=args.limit,
         max_runtime=args.max_runtime,
         dry_run=args.dry_run,
-        price=plan.price_from(args.price, env),
+        price=price.default if price is not None and not price.by_model else None,
+        prices=price,
+        max_spend=max_spend,
         name=args.name,
         metadata=args.metadata,
+        cards=cards,
         callback_url=callback,
         callback_listen=args.callback_listen,
         log_format=args.log_format,
@@ -170,6 +199,7 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     session.counts = outcome.counts
     session.figures = dict(runner.figures(outcome))
     session.failures = outcome.failures
+    session.by_model = dict(outcome.counters.creates_by_model)
     runner.final_report(outcome, settings, out)
     if args.report:
         try:
@@ -304,6 +334,7 @@ def cmd_sim(args: argparse.Namespace, session: Session) -> int:
     values["rate"] = None if args.rate.strip().lower() in ("none", "off", "0") else parse_rate(args.rate, "--rate")
     values["poll_limit"] = parse_rate(args.poll_limit, "--poll-limit") if args.poll_limit else None
     values["url_ttl"] = args.url_ttl or None
+    values["unsupported_models"] = tuple(args.unsupported_models or ())
     sim_config = SimConfig(**values)
     try:
         asyncio.run(serve_until_stopped(sim_config))
@@ -312,8 +343,24 @@ def cmd_sim(args: argparse.Namespace, session: Session) -> int:
     return ExitCode.OK
 
 
+def cmd_models(args: argparse.Namespace, session: Session) -> int:
+    notes: list[str] = []
+    cards = models.registry(args.models_dir, os.environ, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.name is None:
+        lines = models.listing(cards)
+    elif (card := cards.get(args.name)) is not None:
+        lines = models.field_table(card)
+    else:
+        raise UsageError(cards.unknown_model(args.name))
+    say("\n".join(lines))
+    return 0
+
+
 COMMANDS = {
     "validate": cmd_validate,
+    "models": cmd_models,
     "run": cmd_run,
     "status": cmd_status,
     "report": cmd_report,

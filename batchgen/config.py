@@ -18,6 +18,8 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 from . import schema
 from .errors import UsageError
+from .models import Registry
+from .prices import Prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,9 @@ class RunSettings:
     price: Decimal | None = None  # per image, any currency (--price / BATCHGEN_PRICE): estimates and spend
     name: str = "{id}"  # --name: the file-name template (names.py)
     metadata: str = "none"  # --metadata: none | sidecar | png (provenance.py)
+    cards: Registry | None = None  # the model cards (--models-dir): None, the built-in ones
+    prices: Prices | None = None  # --price: one amount (also `price`) or per model
+    max_spend: Decimal | None = None  # --max-spend: no create that could take the run's spend past it
     max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()

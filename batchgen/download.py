@@ -28,10 +28,12 @@ from .manifest import Item
 from .names import inside
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
-FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow's name -> the file extension
+# Pillow's name (read from the bytes, whatever the request or the URL said) -> the file extension
+FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 ACCEPTED_TYPES = (
     "image/png",
     "image/jpeg",
+    "image/webp",
     "image/jpg",
     "image/pjpeg",
     "application/octet-stream",
@@ -137,12 +139,12 @@ def make_folders(directory: Path, folder: Path) -> None:
 
 
 def verify_image(path: Path) -> str:
-    """Check that a file is a whole PNG or JPEG; returns its extension."""
+    """Check that a file is a whole PNG, JPEG or WebP; returns its extension (the bytes decide, nothing else)."""
     try:
         with Image.open(path) as image:
             kind = image.format or ""
             if kind not in FORMATS:
-                raise DownloadError(f"result is {kind or 'not an image'}, not PNG or JPEG")
+                raise DownloadError(f"result is {kind or 'not an image'}, not PNG, JPEG or WebP")
             image.verify()  # PNG: every chunk's CRC; JPEG: the markers
     except (UnidentifiedImageError, SyntaxError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DownloadError(f"result is not a complete image: {exc}") from exc
@@ -151,6 +153,12 @@ def verify_image(path: Path) -> str:
             handle.seek(-2, os.SEEK_END)
             if handle.read(2) != b"\xff\xd9":
                 raise DownloadError("result is not a complete image: the JPEG has no end marker")
+    if kind == "WEBP":  # a RIFF file says its own length: bytes 4-8, the size of all that follows them
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            handle.seek(0, os.SEEK_END)
+            if len(head) < 12 or int.from_bytes(head[4:8], "little") != handle.tell() - 8:
+                raise DownloadError("result is not a complete image: the WebP is shorter or longer than it says")
     return FORMATS[kind]
 
 

@@ -3,13 +3,15 @@
     BatchgenError                      exit 1 unless a subclass says otherwise
     ├── UsageError                     exit 2: bad flags, bad configuration (the user must act)
     │   ├── ManifestError              exit 2: the manifest is invalid; carries every Problem at once
-    │   └── LedgerError                exit 2: results.json or the journal cannot be trusted
+    │   ├── LedgerError                exit 2: results.json or the journal cannot be trusted
+    │   └── CardError                  exit 2: a model card cannot be read (names its file and line)
     ├── LockedError                    exit 4: another run holds the output directory
     ├── StorageError                   exit 5: the disk refused a write (full, I/O error); the run stops
     ├── ServiceError                   the service answered, and not with success
     │   ├── AuthError                  exit 3: 401, the key was refused (stop the run)
     │   ├── QuotaError                 exit 3: 403, quota or access (stop the run)
     │   ├── RequestRejected            400 / 413 / 422: this item's request is wrong (never retried)
+    │   │   └── ModelUnavailable       the model is not offered (any more): its items are not sent (gone.py)
     │   ├── RateLimited                429: saturated (back off, retry)
     │   └── ServerError                5xx or an unreadable answer (retry with backoff)
     ├── TransportError                 the network failed: no answer at all (retry with backoff)
@@ -95,6 +97,10 @@ class LedgerError(UsageError):
     """The ledger or its journal cannot be read or trusted."""
 
 
+class CardError(UsageError):
+    """A model card (built-in or a user's) is malformed; the message names the file and the line."""
+
+
 class LockedError(BatchgenError):
     """Another run holds the output directory's lock."""
 
@@ -134,6 +140,15 @@ class QuotaError(ServiceError):
 
 class RequestRejected(ServiceError):
     """400, 413 or 422: this item's request will never be accepted as it is."""
+
+
+class ModelUnavailable(RequestRejected):
+    """The service does not offer the request's model: 400 "unsupported model", model_price_error, or the
+    gateway's 503 "no channel available for model X", naming it. Nothing was created (gone.py)."""
+
+    def __init__(self, message: str, *, model: str, status: int | None = None) -> None:
+        super().__init__(message, status=status, code="model_unavailable")
+        self.model = model
 
 
 class RateLimited(ServiceError):

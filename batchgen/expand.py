@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from . import ids, schema
+from . import ids, models, schema
 from .readers import (
     MAX_MANIFEST_BYTES,
     NUL,
@@ -114,10 +114,13 @@ def fill(template: Template, cell: Mapping[str, str]) -> str:
     return "".join(text + cell[name] if name is not None else text for text, name in template)
 
 
-def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded] | None:
+def expand(
+    raw: RawItem, base: Path, room: int, report: Report, cards: models.Registry | None = None
+) -> list[Expanded] | None:
     """The items of `raw` (which has a `matrix` or a `count`), or None after reporting why there are none.
 
-    `room` is how many items the manifest may still grow by; `base` is the folder wildcard files are read from."""
+    `room` is how many items the manifest may still grow by; `base` is the folder wildcard files are read from;
+    `cards` the model cards that normalise the fields of a derived id's prefix (default: the built-in ones)."""
     fields = dict(raw.fields)
     matrix = fields.pop("matrix", None)
     count_value = fields.pop("count", None)
@@ -158,7 +161,7 @@ def expand(raw: RawItem, base: Path, room: int, report: Report) -> list[Expanded
             return None
         prefix = given_id.text or ""
     else:
-        prefix = _derived_prefix(fields, templates)
+        prefix = _derived_prefix(fields, templates, cards or models.builtin())
 
     out: list[Expanded] = []
     for cell, tokens in _cells(axes):
@@ -232,29 +235,38 @@ def _templates(
     return templates if ok else None
 
 
-def _derived_prefix(fields: dict[str, Value], templates: Mapping[str, Template]) -> str:
+def _derived_prefix(fields: dict[str, Value], templates: Mapping[str, Template], cards: models.Registry) -> str:
     """The id an item without `matrix` and `count` would have: fields with placeholders as written, the rest
-    normalised (so a count-only item's first copy keeps the id it had before it had a count)."""
+    normalised by the item's card (so a count-only item's first copy keeps the id it had before it had a count).
+    With a model from an axis (`model: "{m}"`) no one card applies: the fields are taken as written."""
+    given = fields.get("model")
+    model = schema.MODEL if given is None or given.value is None else (given.text or str(given.value)).strip()
+    card = None if "model" in templates else cards.get(model)
     request: dict[str, Any] = {}
     for name, value in fields.items():
-        spec = schema.INPUT_FIELDS.get(name)
-        if spec is None or value.value is None:
+        if value.value is None or name in models.TOP_FIELDS or name in models.EXPANSION_FIELDS:
             continue
-        if name in templates:
-            request[name] = value.text
+        spec = card.fields.get(name) if card is not None else None
+        if spec is None and card is not None:
+            continue  # not this model's field: reported (or skipped, from defaults) when the cells are validated
+        if name in templates or spec is None:
+            request[name] = value.text if value.text is not None else value.value
             continue
         try:
             request[name] = spec.normalise(value.as_read(spec.kind))
         except schema.FieldError:
             request[name] = value.text  # reported when the cells are validated
-    return ids.derive_id(ids.canonical_json({"model": schema.MODEL, "input": request}))
+    return ids.derive_id(ids.canonical_json({"model": model, "input": request}))
+
+
+_ANY_INT = schema.InputField("seed", "int")
 
 
 def _seed(value: Value | None) -> int | None:
     if value is None or value.value is None:
         return None
     try:
-        seed: int = schema.INPUT_FIELDS["seed"].normalise(value.as_read("int"))
+        seed: int = _ANY_INT.normalise(value.as_read("int"))  # the cell's card checks its range
     except schema.FieldError:
         return None  # the first copy reports it
     return seed

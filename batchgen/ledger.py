@@ -97,6 +97,7 @@ class Ledger:
         self._generation = loaded.generation
         self._broken: StorageError | None = None  # a journal write went wrong: nothing more may be appended
         self.price = loaded.price  # per image, as a decimal string: the latest run's --price
+        self.cards: dict[str, Any] = loaded.cards or {}  # model -> the card a run used for it: {sha256, source}
 
     # ------------------------------------------------------------ opening and closing
 
@@ -340,6 +341,13 @@ class Ledger:
             self.price = price
             self._dirty = True
 
+    def set_cards(self, used: dict[str, dict[str, str]]) -> None:
+        """Record the card (sha256 and source) of each model this run uses; cards of other models stay."""
+        for name, card in used.items():
+            if self.cards.get(name) != card:
+                self.cards[name] = card
+                self._dirty = True
+
     def failed(self, item_id: str, error: ErrorRecord, request: dict[str, Any] | None = None) -> None:
         record = self._record(item_id, request) if request is not None else self._copy(item_id)
         record.pop("submitting", None)
@@ -408,6 +416,8 @@ class Ledger:
         }
         if self.price is not None:
             document["price"] = self.price
+        if self.cards:
+            document["cards"] = self.cards
         if ids is not None:
             document["not_in_manifest"] = sorted(set(self.items) - ids)
         data = json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"

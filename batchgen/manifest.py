@@ -14,13 +14,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import expand, schema
+from . import expand, models, references, schema
 from .config import check_callback_url
+from .fields import RefList
 from .ids import ID_PATTERN as ID_PATTERN
 from .ids import canonical_json as canonical_json
 from .ids import derive_id as derive_id
 from .ids import id_problem
-from .readers import Collector, RawItem, read, unencodable, unknown_field_message
+from .readers import Collector, RawItem, Value, read, unencodable, unknown_field_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,16 @@ class Item:
         """Which of its item's `count` copies this is, from 1."""
         return 1
 
+    @property
+    def references(self) -> Mapping[str, references.Reference]:
+        """The local reference files its request names by `sha256:<hex>`: none for most items (see RefItem)."""
+        return _NO_REFERENCES
+
+    def wire(self) -> dict[str, Any]:
+        """The createTask body: the request, each reference file's `sha256:<hex>` sent as its data URI.
+        Raises references.ReferenceChanged when a file was edited since the manifest was read."""
+        return references.wire(self.request, self.references) if self.references else self.request
+
 
 @dataclass(frozen=True, slots=True)
 class CellItem(Item):
@@ -67,6 +78,16 @@ class CellItem(Item):
 
     cell: Mapping[str, str]  # a field where Item has a read-only property
     copy: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefItem(CellItem):
+    """An item whose request names local reference files (by sha256); plain or made by a matrix."""
+
+    references: Mapping[str, references.Reference]
+
+
+_NO_REFERENCES: Mapping[str, references.Reference] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +99,16 @@ class Counted:
     listed: int
 
 
-def load(path: str | Path) -> list[Item]:
+def load(path: str | Path, *, model: str | None = None, cards: models.Registry | None = None) -> list[Item]:
     """Read, validate and normalise one manifest file. Raises ManifestError naming every problem."""
-    return load_counted(path).items
+    return load_counted(path, model=model, cards=cards).items
 
 
-def load_counted(path: str | Path) -> Counted:
-    """`load`, with the number of items the file lists (`validate` prints both)."""
+def load_counted(path: str | Path, *, model: str | None = None, cards: models.Registry | None = None) -> Counted:
+    """`load`, with the number of items the file lists (`validate` prints both).
+
+    `model` checks every item as if it named that model (`validate --model`); `cards` are the model cards
+    (default: the built-in ones)."""
     path = Path(path)
     name = str(path)
     if why := unencodable(name):  # the ledger records the name, and the journal is UTF-8
@@ -92,19 +116,19 @@ def load_counted(path: str | Path) -> Counted:
         out.add(None, f"the file name cannot be encoded as UTF-8 ({why}): rename the file")
         out.raise_if_any()
     out = Collector(name)
-    raw_items = read(path, out, lambda defaults: _build(defaults, out, defaults=True))
+    check = _Checker(out, cards or models.builtin(), model, references.Files(path.parent))
+    raw_items = read(path, out, check.defaults, check.cards.manifest_fields)
     out.raise_if_any()
-    items = _validate(raw_items or [], path.parent, out)
+    items = _validate(raw_items or [], path.parent, check)
     out.raise_if_any()
     return Counted(items, len(raw_items or ()))
 
 
 # ---------------------------------------------------------------- validation
 
-_KNOWN = frozenset(schema.MANIFEST_FIELDS)
 
-
-def _validate(raw_items: list[RawItem], base: Path, out: Collector) -> list[Item]:
+def _validate(raw_items: list[RawItem], base: Path, check: _Checker) -> list[Item]:
+    out = check.out
     items: list[Item] = []
     by_id: dict[str, Item] = {}
     by_request: dict[tuple[Any, ...], Item] = {}
@@ -117,10 +141,10 @@ def _validate(raw_items: list[RawItem], base: Path, out: Collector) -> list[Item
                 room = expand.MAX_ITEMS - sum(
                     1 for r in raw_items if "matrix" not in r.fields and "count" not in r.fields
                 )
-            made = _expanded(raw, base, max(room, 0), out)
+            made = _expanded(check.with_model(raw), base, max(room, 0), check)
             room -= len(made)
             has_id = True
-        elif (item := _build(raw, out)) is not None:
+        elif (item := check.item(check.with_model(raw))) is not None:
             made = (item,)
             has_id = "id" in fields
         else:
@@ -143,10 +167,11 @@ def _validate(raw_items: list[RawItem], base: Path, out: Collector) -> list[Item
     return items
 
 
-def _expanded(raw: RawItem, base: Path, room: int, out: Collector) -> list[Item]:
+def _expanded(raw: RawItem, base: Path, room: int, check: _Checker) -> list[Item]:
     """The items of an item with a `matrix` or a `count`, each validated after substitution."""
+    out = check.out
     report = lambda line, field, message: out.add(line, message, raw.label, field)  # noqa: E731
-    cells = expand.expand(raw, base, room, report)
+    cells = expand.expand(raw, base, room, report, check.cards)
     made: list[Item] = []
     # Two cells whose requests are equal once normalised (`16:9` and `widescreen_16_9`, seeds `1` and `01`) would
     # pay twice for one image: an error, as two plain items with one request are (so are `seed: "{s}"` with
@@ -155,7 +180,7 @@ def _expanded(raw: RawItem, base: Path, room: int, out: Collector) -> list[Item]
     first: dict[tuple[Any, ...], expand.Expanded] = {}
     with out.distinct():  # a bad value shows once, not once per cell that has it
         for cell in cells or ():
-            built = _build(RawItem(raw.line, raw.label, cell.fields), out, given_id=cell.id)
+            built = check.item(RawItem(raw.line, raw.label, cell.fields), given_id=cell.id)
             if built is None:
                 continue
             twin = first.setdefault(_request_key(built), cell)
@@ -174,81 +199,191 @@ def _shown(cell: expand.Expanded) -> str:
 
 
 def _with_cell(item: Item, cell: expand.Expanded) -> Item:
+    if item.references:
+        return RefItem(
+            item.id,
+            item.model,
+            item.input,
+            item.callback_url,
+            item.file,
+            item.line,
+            cell.cell,
+            cell.copy,
+            item.references,
+        )
     return CellItem(item.id, item.model, item.input, item.callback_url, item.file, item.line, cell.cell, cell.copy)
 
 
-def _build(raw: RawItem, out: Collector, *, defaults: bool = False, given_id: str | None = None) -> Item | None:
-    """Check one item's fields (or, with `defaults`, the defaults block) and build its record.
+class _Checker:
+    """Checks items against their model's card; remembers the `defaults` block, whose fields an item's model
+    may lack (skipped for that item) where the item's own may not (an error)."""
 
-    `given_id` is the id of a cell of a matrix (its fields hold no `id`, `matrix` or `count` any more)."""
-    before = out.count
+    def __init__(self, out: Collector, cards: models.Registry, model: str | None, files: references.Files) -> None:
+        self.out = out
+        self.files = files  # local reference images, each read once
+        self.cards = cards
+        self.model = model  # `validate --model NAME`: every item as if it named NAME
+        self.known = frozenset(cards.manifest_fields)
+        self.from_defaults: dict[str, Value] = {}
 
-    def bad(name: str, message: str) -> None:
+    def with_model(self, raw: RawItem) -> RawItem:
+        if self.model is None:
+            return raw
+        return RawItem(raw.line, raw.label, {**raw.fields, "model": Value(self.model, self.model, raw.line)})
+
+    def defaults(self, raw: RawItem) -> None:
+        self.from_defaults = raw.fields
+        self.item(self.with_model(raw), defaults=True)
+
+    def item(self, raw: RawItem, *, defaults: bool = False, given_id: str | None = None) -> Item | None:
+        """Check one item's fields (or, with `defaults`, the defaults block) and build its record.
+
+        `given_id` is the id of a cell of a matrix (its fields hold no `id`, `matrix` or `count` any more)."""
+        out = self.out
+        before = out.count
+
+        def bad(name: str, message: str) -> None:
+            if defaults:
+                out.add(raw.fields[name].line if name in raw.fields else raw.line, message, None, f"defaults.{name}")
+            else:
+                out.add(raw.line, message, raw.label, name)
+
+        def given(name: str) -> Any:
+            value = raw.fields.get(name)
+            return value if value is not None and value.value is not None else None
+
+        for name in raw.fields:  # (text UTF-8 cannot hold was refused where it was read)
+            if name not in self.known:
+                bad(name, unknown_field_message(name, self.cards.manifest_fields))
+
+        item_id = given_id
         if defaults:
-            out.add(raw.fields[name].line if name in raw.fields else raw.line, message, None, f"defaults.{name}")
-        else:
-            out.add(raw.line, message, raw.label, name)
+            _check_defaults_only(given, bad)
+        elif (value := given("id")) is not None:
+            if value.text is not None and ID_PATTERN.fullmatch(value.text):
+                item_id = value.text
+            else:
+                bad("id", id_problem(value.text, value.value if value.text is None else value.text) or "")
 
-    def given(name: str) -> Any:
-        value = raw.fields.get(name)
-        return value if value is not None and value.value is not None else None
+        model, named = schema.MODEL, True
+        if (value := given("model")) is not None:
+            model = (value.text or "").strip()
+            if value.text is None or not model:
+                bad("model", f"expected a model name; got {schema.describe(value.value)}")
+                named = False
+        card = self.cards.get(model)
+        if card is None:  # an unknown model has no fields to check
+            if named:
+                bad("model", self.cards.unknown_model(model))
+            return None
 
-    for name in raw.fields:  # (text UTF-8 cannot hold was refused where it was read)
-        if name not in _KNOWN:
-            bad(name, unknown_field_message(name))
+        callback: str | None = None
+        if (value := given("callBackUrl")) is not None:
+            callback = (value.text or "").strip()
+            if message := check_callback_url(callback):
+                bad("callBackUrl", message)
 
-    item_id = given_id
-    if defaults:
-        if given("id") is not None:
-            bad("id", "an id cannot be a default: each item has its own")
-        if given("matrix") is not None:
-            bad("matrix", "a matrix cannot be a default: give it to the items it expands")
-        if (value := given("count")) is not None:
-            try:
-                expand.COUNT.normalise(value.as_read("int"))
+        refs: dict[str, references.Reference] = {}
+        normalised = self._input(raw, card, bad, refs, defaults=defaults)
+        if not defaults and given("prompt") is None:
+            bad("prompt", "required, and missing")
+        if out.count == before:
+            for name, message in card.problems(normalised):
+                bad(name, message)
+
+        if defaults or out.count > before:
+            return None
+        made = Item(
+            id=item_id or derive_id(canonical_json({"model": model, "input": normalised})),
+            model=model,
+            input=MappingProxyType(normalised),
+            callback_url=callback,
+            file=out.file,
+            line=raw.line,
+        )
+        if refs:
+            fields = (made.id, model, made.input, callback, out.file, raw.line)
+            return RefItem(*fields, expand.NO_CELL, 1, MappingProxyType(refs))
+        return made
+
+    def _input(
+        self, raw: RawItem, card: models.Card, bad: Any, refs: dict[str, references.Reference], *, defaults: bool
+    ) -> dict[str, Any]:
+        """The `input` fields given, normalised by the card (not every known one: 100,000 items add up)."""
+        normalised: dict[str, Any] = {}
+        specs = card.fields
+        for name, value in raw.fields.items():
+            spec = specs.get(name)
+            if spec is None:
+                # the defaults block is for every model; an item's own field must be its model's
+                if (
+                    value.value is not None
+                    and name in self.known
+                    and name not in _OUTSIDE_INPUT
+                    and not defaults
+                    and self.from_defaults.get(name) is not value
+                ):
+                    bad(name, self.cards.missing_field(card.name, name))
+                continue
+            if value.value is None:
+                continue
+            try:  # inline Value.as_read: this loop runs for every field of 100,000 items
+                normalised[name] = spec.normalise(
+                    value.text
+                    if value.text is not None and (spec.kind != "int" or type(value.value) in (int, str))
+                    else value.value
+                )
             except schema.FieldError as exc:
-                bad("count", str(exc))
-    elif (value := given("id")) is not None:
-        if value.text is not None and ID_PATTERN.fullmatch(value.text):
-            item_id = value.text
-        else:
-            bad("id", id_problem(value.text, value.value if value.text is None else value.text) or "")
+                bad(name, str(exc))
+                continue
+            if spec.data_types and spec.kind in ("image", "list"):
+                normalised[name] = self._local(name, normalised[name], spec, refs, bad)
+        return normalised
 
-    if (value := given("model")) is not None and (value.text or "").strip() != schema.MODEL:
-        bad("model", f"only {schema.MODEL!r} is supported; got {schema.describe(value.text or value.value)}")
+    def _local(
+        self, name: str, value: Any, spec: schema.InputField, refs: dict[str, references.Reference], bad: Any
+    ) -> Any:
+        """A reference field's value with each local file as `sha256:<hex>` (and the file in `refs`)."""
+        values: list[str] = value if isinstance(value, list) else [value]
+        if not any(references.is_local(text) for text in values):
+            return value
+        made = RefList()
+        for position, text in enumerate(values, start=1):
+            if not references.is_local(text):
+                made.append(text)
+                continue
+            found = self.files.check(text)
+            where = f"item {position}: " if spec.kind == "list" else ""
+            if isinstance(found, str):
+                bad(name, f"{where}{schema.shorten(text)!r}: {found}")
+                return value
+            digest, reference = found
+            if reference.media_type not in spec.data_types:
+                bad(
+                    name,
+                    f"{where}{schema.shorten(text)!r} is {reference.media_type}; this field takes "
+                    f"{', '.join(spec.data_types)}",
+                )
+                return value
+            made.append(digest)
+            refs[digest] = reference
+        return made if spec.kind == "list" else made[0]
 
-    callback: str | None = None
-    if (value := given("callBackUrl")) is not None:
-        callback = (value.text or "").strip()
-        if message := check_callback_url(callback):
-            bad("callBackUrl", message)
 
-    normalised: dict[str, Any] = {}
-    for name, value in raw.fields.items():  # the fields given, not every known one: 100,000 items add up
-        spec = schema.INPUT_FIELDS.get(name)
-        if spec is None or value.value is None:
-            continue
-        try:  # inline Value.as_read: this loop runs for every field of 100,000 items
-            normalised[name] = spec.normalise(
-                value.text
-                if value.text is not None and (spec.kind != "int" or type(value.value) in (int, str))
-                else value.value
-            )
+_OUTSIDE_INPUT = frozenset((*models.TOP_FIELDS, *models.EXPANSION_FIELDS))
+
+
+def _check_defaults_only(given: Any, bad: Any) -> None:
+    """What a defaults block may not hold: an id or a matrix; and a count must be one."""
+    if given("id") is not None:
+        bad("id", "an id cannot be a default: each item has its own")
+    if given("matrix") is not None:
+        bad("matrix", "a matrix cannot be a default: give it to the items it expands")
+    if (value := given("count")) is not None:
+        try:
+            expand.COUNT.normalise(value.as_read("int"))
         except schema.FieldError as exc:
-            bad(name, str(exc))
-    if not defaults and given("prompt") is None:
-        bad("prompt", "required, and missing")
-
-    if defaults or out.count > before:
-        return None
-    return Item(
-        id=item_id or derive_id(canonical_json({"model": schema.MODEL, "input": normalised})),
-        model=schema.MODEL,
-        input=MappingProxyType(normalised),
-        callback_url=callback,
-        file=out.file,
-        line=raw.line,
-    )
+            bad("count", str(exc))
 
 
 def _request_key(item: Item) -> tuple[Any, ...]:

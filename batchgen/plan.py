@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from .errors import UsageError
 from .ledger import Record
 from .manifest import Item
+from .prices import costs
 from .records import doubt_open
 
 if TYPE_CHECKING:
@@ -80,8 +82,9 @@ def make_plan(
                 plan.resume.append((item, task_id))
                 continue
             if state == "failed":
-                (plan.retry if retry_failed else plan.failed).append(item)
-                if not retry_failed:
+                again = retry_failed or _unavailable(record)  # a model gone yesterday is probed again today
+                (plan.retry if again else plan.failed).append(item)
+                if not again:
                     continue
             else:
                 plan.new.append(item)
@@ -90,6 +93,11 @@ def make_plan(
     listed = {item.id for item in items}
     plan.not_in_manifest = sorted(set(records) - listed)
     return plan
+
+
+def _unavailable(record: Record) -> bool:
+    error = record.get("error")
+    return isinstance(error, dict) and error.get("kind") == "model_unavailable"
 
 
 def _missing(directory: Path, record: Record) -> bool:
@@ -119,9 +127,17 @@ def describe(plan: Plan, settings: RunSettings) -> list[str]:
     ]
     if paid:
         lines.extend(expected_time(paid, settings.create_rate, settings.concurrency))
+    by_model = Counter(item.model for item in submit)
     if settings.price is not None:
         cost = settings.price * paid
         lines.append(f"  estimated cost: {paid:,} × {settings.price} = {cost} (a retried failure is paid again)")
+    elif settings.prices is not None and by_model:
+        parts, sum_ = costs(by_model, settings.prices)
+        all_in = f"; {sum_} in all" if sum_ is not None else "; a model has no --price"
+        limit = ", before --limit" if capped else ""
+        lines.append(f"  estimated cost: {'; '.join(parts)}{all_in}{limit} (a retried failure is paid again)")
+    if len(by_model) > 1 and not (settings.prices is not None and settings.price is None):
+        lines.append("  paid creates by model: " + "; ".join(costs(by_model, settings.prices)[0]))
     lines.append(f"  would poll {s['resume']:,} already submitted (by task id, no new charge)")
     if s["missing"]:
         lines.append(f"  of those, {s['missing']:,} succeeded but lost a file: fetched again by task id")

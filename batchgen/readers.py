@@ -30,6 +30,7 @@ from .errors import ManifestError, Problem
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024  # a 100,000-item manifest is ~20 MB; this is a sanity bound only
 MAX_FIELDS_PER_ITEM = 64  # 14 fields exist; more than this is not a manifest item
 MAX_PROBLEMS = 1000  # beyond this many, the rest are counted, not listed
+MAX_LIST_ITEMS = 64  # a list field's items read (fields.MAX_LIST): more is reported as too many, not read
 
 _YAML_NULL = "tag:yaml.org,2002:null"
 YAML_STR = "tag:yaml.org,2002:str"
@@ -101,8 +102,12 @@ class Collector:
 CheckDefaults = Callable[["RawItem"], object]
 
 
-def read(path: Path, out: Collector, check_defaults: CheckDefaults) -> list[RawItem] | None:
-    """The file's items, `defaults:` merged in (after `check_defaults` has seen them), or None on a problem."""
+def read(
+    path: Path, out: Collector, check_defaults: CheckDefaults, known: tuple[str, ...] = schema.MANIFEST_FIELDS
+) -> list[RawItem] | None:
+    """The file's items, `defaults:` merged in (after `check_defaults` has seen them), or None on a problem.
+
+    `known` are the fields a CSV header may name (those of every model card a run knows)."""
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".csv"):
         out.add(None, f"unknown manifest type {suffix or '(no extension)'!r}: name it .yaml, .yml or .csv")
@@ -118,7 +123,7 @@ def read(path: Path, out: Collector, check_defaults: CheckDefaults) -> list[RawI
         out.add(None, "the file is empty: expected a list of items")
         return None
     if suffix == ".csv":
-        return _read_csv(text, out)
+        return _read_csv(text, out, known)
     return _read_yaml(text, out, check_defaults)
 
 
@@ -321,8 +326,9 @@ _constructor = yaml.SafeLoader("")
 def yaml_value(node: yaml.Node) -> Value:
     """A field value: never constructs containers, so aliases cannot expand."""
     line = line_of(node)
-    if isinstance(node, yaml.SequenceNode):
-        return Value([], None, line)
+    if isinstance(node, yaml.SequenceNode):  # a list field (reference images): its scalars, one level only
+        items = [n.value if isinstance(n, yaml.ScalarNode) else {} for n in node.value[: MAX_LIST_ITEMS + 1]]
+        return Value(items, None, line)
     if isinstance(node, yaml.MappingNode):
         return Value({}, None, line)
     if node.tag == _YAML_NULL:
@@ -356,7 +362,7 @@ def line_of(node: yaml.Node) -> int:
 MAX_CSV_CELL = 8 * 1024 * 1024  # larger than any field we accept, so a long cell is reported as too long
 
 
-def _read_csv(text: str, out: Collector) -> list[RawItem] | None:
+def _read_csv(text: str, out: Collector, known: tuple[str, ...]) -> list[RawItem] | None:
     if csv.field_size_limit() < MAX_CSV_CELL:
         csv.field_size_limit(MAX_CSV_CELL)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -370,7 +376,7 @@ def _read_csv(text: str, out: Collector) -> list[RawItem] | None:
             if not any(cell.strip() for cell in row):
                 continue
             if header is None:
-                header = _csv_header(row, line, out)
+                header = _csv_header(row, line, out, known)
                 if header is None:
                     return None
                 continue
@@ -400,7 +406,7 @@ def _read_csv(text: str, out: Collector) -> list[RawItem] | None:
     return raw
 
 
-def _csv_header(row: list[str], line: int, out: Collector) -> list[str] | None:
+def _csv_header(row: list[str], line: int, out: Collector, known: tuple[str, ...]) -> list[str] | None:
     names = [cell.strip() for cell in row]
     while names and not names[-1]:
         names.pop()
@@ -416,8 +422,8 @@ def _csv_header(row: list[str], line: int, out: Collector) -> list[str] | None:
         elif name == "matrix":
             out.add(line, "a matrix needs YAML (a CSV row gets `count` only)", field=name)
             ok = False
-        elif name not in schema.MANIFEST_FIELDS:
-            out.add(line, unknown_field_message(name), field=name)
+        elif name not in known:
+            out.add(line, unknown_field_message(name, known), field=name)
             ok = False
         seen.add(name)
     if "prompt" not in seen and ok:
@@ -426,10 +432,6 @@ def _csv_header(row: list[str], line: int, out: Collector) -> list[str] | None:
     return names if ok else None
 
 
-def unknown_field_message(name: str) -> str:
-    hint = schema.suggest(name, schema.MANIFEST_FIELDS)
-    return (
-        f"unknown field; did you mean {hint!r}?"
-        if hint
-        else f"unknown field; known fields are {', '.join(schema.MANIFEST_FIELDS)}"
-    )
+def unknown_field_message(name: str, known: tuple[str, ...] = schema.MANIFEST_FIELDS) -> str:
+    hint = schema.suggest(name, known)
+    return f"unknown field; did you mean {hint!r}?" if hint else f"unknown field; known fields are {', '.join(known)}"

@@ -206,6 +206,7 @@ class Loaded:
     generation: int = 0  # of the snapshot the state was loaded from (0: none)
     replayed: int = 0  # journal records replayed over the snapshot (changes it does not hold yet)
     price: str | None = None  # the price per image the last run with --price recorded (a decimal string)
+    cards: dict[str, Any] | None = None  # the model cards runs used: model -> {sha256, source}
 
 
 def exists(directory: Path) -> bool:
@@ -244,12 +245,18 @@ def load(directory: Path) -> Loaded:
         generation=_generation(document),
         replayed=len(journal.entries),
         price=_price(document),
+        cards=_cards(document),
     )
 
 
 def _price(document: dict[str, Any]) -> str | None:
     value = document.get("price")
     return value if isinstance(value, str) else None
+
+
+def _cards(document: dict[str, Any]) -> dict[str, Any] | None:
+    value = document.get("cards")
+    return dict(value) if isinstance(value, dict) else None
 
 
 def price_of(text: str | None) -> Decimal | None:
@@ -342,6 +349,7 @@ def _recover(directory: Path, journal: _Journal, why: str) -> Loaded:
         damaged=why,
         generation=journal.base if journal.base is not None else expected,
         price=_price(base),
+        cards=_cards(base),
     )
 
 

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from . import records
+from . import prices, records
 from .errors import ExitCode, UsageError
 from .files import STATE_DIR, write_atomically
 from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
@@ -71,6 +71,19 @@ def _spend(loaded: Loaded) -> dict[str, Any]:
     price = price_of(loaded.price)
     if price is not None:
         doc["spend"] = str(price * paid)
+    by_model = prices.paid_by_model(loaded.items.values())
+    recorded = prices.recorded(loaded.price)
+    doc["by_model"] = {}
+    for model, n in sorted(by_model.items()):
+        each = recorded.of(model) if recorded is not None else None
+        doc["by_model"][model] = {
+            "paid_creates": n,
+            "price": None if each is None else str(each),
+            "spend": None if each is None else str(each * n),
+        }
+    _, total = prices.costs(by_model, recorded)
+    if recorded is not None and recorded.by_model and total is not None:
+        doc["spend"] = str(total)
     consumed, costs, latest = 0.0, 0, None
     for record in loaded.items.values():
         cost = records.cost(record)
@@ -108,6 +121,12 @@ def running_pid(directory: Path) -> int | None:
     return None
 
 
+def _model_cost(model: str, entry: dict[str, Any]) -> str:
+    if entry.get("spend") is None:
+        return f"{model} {entry['paid_creates']:,}"
+    return f"{model} {entry['paid_creates']:,} × {entry['price']} = {entry['spend']}"
+
+
 def status_text(doc: dict[str, Any]) -> str:
     counts = doc["counts"]
     total = sum(counts.values())
@@ -122,8 +141,12 @@ def status_text(doc: dict[str, Any]) -> str:
     if doc.get("damaged"):
         lines.append(f"  warning: {doc['damaged']}; the next run rebuilds it from the journal")
     money = plural(doc.get("paid_creates", 0), "paid create")
-    if doc.get("spend") is not None:
+    if doc.get("spend") is not None and price_of(doc["price"]) is not None:
         money += f" × {doc['price']} = {doc['spend']} spent so far"
+    elif doc.get("spend") is not None:
+        money += f"; {doc['spend']} spent so far"
+    if len(doc.get("by_model") or ()) > 1 or (doc.get("spend") is not None and price_of(doc["price"]) is None):
+        money += " (" + "; ".join(_model_cost(m, e) for m, e in doc["by_model"].items()) + ")"
     credits = doc.get("service_credits") or {}
     if credits.get("consumed") is not None:
         money += f"; the service charged {credits['consumed']:g} credits for {plural(credits['items'], 'item')}"
@@ -164,6 +187,8 @@ def _tries(kind: str | None, attempts: int) -> str:
     """How far a failed item got: a request the service rejected at createTask never became a task."""
     if kind == "rejected":
         return "rejected when submitted: no task was created; fix the item in the manifest"
+    if kind == "model_unavailable":
+        return "not sent: the service does not offer its model; the next run tries one item of it first"
     return plural(attempts, "attempt")
 
 
@@ -180,6 +205,7 @@ METRIC_HELP = {
     "batchgen_last_run_in_doubt": "createTask calls of the last run whose answer was lost (possibly paid).",
     "batchgen_last_run_lost": "Items of the last run whose task the service no longer knew, a day after creation.",
     "batchgen_last_run_seconds": "Wall time of the last run, in seconds.",
+    "batchgen_last_run_paid_creates_by_model": "The last run's paid creates of one model.",
     "batchgen_last_run_price": "The price of one image the last run knew (--price, or the one its ledger recorded).",
     "batchgen_last_run_spend": "The last run's paid creates times the price.",
     "batchgen_last_run_spend_total": "Spend so far: every paid create the ledger counts, times the price.",
@@ -201,6 +227,7 @@ def write_metrics(
     counts: dict[str, int] | None,
     figures: dict[str, float | int],
     warn: list[str] | None = None,
+    by_model: dict[str, int] | None = None,
 ) -> None:
     """A Prometheus textfile-collector file, replaced atomically (node_exporter must never read half a file).
 
@@ -217,6 +244,8 @@ def write_metrics(
     if counts is not None:
         samples += [("batchgen_items", f'manifest="{label}",state="{state}"', counts.get(state, 0)) for state in STATES]
     samples += [(f"batchgen_last_run_{name}", f'manifest="{label}"', value) for name, value in figures.items()]
+    for model, paid in sorted((by_model or {}).items()):  # model names are card names: no quote, no backslash
+        samples.append(("batchgen_last_run_paid_creates_by_model", f'manifest="{label}",model="{model}"', paid))
     success = (
         figures["finished_timestamp"]
         if figures["exit_code"] in (ExitCode.OK, ExitCode.FAILED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import gc
 import secrets
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from . import manifest, names, sheet
+from . import manifest, models, names, prices, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -31,6 +32,7 @@ from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, describe, make_plan
+from .prices import Prices
 from .progress import Reporter, plural
 from .records import paid_total, price_of
 from .submit import Counters
@@ -45,6 +47,9 @@ class Outcome:
     price: Decimal | None = None  # per image: --price, else the one the ledger recorded
     paid_total: int = 0  # paid creates the ledger counts over every item's life (spend so far = this × price)
     failures: list[dict[str, Any]] = field(default_factory=list)  # the first failed items, for the end actions
+    prices: Prices | None = None  # per model, when the ledger recorded prices per model
+    spend: Decimal | None = None  # with per-model prices: this run's paid creates x their model's price ...
+    spend_total: Decimal | None = None  # ... and the ledger's
 
 
 def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
@@ -61,7 +66,7 @@ def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum
 def dry_run(settings: RunSettings, reporter: Reporter) -> int:
     """Validate, compare with the ledger, print what a run would do; contact nothing, write nothing."""
     with _bulk():
-        items = manifest.load(settings.manifest)
+        items = manifest.load(settings.manifest, cards=settings.cards)
         _stems(items, settings)
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
@@ -105,7 +110,10 @@ async def run(settings: RunSettings, reporter: Reporter, hold: LockHold | None =
 async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: LockHold | None) -> Outcome:
     started = time.monotonic()
     with _bulk():  # a signal meanwhile waits for the event loop: it is handled once loading is done
-        items = manifest.load(settings.manifest)
+        items = manifest.load(settings.manifest, cards=settings.cards)
+        money = settings.prices if settings.max_spend is not None else None
+        if money is not None and (missing := money.missing({item.model for item in items})):
+            raise UsageError(f"--max-spend needs a price for every model; --price has none for {', '.join(missing)}")
         stems = _stems(items, settings)  # a --name that collides or leaves DIR: exit 2 before anything is sent
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
@@ -117,8 +125,12 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
             )
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
-        if settings.price is not None:
-            ledger.set_price(str(settings.price))
+        if settings.prices is not None:
+            ledger.set_price(str(settings.prices))
+        used = {item.model for item in items}
+        ledger.set_cards(models.used(settings.cards or models.builtin(), used))
+        for line in models.sunset_warnings(settings.cards or models.builtin(), used, datetime.date.today()):
+            reporter.warning(line)
         for item in plan.missing:
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
@@ -140,6 +152,11 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                 receiver.on_task = engine.wake
             stop.attach(engine)
             await engine.run()
+            if (budget := engine.submitter.budget) is not None and budget.reached:
+                reporter.warning(
+                    f"--max-spend {budget.limit} reached ({budget.spent} spent or in doubt): nothing more is created; "
+                    "rerun to continue"
+                )
         reporter.close()
         counts = ledger.counts(engine.ids)
         outcome = Outcome(
@@ -175,6 +192,11 @@ def _spend(outcome: Outcome, ledger: Ledger) -> None:
     """What the run needs to report spend: the price (recorded in the ledger) and every paid create it counts."""
     outcome.price = price_of(ledger.price)
     outcome.paid_total = paid_total(ledger.items)
+    recorded = prices.recorded(ledger.price)
+    if recorded is not None and recorded.by_model:
+        outcome.prices = recorded
+        _, outcome.spend = prices.costs(outcome.counters.creates_by_model, recorded)
+        _, outcome.spend_total = prices.costs(prices.paid_by_model(ledger.items.values()), recorded)
 
 
 @contextlib.contextmanager
@@ -288,6 +310,8 @@ def figures(outcome: Outcome) -> dict[str, float]:
         "seconds": round(outcome.seconds, 3),
         "exit_code": outcome.exit_code,
         **spend_figures(n.creates, outcome.paid_total, outcome.price),
+        **({"spend": float(outcome.spend)} if outcome.spend is not None else {}),
+        **({"spend_total": float(outcome.spend_total)} if outcome.spend_total is not None else {}),
     }
 
 
@@ -305,6 +329,11 @@ def final_report(outcome: Outcome, settings: RunSettings, reporter: Reporter) ->
         sheet.write_last_run(settings.out, figures(outcome))
     except (OSError, BatchgenError) as exc:
         reporter.warning(f"could not keep the run's figures for the contact sheet: {exc}")
+    by_model = outcome.counters.creates_by_model
+    if len(by_model) > 1 or (by_model and outcome.prices is not None):
+        parts, total = prices.costs(by_model, outcome.prices or prices.Prices(outcome.price))
+        cost = f"; {total} in all" if total is not None and (outcome.prices or outcome.price) else ""
+        reporter.info(f"paid creates by model: {'; '.join(parts)}{cost}", event="paid_by_model")
     c = outcome.counts
     if outcome.exit_code == ExitCode.INCOMPLETE:
         reporter.info(

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from . import provenance, records
+from . import models, provenance, records
 from .files import STATE_DIR, state_dir, write_atomically
 from .ledger import Record
 from .names import inside
@@ -47,6 +47,16 @@ PAGE_SIZE = 200  # cards in the DOM at once: a 10,000-image night stays one ligh
 RUN_FIGURES = ("paid_creates", "retries", "rate_limited", "in_doubt", "seconds", "exit_code", "finished_timestamp")
 # What the image's parameters are called on a card, in the order shown (the seed and the time get their own label).
 _PARAMS = ("aspect_ratio", "output_format", "person_generation", "safety_settings", "language")
+
+
+@lru_cache(maxsize=64)  # a ledger names a few models (a hostile one many: bounded)
+def _params_of(model: object) -> tuple[str, ...]:
+    """The fields a card shows for a model: imagen4-ultra's few, else every choice, number or text its card has
+    but the prompt and the seed (shown apart); references (long URLs, sha256) are left to the sidecar."""
+    card = models.builtin().get(model) if isinstance(model, str) else None
+    if card is None or card.name == models.DEFAULT_MODEL:
+        return _PARAMS
+    return tuple(n for n, f in card.fields.items() if n not in ("prompt", "seed") and f.kind in ("enum", "int", "text"))
 
 
 def write_last_run(directory: Path, figures: Mapping[str, float]) -> Path:
@@ -126,7 +136,8 @@ def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
     request_input = request.get("input") if isinstance(request, dict) else None
     if not isinstance(request_input, dict):
         request_input = {}
-    params = [str(request_input[k]) for k in _PARAMS if request_input.get(k) not in (None, "")]
+    names = _params_of(request.get("model") if isinstance(request, dict) else None)
+    params = [str(request_input[k]) for k in names if request_input.get(k) not in (None, "")]
     params += [f"{k} {doc[k]}" for k in ("model", "task_id") if isinstance(doc.get(k), str)]
     if isinstance(doc.get("manifest"), str) and isinstance(doc.get("line"), int):
         params.append(f"{doc['manifest']}:{doc['line']}")
@@ -198,12 +209,16 @@ def _entries(
             "was": state,
             "prompt": str(request_input.get("prompt", "")),
         }
+        model = (record.get("request") or {}).get("model")
+        if isinstance(model, str):
+            base["model"] = model
         if request_input.get("seed") is not None:
             base["seed"] = request_input["seed"]
         took = _seconds(record["submitted_at"], record["finished_at"])
         if took is not None:
             base["took"] = took
-        params = [f"{request_input[k]}" for k in _PARAMS if request_input.get(k) not in (None, "")]
+        names = _params_of((record.get("request") or {}).get("model"))
+        params = [f"{request_input[k]}" for k in names if request_input.get(k) not in (None, "")]
         if params:
             base["params"] = params
         files = [name for name in record["files"] if _plain_name(name)] if state == "succeeded" else []
@@ -296,6 +311,7 @@ def _page(data: dict[str, Any]) -> str:
 </div></header>
 <nav class="bar" aria-label="filter"><div class="wrap">
 <div class="chips" id="chips" role="group" aria-label="state"></div>
+<select id="model" aria-label="model" hidden></select>
 <input id="q" type="search" placeholder="Search id or prompt" aria-label="search by id or prompt" autocomplete="off">
 </div></nav>
 <main class="wrap">

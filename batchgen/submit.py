@@ -13,14 +13,17 @@ import asyncio
 import functools
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from . import gone
 from .client import Client
 from .config import RunSettings
 from .errors import (
     AuthError,
+    ModelUnavailable,
     QuotaError,
     RateLimited,
     RequestRejected,
@@ -31,7 +34,10 @@ from .errors import (
 from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
+from .models import builtin
+from .prices import Budget
 from .progress import Reporter
+from .references import ReferenceChanged
 
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 
@@ -49,6 +55,7 @@ class Counters:
     in_doubt: int = 0
     callbacks: int = 0  # valid callbacks that woke a poller
     lost: int = 0  # tasks the service forgot (failed, kind `lost`)
+    creates_by_model: Counter[str] = field(default_factory=Counter)  # paid, per model
 
 
 class Stopped(Exception):
@@ -90,6 +97,10 @@ class Submitter:
         for item_id, record in ledger.owners():
             if record.get("task_id"):
                 self.task_owner.setdefault(str(record["task_id"]), item_id)
+        self.gate = gone.Gate(gone.suspects(ledger.items.values()), settings.cards or builtin())
+        self.budget = None
+        if settings.max_spend is not None and settings.prices is not None:
+            self.budget = Budget(settings.max_spend, settings.prices)
 
     def claim(self, task_id: str, item_id: str) -> bool:
         """Whether a resumed task id is this item's alone (two items, one task: never both succeed)."""
@@ -112,8 +123,24 @@ class Submitter:
         )
 
     async def submit(self, item: Item) -> str | None:
-        """createTask with retries; the task id, or None if the item failed or must wait for the next run."""
+        """createTask with retries; the task id, or None if the item failed or must wait for the next run.
+        An item whose model the service does not offer is not sent: it fails (gone.py)."""
+        if not await self.gate.admit(item.model, id(item)):
+            self.ledger.failed(item.id, self.gate.error(item.model))
+            await self.ledger.durable()
+            return None
+        try:
+            return await self._submit(item)
+        finally:
+            self.gate.settle(item.model, id(item))
+
+    async def _submit(self, item: Item) -> str | None:
         request = item.request
+        try:  # the body sent: local reference images as data URIs (the ledger keeps their sha256)
+            body = await asyncio.to_thread(item.wire) if item.references else request
+        except ReferenceChanged as exc:  # edited since the manifest was read: the next run sees a changed item
+            await self._fail(item.id, error_record("rejected", None, str(exc)))
+            return None
         callback = item.callback_url or self.callback_url
         saturated = failed = 0
         while True:
@@ -125,7 +152,10 @@ class Submitter:
                     self.throttle.window.forget(slot)
                     return None
                 self.creates_left -= 1  # given back only when the call certainly created nothing
-            job = asyncio.ensure_future(self._create(item, request, callback, slot))
+            if self.budget is not None and not self.budget.take(item.model):  # --max-spend: stop creating
+                self.throttle.window.forget(slot)
+                return None
+            job = asyncio.ensure_future(self._create(item, request, callback, slot, body))
             self.creating.add(job)
             job.add_done_callback(_settle_job)
             job.add_done_callback(self.creating.discard)
@@ -147,6 +177,13 @@ class Submitter:
                 self._give_back()
                 self._stop("refused", fatal=exc)
                 raise Stopped from exc
+            except ModelUnavailable as exc:
+                self._give_back()
+                if (line := self.gate.went(item.model, exc.message)) is not None:
+                    self.reporter.error(line, event="model_unavailable", model=item.model)
+                self.ledger.failed(item.id, self.gate.error(item.model))
+                await self.ledger.durable()
+                return None
             except RequestRejected as exc:
                 self._give_back()
                 await self._fail(item.id, error_record("rejected", exc.code, exc.message))
@@ -174,7 +211,9 @@ class Submitter:
         if self.creates_left is not None:
             self.creates_left += 1
 
-    async def _create(self, item: Item, request: dict[str, Any], callback: str | None, slot: list[float]) -> str:
+    async def _create(
+        self, item: Item, request: dict[str, Any], callback: str | None, slot: list[float], body: dict[str, Any]
+    ) -> str:
         """One createTask call, bracketed by the ledger: intent before, the task id (fsync'd) after.
 
         Its create-window slot counts from the moment the answer arrives, unless the service dropped the call.
@@ -188,14 +227,18 @@ class Submitter:
             self.ledger.submit_unsent(item.id)
             raise
         try:
-            task_id = await self.client.create_task(request, callback)
+            task_id = await self.client.create_task(body, callback)
         except RateLimited:
             self.throttle.window.forget(slot)
             self.ledger.submit_unsent(item.id)
+            if self.budget is not None:
+                self.budget.give_back(item.model)
             raise
         except BaseException as exc:
             self.throttle.window.done(slot)
             doubt = _maybe_created(exc)
+            if self.budget is not None and not doubt:  # certainly not paid: its price is spent on another
+                self.budget.give_back(item.model)
             self.ledger.submit_unsent(item.id, in_doubt=doubt)
             if doubt:
                 self.counters.in_doubt += 1
@@ -208,6 +251,7 @@ class Submitter:
             raise
         self.throttle.window.done(slot)
         self.counters.creates += 1  # paid, whatever happens next
+        self.counters.creates_by_model[item.model] += 1
         if self.task_owner.setdefault(task_id, item.id) != item.id:
             self.ledger.paid_without_task(item.id, self.duplicate(task_id))
             await self.ledger.durable()

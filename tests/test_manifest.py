@@ -113,7 +113,10 @@ CASES = [
     (
         "model.yaml",
         "- id: a\n  prompt: p\n  model: imagen3\n",
-        ["model.yaml:1: item 'a': model: only 'imagen4-ultra' is supported; got 'imagen3'"],
+        [
+            "model.yaml:1: item 'a': model: unknown model 'imagen3'; did you mean 'imagen4-ultra'? "
+            "(`batchgen models` lists them)"
+        ],
     ),
     (
         "enum.yaml",
@@ -152,7 +155,9 @@ CASES = [
         [
             "unknown2.yaml:1: item 'a': negative_prompt: unknown field; known fields are id, model, callBackUrl, "
             "prompt, aspect_ratio, person_generation, safety_settings, seed, enhance_prompt, language, output_format, "
-            "compression_quality, matrix, count"
+            "compression_quality, width, height, input_image, input_image_2, input_image_3, input_image_4, "
+            "reference_images, prompt_upsampling, resolution, image_input, use_google_search_tool, "
+            "enable_safety_checker, image_size, num_inference_steps, matrix, count"
         ],
     ),
     (

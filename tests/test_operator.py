@@ -301,7 +301,7 @@ def test_a_bug_without_a_directory_prints_the_line_then_the_traceback(tmp_path):
     manifest = manifest_of(tmp_path / "m.yaml", ["a"])
     code = (
         "import sys, batchgen.cli, batchgen.manifest\n"
-        "def broken_load(path):\n    raise AttributeError('injected')\n"
+        "def broken_load(path, **options):\n    raise AttributeError('injected')\n"
         "batchgen.manifest.load_counted = broken_load\n"
         "sys.exit(batchgen.cli.main(sys.argv[1:]))\n"
     )
@@ -374,12 +374,12 @@ def test_what_python_itself_logs_is_one_json_object_too(tmp_path):
     code = (
         "import logging, sys, warnings, batchgen.cli, batchgen.manifest\n"
         "real = batchgen.manifest.load\n"
-        "def load(path):\n"
+        "def load(path, **options):\n"
         "    try:\n        raise RuntimeError('lost')\n"
         "    except RuntimeError as exc:\n"
         "        logging.getLogger('asyncio').error('Task exception was never retrieved', exc_info=exc)\n"
         "    warnings.warn('a warning from a library')\n"
-        "    return real(path)\n"
+        "    return real(path, **options)\n"
         "batchgen.manifest.load = load\n"
         "sys.exit(batchgen.cli.main(sys.argv[1:]))\n"
     )

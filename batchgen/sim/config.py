@@ -10,6 +10,7 @@ Envelope429 = Literal["relay", "business", "gateway", "empty", "mixed"]
 LostAnswer = Literal["504", "drop", "mixed"]
 ForgetAnswer = Literal["null", "404"]
 PngTrailer = Literal["none", "garbage", "double_iend"]
+GoneAnswer = Literal["400", "price", "503"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,12 @@ class SimConfig:
     # paid all the same); the first two recordInfo answers of a task are about another task (and say it failed);
     # a success whose resultJson has no URLs, or is not JSON.
     misreport: Misreport | None = None
+
+    # Models the service no longer offers: a create for one is answered 400 "unsupported model", 400
+    # model_price_error ("price not configured"), or the gateway's 503 "no channel available for model X".
+    unsupported_models: tuple[str, ...] = ()
+    unsupported_answer: GoneAnswer = "400"
+    wrong_extension: bool = False  # result URLs and Content-Type say PNG whatever the bytes are
 
     callback_attempts: int = 3  # callbacks are retried briefly, then given up
     random_seed: int | None = None  # for repeatable faults

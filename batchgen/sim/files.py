@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .. import schema
-from .images import render, size_for, variant_of, with_c2pa, with_trailer
+from .images import render, result_type, size_for, variant_of, with_c2pa, with_trailer
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -46,11 +46,11 @@ class ResultFiles:
                 return _xml_error(403, "AccessDenied", "Request has expired")
 
         data = task.body["input"]
-        fmt = schema.INPUT_FIELDS["output_format"].normalise(data.get("output_format", "png"))
-        if schema.EXTENSIONS[fmt] != ext:
+        fmt = result_type(task.body)
+        lie = self.sim.config.wrong_extension  # the URL and the Content-Type say PNG, whatever the bytes are
+        if ("png" if lie else schema.EXTENSIONS[fmt]) != ext:
             return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
-        aspect = schema.INPUT_FIELDS["aspect_ratio"].normalise(data.get("aspect_ratio", "square_1_1"))
-        width, height = size_for(aspect, self.sim.config.image_scale)
+        width, height = size_for(task.body, self.sim.config.image_scale)
         quality = int(data.get("compression_quality", 90))
         variant = variant_of(f"{data['prompt']}|{data.get('seed')}|{stem}")
         content = await asyncio.to_thread(render, width, height, fmt, quality, variant)
@@ -64,7 +64,7 @@ class ResultFiles:
             return web.Response(body=page, content_type="text/html")
         response = web.StreamResponse(
             headers={
-                "Content-Type": "image/png" if fmt == "png" else "image/jpeg",
+                "Content-Type": "image/png" if fmt == "png" or lie else f"image/{fmt}",
                 "Cache-Control": "private, max-age=3600",
             }
         )

@@ -1,23 +1,55 @@
-"""Real PNG and JPEG images for simulated results, sized like Imagen 4 Ultra's outputs."""
+"""Real PNG, JPEG and WebP images for simulated results, of the type and size each model's card gives."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import struct
 import zlib
 from functools import lru_cache
+from typing import Any
 
 from PIL import Image
 
-from .. import schema
+from .. import models
 
 VARIANTS = 8  # distinct pictures per size and format; enough to tell results apart, cheap to cache
 
 
-def size_for(aspect_ratio: str, scale: float) -> tuple[int, int]:
-    """Pixel size of a result for an aspect ratio, scaled (at least 16 px a side)."""
-    width, height = schema.IMAGE_SIZES.get(aspect_ratio, schema.IMAGE_SIZES["square_1_1"])
+_TYPES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+_RESOLUTION = {"1k": 1, "low": 1, "2k": 2, "medium": 2, "4k": 4, "high": 4}
+
+
+def _card(body: dict[str, Any]) -> models.Card:
+    card = models.builtin().get(str(body.get("model")))
+    return card if card is not None else models.builtin().cards[models.DEFAULT_MODEL]
+
+
+def result_type(body: dict[str, Any]) -> str:
+    """png, jpeg or webp: the request's output_format where the model has one, else the model's own type."""
+    chosen = body["input"].get("output_format")
+    if isinstance(chosen, str) and (kind := _TYPES.get(chosen.strip().lower().removeprefix("image/"))):
+        return kind
+    return _card(body).output_format
+
+
+def size_for(body: dict[str, Any], scale: float) -> tuple[int, int]:
+    """Pixel size of a result (its card's size for the aspect ratio, or width x height, at the resolution asked
+    for), scaled (at least 16 px a side)."""
+    card, data = _card(body), body["input"]
+    aspect, spec = data.get("aspect_ratio"), card.fields.get("aspect_ratio")
+    if spec is not None and spec.kind == "enum" and isinstance(aspect, str) and aspect.strip():
+        with contextlib.suppress(ValueError):
+            aspect = spec.normalise(aspect)  # an alias is its value's size: 16:9 is widescreen_16_9
+    width, height = card.sizes.get(str(aspect), card.size)
+    if isinstance(data.get("width"), int) and isinstance(data.get("height"), int):
+        width, height = data["width"], data["height"]
+    asked = _RESOLUTION.get(str(data.get("resolution", "")).lower())
+    spec = card.fields.get("resolution")
+    usual = _RESOLUTION.get(str(spec.default).lower()) if spec is not None else None
+    if asked and usual:
+        width, height = width * asked // usual, height * asked // usual
     return max(16, round(width * scale)), max(16, round(height * scale))
 
 
@@ -36,6 +68,8 @@ def render(width: int, height: int, fmt: str, quality: int, variant: int) -> byt
     out = io.BytesIO()
     if fmt == "jpeg":
         picture.save(out, "JPEG", quality=quality)
+    elif fmt == "webp":
+        picture.save(out, "WEBP", quality=quality)
     else:
         picture.save(out, "PNG", compress_level=1)
     return out.getvalue()

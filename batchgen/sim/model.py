@@ -1,5 +1,6 @@
 """What the simulated service knows: its tasks (each one's life on the service's own clock), the faults a
-prompt can ask for, and the counters tests and benchmarks read. No I/O: server.py serves it over HTTP."""
+prompt can ask for, the counters tests and benchmarks read, and which requests each model's card refuses. No I/O:
+server.py serves it over HTTP."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .. import models, schema
 
 SATURATED = "当前分组上游负载已饱和，请稍后再试"  # the task relay's own words: "upstream load is saturated"
 
@@ -32,6 +35,7 @@ class SimStats:
     """What the simulator saw. Tests read it directly, or as JSON from GET /__sim/stats."""
 
     creates: int = 0  # paid: createTask calls that created a task (whether or not its answer arrived)
+    models_refused: int = 0  # creates answered "this model is not offered" (SimConfig.unsupported_models)
     answers_lost: int = 0  # creates whose answer was then lost (504 or dropped): the client cannot know
     ids_reused: int = 0  # creates answered with an earlier task's id
     create_calls: int = 0
@@ -91,3 +95,34 @@ def request_key(body: dict[str, Any]) -> str:
 def ms(seconds: float) -> int:
     """The API's times are Unix milliseconds."""
     return int(seconds * 1000)
+
+
+def invalid(body: dict[str, Any]) -> str | None:
+    """The service's 400 message for a malformed request, or None: each model by its card."""
+    model = body.get("model")
+    if not model:
+        return "model is required"
+    card = models.builtin().get(model) if isinstance(model, str) else None
+    if card is None:
+        return f"unsupported model: {model}"
+    callback = body.get("callBackUrl")
+    if callback is not None and not (isinstance(callback, str) and callback.startswith(("https://", "http://"))):
+        return "callBackUrl must be an http(s) URL"
+    data = body.get("input")
+    if not isinstance(data, dict):
+        return "input is required"
+    if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
+        return "input.prompt is required"
+    for name, value in data.items():
+        spec = card.fields.get(name)
+        if spec is None:
+            return f"input.{name} is not a supported parameter"
+        try:
+            spec.normalise(value)
+        except schema.FieldError as exc:
+            return f"input.{name}: {exc}"
+        if spec.kind == "int" and not isinstance(value, int):
+            return f"input.{name} must be an integer"
+    for name, message in card.problems(data):
+        return f"input.{name}: {message}"
+    return None

@@ -23,7 +23,8 @@ from aiohttp import web
 from .. import schema
 from .config import SimConfig
 from .files import ResultFiles
-from .model import MARK, POLICY_FAILURE, SATURATED, TRANSIENT_FAILURE, SimStats, Task, ms, request_key
+from .images import result_type
+from .model import MARK, POLICY_FAILURE, SATURATED, TRANSIENT_FAILURE, SimStats, Task, invalid, ms, request_key
 
 
 class Simulator:
@@ -179,7 +180,9 @@ class Simulator:
             return self._business(400, "invalid request body: expected JSON")
         if not isinstance(body, dict):
             return self._business(400, "invalid request body: expected a JSON object")
-        if (message := self._invalid(body)) is not None:
+        if body.get("model") in self.config.unsupported_models:
+            return self._model_gone(str(body["model"]))
+        if (message := invalid(body)) is not None:
             return self._business(400, message)
         if self.config.quota is not None and self.stats.creates >= self.config.quota:
             return self._gateway(403, "用户额度不足 (insufficient user quota)", "insufficient_user_quota")
@@ -231,36 +234,20 @@ class Simulator:
             {"code": self.config.create_code, "msg": "success", "data": data}, status=self.config.create_status
         )
 
-    def _invalid(self, body: dict[str, Any]) -> str | None:
-        """The service's 400 message for a malformed request, or None."""
-        model = body.get("model")
-        if not model:
-            return "model is required"
-        if model != schema.MODEL:
-            return f"unsupported model: {model}"
-        callback = body.get("callBackUrl")
-        if callback is not None and not (isinstance(callback, str) and callback.startswith(("https://", "http://"))):
-            return "callBackUrl must be an http(s) URL"
-        data = body.get("input")
-        if not isinstance(data, dict):
-            return "input is required"
-        if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
-            return "input.prompt is required"
-        for name, value in data.items():
-            spec = schema.INPUT_FIELDS.get(name)
-            if spec is None:
-                return f"input.{name} is not a supported parameter"
-            try:
-                spec.normalise(value)
-            except schema.FieldError as exc:
-                return f"input.{name}: {exc}"
-            if spec.kind == "int" and not isinstance(value, int):
-                return f"input.{name} must be an integer"
-        return None
+    def _model_gone(self, model: str) -> web.Response:
+        """How the Market answers for a model it no longer offers (SimConfig.unsupported_answer)."""
+        self.stats.models_refused += 1
+        if self.config.unsupported_answer == "503":  # new-api's distributor, when no channel serves the model
+            message = f"当前分组 default 下对于模型 {model} 无可用渠道 (no channel available for model {model})"
+            return self._gateway(503, message, "model_not_found")
+        if self.config.unsupported_answer == "price":
+            message = f"模型 {model} 倍率或价格未配置 (model {model} price not configured)"
+            return self._gateway(400, message, "model_price_error")
+        return self._business(400, f"unsupported model: {model}")
 
     def _new_task(self, body: dict[str, Any], now: float) -> Task:
         self._last_id = max(self._last_id + 1, int(now * 1000))
-        task_id = f"task_{schema.MODEL}_{self._last_id}"
+        task_id = f"task_{body['model']}_{self._last_id}"
         duration = max(0.01, self.config.latency + self.rng.uniform(-self.config.jitter, self.config.jitter))
         prompt: str = body["input"]["prompt"]
         self._prompt_submissions[prompt] += 1
@@ -330,7 +317,7 @@ class Simulator:
         update = finished if done else max(task.created, now - 0.5)
         return {
             "taskId": task.task_id,
-            "model": schema.MODEL,
+            "model": task.body["model"],
             "state": state,
             "param": json.dumps(task.body, ensure_ascii=False),
             "resultJson": result_json,
@@ -369,8 +356,7 @@ class Simulator:
         return {"consumeCredits": per, "remainedCredits": self.config.credits_balance - per * task.number}
 
     def _result_urls(self, task: Task, now: float) -> list[str]:
-        data = task.body["input"]
-        ext = schema.EXTENSIONS[schema.INPUT_FIELDS["output_format"].normalise(data.get("output_format", "png"))]
+        ext = "png" if self.config.wrong_extension else schema.EXTENSIONS[result_type(task.body)]
         urls = []
         for n in range(1, self.config.results_per_task + 1):
             name = f"{n}.{ext}"

@@ -20,9 +20,18 @@
     s < 120 ? (Number.isInteger(s) ? s : s.toFixed(1)) + " s"
     : s < 7200 ? (s / 60).toFixed(1) + " min" : (s / 3600).toFixed(1) + " h";
   const items = data.items;
-  for (const item of items) item.hay = (item.id + "\n" + item.prompt).toLowerCase();
+  for (const item of items) item.hay = (item.id + "\n" + item.prompt + "\n" + (item.model || "")).toLowerCase();
+  // Several models: cards that share a prompt sit side by side, one per model (the "which model" view).
+  const models = [...new Set(items.map((item) => item.model).filter(Boolean))].sort();
+  if (models.length > 1) {
+    const order = new Map(items.map((item, i) => [item, i]));
+    const first = new Map();
+    for (const item of items) if (!first.has(item.prompt)) first.set(item.prompt, order.get(item));
+    items.sort((a, b) => first.get(a.prompt) - first.get(b.prompt) ||
+      (a.model || "").localeCompare(b.model || "") || order.get(a) - order.get(b));
+  }
 
-  let filter = "all", query = "", page = 0, shown = items, current = -1, opener = null;
+  let filter = "all", model = "", query = "", page = 0, shown = items, current = -1, opener = null;
 
   // ---- header: the night at a glance
   const ids = new Set(items.map((item) => item.id));
@@ -74,8 +83,16 @@
     chips.append(button);
     buttons[state] = button;
   }
+  const picker = $("model");
+  if (models.length > 1) {
+    picker.append(new Option("All models", ""));
+    for (const name of models) picker.append(new Option(name, name));
+    picker.hidden = false;
+    picker.addEventListener("change", () => { model = picker.value; page = 0; apply(); });
+  }
   function apply() {
-    const matching = query ? items.filter((item) => item.hay.includes(query)) : items;
+    let matching = query ? items.filter((item) => item.hay.includes(query)) : items;
+    if (model) matching = matching.filter((item) => item.model === model);
     const per = {};
     for (const state of STATES) per[state] = new Set();
     for (const item of matching) { per.all.add(item.id); per[item.state].add(item.id); }
@@ -137,6 +154,7 @@
       bit.append(label + " ", make("b", "", value));
       line.append(bit);
     };
+    if (item.model && models.length > 1) add("model", item.model);
     if (item.seed !== undefined) add("seed", item.seed);
     if (item.took !== undefined) add(item.was === "succeeded" ? "generated in" : "took", took(item.took));
     if (item.params) line.append(make(part, "", item.params.join(" · ")));
