@@ -84,6 +84,13 @@ def build_parser() -> Parser:
     )
     _complete(validate.add_argument("manifests", nargs="+", metavar="MANIFEST", help="a YAML or CSV manifest"), FILE)
     _add_price_argument(validate)
+    validate.add_argument(
+        "--name", metavar="TEMPLATE", default="{id}", help="also check the file names `run --name` would make"
+    )
+    _complete(
+        validate.add_argument("--out", metavar="DIR", help="also check the whole paths the files would have in DIR"),
+        DIRECTORY,
+    )
 
     run = commands.add_parser(
         "run",

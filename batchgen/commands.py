@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, manifest, memory, plan, report, runner, sheet
+from . import config, manifest, memory, names, plan, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -72,6 +72,8 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
     for path in args.manifests:
         try:
             loaded = manifest.load_counted(path)
+            stems = None if args.name == names.DEFAULT_TEMPLATE else names.render_stems(loaded.items, args.name)
+            names.check_lengths(loaded.items, stems, Path(args.out) if args.out else None)
         except ManifestError as exc:
             problems += len(exc.problems)
             for problem in exc.problems:

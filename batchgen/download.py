@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from . import provenance
 from .client import Client, TaskRecord
 from .config import RunSettings
 from .errors import DownloadError
-from .files import fsync_dir
+from .files import fsync_dir, temp_name
 from .manifest import Item
 from .names import inside
 
@@ -54,7 +53,7 @@ async def fetch(
     `png_text(sha256 as received)` as an iTXt chunk before it is renamed into place.
 
     A stem may hold `/` (--name): the subfolders are made inside DIR, never through a link out of it."""
-    temp = temp_dir / f"{stem.replace('/', '_')}.{secrets.token_hex(4)}.part"
+    temp = temp_dir / temp_name(directory / stem, "part")  # never the whole stem: it may be 250 bytes
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         digest = hashlib.sha256()
@@ -163,8 +162,10 @@ def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
 
 
 def cleanup_partials(temp_dir: Path) -> None:
-    """Remove temporary files a killed run left behind."""
-    for path in temp_dir.glob("*.part"):
+    """Remove temporary files a killed run left behind: downloads (`*.part`) and sidecars being written."""
+    for path in temp_dir.iterdir():
+        if path.suffix not in (".part", ".tmp"):
+            continue
         with contextlib.suppress(OSError):
             path.unlink()
 

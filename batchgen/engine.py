@@ -42,7 +42,7 @@ from .errors import (
     TransportError,
     UsageError,
 )
-from .files import state_dir
+from .files import state_dir, write_failure
 from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
@@ -258,15 +258,7 @@ class Engine:
         except Stopped:
             return
         except (StorageError, OSError) as exc:
-            problem = (
-                exc
-                if isinstance(exc, StorageError)
-                else StorageError(
-                    f"cannot write in {self.settings.out}: {exc.strerror or exc}; the ledger is intact: "
-                    "free some space and rerun to continue"
-                )
-            )
-            self.stop("storage", fatal=problem)
+            self.stop("storage", fatal=exc if isinstance(exc, StorageError) else write_failure(self.settings.out, item.id, exc))
         finally:
             release()
 

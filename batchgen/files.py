@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from .errors import StorageError, UsageError
@@ -65,6 +67,21 @@ def _storage(exc: OSError, directory: Path) -> None:
         raise StorageError(f"cannot write in {directory}: {exc.strerror or exc}") from exc
 
 
+def write_failure(directory: Path, item_id: str, exc: OSError) -> StorageError:
+    """Why a run stopped on a write to DIR (exit 5, the ledger intact, the task kept for the next run). Only a
+    full or failing disk asks for space: a name the file system refuses (names.check_lengths runs before
+    sending, so this is a file system with shorter limits somewhere under DIR) asks for a shorter --name."""
+    if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
+        return StorageError(
+            f"item {item_id!r}: cannot write {exc.filename or 'a file'} in {directory}: {exc.strerror or exc} (this "
+            "file system refuses the name); its paid task is kept: rerun with a shorter --name to fetch it"
+        )
+    return StorageError(
+        f"cannot write in {directory}: {exc.strerror or exc}; the ledger is intact: free some space and rerun "
+        "to continue"
+    )
+
+
 def state_dir(directory: Path, sub: str | None = None) -> Path:
     """DIR/.batchgen (or a folder in it), created if missing; never through a symlink."""
     path = directory / STATE_DIR
@@ -79,9 +96,7 @@ def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | Non
     """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder).
 
     `mode`, when given, is set exactly, whatever the umask (a file another user's daemon must read)."""
-    temp = temp_dir / f".{path.name}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
+    temp = temp_dir / temp_name(path)
     fd = open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -96,6 +111,21 @@ def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | Non
             os.unlink(temp)
         raise
     fsync_dir(path.parent)
+
+
+TEMP_HEAD = 40  # bytes of the final name kept in a temp name, for a person reading .batchgen/tmp/
+TEMP_SUFFIX = "tmp"
+
+
+def temp_name(path: Path, suffix: str = TEMP_SUFFIX) -> str:
+    """A temp file's name for the final `path`: unique per final path and per writer, and short whatever the path.
+
+    Built from the hash of the whole path, never from its last part alone: `a/1.png.json` and `b/1.png.json`
+    written at once into one temp folder must not meet (ATTACKS 9). A head of the name (at most TEMP_HEAD bytes)
+    keeps it readable; the whole name stays under 100 bytes however long the final name is (ATTACKS 2)."""
+    head = os.fsencode(path.name)[:TEMP_HEAD].decode("utf-8", "ignore").lstrip(".")
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:16]
+    return f".{head}.{digest}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}"
 
 
 def fsync_dir(path: Path) -> None:

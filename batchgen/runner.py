@@ -155,10 +155,13 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
 
 
 def _stems(items: list[Item], settings: RunSettings) -> dict[str, str] | None:
-    """Every item's file-name stem under --name (None: the default `{id}`, SPEC §4's names)."""
-    if settings.name == names.DEFAULT_TEMPLATE:
-        return None
-    return names.render_stems(items, settings.name, started=time.time())
+    """Every item's file-name stem under --name (None: the default `{id}`, SPEC §4's names); ManifestError, before
+    anything is sent, for a name that is not allowed or that the file system would refuse once paid for."""
+    stems = None
+    if settings.name != names.DEFAULT_TEMPLATE:
+        stems = names.render_stems(items, settings.name, started=time.time())
+    names.check_lengths(items, stems, settings.out)
+    return stems
 
 
 def _spend(outcome: Outcome, ledger: Ledger) -> None:
