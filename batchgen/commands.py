@@ -26,6 +26,7 @@ from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import BatchgenError, ManifestError, StorageError, UsageError
+from .escapes import visible_json
 from .files import write_atomically
 from .progress import Reporter, plural
 
@@ -208,7 +209,7 @@ def _stop_on_signals() -> Iterator[_Early]:
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     doc = report.status(Path(args.directory))
     doc["services"] = memory.describe(os.environ, Path(args.directory))  # what runs learned (memory.py)
-    say(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
+    say(visible_json(json.dumps(doc, indent=1, ensure_ascii=False)) if args.json else report.status_text(doc))
     if not args.json and doc["services"]:
         say(memory.describe_text(doc["services"]))
     return 0

@@ -157,8 +157,9 @@ def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
             continue
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (directory / f"{name}.json").unlink()  # its --metadata sidecar, if it had one
+        for sidecar in (f"{name}.json", f"{name}.xmp"):  # its --metadata sidecars, if it had them
+            with contextlib.suppress(FileNotFoundError):
+                (directory / sidecar).unlink()
 
 
 def cleanup_partials(temp_dir: Path) -> None:

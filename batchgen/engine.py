@@ -435,7 +435,8 @@ class Engine:
                             continue
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
-                old = list(self.ledger.record(item.id).get("files") or [])
+                known = self.ledger.record(item.id)
+                old = [*(known.get("files") or []), *(known.get("files_before") or [])]  # ledger.refetch
                 self.ledger.succeeded(
                     item.id,
                     names,
@@ -446,7 +447,7 @@ class Engine:
                 self.names.credit(item.id, names)
                 await self.ledger.durable()
                 download.remove_stale(
-                    self.settings.out, [n for n in old if not self.names.credited_to_other(item.id, n)], names
+                    self.settings.out, [n for n in old if not self.names.held_by_other(item.id, n)], names
                 )
                 self.counters.downloads += len(names)
                 return

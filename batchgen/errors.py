@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .escapes import visible
+
 
 class BatchgenError(Exception):
     """Base of every batchgen error."""
@@ -58,7 +60,7 @@ class Problem:
             parts.append(f"item {self.item}" if _POSITION.fullmatch(self.item) else f"item {self.item!r}")
         if self.field is not None:
             parts.append(self.field)
-        return ": ".join(parts) + ": " + self.message
+        return visible(": ".join(parts) + ": " + self.message)  # a manifest's text, shown inert on one line
 
 
 class ManifestError(UsageError):

@@ -306,7 +306,10 @@ class Ledger:
     def refetch(self, item_id: str) -> None:
         """A succeeded item's files are gone from DIR: back to submitted, to fetch them again by its task id."""
         record = self._copy(item_id)
-        record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None})
+        # The names it had stay known until the new files are in: their sidecars (and any file still there) are
+        # removed then, even if --name changed meanwhile or a run was killed in between.
+        before = [*_names(record.get("files_before")), *_names(record.get("files"))]
+        record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None, "files_before": before})
         self._write(item_id, record)
 
     def succeeded(
@@ -323,6 +326,7 @@ class Ledger:
         record = self._copy(item_id)
         record.update({"state": "succeeded", "files": files, "sha256": sha256, "error": None, "finished_at": utc_now()})
         record.pop("sha256_received", None)
+        record.pop("files_before", None)
         if cost:
             record["cost"] = cost
         if received is not None:
@@ -459,3 +463,7 @@ def _retrieve(task: asyncio.Task[None]) -> None:
     """Read a finished flush's exception, so that asyncio never reports it as "never retrieved"."""
     if not task.cancelled():
         task.exception()
+
+
+def _names(value: object) -> list[str]:
+    return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []

@@ -271,6 +271,11 @@ class Names:
         """Whether the ledger credits this file to an item other than `item_id`."""
         return bool(self._credited.get(_key(stem_of(file_name)), set()) - {item_id})
 
+    def held_by_other(self, item_id: str, file_name: str) -> bool:
+        """Whether the ledger credits this file to an item other than `item_id`, or another item of the manifest
+        plans that name (a changed --name can give one item's old name to another)."""
+        return not self._free(item_id, stem_of(file_name))
+
     def stems(self, item_id: str, count: int) -> list[str]:
         """The stems for an item's `count` images: SPEC §4's names, unless another item holds one."""
         base = self._stems.get(item_id, item_id)

@@ -38,6 +38,7 @@ def _asset(name: str) -> str:
     return resources.files("batchgen").joinpath("data", "sheet", name).read_text(encoding="utf-8")
 
 
+THUMB_NAME_MAX = 200  # bytes: a thumbnail's name, leaving room for `.<name>.<pid>.tmp` under 255
 THUMB_DIR = f"{STATE_DIR}/thumbs"  # readable by others: see _thumb_folder
 THUMB_SIZE = (320, 320)
 REPORT = "index.html"
@@ -87,6 +88,7 @@ def write_report(directory: Path) -> Path:
     loaded = read_ledger(directory)
     doc = status(directory, loaded)
     thumbs = _thumb_folder(directory)
+    _stale_temps(thumbs)
     names = [
         name
         for record in loaded.items.values()
@@ -134,8 +136,33 @@ def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
 
 
 def _thumb_name(name: str) -> str:
-    """A thumbnail's file name: one flat folder of them, a subfolder's `/` quoted (`zoo%2Ffox.png.jpg`)."""
-    return f"{quote(name, safe='')}.jpg" if "/" in name else f"{name}.jpg"
+    """A thumbnail's file name: one flat folder of them, a subfolder's `/` quoted (`zoo%2Ffox.png.jpg`); a name
+    too long for one path component (quoted, with `.jpg` and its temp suffix) becomes its head and a hash."""
+    flat = f"{quote(name, safe='')}.jpg" if "/" in name else f"{name}.jpg"
+    if len(flat.encode()) <= THUMB_NAME_MAX:
+        return flat
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{flat.encode()[:100].decode('utf-8', 'ignore')}~{digest}.jpg"
+
+
+def _stale_temps(folder: Path) -> None:
+    """Remove thumbnail temp files (`.<name>.<pid>.tmp`) whose writer is gone: a report killed by SIGKILL left
+    them, and nothing else ever would. A live writer's (another `report` at this moment) are left alone."""
+    for path in folder.glob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
 
 
 def _thumb_folder(directory: Path) -> Path:
@@ -288,7 +315,7 @@ def _page(data: dict[str, Any]) -> str:
 <title>{html.escape(data["title"])} · batchgen contact sheet</title>
 <style>{_asset("sheet.css")}</style></head><body>
 <header class="top"><div class="wrap">
-<h1>{html.escape(data["title"])}</h1>
+<h1 dir="auto">{html.escape(data["title"])}</h1>
 <p class="sub" id="sub"></p>
 <dl class="figures" id="figures"></dl>
 </div></header>
