@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 from . import schema
 from .errors import UsageError
@@ -35,21 +35,47 @@ MIN_SECRET = 6
 
 
 def secret_forms(secret: str) -> tuple[str, ...]:
-    """The secret as it may appear in text: itself, and URL-encoded (%XX in either case, + for a space)."""
+    """The secret as it may appear in text: itself, URL-encoded (%XX in either case, + for a space), and as the
+    id and name makers transform it (`-` and other punctuation as `_` or `-`: ids.token, names.slug)."""
     forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")}
     forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form) for form in forms}
+    runs = _ALNUM.findall(secret)
+    forms |= {"_".join(runs), "-".join(runs), secret.replace("-", "_"), secret.replace("_", "-")}
     return tuple(sorted(forms, key=len, reverse=True))
 
 
+_ALNUM = re.compile(r"[A-Za-z0-9]+")
+
+
 def redact(text: str, secret: str | None) -> str:
-    """Mask a secret, and its URL-encoded forms, in text. Strings shorter than MIN_SECRET are not masked: no
-    real key is that short, and masking them would mangle ordinary words."""
+    """Mask a secret, and its derived forms (secret_forms), in text, whatever their case (a slug lowercases).
+    Strings shorter than MIN_SECRET are not masked: no real key is that short, and masking them would mangle
+    ordinary words."""
     if not secret or len(secret) < MIN_SECRET:
         return text
+    folded = text.casefold()
     for form in secret_forms(secret):
-        if form in text:
-            text = text.replace(form, "****")
+        if form.casefold() in folded:
+            text = re.sub(re.escape(form), "****", text, flags=re.IGNORECASE)
+            folded = text.casefold()
     return text
+
+
+SECRET_PROBE = 16  # characters of the key's letters and digits: what an id (24) or a name slug (31) keeps of it
+
+
+def holds_secret(text: str, secret: str | None) -> bool:
+    """Whether `text` holds the secret, or the start of it that an id or a file name would keep, in any form:
+    URL-encoded, case-folded, its punctuation changed or dropped. For refusing a value before it can flow into an
+    id, a file name, the ledger or a log (runner), where a truncated form could no longer be masked."""
+    if not secret or len(secret) < MIN_SECRET:
+        return False
+    probe = _letters(secret)[:SECRET_PROBE]
+    return len(probe) >= MIN_SECRET and probe in _letters(unquote_plus(text))
+
+
+def _letters(text: str) -> str:
+    return "".join(_ALNUM.findall(text)).casefold()
 
 
 def carries(text: str, secret: str | None) -> bool:

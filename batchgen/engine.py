@@ -258,7 +258,8 @@ class Engine:
         except Stopped:
             return
         except (StorageError, OSError) as exc:
-            self.stop("storage", fatal=exc if isinstance(exc, StorageError) else write_failure(self.settings.out, item.id, exc))
+            fatal = exc if isinstance(exc, StorageError) else write_failure(self.settings.out, item.id, exc)
+            self.stop("storage", fatal=fatal)
         finally:
             release()
 

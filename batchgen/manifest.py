@@ -19,7 +19,7 @@ from .config import check_callback_url
 from .ids import ID_PATTERN as ID_PATTERN
 from .ids import canonical_json as canonical_json
 from .ids import derive_id as derive_id
-from .ids import id_problem
+from .ids import id_problem, identity
 from .readers import Collector, RawItem, read, unencodable, unknown_field_message
 
 
@@ -251,5 +251,6 @@ def _build(raw: RawItem, out: Collector, *, defaults: bool = False, given_id: st
 
 
 def _request_key(item: Item) -> tuple[Any, ...]:
-    """A hashable stand-in for the canonical request (values are str, int or bool: all hashable)."""
-    return item.model, tuple(sorted(item.input.items()))
+    """A hashable stand-in for the canonical request (values are str, int or bool: all hashable), its texts taken
+    as ids.identity sees them: `café` in NFC and NFD, `fox` and `fox\u200d`, are one request, never two paid."""
+    return item.model, tuple(sorted((name, identity(value)) for name, value in item.input.items()))

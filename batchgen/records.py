@@ -57,6 +57,7 @@ class Record(TypedDict):
     doubt_open: NotRequired[bool]  # the last create may have been paid and no task id came since: warn on resubmit
     cost: NotRequired[dict[str, float]]  # the service's billing fields from recordInfo (never a callback)
     sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
+    files_before: NotRequired[list[str]]  # fetched again (files gone): the names it had, removed once it has new ones
 
 
 def error_record(kind: str, code: str | None, message: str) -> ErrorRecord:

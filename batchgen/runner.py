@@ -21,9 +21,9 @@ from decimal import Decimal
 from . import manifest, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
-from .config import RunSettings, Secret, is_loopback
+from .config import RunSettings, Secret, holds_secret, is_loopback
 from .engine import Engine
-from .errors import BatchgenError, StorageError, UsageError
+from .errors import BatchgenError, ManifestError, Problem, StorageError, UsageError
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
@@ -161,7 +161,26 @@ def _stems(items: list[Item], settings: RunSettings) -> dict[str, str] | None:
     if settings.name != names.DEFAULT_TEMPLATE:
         stems = names.render_stems(items, settings.name, started=time.time())
     names.check_lengths(items, stems, settings.out)
+    _refuse_key(items, stems, settings.api_key)
     return stems
+
+
+def _refuse_key(items: list[Item], stems: dict[str, str] | None, key: Secret | None) -> None:
+    """ManifestError when an item's id, file name or any value holds the API key, in any form (a wildcard file
+    beside the key file, `{file: api-key}`): it would reach file names, the ledger, sidecars, the contact sheet
+    and logs, some of them cut short where no mask can find it. Refused before anything is sent or written; the
+    message names the item by its line only, never by its id or value."""
+    if key is None:
+        return
+    problems = []
+    for item in items:
+        texts = [item.id, (stems or {}).get(item.id, ""), *map(str, item.input.values())]
+        if any(holds_secret(text, key.value) for text in texts):
+            problems.append(
+                Problem(item.file, item.line, "holds the API key (a value from a wildcard file?); remove it")
+            )
+    if problems:
+        raise ManifestError(problems)
 
 
 def _spend(outcome: Outcome, ledger: Ledger) -> None:

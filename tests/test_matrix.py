@@ -324,7 +324,8 @@ def test_a_fifo_or_device_as_a_wildcard_file_is_refused_without_blocking(write, 
     path = write("f.yaml", "- id: f\n  prompt: '{a}{b}'\n  matrix: {a: {file: fifo.txt}, b: {file: /dev/zero}}\n")
     assert problems(path) == [
         f"{path}:3: item 'f': matrix.a: cannot read 'fifo.txt': not a regular file",
-        f"{path}:3: item 'f': matrix.b: cannot read '/dev/zero': not a regular file",
+        f"{path}:3: item 'f': matrix.b: '/dev/zero' is an absolute path; a wildcard file is one in the manifest's "
+        "folder or below it",
     ]
     os.mkfifo(tmp_path / "m.yaml")
     assert problems(tmp_path / "m.yaml") == [f"{tmp_path / 'm.yaml'}: cannot read the file: not a regular file"]
