@@ -132,8 +132,12 @@ def _ladder(session: Session, argv: list[str]) -> int:
         code = COMMANDS[args.command](args, session)
         flush_stdout()
         return code
-    except SystemExit:
-        raise  # --help, --version: argparse has printed what was asked
+    except SystemExit:  # --help, --version: argparse has printed what was asked ...
+        try:
+            sys.stdout.flush()
+        except OSError:  # ... to a reader that went away (`batchgen --help | true`): no "Exception ignored"
+            _silence_stdout()
+        raise
     except BaseException as exc:  # the ladder's whole point: nothing escapes it as a traceback
         return _handle(session, exc)
 

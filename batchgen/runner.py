@@ -174,11 +174,11 @@ def _refuse_key(items: list[Item], stems: dict[str, str] | None, key: Secret | N
         return
     problems = []
     for item in items:
-        texts = [item.id, (stems or {}).get(item.id, ""), *map(str, item.input.values())]
-        if any(holds_secret(text, key.value) for text in texts):
-            problems.append(
-                Problem(item.file, item.line, "holds the API key (a value from a wildcard file?); remove it")
-            )
+        texts = {"id": item.id, "--name": (stems or {}).get(item.id, ""), **item.input}
+        found = next((field for field, text in texts.items() if holds_secret(str(text), key.value)), None)
+        if found is not None:
+            message = "holds the API key (a value from a wildcard file?); remove it"
+            problems.append(Problem(item.file, item.line, message, field=found))
     if problems:
         raise ManifestError(problems)
 
