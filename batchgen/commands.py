@@ -29,6 +29,7 @@ from .errors import BatchgenError, ManifestError, StorageError, UsageError
 from .escapes import visible_json
 from .files import write_atomically
 from .progress import Reporter, plural
+from .readers import read_bounded
 
 
 @dataclass(slots=True)
@@ -270,10 +271,8 @@ def _differs(path: Path, data: bytes) -> bool:
         return False
     if not path.is_file():
         return True
-    try:
-        return path.read_bytes() != data
-    except OSError:
-        return True
+    found = read_bounded(path, len(data), str(path))  # never a FIFO swapped in meanwhile, nor a 10 GB file
+    return isinstance(found, str) or found != data
 
 
 def cmd_completion(args: argparse.Namespace, session: Session) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import os
 import secrets
@@ -97,6 +98,8 @@ def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | Non
 
     `mode`, when given, is set exactly, whatever the umask (a file another user's daemon must read)."""
     temp = temp_dir / temp_name(path)
+    # A SIGKILLed writer's temp files for this same path: nothing else would ever remove them.
+    clear_stale(temp_dir, glob.escape(temp.name.rsplit(".", 3)[0]) + ".*.tmp")
     fd = open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -126,6 +129,26 @@ def temp_name(path: Path, suffix: str = TEMP_SUFFIX) -> str:
     head = os.fsencode(path.name)[:TEMP_HEAD].decode("utf-8", "ignore").lstrip(".")
     digest = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:16]
     return f".{head}.{digest}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}"
+
+
+def clear_stale(folder: Path, pattern: str) -> None:
+    """Remove temp files matching `pattern` (`….<pid>.<anything>.tmp` or `….<pid>.tmp`) whose writer is gone:
+    a SIGKILL leaves them, nothing else ever would. A live writer's (another process at this moment) are kept."""
+    for path in folder.glob(pattern):
+        pids = [part for part in path.name.split(".")[-3:-1] if part.isdigit()]
+        if pids and not pid_alive(int(pids[0])):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
 
 
 def fsync_dir(path: Path) -> None:

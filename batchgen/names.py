@@ -235,7 +235,14 @@ def _outside(stem: str) -> str | None:
         return "a hidden or blank-edged name (batchgen keeps .batchgen/ for itself)"
     if unreserved(stem) != stem:
         return "a name batchgen keeps for itself (results.json*, index.html, .batchgen)"
+    if any(part.split(".")[0].rstrip(" ").upper() in _DEVICES for part in parts):
+        return "a device name that Windows and SMB/NTFS shares refuse (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
     return None
+
+
+# Names an NTFS volume or an SMB share refuses as a file or folder, with any extension (DIR may be a NAS mount):
+# found after paying otherwise, on every night.
+_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10))})
 
 
 class Names:

@@ -14,6 +14,7 @@ import hashlib
 import html
 import json
 import os
+import stat
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -26,7 +27,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from . import provenance
-from .files import STATE_DIR, state_dir, write_atomically
+from .files import STATE_DIR, clear_stale, state_dir, write_atomically
 from .ledger import Record
 from .names import inside
 from .report import read_ledger, status
@@ -38,6 +39,8 @@ def _asset(name: str) -> str:
     return resources.files("batchgen").joinpath("data", "sheet", name).read_text(encoding="utf-8")
 
 
+SIDECAR_BYTES = 1024 * 1024  # a sidecar holds one request: a few KB (a 20,000-character prompt at most)
+IMAGE_BYTES = 512 * 1024 * 1024  # more than any image the service sends (--max-image-bytes defaults far lower)
 THUMB_NAME_MAX = 200  # bytes: a thumbnail's name, leaving room for `.<name>.<pid>.tmp` under 255
 THUMB_DIR = f"{STATE_DIR}/thumbs"  # readable by others: see _thumb_folder
 THUMB_SIZE = (320, 320)
@@ -88,7 +91,7 @@ def write_report(directory: Path) -> Path:
     loaded = read_ledger(directory)
     doc = status(directory, loaded)
     thumbs = _thumb_folder(directory)
-    _stale_temps(thumbs)
+    clear_stale(thumbs, ".*.tmp")  # a report killed by SIGKILL left its thumbnail being written
     names = [
         name
         for record in loaded.items.values()
@@ -120,6 +123,8 @@ def _plain_name(name: object) -> bool:
 
 def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
     """The parameters of an image as its sidecar (--metadata) records them, when it has a readable one."""
+    if not _regular(directory / f"{name}.json", SIDECAR_BYTES):
+        return  # a FIFO or a link to /dev/zero there would hang the report or fill the memory (ATTACKS 3)
     doc = provenance.sidecar_of(directory, name)
     if doc is None:
         return
@@ -145,26 +150,6 @@ def _thumb_name(name: str) -> str:
     return f"{flat.encode()[:100].decode('utf-8', 'ignore')}~{digest}.jpg"
 
 
-def _stale_temps(folder: Path) -> None:
-    """Remove thumbnail temp files (`.<name>.<pid>.tmp`) whose writer is gone: a report killed by SIGKILL left
-    them, and nothing else ever would. A live writer's (another `report` at this moment) are left alone."""
-    for path in folder.glob(".*.tmp"):
-        pid = path.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process: alive
-    return True
-
-
 def _thumb_folder(directory: Path) -> Path:
     """DIR/.batchgen/thumbs, 0755, in a .batchgen/ that others may pass through (0711) but not list, whatever the
     umask: a shared contact sheet with unreadable thumbnails shows none, while everything else in .batchgen/
@@ -177,6 +162,8 @@ def _thumb_folder(directory: Path) -> Path:
 
 def _thumbnail(source: Path, target: Path) -> bool:
     """Make (or reuse) a small JPEG of an image, mode 0644; False when the image cannot be read."""
+    if not _regular(source, IMAGE_BYTES):
+        return False  # a FIFO at an image's name would block Image.open for ever
     try:
         if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
             if target.stat().st_mode & 0o777 != 0o644:
@@ -202,6 +189,15 @@ def _thumbnail(source: Path, target: Path) -> bool:
         return True
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
+
+
+def _regular(path: Path, limit: int) -> bool:
+    """Whether `path` is a regular file (not a link, FIFO or device) of at most `limit` bytes."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size <= limit
 
 
 def _run_figures(figures: dict[str, float] | None) -> dict[str, float] | None:

@@ -22,7 +22,7 @@ from batchgen.files import temp_name, write_failure
 
 from .browser import chromium, needs_browser
 from .conftest import KEY
-from .test_cli_run import cli, env, run_args
+from .test_cli_run import cli, env, finish, run_args, start
 
 BATCHGEN = [sys.executable, "-m", "batchgen"]
 
@@ -327,3 +327,68 @@ async def test_thumbnail_temps_left_by_a_killed_report_are_cleaned_by_the_next(s
     live.write_bytes(b"")
     sheet.write_report(out)
     assert not stale.exists() and live.exists() and (thumbs / "fox.png.jpg").is_file()
+
+
+# ---------------------------------------------------------------- the families tried against these features
+
+
+async def test_report_never_hangs_on_a_fifo_at_an_image_or_a_sidecar_name(sim_factory, tmp_path):
+    """ATTACKS 3: a FIFO (or a link to /dev/zero) where the ledger says an image or its sidecar is."""
+    path = tmp_path / "m.yaml"
+    path.write_text("- id: fox\n  prompt: a fox\n- id: owl\n  prompt: an owl\n", "utf-8")
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, stderr = await cli(run_args(path, out, sim, "--metadata", "sidecar"))
+    assert code == 0, stderr
+    (out / "fox.png").unlink()
+    os.mkfifo(out / "fox.png")
+    (out / "owl.png.json").unlink()
+    os.mkfifo(out / "owl.png.json")
+    report = await start([*BATCHGEN, "report", str(out)])
+    try:
+        code, _, stderr = await asyncio.wait_for(finish(report), 30)
+    finally:
+        if report.returncode is None:  # hung on the FIFO: never left behind
+            report.kill()
+            await report.wait()
+    assert code == 0, stderr
+    page = (out / "index.html").read_text()
+    data = json.loads(page.split('id="sheet-data">')[1].split("</script>")[0])
+    owl = next(i for i in data["items"] if i["id"] == "owl")
+    assert "sidecar" not in owl and owl["thumb"]
+    assert "thumb" not in next(i for i in data["items"] if i["id"] == "fox")
+
+
+def test_device_names_an_smb_share_refuses_are_refused_before_sending(tmp_path):
+    """ATTACKS 2: `--name '{a}'` with a value `nul` writes nul.png: refused by NTFS/SMB after paying."""
+    path = tmp_path / "m.yaml"
+    path.write_text("- id: z\n  prompt: 'a {a}'\n  matrix: {a: [fox, nul, Com3]}\n", "utf-8")
+    checked = validate(str(path), "--name", "{a}")
+    assert checked.returncode == 2 and checked.stderr.count("a device name that Windows") == 2, checked.stderr
+    assert validate(str(path), "--name", "x-{a}").returncode == 0
+
+
+async def test_temp_files_a_sigkill_left_are_removed_by_the_next_writer(sim_factory, tmp_path):
+    """ATTACKS 11: a SIGKILL between a temp file's creation and its rename, in `jobs install` and in a run."""
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    jobs = tmp_path / "jobs"
+    done = subprocess.run([*BATCHGEN, "jobs", "install", str(jobs)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    parts = temp_name(jobs / "nightly.sh").split(".")
+    parts[-3] = str(dead.pid)  # the same final path, written by a process that is gone
+    stale = jobs / ".".join(parts)
+    stale.write_text("half a script")
+    done = subprocess.run([*BATCHGEN, "jobs", "install", str(jobs), "--force"], capture_output=True, check=False)
+    assert done.returncode == 0 and not stale.exists()
+    assert not [p for p in jobs.iterdir() if p.name.endswith(".tmp")]
+    # A run's own temp folder: a sidecar's temp file left by a killed run is removed by the next run.
+    path = tmp_path / "m.yaml"
+    path.write_text("- id: fox\n  prompt: a fox\n", "utf-8")
+    out = tmp_path / "out"
+    left = out / ".batchgen" / "tmp" / f".fox.png.json.0123456789abcdef.{dead.pid}.1a2b3c4d.tmp"
+    left.parent.mkdir(parents=True)
+    left.write_text("{")
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, stderr = await cli(run_args(path, out, sim, "--metadata", "sidecar"))
+    assert code == 0 and not left.exists(), stderr
