@@ -31,6 +31,7 @@ from . import __version__, report
 from .args import FlagError, Parser, build_parser, exit_meaning
 from .commands import COMMANDS, Session, StdoutError, StoppedEarly, flush_stdout
 from .errors import AuthError, BatchgenError, LockedError, ManifestError, QuotaError, StorageError, UsageError
+from .escapes import visible
 from .files import state_dir
 from .progress import Reporter, plural, utc_timestamp
 
@@ -243,7 +244,7 @@ def _crash(session: Session, exc: Exception) -> int:
         out.error(f"unexpected error, a bug in batchgen: {brief} (please report it)", event="crash", traceback=trace)
     else:
         out.error(f"unexpected error, a bug in batchgen: {brief} (please report it with this traceback)", event="crash")
-        out.write_line(trace.rstrip())
+        out.write_line("\n".join(visible(line) for line in trace.rstrip().splitlines()))  # may quote the service
     return EX_SOFTWARE
 
 

@@ -22,7 +22,7 @@ from . import provenance
 from .client import Client, TaskRecord
 from .config import RunSettings
 from .errors import DownloadError
-from .files import fsync_dir, temp_name
+from .files import clear_stale, fsync_dir, temp_name
 from .manifest import Item
 from .names import inside
 
@@ -163,12 +163,12 @@ def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
 
 
 def cleanup_partials(temp_dir: Path) -> None:
-    """Remove temporary files a killed run left behind: downloads (`*.part`) and sidecars being written."""
-    for path in temp_dir.iterdir():
-        if path.suffix not in (".part", ".tmp"):
-            continue
+    """Remove temporary files a killed run left behind: downloads (`*.part`, only ever written under DIR's lock),
+    and sidecars being written (`*.tmp`: only those whose writer is gone)."""
+    for path in temp_dir.glob("*.part"):
         with contextlib.suppress(OSError):
             path.unlink()
+    clear_stale(temp_dir, "*.tmp")
 
 
 async def fetch_all(

@@ -306,9 +306,8 @@ class Ledger:
     def refetch(self, item_id: str) -> None:
         """A succeeded item's files are gone from DIR: back to submitted, to fetch them again by its task id."""
         record = self._copy(item_id)
-        # The names it had stay known until the new files are in: their sidecars (and any file still there) are
-        # removed then, even if --name changed meanwhile or a run was killed in between.
-        before = [*_names(record.get("files_before")), *_names(record.get("files"))]
+        # Its names stay known until the new files are in, then their leftovers (sidecars) go: even under a new --name
+        before = [*record.get("files_before", []), *record["files"]]
         record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None, "files_before": before})
         self._write(item_id, record)
 
@@ -463,7 +462,3 @@ def _retrieve(task: asyncio.Task[None]) -> None:
     """Read a finished flush's exception, so that asyncio never reports it as "never retrieved"."""
     if not task.cancelled():
         task.exception()
-
-
-def _names(value: object) -> list[str]:
-    return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []

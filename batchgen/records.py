@@ -110,8 +110,8 @@ def record_problem(record: dict[str, Any]) -> str | None:
             return f"request is {_shown(request)}, not a request"
         if not isinstance(request.get("input", {}), dict):
             return f"request.input is {_shown(request['input'])}, not a mapping"
-    for name in ("files", "sha256"):
-        value = record[name]
+    for name in ("files", "sha256", "files_before"):
+        value = record.get(name, [])
         # Names that leave DIR are harmless here: the sheet links none and nothing deletes one (download.py).
         if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
             return f"{name} is {_shown(value)}, not a list of names"
