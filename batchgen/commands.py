@@ -26,7 +26,7 @@ from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import BatchgenError, ManifestError, StorageError, UsageError
-from .escapes import visible_json
+from .escapes import visible, visible_json
 from .files import write_atomically
 from .progress import Reporter, plural
 from .readers import read_bounded
@@ -82,7 +82,7 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
                 print(problem, file=sys.stderr)
             continue
         count = len(loaded.items)
-        say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
+        say(f"{visible(path)}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, price)}")
     if problems:
         print(f"{plural(problems, 'problem')} found; nothing would be submitted", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ def secret_forms(secret: str) -> tuple[str, ...]:
     forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form) for form in forms}
     runs = _ALNUM.findall(secret)
     forms |= {"_".join(runs), "-".join(runs), secret.replace("-", "_"), secret.replace("_", "-")}
+    forms.add(re.sub(r"[^A-Za-z0-9_-]+", "-", secret).strip("-_"))  # names.slug's form (its case: any)
     return tuple(sorted(forms, key=len, reverse=True))
 
 

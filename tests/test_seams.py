@@ -59,14 +59,14 @@ async def test_a_name_over_255_bytes_with_its_suffixes_exits_2_before_anything_i
     assert validate(str(path), "--name", "L" * 200 + "{id}").returncode == 0
 
 
-def test_bytes_are_counted_not_characters_and_the_whole_path_too(tmp_path):
+def test_the_whole_path_is_counted_in_bytes_not_characters(tmp_path):
     path = tmp_path / "m.yaml"
-    # A matrix value of 3-byte characters: the slug keeps ASCII only, so the id (a token) carries the bytes.
     path.write_text("- id: fox\n  prompt: a fox\n", "utf-8")
-    deep = tmp_path / "/".join(["d" * 250] * 16)  # a --out whose own path is 4,000 bytes
+    deep = tmp_path.joinpath(*["€" * 80] * 17)  # a --out of 1,360 characters, but 4,080 bytes (+ tmp_path)
+    assert len(str(deep)) < 4095 < len(os.fsencode(deep))
     checked = validate(str(path), "--out", str(deep))
-    assert checked.returncode == 2 and "would be over 4,095 bytes" in checked.stderr
-    assert validate(str(path), "--out", str(tmp_path / "out")).returncode == 0
+    assert checked.returncode == 2 and "would be over 4,095 bytes" in checked.stderr, checked.stderr
+    assert validate(str(path), "--out", str(tmp_path / ("€" * 80))).returncode == 0
 
 
 async def test_a_deep_name_whose_flattened_temp_name_was_too_long_is_written(sim_factory, tmp_path):
@@ -159,6 +159,8 @@ def test_masks_match_the_keys_derived_forms():
     for form in (key, "sk_Live_4f9a_77c1", "SK-LIVE-4F9A-77C1", "sk_live_4f9a_77c1"):
         assert redact(f"x {form} y", key) == "x **** y", form
     assert redact("x sk%2BLive%2F4f9a y", "sk+Live/4f9a") == "x **** y"
+    mixed = "sk_live.4f9a-77c1"  # `_` kept, `.` made `-`, lowercased: the {prompt} slug's form
+    assert redact(f"a-{names.slug(mixed).lower()}-b", mixed) == "a-****-b"
     long_key = "sk-live-4f9a77c1e2d0b5aa9c3e1f7d6b2a8c4e"
     token = ids.token(long_key)  # what a matrix value puts in an id: cut to 24 characters and a hash
     assert long_key.replace("-", "_") not in token and redact(token, long_key) == token  # no mask can find it
