@@ -5,6 +5,7 @@ The API key is held in a `Secret`, which never shows its value in repr or str.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -71,11 +72,22 @@ def holds_secret(text: str, secret: str | None) -> bool:
     id, a file name, the ledger or a log (runner), where a truncated form could no longer be masked."""
     if not secret or len(secret) < MIN_SECRET:
         return False
-    probe = _letters(secret)[:SECRET_PROBE]
-    return len(probe) >= MIN_SECRET and probe in _letters(unquote_plus(text))
+    probe = _probe(secret)
+    return len(probe) >= MIN_SECRET and probe in _letters(unquote_plus(text) if "%" in text or "+" in text else text)
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(secret: str) -> str:
+    return _letters(secret)[:SECRET_PROBE]
+
+
+_NOT_ALNUM = str.maketrans("", "", "".join(chr(c) for c in range(128) if not chr(c).isalnum()))
 
 
 def _letters(text: str) -> str:
+    """The ASCII letters and digits of `text`, case-folded (a str.translate: 100,000 prompts in a blink)."""
+    if text.isascii():
+        return text.lower().translate(_NOT_ALNUM)
     return "".join(_ALNUM.findall(text)).casefold()
 
 
