@@ -69,18 +69,19 @@ def _storage(exc: OSError, directory: Path) -> None:
 
 
 def write_failure(directory: Path, item_id: str, exc: OSError) -> StorageError:
-    """Why a run stopped on a write to DIR (exit 5, the ledger intact, the task kept for the next run). Only a
-    full or failing disk asks for space: a name the file system refuses (names.check_lengths runs before
-    sending, so this is a file system with shorter limits somewhere under DIR) asks for a shorter --name."""
-    if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
+    """Why a run stopped on a write to DIR (exit 5, the ledger intact, the task kept for the next run, unpaid).
+    Only a full disk asks for space: a name the file system refuses (names.check_lengths runs before sending, so
+    this is a file system with shorter limits somewhere under DIR) asks for a shorter --name, and anything else
+    (a folder where a file goes, a read-only mount) says what is in the way."""
+    where = f"item {item_id!r}: cannot write {exc.filename2 or exc.filename or 'a file'}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(
-            f"item {item_id!r}: cannot write {exc.filename or 'a file'} in {directory}: {exc.strerror or exc} (this "
-            "file system refuses the name); its paid task is kept: rerun with a shorter --name to fetch it"
+            f"cannot write in {directory}: {exc.strerror or exc}; the ledger is intact: free some space and rerun "
+            "to continue"
         )
-    return StorageError(
-        f"cannot write in {directory}: {exc.strerror or exc}; the ledger is intact: free some space and rerun "
-        "to continue"
-    )
+    if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
+        return StorageError(f"{where} (this file system refuses the name); rerun with a shorter --name to fetch it")
+    return StorageError(f"{where}; the ledger is intact and the paid task kept: fix this and rerun to fetch it")
 
 
 def state_dir(directory: Path, sub: str | None = None) -> Path:

@@ -81,6 +81,26 @@ async def test_a_deep_name_whose_flattened_temp_name_was_too_long_is_written(sim
     assert ledger.load(out).items["fox"]["files"] == [name]
     assert (out / name).is_file() and (out / f"{name}.json").is_file()
     assert not [p for p in (out / ".batchgen" / "tmp").iterdir()]  # nothing left behind
+    # The contact sheet's thumbnail of it (the name flattened and quoted: over 255 bytes) has a short name too.
+    page = sheet.write_report(out).read_text()
+    entry = json.loads(page.split('id="sheet-data">')[1].split("</script>")[0])["items"][0]
+    assert entry["thumb"] and len(entry["thumb"].rsplit("/", 1)[1].encode()) <= 220
+
+
+async def test_a_folder_at_a_sidecars_name_stops_the_run_saying_so_and_the_rerun_pays_nothing(sim_factory, tmp_path):
+    """ATTACKS 1: a write that fails after paying, for a reason that is not the disk's space."""
+    path = tmp_path / "m.yaml"
+    path.write_text("- id: fox\n  prompt: a fox\n", "utf-8")
+    out = tmp_path / "out"
+    (out / "fox.png.json").mkdir(parents=True)
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, stderr = await cli(run_args(path, out, sim, "--metadata", "sidecar"))
+        assert code == 5 and "free some space" not in stderr, stderr
+        assert "fox.png.json" in stderr and "fix this and rerun" in stderr
+        (out / "fox.png.json").rmdir()
+        code, _, stderr = await cli(run_args(path, out, sim, "--metadata", "sidecar"))
+        assert code == 0 and sim.stats.create_calls == 1, stderr
+    assert (out / "fox.png.json").is_file()
 
 
 def test_a_name_the_file_system_refuses_at_write_time_never_blames_the_disk(tmp_path):
