@@ -28,6 +28,7 @@ from .names import inside
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
 FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow's name -> the file extension
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a file batchgen wrote can be called
 ACCEPTED_TYPES = (
     "image/png",
     "image/jpeg",
@@ -153,8 +154,8 @@ def verify_image(path: Path) -> str:
 def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
     """After a changed item's new images are in place, remove its old ones that were not replaced."""
     for name in set(old) - set(keep):
-        if not inside(name):
-            continue
+        if not inside(name) or not name.lower().endswith(IMAGE_SUFFIXES):
+            continue  # the ledger is data: a name it holds never deletes a file batchgen could not have written
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
         for sidecar in (f"{name}.json", f"{name}.xmp"):  # its --metadata sidecars, if it had them

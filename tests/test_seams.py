@@ -414,3 +414,26 @@ async def test_temp_files_a_sigkill_left_are_removed_by_the_next_writer(sim_fact
     async with sim_factory(api_key=KEY, latency=0.05) as sim:
         code, _, stderr = await cli(run_args(path, out, sim, "--metadata", "sidecar"))
     assert code == 0 and not left.exists(), stderr
+
+
+async def test_a_name_planted_in_the_ledger_never_deletes_a_file_batchgen_did_not_write(sim_factory, tmp_path):
+    """ATTACKS 8 (state that lies): a ledger edited by hand credits a user's file to an item fetched again."""
+    path = tmp_path / "m.yaml"
+    path.write_text("- id: fox\n  prompt: a fox\n", "utf-8")
+    out = tmp_path / "out"
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, stderr = await cli(run_args(path, out, sim))
+        assert code == 0, stderr
+        (out / "notes.txt").write_text("the user's own notes")
+        with ledger.Ledger.open(out, "m.yaml") as planted:
+            planted.succeeded("fox", ["gone.png", "notes.txt"], ["0" * 64, "0" * 64])
+        code, _, stderr = await cli(run_args(path, out, sim))  # gone.png is missing: fetched again
+        assert code == 0 and sim.stats.create_calls == 1, stderr
+        assert (out / "notes.txt").read_text() == "the user's own notes"
+        assert ledger.load(out).items["fox"]["files"] == ["fox.png"]
+        with ledger.Ledger.open(out, "m.yaml") as planted:
+            planted.succeeded("fox", ["fox.png", "notes.txt"], ["0" * 64, "0" * 64])
+        path.write_text("- id: fox\n  prompt: a red fox\n", "utf-8")  # a changed item: its old files go
+        code, _, stderr = await cli(run_args(path, out, sim))
+        assert code == 0 and sim.stats.create_calls == 2, stderr
+    assert (out / "notes.txt").read_text() == "the user's own notes"
