@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import string
 import time
 import unicodedata
@@ -182,15 +183,17 @@ WORST_SUFFIX = "~ffffffff-99" + "~roll99" + ".webp" + ".json"
 
 
 def check_lengths(items: Sequence[Item], stems: Mapping[str, str] | None, directory: Path | None) -> None:
-    """UsageError, before anything is sent, naming each item whose files could not be written: a path
+    """ManifestError, before anything is sent, naming each item whose files could not be written: a path
     component over the file system's limit in bytes, or a whole path over PATH_MAX, counting the worst-case
-    suffixes every file of the item may get. Without this the service is paid and then every write fails."""
+    suffixes every file of the item may get; or a subfolder that is a link or a file in DIR. Without this the
+    service is paid and then every write fails."""
     name_max, base = NAME_MAX, 0
     if directory is not None:
         absolute = Path(os.path.abspath(directory))
         base = len(os.fsencode(absolute)) + 1
         name_max = _name_max(absolute)
     problems: list[Problem] = []
+    folders = _Folders(directory) if directory is not None else None
     for item in items:
         stem = stems.get(item.id, item.id) if stems is not None else item.id
         worst = unreserved(stem.replace(N, "99") if N in stem else stem + WORST_INDEX)
@@ -206,8 +209,43 @@ def check_lengths(items: Sequence[Item], stems: Mapping[str, str] | None, direct
         elif base + sum(len(p) + 1 for p in parts) > PATH_MAX - 1:
             message = f"its path in {directory} would be over {PATH_MAX - 1:,} bytes; use a shorter --name or --out"
             problems.append(_problem(item, message))
+        elif folders is not None and "/" in worst and (why := folders.problem(worst.rsplit("/", 1)[0])):
+            problems.append(_problem(item, why))
     if problems:
         _refuse(problems)
+
+
+class _Folders:
+    """Whether each subfolder a name uses can be made in DIR: a link, a file or a FIFO in its place would fail
+    the write after the service was paid. Each folder is looked at once (100,000 names share a few folders)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.seen: dict[str, str | None] = {}
+
+    def problem(self, folder: str) -> str | None:
+        if folder in self.seen:
+            return self.seen[folder]
+        parts = folder.split("/")
+        why = None
+        for depth in range(1, len(parts) + 1):  # the outermost first: a link there is the one to name
+            prefix = "/".join(parts[:depth])
+            if prefix not in self.seen:
+                self.seen[prefix] = why or self._look(prefix)
+            why = self.seen[prefix]
+        return why
+
+    def _look(self, folder: str) -> str | None:
+        try:
+            mode = os.lstat(self.directory / folder).st_mode
+        except FileNotFoundError:
+            return None  # made when the first file goes there
+        except OSError as exc:
+            return f"its folder {folder!r} cannot be looked at: {exc.strerror or exc}"
+        if stat.S_ISDIR(mode):
+            return None
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+        return f"its folder {folder!r} in {self.directory} is {what}; batchgen never writes through it: remove it"
 
 
 def _name_max(directory: Path) -> int:

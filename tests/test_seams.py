@@ -437,3 +437,17 @@ async def test_a_name_planted_in_the_ledger_never_deletes_a_file_batchgen_did_no
         code, _, stderr = await cli(run_args(path, out, sim))
         assert code == 0 and sim.stats.create_calls == 2, stderr
     assert (out / "notes.txt").read_text() == "the user's own notes"
+
+
+async def test_a_fifo_where_a_names_subfolder_goes_is_refused_before_paying(sim_factory, tmp_path):
+    """ATTACKS 1 and 3: a paid, good image was failed for good (and paid again by --retry-failed) because a
+    FIFO or a file stood where `--name '{a}/…'` makes a folder; now found before anything is sent."""
+    path = grid(tmp_path / "g.yaml", values=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "a01")
+    async with sim_factory(api_key=KEY, latency=0.05) as sim:
+        code, _, stderr = await cli(run_args(path, out, sim, "--name", "{a}/{id}"))
+        assert code == 2 and sim.stats.create_calls == 0, stderr
+    assert "item 'zoo-a01': --name: its folder 'a01' in" in stderr and "is not a folder" in stderr
+    assert "zoo-a00" not in stderr
