@@ -436,8 +436,12 @@ class Engine:
                             continue
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
+                # The old files (and ledger.refetch's) go before the success is recorded: a kill in between leaves
+                # the ledger naming them still, so the next run removes what is left, never keeps it for ever.
                 known = self.ledger.record(item.id)
-                old = [*(known.get("files") or []), *(known.get("files_before") or [])]  # ledger.refetch
+                old = [*(known.get("files") or []), *(known.get("files_before") or [])]
+                stale = [n for n in old if not self.names.held_by_other(item.id, n)]
+                await asyncio.to_thread(download.remove_stale, self.settings.out, stale, names)
                 self.ledger.succeeded(
                     item.id,
                     names,
@@ -447,9 +451,6 @@ class Engine:
                 )
                 self.names.credit(item.id, names)
                 await self.ledger.durable()
-                download.remove_stale(
-                    self.settings.out, [n for n in old if not self.names.held_by_other(item.id, n)], names
-                )
                 self.counters.downloads += len(names)
                 return
             if last is not None and last.unreachable:
