@@ -21,8 +21,12 @@ from batchgen.errors import ManifestError
 from batchgen.files import temp_name, write_failure
 
 from .browser import chromium, needs_browser
-from .conftest import KEY
-from .test_cli_run import cli, env, finish, run_args, start
+
+try:  # main now keeps the shared helpers in tests/helpers.py (no test module imports another)
+    from .helpers import KEY, cli, env, finish, run_args, start  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # this branch's base: they live in conftest and test_cli_run
+    from .conftest import KEY
+    from .test_cli_run import cli, env, finish, run_args, start
 
 BATCHGEN = [sys.executable, "-m", "batchgen"]
 
