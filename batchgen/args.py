@@ -88,6 +88,13 @@ def build_parser() -> Parser:
     _add_models_dir_argument(validate)
     validate.add_argument("--model", metavar="NAME", help="check every item as if it named model NAME")
     _add_price_argument(validate)
+    validate.add_argument(
+        "--name", metavar="TEMPLATE", default="{id}", help="also check the file names `run --name` would make"
+    )
+    _complete(
+        validate.add_argument("--out", metavar="DIR", help="also check the whole paths the files would have in DIR"),
+        DIRECTORY,
+    )
 
     run = commands.add_parser(
         "run",

@@ -40,6 +40,7 @@ from .errors import (
     StorageError,
     UsageError,
 )
+from .escapes import visible
 from .files import state_dir
 from .progress import Reporter, plural, utc_timestamp
 
@@ -147,8 +148,12 @@ def _ladder(session: Session, argv: list[str]) -> int:
         code = COMMANDS[args.command](args, session)
         flush_stdout()
         return code
-    except SystemExit:
-        raise  # --help, --version: argparse has printed what was asked
+    except SystemExit:  # --help, --version: argparse has printed what was asked ...
+        try:
+            sys.stdout.flush()
+        except OSError:  # ... to a reader that went away (`batchgen --help | true`): no "Exception ignored"
+            _silence_stdout()
+        raise
     except BaseException as exc:  # the ladder's whole point: nothing escapes it as a traceback
         return _handle(session, exc)
 
@@ -254,7 +259,7 @@ def _crash(session: Session, exc: Exception) -> int:
         out.error(f"unexpected error, a bug in batchgen: {brief} (please report it)", event="crash", traceback=trace)
     else:
         out.error(f"unexpected error, a bug in batchgen: {brief} (please report it with this traceback)", event="crash")
-        out.write_line(trace.rstrip())
+        out.write_line("\n".join(visible(line) for line in trace.rstrip().splitlines()))  # may quote the service
     return ExitCode.SOFTWARE
 
 

@@ -23,13 +23,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, endactions, finish, manifest, memory, models, plan, prices, report, runner, sheet
+from . import config, endactions, finish, manifest, memory, models, names, plan, prices, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
 from .errors import BatchgenError, ExitCode, ManifestError, StorageError, UsageError
+from .escapes import visible, visible_json
 from .files import write_atomically
 from .progress import Reporter, plural
+from .readers import read_bounded
 
 
 @dataclass(slots=True)
@@ -87,6 +89,8 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
     for path in args.manifests:
         try:
             loaded = manifest.load_counted(path, model=args.model, cards=cards)
+            stems = None if args.name == names.DEFAULT_TEMPLATE else names.render_stems(loaded.items, args.name)
+            names.check_lengths(loaded.items, stems, Path(args.out) if args.out else None)
         except ManifestError as exc:
             problems += len(exc.problems)
             for problem in exc.problems:
@@ -96,7 +100,7 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
             print(f"warning: {path}: {line}", file=sys.stderr)
         count = len(loaded.items)
         single = price.default if price is not None and not price.by_model else None
-        say(f"{path}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, single)}")
+        say(f"{visible(path)}: {plan.item_counts(loaded.listed, count)}, valid{plan.upper_bound(count, single)}")
         if price is not None and price.by_model:
             parts, total = prices.costs(Counter(item.model for item in loaded.items), price)
             in_all = f"; {total} in all" if total is not None else ""
@@ -248,7 +252,7 @@ def _stop_on_signals() -> Iterator[_Early]:
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     doc = report.status(Path(args.directory))
     doc["services"] = memory.describe(os.environ, Path(args.directory))  # what runs learned (memory.py)
-    say(json.dumps(doc, indent=1, ensure_ascii=False) if args.json else report.status_text(doc))
+    say(visible_json(json.dumps(doc, indent=1, ensure_ascii=False)) if args.json else report.status_text(doc))
     if not args.json and doc["services"]:
         say(memory.describe_text(doc["services"]))
     return ExitCode.OK
@@ -309,10 +313,8 @@ def _differs(path: Path, data: bytes) -> bool:
         return False
     if not path.is_file():
         return True
-    try:
-        return path.read_bytes() != data
-    except OSError:
-        return True
+    found = read_bounded(path, len(data), str(path))  # never a FIFO swapped in meanwhile, nor a 10 GB file
+    return isinstance(found, str) or found != data
 
 
 def cmd_completion(args: argparse.Namespace, session: Session) -> int:
@@ -355,7 +357,7 @@ def cmd_models(args: argparse.Namespace, session: Session) -> int:
     else:
         raise UsageError(cards.unknown_model(args.name))
     say("\n".join(lines))
-    return 0
+    return ExitCode.OK
 
 
 COMMANDS = {

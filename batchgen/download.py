@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,13 +22,14 @@ from . import provenance
 from .client import Client, TaskRecord
 from .config import RunSettings
 from .errors import DownloadError
-from .files import fsync_dir
+from .files import clear_stale, fsync_dir, temp_name
 from .manifest import Item
 from .names import inside
 
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
 # Pillow's name (read from the bytes, whatever the request or the URL said) -> the file extension
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a file batchgen wrote can be called
 ACCEPTED_TYPES = (
     "image/png",
     "image/jpeg",
@@ -58,7 +58,7 @@ async def fetch(
     and `warn` is told why.
 
     A stem may hold `/` (--name): the subfolders are made inside DIR, never through a link out of it."""
-    temp = temp_dir / f"{stem.replace('/', '_')}.{secrets.token_hex(4)}.part"
+    temp = temp_dir / temp_name(directory / stem, "part")  # never the whole stem: it may be 250 bytes
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         digest = hashlib.sha256()
@@ -165,21 +165,22 @@ def verify_image(path: Path) -> str:
 def remove_stale(directory: Path, old: list[str], keep: list[str]) -> None:
     """After a changed item's new images are in place, remove its old ones that were not replaced."""
     for name in set(old) - set(keep):
-        if not inside(name):
-            continue
+        if not inside(name) or not name.lower().endswith(IMAGE_SUFFIXES):
+            continue  # the ledger is data: a name it holds never deletes a file batchgen could not have written
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (directory / f"{name}.json").unlink()  # its --metadata sidecars, if it had them
-        with contextlib.suppress(FileNotFoundError):
-            (directory / f"{name}.xmp").unlink()
+        for sidecar in (f"{name}.json", f"{name}.xmp"):  # its --metadata sidecars, if it had them
+            with contextlib.suppress(FileNotFoundError):
+                (directory / sidecar).unlink()
 
 
 def cleanup_partials(temp_dir: Path) -> None:
-    """Remove temporary files a killed run left behind."""
+    """Remove temporary files a killed run left behind: downloads (`*.part`, only ever written under DIR's lock),
+    and sidecars being written (`*.tmp`: only those whose writer is gone)."""
     for path in temp_dir.glob("*.part"):
         with contextlib.suppress(OSError):
             path.unlink()
+    clear_stale(temp_dir, "*.tmp")
 
 
 async def fetch_all(

@@ -42,7 +42,7 @@ from .errors import (
     TransportError,
     UsageError,
 )
-from .files import state_dir
+from .files import state_dir, write_failure
 from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
@@ -258,15 +258,8 @@ class Engine:
         except Stopped:
             return
         except (StorageError, OSError) as exc:
-            problem = (
-                exc
-                if isinstance(exc, StorageError)
-                else StorageError(
-                    f"cannot write in {self.settings.out}: {exc.strerror or exc}; the ledger is intact: "
-                    "free some space and rerun to continue"
-                )
-            )
-            self.stop("storage", fatal=problem)
+            fatal = exc if isinstance(exc, StorageError) else write_failure(self.settings.out, item.id, exc)
+            self.stop("storage", fatal=fatal)
         finally:
             release()
 
@@ -444,7 +437,12 @@ class Engine:
                             continue
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
-                old = list(self.ledger.record(item.id).get("files") or [])
+                # The old files (and ledger.refetch's) go before the success is recorded: a kill in between leaves
+                # the ledger naming them still, so the next run removes what is left, never keeps it for ever.
+                known = self.ledger.record(item.id)
+                old = [*(known.get("files") or []), *(known.get("files_before") or [])]
+                stale = [n for n in old if not self.names.held_by_other(item.id, n)]
+                await asyncio.to_thread(download.remove_stale, self.settings.out, stale, names)
                 self.ledger.succeeded(
                     item.id,
                     names,
@@ -454,9 +452,6 @@ class Engine:
                 )
                 self.names.credit(item.id, names)
                 await self.ledger.durable()
-                download.remove_stale(
-                    self.settings.out, [n for n in old if not self.names.credited_to_other(item.id, n)], names
-                )
                 self.counters.downloads += len(names)
                 return
             if last is not None and last.unreachable:

@@ -28,6 +28,8 @@ import enum
 import re
 from dataclasses import dataclass
 
+from .escapes import visible
+
 
 class ExitCode(enum.IntEnum):
     """SPEC's exit codes, one name each (the most severe wins: SOFTWARE, AUTH, USAGE, LOCKED, a signal,
@@ -80,7 +82,7 @@ class Problem:
             parts.append(f"item {self.item}" if _POSITION.fullmatch(self.item) else f"item {self.item!r}")
         if self.field is not None:
             parts.append(self.field)
-        return ": ".join(parts) + ": " + self.message
+        return visible(": ".join(parts) + ": " + self.message)  # a manifest's text, shown inert on one line
 
 
 class ManifestError(UsageError):

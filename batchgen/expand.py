@@ -21,10 +21,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 from typing import Any
 
@@ -324,15 +325,23 @@ def _axis(name: str, node: yaml.Node, line: int, base: Path, bad: Callable[[str]
         bad("empty: an axis needs at least one value")
         return None
     by_token: dict[str, str] = {}
-    seen: set[str] = set()
+    seen: dict[object, str] = {}
     for value in values:
         if len(value) > schema.MAX_TEXT:
             bad(f"a value of {len(value):,} characters; the limit is {schema.MAX_TEXT:,}")
             return None
-        if value in seen:
+        key = ids.identity(value)
+        twin = seen.get(key)
+        if twin == value:
             bad(f"value {schema.shorten(value)!r} given twice")
             return None
-        seen.add(value)
+        if twin is not None:  # one value to a reader, two paid cells to the service (ATTACKS 7)
+            bad(
+                f"values {schema.shorten(twin)!r} and {schema.shorten(value)!r} differ only by Unicode "
+                "normalisation, a zero-width character or surrounding spaces; keep one"
+            )
+            return None
+        seen[key] = value
         token = ids.token(value)
         other = by_token.setdefault(token, value)
         if other != value:  # a plain value that spells another's slug and hash (ids.py), or a hash collision
@@ -375,6 +384,9 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
         bad(f"expected a file name; got {schema.describe(name)}")
         return None
     shown = repr(schema.shorten(name))
+    if why := _leaves_folder(base, name):
+        bad(f"{shown} {why}; a wildcard file is one in the manifest's folder or below it")
+        return None
     data = read_bounded(base / name, MAX_WILDCARD_BYTES, shown)
     if isinstance(data, str):
         bad(data)
@@ -397,3 +409,18 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
         bad(f"{shown} has {len(values):,} values; the limit is {MAX_ITEMS:,}")
         return None
     return values
+
+
+def _leaves_folder(base: Path, name: str) -> str | None:
+    """Why a wildcard file's name leaves the manifest's folder, or None. Checked before the file is opened, so
+    nothing of a file outside (`/etc/passwd`, `../.ssh/id_rsa`, a link to either) reaches a message or a prompt."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or PureWindowsPath(name).drive:
+        return "is an absolute path"
+    if ".." in path.parts:
+        return "leaves the manifest's folder (..)"
+    folder = os.path.realpath(base)
+    target = os.path.realpath(base / name)
+    if os.path.commonpath([folder, target]) != folder:
+        return "is a link to a file outside the manifest's folder"
+    return None

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
+import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from .errors import StorageError, UsageError
@@ -65,6 +68,22 @@ def _storage(exc: OSError, directory: Path) -> None:
         raise StorageError(f"cannot write in {directory}: {exc.strerror or exc}") from exc
 
 
+def write_failure(directory: Path, item_id: str, exc: OSError) -> StorageError:
+    """Why a run stopped on a write to DIR (exit 5, the ledger intact, the task kept for the next run, unpaid).
+    Only a full disk asks for space: a name the file system refuses (names.check_lengths runs before sending, so
+    this is a file system with shorter limits somewhere under DIR) asks for a shorter --name, and anything else
+    (a folder where a file goes, a read-only mount) says what is in the way."""
+    where = f"item {item_id!r}: cannot write {exc.filename2 or exc.filename or 'a file'}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(
+            f"cannot write in {directory}: {exc.strerror or exc}; the ledger is intact: free some space and rerun "
+            "to continue"
+        )
+    if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
+        return StorageError(f"{where} (this file system refuses the name); rerun with a shorter --name to fetch it")
+    return StorageError(f"{where}; the ledger is intact and the paid task kept: fix this and rerun to fetch it")
+
+
 def state_dir(directory: Path, sub: str | None = None) -> Path:
     """DIR/.batchgen (or a folder in it), created if missing; never through a symlink."""
     path = directory / STATE_DIR
@@ -79,9 +98,9 @@ def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | Non
     """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder).
 
     `mode`, when given, is set exactly, whatever the umask (a file another user's daemon must read)."""
-    temp = temp_dir / f".{path.name}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
+    temp = temp_dir / temp_name(path)
+    # A SIGKILLed writer's temp files for this same path: nothing else would ever remove them.
+    clear_stale(temp_dir, glob.escape(temp.name.rsplit(".", 3)[0]) + ".*.tmp")
     fd = open_nofollow(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -96,6 +115,41 @@ def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | Non
             os.unlink(temp)
         raise
     fsync_dir(path.parent)
+
+
+TEMP_HEAD = 40  # bytes of the final name kept in a temp name, for a person reading .batchgen/tmp/
+TEMP_SUFFIX = "tmp"
+
+
+def temp_name(path: Path, suffix: str = TEMP_SUFFIX) -> str:
+    """A temp file's name for the final `path`: unique per final path and per writer, and short whatever the path.
+
+    Built from the hash of the whole path, never from its last part alone: `a/1.png.json` and `b/1.png.json`
+    written at once into one temp folder must not meet (ATTACKS 9). A head of the name (at most TEMP_HEAD bytes)
+    keeps it readable; the whole name stays under 100 bytes however long the final name is (ATTACKS 2)."""
+    head = os.fsencode(path.name)[:TEMP_HEAD].decode("utf-8", "ignore").lstrip(".")
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:16]
+    return f".{head}.{digest}.{os.getpid()}.{secrets.token_hex(4)}.{suffix}"
+
+
+def clear_stale(folder: Path, pattern: str) -> None:
+    """Remove temp files matching `pattern` (`….<pid>.<anything>.tmp` or `….<pid>.tmp`) whose writer is gone:
+    a SIGKILL leaves them, nothing else ever would. A live writer's (another process at this moment) are kept."""
+    for path in folder.glob(pattern):
+        pids = [part for part in path.name.split(".")[-3:-1] if part.isdigit()]
+        if pids and not pid_alive(int(pids[0])):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
 
 
 def fsync_dir(path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -75,3 +76,18 @@ def cell_id(prefix: str, tokens: Sequence[str]) -> str:
 def copy_id(base: str, copy: int) -> str:
     """Copy 1 keeps the cell's id; copies 2, 3, … add -2, -3, … (so adding `count` never pays for copy 1 again)."""
     return base if copy == 1 else fit(f"{base}-{copy}")
+
+
+# Zero-width space, non-joiner, joiner, word joiner, BOM: invisible, so `fox` and `fox\u200d` look like one value.
+_INVISIBLE = dict.fromkeys((0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF))
+
+
+def identity(value: object) -> object:
+    """What makes two values one request (ATTACKS 7): text in NFC, without zero-width characters, stripped. Used
+    only to find duplicates: what is sent, and every id, stays exactly as written (an id that moved is paid for
+    again)."""
+    if not isinstance(value, str):
+        return value
+    if value.isascii():
+        return value.strip()
+    return unicodedata.normalize("NFC", value.translate(_INVISIBLE)).strip()

@@ -312,7 +312,9 @@ class Ledger:
     def refetch(self, item_id: str) -> None:
         """A succeeded item's files are gone from DIR: back to submitted, to fetch them again by its task id."""
         record = self._copy(item_id)
-        record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None})
+        # Its names stay known until the new files are in, then their leftovers (sidecars) go: even under a new --name
+        before = [*record.get("files_before", []), *record["files"]]
+        record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None, "files_before": before})
         self._write(item_id, record)
 
     def succeeded(
@@ -329,6 +331,7 @@ class Ledger:
         record = self._copy(item_id)
         record.update({"state": "succeeded", "files": files, "sha256": sha256, "error": None, "finished_at": utc_now()})
         record.pop("sha256_received", None)
+        record.pop("files_before", None)
         if cost:
             record["cost"] = cost
         if received is not None:

@@ -20,7 +20,7 @@ from .fields import RefList
 from .ids import ID_PATTERN as ID_PATTERN
 from .ids import canonical_json as canonical_json
 from .ids import derive_id as derive_id
-from .ids import id_problem
+from .ids import id_problem, identity
 from .readers import Collector, RawItem, Value, read, unencodable, unknown_field_message
 
 
@@ -387,5 +387,12 @@ def _check_defaults_only(given: Any, bad: Any) -> None:
 
 
 def _request_key(item: Item) -> tuple[Any, ...]:
-    """A hashable stand-in for the canonical request (values are str, int or bool: all hashable)."""
-    return item.model, tuple(sorted(item.input.items()))
+    """A hashable stand-in for the canonical request (values are str, int or bool: all hashable), its texts taken
+    as ids.identity sees them: `café` in NFC and NFD, `fox` and `fox\u200d`, are one request, never two paid."""
+    # Runs for each of 100,000 items: plain ASCII text (nearly all of it) is only stripped, inline.
+    return item.model, tuple(
+        sorted(
+            (name, value.strip() if value.isascii() else identity(value)) if type(value) is str else (name, value)
+            for name, value in item.input.items()
+        )
+    )

@@ -19,15 +19,17 @@ Stems may hold `/`: subfolders of DIR, and the ledger records each file's path r
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import string
 import time
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .errors import UsageError
+from .errors import ManifestError, Problem, UsageError
 
 if TYPE_CHECKING:
     from .manifest import Item
@@ -95,26 +97,40 @@ def render_stems(items: Sequence[Item], template: str, *, started: float | None 
         raise UsageError(f"--name {template!r}: {{{unknown[0]}}} is no placeholder here; known: {known}")
     stems: dict[str, str] = {}
     owner: dict[str, str] = {}
-    problems: list[str] = []
+    problems: list[Problem] = []
     for item in items:
         stem = template.format_map(_Values(item, date))
         why = _outside(stem)
         if why:
-            problems.append(f"{item.file}:{item.line}: item {item.id!r}: --name gives {stem!r}, {why}")
+            problems.append(_problem(item, f"gives {stem!r}, {why}"))
             continue
         key = _key(stem)
         if key in owner:
             problems.append(
-                f"{item.file}:{item.line}: item {item.id!r}: --name {template!r} gives it {stem!r}, the name of "
-                f"item {owner[key]!r}; add a placeholder that tells them apart (e.g. {{id}})"
+                _problem(
+                    item,
+                    f"{template!r} gives it {stem!r}, the name of item {owner[key]!r}; add a placeholder that tells "
+                    "them apart (e.g. {id})",
+                )
             )
             continue
         owner[key] = item.id
         stems[item.id] = stem
     if problems:
-        shown = problems[:20] + ([f"… and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise UsageError("file names from --name:\n  " + "\n  ".join(shown))
+        _refuse(problems)
     return stems
+
+
+def _refuse(problems: list[Problem]) -> None:
+    """Every problem, at most 20 of them shown (one template can fail 100,000 items alike)."""
+    if len(problems) > 20:
+        rest = Problem(problems[20].file, None, f"… and {len(problems) - 20} more items like these", field="--name")
+        problems = [*problems[:20], rest]
+    raise ManifestError(problems)
+
+
+def _problem(item: Item, message: str) -> Problem:
+    return Problem(item.file, item.line, message, item=item.id, field="--name")
 
 
 class _Values(dict[str, str]):
@@ -155,6 +171,93 @@ def slug(value: str) -> str:
     return text
 
 
+# ---------------------------------------------------------------- lengths the file system allows
+
+NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems (ext4, APFS, NTFS, XFS)
+PATH_MAX = 4096  # bytes of a whole path, with its NUL (Linux)
+# What a stem can grow by before it reaches the disk, at worst: a result index (`_NN`), a clash suffix
+# (`~1a2b3c4d-NN`, _distinct), an earlier roll (`~rollNN`), the longest extension (`.webp`) and the longest
+# sidecar suffix (`.json`; `.xmp` is shorter). Temp names are hashes (files.temp_name) and never longer.
+WORST_INDEX = "_99"
+WORST_SUFFIX = "~ffffffff-99" + "~roll99" + ".webp" + ".json"
+
+
+def check_lengths(items: Sequence[Item], stems: Mapping[str, str] | None, directory: Path | None) -> None:
+    """ManifestError, before anything is sent, naming each item whose files could not be written: a path
+    component over the file system's limit in bytes, or a whole path over PATH_MAX, counting the worst-case
+    suffixes every file of the item may get; or a subfolder that is a link or a file in DIR. Without this the
+    service is paid and then every write fails."""
+    name_max, base = NAME_MAX, 0
+    if directory is not None:
+        absolute = Path(os.path.abspath(directory))
+        base = len(os.fsencode(absolute)) + 1
+        name_max = _name_max(absolute)
+    problems: list[Problem] = []
+    folders = _Folders(directory) if directory is not None else None
+    for item in items:
+        stem = stems.get(item.id, item.id) if stems is not None else item.id
+        worst = unreserved(stem.replace(N, "99") if N in stem else stem + WORST_INDEX)
+        parts = [os.fsencode(part) for part in worst.split("/")]
+        parts[-1] += WORST_SUFFIX.encode()
+        longest = max(parts, key=len)
+        if len(longest) > name_max:
+            message = (
+                f"a file name of up to {len(longest):,} bytes, with the suffixes batchgen may add "
+                f"({WORST_SUFFIX!r}); the file system allows {name_max}: use a shorter --name"
+            )
+            problems.append(_problem(item, message))
+        elif base + sum(len(p) + 1 for p in parts) > PATH_MAX - 1:
+            message = f"its path in {directory} would be over {PATH_MAX - 1:,} bytes; use a shorter --name or --out"
+            problems.append(_problem(item, message))
+        elif folders is not None and "/" in worst and (why := folders.problem(worst.rsplit("/", 1)[0])):
+            problems.append(_problem(item, why))
+    if problems:
+        _refuse(problems)
+
+
+class _Folders:
+    """Whether each subfolder a name uses can be made in DIR: a link, a file or a FIFO in its place would fail
+    the write after the service was paid. Each folder is looked at once (100,000 names share a few folders)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.seen: dict[str, str | None] = {}
+
+    def problem(self, folder: str) -> str | None:
+        if folder in self.seen:
+            return self.seen[folder]
+        parts = folder.split("/")
+        why = None
+        for depth in range(1, len(parts) + 1):  # the outermost first: a link there is the one to name
+            prefix = "/".join(parts[:depth])
+            if prefix not in self.seen:
+                self.seen[prefix] = why or self._look(prefix)
+            why = self.seen[prefix]
+        return why
+
+    def _look(self, folder: str) -> str | None:
+        try:
+            mode = os.lstat(self.directory / folder).st_mode
+        except FileNotFoundError:
+            return None  # made when the first file goes there
+        except OSError as exc:
+            return f"its folder {folder!r} cannot be looked at: {exc.strerror or exc}"
+        if stat.S_ISDIR(mode):
+            return None
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+        return f"its folder {folder!r} in {self.directory} is {what}; batchgen never writes through it: remove it"
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name DIR's file system allows (eCryptfs: 143), from the nearest folder that exists."""
+    for folder in (directory, *directory.parents):
+        try:
+            return min(NAME_MAX, os.pathconf(folder, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            continue
+    return NAME_MAX
+
+
 def inside(name: str) -> bool:
     """Whether a file name from the ledger is a plain path inside DIR (no `..`, not absolute, not hidden)."""
     parts = name.split("/")
@@ -170,7 +273,14 @@ def _outside(stem: str) -> str | None:
         return "a hidden or blank-edged name (batchgen keeps .batchgen/ for itself)"
     if unreserved(stem) != stem:
         return "a name batchgen keeps for itself (results.json*, index.html, .batchgen)"
+    if any(part.split(".")[0].rstrip(" ").upper() in _DEVICES for part in parts):
+        return "a device name that Windows and SMB/NTFS shares refuse (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
     return None
+
+
+# Names an NTFS volume or an SMB share refuses as a file or folder, with any extension (DIR may be a NAS mount):
+# found after paying otherwise, on every night.
+_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10))})
 
 
 class Names:
@@ -205,6 +315,11 @@ class Names:
     def credited_to_other(self, item_id: str, file_name: str) -> bool:
         """Whether the ledger credits this file to an item other than `item_id`."""
         return bool(self._credited.get(_key(stem_of(file_name)), set()) - {item_id})
+
+    def held_by_other(self, item_id: str, file_name: str) -> bool:
+        """Whether the ledger credits this file to an item other than `item_id`, or another item of the manifest
+        plans that name (a changed --name can give one item's old name to another)."""
+        return not self._free(item_id, stem_of(file_name))
 
     def stems(self, item_id: str, count: int) -> list[str]:
         """The stems for an item's `count` images: SPEC §4's names, unless another item holds one."""

@@ -2,7 +2,8 @@
 carriage returns, but a one-line summary every 30 s and at the end; `--log-format json`, one JSON object a line.
 
 One small interface (`Reporter`) so the engine never cares which. Every line passes through `redact`, so the
-API key cannot reach the output even by accident.
+API key cannot reach the output even by accident, and every message through `escapes`, so outside text cannot
+drive the terminal or split a record in two.
 
 Log lines carry a timestamp (a cron log is read the next morning): text lines the local time with its UTC
 offset, JSON lines `ts` in UTC. Every JSON line has an `event`. A closed stderr (a reader that went away) never
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from .config import redact
 from .errors import ExitCode
+from .escapes import visible, visible_json
 
 SUMMARY_EVERY = 30.0  # seconds between summary lines off a terminal
 
@@ -77,8 +79,9 @@ class Reporter:
         event = fields.pop("event", "log")
         if self.fmt == "json":
             record = {"ts": utc_timestamp(), "level": level, "event": event, "msg": message, **fields}
-            line = json.dumps(record, ensure_ascii=False, default=str)
+            line = visible_json(json.dumps(record, ensure_ascii=False, default=str))
         else:
+            message = visible(message)  # text from the service or a manifest: never a control, one record a line
             said = f"batchgen: {message}" if level in ("info", "debug") else f"batchgen: {level}: {message}"
             line = f"{local_timestamp()} {said}"
         self.write_line(self.redact(line))

@@ -58,6 +58,7 @@ class Record(TypedDict):
     doubt_open: NotRequired[bool]  # the last create may have been paid and no task id came since: warn on resubmit
     cost: NotRequired[dict[str, float]]  # the service's billing fields from recordInfo (never a callback)
     sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
+    files_before: NotRequired[list[str]]  # fetched again (files gone): the names it had, removed once it has new ones
 
 
 # Typed readers. A record read from disk holds every required field (record_problem fills in a missing one) and a
@@ -146,8 +147,8 @@ def record_problem(record: dict[str, Any]) -> str | None:
             return f"request is {_shown(request)}, not a request"
         if not isinstance(request.get("input", {}), dict):
             return f"request.input is {_shown(request['input'])}, not a mapping"
-    for name in ("files", "sha256"):
-        value = record[name]
+    for name in ("files", "sha256", "files_before"):
+        value = record.get(name, [])
         # Names that leave DIR are harmless here: the sheet links none and nothing deletes one (download.py).
         if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
             return f"{name} is {_shown(value)}, not a list of names"

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import prices, records
 from .errors import ExitCode, UsageError
+from .escapes import visible
 from .files import STATE_DIR, write_atomically
 from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
 from .progress import plural
@@ -180,7 +181,7 @@ def status_text(doc: dict[str, Any]) -> str:
             f"  no longer in the manifest (kept, untouched): {', '.join(doc['not_in_manifest'][:20])}"
             + (" …" if len(doc["not_in_manifest"]) > 20 else "")
         )
-    return "\n".join(lines)
+    return "\n".join(visible(line) for line in lines)  # ids, failMsg, the manifest's name: outside text
 
 
 def _tries(kind: str | None, attempts: int) -> str:

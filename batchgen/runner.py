@@ -23,10 +23,10 @@ from typing import Any
 from . import manifest, models, names, prices, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
-from .config import RunSettings, Secret, is_loopback
+from .config import RunSettings, Secret, holds_secret, is_loopback
 from .endactions import first_failures
 from .engine import Engine
-from .errors import BatchgenError, ExitCode, StorageError, UsageError
+from .errors import BatchgenError, ExitCode, ManifestError, Problem, StorageError, UsageError
 from .finish import LockHold
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
@@ -182,10 +182,32 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
 
 
 def _stems(items: list[Item], settings: RunSettings) -> dict[str, str] | None:
-    """Every item's file-name stem under --name (None: the default `{id}`, SPEC §4's names)."""
-    if settings.name == names.DEFAULT_TEMPLATE:
-        return None
-    return names.render_stems(items, settings.name, started=time.time())
+    """Every item's file-name stem under --name (None: the default `{id}`, SPEC §4's names); ManifestError, before
+    anything is sent, for a name that is not allowed or that the file system would refuse once paid for."""
+    stems = None
+    if settings.name != names.DEFAULT_TEMPLATE:
+        stems = names.render_stems(items, settings.name, started=time.time())
+    names.check_lengths(items, stems, settings.out)
+    _refuse_key(items, stems, settings.api_key)
+    return stems
+
+
+def _refuse_key(items: list[Item], stems: dict[str, str] | None, key: Secret | None) -> None:
+    """ManifestError when an item's id, file name or any value holds the API key, in any form (a wildcard file
+    beside the key file, `{file: api-key}`): it would reach file names, the ledger, sidecars, the contact sheet
+    and logs, some of them cut short where no mask can find it. Refused before anything is sent or written; the
+    message names the item by its line only, never by its id or value."""
+    if key is None:
+        return
+    problems = []
+    for item in items:
+        texts = {"id": item.id, "--name": (stems or {}).get(item.id, ""), **item.input}
+        found = next((field for field, text in texts.items() if holds_secret(str(text), key.value)), None)
+        if found is not None:
+            message = "holds the API key (a value from a wildcard file?); remove it"
+            problems.append(Problem(item.file, item.line, message, field=found))
+    if problems:
+        raise ManifestError(problems)
 
 
 def _spend(outcome: Outcome, ledger: Ledger) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import html
 import json
 import os
+import stat
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -26,7 +27,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from . import models, provenance, records
-from .files import STATE_DIR, state_dir, write_atomically
+from .files import STATE_DIR, clear_stale, state_dir, write_atomically
 from .ledger import Record
 from .names import inside
 from .report import read_ledger, status
@@ -38,6 +39,9 @@ def _asset(name: str) -> str:
     return resources.files("batchgen").joinpath("data", "sheet", name).read_text(encoding="utf-8")
 
 
+SIDECAR_BYTES = 1024 * 1024  # a sidecar holds one request: a few KB (a 20,000-character prompt at most)
+IMAGE_BYTES = 512 * 1024 * 1024  # more than any image the service sends (--max-image-bytes defaults far lower)
+THUMB_NAME_MAX = 200  # bytes: a thumbnail's name, leaving room for `.<name>.<pid>.tmp` under 255
 THUMB_DIR = f"{STATE_DIR}/thumbs"  # readable by others: see _thumb_folder
 THUMB_SIZE = (320, 320)
 REPORT = "index.html"
@@ -97,6 +101,7 @@ def write_report(directory: Path) -> Path:
     loaded = read_ledger(directory)
     doc = status(directory, loaded)
     thumbs = _thumb_folder(directory)
+    clear_stale(thumbs, ".*.tmp")  # a report killed by SIGKILL left its thumbnail being written
     names = [
         name
         for record in loaded.items.values()
@@ -128,6 +133,8 @@ def _plain_name(name: object) -> bool:
 
 def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
     """The parameters of an image as its sidecar (--metadata) records them, when it has a readable one."""
+    if not _regular(directory / f"{name}.json", SIDECAR_BYTES):
+        return  # a FIFO or a link to /dev/zero there would hang the report or fill the memory (ATTACKS 3)
     doc = provenance.sidecar_of(directory, name)
     if doc is None:
         return
@@ -145,8 +152,13 @@ def _from_sidecar(entry: dict[str, Any], directory: Path, name: str) -> None:
 
 
 def _thumb_name(name: str) -> str:
-    """A thumbnail's file name: one flat folder of them, a subfolder's `/` quoted (`zoo%2Ffox.png.jpg`)."""
-    return f"{quote(name, safe='')}.jpg" if "/" in name else f"{name}.jpg"
+    """A thumbnail's file name: one flat folder of them, a subfolder's `/` quoted (`zoo%2Ffox.png.jpg`); a name
+    too long for one path component (quoted, with `.jpg` and its temp suffix) becomes its head and a hash."""
+    flat = f"{quote(name, safe='')}.jpg" if "/" in name else f"{name}.jpg"
+    if len(flat.encode()) <= THUMB_NAME_MAX:
+        return flat
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{flat.encode()[:100].decode('utf-8', 'ignore')}~{digest}.jpg"
 
 
 def _thumb_folder(directory: Path) -> Path:
@@ -161,6 +173,8 @@ def _thumb_folder(directory: Path) -> Path:
 
 def _thumbnail(source: Path, target: Path) -> bool:
     """Make (or reuse) a small JPEG of an image, mode 0644; False when the image cannot be read."""
+    if not _regular(source, IMAGE_BYTES):
+        return False  # a FIFO at an image's name would block Image.open for ever
     try:
         if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
             if target.stat().st_mode & 0o777 != 0o644:
@@ -186,6 +200,15 @@ def _thumbnail(source: Path, target: Path) -> bool:
         return True
     except (OSError, ValueError, Image.DecompressionBombError):
         return False
+
+
+def _regular(path: Path, limit: int) -> bool:
+    """Whether `path` is a regular file (not a link, FIFO or device) of at most `limit` bytes."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size <= limit
 
 
 def _run_figures(figures: dict[str, float] | None) -> dict[str, float] | None:
@@ -305,7 +328,7 @@ def _page(data: dict[str, Any]) -> str:
 <title>{html.escape(data["title"])} · batchgen contact sheet</title>
 <style>{_asset("sheet.css")}</style></head><body>
 <header class="top"><div class="wrap">
-<h1>{html.escape(data["title"])}</h1>
+<h1 dir="auto">{html.escape(data["title"])}</h1>
 <p class="sub" id="sub"></p>
 <dl class="figures" id="figures"></dl>
 </div></header>

@@ -76,6 +76,7 @@ class SimConfig:
     # A careless service that repeats the caller's token: in error messages and failMsg (as sent and
     # URL-encoded), and, with key_in_result_url, in the result URLs it hands out (`?auth=<url-encoded token>`).
     echo_token: bool = False
+    fail_message: str | None = None  # every failed task's failMsg is this text (a hostile one: escape sequences)
     key_in_result_url: bool = False
     # Answers that are wrong in shape: the first create answers success with no taskId (the task is created and
     # paid all the same); the first two recordInfo answers of a task are about another task (and say it failed);

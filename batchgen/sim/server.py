@@ -322,7 +322,7 @@ class Simulator:
             "param": json.dumps(task.body, ensure_ascii=False),
             "resultJson": result_json,
             "failCode": task.fail[0] if state == "fail" and task.fail else "",
-            "failMsg": self._echo(task.fail[1]) if state == "fail" and task.fail else "",
+            "failMsg": self._echo(self.config.fail_message or task.fail[1]) if state == "fail" and task.fail else "",
             "costTime": ms(task.duration) if done else None,
             "createTime": ms(task.created - self.config.create_time_offset),
             "updateTime": ms(update),

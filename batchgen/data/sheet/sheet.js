@@ -11,7 +11,10 @@
   const make = (tag, cls, text) => {
     const node = document.createElement(tag);
     if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (text !== undefined && text !== null) {
+      node.textContent = String(text);
+      node.dir = "auto";  // a prompt or message (with U+202E) is isolated: it never reorders what surrounds it
+    }
     return node;
   };
   const num = (n) => Number(n).toLocaleString("en-US");
@@ -210,6 +213,7 @@
       link.removeAttribute("href");
       none.hidden = false;
       none.textContent = LABEL[item.state] + (item.reason ? ": " + item.reason : "");
+      none.dir = "auto";
     }
     info.replaceChildren();
     info.append(make("div", "lb-count", num(index + 1) + " / " + num(shown.length)));
