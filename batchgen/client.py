@@ -17,8 +17,9 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from . import __version__
 from .config import Secret, Timeouts, carries, redact
 from .errors import (
     AuthError,
+    BatchgenError,
     DownloadError,
     QuotaError,
     RateLimited,
@@ -38,7 +40,9 @@ from .errors import (
     ServiceError,
     TransportError,
     UsageError,
+    WayRefused,
 )
+from .proxies import ProxySettings, proxy_for, shown
 
 USER_AGENT = f"batchgen/{__version__}"
 NULL_RECORD = "recordInfo is null"
@@ -73,10 +77,22 @@ class TaskRecord:
 UNKNOWN = "unknown"  # our own state for a task the service answers null or 404 for
 
 
+# A createTask never goes out on a connection idle for longer than this (SPEC §1a): a server or a gateway may
+# close an idle keep-alive connection at any moment after ~1 s (nginx's keepalive_timeout can be that short), and
+# a request written into a connection the other side is closing is lost after its bytes left: in doubt, perhaps
+# paid. aiohttp reuses a pooled connection only if idle <= keepalive_timeout (TCPConnector._get), so status
+# queries at 8/s still share connections, and an idle one is closed rather than reused.
+KEEPALIVE = 0.9
+
+
 @asynccontextmanager
-async def open_session(timeouts: Timeouts) -> AsyncIterator[aiohttp.ClientSession]:
-    """The run's one ClientSession. No default headers: the key is added per API call only."""
-    connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
+async def open_session(timeouts: Timeouts, tls: ssl.SSLContext | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """The run's one ClientSession, with the run's one TLS context. No default headers: the key is added per API
+    call only. trust_env stays False: with it aiohttp reads ~/.netrc (and a matching entry breaks every call);
+    proxies are chosen per request from the run's settings instead (proxies.proxy_for)."""
+    connector = aiohttp.TCPConnector(
+        limit=64, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE, ssl=tls if tls is not None else True
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.api_read)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False
@@ -87,11 +103,23 @@ async def open_session(timeouts: Timeouts) -> AsyncIterator[aiohttp.ClientSessio
 class Client:
     """The jobs API and its result hosts, over one session."""
 
-    def __init__(self, session: aiohttp.ClientSession, api_base: str, key: Secret, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_base: str,
+        key: Secret,
+        timeouts: Timeouts,
+        proxy: ProxySettings | None = None,
+    ) -> None:
         self._session = session
         self._base = api_base.rstrip("/")
         self._key = key
         self._timeouts = timeouts
+        self._proxy = proxy or ProxySettings()
+        self._secrets = (key.value, *self._proxy.secrets())
+        self.json_seen = False  # a JSON answer came from this base: a 404 is about an item, not --api-base
+        self.answered = False  # any HTTP answer came from the API (else: the service was never reached)
+        self.last_failure: str | None = None  # the last transport failure, for "never reached" at the end
 
     # ------------------------------------------------------------ the API
 
@@ -106,6 +134,7 @@ class Client:
         if callback_url:
             body["callBackUrl"] = callback_url
         bound = aiohttp.ClientTimeout(total=self._timeouts.create, sock_connect=self._timeouts.connect)
+        seen_before = self.json_seen
         status, headers, text = await self._request("POST", "/api/v1/jobs/createTask", json_body=body, bound=bound)
         task_id = _task_id_in(text)
         if task_id is not None and carries(task_id, self._key.value):
@@ -113,33 +142,32 @@ class Client:
             raise ServerError(f"createTask answered a task id carrying the API key: {self._mask(task_id)!r}")
         if task_id is not None:
             return task_id
-        if _is_html(headers, text) and status < 500:
-            raise UsageError(f"createTask answered an HTML page (HTTP {status}): is --api-base right?")
-        data = interpret(status, headers, text, secret=self._key.value)  # raises for every error answer
+        if status in (404, 405):  # the API is not there, or this one request was refused by its path
+            if not seen_before:
+                raise UsageError(f"createTask answered HTTP {status}{_page(headers, text)}: is --api-base right?")
+            raise RequestRejected(_brief(status, headers, text, self._secrets), status=status, code=str(status))
+        data = interpret(status, headers, text, secret=self._secrets)  # raises for every error answer
         raise ServerError(self._mask(f"createTask answered success without a taskId ({str(data)[:100]!r})"))
 
     async def record_info(self, task_id: str) -> TaskRecord:
         """The task's record. A task the service does not know (recordInfo is null, or a 404 about the task)
         comes back with state UNKNOWN: just created and not visible yet, or forgotten. Only a 404 that shows
         the API itself is missing (an HTML page) is a UsageError."""
+        seen_before = self.json_seen
         status, headers, text = await self._request("GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id})
-        if _is_html(headers, text) and status < 500:
-            raise UsageError(f"recordInfo answered an HTML page (HTTP {status}): is --api-base right?")
+        if status == 404 and not seen_before and not self.json_seen:  # an HTML or empty 404: no API here
+            raise UsageError(f"recordInfo answered HTTP 404{_page(headers, text)}: is --api-base right?")
         if status == 404:
             return _unknown(task_id)
         try:
-            data = interpret(status, headers, text, secret=self._key.value)
+            data = interpret(status, headers, text, secret=self._secrets)
         except RequestRejected as exc:
             if exc.code in ("422", "404") and (NULL_RECORD in exc.message or exc.code == "404"):
                 return _unknown(task_id)
             raise
-        except UsageError:
-            if status == 200:  # a 404 in the body `code` only: about this task, not the API
-                return _unknown(task_id)
-            raise
         if not isinstance(data, dict):
             return _unknown(task_id)
-        record = parse_record(task_id, data, secret=self._key.value)
+        record = parse_record(task_id, data, secret=self._secrets)
         if record.task_id != task_id:
             raise ServerError(f"recordInfo for {task_id} answered about another task ({record.task_id})")
         return record
@@ -166,20 +194,58 @@ class Client:
                 headers=headers,
                 allow_redirects=False,
                 timeout=bound or self._session.timeout,
+                proxy=proxy_for(url, self._proxy),
             ) as response:
                 text = await response.text(errors="replace")
+                self.answered = True
+                if response.status == 407:
+                    raise self._proxy_refused(url, 407)
+                if _is_json(text):
+                    self.json_seen = True
                 return response.status, response.headers, text
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(
-                self._mask(f"cannot connect to {self._base}: {exc.os_error or exc}"), sent=False
-            ) from exc
-        except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
-            raise TransportError(f"{path}: no answer within {limit:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(self._mask(f"{path}: {type(exc).__name__}: {exc}")) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failure = self._translate(exc, url, f"{path}: no answer within {limit:g} s")
+            self.last_failure = str(failure)
+            raise failure from exc
+
+    def _translate(self, exc: BaseException, url: str, timeout: str) -> BatchgenError:
+        """aiohttp's exception for a call to `url`, in the errors tree: the way refused us (WayRefused), or
+        the network failed (TransportError; `sent` False when no connection to the service was made)."""
+        host = _host(url)
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return WayRefused(self._mask(certificate_problem(host, exc.certificate_error)), host=host)
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
+            if 400 <= exc.status < 500:
+                return self._proxy_refused(url, exc.status)
+            return TransportError(
+                self._mask(f"the proxy {self._proxy_shown(url)} could not reach {host} (HTTP {exc.status})"), sent=False
+            )
+        if isinstance(exc, aiohttp.ClientProxyConnectionError):
+            return TransportError(
+                self._mask(f"cannot connect to the proxy {self._proxy_shown(url)}: {exc.os_error or exc}"), sent=False
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return TransportError(self._mask(f"cannot connect to {host}: {exc.os_error or exc}"), sent=False)
+        if isinstance(exc, TimeoutError):  # before ClientError: aiohttp's socket timeouts are both
+            return TransportError(timeout)
+        return TransportError(self._mask(f"{urlsplit(url).path}: {type(exc).__name__}: {exc}"))
+
+    def _proxy_shown(self, url: str) -> str:
+        return shown(proxy_for(url, self._proxy)) or "(none)"
+
+    def _proxy_refused(self, url: str, status: int) -> WayRefused:
+        proxy = self._proxy_shown(url)
+        what = "asks for credentials or refused them" if status == 407 else f"refused the tunnel (HTTP {status})"
+        source = self._proxy.source or "the proxy setting"
+        return WayRefused(
+            f"the proxy {proxy} {what} for {_host(url)}: check the user and password in {source} "
+            "(http://user:password@host:port), or whether the proxy allows this host and port",
+            host=_host(url),
+            proxy=True,
+        )
 
     def _mask(self, text: str) -> str:
-        return redact(text, self._key.value)
+        return redact(text, self._secrets)
 
     # ------------------------------------------------------------ result files
 
@@ -206,8 +272,17 @@ class Client:
             sock_read=self._timeouts.download_read,
         )
         try:
-            async with self._session.get(url, timeout=timeout, max_redirects=5) as response:
+            async with self._session.get(
+                url, timeout=timeout, max_redirects=5, proxy=proxy_for(url, self._proxy)
+            ) as response:
+                if response.status == 407:
+                    raise self._proxy_refused(url, 407)
                 yield response
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientHttpProxyError) as exc:
+            failure = self._translate(exc, url, "")
+            if isinstance(failure, WayRefused):  # a result host refusing us stops new creates
+                raise failure from exc
+            raise DownloadError(str(failure), unreachable=True) from exc
         except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
             raise DownloadError(
                 f"download stalled: no data for {self._timeouts.download_read:g} s, or not "
@@ -223,6 +298,57 @@ class Client:
             ) from exc
         except aiohttp.ClientError as exc:
             raise DownloadError(self._mask(f"download failed: {type(exc).__name__}: {exc}")) from exc
+
+
+def certificate_problem(host: str, error: BaseException) -> str:
+    """One line for a certificate that does not verify: which host, what is wrong, what to do."""
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
+    code = getattr(error, "verify_code", None)
+    if code == 10 or "expired" in str(reason):  # X509_V_ERR_CERT_HAS_EXPIRED
+        fix = "the certificate has expired: it must be renewed on the server (or check this machine's clock)"
+    elif code == 62 or "mismatch" in str(reason) or "match" in str(reason):  # X509_V_ERR_HOSTNAME_MISMATCH
+        fix = "the certificate is for another host name: check the URL (--api-base), or the server's certificate"
+    else:
+        fix = "not trusted: use --ca-bundle PATH or SSL_CERT_FILE with the CA that issued it"
+    return f"the certificate of {host} does not verify ({reason}); {fix}"
+
+
+def _host(url: str) -> str:
+    """host:port of a URL, as a line names it."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "?", parts.port
+    except ValueError:
+        return "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
+def _is_json(text: str) -> bool:
+    """Whether an answer is a JSON object: the API itself (or its gateway) answered, not a proxy's page."""
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+def _page(headers: Mapping[str, str], text: str) -> str:
+    """ " with an HTML page" / " with an empty body" / "": what came with an answer that is not the API's."""
+    if not text.strip():
+        return " with an empty body"
+    return " with an HTML page" if _is_html(headers, text) else ""
+
+
+def _brief(status: int, headers: Mapping[str, str], text: str, secrets: tuple[str, ...]) -> str:
+    """What an error answer said, short: its message if JSON, else the status and the kind of body."""
+    if _is_json(text):
+        try:
+            interpret(status, headers, text, secret=secrets)
+        except ServiceError as exc:
+            return exc.message
+    return f"HTTP {status}{_page(headers, text)}"
 
 
 def _unknown(task_id: str) -> TaskRecord:
@@ -246,7 +372,7 @@ def _is_html(headers: Mapping[str, str], text: str) -> bool:
     return "text/html" in kind or text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
 
 
-def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | None = None) -> TaskRecord:
+def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | Sequence[str] | None = None) -> TaskRecord:
     """recordInfo's `data`: `resultJson` is a JSON string (or an object); empty strings mean none.
 
     Every text is masked for `secret`; a result URL that carried it sets `key_in_url`.
@@ -302,7 +428,7 @@ def _seconds(millis: Any) -> float | None:
     return value / 1000 if 0 < value < 1e14 else None  # NaN, infinities and nonsense are no time
 
 
-def _masked(value: Any, secret: str | None) -> str | None:
+def _masked(value: Any, secret: str | Sequence[str] | None) -> str | None:
     text = _text(value)
     return None if text is None else redact(text, secret)
 
@@ -314,7 +440,7 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str | None = None) -> Any:
+def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str | Sequence[str] | None = None) -> Any:
     """Turn one API answer into its `data`, or raise the error it means.
 
     The body's `code` wins over an HTTP 200 (some gateways say 200 and mean 500); otherwise the HTTP status
@@ -344,8 +470,10 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
         effective = int(code) if code is not None and code.isdigit() else 502
         if not message:
             message = "the answer could not be read" if body is None else "the answer had no data"
-    if not message:
-        message = text.strip()[:200] or f"HTTP {status} with an empty body"
+    if not message:  # a gateway's or a proxy's own page says nothing the user can act on: its kind only
+        message = f"HTTP {status}{_page(headers, text)}" if body is None else f"HTTP {status}"
+        if body is None and text.strip() and not _is_html(headers, text):
+            message += f": {text.strip()[:200]}"
     message = redact(message[:500], secret)  # a careless gateway may echo the caller's token
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if effective == 429 or code == "429":
@@ -354,9 +482,9 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
         raise AuthError(f"the service refused the API key (401): {message}", status=status, code=code)
     if effective == 403 or code == "insufficient_user_quota":
         raise QuotaError(f"the service refused the account (403, quota or access): {message}", status=status, code=code)
-    if effective in (404, 405):
-        raise UsageError(f"the service answered {effective} ({message}): is --api-base right?")
-    if effective in (400, 413, 422) or 400 <= effective < 500:
+    if effective == 407:  # a proxy's answer in the API's place (plain http through a proxy)
+        raise WayRefused(f"the proxy refused us (407): {message}", host="the proxy", proxy=True)
+    if 400 <= effective < 500:  # 400, 404/405 (the caller knows whether --api-base is wrong), 413, 422, ...
         raise RequestRejected(message, status=status, code=str(effective))
     if effective >= 500:
         raise ServerError(message, status=status, code=code or str(effective))

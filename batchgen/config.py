@@ -9,7 +9,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +17,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 from . import schema
 from .errors import UsageError
+from .proxies import ProxySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +42,20 @@ def secret_forms(secret: str) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Mask a secret, and its URL-encoded forms, in text. Strings shorter than MIN_SECRET are not masked: no
-    real key is that short, and masking them would mangle ordinary words."""
-    if not secret or len(secret) < MIN_SECRET:
-        return text
-    for form in secret_forms(secret):
-        if form in text:
-            text = text.replace(form, "****")
+def redact(text: str, secret: str | Sequence[str] | None) -> str:
+    """Mask a secret (or each of several: the key, proxy credentials), and its URL-encoded forms, in text.
+    Strings shorter than MIN_SECRET are not masked: no real key is that short, and masking them would mangle
+    ordinary words."""
+    for one in (secret,) if isinstance(secret, str) or secret is None else secret:
+        if not one or len(one) < MIN_SECRET:
+            continue
+        for form in secret_forms(one):
+            if form in text:
+                text = text.replace(form, "****")
     return text
 
 
-def carries(text: str, secret: str | None) -> bool:
+def carries(text: str, secret: str | Sequence[str] | None) -> bool:
     """Whether text holds the secret in any of its forms."""
     return redact(text, secret) != text
 
@@ -139,6 +142,14 @@ class RunSettings:
     max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
+    # The way to the service (proxies.py): --proxy / the *_PROXY variables, --ca-bundle or the system's CAs.
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    ca_bundle: Path | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Everything the masking boundary hides: the key and the proxies' credentials."""
+        key = (self.api_key.value,) if self.api_key else ()
+        return key + self.proxy.secrets()
 
 
 KEY_FILE_LIMIT = 4096  # bytes: a key is a few dozen characters; more is not a key file (or is /dev/zero)
