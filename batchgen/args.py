@@ -22,7 +22,7 @@ T = TypeVar("T", int, float)
 # What each exit code means, most severe first (SPEC section 3); the run's --help epilog and summary line.
 EXIT_CODES = {
     70: "an unexpected error, a bug in batchgen; the traceback is in DIR/.batchgen/crash-*.log",
-    3: "the service refused the key or the quota (401/403); run stopped, state saved",
+    3: "access refused: the key or the quota (401/403), or the way (a certificate, a proxy); run stopped, state saved",
     2: "usage or manifest error; nothing submitted",
     4: "another run holds DIR's lock; this run did nothing",
     128: "stopped by signal N (SIGINT 130, SIGTERM 143); state saved",
@@ -32,7 +32,9 @@ EXIT_CODES = {
 }
 
 
-def exit_meaning(code: int) -> str:
+def exit_meaning(code: int, paid: int = 0) -> str:
+    if code == 2 and paid:  # a run that paid anything never says "nothing submitted"
+        return f"usage error after {paid} paid create{'s' if paid != 1 else ''} (in the ledger; a rerun continues them)"
     if code > 128:
         with contextlib.suppress(ValueError):
             return f"stopped by {signal.Signals(code - 128).name}; state saved"
@@ -94,6 +96,7 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_arguments(run)
+    _add_way_arguments(run)
 
     status = commands.add_parser(
         "status",
@@ -129,6 +132,19 @@ def build_parser() -> Parser:
     jobs.add_argument("what", choices=["install", "samples"], help="install: the job files; samples: manifests")
     _complete(jobs.add_argument("directory", metavar="DIR", help="where to write them (created)"), DIRECTORY)
     jobs.add_argument("--force", action="store_true", help="overwrite files that differ from the shipped ones")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the way to the service, one line per step with the fix; pays nothing",
+        description="Check the way to the service step by step: name resolution, the proxy chosen for the API "
+        "and for a result host, TCP, TLS (who issued the certificate), the key (a harmless recordInfo for a "
+        "made-up task id), the clock against the server's, the state folder, and DIR. Nothing is created or paid.",
+        epilog="exit 0 every check passed; 3 the way or the key is refused; 1 the service cannot be reached; 2 usage",
+    )
+    doctor.add_argument("--api-base", metavar="URL", help="the service's base URL (env BATCHGEN_API_BASE)")
+    _complete(doctor.add_argument("--api-key-file", metavar="PATH", help="the API key's file (else env)"), FILE)
+    _complete(doctor.add_argument("--out", metavar="DIR", help="also check that DIR is writable"), DIRECTORY)
+    _add_way_arguments(doctor)
 
     completion = commands.add_parser(
         "completion",
@@ -268,6 +284,28 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
+
+
+# ---------------------------------------------------------------- the way to the service (proxies, CAs)
+
+
+def _add_way_arguments(p: argparse.ArgumentParser) -> None:
+    """--proxy and --ca-bundle, for `run` and `doctor` (SPEC §1a)."""
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="http://[user:password@]host:port for every request (env BATCHGEN_PROXY; over HTTPS_PROXY and "
+        "HTTP_PROXY; NO_PROXY still applies). Prefer the environment for credentials: a flag is visible in ps",
+    )
+    _complete(
+        p.add_argument(
+            "--ca-bundle",
+            metavar="PATH",
+            help="trust only the CA certificates in this PEM file (env BATCHGEN_CA_BUNDLE; default: the system's "
+            "CAs, SSL_CERT_FILE and SSL_CERT_DIR honoured)",
+        ),
+        FILE,
+    )
 
 
 def _add_price_argument(p: argparse.ArgumentParser) -> None:

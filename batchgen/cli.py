@@ -30,7 +30,16 @@ from pathlib import Path
 from . import __version__, report
 from .args import FlagError, Parser, build_parser, exit_meaning
 from .commands import COMMANDS, Session, StdoutError, StoppedEarly, flush_stdout
-from .errors import AuthError, BatchgenError, LockedError, ManifestError, QuotaError, StorageError, UsageError
+from .errors import (
+    AuthError,
+    BatchgenError,
+    LockedError,
+    ManifestError,
+    QuotaError,
+    StorageError,
+    UsageError,
+    WayRefused,
+)
 from .files import state_dir
 from .progress import Reporter, plural, utc_timestamp
 
@@ -204,7 +213,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 def _event_of(exc: BatchgenError) -> str:
     if isinstance(exc, LockedError):
         return "locked"
-    if isinstance(exc, AuthError | QuotaError):
+    if isinstance(exc, AuthError | QuotaError | WayRefused):
         return "refused"
     if isinstance(exc, StorageError):
         return "storage_error"
@@ -281,5 +290,9 @@ def _finish_run(session: Session, code: int) -> int:
         for warning in warnings:
             out.warning(warning, event="metrics_warning")
     if not (session.dry_run and out.fmt == "text"):
-        out.final(session.counts, {**figures, "dry_run": True} if session.dry_run else figures, exit_meaning(code))
+        out.final(
+            session.counts,
+            {**figures, "dry_run": True} if session.dry_run else figures,
+            exit_meaning(code, int(figures.get("paid_creates", 0))),
+        )
     return code

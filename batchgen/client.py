@@ -120,6 +120,7 @@ class Client:
         self.json_seen = False  # a JSON answer came from this base: a 404 is about an item, not --api-base
         self.answered = False  # any HTTP answer came from the API (else: the service was never reached)
         self.last_failure: str | None = None  # the last transport failure, for "never reached" at the end
+        self.server_date: str | None = None  # the last answer's Date header (doctor compares the clocks)
 
     # ------------------------------------------------------------ the API
 
@@ -198,6 +199,7 @@ class Client:
             ) as response:
                 text = await response.text(errors="replace")
                 self.answered = True
+                self.server_date = response.headers.get("Date")
                 if response.status == 407:
                     raise self._proxy_refused(url, 407)
                 if _is_json(text):

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, manifest, memory, plan, report, runner, sheet
+from . import config, doctor, manifest, memory, plan, proxies, report, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -103,6 +103,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
             raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE (or try --simulate)")
         api_base = config.check_api_base(api_base)
     key = None if args.simulate else config.read_key(env, args.api_key_file, warnings)
+    proxy, ca_bundle = way_from(args, env)
     return RunSettings(
         manifest=Path(args.manifest),
         out=Path(args.out),
@@ -130,7 +131,17 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         quiet=args.quiet,
         verbose=args.verbose,
         progress=not args.no_progress,
+        proxy=proxy,
+        ca_bundle=ca_bundle,
     )
+
+
+def way_from(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[proxies.ProxySettings, Path | None]:
+    """--proxy / --ca-bundle over their environment variables (SPEC §1a), checked now: a bad one is exit 2."""
+    proxy = proxies.resolve_proxy(args.proxy, env)
+    bundle = args.ca_bundle if args.ca_bundle is not None else env.get("BATCHGEN_CA_BUNDLE") or None
+    source = "--ca-bundle" if args.ca_bundle is not None else "BATCHGEN_CA_BUNDLE"
+    return proxy, proxies.check_ca_bundle(bundle, source) if bundle else None
 
 
 def cmd_run(args: argparse.Namespace, session: Session) -> int:
@@ -145,8 +156,9 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     try:
         with _stop_on_signals() as early:  # reading the key from a pipe (`--api-key-file <(…)`) may block too
             settings = settings_from(args, os.environ, warnings)
-            secret = settings.api_key.value if settings.api_key else None
-            out.configure(quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=secret)
+            out.configure(
+                quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=settings.secrets()
+            )
             for warning in warnings:
                 out.warning(warning)
             if settings.dry_run:
@@ -300,6 +312,28 @@ def cmd_sim(args: argparse.Namespace, session: Session) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace, session: Session) -> int:
+    """Check the way to the service, one line per step; exit 0, 3 refused, 1 unreachable, 2 usage."""
+    api_base = args.api_base or os.environ.get("BATCHGEN_API_BASE", "")
+    if not api_base:
+        raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE")
+    api_base = config.check_api_base(api_base)
+    warnings: list[str] = []
+    key = config.read_key(os.environ, args.api_key_file, warnings)
+    proxy, ca_bundle = way_from(args, os.environ)
+    session.out.configure(
+        quiet=False, verbose=False, progress=False, secret=(*((key.value,) if key else ()), *proxy.secrets())
+    )
+    for warning in warnings:
+        session.out.warning(warning)
+    out = Path(args.out) if args.out else None
+    with asyncio.Runner() as loop:
+        checks = loop.run(doctor.diagnose(api_base, key, proxy, proxies.tls_context(ca_bundle), out, os.environ))
+    for check in checks:
+        say(session.out.redact(check.line()))
+    return doctor.exit_code(checks)
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "run": cmd_run,
@@ -308,4 +342,5 @@ COMMANDS = {
     "sim": cmd_sim,
     "jobs": cmd_jobs,
     "completion": cmd_completion,
+    "doctor": cmd_doctor,
 }

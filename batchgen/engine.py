@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 
 from . import download, failures, memory
+from .access import Refusals
 from .client import Client, TaskRecord
 from .config import RunSettings
 from .errors import (
@@ -41,6 +42,7 @@ from .errors import (
     StorageError,
     TransportError,
     UsageError,
+    WayRefused,
 )
 from .files import state_dir
 from .ledger import ErrorRecord, Ledger, error_record
@@ -117,6 +119,7 @@ class Engine:
             stop=self.stop,
             stopping=lambda: self.stop_reason is not None,
         )
+        self.poll_refusals = Refusals()  # 401/403 on recordInfo: the run's, or one query's (see access.py)
         self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen
         self.names = Names(
             self.ids,
@@ -257,6 +260,8 @@ class Engine:
                 return
         except Stopped:
             return
+        except WayRefused as exc:  # a result host refusing us: no new creates; paid tasks stay resumable
+            self.stop("refused", fatal=exc)
         except (StorageError, OSError) as exc:
             problem = (
                 exc
@@ -343,13 +348,19 @@ class Engine:
         try:
             record = await self.client.record_info(task_id)
             self.throttle.on_status_success()
+            self.poll_refusals.on_success()
             return record
         except RateLimited:
             # Status queries have their own budget at the service: a 429 here slows the queries, not the work.
             self.counters.rate_limited += 1
             self.throttle.on_status_saturated()
             self.reporter.debug(f"recordInfo {task_id}: 429; status queries now {self.throttle.status.rate:g}/s")
-        except (AuthError, QuotaError, UsageError) as exc:
+        except (AuthError, QuotaError) as exc:
+            if not self.poll_refusals.item_only(exc):
+                self.stop("refused", fatal=exc)
+                raise Stopped from exc
+            self.reporter.debug(f"recordInfo {task_id}: refused ({exc}) while other queries succeed; asking later")
+        except (UsageError, WayRefused) as exc:
             self.stop("refused", fatal=exc)
             raise Stopped from exc
         except (ServiceError, TransportError) as exc:
@@ -417,7 +428,7 @@ class Engine:
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     record = _fresher(await self._query(task_id), record)
                     continue
-                try:
+                try:  # a result host whose certificate or proxy refuses us stops the run (WayRefused)
                     names, digests, received = await download.fetch_all(
                         self.client,
                         item,

@@ -29,6 +29,7 @@ from .ledger import exists as ledger_exists
 from .manifest import Item
 from .plan import Plan, describe, make_plan
 from .progress import Reporter, plural
+from .proxies import tls_context
 from .records import price_of
 from .submit import Counters
 
@@ -124,16 +125,22 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
-            open_session(settings.timeouts) as session,
+            open_session(settings.timeouts, tls_context(settings.ca_bundle)) as session,
             _callbacks(settings, reporter) as receiver,
         ):
-            client = Client(session, api_base, key, settings.timeouts)
+            client = Client(session, api_base, key, settings.timeouts, settings.proxy)
             callback_url = receiver.url_for(settings.callback_url) if receiver else settings.callback_url
             engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url, stems=stems)
             if receiver is not None:
                 receiver.on_task = engine.wake
             stop.attach(engine)
             await engine.run()
+            if not client.answered and client.last_failure and engine.fatal is None:
+                reporter.error(
+                    f"the service at {api_base} was never reached this run (last: {client.last_failure}); check "
+                    "the network and the proxy settings: `batchgen doctor` checks the way step by step",
+                    event="never_reached",
+                )
         reporter.close()
         counts = ledger.counts(engine.ids)
         outcome = Outcome(

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .access import Refusals
 from .client import Client
 from .config import RunSettings
 from .errors import (
@@ -27,6 +28,7 @@ from .errors import (
     ServiceError,
     TransportError,
     UsageError,
+    WayRefused,
 )
 from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
@@ -36,7 +38,7 @@ from .progress import Reporter
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 
 # Errors after which a createTask certainly created nothing: anything else after the request left may have.
-NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError)
+NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError, WayRefused)
 
 
 @dataclass(slots=True)
@@ -86,6 +88,7 @@ class Submitter:
         self.creates_left = settings.limit  # --limit: every possibly paid create counts
         self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
         self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
+        self.refusals = Refusals()  # 401/403 on createTask: the run's, or one item's (a WAF refusing one prompt)
         self.task_owner: dict[str, str] = {}  # task id -> the item it was created for
         for item_id, record in ledger.owners():
             if record.get("task_id"):
@@ -143,7 +146,14 @@ class Submitter:
                         f"item {item.id!r}: the service stayed saturated (429); left for the next run"
                     )
                     return None
-            except (AuthError, QuotaError, UsageError) as exc:
+            except (AuthError, QuotaError) as exc:
+                self._give_back()
+                if await self._refused_item_only(job, exc):
+                    await self._fail(item.id, error_record("refused", str(exc.status or exc.code), exc.message))
+                    return None
+                self._stop("refused", fatal=exc)
+                raise Stopped from exc
+            except (UsageError, WayRefused) as exc:
                 self._give_back()
                 self._stop("refused", fatal=exc)
                 raise Stopped from exc
@@ -162,6 +172,14 @@ class Submitter:
                 self.counters.retries += 1  # the next call may be paid too (the last one is in doubt, or not sent)
                 self.reporter.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
+
+    async def _refused_item_only(self, job: asyncio.Task[str], exc: AuthError | QuotaError) -> bool:
+        """Whether a 401/403 for this item leaves the run going: JSON answers for other items keep succeeding.
+        The createTask calls under way at the same moment decide first (a burst of 20 answers together)."""
+        others = [other for other in self.creating if other is not job]
+        if others and not self.refusals.accepted:
+            await asyncio.wait(others)
+        return self.refusals.item_only(exc)
 
     def _free_slot(self, slot: list[float], job: asyncio.Future[str]) -> None:
         """A call that ended still holding its window slot as under way (its intent could not be written, or
@@ -208,6 +226,7 @@ class Submitter:
             raise
         self.throttle.window.done(slot)
         self.counters.creates += 1  # paid, whatever happens next
+        self.refusals.on_success()
         if self.task_owner.setdefault(task_id, item.id) != item.id:
             self.ledger.paid_without_task(item.id, self.duplicate(task_id))
             await self.ledger.durable()
