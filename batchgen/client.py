@@ -237,7 +237,12 @@ class Client:
 
     def _proxy_refused(self, url: str, status: int) -> WayRefused:
         proxy = self._proxy_shown(url)
-        what = "asks for credentials or refused them" if status == 407 else f"refused the tunnel (HTTP {status})"
+        # 407 is the standard answer; tinyproxy, among others, answers a wrong password with 401
+        what = (
+            f"asks for credentials or refused them (HTTP {status})"
+            if status in (401, 407)
+            else f"refused the tunnel (HTTP {status})"
+        )
         source = self._proxy.source or "the proxy setting"
         return WayRefused(
             f"the proxy {proxy} {what} for {_host(url)}: check the user and password in {source} "

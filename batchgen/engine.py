@@ -145,10 +145,11 @@ class Engine:
                 raise  # we were cancelled from outside, not stopped
         finally:
             if creating := self.submitter.creating:  # calls already sent: record their task ids before closing
-                self.reporter.warning(
-                    f"waiting up to {self.settings.timeouts.create:g} s for {len(creating)} createTask "
-                    "call(s) already sent (they may be paid); signal again to stop now"
-                )
+                if not isinstance(self.fatal, WayRefused):  # a way refused sent nothing: those calls end at once
+                    self.reporter.warning(
+                        f"waiting up to {self.settings.timeouts.create:g} s for {len(creating)} createTask "
+                        "call(s) already sent (they may be paid); signal again to stop now"
+                    )
                 await asyncio.wait(creating, timeout=self.settings.timeouts.create + SHUTDOWN_MARGIN)
                 self.submitter.abandon()  # past the bound: given up, in doubt, and recorded so before closing
                 await asyncio.gather(*creating, return_exceptions=True)
