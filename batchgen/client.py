@@ -14,20 +14,29 @@ ledger, a log line or a page with the key in it. A result URL that carries the k
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from . import __version__
+from .answers import (
+    TaskRecord,
+    certificate_problem,
+    host_of,
+    is_html,
+    is_json,
+    page_kind,
+    parse_record,
+    parse_retry_after,
+    task_id_in,
+    text_of,
+    unknown_record,
+)
 from .config import Secret, Timeouts, carries, redact
 from .errors import (
     AuthError,
@@ -46,35 +55,8 @@ from .proxies import ProxySettings, proxy_for, shown
 
 USER_AGENT = f"batchgen/{__version__}"
 NULL_RECORD = "recordInfo is null"
-COST_FIELDS = ("consumeCredits", "remainedCredits", "costTime")  # recordInfo's billing fields, when present
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """What recordInfo says of one task, with its JSON strings already parsed."""
-
-    task_id: str
-    state: str  # waiting | queuing | generating | success | fail (or what the service invents next)
-    result_urls: tuple[str, ...]
-    fail_code: str | None
-    fail_message: str | None
-    result_error: str | None = None  # set when a success carried no readable resultJson
-    created: float | None = None  # createTime, Unix seconds (the poll scheduler learns latencies from these)
-    completed: float | None = None  # completeTime, Unix seconds
-    key_in_url: bool = False  # a result URL carried the API key (the URLs here are masked): never fetch them
-    cost: tuple[tuple[str, float], ...] = ()  # the service's billing fields (COST_FIELDS) that it sent, numeric
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("success", "fail")
-
-    @property
-    def unknown(self) -> bool:
-        """The service does not know the task (recordInfo is null, or 404): not visible yet, or forgotten."""
-        return self.state == UNKNOWN
-
-
-UNKNOWN = "unknown"  # our own state for a task the service answers null or 404 for
+MAX_REDIRECTS = 5  # a result URL may redirect (a CDN's edge); more is a loop
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 # A createTask never goes out on a connection idle for longer than this (SPEC §1a): a server or a gateway may
@@ -137,7 +119,7 @@ class Client:
         bound = aiohttp.ClientTimeout(total=self._timeouts.create, sock_connect=self._timeouts.connect)
         seen_before = self.json_seen
         status, headers, text = await self._request("POST", "/api/v1/jobs/createTask", json_body=body, bound=bound)
-        task_id = _task_id_in(text)
+        task_id = task_id_in(text)
         if task_id is not None and carries(task_id, self._key.value):
             # Keeping it would write the key into the ledger; it may be paid, so the caller marks it in doubt.
             raise ServerError(f"createTask answered a task id carrying the API key: {self._mask(task_id)!r}")
@@ -145,7 +127,7 @@ class Client:
             return task_id
         if status in (404, 405):  # the API is not there, or this one request was refused by its path
             if not seen_before:
-                raise UsageError(f"createTask answered HTTP {status}{_page(headers, text)}: is --api-base right?")
+                raise UsageError(f"createTask answered HTTP {status}{page_kind(headers, text)}: is --api-base right?")
             raise RequestRejected(_brief(status, headers, text, self._secrets), status=status, code=str(status))
         data = interpret(status, headers, text, secret=self._secrets)  # raises for every error answer
         raise ServerError(self._mask(f"createTask answered success without a taskId ({str(data)[:100]!r})"))
@@ -157,17 +139,17 @@ class Client:
         seen_before = self.json_seen
         status, headers, text = await self._request("GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id})
         if status == 404 and not seen_before and not self.json_seen:  # an HTML or empty 404: no API here
-            raise UsageError(f"recordInfo answered HTTP 404{_page(headers, text)}: is --api-base right?")
+            raise UsageError(f"recordInfo answered HTTP 404{page_kind(headers, text)}: is --api-base right?")
         if status == 404:
-            return _unknown(task_id)
+            return unknown_record(task_id)
         try:
             data = interpret(status, headers, text, secret=self._secrets)
         except RequestRejected as exc:
             if exc.code in ("422", "404") and (NULL_RECORD in exc.message or exc.code == "404"):
-                return _unknown(task_id)
+                return unknown_record(task_id)
             raise
         if not isinstance(data, dict):
-            return _unknown(task_id)
+            return unknown_record(task_id)
         record = parse_record(task_id, data, secret=self._secrets)
         if record.task_id != task_id:
             raise ServerError(f"recordInfo for {task_id} answered about another task ({record.task_id})")
@@ -202,7 +184,7 @@ class Client:
                 self.server_date = response.headers.get("Date")
                 if response.status == 407:
                     raise self._proxy_refused(url, 407)
-                if _is_json(text):
+                if is_json(text):
                     self.json_seen = True
                 return response.status, response.headers, text
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -213,7 +195,7 @@ class Client:
     def _translate(self, exc: BaseException, url: str, timeout: str) -> BatchgenError:
         """aiohttp's exception for a call to `url`, in the errors tree: the way refused us (WayRefused), or
         the network failed (TransportError; `sent` False when no connection to the service was made)."""
-        host = _host(url)
+        host = host_of(url)
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             return WayRefused(self._mask(certificate_problem(host, exc.certificate_error)), host=host)
         if isinstance(exc, aiohttp.ClientHttpProxyError):
@@ -245,9 +227,9 @@ class Client:
         )
         source = self._proxy.source or "the proxy setting"
         return WayRefused(
-            f"the proxy {proxy} {what} for {_host(url)}: check the user and password in {source} "
+            f"the proxy {proxy} {what} for {host_of(url)}: check the user and password in {source} "
             "(http://user:password@host:port), or whether the proxy allows this host and port",
-            host=_host(url),
+            host=host_of(url),
             proxy=True,
         )
 
@@ -279,11 +261,7 @@ class Client:
             sock_read=self._timeouts.download_read,
         )
         try:
-            async with self._session.get(
-                url, timeout=timeout, max_redirects=5, proxy=proxy_for(url, self._proxy)
-            ) as response:
-                if response.status == 407:
-                    raise self._proxy_refused(url, 407)
+            async with self._follow(url, timeout) as response:
                 yield response
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientHttpProxyError) as exc:
             failure = self._translate(exc, url, "")
@@ -297,6 +275,8 @@ class Client:
             ) from exc
         except aiohttp.TooManyRedirects as exc:
             raise DownloadError("result URL redirected too many times") from exc
+        except _BadRedirect as exc:
+            raise DownloadError(self._mask(f"download failed: redirected to {exc}; not followed")) from exc
         except (aiohttp.InvalidURL, ValueError) as exc:  # InvalidURL is a ClientError too: first
             raise DownloadError(self._mask(f"result URL is malformed: {exc}"), permanent=True) from exc
         except aiohttp.ClientConnectorError as exc:
@@ -306,145 +286,38 @@ class Client:
         except aiohttp.ClientError as exc:
             raise DownloadError(self._mask(f"download failed: {type(exc).__name__}: {exc}")) from exc
 
-
-def certificate_problem(host: str, error: BaseException) -> str:
-    """One line for a certificate that does not verify: which host, what is wrong, what to do."""
-    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
-    code = getattr(error, "verify_code", None)
-    if code == 10 or "expired" in str(reason):  # X509_V_ERR_CERT_HAS_EXPIRED
-        fix = "the certificate has expired: it must be renewed on the server (or check this machine's clock)"
-    elif code == 62 or "mismatch" in str(reason) or "match" in str(reason):  # X509_V_ERR_HOSTNAME_MISMATCH
-        fix = "the certificate is for another host name: check the URL (--api-base), or the server's certificate"
-    else:
-        fix = "not trusted: use --ca-bundle PATH or SSL_CERT_FILE with the CA that issued it"
-    return f"the certificate of {host} does not verify ({reason}); {fix}"
-
-
-def _host(url: str) -> str:
-    """host:port of a URL, as a line names it."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "?", parts.port
-    except ValueError:
-        return "?"
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{port}" if port else host
-
-
-def _is_json(text: str) -> bool:
-    """Whether an answer is a JSON object: the API itself (or its gateway) answered, not a proxy's page."""
-    if not text.lstrip().startswith("{"):
-        return False
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
-
-
-def _page(headers: Mapping[str, str], text: str) -> str:
-    """ " with an HTML page" / " with an empty body" / "": what came with an answer that is not the API's."""
-    if not text.strip():
-        return " with an empty body"
-    return " with an HTML page" if _is_html(headers, text) else ""
+    @asynccontextmanager
+    async def _follow(self, url: str, bound: aiohttp.ClientTimeout) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET `url`, following up to MAX_REDIRECTS redirects ourselves: each hop gets its own proxy decision (a
+        CDN may send us to a host that NO_PROXY lists), and no hop may carry the key or leave http(s)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self._session.get(
+                url, timeout=bound, allow_redirects=False, proxy=proxy_for(url, self._proxy)
+            ) as response:
+                if response.status == 407:
+                    raise self._proxy_refused(url, 407)
+                location = response.headers.get("Location")
+                if response.status not in REDIRECTS or not location:
+                    yield response
+                    return
+            url = urljoin(url, location)
+            if carries(url, self._secrets) or urlsplit(url).scheme not in ("http", "https"):
+                raise _BadRedirect(url[:200])
+        raise aiohttp.TooManyRedirects(response.request_info, response.history)
 
 
 def _brief(status: int, headers: Mapping[str, str], text: str, secrets: tuple[str, ...]) -> str:
     """What an error answer said, short: its message if JSON, else the status and the kind of body."""
-    if _is_json(text):
+    if is_json(text):
         try:
             interpret(status, headers, text, secret=secrets)
         except ServiceError as exc:
             return exc.message
-    return f"HTTP {status}{_page(headers, text)}"
+    return f"HTTP {status}{page_kind(headers, text)}"
 
 
-def _unknown(task_id: str) -> TaskRecord:
-    return TaskRecord(task_id=task_id, state=UNKNOWN, result_urls=(), fail_code=None, fail_message=None)
-
-
-def _task_id_in(text: str) -> str | None:
-    """The taskId an answer carries (`data.taskId`, whatever the status and code), or None."""
-    try:
-        body = json.loads(text) if text.strip() else None
-    except ValueError:
-        return None
-    data = body.get("data") if isinstance(body, dict) else None
-    task_id = data.get("taskId") if isinstance(data, dict) else None
-    return task_id.strip() if isinstance(task_id, str) and task_id.strip() else None
-
-
-def _is_html(headers: Mapping[str, str], text: str) -> bool:
-    """An HTML page where the API should answer JSON: the base URL points somewhere else."""
-    kind = headers.get("Content-Type", "").lower()
-    return "text/html" in kind or text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
-
-
-def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | Sequence[str] | None = None) -> TaskRecord:
-    """recordInfo's `data`: `resultJson` is a JSON string (or an object); empty strings mean none.
-
-    Every text is masked for `secret`; a result URL that carried it sets `key_in_url`.
-    """
-    state = str(data.get("state") or "").strip().lower() or "waiting"
-    urls: tuple[str, ...] = ()
-    problem = None
-    raw = data.get("resultJson")
-    if state == "success":
-        parsed: Any = raw
-        if isinstance(raw, str):
-            try:
-                parsed = json.loads(raw) if raw.strip() else None
-            except ValueError:
-                parsed, problem = None, "resultJson is not valid JSON"
-        found = parsed.get("resultUrls") if isinstance(parsed, dict) else None
-        if isinstance(found, list):
-            urls = tuple(u for u in found if isinstance(u, str) and u)
-        if not urls and problem is None:
-            problem = "the task succeeded but its resultJson has no resultUrls"
-    masked = tuple(redact(u, secret) for u in urls)
-    return TaskRecord(
-        task_id=str(data.get("taskId") or task_id),
-        state=state,
-        result_urls=masked,
-        fail_code=_masked(data.get("failCode"), secret),
-        fail_message=_masked(data.get("failMsg"), secret),
-        result_error=problem,
-        created=_seconds(data.get("createTime")),
-        completed=_seconds(data.get("completeTime")),
-        key_in_url=masked != urls,
-        cost=tuple((name, value) for name in COST_FIELDS if (value := _number(data.get(name))) is not None),
-    )
-
-
-def _number(value: Any) -> float | None:
-    """A finite number (or digits in a string); None otherwise: a billing field we cannot read is left out."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _seconds(millis: Any) -> float | None:
-    """A Unix-milliseconds time (an int, or digits in a string) in seconds; None when missing or not a time."""
-    try:
-        value = float(millis)
-    except (TypeError, ValueError):
-        return None
-    return value / 1000 if 0 < value < 1e14 else None  # NaN, infinities and nonsense are no time
-
-
-def _masked(value: Any, secret: str | Sequence[str] | None) -> str | None:
-    text = _text(value)
-    return None if text is None else redact(text, secret)
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
+class _BadRedirect(Exception):
+    """Internal: a result host redirected to a URL that carries the key or is not http(s)."""
 
 
 def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str | Sequence[str] | None = None) -> Any:
@@ -465,10 +338,10 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
     if isinstance(body, dict):
         gateway = body.get("error")
         if isinstance(gateway, dict):
-            code = _text(gateway.get("code"))
+            code = text_of(gateway.get("code"))
             message = str(gateway.get("message") or "")
         else:
-            code = _text(body.get("code"))
+            code = text_of(body.get("code"))
             message = str(body.get("msg") or body.get("message") or "")
     if status == 200 and code in ("200", None) and isinstance(body, dict) and "data" in body:
         return body["data"]
@@ -478,8 +351,8 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
         if not message:
             message = "the answer could not be read" if body is None else "the answer had no data"
     if not message:  # a gateway's or a proxy's own page says nothing the user can act on: its kind only
-        message = f"HTTP {status}{_page(headers, text)}" if body is None else f"HTTP {status}"
-        if body is None and text.strip() and not _is_html(headers, text):
+        message = f"HTTP {status}{page_kind(headers, text)}" if body is None else f"HTTP {status}"
+        if body is None and text.strip() and not is_html(headers, text):
             message += f": {text.strip()[:200]}"
     message = redact(message[:500], secret)  # a careless gateway may echo the caller's token
     retry_after = parse_retry_after(headers.get("Retry-After"))
@@ -496,19 +369,3 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
     if effective >= 500:
         raise ServerError(message, status=status, code=code or str(effective))
     raise ServiceError(f"unexpected answer (HTTP {status}): {message}", status=status, code=code)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number of seconds, or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

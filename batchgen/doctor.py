@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import memory
-from .client import Client, certificate_problem, open_session
+from .answers import certificate_problem
+from .client import Client, open_session
 from .config import Secret, Timeouts
 from .errors import AuthError, QuotaError, ServiceError, TransportError, UsageError, WayRefused
 from .proxies import ProxySettings, proxy_for, shown

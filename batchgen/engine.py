@@ -30,7 +30,8 @@ from collections.abc import Mapping
 
 from . import download, failures, memory
 from .access import Refusals
-from .client import Client, TaskRecord
+from .answers import TaskRecord
+from .client import Client
 from .config import RunSettings
 from .errors import (
     AuthError,
