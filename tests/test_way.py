@@ -5,15 +5,18 @@ needs the run's own retry pacing."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
-import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from batchgen import manifest, runner
+from batchgen import ledger, manifest, runner
 from batchgen.config import RetryPolicy
 from batchgen.progress import Reporter
 from batchgen.sim import SimConfig, Simulator
@@ -228,8 +231,6 @@ async def test_a_night_behind_nginx_survives_keepalive_closes_an_outage_and_a_41
             await until(lambda: way.nginx.served(504) >= 4)
             way.nginx.switch(None)
 
-        import asyncio
-
         switcher = asyncio.create_task(outage())
         outcome = await runner.run(settings, Reporter(stream=stream, progress=False))
         await switcher
@@ -237,8 +238,6 @@ async def test_a_night_behind_nginx_survives_keepalive_closes_an_outage_and_a_41
     assert outcome.exit_code == 1, log
     loaded = manifest.load(path)
     records = {item.id: item for item in loaded}
-    from batchgen import ledger
-
     items = ledger.load(out).items
     failed = [i for i, r in items.items() if r["state"] == "failed"]
     assert failed == ["item-08"], log
@@ -308,8 +307,59 @@ def test_doctor_without_an_api_base_is_a_usage_error(tmp_path):
     assert done.returncode == 2 and "--api-base" in done.stderr
 
 
-async def _unused() -> AsyncIterator[None]:  # pragma: no cover - keeps the typing imports honest
-    yield None
+# ---------------------------------------------------------------- refusals: the run's, or one item's
 
 
-_ = os
+@contextlib.asynccontextmanager
+async def waf(upstream: str, refuse: str) -> AsyncIterator[str]:
+    """A web application firewall in front of the API: an HTML 403 page for a createTask whose body holds
+    `refuse` ("" refuses every one); everything else is passed on."""
+    async with aiohttp.ClientSession() as session:
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            if request.path.endswith("/createTask") and refuse.encode() in body:
+                page = "<html><head><title>403 Forbidden</title></head><body>Request blocked</body></html>"
+                return web.Response(status=403, text=page, content_type="text/html")
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+            async with session.request(
+                request.method, upstream + request.path_qs, data=body or None, headers=headers
+            ) as answer:
+                data = await answer.read()
+                return web.Response(status=answer.status, body=data, content_type=answer.content_type)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        app_runner = web.AppRunner(app, access_log=None)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            yield f"http://127.0.0.1:{app_runner.addresses[0][1]}"
+        finally:
+            await app_runner.cleanup()
+
+
+async def test_a_firewall_refusing_one_prompt_fails_that_item_only(tmp_path, sim_factory):
+    path = manifest_of(tmp_path / "m.yaml", [f"picture {n}" for n in range(5)] + ["a forbidden picture"])
+    out = tmp_path / "out"
+    stream = io.StringIO()
+    async with sim_factory() as sim, waf(sim.api_url, "forbidden") as front:
+        outcome = await runner.run(make_settings(path, out, sim, api_base=front), Reporter(stream=stream))
+        assert sim.stats.creates == 5
+    items = ledger.load(out).items
+    assert outcome.exit_code == 1, stream.getvalue()
+    assert items["item-05"]["state"] == "failed" and items["item-05"]["error"]["kind"] == "refused"
+    assert all(items[f"item-{n:02d}"]["state"] == "succeeded" for n in range(5))
+
+
+async def test_a_firewall_refusing_every_create_ends_the_run_with_exit_3(tmp_path, sim_factory):
+    path = manifest_of(tmp_path / "m.yaml", ["a fox", "an owl", "a hare"])
+    out = tmp_path / "out"
+    stream = io.StringIO()
+    async with sim_factory() as sim, waf(sim.api_url, "") as front:
+        outcome = await runner.run(make_settings(path, out, sim, api_base=front), Reporter(stream=stream))
+        assert sim.stats.create_calls == 0
+    assert outcome.exit_code == 3, stream.getvalue()
+    assert {r["state"] for r in ledger.load(out).items.values()} == {"pending"}  # nothing failed for good
+    assert "api-base" not in stream.getvalue()
