@@ -42,6 +42,7 @@ from .errors import (
 )
 from .files import state_dir
 from .progress import Reporter, plural, utc_timestamp
+from .proxies import secrets_in
 
 EX_SOFTWARE = 70  # sysexits.h: an internal software error, i.e. a bug in batchgen
 EX_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a program its reader stopped reading
@@ -60,11 +61,19 @@ def _peek(argv: list[str]) -> argparse.Namespace:
     peek.add_argument("-q", "--quiet", action="store_true")
     peek.add_argument("-v", "--verbose", action="store_true")
     peek.add_argument("--dry-run", action="store_true")
+    peek.add_argument("--proxy")
     try:
         found, _ = peek.parse_known_args(argv)
     except FlagError:
         found = argparse.Namespace(
-            command=None, log_format=None, metrics_file=None, out=None, quiet=False, verbose=False, dry_run=False
+            command=None,
+            log_format=None,
+            metrics_file=None,
+            out=None,
+            quiet=False,
+            verbose=False,
+            dry_run=False,
+            proxy=None,
         )
     return found
 
@@ -76,7 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     is_run = early.command == "run"
     fmt = "json" if is_run and early.log_format == "json" else "text"
     session = Session(
-        Reporter(fmt=fmt, quiet=early.quiet, verbose=early.verbose, progress=False),
+        Reporter(
+            fmt=fmt,
+            quiet=early.quiet,
+            verbose=early.verbose,
+            progress=False,
+            secret=secrets_in(early.proxy, os.environ),  # proxy credentials are masked from the first line
+        ),
         is_run=is_run,
         dry_run=is_run and early.dry_run,
         metrics_file=early.metrics_file if is_run and not early.dry_run else None,

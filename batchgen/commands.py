@@ -148,7 +148,8 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     out = session.out
     session.manifest = Path(args.manifest).name
     session.directory = args.out
-    out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=None)
+    masked = proxies.secrets_in(args.proxy, os.environ)  # until the key is read: the proxies' credentials
+    out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=masked)
     warnings: list[str] = []
     if args.metrics_file and not args.dry_run and (problem := report.metrics_problem(Path(args.metrics_file))):
         session.metrics_file = None  # refused: nothing is written there, on any exit path
@@ -157,7 +158,10 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
         with _stop_on_signals() as early:  # reading the key from a pipe (`--api-key-file <(…)`) may block too
             settings = settings_from(args, os.environ, warnings)
             out.configure(
-                quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=settings.secrets()
+                quiet=settings.quiet,
+                verbose=settings.verbose,
+                progress=settings.progress,
+                secret=(*settings.secrets(), *masked),
             )
             for warning in warnings:
                 out.warning(warning)

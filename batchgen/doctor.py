@@ -49,8 +49,14 @@ class Check:
     exit_code: int = 0  # when it failed: 3 refused, 1 unreachable or broken, 2 usage
 
     def line(self) -> str:
-        head = f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+        """One line; what a server sent (a certificate's names, a proxy's status line) shown escaped."""
+        head = f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {_escaped(self.detail)}"
         return head if self.ok or not self.fix else f"{head} -> {self.fix}"
+
+
+def _escaped(text: str) -> str:
+    """Control characters, escape sequences and bidirectional overrides as visible escapes: one line, inert."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def exit_code(checks: list[Check]) -> int:

@@ -94,6 +94,23 @@ def resolve_proxy(flag: str | None, env: Mapping[str, str]) -> ProxySettings:
     )
 
 
+PROXY_VARIABLES = ("BATCHGEN_PROXY", "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")
+
+
+def secrets_in(flag: str | None, env: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials of every proxy setting, read leniently (never raises): what to mask from the very first
+    line, before the flags are checked (a crash log holds the command line, --proxy included)."""
+    urls = [flag or "", *(env.get(name, "") for name in PROXY_VARIABLES)]
+    found: set[str] = set()
+    for url in urls:
+        text = url.strip() if "://" in url else "http://" + url.strip()
+        try:
+            found.update(ProxySettings(https=text).secrets())
+        except ValueError:
+            continue
+    return tuple(sorted(found, key=len, reverse=True))
+
+
 def _first(env: Mapping[str, str], *names: str) -> str | None:
     for name in names:
         value = env.get(name, "").strip()

@@ -148,7 +148,15 @@ class Nginx:
     def files_url(self) -> str:
         return f"https://{FILES_HOST}:{self.files_port}"
 
-    def start(self, api_upstream: str, files_upstream: str, cert: tuple[Path, Path], *, body_limit: str = "4k") -> None:
+    def start(
+        self,
+        api_upstream: str,
+        files_upstream: str,
+        cert: tuple[Path, Path],
+        *,
+        files_cert: tuple[Path, Path] | None = None,
+        body_limit: str = "4k",
+    ) -> None:
         binary = need(NGINX)
         f = self.folder
         f.mkdir(parents=True, exist_ok=True)
@@ -159,7 +167,7 @@ class Nginx:
         outage = f"if (-f {f}/outage502) {{ return 502; }} if (-f {f}/outage504) {{ return 504; }}"
         proxy = 'proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off;'
 
-        def server(host: str, port: int, upstream: str) -> str:
+        def server(host: str, port: int, upstream: str, cert: tuple[Path, Path]) -> str:
             return (
                 f"server {{ listen {host}:{port} ssl; ssl_certificate {cert[0]}; ssl_certificate_key {cert[1]}; "
                 f"location / {{ {outage} proxy_pass {upstream}; {proxy} }} }}"
@@ -171,8 +179,8 @@ class Nginx:
             f"http {{ access_log {f}/access.log; {temp}\n"
             # Short keep-alive: idle connections are closed after 1 s, and after 3 requests (SPEC §1a).
             f"  keepalive_timeout 1s; keepalive_requests 3; client_max_body_size {body_limit};\n"
-            f"  {server(API_HOST, self.api_port, api_upstream)}\n"
-            f"  {server(FILES_HOST, self.files_port, files_upstream)}\n}}\n"
+            f"  {server(API_HOST, self.api_port, api_upstream, cert)}\n"
+            f"  {server(FILES_HOST, self.files_port, files_upstream, files_cert or cert)}\n}}\n"
         )
         self.process = subprocess.Popen(
             [binary, "-p", str(f), "-c", str(f / "nginx.conf"), "-e", str(f / "error.log")],

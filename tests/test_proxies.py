@@ -165,3 +165,19 @@ async def test_a_create_never_goes_out_on_a_connection_idle_for_over_a_second():
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_proxy_credentials_are_masked_from_the_first_line(tmp_path):
+    """argparse echoes what it does not know (`status` has no --proxy): the password is masked even there,
+    and in a proxy variable's value too."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "batchgen", "status", str(tmp_path), "--proxy", "http://u:LongPass-123@h:1"],
+        env=env(HTTPS_PROXY="http://u:EnvPass-456@h:1"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr, done.stderr
+    assert "LongPass-123" not in done.stderr + done.stdout

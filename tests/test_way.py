@@ -53,7 +53,7 @@ class Way:
 def way_factory(tmp_path: Path, pki: netkit.Pki):
     started: list[netkit.Nginx] = []
 
-    def make(cert: str = "good", **sim: object):
+    def make(cert: str = "good", files_cert: str | None = None, **sim: object):
         nginx = netkit.Nginx(tmp_path / f"nginx{len(started)}")
         started.append(nginx)
 
@@ -62,7 +62,8 @@ def way_factory(tmp_path: Path, pki: netkit.Pki):
                 config = SimConfig(**{**FAST, "files_public_url": nginx.files_url, **sim})  # type: ignore[arg-type]
                 self.sim = Simulator(config)
                 await self.sim.__aenter__()
-                nginx.start(self.sim.api_url, self.sim.files_url, pki.certs[cert])
+                files = pki.certs[files_cert] if files_cert else None
+                nginx.start(self.sim.api_url, self.sim.files_url, pki.certs[cert], files_cert=files)
                 return Way(self.sim, nginx)
 
             async def __aexit__(self, *exc: object) -> None:
@@ -169,6 +170,24 @@ async def test_a_certificate_that_does_not_verify_ends_the_run_at_once(tmp_path,
     records = manifest.load(path)
     assert records and (out / "results.json").exists()  # state saved: every item still pending
     assert '"pending": 3' in (out / "results.json").read_text()
+
+
+async def test_a_result_host_whose_certificate_fails_stops_new_creates_and_keeps_paid_tasks(tmp_path, pki, way_factory):
+    out = tmp_path / "out"
+    async with way_factory(files_cert="expired") as way:
+        path = manifest_of(tmp_path / "m.yaml", [f"picture {n}" for n in range(6)])
+        code, _, stderr = await cli(
+            run_args(path, out, way.nginx.api_url, "--ca-bundle", str(pki.ca), "--concurrency", "2"), env=env()
+        )
+        paid = way.sim.stats.creates
+    assert code == 3, stderr
+    lines = [line for line in stderr.splitlines() if "certificate of" in line]
+    assert len(lines) == 1 and f"{netkit.FILES_HOST}:{way.nginx.files_port}" in lines[0] and "expired" in lines[0]
+    items = ledger.load(out).items
+    assert paid < 6  # no new creates once the result host refused us
+    states = [r["state"] for r in items.values()]
+    assert "failed" not in states and states.count("submitted") >= 1  # paid tasks kept, resumable by task id
+    assert sum(r.get("paid", 0) for r in items.values()) == paid
 
 
 @pytest.mark.parametrize("refusal", ["wrong password", "port not allowed"])
