@@ -198,12 +198,13 @@ class Nginx:
             else:
                 path.unlink(missing_ok=True)
 
-    def served(self, status: int) -> int:
-        """How many answers with this status nginx has logged."""
+    def served(self, status: int, path: str = "") -> int:
+        """How many answers with this status nginx has logged (to requests whose line holds `path`)."""
         log = self.folder / "access.log"
         if not log.exists():
             return 0
-        return sum(1 for line in log.read_text(errors="replace").splitlines() if f'" {status} ' in line)
+        lines = log.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if f'" {status} ' in line and path in line)
 
     def stop(self) -> None:
         if self.process is not None:
