@@ -105,7 +105,7 @@ fi
 case $code in
 0 | 1 | 5) ;; # all done · some failed for good (see `batchgen status`) · incomplete, the next night continues
 2) say "exit 2: a broken manifest or settings; nothing was submitted. See $log" ;;
-3) say "exit 3: the service refused the key or the quota; the run stopped. See $log" ;;
+3) say "exit 3: access refused: the key or the quota, or the way (a certificate, a proxy; batchgen doctor checks it); the run stopped. See $log" ;;
 4) say "exit 4: the previous run still holds $out; this one did nothing. See $log" ;;
 70) say "exit 70: a bug in batchgen; the traceback is in $out/.batchgen/crash-*.log" ;;
 126 | 127) say "exit $code: cannot run $bin (BATCHGEN_BIN in $env_file)" ;;

@@ -109,7 +109,7 @@ async def test_a_night_cut_short_is_finished_by_the_next_without_paying_again(si
     ("case", "code", "said"),
     [
         ("bad manifest", 2, "exit 2: a broken manifest or settings"),
-        ("key refused", 3, "exit 3: the service refused the key or the quota"),
+        ("key refused", 3, "exit 3: access refused: the key or the quota, or the way (a certificate, a proxy"),
         ("no batchgen", 127, "exit 127: cannot run"),
         ("dated folder", 2, "has a date pattern or a shell expansion (not expanded here); use one fixed folder"),
         # the env file is data: `$(date)` in it is neither run nor expanded, so it is seen and refused
