@@ -33,8 +33,11 @@ EXIT_CODES = {
 
 
 def exit_meaning(code: int, paid: int = 0) -> str:
-    if code == 2 and paid:  # a run that paid anything never says "nothing submitted"
-        return f"usage error after {paid} paid create{'s' if paid != 1 else ''} (in the ledger; a rerun continues them)"
+    """What an exit code means; `paid`: createTask calls of this run that were or may have been paid (a run that
+    paid anything never says "nothing submitted")."""
+    if code == 2 and paid:
+        calls = f"{paid} createTask call{'s' if paid != 1 else ''}"
+        return f"usage error after {calls} paid or in doubt (in the ledger; a rerun continues them)"
     if code > 128:
         with contextlib.suppress(ValueError):
             return f"stopped by {signal.Signals(code - 128).name}; state saved"

@@ -308,6 +308,6 @@ def _finish_run(session: Session, code: int) -> int:
         out.final(
             session.counts,
             {**figures, "dry_run": True} if session.dry_run else figures,
-            exit_meaning(code, int(figures.get("paid_creates", 0))),
+            exit_meaning(code, int(figures.get("paid_creates", 0)) + int(figures.get("in_doubt", 0))),
         )
     return code

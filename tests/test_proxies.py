@@ -94,7 +94,7 @@ def test_proxy_credentials_never_show_and_are_masked_in_every_form():
 
 def test_the_summary_of_a_run_that_paid_never_says_nothing_submitted():
     assert "nothing submitted" in exit_meaning(2)
-    assert "nothing submitted" not in exit_meaning(2, paid=3) and "3 paid creates" in exit_meaning(2, paid=3)
+    assert "nothing submitted" not in exit_meaning(2, paid=3) and "3 createTask calls paid" in exit_meaning(2, paid=3)
 
 
 def test_a_ca_bundle_must_be_a_bounded_regular_pem_file(tmp_path):

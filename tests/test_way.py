@@ -384,3 +384,35 @@ async def test_a_firewall_refusing_every_create_ends_the_run_with_exit_3(tmp_pat
     assert outcome.exit_code == 3, stream.getvalue()
     assert {r["state"] for r in ledger.load(out).items.values()} == {"pending"}  # nothing failed for good
     assert "api-base" not in stream.getvalue()
+
+
+async def test_a_usage_error_after_a_create_in_doubt_never_says_nothing_submitted(tmp_path):
+    """The first createTask's answer is lost (in doubt: it may be paid), then the gateway answers 404 pages: the
+    run ends with exit 2, and its summary does not claim that nothing was submitted."""
+    calls = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal calls
+        await request.read()
+        calls += 1
+        if calls == 1:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError  # the client sees the connection dropped after its request left
+        return web.Response(status=404, text="<html><body>Not Found</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    app_runner = web.AppRunner(app, access_log=None)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        path = manifest_of(tmp_path / "m.yaml", ["a fox"])
+        base = f"http://127.0.0.1:{app_runner.addresses[0][1]}"
+        code, _, stderr = await cli(run_args(path, tmp_path / "out", base), env=env())
+    finally:
+        await app_runner.cleanup()
+    assert code == 2, stderr
+    summary = stderr.strip().splitlines()[-1]
+    assert "exit 2" in summary and "nothing submitted" not in summary and "in doubt" in summary, summary
