@@ -76,6 +76,8 @@ def shown(url: str | None) -> str | None:
 def resolve_proxy(flag: str | None, env: Mapping[str, str]) -> ProxySettings:
     """The run's proxies: --proxy (or BATCHGEN_PROXY) for every URL, else the usual environment variables."""
     no_proxy = _no_proxy_entries(_first(env, "no_proxy", "NO_PROXY") or "")
+    if flag is not None and not flag.strip():  # `--proxy ""`: no proxy at all, whatever the environment says
+        return ProxySettings(no_proxy=no_proxy, source="--proxy")
     chosen = flag if flag is not None else env.get("BATCHGEN_PROXY")
     if chosen is not None and chosen.strip():
         source = "--proxy" if flag is not None else "BATCHGEN_PROXY"

@@ -69,6 +69,7 @@ def test_proxy_flag_over_batchgen_proxy_over_the_usual_variables():
     )
     assert resolve_proxy(None, {"HTTP_PROXY": "http://c:3", "REQUEST_METHOD": "GET"}).http is None  # httpoxy
     assert resolve_proxy(None, {}) == ProxySettings()
+    assert resolve_proxy("", environ).https is None and resolve_proxy("", environ).http is None  # --proxy "": none
 
 
 @pytest.mark.parametrize(
