@@ -146,6 +146,19 @@ async def test_no_proxy_sends_its_hosts_direct_host_by_host(tmp_path, pki, proxy
     assert set(proxy.connects()) == connects  # nothing more went through the proxy
 
 
+async def test_plain_http_to_loopback_never_goes_through_a_proxy(tmp_path, proxy, sim_factory):
+    """The key would travel to the proxy in clear: http:// to a loopback address is always direct."""
+    async with sim_factory() as sim:
+        path = manifest_of(tmp_path / "m.yaml", ["a fox"])
+        code, _, stderr = await cli(
+            run_args(path, tmp_path / "out", sim.api_url, "--proxy", proxy.url()),
+            env=env(HTTP_PROXY=proxy.url(), HTTPS_PROXY=proxy.url()),
+        )
+        assert code == 0, stderr
+    log = (proxy.folder / "tinyproxy.log").read_text(errors="replace")
+    assert "Request (file descriptor" not in log  # not one request reached the proxy
+
+
 # ---------------------------------------------------------------- a way that refuses us stops at once
 
 
