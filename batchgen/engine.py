@@ -119,6 +119,7 @@ class Engine:
             fail=self._fail,
             stop=self.stop,
             stopping=lambda: self.stop_reason is not None,
+            more_to_create=lambda: not self._dispatched,
         )
         self.poll_refusals = Refusals()  # 401/403 on recordInfo: the run's, or one query's (see access.py)
         self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .access import Refusals
+from .access import ACCOUNT_CODES, Refusals
 from .client import Client
 from .config import RunSettings
 from .errors import (
@@ -73,6 +73,7 @@ class Submitter:
         fail: Callable[[str, ErrorRecord], Awaitable[None]],
         stop: Callable[..., None],
         stopping: Callable[[], bool],
+        more_to_create: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -84,6 +85,8 @@ class Submitter:
         self._fail = fail
         self._stop = stop
         self._stopping = stopping
+        self._more_to_create = more_to_create  # other items of the plan are still to be submitted in this run
+        self.held: list[tuple[str, ErrorRecord]] = []  # refused before any create succeeded: decided by the next
         self.rng = random.Random()
         self.creates_left = settings.limit  # --limit: every possibly paid create counts
         self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
@@ -134,7 +137,9 @@ class Submitter:
             job.add_done_callback(self.creating.discard)
             job.add_done_callback(functools.partial(self._free_slot, slot))
             try:
-                return await asyncio.shield(job)
+                task_id = await asyncio.shield(job)
+                await self._fail_held()
+                return task_id
             except _Taken:
                 return None  # a duplicate task id: failed and reported
             except RateLimited as exc:
@@ -148,8 +153,12 @@ class Submitter:
                     return None
             except (AuthError, QuotaError) as exc:
                 self._give_back()
+                refused = error_record("refused", str(exc.status or exc.code), exc.message)
                 if await self._refused_item_only(job, exc):
-                    await self._fail(item.id, error_record("refused", str(exc.status or exc.code), exc.message))
+                    await self._fail(item.id, refused)
+                    return None
+                if self._undecided(exc):  # the next create decides: this prompt, or the whole run
+                    self.held.append((item.id, refused))
                     return None
                 self._stop("refused", fatal=exc)
                 raise Stopped from exc
@@ -180,6 +189,23 @@ class Submitter:
         if others and not self.refusals.accepted:
             await asyncio.wait(others)
         return self.refusals.item_only(exc)
+
+    def _undecided(self, exc: AuthError | QuotaError) -> bool:
+        """A first refusal, nothing accepted yet, nothing else under way, other items still to send: one item's
+        refusal (a WAF and this prompt) or the run's (the key) cannot be told yet. The item is held, unsent and
+        pending; the next create decides (a success fails the held items, a refusal ends the run)."""
+        return (
+            not self.refusals.accepted
+            and self.refusals.in_a_row == 1
+            and exc.code not in ACCOUNT_CODES
+            and self._more_to_create()
+        )
+
+    async def _fail_held(self) -> None:
+        """A create succeeded: the items refused before it were refused for themselves."""
+        while self.held:
+            item_id, error = self.held.pop()
+            await self._fail(item_id, error)
 
     def _free_slot(self, slot: list[float], job: asyncio.Future[str]) -> None:
         """A call that ended still holding its window slot as under way (its intent could not be written, or

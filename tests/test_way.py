@@ -387,12 +387,30 @@ async def test_a_firewall_refusing_one_prompt_fails_that_item_only(tmp_path, sim
     assert all(items[f"item-{n:02d}"]["state"] == "succeeded" for n in range(5))
 
 
-async def test_a_firewall_refusing_every_create_ends_the_run_with_exit_3(tmp_path, sim_factory):
+async def test_a_firewall_refusing_the_first_prompt_of_a_sequential_run_fails_that_item_only(tmp_path, sim_factory):
+    """One create at a time, the refused prompt first: nothing has succeeded yet to tell a WAF from a refused key,
+    so the item is held until the next create decides."""
+    path = manifest_of(tmp_path / "m.yaml", ["a forbidden picture", "picture 1", "picture 2"])
+    out = tmp_path / "out"
+    stream = io.StringIO()
+    async with sim_factory() as sim, waf(sim.api_url, "forbidden") as front:
+        settings = make_settings(path, out, sim, api_base=front, concurrency=1)
+        outcome = await runner.run(settings, Reporter(stream=stream))
+        assert sim.stats.creates == 2
+    items = ledger.load(out).items
+    assert outcome.exit_code == 1, stream.getvalue()
+    assert items["item-00"]["state"] == "failed" and items["item-00"]["error"]["kind"] == "refused"
+    assert items["item-01"]["state"] == items["item-02"]["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("concurrency", [1, 100])
+async def test_a_firewall_refusing_every_create_ends_the_run_with_exit_3(tmp_path, sim_factory, concurrency):
     path = manifest_of(tmp_path / "m.yaml", ["a fox", "an owl", "a hare"])
     out = tmp_path / "out"
     stream = io.StringIO()
     async with sim_factory() as sim, waf(sim.api_url, "") as front:
-        outcome = await runner.run(make_settings(path, out, sim, api_base=front), Reporter(stream=stream))
+        settings = make_settings(path, out, sim, api_base=front, concurrency=concurrency)
+        outcome = await runner.run(settings, Reporter(stream=stream))
         assert sim.stats.create_calls == 0
     assert outcome.exit_code == 3, stream.getvalue()
     assert {r["state"] for r in ledger.load(out).items.values()} == {"pending"}  # nothing failed for good
