@@ -3,7 +3,8 @@
 The key refused, the quota gone, an access list that shuts us out: every call is refused, and the run stops
 (exit 3). A web application firewall refusing one prompt, a gateway's page for one request: the calls for
 other items keep succeeding, and only that item fails. One `Refusals` per kind of call (createTask, recordInfo):
-status queries that keep succeeding say nothing of whether the account may still create.
+status queries that keep succeeding say nothing of whether the account may still create. Before anything was
+accepted a first refusal proves nothing either way: the Submitter holds that item until the next create decides.
 """
 
 from __future__ import annotations

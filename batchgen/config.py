@@ -6,6 +6,7 @@ The API key is held in a `Secret`, which never shows its value in repr or str.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import stat
@@ -36,9 +37,11 @@ MIN_SECRET = 6
 
 
 def secret_forms(secret: str) -> tuple[str, ...]:
-    """The secret as it may appear in text: itself, and URL-encoded (%XX in either case, + for a space)."""
+    """The secret as it may appear in text: itself, URL-encoded (%XX in either case, + for a space), JSON-escaped."""
     forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")}
     forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form) for form in forms}
+    # ... and as a JSON string holds it (a `"` or `\` in a proxy password, in a --log-format json line)
+    forms |= {json.dumps(secret, ensure_ascii=ascii_only)[1:-1] for ascii_only in (True, False)}
     return tuple(sorted(forms, key=len, reverse=True))
 
 

@@ -182,3 +182,16 @@ def test_proxy_credentials_are_masked_from_the_first_line(tmp_path):
     )
     assert done.returncode == 2 and "unrecognized arguments" in done.stderr, done.stderr
     assert "LongPass-123" not in done.stderr + done.stdout
+
+
+def test_a_password_with_quotes_is_masked_in_json_log_lines_too():
+    import io
+
+    from batchgen.progress import Reporter
+
+    password = 'p"ss\\word-42'
+    stream = io.StringIO()
+    settings = resolve_proxy(f"http://u:{password}@proxy:3128", {})
+    reporter = Reporter(stream=stream, fmt="json", secret=settings.secrets())
+    reporter.warning(f"something said {password} and http://u:{password}@proxy:3128")
+    assert "ss" not in stream.getvalue().replace("something said", ""), stream.getvalue()
