@@ -24,7 +24,8 @@ T = TypeVar("T", int, float)
 # What each exit code means, most severe first (SPEC section 3); the run's --help epilog and summary line.
 EXIT_CODES: dict[int, str] = {
     ExitCode.SOFTWARE: "an unexpected error, a bug in batchgen; the traceback is in DIR/.batchgen/crash-*.log",
-    ExitCode.AUTH: "the service refused the key or the quota (401/403); run stopped, state saved",
+    ExitCode.AUTH: "access refused: the key or the quota (401/403), or the way (a certificate, a proxy); run "
+    "stopped, state saved",
     ExitCode.USAGE: "usage or manifest error; nothing submitted",
     ExitCode.LOCKED: "another run holds DIR's lock; this run did nothing",
     ExitCode.SIGNAL: "stopped by signal N (SIGINT 130, SIGTERM 143); state saved",
@@ -34,7 +35,12 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
-def exit_meaning(code: int) -> str:
+def exit_meaning(code: int, paid: int = 0) -> str:
+    """What an exit code means; `paid`: createTask calls of this run that were or may have been paid (a run that
+    paid anything never says "nothing submitted")."""
+    if code == ExitCode.USAGE and paid:
+        calls = f"{paid} createTask call{'s' if paid != 1 else ''}"
+        return f"usage error after {calls} paid or in doubt (in the ledger; a rerun continues them)"
     if code > ExitCode.SIGNAL:
         with contextlib.suppress(ValueError):
             return f"stopped by {signal.Signals(code - ExitCode.SIGNAL).name}; state saved"
@@ -105,6 +111,7 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_arguments(run)
+    _add_way_arguments(run)
 
     status = commands.add_parser(
         "status",
@@ -142,6 +149,25 @@ def build_parser() -> Parser:
     jobs.add_argument("what", choices=["install", "samples"], help="install: the job files; samples: manifests")
     _complete(jobs.add_argument("directory", metavar="DIR", help="where to write them (created)"), DIRECTORY)
     jobs.add_argument("--force", action="store_true", help="overwrite files that differ from the shipped ones")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the way to the service, one line per step with the fix; pays nothing",
+        description="Check the way to the service step by step: name resolution, the proxy chosen for the API "
+        "and for a result host, TCP, TLS (who issued the certificate), the key (a harmless recordInfo for a "
+        "made-up task id), the clock against the server's, the state folder, and DIR. Nothing is created or paid.",
+        epilog="exit 0 every check passed; 3 the way or the key is refused; 1 the service cannot be reached; 2 usage",
+    )
+    doctor.add_argument("--api-base", metavar="URL", help="the service's base URL (env BATCHGEN_API_BASE)")
+    _complete(doctor.add_argument("--api-key-file", metavar="PATH", help="the API key's file (else env)"), FILE)
+    _complete(doctor.add_argument("--out", metavar="DIR", help="also check that DIR is writable"), DIRECTORY)
+    _add_way_arguments(doctor)
+    doctor.add_argument(
+        "--notify",
+        action="store_true",
+        help="also send a test message to env BATCHGEN_NOTIFY's URLs and a test ping to BATCHGEN_PING, through "
+        "the same proxy and CA as a run",
+    )
 
     completion = commands.add_parser(
         "completion",
@@ -362,6 +388,28 @@ def _add_models_dir_argument(p: argparse.ArgumentParser) -> None:
             "$XDG_CONFIG_HOME/batchgen/models, else ~/.config/batchgen/models)",
         ),
         DIRECTORY,
+    )
+
+
+# ---------------------------------------------------------------- the way to the service (proxies, CAs)
+
+
+def _add_way_arguments(p: argparse.ArgumentParser) -> None:
+    """--proxy and --ca-bundle, for `run` and `doctor` (SPEC §1a)."""
+    p.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="http://[user:password@]host:port for every request (env BATCHGEN_PROXY; over HTTPS_PROXY and "
+        "HTTP_PROXY; NO_PROXY still applies). Prefer the environment for credentials: a flag is visible in ps",
+    )
+    _complete(
+        p.add_argument(
+            "--ca-bundle",
+            metavar="PATH",
+            help="trust only the CA certificates in this PEM file (env BATCHGEN_CA_BUNDLE; default: the system's "
+            "CAs, SSL_CERT_FILE and SSL_CERT_DIR honoured)",
+        ),
+        FILE,
     )
 
 

@@ -39,10 +39,12 @@ from .errors import (
     QuotaError,
     StorageError,
     UsageError,
+    WayRefused,
 )
 from .escapes import visible
 from .files import state_dir
 from .progress import Reporter, plural, utc_timestamp
+from .proxies import secrets_in
 
 EX_PIPE = ExitCode.signal(signal.SIGPIPE)  # what a shell reports for a program its reader stopped reading
 
@@ -64,11 +66,19 @@ def _peek(argv: list[str]) -> argparse.Namespace:
         peek.add_argument(flag, action="append")
     peek.add_argument("--notify-on")
     peek.add_argument("--ping")
+    peek.add_argument("--proxy")
     try:
         found, _ = peek.parse_known_args(argv)
     except FlagError:
         found = argparse.Namespace(
-            command=None, log_format=None, metrics_file=None, out=None, quiet=False, verbose=False, dry_run=False
+            command=None,
+            log_format=None,
+            metrics_file=None,
+            out=None,
+            quiet=False,
+            verbose=False,
+            dry_run=False,
+            proxy=None,
         )
     return found
 
@@ -80,7 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     is_run = early.command == "run"
     fmt = "json" if is_run and early.log_format == "json" else "text"
     session = Session(
-        Reporter(fmt=fmt, quiet=early.quiet, verbose=early.verbose, progress=False),
+        Reporter(
+            fmt=fmt,
+            quiet=early.quiet,
+            verbose=early.verbose,
+            progress=False,
+            secret=secrets_in(early.proxy, os.environ),  # proxy credentials are masked from the first line
+        ),
         is_run=is_run,
         dry_run=is_run and early.dry_run,
         metrics_file=early.metrics_file if is_run and not early.dry_run else None,
@@ -224,7 +240,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 def _event_of(exc: BatchgenError) -> str:
     if isinstance(exc, LockedError):
         return "locked"
-    if isinstance(exc, AuthError | QuotaError):
+    if isinstance(exc, AuthError | QuotaError | WayRefused):
         return "refused"
     if isinstance(exc, StorageError):
         return "storage_error"
@@ -311,7 +327,11 @@ def _finish_run(session: Session, code: int) -> int:
     if not session.dry_run:
         _end_actions(session, code)
     if not (session.dry_run and out.fmt == "text"):
-        out.final(session.counts, {**figures, "dry_run": True} if session.dry_run else figures, exit_meaning(code))
+        out.final(
+            session.counts,
+            {**figures, "dry_run": True} if session.dry_run else figures,
+            exit_meaning(code, int(figures.get("paid_creates", 0)) + int(figures.get("in_doubt", 0))),
+        )
     return code
 
 
@@ -328,7 +348,8 @@ def _end_actions(session: Session, code: int) -> None:
         failures=session.failures,
     )
     try:
-        finish.at_end(session.end, summary, session.out, key=session.key)
+        proxy, ca_bundle = session.way
+        finish.at_end(session.end, summary, session.out, key=session.key, proxy=proxy, ca_bundle=ca_bundle)
     except Exception as exc:  # a bug in the end actions must not lose the run's exit code or its summary line
         session.out.error(f"the end-of-run actions failed: {type(exc).__name__}: {exc}", event="end_actions_error")
     finally:

@@ -14,22 +14,34 @@ ledger, a log line or a page with the key in it. A result URL that carries the k
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
-import time
-from collections.abc import AsyncIterator, Mapping
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from . import __version__, gone
+from .answers import (
+    TaskRecord,
+    certificate_problem,
+    host_of,
+    is_html,
+    is_json,
+    page_kind,
+    parse_record,
+    parse_retry_after,
+    task_id_in,
+    text_of,
+    unknown_record,
+)
 from .config import Secret, Timeouts, carries, redact
 from .errors import (
     AuthError,
+    BatchgenError,
     DownloadError,
     ModelUnavailable,
     QuotaError,
@@ -39,45 +51,32 @@ from .errors import (
     ServiceError,
     TransportError,
     UsageError,
+    WayRefused,
 )
+from .proxies import ProxySettings, proxy_for, shown, tls_context
 
 USER_AGENT = f"batchgen/{__version__}"
 NULL_RECORD = "recordInfo is null"
-COST_FIELDS = ("consumeCredits", "remainedCredits", "costTime")  # recordInfo's billing fields, when present
+MAX_REDIRECTS = 5  # a result URL may redirect (a CDN's edge); more is a loop
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """What recordInfo says of one task, with its JSON strings already parsed."""
-
-    task_id: str
-    state: str  # waiting | queuing | generating | success | fail (or what the service invents next)
-    result_urls: tuple[str, ...]
-    fail_code: str | None
-    fail_message: str | None
-    result_error: str | None = None  # set when a success carried no readable resultJson
-    created: float | None = None  # createTime, Unix seconds (the poll scheduler learns latencies from these)
-    completed: float | None = None  # completeTime, Unix seconds
-    key_in_url: bool = False  # a result URL carried the API key (the URLs here are masked): never fetch them
-    cost: tuple[tuple[str, float], ...] = ()  # the service's billing fields (COST_FIELDS) that it sent, numeric
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("success", "fail")
-
-    @property
-    def unknown(self) -> bool:
-        """The service does not know the task (recordInfo is null, or 404): not visible yet, or forgotten."""
-        return self.state == UNKNOWN
-
-
-UNKNOWN = "unknown"  # our own state for a task the service answers null or 404 for
+# A createTask never goes out on a connection idle for longer than this (SPEC §1a): a server or a gateway may
+# close an idle keep-alive connection at any moment after ~1 s (nginx's keepalive_timeout can be that short), and
+# a request written into a connection the other side is closing is lost after its bytes left: in doubt, perhaps
+# paid. aiohttp reuses a pooled connection only if idle <= keepalive_timeout (TCPConnector._get), so status
+# queries at 8/s still share connections, and an idle one is closed rather than reused.
+KEEPALIVE = 0.9
 
 
 @asynccontextmanager
-async def open_session(timeouts: Timeouts) -> AsyncIterator[aiohttp.ClientSession]:
-    """The run's one ClientSession. No default headers: the key is added per API call only."""
-    connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
+async def open_session(timeouts: Timeouts, tls: ssl.SSLContext | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """The run's one ClientSession, with the run's one TLS context. No default headers: the key is added per API
+    call only. trust_env stays False: with it aiohttp reads ~/.netrc (and a matching entry breaks every call);
+    proxies are chosen per request from the run's settings instead (proxies.proxy_for)."""
+    connector = aiohttp.TCPConnector(
+        limit=64, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE, ssl=tls if tls is not None else True
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.api_read)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False
@@ -88,11 +87,24 @@ async def open_session(timeouts: Timeouts) -> AsyncIterator[aiohttp.ClientSessio
 class Client:
     """The jobs API and its result hosts, over one session."""
 
-    def __init__(self, session: aiohttp.ClientSession, api_base: str, key: Secret, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_base: str,
+        key: Secret,
+        timeouts: Timeouts,
+        proxy: ProxySettings | None = None,
+    ) -> None:
         self._session = session
         self._base = api_base.rstrip("/")
         self._key = key
         self._timeouts = timeouts
+        self._proxy = proxy or ProxySettings()
+        self._secrets = (key.value, *self._proxy.secrets())
+        self.json_seen = False  # a JSON answer came from this base: a 404 is about an item, not --api-base
+        self.answered = False  # any HTTP answer came from the API (else: the service was never reached)
+        self.last_failure: str | None = None  # the last transport failure, for "never reached" at the end
+        self.server_date: str | None = None  # the last answer's Date header (doctor compares the clocks)
 
     # ------------------------------------------------------------ the API
 
@@ -107,8 +119,9 @@ class Client:
         if callback_url:
             body["callBackUrl"] = callback_url
         bound = aiohttp.ClientTimeout(total=self._timeouts.create, sock_connect=self._timeouts.connect)
+        seen_before = self.json_seen
         status, headers, text = await self._request("POST", "/api/v1/jobs/createTask", json_body=body, bound=bound)
-        task_id = _task_id_in(text)
+        task_id = task_id_in(text)
         if task_id is not None and carries(task_id, self._key.value):
             # Keeping it would write the key into the ledger; it may be paid, so the caller marks it in doubt.
             raise ServerError(f"createTask answered a task id carrying the API key: {self._mask(task_id)!r}")
@@ -117,33 +130,32 @@ class Client:
         model = str(request.get("model") or "")
         if (gone_message := gone.classify(status, text, model)) is not None:  # about the model, not the run
             raise ModelUnavailable(self._mask(gone_message), model=model, status=status)
-        if _is_html(headers, text) and status < 500:
-            raise UsageError(f"createTask answered an HTML page (HTTP {status}): is --api-base right?")
-        data = interpret(status, headers, text, secret=self._key.value)  # raises for every error answer
+        if status in (404, 405):  # the API is not there, or this one request was refused by its path
+            if not seen_before:
+                raise UsageError(f"createTask answered HTTP {status}{page_kind(headers, text)}: is --api-base right?")
+            raise RequestRejected(_brief(status, headers, text, self._secrets), status=status, code=str(status))
+        data = interpret(status, headers, text, secret=self._secrets)  # raises for every error answer
         raise ServerError(self._mask(f"createTask answered success without a taskId ({str(data)[:100]!r})"))
 
     async def record_info(self, task_id: str) -> TaskRecord:
         """The task's record. A task the service does not know (recordInfo is null, or a 404 about the task)
         comes back with state UNKNOWN: just created and not visible yet, or forgotten. Only a 404 that shows
         the API itself is missing (an HTML page) is a UsageError."""
+        seen_before = self.json_seen
         status, headers, text = await self._request("GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id})
-        if _is_html(headers, text) and status < 500:
-            raise UsageError(f"recordInfo answered an HTML page (HTTP {status}): is --api-base right?")
+        if status == 404 and not seen_before and not self.json_seen:  # an HTML or empty 404: no API here
+            raise UsageError(f"recordInfo answered HTTP 404{page_kind(headers, text)}: is --api-base right?")
         if status == 404:
-            return _unknown(task_id)
+            return unknown_record(task_id)
         try:
-            data = interpret(status, headers, text, secret=self._key.value)
+            data = interpret(status, headers, text, secret=self._secrets)
         except RequestRejected as exc:
             if exc.code in ("422", "404") and (NULL_RECORD in exc.message or exc.code == "404"):
-                return _unknown(task_id)
-            raise
-        except UsageError:
-            if status == 200:  # a 404 in the body `code` only: about this task, not the API
-                return _unknown(task_id)
+                return unknown_record(task_id)
             raise
         if not isinstance(data, dict):
-            return _unknown(task_id)
-        record = parse_record(task_id, data, secret=self._key.value)
+            return unknown_record(task_id)
+        record = parse_record(task_id, data, secret=self._secrets)
         if record.task_id != task_id:
             raise ServerError(f"recordInfo for {task_id} answered about another task ({record.task_id})")
         return record
@@ -170,20 +182,64 @@ class Client:
                 headers=headers,
                 allow_redirects=False,
                 timeout=bound or self._session.timeout,
+                proxy=proxy_for(url, self._proxy),
             ) as response:
                 text = await response.text(errors="replace")
+                self.answered = True
+                self.server_date = response.headers.get("Date")
+                if response.status == 407:
+                    raise self._proxy_refused(url, 407)
+                if is_json(text):
+                    self.json_seen = True
                 return response.status, response.headers, text
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(
-                self._mask(f"cannot connect to {self._base}: {exc.os_error or exc}"), sent=False
-            ) from exc
-        except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
-            raise TransportError(f"{path}: no answer within {limit:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(self._mask(f"{path}: {type(exc).__name__}: {exc}")) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failure = self._translate(exc, url, f"{path}: no answer within {limit:g} s")
+            self.last_failure = str(failure)
+            raise failure from exc
+
+    def _translate(self, exc: BaseException, url: str, timeout: str) -> BatchgenError:
+        """aiohttp's exception for a call to `url`, in the errors tree: the way refused us (WayRefused), or
+        the network failed (TransportError; `sent` False when no connection to the service was made)."""
+        host = host_of(url)
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return WayRefused(self._mask(certificate_problem(host, exc.certificate_error)), host=host)
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
+            if 400 <= exc.status < 500:
+                return self._proxy_refused(url, exc.status)
+            return TransportError(
+                self._mask(f"the proxy {self._proxy_shown(url)} could not reach {host} (HTTP {exc.status})"), sent=False
+            )
+        if isinstance(exc, aiohttp.ClientProxyConnectionError):
+            return TransportError(
+                self._mask(f"cannot connect to the proxy {self._proxy_shown(url)}: {exc.os_error or exc}"), sent=False
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return TransportError(self._mask(f"cannot connect to {host}: {exc.os_error or exc}"), sent=False)
+        if isinstance(exc, TimeoutError):  # before ClientError: aiohttp's socket timeouts are both
+            return TransportError(timeout)
+        return TransportError(self._mask(f"{urlsplit(url).path}: {type(exc).__name__}: {exc}"))
+
+    def _proxy_shown(self, url: str) -> str:
+        return shown(proxy_for(url, self._proxy)) or "(none)"
+
+    def _proxy_refused(self, url: str, status: int) -> WayRefused:
+        proxy = self._proxy_shown(url)
+        # 407 is the standard answer; tinyproxy, among others, answers a wrong password with 401
+        what = (
+            f"asks for credentials or refused them (HTTP {status})"
+            if status in (401, 407)
+            else f"refused the tunnel (HTTP {status})"
+        )
+        source = self._proxy.source or "the proxy setting"
+        return WayRefused(
+            f"the proxy {proxy} {what} for {host_of(url)}: check the user and password in {source} "
+            "(http://user:password@host:port), or whether the proxy allows this host and port",
+            host=host_of(url),
+            proxy=True,
+        )
 
     def _mask(self, text: str) -> str:
-        return redact(text, self._key.value)
+        return redact(text, self._secrets)
 
     # ------------------------------------------------------------ result files
 
@@ -210,8 +266,13 @@ class Client:
             sock_read=self._timeouts.download_read,
         )
         try:
-            async with self._session.get(url, timeout=timeout, max_redirects=5) as response:
+            async with self._follow(url, timeout) as response:
                 yield response
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientHttpProxyError) as exc:
+            failure = self._translate(exc, url, "")
+            if isinstance(failure, WayRefused):  # a result host refusing us stops new creates
+                raise failure from exc
+            raise DownloadError(str(failure), unreachable=True) from exc
         except TimeoutError as exc:  # before ClientError: aiohttp's socket timeouts are both
             raise DownloadError(
                 f"download stalled: no data for {self._timeouts.download_read:g} s, or not "
@@ -219,6 +280,8 @@ class Client:
             ) from exc
         except aiohttp.TooManyRedirects as exc:
             raise DownloadError("result URL redirected too many times") from exc
+        except _BadRedirect as exc:
+            raise DownloadError(self._mask(f"download failed: redirected to {exc}; not followed")) from exc
         except (aiohttp.InvalidURL, ValueError) as exc:  # InvalidURL is a ClientError too: first
             raise DownloadError(self._mask(f"result URL is malformed: {exc}"), permanent=True) from exc
         except aiohttp.ClientConnectorError as exc:
@@ -228,97 +291,41 @@ class Client:
         except aiohttp.ClientError as exc:
             raise DownloadError(self._mask(f"download failed: {type(exc).__name__}: {exc}")) from exc
 
-
-def _unknown(task_id: str) -> TaskRecord:
-    return TaskRecord(task_id=task_id, state=UNKNOWN, result_urls=(), fail_code=None, fail_message=None)
-
-
-def _task_id_in(text: str) -> str | None:
-    """The taskId an answer carries (`data.taskId`, whatever the status and code), or None."""
-    try:
-        body = json.loads(text) if text.strip() else None
-    except ValueError:
-        return None
-    data = body.get("data") if isinstance(body, dict) else None
-    task_id = data.get("taskId") if isinstance(data, dict) else None
-    return task_id.strip() if isinstance(task_id, str) and task_id.strip() else None
-
-
-def _is_html(headers: Mapping[str, str], text: str) -> bool:
-    """An HTML page where the API should answer JSON: the base URL points somewhere else."""
-    kind = headers.get("Content-Type", "").lower()
-    return "text/html" in kind or text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+    @asynccontextmanager
+    async def _follow(self, url: str, bound: aiohttp.ClientTimeout) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET `url`, following up to MAX_REDIRECTS redirects ourselves: each hop gets its own proxy decision (a
+        CDN may send us to a host that NO_PROXY lists), and no hop may carry the key or leave http(s)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self._session.get(
+                url, timeout=bound, allow_redirects=False, proxy=proxy_for(url, self._proxy)
+            ) as response:
+                if response.status == 407:
+                    raise self._proxy_refused(url, 407)
+                location = response.headers.get("Location")
+                if response.status not in REDIRECTS or not location:
+                    yield response
+                    return
+            url = urljoin(url, location)
+            if carries(url, self._secrets) or urlsplit(url).scheme not in ("http", "https"):
+                raise _BadRedirect(url[:200])
+        raise aiohttp.TooManyRedirects(response.request_info, response.history)
 
 
-def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | None = None) -> TaskRecord:
-    """recordInfo's `data`: `resultJson` is a JSON string (or an object); empty strings mean none.
-
-    Every text is masked for `secret`; a result URL that carried it sets `key_in_url`.
-    """
-    state = str(data.get("state") or "").strip().lower() or "waiting"
-    urls: tuple[str, ...] = ()
-    problem = None
-    raw = data.get("resultJson")
-    if state == "success":
-        parsed: Any = raw
-        if isinstance(raw, str):
-            try:
-                parsed = json.loads(raw) if raw.strip() else None
-            except ValueError:
-                parsed, problem = None, "resultJson is not valid JSON"
-        found = parsed.get("resultUrls") if isinstance(parsed, dict) else None
-        if isinstance(found, list):
-            urls = tuple(u for u in found if isinstance(u, str) and u)
-        if not urls and problem is None:
-            problem = "the task succeeded but its resultJson has no resultUrls"
-    masked = tuple(redact(u, secret) for u in urls)
-    return TaskRecord(
-        task_id=str(data.get("taskId") or task_id),
-        state=state,
-        result_urls=masked,
-        fail_code=_masked(data.get("failCode"), secret),
-        fail_message=_masked(data.get("failMsg"), secret),
-        result_error=problem,
-        created=_seconds(data.get("createTime")),
-        completed=_seconds(data.get("completeTime")),
-        key_in_url=masked != urls,
-        cost=tuple((name, value) for name in COST_FIELDS if (value := _number(data.get(name))) is not None),
-    )
+def _brief(status: int, headers: Mapping[str, str], text: str, secrets: tuple[str, ...]) -> str:
+    """What an error answer said, short: its message if JSON, else the status and the kind of body."""
+    if is_json(text):
+        try:
+            interpret(status, headers, text, secret=secrets)
+        except ServiceError as exc:
+            return exc.message
+    return f"HTTP {status}{page_kind(headers, text)}"
 
 
-def _number(value: Any) -> float | None:
-    """A finite number (or digits in a string); None otherwise: a billing field we cannot read is left out."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+class _BadRedirect(Exception):
+    """Internal: a result host redirected to a URL that carries the key or is not http(s)."""
 
 
-def _seconds(millis: Any) -> float | None:
-    """A Unix-milliseconds time (an int, or digits in a string) in seconds; None when missing or not a time."""
-    try:
-        value = float(millis)
-    except (TypeError, ValueError):
-        return None
-    return value / 1000 if 0 < value < 1e14 else None  # NaN, infinities and nonsense are no time
-
-
-def _masked(value: Any, secret: str | None) -> str | None:
-    text = _text(value)
-    return None if text is None else redact(text, secret)
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str | None = None) -> Any:
+def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str | Sequence[str] | None = None) -> Any:
     """Turn one API answer into its `data`, or raise the error it means.
 
     The body's `code` wins over an HTTP 200 (some gateways say 200 and mean 500); otherwise the HTTP status
@@ -336,10 +343,10 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
     if isinstance(body, dict):
         gateway = body.get("error")
         if isinstance(gateway, dict):
-            code = _text(gateway.get("code"))
+            code = text_of(gateway.get("code"))
             message = str(gateway.get("message") or "")
         else:
-            code = _text(body.get("code"))
+            code = text_of(body.get("code"))
             message = str(body.get("msg") or body.get("message") or "")
     if status == 200 and code in ("200", None) and isinstance(body, dict) and "data" in body:
         return body["data"]
@@ -348,8 +355,10 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
         effective = int(code) if code is not None and code.isdigit() else 502
         if not message:
             message = "the answer could not be read" if body is None else "the answer had no data"
-    if not message:
-        message = text.strip()[:200] or f"HTTP {status} with an empty body"
+    if not message:  # a gateway's or a proxy's own page says nothing the user can act on: its kind only
+        message = f"HTTP {status}{page_kind(headers, text)}" if body is None else f"HTTP {status}"
+        if body is None and text.strip() and not is_html(headers, text):
+            message += f": {text.strip()[:200]}"
     message = redact(message[:500], secret)  # a careless gateway may echo the caller's token
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if effective == 429 or code == "429":
@@ -358,29 +367,13 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
         raise AuthError(f"the service refused the API key (401): {message}", status=status, code=code)
     if effective == 403 or code == "insufficient_user_quota":
         raise QuotaError(f"the service refused the account (403, quota or access): {message}", status=status, code=code)
-    if effective in (404, 405):
-        raise UsageError(f"the service answered {effective} ({message}): is --api-base right?")
-    if effective in (400, 413, 422) or 400 <= effective < 500:
+    if effective == 407:  # a proxy's answer in the API's place (plain http through a proxy)
+        raise WayRefused(f"the proxy refused us (407): {message}", host="the proxy", proxy=True)
+    if 400 <= effective < 500:  # 400, 404/405 (the caller knows whether --api-base is wrong), 413, 422, ...
         raise RequestRejected(message, status=status, code=str(effective))
     if effective >= 500:
         raise ServerError(message, status=status, code=code or str(effective))
     raise ServiceError(f"unexpected answer (HTTP {status}): {message}", status=status, code=code)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number of seconds, or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 # ---------------------------------------------------------------- monitoring pings (finish.py)
@@ -389,17 +382,13 @@ def parse_retry_after(value: str | None) -> float | None:
 async def ping(url: str, *, seconds: float, proxy: str | None = None, ca_bundle: str | None = None) -> int:
     """One GET to a monitoring URL (healthchecks-style `--ping`); returns the HTTP status.
 
-    Its own short-lived session: no key, no cookies, never ~/.netrc (trust_env is off), the proxy and the CA
-    bundle given by the caller. A ping URL is a secret: no message raised here holds it (TransportError names
-    only what went wrong)."""
-    import ssl
-
-    context: ssl.SSLContext | bool = True
-    if ca_bundle:
-        try:
-            context = ssl.create_default_context(cafile=ca_bundle)
-        except (OSError, ssl.SSLError) as exc:
-            raise TransportError(f"the CA bundle cannot be read: {exc}", sent=False) from None
+    Its own short-lived session: no key, no cookies, never ~/.netrc (trust_env is off), the proxy (already chosen
+    for the ping's host: proxies.proxy_for) and the CA bundle given by the caller. A ping URL is a secret: no
+    message raised here holds it (TransportError names only what went wrong)."""
+    try:
+        context = tls_context(Path(ca_bundle) if ca_bundle else None)
+    except UsageError as exc:
+        raise TransportError(f"the CA bundle cannot be read: {exc}", sent=False) from None
     bound = aiohttp.ClientTimeout(total=seconds)
     try:
         async with (

@@ -23,7 +23,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, endactions, finish, manifest, memory, models, names, plan, prices, report, runner, sheet
+from . import (
+    config,
+    doctor,
+    endactions,
+    finish,
+    manifest,
+    memory,
+    models,
+    names,
+    plan,
+    prices,
+    proxies,
+    report,
+    runner,
+    sheet,
+)
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -52,6 +67,7 @@ class Session:
     failures: list[dict[str, Any]] = field(default_factory=list)
     key: str | None = None
     hold: finish.LockHold = field(default_factory=finish.LockHold)
+    way: tuple[proxies.ProxySettings | None, Path | None] = (None, None)  # the run's proxies and CA bundle
     by_model: dict[str, int] = field(default_factory=dict)  # this run's paid creates per model
 
 
@@ -139,6 +155,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         if price is None:
             raise UsageError("--max-spend needs --price (or BATCHGEN_PRICE): the price of each model's image")
         max_spend = limit.default
+    proxy, ca_bundle = way_from(args, env)
     return RunSettings(
         manifest=Path(args.manifest),
         out=Path(args.out),
@@ -169,7 +186,17 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         quiet=args.quiet,
         verbose=args.verbose,
         progress=not args.no_progress,
+        proxy=proxy,
+        ca_bundle=ca_bundle,
     )
+
+
+def way_from(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[proxies.ProxySettings, Path | None]:
+    """--proxy / --ca-bundle over their environment variables (SPEC §1a), checked now: a bad one is exit 2."""
+    proxy = proxies.resolve_proxy(args.proxy, env)
+    bundle = args.ca_bundle if args.ca_bundle is not None else env.get("BATCHGEN_CA_BUNDLE") or None
+    source = "--ca-bundle" if args.ca_bundle is not None else "BATCHGEN_CA_BUNDLE"
+    return proxy, proxies.check_ca_bundle(bundle, source) if bundle else None
 
 
 def cmd_run(args: argparse.Namespace, session: Session) -> int:
@@ -177,7 +204,8 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
     session.manifest = Path(args.manifest).name
     session.manifest_path = args.manifest
     session.directory = args.out
-    out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=None)
+    masked = proxies.secrets_in(args.proxy, os.environ)  # until the key is read: the proxies' credentials
+    out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=masked)
     warnings: list[str] = []
     if args.metrics_file and not args.dry_run and (problem := report.metrics_problem(Path(args.metrics_file))):
         session.metrics_file = None  # refused: nothing is written there, on any exit path
@@ -188,15 +216,28 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
                 args.on_finish, args.notify, args.notify_on, args.ping, os.environ, warn=warnings.append
             )
             settings = settings_from(args, os.environ, warnings)
-            secret = settings.api_key.value if settings.api_key else None
-            session.key = secret
-            out.configure(quiet=settings.quiet, verbose=settings.verbose, progress=settings.progress, secret=secret)
+            session.key = settings.api_key.value if settings.api_key else None
+            session.way = settings.proxy, settings.ca_bundle
+            out.configure(
+                quiet=settings.quiet,
+                verbose=settings.verbose,
+                progress=settings.progress,
+                secret=(*settings.secrets(), *masked),
+            )
             for warning in warnings:
                 out.warning(warning)
             if settings.dry_run:
                 return runner.dry_run(settings, out)
             with asyncio.Runner() as loop:
-                outcome = loop.run(finish.started(session.end, runner.run(settings, out, session.hold), out))
+                outcome = loop.run(
+                    finish.started(
+                        session.end,
+                        runner.run(settings, out, session.hold),
+                        out,
+                        proxy=settings.proxy,
+                        ca_bundle=settings.ca_bundle,
+                    )
+                )
                 early.over = True  # the outcome is reached: a signal while the loop closes must not lose it
     finally:
         out.close()
@@ -360,6 +401,33 @@ def cmd_models(args: argparse.Namespace, session: Session) -> int:
     return ExitCode.OK
 
 
+def cmd_doctor(args: argparse.Namespace, session: Session) -> int:
+    """Check the way to the service, one line per step; exit 0, 3 refused, 1 unreachable, 2 usage."""
+    api_base = args.api_base or os.environ.get("BATCHGEN_API_BASE", "")
+    if not api_base:
+        raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE")
+    api_base = config.check_api_base(api_base)
+    warnings: list[str] = []
+    key = config.read_key(os.environ, args.api_key_file, warnings)
+    proxy, ca_bundle = way_from(args, os.environ)
+    session.out.configure(
+        quiet=False, verbose=False, progress=False, secret=(*((key.value,) if key else ()), *proxy.secrets())
+    )
+    for warning in warnings:
+        session.out.warning(warning)
+    out = Path(args.out) if args.out else None
+    with asyncio.Runner() as loop:
+        checks = loop.run(doctor.diagnose(api_base, key, proxy, proxies.tls_context(ca_bundle), out, os.environ))
+        if args.notify:  # the night's end, tried the way it will go: BATCHGEN_NOTIFY's URLs and BATCHGEN_PING
+            actions = endactions.resolve(None, None, None, None, os.environ)
+            tried = loop.run(finish.test_notification(actions, session.out, proxy=proxy, ca_bundle=ca_bundle))
+            fix = "check the URL in BATCHGEN_NOTIFY / BATCHGEN_PING and that its service is up (the lines above)"
+            checks += [doctor.Check(line.split(":")[0], ok, line.split(": ", 1)[1], fix, 1) for ok, line in tried]
+    for check in checks:
+        say(session.out.redact(check.line()))
+    return doctor.exit_code(checks)
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "models": cmd_models,
@@ -369,4 +437,5 @@ COMMANDS = {
     "sim": cmd_sim,
     "jobs": cmd_jobs,
     "completion": cmd_completion,
+    "doctor": cmd_doctor,
 }

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +22,7 @@ from . import schema
 from .errors import UsageError
 from .models import Registry
 from .prices import Prices
+from .proxies import ProxySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +41,12 @@ MIN_SECRET = 6
 
 
 def secret_forms(secret: str) -> tuple[str, ...]:
-    """The secret as it may appear in text: itself, URL-encoded (%XX in either case, + for a space), and as the
-    id and name makers transform it (`-` and other punctuation as `_` or `-`: ids.token, names.slug)."""
+    """The secret as it may appear in text: itself, URL-encoded (%XX in either case, + for a space), JSON-escaped
+    (a `"` or `\\` in a proxy password, in a --log-format json line), and as the id and name makers transform it
+    (`-` and other punctuation as `_` or `-`: ids.token, names.slug)."""
     forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")}
     forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form) for form in forms}
+    forms |= {json.dumps(secret, ensure_ascii=ascii_only)[1:-1] for ascii_only in (True, False)}
     runs = _ALNUM.findall(secret)
     forms |= {"_".join(runs), "-".join(runs), secret.replace("-", "_"), secret.replace("_", "-")}
     forms.add(re.sub(r"[^A-Za-z0-9_-]+", "-", secret).strip("-_"))  # names.slug's form (its case: any)
@@ -52,17 +56,18 @@ def secret_forms(secret: str) -> tuple[str, ...]:
 _ALNUM = re.compile(r"[A-Za-z0-9]+")
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Mask a secret, and its derived forms (secret_forms), in text, whatever their case (a slug lowercases).
-    Strings shorter than MIN_SECRET are not masked: no real key is that short, and masking them would mangle
-    ordinary words."""
-    if not secret or len(secret) < MIN_SECRET:
-        return text
-    folded = text.casefold()
-    for form in secret_forms(secret):
-        if form.casefold() in folded:
-            text = re.sub(re.escape(form), "****", text, flags=re.IGNORECASE)
-            folded = text.casefold()
+def redact(text: str, secret: str | Sequence[str] | None) -> str:
+    """Mask a secret (or each of several: the key, proxy credentials), and its derived forms (secret_forms), in
+    text, whatever their case (a slug lowercases). Strings shorter than MIN_SECRET are not masked: no real key is
+    that short, and masking them would mangle ordinary words."""
+    for one in (secret,) if isinstance(secret, str) or secret is None else secret:
+        if not one or len(one) < MIN_SECRET:
+            continue
+        folded = text.casefold()
+        for form in secret_forms(one):
+            if form and form.casefold() in folded:
+                text = re.sub(re.escape(form), "****", text, flags=re.IGNORECASE)
+                folded = text.casefold()
     return text
 
 
@@ -94,7 +99,7 @@ def _letters(text: str) -> str:
     return "".join(_ALNUM.findall(text)).casefold()
 
 
-def carries(text: str, secret: str | None) -> bool:
+def carries(text: str, secret: str | Sequence[str] | None) -> bool:
     """Whether text holds the secret in any of its forms."""
     return redact(text, secret) != text
 
@@ -186,6 +191,14 @@ class RunSettings:
     max_image_bytes: int = 64 * 1024 * 1024  # a 2816x1536 PNG is under 13 MB uncompressed-ish; 64 MB is generous
     retry: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
+    # The way to the service (proxies.py): --proxy / the *_PROXY variables, --ca-bundle or the system's CAs.
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    ca_bundle: Path | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Everything the masking boundary hides: the key and the proxies' credentials."""
+        key = (self.api_key.value,) if self.api_key else ()
+        return key + self.proxy.secrets()
 
 
 def run_default(name: str) -> Any:

@@ -19,7 +19,8 @@ import aiofiles
 from PIL import Image, UnidentifiedImageError
 
 from . import provenance
-from .client import Client, TaskRecord
+from .answers import TaskRecord
+from .client import Client
 from .config import RunSettings
 from .errors import DownloadError
 from .files import clear_stale, fsync_dir, temp_name

@@ -18,6 +18,7 @@ from . import __version__, notify
 from .config import Secret, carries
 from .errors import UsageError
 from .progress import counts_text
+from .proxies import ProxySettings
 
 T = TypeVar("T")
 NOTIFY_ON = ("problem", "always")
@@ -240,11 +241,22 @@ def hook_env(env: Mapping[str, str], summary: Summary, secrets: list[str]) -> di
     return kept
 
 
-def child_env(env: Mapping[str, str], secrets: list[str], proxy: str | None, ca_bundle: str | None) -> dict[str, str]:
-    """The notifier's environment: no key, no URLs (they come on stdin); the run's proxy and CA; no ~/.netrc."""
+def child_env(
+    env: Mapping[str, str], secrets: list[str], proxy: ProxySettings | None, ca_bundle: str | None
+) -> dict[str, str]:
+    """The notifier's environment: no key, no URLs (they come on stdin); the run's proxies (its --proxy or
+    environment, resolved: proxies.py), NO_PROXY and CA; no ~/.netrc."""
     kept = {k: v for k, v in env.items() if k not in STRIPPED and not any(s in v for s in secrets if s)}
-    if proxy:
-        kept.update(HTTPS_PROXY=proxy, HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy)
+    if proxy is not None:
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
+            kept.pop(name, None)
+            kept.pop(name.lower(), None)
+        if proxy.https:
+            kept.update(HTTPS_PROXY=proxy.https, https_proxy=proxy.https)
+        if proxy.http:
+            kept.update(HTTP_PROXY=proxy.http, http_proxy=proxy.http)
+        if proxy.no_proxy:
+            kept.update(NO_PROXY=",".join(proxy.no_proxy), no_proxy=",".join(proxy.no_proxy))
     if ca_bundle:
         kept.update(REQUESTS_CA_BUNDLE=ca_bundle, SSL_CERT_FILE=ca_bundle)
     kept["NETRC"] = os.devnull

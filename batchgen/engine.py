@@ -29,7 +29,9 @@ import time
 from collections.abc import Mapping
 
 from . import download, failures, memory
-from .client import Client, TaskRecord
+from .access import Refusals
+from .answers import TaskRecord
+from .client import Client
 from .config import RunSettings
 from .errors import (
     AuthError,
@@ -41,6 +43,7 @@ from .errors import (
     StorageError,
     TransportError,
     UsageError,
+    WayRefused,
 )
 from .files import state_dir, write_failure
 from .ledger import ErrorRecord, Ledger, error_record
@@ -116,7 +119,9 @@ class Engine:
             fail=self._fail,
             stop=self.stop,
             stopping=lambda: self.stop_reason is not None,
+            more_to_create=lambda: not self._dispatched,
         )
+        self.poll_refusals = Refusals()  # 401/403 on recordInfo: the run's, or one query's (see access.py)
         self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen
         self.names = Names(
             self.ids,
@@ -142,10 +147,11 @@ class Engine:
                 raise  # we were cancelled from outside, not stopped
         finally:
             if creating := self.submitter.creating:  # calls already sent: record their task ids before closing
-                self.reporter.warning(
-                    f"waiting up to {self.settings.timeouts.create:g} s for {len(creating)} createTask "
-                    "call(s) already sent (they may be paid); signal again to stop now"
-                )
+                if not isinstance(self.fatal, WayRefused):  # a way refused sent nothing: those calls end at once
+                    self.reporter.warning(
+                        f"waiting up to {self.settings.timeouts.create:g} s for {len(creating)} createTask "
+                        "call(s) already sent (they may be paid); signal again to stop now"
+                    )
                 await asyncio.wait(creating, timeout=self.settings.timeouts.create + SHUTDOWN_MARGIN)
                 self.submitter.abandon()  # past the bound: given up, in doubt, and recorded so before closing
                 await asyncio.gather(*creating, return_exceptions=True)
@@ -257,6 +263,8 @@ class Engine:
                 return
         except Stopped:
             return
+        except WayRefused as exc:  # a result host refusing us: no new creates; paid tasks stay resumable
+            self.stop("refused", fatal=exc)
         except (StorageError, OSError) as exc:
             fatal = exc if isinstance(exc, StorageError) else write_failure(self.settings.out, item.id, exc)
             self.stop("storage", fatal=fatal)
@@ -336,13 +344,19 @@ class Engine:
         try:
             record = await self.client.record_info(task_id)
             self.throttle.on_status_success()
+            self.poll_refusals.on_success()
             return record
         except RateLimited:
             # Status queries have their own budget at the service: a 429 here slows the queries, not the work.
             self.counters.rate_limited += 1
             self.throttle.on_status_saturated()
             self.reporter.debug(f"recordInfo {task_id}: 429; status queries now {self.throttle.status.rate:g}/s")
-        except (AuthError, QuotaError, UsageError) as exc:
+        except (AuthError, QuotaError) as exc:
+            if not self.poll_refusals.item_only(exc):
+                self.stop("refused", fatal=exc)
+                raise Stopped from exc
+            self.reporter.debug(f"recordInfo {task_id}: refused ({exc}) while other queries succeed; asking later")
+        except (UsageError, WayRefused) as exc:
             self.stop("refused", fatal=exc)
             raise Stopped from exc
         except (ServiceError, TransportError) as exc:
@@ -410,7 +424,7 @@ class Engine:
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     record = _fresher(await self._query(task_id), record)
                     continue
-                try:
+                try:  # a result host whose certificate or proxy refuses us stops the run (WayRefused)
                     names, digests, received = await download.fetch_all(
                         self.client,
                         item,

@@ -15,6 +15,8 @@
     │   ├── RateLimited                429: saturated (back off, retry)
     │   └── ServerError                5xx or an unreadable answer (retry with backoff)
     ├── TransportError                 the network failed: no answer at all (retry with backoff)
+    ├── WayRefused                     exit 3: the way to the service refused us: a certificate that does
+    │                                  not verify, a proxy that refuses (stop the run; no retry can help)
     └── DownloadError                  a result file was missing, broken or not an image (retry)
 
 What to do about each branch (retry, fail the item, stop the run) is decided in one place, the engine's submit
@@ -38,7 +40,7 @@ class ExitCode(enum.IntEnum):
     OK = 0  # every item succeeded
     FAILED = 1  # finished, and some items failed for good
     USAGE = 2  # usage or manifest error; nothing submitted
-    AUTH = 3  # the service refused the key or the quota
+    AUTH = 3  # access refused: the key or the quota, or the way (a certificate, a proxy)
     LOCKED = 4  # another run holds DIR's lock
     INCOMPLETE = 5  # items remain pending or submitted; also a write the disk refused
     SOFTWARE = 70  # sysexits.h EX_SOFTWARE: a bug in batchgen
@@ -177,6 +179,19 @@ class TransportError(BatchgenError):
     def __init__(self, message: str, *, sent: bool = True) -> None:
         super().__init__(message)
         self.sent = sent
+
+
+class WayRefused(BatchgenError):
+    """The way to a host refused us before any request reached it: its certificate does not verify (untrusted,
+    expired, another host's), or the proxy refused (407, CONNECT denied). Nothing was sent, so nothing was paid;
+    retrying cannot help, so the run stops at once. The message names the host, the cause and what to do."""
+
+    exit_code = ExitCode.AUTH
+
+    def __init__(self, message: str, *, host: str, proxy: bool = False) -> None:
+        super().__init__(message)
+        self.host = host
+        self.proxy = proxy  # the proxy refused (else: the certificate)
 
 
 class DownloadError(BatchgenError):

@@ -44,6 +44,7 @@ from .endactions import (
 )
 from .errors import TransportError
 from .progress import Reporter
+from .proxies import ProxySettings, proxy_for
 
 T = TypeVar("T")
 
@@ -94,7 +95,7 @@ def at_end(
     reporter: Reporter,
     *,
     key: str | None = None,
-    proxy: str | None = None,
+    proxy: ProxySettings | None = None,
     ca_bundle: str | Path | None = None,
 ) -> None:
     """Run the end actions, on a loop of their own; returns when all are done or cut at the limit."""
@@ -104,7 +105,12 @@ def at_end(
 
 
 async def _at_end(
-    actions: EndActions, summary: Summary, out: Reporter, key: str | None, proxy: str | None, ca: str | None
+    actions: EndActions,
+    summary: Summary,
+    out: Reporter,
+    key: str | None,
+    proxy: ProxySettings | None,
+    ca: str | None,
 ) -> None:
     clock = _Clock(actions.bounds, signalled=summary.code > 128)
     loop = asyncio.get_running_loop()
@@ -235,7 +241,7 @@ async def _notify(
     out: Reporter,
     clock: _Clock,
     secrets: list[str],
-    proxy: str | None,
+    proxy: ProxySettings | None,
     ca: str | None,
 ) -> bool:
     """Send the message through the Apprise child; logs what happened, never a URL. True when it was taken."""
@@ -280,7 +286,9 @@ def _mask(text: str, secrets: list[str]) -> str:
     return text
 
 
-async def _ping(url: str, suffix: str, out: Reporter, clock: _Clock, proxy: str | None, ca: str | None) -> bool:
+async def _ping(
+    url: str, suffix: str, out: Reporter, clock: _Clock, proxy: ProxySettings | None, ca: str | None
+) -> bool:
     """One ping, bounded by its own timeout and the time left; logged without its URL."""
     from .client import ping
 
@@ -290,7 +298,9 @@ async def _ping(url: str, suffix: str, out: Reporter, clock: _Clock, proxy: str 
         out.warning(f"{what}: not sent, the end-of-run time is up", event="ping")
         return False
     try:
-        status = await ping(ping_url(url, suffix), seconds=timeout, proxy=proxy, ca_bundle=ca)
+        target = ping_url(url, suffix)
+        chosen = proxy_for(target, proxy) if proxy is not None else None
+        status = await ping(target, seconds=timeout, proxy=chosen, ca_bundle=ca)
     except TransportError as exc:
         out.warning(f"{what}: not delivered: {exc}", event="ping", status=None)
         return False
@@ -306,7 +316,7 @@ async def started(
     run: Awaitable[T],
     reporter: Reporter,
     *,
-    proxy: str | None = None,
+    proxy: ProxySettings | None = None,
     ca_bundle: str | Path | None = None,
 ) -> T:
     """Await the run with `URL/start` pinged beside it; the run never waits for the ping, except at its end, for
@@ -326,7 +336,7 @@ async def started(
 
 
 async def test_notification(
-    actions: EndActions, reporter: Reporter, *, proxy: str | None = None, ca_bundle: str | Path | None = None
+    actions: EndActions, reporter: Reporter, *, proxy: ProxySettings | None = None, ca_bundle: str | Path | None = None
 ) -> list[tuple[bool, str]]:
     """`batchgen doctor --notify`: a test message to every notify URL and a test ping (`URL/log`, which a
     healthchecks-style monitor records without changing the check's state); one (ok, line) each."""
@@ -348,7 +358,7 @@ async def test_notification(
 
 
 def send_test_notification(
-    actions: EndActions, reporter: Reporter, *, proxy: str | None = None, ca_bundle: str | Path | None = None
+    actions: EndActions, reporter: Reporter, *, proxy: ProxySettings | None = None, ca_bundle: str | Path | None = None
 ) -> list[tuple[bool, str]]:
     """`test_notification` on a loop of its own (for a caller that is not async)."""
     return asyncio.run(test_notification(actions, reporter, proxy=proxy, ca_bundle=ca_bundle))

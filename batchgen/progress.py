@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -38,7 +39,7 @@ class Reporter:
         quiet: bool = False,
         verbose: bool = False,
         progress: bool = True,
-        secret: str | None = None,
+        secret: str | Sequence[str] | None = None,
     ) -> None:
         # sys.stderr is None when Python started with fd 2 closed (`2>&-`): the lines go nowhere, the run goes on
         self.stream = stream or sys.stderr or open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
@@ -49,7 +50,7 @@ class Reporter:
         self._last_summary = time.monotonic()
         self.configure(quiet=quiet, verbose=verbose, progress=progress, secret=secret)
 
-    def configure(self, *, quiet: bool, verbose: bool, progress: bool, secret: str | None) -> None:
+    def configure(self, *, quiet: bool, verbose: bool, progress: bool, secret: str | Sequence[str] | None) -> None:
         """Settle what the flags say, once they are all known (error lines may come before that)."""
         self.quiet = quiet
         self.verbose = verbose

@@ -34,6 +34,7 @@ from .manifest import Item
 from .plan import Plan, describe, make_plan
 from .prices import Prices
 from .progress import Reporter, plural
+from .proxies import tls_context
 from .records import paid_total, price_of
 from .submit import Counters
 
@@ -142,10 +143,10 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
-            open_session(settings.timeouts) as session,
+            open_session(settings.timeouts, tls_context(settings.ca_bundle)) as session,
             _callbacks(settings, reporter) as receiver,
         ):
-            client = Client(session, api_base, key, settings.timeouts)
+            client = Client(session, api_base, key, settings.timeouts, settings.proxy)
             callback_url = receiver.url_for(settings.callback_url) if receiver else settings.callback_url
             engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url, stems=stems)
             if receiver is not None:
@@ -156,6 +157,12 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                 reporter.warning(
                     f"--max-spend {budget.limit} reached ({budget.spent} spent or in doubt): nothing more is created; "
                     "rerun to continue"
+                )
+            if not client.answered and client.last_failure and engine.fatal is None:
+                reporter.error(
+                    f"the service at {api_base} was never reached this run (last: {client.last_failure}); check "
+                    "the network and the proxy settings: `batchgen doctor` checks the way step by step",
+                    event="never_reached",
                 )
         reporter.close()
         counts = ledger.counts(engine.ids)

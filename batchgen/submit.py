@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import gone
+from .access import ACCOUNT_CODES, Refusals
 from .client import Client
 from .config import RunSettings
 from .errors import (
@@ -30,6 +31,7 @@ from .errors import (
     ServiceError,
     TransportError,
     UsageError,
+    WayRefused,
 )
 from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
@@ -42,7 +44,7 @@ from .references import ReferenceChanged
 SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending for the next run
 
 # Errors after which a createTask certainly created nothing: anything else after the request left may have.
-NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError)
+NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError, WayRefused)
 
 
 @dataclass(slots=True)
@@ -78,6 +80,7 @@ class Submitter:
         fail: Callable[[str, ErrorRecord], Awaitable[None]],
         stop: Callable[..., None],
         stopping: Callable[[], bool],
+        more_to_create: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -89,10 +92,13 @@ class Submitter:
         self._fail = fail
         self._stop = stop
         self._stopping = stopping
+        self._more_to_create = more_to_create  # other items of the plan are still to be submitted in this run
+        self.held: list[tuple[str, ErrorRecord]] = []  # refused before any create succeeded: decided by the next
         self.rng = random.Random()
         self.creates_left = settings.limit  # --limit: every possibly paid create counts
         self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
         self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
+        self.refusals = Refusals()  # 401/403 on createTask: the run's, or one item's (a WAF refusing one prompt)
         self.task_owner: dict[str, str] = {}  # task id -> the item it was created for
         for item_id, record in ledger.owners():
             if record.get("task_id"):
@@ -161,7 +167,9 @@ class Submitter:
             job.add_done_callback(self.creating.discard)
             job.add_done_callback(functools.partial(self._free_slot, slot))
             try:
-                return await asyncio.shield(job)
+                task_id = await asyncio.shield(job)
+                await self._fail_held()
+                return task_id
             except _Taken:
                 return None  # a duplicate task id: failed and reported
             except RateLimited as exc:
@@ -173,7 +181,18 @@ class Submitter:
                         f"item {item.id!r}: the service stayed saturated (429); left for the next run"
                     )
                     return None
-            except (AuthError, QuotaError, UsageError) as exc:
+            except (AuthError, QuotaError) as exc:
+                self._give_back()
+                refused = error_record("refused", str(exc.status or exc.code), exc.message)
+                if await self._refused_item_only(job, exc):
+                    await self._fail(item.id, refused)
+                    return None
+                if self._undecided(exc):  # the next create decides: this prompt, or the whole run
+                    self.held.append((item.id, refused))
+                    return None
+                self._stop("refused", fatal=exc)
+                raise Stopped from exc
+            except (UsageError, WayRefused) as exc:
                 self._give_back()
                 self._stop("refused", fatal=exc)
                 raise Stopped from exc
@@ -199,6 +218,31 @@ class Submitter:
                 self.counters.retries += 1  # the next call may be paid too (the last one is in doubt, or not sent)
                 self.reporter.debug(f"item {item.id!r}: createTask failed ({exc}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
+
+    async def _refused_item_only(self, job: asyncio.Task[str], exc: AuthError | QuotaError) -> bool:
+        """Whether a 401/403 for this item leaves the run going: JSON answers for other items keep succeeding.
+        The createTask calls under way at the same moment decide first (a burst of 20 answers together)."""
+        others = [other for other in self.creating if other is not job]
+        if others and not self.refusals.accepted:
+            await asyncio.wait(others)
+        return self.refusals.item_only(exc)
+
+    def _undecided(self, exc: AuthError | QuotaError) -> bool:
+        """A first refusal, nothing accepted yet, nothing else under way, other items still to send: one item's
+        refusal (a WAF and this prompt) or the run's (the key) cannot be told yet. The item is held, unsent and
+        pending; the next create decides (a success fails the held items, a refusal ends the run)."""
+        return (
+            not self.refusals.accepted
+            and self.refusals.in_a_row == 1
+            and exc.code not in ACCOUNT_CODES
+            and self._more_to_create()
+        )
+
+    async def _fail_held(self) -> None:
+        """A create succeeded: the items refused before it were refused for themselves."""
+        while self.held:
+            item_id, error = self.held.pop()
+            await self._fail(item_id, error)
 
     def _free_slot(self, slot: list[float], job: asyncio.Future[str]) -> None:
         """A call that ended still holding its window slot as under way (its intent could not be written, or
@@ -252,6 +296,7 @@ class Submitter:
         self.throttle.window.done(slot)
         self.counters.creates += 1  # paid, whatever happens next
         self.counters.creates_by_model[item.model] += 1
+        self.refusals.on_success()
         if self.task_owner.setdefault(task_id, item.id) != item.id:
             self.ledger.paid_without_task(item.id, self.duplicate(task_id))
             await self.ledger.durable()

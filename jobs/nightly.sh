@@ -114,15 +114,16 @@ case $code in
 0 | 1 | 5) ;; # all done · some failed for good (see `batchgen status`) · incomplete, the next night continues
 2) say "exit 2: a broken manifest or settings; nothing was submitted. See $log" ;;
 3) # access refused: say by whom, from this run's error lines
-    errors=$(tail -c +"$((before + 1))" "$log" 2>/dev/null | grep -i 'error')
+    # the error lines of this run, less the closing summary (its exit meaning names every kind of refusal)
+    errors=$(tail -c +"$((before + 1))" "$log" 2>/dev/null | grep -i 'error' | grep -v '; exit 3 (')
     if printf '%s\n' "$errors" | grep -qi 'certificate'; then
-        say "exit 3: a certificate did not verify (TLS inspection? BATCHGEN_CA_BUNDLE in $env_file); the run stopped. See $log"
+        say "exit 3: a certificate did not verify (TLS inspection? BATCHGEN_CA_BUNDLE in $env_file; batchgen doctor checks the way); the run stopped. See $log"
     elif printf '%s\n' "$errors" | grep -qi 'proxy'; then
-        say "exit 3: the proxy refused us (BATCHGEN_PROXY or HTTPS_PROXY, and its credentials); the run stopped. See $log"
+        say "exit 3: the proxy refused us (BATCHGEN_PROXY or HTTPS_PROXY, and its credentials; batchgen doctor checks the way); the run stopped. See $log"
     elif printf '%s\n' "$errors" | grep -qiE 'key|quota|40[13]'; then
         say "exit 3: the service refused the key or the quota; the run stopped. See $log"
     else
-        say "exit 3: access refused: the key or the quota, a proxy or a certificate; the run stopped. See $log"
+        say "exit 3: access refused: the key or the quota, or the way (a certificate, a proxy; batchgen doctor checks it); the run stopped. See $log"
     fi
     ;;
 4) say "exit 4: the previous run still holds $out; this one did nothing. See $log" ;;

@@ -24,7 +24,7 @@ from aiohttp import web
 from batchgen import ledger, manifest, report, runner, sheet
 from batchgen.client import Client, open_session
 from batchgen.config import RetryPolicy, Secret, Timeouts, redact
-from batchgen.errors import LedgerError, ServerError, StorageError, UsageError
+from batchgen.errors import LedgerError, RequestRejected, ServerError, StorageError, UsageError
 from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
@@ -319,21 +319,24 @@ async def _tiny_api(status: int, body: str, content_type: str):
         (404, '{"code":404,"msg":"task not found","data":null}', "application/json", True),
         (200, '{"code":404,"msg":"task not found","data":null}', "application/json", True),
         (404, "<!DOCTYPE html><html><body>Not Found</body></html>", "text/html", False),
-        (200, "<html><body>Welcome to nginx</body></html>", "text/html", False),
     ],
 )
 async def test_a_404_about_a_task_is_about_that_task_an_html_page_is_a_wrong_base(status, body, content_type, unknown):
+    """SPEC §1a: a 404 on createTask before any JSON answer from this base is a wrong --api-base (exit 2);
+    an HTML page with another status is classified by its status (an HTML 200 is an unreadable answer)."""
     api, base = await _tiny_api(status, body, content_type)
     try:
         async with open_session(Timeouts()) as session:
             client = Client(session, base, Secret(KEY), Timeouts())
             if unknown:
                 assert (await client.record_info("task_1")).unknown
+                with pytest.raises(RequestRejected):  # after a JSON answer, a 404 is about that one request
+                    await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
             else:
                 with pytest.raises(UsageError, match="api-base"):
                     await client.record_info("task_1")
-            with pytest.raises(UsageError, match="api-base"):
-                await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
+                with pytest.raises(UsageError, match="api-base"):
+                    await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
     finally:
         await api.cleanup()
 

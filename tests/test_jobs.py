@@ -109,7 +109,7 @@ async def test_a_night_cut_short_is_finished_by_the_next_without_paying_again(si
     ("case", "code", "said"),
     [
         ("bad manifest", 2, "exit 2: a broken manifest or settings"),
-        ("key refused", 3, "exit 3: the service refused the key or the quota"),
+        ("key refused", 3, "exit 3: the service refused the key or the quota; the run stopped"),
         ("no batchgen", 127, "exit 127: cannot run"),
         ("dated folder", 2, "has a date pattern or a shell expansion (not expanded here); use one fixed folder"),
         # the env file is data: `$(date)` in it is neither run nor expanded, so it is seen and refused
@@ -294,7 +294,7 @@ async def test_nightly_passes_the_hook_as_one_argument_and_the_hook_never_gets_t
         ("the proxy 127.0.0.1:3128 refused us (407 Proxy Authentication Required)", "exit 3: the proxy refused us"),
         ("the certificate of api.example.com does not verify: self-signed", "exit 3: a certificate did not verify"),
         ("the service refused the API key (401): invalid token", "exit 3: the service refused the key or the quota"),
-        ("access refused", "exit 3: access refused: the key or the quota, a proxy or a certificate"),
+        ("access refused", "exit 3: access refused: the key or the quota, or the way (a certificate, a proxy"),
     ],
 )
 def test_the_exit_3_line_names_who_refused(tmp_path, error, said):

@@ -21,6 +21,7 @@ from batchgen import endactions, finish
 from batchgen.config import Secret
 from batchgen.errors import TransportError
 from batchgen.progress import Reporter
+from batchgen.proxies import ProxySettings
 
 from .helpers import KEY, cli, env, manifest_of, run_args, start, until
 from .helpers import finish as finish_proc
@@ -313,6 +314,27 @@ async def test_doctor_notify_sends_a_test_message_and_a_test_ping(tmp_path):
     assert TOKEN not in (tmp_path / "log").read_text()
 
 
+async def test_batchgen_doctor_notify_tries_the_message_and_the_ping_from_the_environment(sim_factory, tmp_path):
+    """`batchgen doctor --notify`: the checks of the way, then a test message to BATCHGEN_NOTIFY and a test ping to
+    BATCHGEN_PING, one line each and never their URLs; a monitor that is down is a failed line (exit 1)."""
+    async with Receiver().running() as site, sim_factory(api_key=KEY) as sim:
+        environment = env(
+            BATCHGEN_NOTIFY=f"json://127.0.0.1:{site.port}/{TOKEN}",
+            BATCHGEN_PING=f"http://127.0.0.1:{site.port}/ping/{TOKEN}",
+            XDG_STATE_HOME=str(tmp_path / "state"),
+        )
+        args = [sys.executable, "-m", "batchgen", "doctor", "--api-base", sim.api_url, "--notify"]
+        code, stdout, stderr = await cli(args, env=environment)
+        assert code == 0, stdout + stderr
+        assert sorted(site.paths()) == sorted([f"/{TOKEN}", f"/ping/{TOKEN}/log"])
+        assert "ok   notify: the test message was sent" in stdout and "ok   ping: the test ping was answered" in stdout
+        assert TOKEN not in stdout + stderr
+        environment["BATCHGEN_PING"] = f"http://127.0.0.1:9/ping/{TOKEN}"  # nothing listens on the discard port
+        code, stdout, stderr = await cli(args, env=environment)
+    assert code == 1, stdout + stderr
+    assert "FAIL ping: the test ping was NOT answered" in stdout and TOKEN not in stdout + stderr
+
+
 def test_end_action_flags_are_read_once_and_checked_before_anything_runs():
     with pytest.raises(Exception, match="--on-finish"):
         endactions.resolve(["rclone sync 'unbalanced"], None, None, None, {})
@@ -388,7 +410,8 @@ async def test_sigterm_while_a_hook_hangs_cuts_it_within_the_signal_bound_and_ke
 
 def test_the_notifier_gets_the_runs_proxy_and_ca_and_no_key_or_netrc():
     env_in = {"BATCHGEN_API_KEY": KEY, "BATCHGEN_NOTIFY": f"json://h/{TOKEN}", "PATH": "/bin", "HOME": "/home/x"}
-    child = endactions.child_env(env_in, [f"json://h/{TOKEN}"], "http://proxy.example:3128", "/etc/ca.pem")
+    way = ProxySettings(https="http://proxy.example:3128", http="http://proxy.example:3128")
+    child = endactions.child_env(env_in, [f"json://h/{TOKEN}"], way, "/etc/ca.pem")
     assert "BATCHGEN_API_KEY" not in child and "BATCHGEN_NOTIFY" not in child and child["PATH"] == "/bin"
     assert child["HTTPS_PROXY"] == child["http_proxy"] == "http://proxy.example:3128"
     assert child["REQUESTS_CA_BUNDLE"] == child["SSL_CERT_FILE"] == "/etc/ca.pem"

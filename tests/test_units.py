@@ -18,7 +18,6 @@ from batchgen.errors import (
     RateLimited,
     RequestRejected,
     ServerError,
-    UsageError,
 )
 from batchgen.limits import Cooldown, InFlightLimiter, RateWindow
 
@@ -46,7 +45,10 @@ SATURATED = "当前分组上游负载已饱和，请稍后再试"
         (503, {}, "", ServerError),
         (200, {}, "not json at all", ServerError),
         (200, {}, "", ServerError),
-        (404, {}, "Not Found", UsageError),
+        (404, {}, "Not Found", RequestRejected),  # whether --api-base is wrong is the caller's to say
+        (413, {}, "<html><head><title>413 Request Entity Too Large</title></head></html>", RequestRejected),
+        (403, {}, "<html><body>Request blocked</body></html>", QuotaError),
+        (401, {}, "<html><body>Unauthorized</body></html>", AuthError),
     ],
 )
 def test_every_envelope_maps_to_data_or_one_error(status, headers, body, expected):

@@ -52,6 +52,7 @@ class SimConfig:
     html_rate: float = 0.0  # downloads answered 200 with an HTML error page
     null_window: float = 0.0  # recordInfo says "recordInfo is null" this long after creation
     url_ttl: float | None = 3600.0  # result URLs expire this long after recordInfo hands them out
+    files_public_url: str | None = None  # result URLs start with this (a gateway or CDN in front of the files origin)
     result_url: str | None = None  # hand out this URL instead ({task_id}, {n}, {ext}): a hostile result host
     expired_url_rate: float = 0.0  # share of result URLs handed out already expired (a slow client's fate)
     http200_errors: bool = False  # business errors come with HTTP 200 and the code only in the body

@@ -371,7 +371,8 @@ class Simulator:
             if self.config.key_in_result_url:
                 query["auth"] = self._caller
             suffix = f"?{urlencode(query)}" if query else ""
-            urls.append(f"{self.files_url}/r/{task.task_id}/{name}{suffix}")
+            base = self.config.files_public_url or self.files_url
+            urls.append(f"{base}/r/{task.task_id}/{name}{suffix}")
         return urls
 
     def sign(self, task_id: str, name: str, expires: str) -> str:
