@@ -39,6 +39,7 @@ from .records import (
     RESULTS,
     STATES,
     VERSION,
+    VERSION_REVIEWED,
     ErrorRecord,
     Loaded,
     Record,
@@ -329,6 +330,17 @@ class Ledger:
             record["sha256_received"] = received
         self._write(item_id, record)
 
+    def decided(self, item_id: str, decision: str | None) -> None:
+        """The latest review decision on the item's image (decisions.py), or None when none holds: journaled only
+        when it changed, so a run over an unreviewed night writes nothing."""
+        if self.items[item_id].get("decision") == decision:
+            return
+        record = self._copy(item_id)
+        record.pop("decision", None)
+        if decision is not None:
+            record["decision"] = decision
+        self._write(item_id, record)
+
     def set_price(self, price: str) -> None:
         """The run's price per image (--price), kept in the snapshot: `status` reports spend from it later."""
         if price != self.price:
@@ -394,7 +406,9 @@ class Ledger:
         started = time.monotonic()
         ids = self.manifest_ids
         document: dict[str, Any] = {
-            "version": VERSION,
+            "version": VERSION_REVIEWED
+            if any("decision" in r or "rolls" in r for r in self.items.values())
+            else VERSION,
             "generation": self._generation + 1,
             "manifest": self.manifest,
             "updated_at": utc_now(),

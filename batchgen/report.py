@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from . import records
+from . import decisions, records
 from .errors import ExitCode, UsageError
 from .files import STATE_DIR, write_atomically
 from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
@@ -59,6 +59,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "files": sum(len(r["files"]) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
         **_spend(loaded),
+        "review": _review(directory, loaded, retired),
         "running_pid": running_pid(directory),
     }
 
@@ -87,6 +88,20 @@ def _spend(loaded: Loaded) -> dict[str, Any]:
         "items": costs,
     }
     return doc
+
+
+def _review(directory: Path, loaded: Loaded, retired: set[str]) -> dict[str, Any]:
+    """The review decisions that hold now (decisions.py), for the items of the manifest: counts and the rejected,
+    which `run --reroll` rolls again."""
+    listed = {i: r for i, r in loaded.items.items() if i not in retired}
+    held = decisions.current(directory, listed)
+    tally = decisions.counts(held)
+    reviewable = sum(r["state"] == "succeeded" for r in listed.values())
+    return {
+        **tally,
+        "undecided": reviewable - len(held),
+        "rejected_ids": [i for i, e in held.items() if e.decision == "rejected"],
+    }
 
 
 def running_pid(directory: Path) -> int | None:
@@ -130,6 +145,14 @@ def status_text(doc: dict[str, Any]) -> str:
     if credits.get("remained") is not None:
         money += f", {credits['remained']:g} credits left"
     lines.append(f"  {money}")
+    review = doc.get("review") or {}
+    if review.get("approved") or review.get("rejected"):
+        line = (
+            f"  review: {review['approved']} approved, {review['rejected']} rejected, {review['undecided']} undecided"
+        )
+        if review["rejected"]:
+            line += "; `run --reroll` generates the rejected again"
+        lines.append(line)
     for entry in doc["failed"]:
         error = entry["error"] or {}
         code = f"{error.get('code')}: " if error.get("code") else ""

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from . import manifest, names, sheet
+from . import decisions, manifest, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -112,6 +112,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             )
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
+        decisions.copy_into(ledger)
         if settings.price is not None:
             ledger.set_price(str(settings.price))
         for item in plan.missing:
