@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import config, manifest, memory, plan, report, runner, sheet
+from . import config, manifest, memory, plan, report, review, runner, sheet
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
 from .config import RunSettings
@@ -225,6 +225,19 @@ def cmd_report(args: argparse.Namespace, session: Session) -> int:
     return ExitCode.OK
 
 
+def cmd_review(args: argparse.Namespace, session: Session) -> int:
+    directory = Path(args.directory)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    warning = review.check_listen(host, args.allow_remote)
+    if warning:
+        session.out.warning(warning)
+    report.read_ledger(directory)  # no ledger: say so now, not on the first page load
+    return asyncio.run(review.serve(review.Review(directory), host, port, say))
+
+
 JOB_FILES = {"install": "jobs", "samples": "sample_manifests"}
 EXECUTABLE = {"nightly.sh"}
 
@@ -305,6 +318,7 @@ COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
     "report": cmd_report,
+    "review": cmd_review,
     "sim": cmd_sim,
     "jobs": cmd_jobs,
     "completion": cmd_completion,

@@ -155,6 +155,9 @@ def _thumb_name(name: str) -> str:
     return f"{quote(name, safe='')}.jpg" if "/" in name else f"{name}.jpg"
 
 
+plain_name, thumb_name = _plain_name, _thumb_name  # for the review server, which serves what the page links
+
+
 def _thumb_folder(directory: Path) -> Path:
     """DIR/.batchgen/thumbs, 0755, in a .batchgen/ that others may pass through (0711) but not list, whatever the
     umask: a shared contact sheet with unreadable thumbnails shows none, while everything else in .batchgen/
