@@ -117,6 +117,8 @@ def _guard(review: Review) -> Any:
         host = request.headers.get("Host", "")
         if host.lower() not in review.hosts:
             return _refuse(421, "this review server answers only to its own address (Host header refused)")
+        if request.path == "/favicon.ico" and request.method == "GET":
+            return web.Response(status=204, headers=_HEADERS)  # the browser asks by itself, without the token
         if request.method == "POST":
             sent = request.headers.get(TOKEN_HEADER, "")
             origin = request.headers.get("Origin")

@@ -149,7 +149,7 @@
     head.append(make("span", "id", item.id + (item.part ? " · " + item.part : "")));
     head.append(make("span", "badge s-" + item.state, item.state === "retired" ? "retired" : item.state));
     head.firstChild.title = item.id;
-    if (item.decision) head.append(make("span", "badge d-" + item.decision, item.decision));
+    if (item.decision && !review) head.append(make("span", "badge d-" + item.decision, item.decision));
     caption.append(head);
     const prompt = make("p", "prompt", item.prompt);
     prompt.title = item.prompt;
