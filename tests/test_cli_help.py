@@ -30,7 +30,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_command_and_option_is_described_and_no_parser_matches_prefixes():
     found = parsers()
-    assert set(found) == {"batchgen", "validate", "run", "status", "report", "sim", "jobs", "completion"}
+    assert set(found) == {"batchgen", "validate", "run", "status", "report", "review", "sim", "jobs", "completion"}
     for name, parser in found.items():
         assert parser.allow_abbrev is False, name
         assert parser.description, name
@@ -103,7 +103,7 @@ def test_bash_completion_is_generated_from_the_parser_and_completes(tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout.split()
 
-    assert complete("batchgen ") == ["validate", "run", "status", "report", "sim", "jobs", "completion"]
+    assert complete("batchgen ") == ["validate", "run", "status", "report", "review", "sim", "jobs", "completion"]
     assert complete("batchgen run --met") == ["--metadata", "--metrics-file"]  # SPEC §3 has both
     assert set(complete("batchgen run --metadata ")) == {"none", "sidecar", "png"}
     assert set(complete("batchgen run --log-format ")) == {"text", "json"}
