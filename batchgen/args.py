@@ -250,6 +250,12 @@ def _add_item_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--retry-failed", action="store_true", help="also resubmit items that failed for good earlier")
     p.add_argument(
+        "--reroll",
+        action="store_true",
+        help="also generate again, as a new roll with a new seed, every item rejected in `batchgen review` "
+        "(re-rolls go first under --limit)",
+    )
+    p.add_argument(
         "--adopt-ledger",
         action="store_true",
         help="continue DIR's ledger although another manifest (by file name) made it",

@@ -117,6 +117,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         max_attempts=args.max_attempts,
         task_timeout=args.task_timeout,
         retry_failed=args.retry_failed,
+        reroll=args.reroll,
         adopt_ledger=args.adopt_ledger,
         limit=args.limit,
         max_runtime=args.max_runtime,

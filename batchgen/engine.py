@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Mapping
 
-from . import download, failures, memory
+from . import download, failures, memory, rolls
 from .client import Client, TaskRecord
 from .config import RunSettings
 from .errors import (
@@ -418,6 +418,7 @@ class Engine:
                     record = _fresher(await self._query(task_id), record)
                     continue
                 try:
+                    rolls.keep_earlier(self.settings.out, self.ledger.record(item.id))  # a re-roll: keep the last
                     names, digests, received = await download.fetch_all(
                         self.client,
                         item,

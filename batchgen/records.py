@@ -59,6 +59,9 @@ class Record(TypedDict):
     doubt_open: NotRequired[bool]  # the last create may have been paid and no task id came since: warn on resubmit
     cost: NotRequired[dict[str, float]]  # the service's billing fields from recordInfo (never a callback)
     sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
+    rolls: NotRequired[list[dict[str, Any]]]  # every roll: n, task_id, request_sent, seed, files, sha256, decision
+    roll: NotRequired[dict[str, Any]]  # a re-roll under way: n, seed, request_sent, keep (rolls.py)
+    reroll_failed: NotRequired[ErrorRecord]  # the last re-roll failed for good; the item kept its files
     decision: NotRequired[str]  # the latest review decision on this task's image (decisions.py), copied by a run
 
 

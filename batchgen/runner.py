@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-from . import decisions, manifest, names, sheet
+from . import decisions, manifest, names, rolls, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
@@ -62,6 +62,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
+    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll))
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
@@ -113,6 +114,9 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
         decisions.copy_into(ledger)
+        chosen = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
+        rolls.add_to_plan(plan, chosen)
+        rolls.begin(ledger, chosen, settings.limit)
         if settings.price is not None:
             ledger.set_price(str(settings.price))
         for item in plan.missing:
