@@ -63,21 +63,27 @@ def roll_item(item: Item, seed: int | None) -> Item:
     return dataclasses.replace(item, input={**item.input, "seed": seed})
 
 
+Chosen = tuple["Item", int | None, list[str] | None]  # the roll's item, its seed, where the current files go
+#                                                      (None: a roll opened by an earlier run, resumed)
+
+
 def choose(
     items: Sequence[Item], records: Mapping[str, Record], directory: Path, *, reroll: bool
-) -> list[tuple[Item, int | None, bool]]:
-    """The rolls this run submits, in manifest order: (the roll's item, its seed, whether it is newly opened).
+) -> tuple[list[Chosen], list[str]]:
+    """The rolls this run submits, in manifest order, and the rejected items that cannot be re-rolled.
 
     A roll opened by an earlier run that never got a task id is submitted again with its seed (with or without
     --reroll: its intent is on disk); a roll with a task id is resumed by the plan like any submitted item.
-    With `reroll`, every succeeded item of the manifest whose current decision is `rejected` gets a new roll."""
+    With `reroll`, every succeeded item of the manifest whose current decision is `rejected` gets a new roll,
+    unless its current files cannot be kept under their `~roll` names: that is found before anything is paid."""
     held = decisions.current(directory, records) if reroll else {}
     taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
     for other in records.values():
         taken |= {r["seed"] for r in other.get("rolls", []) if type(r.get("seed")) is int}
         if type((other.get("roll") or {}).get("seed")) is int:
             taken.add(other["roll"]["seed"])
-    chosen: list[tuple[Item, int | None, bool]] = []
+    chosen: list[Chosen] = []
+    refused: list[str] = []
     for item in items:
         record = records.get(item.id)
         if record is None or not item.same_request(record["request"]):
@@ -86,18 +92,22 @@ def choose(
         if open_roll is not None:
             if record["state"] in ("succeeded", "pending"):
                 seed = open_roll.get("seed")
-                chosen.append((roll_item(item, seed if type(seed) is int else None), seed, False))
+                chosen.append((roll_item(item, seed if type(seed) is int else None), seed, None))
             continue
         entry = held.get(item.id)
         if entry is not None and entry.decision == "rejected":
+            keep = kept_names(records, item.id, directory)
+            if keep is None:
+                refused.append(item.id)
+                continue
             seed = next_seed(item, record, taken)
             if seed is not None:
                 taken.add(seed)
-            chosen.append((roll_item(item, seed), seed, True))
-    return chosen
+            chosen.append((roll_item(item, seed), seed, keep))
+    return chosen, refused
 
 
-def add_to_plan(plan: Plan, chosen: Sequence[tuple[Item, int | None, bool]]) -> None:
+def add_to_plan(plan: Plan, chosen: Sequence[Chosen]) -> None:
     """Re-rolls go first among the submissions (first under --limit); they are no longer `done` or `new`."""
     ids = {item.id for item, _, _ in chosen}
     plan.done = [i for i in plan.done if i.id not in ids]
@@ -105,27 +115,38 @@ def add_to_plan(plan: Plan, chosen: Sequence[tuple[Item, int | None, bool]]) -> 
     plan.reroll = [item for item, _, _ in chosen]
 
 
-def begin(ledger: Ledger, chosen: Sequence[tuple[Item, int | None, bool]], limit: int | None) -> None:
+def begin(ledger: Ledger, chosen: Sequence[Chosen], limit: int | None) -> None:
     """Open the newly chosen rolls in the ledger (only as many as --limit lets this run submit)."""
-    for opened, (item, seed, new) in enumerate(chosen):
+    for opened, (item, seed, keep) in enumerate(chosen):
         if limit is not None and opened >= limit:
             break
-        if new:
-            ledger.start_roll(item.id, seed, kept_names(ledger, item.id))
+        if keep is not None:
+            ledger.start_roll(item.id, seed, keep)
 
 
-def kept_names(ledger: Ledger, item_id: str) -> list[str]:
+def kept_names(records: Mapping[str, Record], item_id: str, directory: Path) -> list[str] | None:
     """Where the current roll's files go once the next roll is verified: `<stem>~roll<k>.<ext>`, k the current
-    roll's number; a name another item holds (or one outside DIR) is never taken."""
-    record = ledger.record(item_id)
-    k = len(record.get("rolls", [])) or 1
-    theirs = {name for other, r in ledger.owners() if other != item_id for name in r["files"]}
+    roll's number; None when one cannot be: a name another item's file (of any roll) holds, a name a file
+    already has in DIR, one outside DIR, or one too long for the file system (255 bytes)."""
+    record = records[item_id]
+    earlier = record.get("rolls", [])
+    k = earlier[_good(earlier)].get("n", len(earlier)) if earlier else 1
+    theirs = set()
+    for other, r in records.items():
+        if other != item_id:
+            theirs.update(r["files"])
+            theirs.update(name for roll in r.get("rolls", []) for name in roll.get("files", []))
     names = []
     for name in record["files"]:
         stem, dot, ext = name.rpartition(".")
         kept = f"{stem}~roll{k}.{ext}" if dot else f"{name}~roll{k}"
-        if kept in theirs or not inside(kept) or len(os.path.basename(kept).encode()) > 240:
-            kept = ""  # not kept under a second name: the file stays only in the earlier roll's record
+        if (
+            kept in theirs
+            or not inside(kept)
+            or len(os.path.basename(kept).encode()) > 255
+            or os.path.lexists(directory / kept)
+        ):
+            return None
         names.append(kept)
     return names
 
@@ -136,7 +157,7 @@ def keep_earlier(directory: Path, record: Record) -> None:
     if roll is None:
         return
     for old, kept in zip(record["files"], roll.get("keep", []), strict=False):
-        if not kept or not inside(old):
+        if not inside(old) or not inside(kept):
             continue
         try:
             os.link(directory / old, directory / kept, follow_symlinks=False)

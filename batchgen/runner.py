@@ -62,7 +62,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
-    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll))
+    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll)[0])
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
@@ -114,7 +114,12 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
         decisions.copy_into(ledger)
-        chosen = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
+        chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
+        for item_id in refused:
+            reporter.warning(
+                f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
+                "long): not re-rolled; nothing was sent"
+            )
         rolls.add_to_plan(plan, chosen)
         rolls.begin(ledger, chosen, settings.limit)
         if settings.price is not None:

@@ -158,3 +158,28 @@ async def test_a_reroll_killed_after_create_task_resumes_and_pays_nothing_twice(
         owl = results(out)["items"]["owl"]
         assert [r["seed"] for r in owl["rolls"]] == [12, 13] and owl["rolls"][0]["files"] == ["owl~roll1.png"]
         assert (out / "owl~roll1.png").exists() and (out / "owl.png").exists()
+
+
+async def test_a_roll_whose_old_files_cannot_be_kept_is_refused_before_paying(sim_factory, tmp_path):
+    path = _manifest(tmp_path)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        _reject(out, "owl")
+        (out / "owl~roll1.png").write_bytes(b"someone else's file")  # the name the earlier roll would take
+        log = io.StringIO()
+        assert (await run(make_settings(path, out, sim, reroll=True), log)).exit_code == 0
+        assert sim.stats.creates == 4 and "cannot be kept under a ~roll name" in log.getvalue()
+        assert (out / "owl~roll1.png").read_bytes() == b"someone else's file"
+
+
+async def test_seed_in_name_renders_the_manifest_seed(sim_factory, tmp_path):
+    path = _manifest(tmp_path)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim, name="{id}-{seed}"))).exit_code == 0
+        _reject(out, "owl")
+        assert (await run(make_settings(path, out, sim, name="{id}-{seed}", reroll=True))).exit_code == 0
+        owl = results(out)["items"]["owl"]
+        assert owl["files"] == ["owl-12.png"] and owl["rolls"][0]["files"] == ["owl-12~roll1.png"]
+        assert owl["rolls"][1]["seed"] == 13 and sim.stats.creates == 5
