@@ -173,6 +173,7 @@ def counts(decided: Mapping[str, Entry]) -> dict[str, int]:
 def copy_into(ledger: Ledger) -> None:
     """A run copies the decision that holds now into each record (through the ledger's own transition)."""
     holding = current(ledger.directory, ledger.items)
-    for item in list(ledger.items):
+    listed = ledger.manifest_ids if ledger.manifest_ids is not None else frozenset(ledger.items)
+    for item in [i for i in ledger.items if i in listed]:  # items no longer listed stay untouched
         entry = holding.get(item)
         ledger.decided(item, entry.decision if entry else None)

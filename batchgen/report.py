@@ -99,6 +99,7 @@ def _review(directory: Path, loaded: Loaded, retired: set[str]) -> dict[str, Any
     reviewable = sum(r["state"] == "succeeded" for r in listed.values())
     return {
         **tally,
+        "reroll_failed": sorted(i for i, r in listed.items() if r.get("reroll_failed")),
         "undecided": reviewable - len(held),
         "rejected_ids": [i for i, e in held.items() if e.decision == "rejected"],
     }
@@ -153,6 +154,8 @@ def status_text(doc: dict[str, Any]) -> str:
         if review["rejected"]:
             line += "; `run --reroll` generates the rejected again"
         lines.append(line)
+    for item_id in review.get("reroll_failed", ())[:50]:
+        lines.append(f"  reroll failed {item_id}: its re-roll failed for good; it keeps its earlier image")
     for entry in doc["failed"]:
         error = entry["error"] or {}
         code = f"{error.get('code')}: " if error.get("code") else ""

@@ -114,7 +114,13 @@ async def test_run_status_and_report_read_decisions(sim_factory, tmp_path):
         "item-02": None,
     }
     status = report.status(out)
-    assert status["review"] == {"approved": 1, "rejected": 1, "undecided": 1, "rejected_ids": ["item-00"]}
+    assert status["review"] == {
+        "approved": 1,
+        "rejected": 1,
+        "undecided": 1,
+        "rejected_ids": ["item-00"],
+        "reroll_failed": [],
+    }
     assert "review: 1 approved, 1 rejected, 1 undecided" in report.status_text(status)
     code, text, _ = await cli([sys.executable, "-m", "batchgen", "status", str(out), "--json"])
     assert code == 0 and json.loads(text)["review"]["rejected_ids"] == ["item-00"]

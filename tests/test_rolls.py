@@ -9,7 +9,7 @@ import json
 import signal
 from pathlib import Path
 
-from batchgen import decisions, manifest, rolls, runner
+from batchgen import decisions, manifest, report, rolls, runner
 from batchgen.ledger import Ledger, error_record, load
 from batchgen.progress import Reporter
 from batchgen.sim.model import request_key
@@ -130,6 +130,9 @@ def test_a_reroll_that_fails_for_good_keeps_the_item_and_its_files(tmp_path):
         (2, "task-2", True),
     ]
     assert json.loads((out / "results.json").read_text())["version"] == 2
+    doc = report.status(out)
+    assert doc["review"]["reroll_failed"] == ["a"] and doc["counts"]["succeeded"] == 1
+    assert "reroll failed a: its re-roll failed for good" in report.status_text(doc)
 
 
 async def test_a_reroll_killed_after_create_task_resumes_and_pays_nothing_twice(sim_factory, tmp_path):
