@@ -35,7 +35,7 @@ from aiohttp import web
 
 from . import decisions, sheet
 from .config import is_loopback
-from .errors import UsageError
+from .errors import BatchgenError, UsageError
 from .files import STATE_DIR
 from .ledger import Loaded
 from .records import JOURNAL, RESULTS
@@ -134,7 +134,10 @@ def _guard(review: Review) -> Any:
             return _refuse(405, "only GET and POST /decide")
         if not secrets.compare_digest(sent.encode(), review.token.encode()):
             return _refuse(403, "missing or wrong token: open the URL `batchgen review` printed")
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except BatchgenError as exc:  # the ledger became unreadable meanwhile: say so, never a traceback
+            return _refuse(503, str(exc))
         for name, value in _HEADERS.items():
             response.headers.setdefault(name, value)
         return response

@@ -244,6 +244,22 @@ async def test_serves_only_files_the_ledger_credits(tmp_path):
         await server.proc.wait()
 
 
+async def test_a_ledger_damaged_while_serving_is_a_clear_answer(tmp_path):
+    out = _ledger(tmp_path / "out", 1)
+    server = await _serve(out)
+    try:
+        doc = results(out)
+        doc["version"] = 99  # a newer batchgen wrote it meanwhile
+        (out / "results.json").write_text(json.dumps(doc))
+        status, body = await _get(server, f"?token={server.token}")
+        assert status == 503 and b"version 99" in body
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.proc.wait(), 30) == 0
+        assert server.proc.stderr is not None
+        assert "Traceback" not in (await server.proc.stderr.read()).decode()
+
+
 async def test_non_loopback_listen_needs_allow_remote(tmp_path):
     out = _ledger(tmp_path / "out", 1)
     code, _, err = await cli([sys.executable, "-m", "batchgen", "review", str(out), "--listen", "0.0.0.0:0"])

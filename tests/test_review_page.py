@@ -24,6 +24,9 @@ SHOWN_IDS = "JSON.stringify(Array.from(document.querySelectorAll('#grid .card'))
 LETTERS = {"a": 65, "r": 82, "ArrowRight": 39, "ArrowLeft": 37, "ArrowDown": 40}
 
 
+HOSTILE = '</script><script>document.title="pwned"</script><img src=x onerror=alert(1)> & \u2028 "q"'
+
+
 def _night(out: Path, n: int) -> Path:
     """A real ledger of n items through the Ledger API: most succeeded with an image, every 97th failed."""
     out.mkdir(parents=True)
@@ -32,7 +35,10 @@ def _night(out: Path, n: int) -> Path:
     with Ledger.open(out, "night.yaml") as ledger:
         for k in range(n):
             item = f"item-{k:02d}"
-            ledger.start_submit(item, {"model": "imagen4-ultra", "input": {"prompt": f"prompt number {k}", "seed": 3}})
+            ledger.start_submit(
+                item,
+                {"model": "imagen4-ultra", "input": {"prompt": HOSTILE if k == 4 else f"prompt number {k}", "seed": 3}},
+            )
             ledger.submitted(item, f"task-{k}")
             if k % 97 == 5:
                 ledger.failed(item, error_record("task_policy", "400", "flagged"))
@@ -68,6 +74,9 @@ async def test_review_by_click_and_keys_and_reload(tmp_path):
         async with chromium(tmp_path / "profile", 1280, 900) as page:
             await page.goto(url)
             await page.wait_for(f"{CARDS} === 6")
+            assert "pwned" not in await page.evaluate("document.title")  # the prompt stays text
+            text = await page.evaluate("document.querySelector('.card[data-id=\"item-04\"] .prompt').textContent")
+            assert text == HOSTILE
             # Accessible names on the controls; none on the failed card.
             labels = await page.evaluate(
                 "Array.from(document.querySelectorAll('.card[data-id=\"item-00\"] .decide button'))"
