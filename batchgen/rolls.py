@@ -107,12 +107,16 @@ def choose(
     return chosen, refused
 
 
-def add_to_plan(plan: Plan, chosen: Sequence[Chosen]) -> None:
-    """Re-rolls go first among the submissions (first under --limit); they are no longer `done` or `new`."""
+def add_to_plan(plan: Plan, chosen: Sequence[Chosen]) -> list[Chosen]:
+    """Re-rolls go first among the submissions (first under --limit); they are no longer `done` or `new`. An
+    item the plan resumes (its files are gone: fetched again first) is not re-rolled in the same run."""
+    resumed = {item.id for item, _ in plan.resume}
+    chosen = [c for c in chosen if c[0].id not in resumed]
     ids = {item.id for item, _, _ in chosen}
     plan.done = [i for i in plan.done if i.id not in ids]
     plan.new = [i for i in plan.new if i.id not in ids]
     plan.reroll = [item for item, _, _ in chosen]
+    return chosen
 
 
 def begin(ledger: Ledger, chosen: Sequence[Chosen], limit: int | None) -> None:

@@ -120,8 +120,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
                 f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
                 "long): not re-rolled; nothing was sent"
             )
-        rolls.add_to_plan(plan, chosen)
-        rolls.begin(ledger, chosen, settings.limit)
+        rolls.begin(ledger, rolls.add_to_plan(plan, chosen), settings.limit)
         if settings.price is not None:
             ledger.set_price(str(settings.price))
         for item in plan.missing:

@@ -186,3 +186,21 @@ async def test_seed_in_name_renders_the_manifest_seed(sim_factory, tmp_path):
         owl = results(out)["items"]["owl"]
         assert owl["files"] == ["owl-12.png"] and owl["rolls"][0]["files"] == ["owl-12~roll1.png"]
         assert owl["rolls"][1]["seed"] == 13 and sim.stats.creates == 5
+
+
+async def test_a_roll_opened_but_never_sent_is_sent_by_the_next_run(sim_factory, tmp_path):
+    path = _manifest(tmp_path)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        _reject(out, "owl")
+        with Ledger.open(out, path.name) as ledger:  # a run killed after opening the roll, before createTask
+            ledger.start_roll("owl", 13, ["owl~roll1.png"])
+        assert (await run(make_settings(path, out, sim))).exit_code == 0  # no --reroll: the intent is on disk
+        owl = results(out)["items"]["owl"]
+        assert [r["seed"] for r in owl["rolls"]] == [12, 13] and sim.stats.creates == 5
+        # A rejected item whose file is gone is fetched again first, not re-rolled in the same run.
+        _reject(out, "fox")
+        (out / "fox.png").unlink()
+        assert (await run(make_settings(path, out, sim, reroll=True))).exit_code == 0
+        assert sim.stats.creates == 5 and (out / "fox.png").exists() and "rolls" not in results(out)["items"]["fox"]
