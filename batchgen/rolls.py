@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 
+SIDECARS = ("", ".json", ".xmp")  # an image, and what --metadata writes beside it (.xmp: the AI label, SPEC §3)
+
+
 def _seed_of(request: Mapping[str, Any] | None) -> int | None:
     value = ((request or {}).get("input") or {}).get("seed")
     return int(value) if type(value) is int else None
@@ -145,31 +148,47 @@ def kept_names(records: Mapping[str, Record], item_id: str, directory: Path) -> 
         stem, dot, ext = name.rpartition(".")
         kept = f"{stem}~roll{k}.{ext}" if dot else f"{name}~roll{k}"
         if (
-            kept in theirs
+            any(
+                f"{kept}{suffix}" in theirs or _taken(directory / f"{kept}{suffix}", directory / f"{name}{suffix}")
+                for suffix in SIDECARS
+            )
             or not inside(kept)
-            or len(os.path.basename(kept).encode()) > 255
-            or os.path.lexists(directory / kept)
+            or len(os.path.basename(kept).encode()) + max(map(len, SIDECARS)) > 255
         ):
             return None
         names.append(kept)
     return names
 
 
+def _taken(kept: Path, current: Path) -> bool:
+    """Whether a file is at `kept` that is not `current` itself (a link an earlier attempt of a roll made)."""
+    try:
+        there = kept.lstat()
+    except FileNotFoundError:
+        return False
+    try:
+        return not os.path.samestat(there, current.lstat())
+    except OSError:
+        return True
+
+
 def keep_earlier(directory: Path, record: Record) -> None:
-    """Before a verified roll's file replaces a name: link the earlier roll's file to its `~roll<k>` name."""
+    """Before a verified roll's file replaces a name: link the earlier roll's file (and its --metadata sidecars,
+    which the new roll's would replace) to its `~roll<k>` name."""
     roll = record.get("roll")
     if roll is None:
         return
     for old, kept in zip(record["files"], roll.get("keep", []), strict=False):
         if not inside(old) or not inside(kept):
             continue
-        try:
-            os.link(directory / old, directory / kept, follow_symlinks=False)
-        except FileExistsError:
-            continue  # linked by an earlier attempt of this roll
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        for suffix in SIDECARS:
+            try:
+                os.link(directory / f"{old}{suffix}", directory / f"{kept}{suffix}", follow_symlinks=False)
+            except FileExistsError:
+                continue  # linked by an earlier attempt of this roll
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
 
 
 # ---------------------------------------------------------------- the record's side (Ledger's transitions call these)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -204,3 +205,19 @@ async def test_a_roll_opened_but_never_sent_is_sent_by_the_next_run(sim_factory,
         (out / "fox.png").unlink()
         assert (await run(make_settings(path, out, sim, reroll=True))).exit_code == 0
         assert sim.stats.creates == 5 and (out / "fox.png").exists() and "rolls" not in results(out)["items"]["fox"]
+
+
+async def test_sidecars_of_the_earlier_roll_are_kept_with_it(sim_factory, tmp_path):
+    path = _manifest(tmp_path)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim, metadata="sidecar"))).exit_code == 0
+        old = json.loads((out / "owl.png.json").read_text())
+        _reject(out, "owl")
+        # An earlier attempt of this roll linked the files already (killed after): still this item's, not taken.
+        os.link(out / "owl.png", out / "owl~roll1.png")
+        assert (await run(make_settings(path, out, sim, metadata="sidecar", reroll=True))).exit_code == 0
+        kept = json.loads((out / "owl~roll1.png.json").read_text())
+        new = json.loads((out / "owl.png.json").read_text())
+        assert kept == old and kept["task_id"] != new["task_id"]
+        assert new["request"]["input"]["seed"] == 13
