@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -70,6 +71,14 @@ def test_a_torn_last_line_is_dropped_and_the_next_decision_stays_whole(tmp_path)
     with decisions.path_of(out).open("ab") as handle:
         handle.write(garbage)
     assert set(decisions.read_all(out)) == {"item-00", "item-01"}
+
+
+def test_two_writers_at_once_keep_every_line_whole(tmp_path):
+    out = _ledger(tmp_path / "out")
+    with ThreadPoolExecutor(max_workers=4) as pool:  # two review pages (or servers) appending together
+        list(pool.map(lambda k: decisions.append(out, f"item-0{k % 3}", "rejected", f"task-{k % 3}"), range(400)))
+    lines = decisions.path_of(out).read_bytes().splitlines()
+    assert len(lines) == 400 and all(json.loads(line)["decision"] == "rejected" for line in lines)
 
 
 def test_a_long_file_is_read_from_its_newest_part(tmp_path, monkeypatch):

@@ -221,3 +221,17 @@ async def test_sidecars_of_the_earlier_roll_are_kept_with_it(sim_factory, tmp_pa
         new = json.loads((out / "owl.png.json").read_text())
         assert kept == old and kept["task_id"] != new["task_id"]
         assert new["request"]["input"]["seed"] == 13
+
+
+async def test_an_item_without_a_seed_is_drawn_again_from_the_same_request(sim_factory, tmp_path):
+    path = _write(tmp_path / "m.yaml", "- id: sky\n  prompt: an open sky\n")
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        first = results(out)["items"]["sky"]
+        _reject(out, "sky")
+        assert (await run(make_settings(path, out, sim, reroll=True))).exit_code == 0
+        sky = results(out)["items"]["sky"]
+        assert sim.stats.creates == 2 and sky["request"] == first["request"]
+        assert [(r["seed"], r["request_sent"]) for r in sky["rolls"]] == [(None, first["request"])] * 2
+        assert sky["task_id"] != first["task_id"] and sky["rolls"][0]["files"] == ["sky~roll1.png"]
