@@ -166,6 +166,11 @@ def record_problem(record: dict[str, Any]) -> str | None:
         return f"error is {_shown(error)}, not null or {{kind, code, message}}"
     if record.get("decision", "approved") not in ("approved", "rejected"):
         return f"decision is {_shown(record['decision'])}, not approved or rejected"
+    rolls = record.get("rolls", [])
+    if not isinstance(rolls, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("files", []), list) for r in [*rolls, record.get("roll", {})]
+    ):
+        return f"rolls is {_shown(rolls)}, not a list of rolls"
     for name in ("submitted_at", "finished_at"):
         if not (record[name] is None or isinstance(record[name], str)):
             return f"{name} is {_shown(record[name])}, not a time"

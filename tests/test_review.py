@@ -149,6 +149,12 @@ def test_a_version_2_ledger_with_a_bad_decision_is_damaged_and_version_3_refused
     doc["items"]["item-00"]["decision"] = "approved"
     (out / "results.json").write_text(json.dumps(doc))
     assert report.read_ledger(out).items["item-00"].get("decision") == "approved"
+    for bad in ({"rolls": 5}, {"rolls": [1]}, {"roll": "x"}, {"decision": "maybe"}):
+        damaged = json.loads(json.dumps(doc))
+        damaged["items"]["item-00"].update(bad)
+        (out / "results.json").write_text(json.dumps(damaged))
+        loaded = report.read_ledger(out)  # rebuilt from the previous snapshot and journal, never a traceback
+        assert loaded.damaged and ("rolls" in loaded.damaged or "decision" in loaded.damaged), loaded.damaged
     doc["version"] = 3
     (out / "results.json").write_text(json.dumps(doc))
     with pytest.raises(Exception, match="version 3"):
