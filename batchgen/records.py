@@ -168,7 +168,10 @@ def record_problem(record: dict[str, Any]) -> str | None:
         return f"decision is {_shown(record['decision'])}, not approved or rejected"
     rolls = record.get("rolls", [])
     if not isinstance(rolls, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("files", []), list) for r in [*rolls, record.get("roll", {})]
+        isinstance(r, dict)
+        and isinstance(r.get("files", []), list)
+        and all(isinstance(n, str) for n in r.get("files", []))
+        for r in [*rolls, record.get("roll", {})]
     ):
         return f"rolls is {_shown(rolls)}, not a list of rolls"
     for name in ("submitted_at", "finished_at"):

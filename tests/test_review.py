@@ -149,7 +149,7 @@ def test_a_version_2_ledger_with_a_bad_decision_is_damaged_and_version_3_refused
     doc["items"]["item-00"]["decision"] = "approved"
     (out / "results.json").write_text(json.dumps(doc))
     assert report.read_ledger(out).items["item-00"].get("decision") == "approved"
-    for bad in ({"rolls": 5}, {"rolls": [1]}, {"roll": "x"}, {"decision": "maybe"}):
+    for bad in ({"rolls": 5}, {"rolls": [1]}, {"rolls": [{"files": [{}]}]}, {"roll": "x"}, {"decision": "maybe"}):
         damaged = json.loads(json.dumps(doc))
         damaged["items"]["item-00"].update(bad)
         (out / "results.json").write_text(json.dumps(damaged))
