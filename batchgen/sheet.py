@@ -221,6 +221,8 @@ def _entries(
         }
         if item_id in held:
             base["decision"] = held[item_id].decision
+        if record.get("rolls"):  # re-rolled (rolls.py): which roll this image is
+            base["roll"] = sum("error" not in r for r in record["rolls"] if isinstance(r, dict))
         if request_input.get("seed") is not None:
             base["seed"] = request_input["seed"]
         took = _seconds(record["submitted_at"], record["finished_at"])

@@ -10,7 +10,7 @@ import os
 import signal
 from pathlib import Path
 
-from batchgen import decisions, manifest, report, rolls, runner
+from batchgen import decisions, manifest, report, rolls, runner, sheet
 from batchgen.ledger import Ledger, error_record, load
 from batchgen.progress import Reporter
 from batchgen.sim.model import request_key
@@ -86,6 +86,8 @@ async def test_reroll_dry_run_real_roll_lineage_and_a_second_reroll(sim_factory,
         assert first["files"] == ["fox~roll1.png"] and first["sha256"] == before["sha256"]
         assert second["seed"] == 10 and second["request_sent"] == sent and second["files"] == ["fox.png"]
         assert _sha(out / "fox~roll1.png") == old_sha  # the earlier roll's image, kept
+        entry = next(e for e in sheet.page_data(out)["items"] if e["id"] == "fox")
+        assert entry["roll"] == 2 and entry["file"] == "fox.png"  # the sheet shows the current roll
         assert _sha(out / "fox.png") == second["sha256"][0] != old_sha
         # A second --reroll with no new rejection creates nothing; neither does a plain run.
         assert (await run(make_settings(path, out, sim, reroll=True))).exit_code == 0

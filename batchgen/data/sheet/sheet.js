@@ -216,6 +216,7 @@
       line.append(bit);
     };
     if (item.seed !== undefined) add("seed", item.seed);
+    if (item.roll) add("roll", item.roll);
     if (item.took !== undefined) add(item.was === "succeeded" ? "generated in" : "took", took(item.took));
     if (item.params) line.append(make(part, "", item.params.join(" · ")));
     return line;
