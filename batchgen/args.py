@@ -131,6 +131,7 @@ def build_parser() -> Parser:
     _complete(contact.add_argument("directory", metavar="DIR", help="a run's output directory"), DIRECTORY)
 
     _add_models_command(commands)
+    _add_review_command(commands)
 
     sim = commands.add_parser(
         "sim",
@@ -177,6 +178,29 @@ def build_parser() -> Parser:
     )
     completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
     return parser
+
+
+def _add_review_command(commands: Any) -> None:
+    review = commands.add_parser(
+        "review",
+        help="serve DIR's contact sheet on loopback with approve / reject controls",
+        description="Serve DIR's contact sheet with approve and reject controls (keys a, r; arrows move). The "
+        "printed URL carries a per-session token. Each decision is appended to DIR/.batchgen/decisions.jsonl at "
+        "once, without DIR's lock, so review works while a run goes on; `run --reroll` generates the rejected "
+        "again. Ctrl-C stops it.",
+    )
+    _complete(review.add_argument("directory", metavar="DIR", help="a run's output directory"), DIRECTORY)
+    review.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:0",
+        help="where to listen (port 0: a free one); default %(default)s",
+    )
+    review.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --listen address that is not loopback (other machines can then reach it)",
+    )
 
 
 def _exit_code_epilog() -> str:
@@ -266,6 +290,12 @@ def _add_item_arguments(p: argparse.ArgumentParser) -> None:
         help="stop waiting for one task after this; it stays resumable (default %(default)g)",
     )
     p.add_argument("--retry-failed", action="store_true", help="also resubmit items that failed for good earlier")
+    p.add_argument(
+        "--reroll",
+        action="store_true",
+        help="also generate again, as a new roll with a new seed, every item rejected in `batchgen review` "
+        "(re-rolls go first under --limit)",
+    )
     p.add_argument(
         "--adopt-ledger",
         action="store_true",

@@ -36,6 +36,7 @@ from . import (
     prices,
     proxies,
     report,
+    review,
     runner,
     sheet,
 )
@@ -170,6 +171,7 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: li
         max_attempts=args.max_attempts,
         task_timeout=args.task_timeout,
         retry_failed=args.retry_failed,
+        reroll=args.reroll,
         adopt_ledger=args.adopt_ledger,
         limit=args.limit,
         max_runtime=args.max_runtime,
@@ -312,6 +314,19 @@ def cmd_report(args: argparse.Namespace, session: Session) -> int:
     return ExitCode.OK
 
 
+def cmd_review(args: argparse.Namespace, session: Session) -> int:
+    directory = Path(args.directory)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise UsageError(f"--listen: {exc}") from None
+    warning = review.check_listen(host, args.allow_remote)
+    if warning:
+        session.out.warning(warning)
+    report.read_ledger(directory)  # no ledger: say so now, not on the first page load
+    return asyncio.run(review.serve(review.Review(directory), host, port, say))
+
+
 JOB_FILES = {"install": "jobs", "samples": "sample_manifests"}
 EXECUTABLE = {"nightly.sh"}
 
@@ -434,6 +449,7 @@ COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
     "report": cmd_report,
+    "review": cmd_review,
     "sim": cmd_sim,
     "jobs": cmd_jobs,
     "completion": cmd_completion,

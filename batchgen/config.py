@@ -172,6 +172,7 @@ class RunSettings:
     max_attempts: int = 3
     task_timeout: float = 1800.0
     retry_failed: bool = False
+    reroll: bool = False  # also submit a new roll of every item rejected in review (rolls.py)
     adopt_ledger: bool = False  # continue a ledger that another manifest made
     limit: int | None = None
     max_runtime: float | None = None

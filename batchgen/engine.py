@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Mapping
 
-from . import download, failures, memory
+from . import download, failures, memory, rolls
 from .access import Refusals
 from .answers import TaskRecord
 from .client import Client
@@ -425,6 +425,7 @@ class Engine:
                     record = _fresher(await self._query(task_id), record)
                     continue
                 try:  # a result host whose certificate or proxy refuses us stops the run (WayRefused)
+                    rolls.keep_earlier(self.settings.out, self.ledger.record(item.id))  # a re-roll: keep the last
                     names, digests, received = await download.fetch_all(
                         self.client,
                         item,

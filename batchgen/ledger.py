@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import rolls
 from .errors import LedgerError, LockedError, StorageError
 from .files import STATE_DIR, check_output_dir, fsync_dir, open_nofollow, write_atomically
 from .records import (
@@ -39,6 +40,7 @@ from .records import (
     RESULTS,
     STATES,
     VERSION,
+    VERSION_REVIEWED,
     ErrorRecord,
     Loaded,
     Record,
@@ -256,10 +258,19 @@ class Ledger:
         failed for good (only --retry-failed submits a failed item again). `paid` is never reset.
         """
         record = self._record(item_id, request)
+        if "roll" in record:  # a re-roll (rolls.py): the request sent is the roll's; `request` stays the manifest's
+            record["roll"] = {**record["roll"], "request_sent": request}
+            request = record["request"] or request
         if record["state"] == "failed" or record["request"] != request:
             record["attempts"] = 0
         record.update({"state": "pending", "request": request, "submitting": True})
         self._write(item_id, record)
+
+    def start_roll(self, item_id: str, seed: int | None, keep: list[str]) -> None:
+        """Open a new roll of a succeeded item (rolls.py): the current image becomes a roll in `rolls`, and the
+        item stays `succeeded` with its files until the new roll's are verified. `keep`: where each current file
+        is kept then (`<stem>~roll<k>.<ext>`, or "" for none)."""
+        self._write(item_id, rolls.opened(self._copy(item_id), seed, keep))
 
     def submit_unsent(self, item_id: str, *, in_doubt: bool = False) -> None:
         """The createTask call created nothing (or, with in_doubt, may have: count it)."""
@@ -329,6 +340,7 @@ class Ledger:
         """`sha256` of the files as kept; `received`, with --metadata, of the files as the service sent them
         (they differ when provenance text was written into a PNG)."""
         record = self._copy(item_id)
+        rolls.verified(record, files, sha256)  # a re-roll: the earlier roll is kept in `rolls`
         record.update({"state": "succeeded", "files": files, "sha256": sha256, "error": None, "finished_at": utc_now()})
         record.pop("sha256_received", None)
         record.pop("files_before", None)
@@ -336,6 +348,17 @@ class Ledger:
             record["cost"] = cost
         if received is not None:
             record["sha256_received"] = received
+        self._write(item_id, record)
+
+    def decided(self, item_id: str, decision: str | None) -> None:
+        """The latest review decision on the item's image (decisions.py), or None when none holds: journaled only
+        when it changed, so a run over an unreviewed night writes nothing."""
+        if self.items[item_id].get("decision") == decision:
+            return
+        record = self._copy(item_id)
+        record.pop("decision", None)
+        if decision is not None:
+            record["decision"] = decision
         self._write(item_id, record)
 
     def set_price(self, price: str) -> None:
@@ -354,6 +377,9 @@ class Ledger:
     def failed(self, item_id: str, error: ErrorRecord, request: dict[str, Any] | None = None) -> None:
         record = self._record(item_id, request) if request is not None else self._copy(item_id)
         record.pop("submitting", None)
+        if rolls.failed_for_good(record, error):  # a re-roll: the item keeps its image, marked reroll_failed
+            self._write(item_id, record)
+            return
         record.update({"state": "failed", "error": error, "finished_at": utc_now()})
         if request is not None:
             record["request"] = request
@@ -401,6 +427,14 @@ class Ledger:
         if self._dirty and time.monotonic() - self._last_snapshot >= max(SNAPSHOT_EVERY, 20 * self._snapshot_cost):
             self.snapshot()
 
+    def _version(self) -> int:
+        """SPEC §4: a ledger with rolls, decisions or per-model prices is version 2; any other stays version 1 (an
+        older batchgen reads it as before)."""
+        per_model = self.price is not None and "=" in self.price  # prices.Prices' text: `0.05,flux-2-pro=0.03`
+        if per_model or any("decision" in r or "rolls" in r for r in self.items.values()):
+            return VERSION_REVIEWED
+        return VERSION
+
     def snapshot(self) -> None:
         """Write results.json from memory, atomically, then empty the journal it now contains."""
         if not self._dirty:
@@ -410,7 +444,7 @@ class Ledger:
         started = time.monotonic()
         ids = self.manifest_ids
         document: dict[str, Any] = {
-            "version": VERSION,
+            "version": self._version(),
             "generation": self._generation + 1,
             "manifest": self.manifest,
             "updated_at": utc_now(),

@@ -31,6 +31,7 @@ class Plan:
     new: list[Item] = field(default_factory=list)  # never submitted (or pending from an earlier run)
     changed: list[Item] = field(default_factory=list)  # the manifest's request differs from the ledger's
     retry: list[Item] = field(default_factory=list)  # failed for good earlier, and --retry-failed
+    reroll: list[Item] = field(default_factory=list)  # rejected in review, and --reroll: a new roll (rolls.py)
     resume: list[tuple[Item, str]] = field(default_factory=list)  # submitted earlier: poll this task id
     done: list[Item] = field(default_factory=list)
     failed: list[Item] = field(default_factory=list)  # failed for good earlier; left alone
@@ -40,13 +41,14 @@ class Plan:
 
     @property
     def submit(self) -> list[Item]:
-        return [*self.new, *self.changed, *self.retry]
+        return [*self.reroll, *self.new, *self.changed, *self.retry]
 
     def summary(self) -> dict[str, int]:
         return {
             "new": len(self.new),
             "changed": len(self.changed),
             "retry": len(self.retry),
+            "reroll": len(self.reroll),
             "resume": len(self.resume),
             "done": len(self.done),
             "failed": len(self.failed),
@@ -121,8 +123,10 @@ def describe(plan: Plan, settings: RunSettings) -> list[str]:
     capped = f" (--limit {settings.limit} of {len(submit):,})" if paid < len(submit) else ""
     lines = [
         f"{settings.manifest}: {_plural(total, 'item')} -> {settings.out}",
-        f"  would submit {paid:,}{capped}: {s['new']:,} new, {s['changed']:,} changed, {s['retry']:,} failed to retry",
-        f"  paid creates: {paid:,} = new + changed + retried{', up to --limit' if capped else ''} "
+        f"  would submit {paid:,}{capped}: {s['new']:,} new, {s['changed']:,} changed, {s['retry']:,} failed to retry"
+        + (f", {s['reroll']:,} rejected to re-roll" if s["reroll"] else ""),
+        f"  paid creates: {paid:,} = {'re-rolls + ' if s['reroll'] else ''}new + changed + retried"
+        f"{', up to --limit' if capped else ''} "
         "(each createTask is charged; polling and downloads are not)",
     ]
     if paid:

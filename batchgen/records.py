@@ -25,6 +25,7 @@ from .failures import Kind
 from .files import STATE_DIR
 
 VERSION = 1
+VERSION_REVIEWED = 2  # a ledger with review decisions, rolls or per-model prices (SPEC §4); version 1 is still read
 State = Literal["pending", "submitted", "succeeded", "failed"]
 STATES: tuple[State, ...] = ("pending", "submitted", "succeeded", "failed")
 
@@ -59,6 +60,10 @@ class Record(TypedDict):
     cost: NotRequired[dict[str, float]]  # the service's billing fields from recordInfo (never a callback)
     sha256_received: NotRequired[list[str]]  # with --metadata: of each file as received (`sha256`: as kept)
     files_before: NotRequired[list[str]]  # fetched again (files gone): the names it had, removed once it has new ones
+    rolls: NotRequired[list[dict[str, Any]]]  # every roll: n, task_id, request_sent, seed, files, sha256, decision
+    roll: NotRequired[dict[str, Any]]  # a re-roll under way: n, seed, request_sent, keep (rolls.py)
+    reroll_failed: NotRequired[ErrorRecord]  # the last re-roll failed for good; the item kept its files
+    decision: NotRequired[str]  # the latest review decision on this task's image (decisions.py), copied by a run
 
 
 # Typed readers. A record read from disk holds every required field (record_problem fills in a missing one) and a
@@ -160,6 +165,16 @@ def record_problem(record: dict[str, Any]) -> str | None:
         and (error.get("code") is None or type(error["code"]) in (str, int))
     ):
         return f"error is {_shown(error)}, not null or {{kind, code, message}}"
+    if record.get("decision", "approved") not in ("approved", "rejected"):
+        return f"decision is {_shown(record['decision'])}, not approved or rejected"
+    rolls = record.get("rolls", [])
+    if not isinstance(rolls, list) or not all(
+        isinstance(r, dict)
+        and isinstance(r.get("files", []), list)
+        and all(isinstance(n, str) for n in r.get("files", []))
+        for r in [*rolls, record.get("roll", {})]
+    ):
+        return f"rolls is {_shown(rolls)}, not a list of rolls"
     for name in ("submitted_at", "finished_at"):
         if not (record[name] is None or isinstance(record[name], str)):
             return f"{name} is {_shown(record[name])}, not a time"
@@ -291,12 +306,12 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or not isinstance(document.get("items"), dict):
         raise _Damaged(f"{path} is not a batchgen ledger (no 'items' object)")
     version = document.get("version")
-    if isinstance(version, int) and version > VERSION:
+    if isinstance(version, int) and version > VERSION_REVIEWED:
         raise LedgerError(
-            f"{path} is ledger version {version}; this batchgen reads version {VERSION}. "
+            f"{path} is ledger version {version}; this batchgen reads up to version {VERSION_REVIEWED}. "
             "Use a newer batchgen, or another --out directory; the file was not changed"
         )
-    if version != VERSION:
+    if version not in (VERSION, VERSION_REVIEWED):
         raise _Damaged(f"{path} has no valid version (found {version!r})")
     if problem := document_problem(document):
         raise _Damaged(f"{path} is damaged: {problem}")

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from . import prices, records
+from . import decisions, prices, records
 from .errors import ExitCode, UsageError
 from .escapes import visible
 from .files import STATE_DIR, write_atomically
@@ -60,6 +60,7 @@ def status(directory: Path, loaded: Loaded | None = None) -> dict[str, Any]:
         "files": sum(len(r["files"]) for i, r in loaded.items.items() if i not in retired),
         "damaged": loaded.damaged,
         **_spend(loaded),
+        "review": _review(directory, loaded, retired),
         "running_pid": running_pid(directory),
     }
 
@@ -101,6 +102,21 @@ def _spend(loaded: Loaded) -> dict[str, Any]:
         "items": costs,
     }
     return doc
+
+
+def _review(directory: Path, loaded: Loaded, retired: set[str]) -> dict[str, Any]:
+    """The review decisions that hold now (decisions.py), for the items of the manifest: counts and the rejected,
+    which `run --reroll` rolls again."""
+    listed = {i: r for i, r in loaded.items.items() if i not in retired}
+    held = decisions.current(directory, listed)
+    tally = decisions.counts(held)
+    reviewable = sum(r["state"] == "succeeded" for r in listed.values())
+    return {
+        **tally,
+        "reroll_failed": sorted(i for i, r in listed.items() if r.get("reroll_failed")),
+        "undecided": reviewable - len(held),
+        "rejected_ids": [i for i, e in held.items() if e.decision == "rejected"],
+    }
 
 
 def running_pid(directory: Path) -> int | None:
@@ -154,6 +170,16 @@ def status_text(doc: dict[str, Any]) -> str:
     if credits.get("remained") is not None:
         money += f", {credits['remained']:g} credits left"
     lines.append(f"  {money}")
+    review = doc.get("review") or {}
+    if review.get("approved") or review.get("rejected"):
+        line = (
+            f"  review: {review['approved']} approved, {review['rejected']} rejected, {review['undecided']} undecided"
+        )
+        if review["rejected"]:
+            line += "; `run --reroll` generates the rejected again"
+        lines.append(line)
+    for item_id in review.get("reroll_failed", ())[:50]:
+        lines.append(f"  reroll failed {item_id}: its re-roll failed for good; it keeps its earlier image")
     for entry in doc["failed"]:
         error = entry["error"] or {}
         code = f"{error.get('code')}: " if error.get("code") else ""

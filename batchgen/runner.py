@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from . import manifest, models, names, prices, sheet
+from . import decisions, manifest, models, names, prices, rolls, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, holds_secret, is_loopback
@@ -72,6 +72,7 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
+    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll)[0])
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
@@ -126,6 +127,14 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
             )
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
+        decisions.copy_into(ledger)
+        chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
+        for item_id in refused:
+            reporter.warning(
+                f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
+                "long): not re-rolled; nothing was sent"
+            )
+        rolls.begin(ledger, rolls.add_to_plan(plan, chosen), settings.limit)
         if settings.prices is not None:
             ledger.set_price(str(settings.prices))
         used = {item.model for item in items}

@@ -26,9 +26,9 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from . import models, provenance, records
+from . import decisions, models, provenance, records
 from .files import STATE_DIR, clear_stale, state_dir, write_atomically
-from .ledger import Record
+from .ledger import Loaded, Record
 from .names import inside
 from .report import read_ledger, status
 
@@ -98,31 +98,48 @@ def write_report(directory: Path) -> Path:
     The items travel as one inline JSON block; a small inline script filters and searches that data and puts
     one page of cards in the DOM at a time, so 10,000 images cost 200 DOM cards, not 10,000.
     """
+    target = directory / REPORT
+    write_atomically(target, page(page_data(directory)).encode("utf-8"), state_dir(directory))
+    os.chmod(target, 0o644)  # a page to share: readable by others whatever the umask of the job
+    return target
+
+
+def page_data(directory: Path, *, make_thumbs: bool = True) -> dict[str, Any]:
+    """The page's data: the night's figures and one entry per card. Without `make_thumbs` (the review server,
+    which writes nothing but decisions) only thumbnails made earlier are used."""
     loaded = read_ledger(directory)
     doc = status(directory, loaded)
+    if not make_thumbs:
+        thumbs = directory / THUMB_DIR
+        return _data(directory, loaded, doc, {n for n in _credited(loaded) if (thumbs / _thumb_name(n)).is_file()})
     thumbs = _thumb_folder(directory)
     clear_stale(thumbs, ".*.tmp")  # a report killed by SIGKILL left its thumbnail being written
-    names = [
-        name
-        for record in loaded.items.values()
-        if record["state"] == "succeeded"
-        for name in record["files"]
-        if _plain_name(name)
-    ]
+    names = _credited(loaded)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         made = pool.map(lambda name: _thumbnail(directory / name, thumbs / _thumb_name(name)), names)
         has_thumb = {name for name, ok in zip(names, made, strict=True) if ok}
-    data = {
+    return _data(directory, loaded, doc, has_thumb)
+
+
+def _data(directory: Path, loaded: Loaded, doc: dict[str, Any], has_thumb: set[str]) -> dict[str, Any]:
+    return {
         "title": str(doc["manifest"] or directory.name or "batchgen"),
         "updated": doc["updated_at"],
         "run": _run_figures(last_run_figures(directory)),
         "items": _entries(loaded.items, set(doc["not_in_manifest"]), has_thumb, directory),
         "pageSize": PAGE_SIZE,
     }
-    target = directory / REPORT
-    write_atomically(target, _page(data).encode("utf-8"), state_dir(directory))
-    os.chmod(target, 0o644)  # a page to share: readable by others whatever the umask of the job
-    return target
+
+
+def _credited(loaded: Loaded) -> list[str]:
+    """The image files the ledger credits to a succeeded item: the only files the page links to."""
+    return [
+        name
+        for record in loaded.items.values()
+        if record["state"] == "succeeded"
+        for name in record["files"]
+        if _plain_name(name)
+    ]
 
 
 def _plain_name(name: object) -> bool:
@@ -159,6 +176,9 @@ def _thumb_name(name: str) -> str:
         return flat
     digest = hashlib.sha256(name.encode()).hexdigest()[:16]
     return f"{flat.encode()[:100].decode('utf-8', 'ignore')}~{digest}.jpg"
+
+
+plain_name, thumb_name = _plain_name, _thumb_name  # for the review server, which serves what the page links
 
 
 def _thumb_folder(directory: Path) -> Path:
@@ -223,6 +243,7 @@ def _entries(
     """One entry per image of a succeeded item, one per item otherwise: the cards of the page, as data. An
     image with a --metadata sidecar shows the parameters the sidecar holds, and links to it."""
     entries: list[dict[str, Any]] = []
+    held = decisions.current(directory, items) if directory is not None else {}
     for item_id, record in items.items():
         state = record["state"]
         request_input = records.request_input(record)
@@ -235,6 +256,10 @@ def _entries(
         model = (record.get("request") or {}).get("model")
         if isinstance(model, str):
             base["model"] = model
+        if item_id in held:
+            base["decision"] = held[item_id].decision
+        if record.get("rolls"):  # re-rolled (rolls.py): which roll this image is
+            base["roll"] = sum("error" not in r for r in record["rolls"] if isinstance(r, dict))
         if request_input.get("seed") is not None:
             base["seed"] = request_input["seed"]
         took = _seconds(record["submitted_at"], record["finished_at"])
@@ -311,13 +336,15 @@ def script_json(value: object) -> str:
     return text
 
 
-def _page(data: dict[str, Any]) -> str:
+def page(data: dict[str, Any]) -> str:
+    """The contact sheet's HTML around `data`; with `data["review"]` (the review server), its script may also
+    talk back to the page's own origin, to keep decisions."""
     # The script's hash goes in the page's Content-Security-Policy: only this script runs, nothing is fetched
     # from anywhere but the page's own folder, even if some text were ever left unescaped.
     script_hash = base64.b64encode(hashlib.sha256(_asset("sheet.js").encode()).digest()).decode()
     policy = (
         f"default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'; "
-        "base-uri 'none'; form-action 'none'"
+        "base-uri 'none'; form-action 'none'" + ("; connect-src 'self'" if data.get("review") else "")
     )
     total = len(data["items"])
     return f"""<!DOCTYPE html>
@@ -335,10 +362,12 @@ def _page(data: dict[str, Any]) -> str:
 <nav class="bar" aria-label="filter"><div class="wrap">
 <div class="chips" id="chips" role="group" aria-label="state"></div>
 <select id="model" aria-label="model" hidden></select>
+<div class="chips" id="verdicts" role="group" aria-label="decision" hidden></div>
 <input id="q" type="search" placeholder="Search id or prompt" aria-label="search by id or prompt" autocomplete="off">
 </div></nav>
 <main class="wrap">
 <p class="shown" id="shown"></p>
+<p class="saved" id="saved" role="status" aria-live="polite"></p>
 <noscript><p>This contact sheet needs JavaScript to show its {total} cards; results.json holds the same data.</p>
 </noscript>
 <div class="grid" id="grid"></div>

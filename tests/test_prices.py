@@ -11,7 +11,7 @@ import pytest
 from batchgen import prices
 from batchgen.errors import UsageError
 
-from .test_cli_run import cli, run_args
+from .helpers import cli, run_args
 
 MIXED = """\
 - id: a
@@ -71,6 +71,17 @@ async def test_dry_run_summary_and_status_give_paid_creates_and_cost_per_model(t
         "imagen4-ultra": {"paid_creates": 2, "price": "0.06", "spend": "0.12"},
         "nano-banana-pro": {"paid_creates": 1, "price": "0.13", "spend": "0.13"},
     }
+    ledger = json.loads((out / "results.json").read_text())  # SPEC §4: per-model prices make a version-2 ledger
+    assert ledger["version"] == 2 and ledger["price"] == "imagen4-ultra=0.06,nano-banana-pro=0.13"
+
+
+async def test_one_price_for_all_models_keeps_a_version_1_ledger(tmp_path, write, sim_factory):
+    path = write("night.yaml", "- prompt: a fox\n")
+    async with sim_factory() as sim:
+        code, _, err = await cli(run_args(path, tmp_path / "out", sim, "--price", "0.06"))
+    assert code == 0, err
+    ledger = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert ledger["version"] == 1 and ledger["price"] == "0.06"
 
 
 async def test_max_spend_stops_creating_before_the_spend_would_pass_it(tmp_path, write, sim_factory):

@@ -33,8 +33,14 @@
     items.sort((a, b) => first.get(a.prompt) - first.get(b.prompt) ||
       (a.model || "").localeCompare(b.model || "") || order.get(a) - order.get(b));
   }
+  // Review (served by `batchgen review`): approve / reject controls, kept by the server before it answers.
+  const review = data.review || null;
+  const VERDICTS = ["any", "approved", "rejected", "undecided"];
+  const VLABEL = {any: "Any decision", approved: "Approved", rejected: "Rejected", undecided: "Undecided"};
 
   let filter = "all", model = "", query = "", page = 0, shown = items, current = -1, opener = null;
+  let verdict = "any", cursor = -1;
+  const verdictOf = (item) => item.decision || "undecided";
 
   // ---- header: the night at a glance
   const ids = new Set(items.map((item) => item.id));
@@ -93,9 +99,28 @@
     picker.hidden = false;
     picker.addEventListener("change", () => { model = picker.value; page = 0; apply(); });
   }
-  function apply() {
-    let matching = query ? items.filter((item) => item.hay.includes(query)) : items;
-    if (model) matching = matching.filter((item) => item.model === model);
+  const judged = $("verdicts");
+  const vbuttons = {};
+  for (const name of VERDICTS) {
+    const button = make("button", "", VLABEL[name]);
+    button.type = "button";
+    button.dataset.verdict = name;
+    button.append(make("b"));
+    button.addEventListener("click", () => { verdict = name; page = 0; apply(); });
+    judged.append(button);
+    vbuttons[name] = button;
+  }
+  judged.hidden = !review && !items.some((item) => item.decision);
+  function apply(keep) {
+    let searched = query ? items.filter((item) => item.hay.includes(query)) : items;
+    if (model) searched = searched.filter((item) => item.model === model);
+    const vper = {any: 0, approved: 0, rejected: 0, undecided: 0};
+    for (const item of searched) if (item.file) { vper.any++; vper[verdictOf(item)]++; }
+    for (const name of VERDICTS) {
+      vbuttons[name].lastChild.textContent = num(vper[name]);
+      vbuttons[name].setAttribute("aria-pressed", String(name === verdict));
+    }
+    const matching = verdict === "any" ? searched : searched.filter((item) => item.file && verdictOf(item) === verdict);
     const per = {};
     for (const state of STATES) per[state] = new Set();
     for (const item of matching) { per.all.add(item.id); per[item.state].add(item.id); }
@@ -107,6 +132,7 @@
     }
     shown = filter === "all" ? matching : matching.filter((item) => item.state === filter);
     render();
+    if (keep && cursor >= 0) focusCard(cursor);
   }
   $("q").addEventListener("input", (event) => { query = event.target.value.trim().toLowerCase(); page = 0; apply(); });
 
@@ -115,6 +141,7 @@
     const box = make("figure", "card s-" + item.state);
     box.dataset.index = String(index);
     box.dataset.id = item.id;
+    if (item.decision) box.dataset.decision = item.decision;
     const thumb = make(item.file ? "a" : "button", "thumb");
     if (item.file) thumb.href = item.file; else thumb.type = "button";
     thumb.setAttribute("aria-label", "open " + item.id);
@@ -142,13 +169,64 @@
     head.append(make("span", "id", item.id + (item.part ? " · " + item.part : "")));
     head.append(make("span", "badge s-" + item.state, item.state === "retired" ? "retired" : item.state));
     head.firstChild.title = item.id;
+    if (item.decision && !review) head.append(make("span", "badge d-" + item.decision, item.decision));
     caption.append(head);
     const prompt = make("p", "prompt", item.prompt);
     prompt.title = item.prompt;
     caption.append(prompt);
     caption.append(meta(item, "p", "span"));
+    if (review && item.file) caption.append(controls(item, index));
     box.append(thumb, caption);
+    box.addEventListener("focusin", () => { cursor = index; });
     return box;
+  }
+  function controls(item, index) {
+    const row = make("div", "decide");
+    row.setAttribute("role", "group");
+    row.setAttribute("aria-label", "decision on " + item.id);
+    for (const [decision, label, key] of [["approved", "Approve", "a"], ["rejected", "Reject", "r"]]) {
+      const button = make("button", "do-" + decision, label);
+      button.type = "button";
+      button.dataset.decision = decision;
+      button.setAttribute("aria-label", label.toLowerCase() + " " + item.id + " (" + key + ")");
+      button.setAttribute("aria-pressed", String(item.decision === decision));
+      button.addEventListener("click", () => { cursor = index; decide(item, decision); });
+      row.append(button);
+    }
+    return row;
+  }
+  // A decision shows as made only once the server answered 200: it is then fsync'd in DIR.
+  async function decide(item, decision) {
+    const note = $("saved");
+    note.textContent = "Saving " + item.id + "…";
+    let answer = null;
+    try {
+      answer = await fetch(review.endpoint, {
+        method: "POST", credentials: "omit", cache: "no-store",
+        headers: {"Content-Type": "application/json", "X-Batchgen-Token": review.token},
+        body: JSON.stringify({id: item.id, decision: decision}),
+      });
+    } catch (error) {
+      answer = null;
+    }
+    if (!answer || !answer.ok) {
+      const why = answer ? await answer.text() : "the review server cannot be reached";
+      note.textContent = "Not saved: " + item.id + ": " + why;
+      note.className = "saved failed";
+      return;
+    }
+    for (const other of items) if (other.id === item.id) other.decision = decision;
+    note.textContent = (decision === "approved" ? "Approved " : "Rejected ") + item.id;
+    note.className = "saved";
+    apply(true);
+    if (!box.hidden && current >= 0 && shown[current]) show(current);
+  }
+  function focusCard(index) {
+    if (!shown.length) return;
+    cursor = Math.min(Math.max(index, 0), shown.length - 1);
+    if (Math.floor(cursor / PAGE) !== page) { page = Math.floor(cursor / PAGE); render(); }
+    const node = document.querySelector('.card[data-index="' + cursor + '"]');
+    if (node) { node.tabIndex = -1; node.focus(); }
   }
   function meta(item, tag, part) {
     const line = make(tag, "meta");
@@ -159,6 +237,7 @@
     };
     if (item.model && models.length > 1) add("model", item.model);
     if (item.seed !== undefined) add("seed", item.seed);
+    if (item.roll) add("roll", item.roll);
     if (item.took !== undefined) add(item.was === "succeeded" ? "generated in" : "took", took(item.took));
     if (item.params) line.append(make(part, "", item.params.join(" · ")));
     return line;
@@ -227,11 +306,13 @@
     if (item.params) fact("Parameters", item.params.join(" · "));
     if (item.state === "retired") fact("Ledger state", item.was);
     if (item.reason) fact("Reason", item.reason);
+    if (item.decision) fact("Decision", item.decision);
+    if (review && item.file) info.append(controls(item, index));
     if (item.file) {
       const size = make("dd", "", "");
       size.id = "lb-size";
       facts.append(make("dt", "", "Size"), size);
-      const open = make("a", "", decodeURIComponent(item.file));
+      const open = make("a", "", decodeURIComponent(item.file.split("?")[0]));
       open.href = item.file;
       open.target = "_blank";
       open.rel = "noopener";
@@ -240,7 +321,7 @@
       facts.append(make("dt", "", "File"), dd);
     }
     if (item.sidecar) {
-      const meta = make("a", "", decodeURIComponent(item.sidecar));
+      const meta = make("a", "", decodeURIComponent(item.sidecar.split("?")[0]));
       meta.href = item.sidecar;
       meta.target = "_blank";
       meta.rel = "noopener";
@@ -273,15 +354,31 @@
     if (event.target === box || event.target.classList.contains("lb-stage")) close();
   });
   document.addEventListener("keydown", (event) => {
+    const typing = document.activeElement === $("q");
+    if (review && !typing && !event.ctrlKey && !event.metaKey && !event.altKey && (event.key === "a" || event.key === "r")) {
+      const index = !box.hidden ? current : cursor;
+      if (index >= 0 && shown[index] && shown[index].file) {
+        event.preventDefault();
+        cursor = index;
+        decide(shown[index], event.key === "a" ? "approved" : "rejected");
+      }
+      return;
+    }
     if (!box.hidden) {
       if (event.key === "Escape") close();
       else if (event.key === "ArrowLeft") show(current - 1);
       else if (event.key === "ArrowRight") show(current + 1);
       else return;
       event.preventDefault();
-    } else if (event.key === "/" && document.activeElement !== $("q")) {
+    } else if (event.key === "/" && !typing) {
       event.preventDefault();
       $("q").focus();
+    } else if (!typing && (event.key === "ArrowRight" || event.key === "ArrowDown")) {
+      event.preventDefault();
+      focusCard(cursor + 1);
+    } else if (!typing && (event.key === "ArrowLeft" || event.key === "ArrowUp")) {
+      event.preventDefault();
+      focusCard(cursor < 0 ? 0 : cursor - 1);
     }
   });
 

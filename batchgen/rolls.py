@@ -1,0 +1,279 @@
+"""Re-rolls (`run --reroll`, SPEC §4 "Rolls"): an item whose latest review decision is `rejected` is generated
+again as a new roll of the same item.
+
+- The record's `request` stays the manifest's (the next plain run sees no changed item); the roll's request is
+  the manifest's with a new seed: the smallest above the item's highest seed so far that no other item of the
+  manifest uses (copies of `count: 3, seed: 7` hold 7, 8, 9: copy 1 re-rolls to 10, never into copy 2's
+  request), within the card's range; a request without a seed is sent as it is (the service draws again).
+- The roll goes through the ordinary submit path: intent journaled before createTask, the task id on disk
+  before anything else, so a kill anywhere resumes like any submission and pays for nothing twice.
+- The roll is opened in the ledger (`Ledger.start_roll`) before it is submitted; the record stays `succeeded`
+  with its files until the new roll's files are verified. Then the earlier roll's files are kept as
+  `<stem>~roll<k>.<ext>` (a hard link made before the verified file replaces the name, so no moment lacks
+  either), and `rolls` holds every roll: n, task id, request sent, seed, files, sha256, decision.
+- A roll that fails for good leaves the item `succeeded` with its files, marked `reroll_failed`.
+- A decision is about one task's image (decisions.py): once re-rolled, the item is undecided again, so a second
+  `--reroll` with no new rejection creates nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import decisions
+from .names import inside
+from .records import ErrorRecord, Record
+from .schema import MAX_SEED
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+    from .manifest import Item
+    from .plan import Plan
+
+
+SIDECARS = ("", ".json", ".xmp")  # an image, and what --metadata writes beside it (.xmp: the AI label, SPEC §3)
+
+
+def _seed_of(request: Mapping[str, Any] | None) -> int | None:
+    value = ((request or {}).get("input") or {}).get("seed")
+    return int(value) if type(value) is int else None
+
+
+def next_seed(item: Item, record: Record, taken: set[int]) -> int | None:
+    """The next roll's seed: the smallest above the item's highest so far that no other item uses; None for a
+    request without a seed (the service draws a new image from the same request)."""
+    own = _seed_of(item.request)
+    if own is None:
+        return None
+    seeds = [own, *(r["seed"] for r in record.get("rolls", []) if type(r.get("seed")) is int)]
+    seed: int = max(seeds) + 1
+    while seed in taken:
+        seed += 1
+    if seed > MAX_SEED:
+        raise ValueError(f"item {item.id!r}: no seed left above {max(seeds)}")
+    return seed
+
+
+def roll_item(item: Item, seed: int | None) -> Item:
+    """The item as this roll sends it: the manifest's request with the roll's seed."""
+    if seed is None:
+        return item
+    return dataclasses.replace(item, input={**item.input, "seed": seed})
+
+
+Chosen = tuple["Item", int | None, list[str] | None]  # the roll's item, its seed, where the current files go
+#                                                      (None: a roll opened by an earlier run, resumed)
+
+
+def choose(
+    items: Sequence[Item], records: Mapping[str, Record], directory: Path, *, reroll: bool
+) -> tuple[list[Chosen], list[str]]:
+    """The rolls this run submits, in manifest order, and the rejected items that cannot be re-rolled.
+
+    A roll opened by an earlier run that never got a task id is submitted again with its seed (with or without
+    --reroll: its intent is on disk); a roll with a task id is resumed by the plan like any submitted item.
+    With `reroll`, every succeeded item of the manifest whose current decision is `rejected` gets a new roll,
+    unless its current files cannot be kept under their `~roll` names: that is found before anything is paid."""
+    held = decisions.current(directory, records) if reroll else {}
+    taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
+    for other in records.values():
+        taken |= {r["seed"] for r in other.get("rolls", []) if type(r.get("seed")) is int}
+        if type((other.get("roll") or {}).get("seed")) is int:
+            taken.add(other["roll"]["seed"])
+    chosen: list[Chosen] = []
+    refused: list[str] = []
+    for item in items:
+        record = records.get(item.id)
+        if record is None or not item.same_request(record["request"]):
+            continue  # new, or changed: the plan submits the manifest's request, and its decision starts afresh
+        open_roll = record.get("roll")
+        if open_roll is not None:
+            if record["state"] in ("succeeded", "pending"):
+                seed = open_roll.get("seed")
+                chosen.append((roll_item(item, seed if type(seed) is int else None), seed, None))
+            continue
+        entry = held.get(item.id)
+        if entry is not None and entry.decision == "rejected":
+            keep = kept_names(records, item.id, directory)
+            if keep is None:
+                refused.append(item.id)
+                continue
+            seed = next_seed(item, record, taken)
+            if seed is not None:
+                taken.add(seed)
+            chosen.append((roll_item(item, seed), seed, keep))
+    return chosen, refused
+
+
+def add_to_plan(plan: Plan, chosen: Sequence[Chosen]) -> list[Chosen]:
+    """Re-rolls go first among the submissions (first under --limit); they are no longer `done` or `new`. An
+    item the plan resumes (its files are gone: fetched again first) is not re-rolled in the same run."""
+    resumed = {item.id for item, _ in plan.resume}
+    chosen = [c for c in chosen if c[0].id not in resumed]
+    ids = {item.id for item, _, _ in chosen}
+    plan.done = [i for i in plan.done if i.id not in ids]
+    plan.new = [i for i in plan.new if i.id not in ids]
+    plan.reroll = [item for item, _, _ in chosen]
+    return chosen
+
+
+def begin(ledger: Ledger, chosen: Sequence[Chosen], limit: int | None) -> None:
+    """Open the newly chosen rolls in the ledger (only as many as --limit lets this run submit)."""
+    for opened, (item, seed, keep) in enumerate(chosen):
+        if limit is not None and opened >= limit:
+            break
+        if keep is not None:
+            ledger.start_roll(item.id, seed, keep)
+
+
+def kept_names(records: Mapping[str, Record], item_id: str, directory: Path) -> list[str] | None:
+    """Where the current roll's files go once the next roll is verified: `<stem>~roll<k>.<ext>`, k the current
+    roll's number; None when one cannot be: a name another item's file (of any roll) holds, a name a file
+    already has in DIR, one outside DIR, or one too long for the file system (255 bytes)."""
+    record = records[item_id]
+    earlier = record.get("rolls", [])
+    k = earlier[_good(earlier)].get("n", len(earlier)) if earlier else 1
+    theirs = set()
+    for other, r in records.items():
+        if other != item_id:
+            theirs.update(r["files"])
+            theirs.update(name for roll in r.get("rolls", []) for name in roll.get("files", []))
+    names = []
+    for name in record["files"]:
+        stem, dot, ext = name.rpartition(".")
+        kept = f"{stem}~roll{k}.{ext}" if dot else f"{name}~roll{k}"
+        if (
+            any(
+                f"{kept}{suffix}" in theirs or _taken(directory / f"{kept}{suffix}", directory / f"{name}{suffix}")
+                for suffix in SIDECARS
+            )
+            or not inside(kept)
+            or len(os.path.basename(kept).encode()) + max(map(len, SIDECARS)) > 255
+        ):
+            return None
+        names.append(kept)
+    return names
+
+
+def _taken(kept: Path, current: Path) -> bool:
+    """Whether a file is at `kept` that is not `current` itself (a link an earlier attempt of a roll made)."""
+    try:
+        there = kept.lstat()
+    except FileNotFoundError:
+        return False
+    try:
+        return not os.path.samestat(there, current.lstat())
+    except OSError:
+        return True
+
+
+def keep_earlier(directory: Path, record: Record) -> None:
+    """Before a verified roll's file replaces a name: link the earlier roll's file (and its --metadata sidecars,
+    which the new roll's would replace) to its `~roll<k>` name."""
+    roll = record.get("roll")
+    if roll is None:
+        return
+    for old, kept in zip(record["files"], roll.get("keep", []), strict=False):
+        if not inside(old) or not inside(kept):
+            continue
+        for suffix in SIDECARS:
+            try:
+                os.link(directory / f"{old}{suffix}", directory / f"{kept}{suffix}", follow_symlinks=False)
+            except FileExistsError:
+                continue  # linked by an earlier attempt of this roll
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+
+
+# ---------------------------------------------------------------- the record's side (Ledger's transitions call these)
+
+
+def opened(record: Record, seed: int | None, keep: list[str]) -> Record:
+    """The record with a new roll open: its current image becomes a roll in `rolls` (roll 1 the original)."""
+    earlier = [dict(r) for r in record.get("rolls", [])]
+    if not earlier:
+        request = record["request"] or {}
+        earlier.append(
+            {
+                "n": 1,
+                "task_id": record["task_id"],
+                "request_sent": request,
+                "seed": (request.get("input") or {}).get("seed"),
+                "files": list(record["files"]),
+                "sha256": list(record["sha256"]),
+                "decision": record.get("decision"),
+            }
+        )
+    else:
+        earlier[_good(earlier)]["decision"] = record.get("decision")
+    record["rolls"] = earlier
+    record["roll"] = {"n": len(earlier) + 1, "seed": seed, "request_sent": None, "keep": keep}
+    record.pop("reroll_failed", None)
+    return record
+
+
+def verified(record: Record, files: list[str], sha256: list[str]) -> None:
+    """A roll's files are in place: the roll joins `rolls`, the earlier one's files are its `~roll` names, and
+    the new image is undecided."""
+    roll = record.pop("roll", None)
+    if roll is None:
+        return
+    earlier = [dict(r) for r in record.get("rolls", [])]
+    if earlier:
+        last = earlier[_good(earlier)]
+        last["files"] = [k or n for n, k in zip(last["files"], roll.get("keep", []), strict=False)]
+    earlier.append(
+        {
+            "n": roll["n"],
+            "task_id": record["task_id"],
+            "request_sent": roll.get("request_sent"),
+            "seed": roll.get("seed"),
+            "files": files,
+            "sha256": sha256,
+            "decision": None,
+        }
+    )
+    record["rolls"] = earlier
+    record.pop("decision", None)
+
+
+def failed_for_good(record: Record, error: ErrorRecord) -> bool:
+    """A roll failed for good: the record keeps the earlier roll's image (state `succeeded`, its task id),
+    marked `reroll_failed`, and the failed roll is listed in `rolls`. False when no roll was open."""
+    roll = record.pop("roll", None)
+    if roll is None or not record.get("rolls"):
+        return False
+    earlier = [dict(r) for r in record["rolls"]]
+    kept = earlier[_good(earlier)]
+    failed_task = record["task_id"] if record["task_id"] != kept["task_id"] else None
+    earlier.append(
+        {
+            **{k: roll.get(k) for k in ("n", "seed", "request_sent")},
+            "task_id": failed_task,
+            "files": [],
+            "sha256": [],
+            "decision": None,
+            "error": error,
+        }
+    )
+    record.update(
+        {
+            "state": "succeeded",
+            "task_id": kept["task_id"],
+            "error": None,
+            "reroll_failed": error,
+            "rolls": earlier,
+        }
+    )
+    return True
+
+
+def _good(earlier: list[dict[str, Any]]) -> int:
+    """The index of the latest roll that gave the item its image (a failed roll has an `error`)."""
+    return max((n for n, r in enumerate(earlier) if "error" not in r), default=len(earlier) - 1)
