@@ -9,13 +9,13 @@ import pytest
 from batchgen.sim import SimConfig, Simulator
 
 # Re-exported for tests that still import them from here; their home is helpers.py.
+from .helpers import FAST
 from .helpers import KEY as KEY
 from .helpers import make_settings as make_settings
 from .helpers import manifest_of as manifest_of
 from .helpers import until as until
 
 # Small, fast images and short task lifecycles: tests must stay fast and deterministic.
-FAST = dict(latency=0.3, jitter=0.05, image_scale=0.05, rate=None, random_seed=1)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from PIL import Image
 
@@ -196,3 +197,83 @@ async def broken_fetch(*args, **kwargs):
 batchgen.download.fetch = broken_fetch
 sys.exit(batchgen.cli.main(sys.argv[1:]))
 """
+
+
+def env_without_config(**extra: str) -> dict[str, str]:
+    """`env`, without XDG_CONFIG_HOME and HOME unless given: no user model cards are found by accident."""
+    base = env(**extra)
+    for name in ("XDG_CONFIG_HOME", "HOME"):
+        if name not in extra:
+            base.pop(name, None)
+    return base
+
+
+# An --on-finish hook that records what it was given (its stdin, argv, environment, whether DIR was locked)
+HOOK = """\
+import fcntl, json, os, sys
+out = sys.argv[1]
+doc = json.load(sys.stdin)
+locked = None  # no lock file: the run never got to DIR
+lock_file = os.path.join(os.environ["BATCHGEN_DIR"], ".batchgen", "lock")
+if os.path.exists(lock_file):
+    try:
+        fcntl.flock(os.open(lock_file, os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = False
+    except BlockingIOError:
+        locked = True
+with open(out, "w") as f:
+    json.dump({"doc": doc, "argv": sys.argv, "env": dict(os.environ), "dir_locked": locked}, f)
+print("first line", file=sys.stderr)
+print("the hook's last word \\x1b]0;retitled\\x07", file=sys.stderr)
+sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+"""
+
+
+# Test code driving the real ladder: the real CLI in a subprocess, with one broken object put in place of the
+# download step, so that an exception batchgen never expects is raised deep inside the run's TaskGroup.
+def injected(error: str, args: list[str]) -> list[str]:
+    return [sys.executable, "-c", INJECT.format(error=error), *args[3:]]  # args[:3] is python -m batchgen
+
+
+# What a page shows, read in Chromium (tests/browser.py)
+COUNT_CARDS = "document.querySelectorAll('#grid .card').length"
+SHOWN_IDS = "Array.from(document.querySelectorAll('#grid .card')).map(c => c.dataset.id)"
+LIGHTBOX = (
+    "(() => { const b = document.getElementById('lightbox'); return b.hidden ? null : "
+    "document.querySelector('#lb-info h2').textContent; })()"
+)
+
+
+# Talking to the simulator over raw HTTP (its own tests)
+AUTH_HEADERS = {"Authorization": "Bearer test-key"}  # what a client of the simulator sends (raw HTTP tests)
+CREATE = "/api/v1/jobs/createTask"
+RECORD = "/api/v1/jobs/recordInfo"
+
+
+def sim_body(prompt: str = "A city by the sea", **extra: Any) -> dict[str, Any]:
+    return {"model": "imagen4-ultra", "input": {"prompt": prompt, **extra}}
+
+
+async def create(
+    session: aiohttp.ClientSession, sim, payload: dict[str, Any] | None = None, headers: dict[str, str] = AUTH_HEADERS
+) -> tuple[int, Any]:
+    async with session.post(sim.api_url + CREATE, json=payload or sim_body(), headers=headers) as r:
+        text = await r.text()
+        return r.status, json.loads(text) if text else None
+
+
+async def record(session: aiohttp.ClientSession, sim, task_id: str) -> tuple[int, Any]:
+    async with session.get(sim.api_url + RECORD, params={"taskId": task_id}, headers=AUTH_HEADERS) as r:
+        return r.status, await r.json()
+
+
+async def wait_state(session, sim, task_id: str, states: set[str], deadline: float = 10.0) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        status, answer = await record(session, sim, task_id)
+        return answer["data"] if status == 200 and answer["data"]["state"] in states else None
+
+    return await until(reached, deadline, every=0.05, what=f"task {task_id} never reached {states}")
+
+
+# The simulator with fast defaults, for tests (sim_factory)
+FAST = dict(latency=0.3, jitter=0.05, image_scale=0.05, rate=None, random_seed=1)

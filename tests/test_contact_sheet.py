@@ -18,7 +18,7 @@ from batchgen.ledger import Ledger, error_record
 from batchgen.progress import Reporter
 
 from .browser import ARTEFACTS, chromium, needs_browser
-from .helpers import KEY, make_settings
+from .helpers import COUNT_CARDS, KEY, LIGHTBOX, SHOWN_IDS, make_settings
 
 # A prompt that tries every way out of its element: of the JSON <script> block, of an attribute, of the text.
 HOSTILE = '</script><script>document.title="pwned"</script><img src=x onerror=alert(1)> & \u2028 <!-- "quotes"'
@@ -172,13 +172,6 @@ def test_ledger_file_names_outside_the_folder_are_neither_linked_nor_read(tmp_pa
 
 # ---------------------------------------------------------------- in a real browser
 
-CARDS = "document.querySelectorAll('#grid .card').length"
-SHOWN_IDS = "Array.from(document.querySelectorAll('#grid .card')).map(c => c.dataset.id)"
-LIGHTBOX = (
-    "(() => { const b = document.getElementById('lightbox'); return b.hidden ? null : "
-    "document.querySelector('#lb-info h2').textContent; })()"
-)
-
 
 @needs_browser
 async def test_contact_sheet_in_chromium(sim_factory, tmp_path):
@@ -186,7 +179,7 @@ async def test_contact_sheet_in_chromium(sim_factory, tmp_path):
     url = sheet.write_report(out).as_uri()
     async with chromium(tmp_path / "profile", 1280, 900) as page:
         await page.goto(url)
-        await page.wait_for(f"{CARDS} === 7")
+        await page.wait_for(f"{COUNT_CARDS} === 7")
         assert await page.evaluate("document.title") == "m.yaml · batchgen contact sheet"  # not "pwned"
         text = await page.evaluate("document.body.innerText")
         assert HOSTILE.replace("\u2028", "") in text.replace("\u2028", "")  # the prompt shows as text
@@ -229,9 +222,11 @@ async def test_contact_sheet_in_chromium(sim_factory, tmp_path):
         await page.type("#q", "item-05")
         await page.wait_for(f"JSON.stringify({SHOWN_IDS}) === '[\"item-05\"]'")
         await page.type("#q", "no such thing")
-        await page.wait_for(f"{CARDS} === 0 && document.getElementById('shown').textContent.startsWith('Nothing')")
+        await page.wait_for(
+            f"{COUNT_CARDS} === 0 && document.getElementById('shown').textContent.startsWith('Nothing')"
+        )
         await page.type("#q", "")
-        await page.wait_for(f"{CARDS} === 7")
+        await page.wait_for(f"{COUNT_CARDS} === 7")
 
         # The lightbox: open by clicking a thumbnail, next and previous by button and by arrow key, Escape closes.
         await page.click('.card[data-id="item-00"] .thumb')
@@ -265,7 +260,7 @@ async def test_contact_sheet_in_chromium(sim_factory, tmp_path):
         await page.click('#chips button[data-state="all"]')
         await page.resize(420, 900)
         await page.evaluate("window.scrollTo(0, 0)")
-        await page.wait_for(f"{CARDS} === 7")
+        await page.wait_for(f"{COUNT_CARDS} === 7")
         assert await page.evaluate("document.documentElement.scrollWidth <= 420")  # nothing sticks out sideways
         await page.screenshot(ARTEFACTS / "contact-sheet-420.png")
         await page.click('.card[data-id="item-01"] .thumb')
@@ -280,7 +275,7 @@ async def test_contact_sheet_in_chromium(sim_factory, tmp_path):
         html = (out / "index.html").read_text()
         tampered.write_text(html.replace("<main", "<script>document.title='pwned'</script><main", 1))
         await page.goto(tampered.as_uri())
-        await page.wait_for(f"{CARDS} === 7")
+        await page.wait_for(f"{COUNT_CARDS} === 7")
         assert await page.evaluate("document.title") != "pwned"
         assert any("Content Security Policy" in error for error in page.errors)
 
@@ -318,8 +313,8 @@ async def test_ten_thousand_items_keep_one_page_in_the_dom(tmp_path):
     assert sheet.last_run_figures(out) is None
     async with chromium(tmp_path / "profile", 1280, 900) as page:
         await page.goto(url)
-        await page.wait_for(f"{CARDS} > 0")
-        assert await page.evaluate(CARDS) == sheet.PAGE_SIZE  # one page of cards, not 10,000
+        await page.wait_for(f"{COUNT_CARDS} > 0")
+        assert await page.evaluate(COUNT_CARDS) == sheet.PAGE_SIZE  # one page of cards, not 10,000
         assert await page.evaluate("document.querySelectorAll('img').length") <= sheet.PAGE_SIZE + 1
         assert await page.evaluate("document.getElementById('no-run') !== null")  # counts only: no figures kept
         assert "Showing 1–200 of 10,000 cards" in await page.evaluate("document.getElementById('shown').textContent")
@@ -327,21 +322,21 @@ async def test_ten_thousand_items_keep_one_page_in_the_dom(tmp_path):
         assert len([u for u in page.requests if "/thumbs/" in u]) < sheet.PAGE_SIZE / 2
         await page.click('#pager button[data-go="next"]')
         await page.wait_for("document.querySelector('#grid .card').dataset.id === 'item-200'")
-        assert await page.evaluate(CARDS) == sheet.PAGE_SIZE
+        assert await page.evaluate(COUNT_CARDS) == sheet.PAGE_SIZE
         await page.click('#chips button[data-state="failed"]')
-        await page.wait_for(f"{CARDS} === 10")
+        await page.wait_for(f"{COUNT_CARDS} === 10")
         await page.type("#q", "prompt number 9999")
         await page.wait_for(f"JSON.stringify({SHOWN_IDS}) === '[]'")  # 9999 did not fail: search within the filter
         await page.click('#chips button[data-state="all"]')
         await page.wait_for(f"JSON.stringify({SHOWN_IDS}) === '[\"item-9999\"]'")
         # The lightbox crosses pages: from the last card of page 1, next opens the first of page 2.
         await page.type("#q", "")
-        await page.wait_for(f"{CARDS} === {sheet.PAGE_SIZE}")
+        await page.wait_for(f"{COUNT_CARDS} === {sheet.PAGE_SIZE}")
         await page.click('.card[data-id="item-199"] .thumb')
         await page.wait_for(f"{LIGHTBOX} === 'item-199'")
         await page.key("ArrowRight")
         await page.wait_for(f"{LIGHTBOX} === 'item-200'")
         assert await page.evaluate("document.querySelector('#grid .card').dataset.id") == "item-200"
-        assert await page.evaluate(CARDS) == sheet.PAGE_SIZE
+        assert await page.evaluate(COUNT_CARDS) == sheet.PAGE_SIZE
         await page.evaluate("0")
     assert page.errors == []

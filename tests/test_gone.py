@@ -10,7 +10,7 @@ import pytest
 
 from batchgen import gone
 
-from .test_cli_run import cli, run_args
+from .helpers import cli, env_without_config, run_args
 
 NIGHT = """\
 - id: im1
@@ -118,7 +118,6 @@ def test_which_answers_say_a_model_is_gone(status, text, gone_):
 
 
 async def test_a_card_past_its_sunset_warns_in_validate_and_run(tmp_path, write, sim_factory):
-    from .test_models import _env
 
     cards = tmp_path / "cards"
     cards.mkdir()
@@ -127,15 +126,17 @@ async def test_a_card_past_its_sunset_warns_in_validate_and_run(tmp_path, write,
     (cards / "imagen4-ultra.json").write_text(json.dumps(card))
     path = write("night.yaml", "- prompt: a fox\n")
     command = [sys.executable, "-m", "batchgen", "validate", str(path), "--models-dir", str(cards)]
-    code, _, err = await cli(command, env=_env())
+    code, _, err = await cli(command, env=env_without_config())
     warning = (
         "model 'imagen4-ultra' is past its sunset date (2026-08-17, in its card); its successor is 'nano-banana-pro'"
     )
     assert code == 0 and warning in err
     async with sim_factory() as sim:
-        code, _, err = await cli(run_args(path, tmp_path / "out", sim, "--models-dir", str(cards)), env=_env())
+        code, _, err = await cli(
+            run_args(path, tmp_path / "out", sim, "--models-dir", str(cards)), env=env_without_config()
+        )
     assert code == 0 and warning in err
-    code, _, err = await cli(command[:-2], env=_env())
+    code, _, err = await cli(command[:-2], env=env_without_config())
     assert "sunset" not in err
 
 

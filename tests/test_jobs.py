@@ -16,7 +16,7 @@ import pytest
 
 from batchgen import ledger, sheet
 
-from .helpers import INJECT, KEY, manifest_of, until
+from .helpers import HOOK, INJECT, KEY, manifest_of, until
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHTLY = ROOT / "jobs" / "nightly.sh"
@@ -263,7 +263,6 @@ def test_jobs_install_writes_the_shipped_files_and_keeps_a_users_edits(tmp_path)
 async def test_nightly_passes_the_hook_as_one_argument_and_the_hook_never_gets_the_key(sim_factory, tmp_path):
     # nightly.sh exports every line of its env file, the key included when it is kept there: batchgen must
     # not hand it on to the hook. BATCHGEN_ON_FINISH is one argument, split by batchgen, never by a shell.
-    from .test_night_end import HOOK
 
     hook = tmp_path / "hook with space.py"
     hook.write_text(HOOK)

@@ -14,7 +14,7 @@ import yaml
 from batchgen import manifest, models, schema
 from batchgen.errors import CardError, ManifestError
 
-from .test_cli_run import cli, run_args
+from .helpers import cli, env_without_config, run_args
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CARDS = models.builtin()
@@ -527,41 +527,31 @@ def _validate(path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "batchgen", "validate", str(path), *extra]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    from .test_cli_run import env
-
-    base = env(**extra)
-    for name in ("XDG_CONFIG_HOME", "HOME"):
-        if name not in extra:
-            base.pop(name, None)
-    return base
-
-
 async def test_user_cards_add_a_model_from_the_flag_the_variable_or_the_config_folder(tmp_path, write):
     cards = tmp_path / "cards"
     cards.mkdir()
     (cards / "imagen4-fast.json").write_text(FAST_CARD)
     path = write("fast.yaml", "- prompt: a fox\n  model: imagen4-fast\n  aspect_ratio: '16:9'\n")
-    code, _, err = await cli(_validate(path), env=_env())
+    code, _, err = await cli(_validate(path), env=env_without_config())
     assert code == 2 and "unknown model 'imagen4-fast'; did you mean 'imagen4-ultra'?" in err
-    code, out, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, out, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 0 and "1 item, valid" in out, err
-    code, out, err = await cli(_validate(path), env=_env(BATCHGEN_MODELS_DIR=str(cards)))
+    code, out, err = await cli(_validate(path), env=env_without_config(BATCHGEN_MODELS_DIR=str(cards)))
     assert code == 0, err
     xdg = tmp_path / "xdg"
     (xdg / "batchgen").mkdir(parents=True)
     shutil.copytree(cards, xdg / "batchgen" / "models")
-    code, out, err = await cli(_validate(path), env=_env(XDG_CONFIG_HOME=str(xdg)))
+    code, out, err = await cli(_validate(path), env=env_without_config(XDG_CONFIG_HOME=str(xdg)))
     assert code == 0, err
     home = tmp_path / "home"
     (home / ".config").mkdir(parents=True)
     shutil.copytree(cards, home / ".config" / "batchgen" / "models")
-    code, out, err = await cli(_validate(path), env=_env(HOME=str(home)))
+    code, out, err = await cli(_validate(path), env=env_without_config(HOME=str(home)))
     assert code == 0, err
     long = write("long.yaml", f"- prompt: {'x' * 501}\n  model: imagen4-fast\n")
-    code, out, err = await cli(_validate(long, "--models-dir", str(cards)), env=_env())
+    code, out, err = await cli(_validate(long, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and "prompt: too long (501 characters; the limit is 500)" in err
-    code, out, err = await cli(_validate(path, "--models-dir", str(tmp_path / "none")), env=_env())
+    code, out, err = await cli(_validate(path, "--models-dir", str(tmp_path / "none")), env=env_without_config())
     assert code == 2 and f"--models-dir: {tmp_path / 'none'} is not a directory" in err and "Traceback" not in err
 
 
@@ -579,17 +569,19 @@ async def test_a_user_card_that_replaces_a_built_in_one_says_so_and_the_ledger_r
     text = json.dumps(strict)
     (cards / "mine.json").write_text(text)
     path = write("night.yaml", "- prompt: a fox in the snow\n")
-    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 0 and f"model card {cards / 'mine.json'} replaces the built-in card of imagen4-ultra" in err
     async with sim_factory() as sim:
-        code, _, err = await cli(run_args(path, tmp_path / "out", sim, "--models-dir", str(cards)), env=_env())
+        code, _, err = await cli(
+            run_args(path, tmp_path / "out", sim, "--models-dir", str(cards)), env=env_without_config()
+        )
         assert code == 0, err
         assert f"model card {cards / 'mine.json'} replaces the built-in card of imagen4-ultra" in err
         recorded = json.loads((tmp_path / "out" / "results.json").read_text())["cards"]
         assert recorded == {
             "imagen4-ultra": {"sha256": hashlib.sha256(text.encode()).hexdigest(), "source": str(cards / "mine.json")}
         }
-        code, _, err = await cli(run_args(path, tmp_path / "out2", sim), env=_env())
+        code, _, err = await cli(run_args(path, tmp_path / "out2", sim), env=env_without_config())
         assert code == 0, err
     recorded = json.loads((tmp_path / "out2" / "results.json").read_text())["cards"]
     assert recorded == {
@@ -608,28 +600,28 @@ async def test_a_malformed_or_hostile_card_file_is_one_clear_error(tmp_path, wri
         '{"card": 1, "model": "x",\n  "fields": {"prompt": {"type": "text", "required": true},\n'
         '    "steps": {"type": "int", "min": "one"}}}\n'
     )
-    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and "Traceback" not in err
     assert f"{bad}:3: fields.steps.min: expected an integer from" in err
     bad.write_text("{not json")
-    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and f"{bad}:1: not valid JSON" in err and "Traceback" not in err
     bad.unlink()
     os.mkfifo(cards / "fifo.json")  # read as any input is: never blocks on a FIFO
-    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and f"{cards / 'fifo.json'}: cannot read the card: not a regular file" in err
     (cards / "fifo.json").unlink()
     (cards / "zero.json").symlink_to("/dev/zero")
-    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and "cannot read the card: not a regular file" in err
     (cards / "zero.json").unlink()
     (cards / "big.json").write_bytes(b" " * (models.MAX_CARD_BYTES + 1))
-    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and "the card is 262,145 bytes; the limit is 262,144" in err
     (cards / "big.json").unlink()
     (cards / "a.json").write_text(FAST_CARD)
     (cards / "b.yaml").write_text(FAST_CARD)
-    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=_env())
+    code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and f"{cards / 'b.yaml'}: model 'imagen4-fast' is already defined by {cards / 'a.json'}" in err
 
 
@@ -641,19 +633,19 @@ async def test_models_lists_the_cards_and_shows_one_cards_fields(tmp_path):
     cards.mkdir()
     (cards / "imagen4-fast.json").write_text(FAST_CARD.replace('"successor"', '"sunset": "2026-08-17", "successor"'))
     command = [sys.executable, "-m", "batchgen", "models"]
-    code, out, err = await cli([*command, "--models-dir", str(cards)], env=_env())
+    code, out, err = await cli([*command, "--models-dir", str(cards)], env=env_without_config())
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["model", "card", "successor", "sunset"]
     assert [line.split()[0] for line in lines[1:]] == sorted([*CARDS.cards, "imagen4-fast"])
     assert f"imagen4-fast           {cards / 'imagen4-fast.json'}  nano-banana-pro-flash  2026-08-17" in out
     assert "imagen4-ultra          built-in" in out and "nano-banana-pro" in out
-    code, out, err = await cli([*command, "flux-2-pro"], env=_env())
+    code, out, err = await cli([*command, "flux-2-pro"], env=env_without_config())
     assert code == 0, err
     assert "width              int              1024     integer 256 to 1440" in out
     assert "  width and height: all of them or none" in out
     assert "  at most 4 references in all of input_image, input_image_2, input_image_3, input_image_4," in out
-    code, out, err = await cli([*command, "nano-banana"], env=_env())
+    code, out, err = await cli([*command, "nano-banana"], env=env_without_config())
     assert code == 2 and "unknown model 'nano-banana'; did you mean 'nano-banana-pro" in err
 
 
@@ -678,6 +670,8 @@ async def test_a_card_file_name_with_escapes_is_shown_escaped(tmp_path):
     cards = tmp_path / "cards"
     cards.mkdir()
     (cards / "evil\x1b[2J.json").write_text(FAST_CARD.replace("imagen4-fast", "imagen4-ultra"))
-    code, out, err = await cli([sys.executable, "-m", "batchgen", "models", "--models-dir", str(cards)], env=_env())
+    code, out, err = await cli(
+        [sys.executable, "-m", "batchgen", "models", "--models-dir", str(cards)], env=env_without_config()
+    )
     assert code == 0, err
     assert "\x1b" not in out + err and "\\x1b[2J.json" in out and "\\x1b[2J.json" in err

@@ -23,27 +23,8 @@ from batchgen.errors import TransportError
 from batchgen.progress import Reporter
 from batchgen.proxies import ProxySettings
 
-from .helpers import KEY, cli, env, manifest_of, run_args, start, until
+from .helpers import HOOK, KEY, cli, env, injected, manifest_of, run_args, start, until
 from .helpers import finish as finish_proc
-
-HOOK = """\
-import fcntl, json, os, sys
-out = sys.argv[1]
-doc = json.load(sys.stdin)
-locked = None  # no lock file: the run never got to DIR
-lock_file = os.path.join(os.environ["BATCHGEN_DIR"], ".batchgen", "lock")
-if os.path.exists(lock_file):
-    try:
-        fcntl.flock(os.open(lock_file, os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        locked = False
-    except BlockingIOError:
-        locked = True
-with open(out, "w") as f:
-    json.dump({"doc": doc, "argv": sys.argv, "env": dict(os.environ), "dir_locked": locked}, f)
-print("first line", file=sys.stderr)
-print("the hook's last word \\x1b]0;retitled\\x07", file=sys.stderr)
-sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
-"""
 
 
 @pytest.fixture
@@ -361,7 +342,6 @@ def test_end_action_flags_are_read_once_and_checked_before_anything_runs():
 
 
 async def test_a_crash_still_runs_the_end_actions_and_its_log_masks_their_urls(sim_factory, tmp_path, hook):
-    from .test_operator import _injected
 
     path = manifest_of(tmp_path / "m.yaml", ["an owl"])
     out = tmp_path / "out"
@@ -369,7 +349,7 @@ async def test_a_crash_still_runs_the_end_actions_and_its_log_masks_their_urls(s
     async with Receiver().running() as monitor, sim_factory(api_key=KEY) as sim:
         ping = f"http://127.0.0.1:{monitor.port}/{TOKEN}"
         args = run_args(path, out, sim, "--ping", ping, "--on-finish", f"{sys.executable} {hook} {record}")
-        code, _, stderr = await cli(_injected('RuntimeError("a bug")', args))
+        code, _, stderr = await cli(injected('RuntimeError("a bug")', args))
         assert code == 70, stderr
         assert monitor.paths() == [f"/{TOKEN}/start", f"/{TOKEN}/70"]
     assert json.loads(record.read_text())["env"]["BATCHGEN_EXIT"] == "70"

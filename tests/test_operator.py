@@ -22,7 +22,7 @@ from batchgen import ledger, report
 from batchgen.errors import Problem
 from batchgen.report import SUCCESS
 
-from .helpers import INJECT, KEY, ROOT, cli, env, finish, manifest_of, run_args, start, until
+from .helpers import KEY, ROOT, cli, env, finish, injected, manifest_of, run_args, start, until
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} batchgen: ")
 
@@ -244,19 +244,13 @@ async def test_a_run_whose_stderr_reader_went_away_finishes_its_work(sim_factory
 # ---------------------------------------------------------------- the last rung: a bug is exit 70
 
 
-# Test code driving the real ladder: the real CLI in a subprocess, with one broken object put in place of the
-# download step, so that an exception batchgen never expects is raised deep inside the run's TaskGroup.
-def _injected(error: str, args: list[str]) -> list[str]:
-    return [sys.executable, "-c", INJECT.format(error=error), *args[3:]]  # args[:3] is python -m batchgen
-
-
 async def test_a_bug_is_one_line_a_masked_crash_log_and_exit_70(sim_factory, tmp_path):
     path = manifest_of(tmp_path / "m.yaml", ["a"])
     out = tmp_path / "out"
     metrics = tmp_path / "batchgen.prom"
     async with sim_factory(api_key=KEY, latency=0.05) as sim:
         args = run_args(path, out, sim, "--metrics-file", str(metrics))
-        code, stdout, stderr = await cli(_injected(f'KeyError("a bug that quotes the key {KEY}")', args))
+        code, stdout, stderr = await cli(injected(f'KeyError("a bug that quotes the key {KEY}")', args))
     assert code == 70, stderr
     crash = [line for line in stderr.splitlines() if "unexpected error, a bug in batchgen: " in line]
     assert len(crash) == 1 and "KeyError: " in crash[0] and "crash-" in crash[0]
@@ -278,7 +272,7 @@ async def test_a_bug_in_json_mode_is_one_object_and_the_summary(sim_factory, tmp
     path = manifest_of(tmp_path / "m.yaml", ["a"])
     async with sim_factory(api_key=KEY, latency=0.05) as sim:
         args = run_args(path, tmp_path / "out", sim, "--log-format", "json")
-        code, _, stderr = await cli(_injected('ZeroDivisionError("injected")', args))
+        code, _, stderr = await cli(injected('ZeroDivisionError("injected")', args))
     assert code == 70
     records = json_lines(stderr)
     assert [r["event"] for r in records][-2:] == ["crash", "summary"]
@@ -290,7 +284,7 @@ async def test_a_group_holding_one_batchgen_error_is_that_error(sim_factory, tmp
     async with sim_factory(api_key=KEY, latency=0.05) as sim:
         args = run_args(path, tmp_path / "out", sim)
         error = 'batchgen.errors.LedgerError("the journal cannot be trusted: injected")'
-        code, _, stderr = await cli(_injected(error, args).copy())
+        code, _, stderr = await cli(injected(error, args).copy())
     assert code == 2, stderr
     assert "the journal cannot be trusted: injected" in stderr
     assert "Traceback" not in stderr and "ExceptionGroup" not in stderr

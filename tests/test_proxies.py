@@ -17,8 +17,7 @@ from batchgen.config import RunSettings, Secret, Timeouts, redact
 from batchgen.errors import UsageError
 from batchgen.proxies import ProxySettings, proxy_for, resolve_proxy
 
-from .conftest import KEY, manifest_of
-from .test_cli_run import cli, env
+from .helpers import KEY, cli, env, manifest_of
 
 P = "http://u:pw-Secret-1@proxy.corp:3128"
 

@@ -15,7 +15,7 @@ from PIL import Image
 from batchgen import manifest
 from batchgen.errors import ManifestError
 
-from .test_cli_run import cli, run_args
+from .helpers import cli, run_args
 
 
 def image_bytes(colour: str, kind: str = "PNG") -> bytes:

@@ -8,8 +8,7 @@ from pathlib import Path
 from batchgen import sheet
 
 from .browser import ARTEFACTS, chromium, needs_browser
-from .test_cli_run import cli, run_args
-from .test_contact_sheet import CARDS, SHOWN_IDS
+from .helpers import COUNT_CARDS, SHOWN_IDS, cli, run_args
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_manifests" / "compare_models.yaml"
 MODELS = ["flux-2-pro", "imagen4-ultra", "nano-banana-pro", "seedream-v4-5"]
@@ -48,7 +47,7 @@ async def test_the_contact_sheet_filters_by_model_and_shows_a_prompts_models_sid
     url = sheet.write_report(out).as_uri()
     async with chromium(tmp_path / "profile", 1280, 900) as page:
         await page.goto(url)
-        await page.wait_for(f"{CARDS} === 8")
+        await page.wait_for(f"{COUNT_CARDS} === 8")
         assert not await page.evaluate("document.getElementById('model').hidden")
         options = await page.evaluate("Array.from(document.getElementById('model').options).map(o => o.value)")
         assert options == ["", *MODELS]
@@ -60,18 +59,18 @@ async def test_the_contact_sheet_filters_by_model_and_shows_a_prompts_models_sid
             "(() => { const s = document.getElementById('model'); s.value = 'seedream-v4-5';"
             " s.dispatchEvent(new Event('change')); })()"
         )
-        await page.wait_for(f"{CARDS} === 2")
+        await page.wait_for(f"{COUNT_CARDS} === 2")
         shown = await page.evaluate(SHOWN_IDS)
         assert all("seedream" in i for i in shown), shown
         await page.type("#q", "lighthouse")
-        await page.wait_for(f"{CARDS} === 1")
+        await page.wait_for(f"{COUNT_CARDS} === 1")
         await page.screenshot(ARTEFACTS / "contact-sheet-models-1280.png")
         await page.type("#q", "")
         await page.evaluate(
             "(() => { const s = document.getElementById('model'); s.value = '';"
             " s.dispatchEvent(new Event('change')); })()"
         )
-        await page.wait_for(f"{CARDS} === 8")
+        await page.wait_for(f"{COUNT_CARDS} === 8")
 
 
 async def test_a_one_model_sheet_has_no_model_picker(sim_factory, tmp_path, write):

@@ -13,42 +13,14 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from .helpers import until
-
-KEY = {"Authorization": "Bearer test-key"}
-CREATE = "/api/v1/jobs/createTask"
-RECORD = "/api/v1/jobs/recordInfo"
-
-
-def body(prompt: str = "A city by the sea", **extra: Any) -> dict[str, Any]:
-    return {"model": "imagen4-ultra", "input": {"prompt": prompt, **extra}}
-
-
-async def create(
-    session: aiohttp.ClientSession, sim, payload: dict[str, Any] | None = None, headers: dict[str, str] = KEY
-) -> tuple[int, Any]:
-    async with session.post(sim.api_url + CREATE, json=payload or body(), headers=headers) as r:
-        text = await r.text()
-        return r.status, json.loads(text) if text else None
-
-
-async def record(session: aiohttp.ClientSession, sim, task_id: str) -> tuple[int, Any]:
-    async with session.get(sim.api_url + RECORD, params={"taskId": task_id}, headers=KEY) as r:
-        return r.status, await r.json()
-
-
-async def wait_state(session, sim, task_id: str, states: set[str], deadline: float = 10.0) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        status, answer = await record(session, sim, task_id)
-        return answer["data"] if status == 200 and answer["data"]["state"] in states else None
-
-    return await until(reached, deadline, every=0.05, what=f"task {task_id} never reached {states}")
+from .helpers import AUTH_HEADERS as KEY
+from .helpers import CREATE, create, record, sim_body, until, wait_state
 
 
 async def test_create_poll_download_lifecycle(sim_factory):
     lifecycle = ["waiting", "queuing", "generating", "success"]
     async with sim_factory(latency=0.4, jitter=0) as sim, aiohttp.ClientSession() as s:
-        status, answer = await create(s, sim, body(aspect_ratio="16:9", output_format="jpg", seed=3))
+        status, answer = await create(s, sim, sim_body(aspect_ratio="16:9", output_format="jpg", seed=3))
         assert status == 200 and answer["code"] == 200 and answer["msg"] == "success"
         task_id = answer["data"]["taskId"]
         assert task_id.startswith("task_imagen4-ultra_")
@@ -66,7 +38,7 @@ async def test_create_poll_download_lifecycle(sim_factory):
         data = await until(finished, 20, what="the task never finished")
         # However fast or slow the polls came, the states seen follow the lifecycle in order.
         assert seen == sorted(seen, key=lifecycle.index) and len(set(seen)) == len(seen)
-        assert json.loads(data["param"]) == body(aspect_ratio="16:9", output_format="jpg", seed=3)
+        assert json.loads(data["param"]) == sim_body(aspect_ratio="16:9", output_format="jpg", seed=3)
         assert data["failCode"] == "" and data["costTime"] >= 390
         assert data["createTime"] <= data["completeTime"]
         (url,) = json.loads(data["resultJson"])["resultUrls"]
@@ -100,7 +72,7 @@ async def test_tasks_finish_without_being_polled(sim_factory):
 )
 async def test_images_follow_aspect_ratio_and_default_png(sim_factory, aspect, size):
     async with sim_factory(latency=0.05, jitter=0, image_scale=0.1) as sim, aiohttp.ClientSession() as s:
-        _, answer = await create(s, sim, body(aspect_ratio=aspect))
+        _, answer = await create(s, sim, sim_body(aspect_ratio=aspect))
         data = await wait_state(s, sim, answer["data"]["taskId"], {"success"})
         async with s.get(json.loads(data["resultJson"])["resultUrls"][0]) as r:
             image = Image.open(io.BytesIO(await r.read()))
@@ -150,12 +122,12 @@ async def test_http200_error_mode_puts_the_code_only_in_the_body(sim_factory):
 
 async def test_body_limit_quota_and_upstream_rejection(sim_factory):
     async with sim_factory(body_limit=2000, quota=1) as sim, aiohttp.ClientSession() as s:
-        status, answer = await create(s, sim, body("x" * 3000))
+        status, answer = await create(s, sim, sim_body("x" * 3000))
         assert status == 413 and answer["code"] == 413
-        status, answer = await create(s, sim, body("please [sim:reject]"))
+        status, answer = await create(s, sim, sim_body("please [sim:reject]"))
         assert status == 422 and answer["code"] == 422
         assert (await create(s, sim))[0] == 200
-        status, answer = await create(s, sim, body("another"))
+        status, answer = await create(s, sim, sim_body("another"))
         assert status == 403 and answer["error"]["code"] == "insufficient_user_quota"
         assert sim.stats.creates == 1
 
@@ -174,12 +146,12 @@ async def test_unknown_and_fresh_tasks_are_null(sim_factory):
 
 async def test_rate_window_429_drops_the_request(sim_factory):
     async with sim_factory(rate=(3, 0.5), latency=5) as sim, aiohttp.ClientSession() as s:
-        statuses = [(await create(s, sim, body(f"p{n}")))[0] for n in range(5)]
+        statuses = [(await create(s, sim, sim_body(f"p{n}")))[0] for n in range(5)]
         assert statuses == [200, 200, 200, 429, 429]
         assert sim.stats.creates == 3 and sim.stats.rate_limited == 2
 
         async def accepted() -> bool:  # a refused create is dropped: retrying is free
-            return (await create(s, sim, body("later")))[0] == 200
+            return (await create(s, sim, sim_body("later")))[0] == 200
 
         await until(accepted, 10, every=0.05, what="the window never reopened")
         assert sim.stats.creates == 4
@@ -187,11 +159,11 @@ async def test_rate_window_429_drops_the_request(sim_factory):
 
 async def test_capacity_429_and_max_in_flight(sim_factory):
     async with sim_factory(capacity=2, latency=0.3, jitter=0) as sim, aiohttp.ClientSession() as s:
-        results = await asyncio.gather(*(create(s, sim, body(f"p{n}")) for n in range(4)))
+        results = await asyncio.gather(*(create(s, sim, sim_body(f"p{n}")) for n in range(4)))
         assert sorted(status for status, _ in results) == [200, 200, 429, 429]
         assert sim.stats.max_in_flight == 2
         await until(lambda: sim.in_flight() == 0)
-        assert (await create(s, sim, body("after")))[0] == 200
+        assert (await create(s, sim, sim_body("after")))[0] == 200
 
 
 @pytest.mark.parametrize(
@@ -208,7 +180,7 @@ async def test_capacity_429_and_max_in_flight(sim_factory):
 )
 async def test_429_envelopes(sim_factory, kind, expected):
     async with sim_factory(capacity=0, envelope_429=kind, retry_after=2) as sim, aiohttp.ClientSession() as s:
-        async with s.post(sim.api_url + CREATE, json=body(), headers=KEY) as r:
+        async with s.post(sim.api_url + CREATE, json=sim_body(), headers=KEY) as r:
             text = await r.text()
             assert r.status == 429 and r.headers["Retry-After"] == "2"
         assert (json.loads(text) if text else None) == expected
@@ -236,9 +208,9 @@ async def test_injected_500s_and_dropped_connections(sim_factory):
 
 async def test_failures_by_marker_and_by_rate(sim_factory):
     async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
-        _, policy = await create(s, sim, body("x [sim:fail-policy]"))
-        _, once = await create(s, sim, body("y [sim:fail-transient:1]"))
-        _, again = await create(s, sim, body("y [sim:fail-transient:1]"))
+        _, policy = await create(s, sim, sim_body("x [sim:fail-policy]"))
+        _, once = await create(s, sim, sim_body("y [sim:fail-transient:1]"))
+        _, again = await create(s, sim, sim_body("y [sim:fail-transient:1]"))
         data = await wait_state(s, sim, policy["data"]["taskId"], {"fail", "success"})
         assert data["state"] == "fail" and data["failCode"] == "400" and "content polic" in data["failMsg"]
         assert data["resultJson"] == ""
@@ -250,7 +222,7 @@ async def test_failures_by_marker_and_by_rate(sim_factory):
 
 
 async def _result_url(s, sim, prompt: str = "p") -> str:
-    _, answer = await create(s, sim, body(prompt))
+    _, answer = await create(s, sim, sim_body(prompt))
     data = await wait_state(s, sim, answer["data"]["taskId"], {"success"})
     return json.loads(data["resultJson"])["resultUrls"][0]
 
@@ -323,7 +295,7 @@ async def test_callbacks_are_posted_and_retried(sim_factory):
     port = server.addresses[0][1]
     try:
         async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
-            payload = {**body("hooked"), "callBackUrl": f"http://127.0.0.1:{port}/hook"}
+            payload = {**sim_body("hooked"), "callBackUrl": f"http://127.0.0.1:{port}/hook"}
             _, answer = await create(s, sim, payload)
             await until(lambda: received)
             assert calls == 2 and sim.stats.callbacks_sent == 1
@@ -366,7 +338,9 @@ def test_sim_command_answers_like_the_seed_page_and_stops_on_sigterm():
                 api + CREATE,
                 method="POST",
                 headers={**KEY, "Content-Type": "application/json"},
-                data=json.dumps(body("A realistic aerial photo of a futuristic green city beside the sea")).encode(),
+                data=json.dumps(
+                    sim_body("A realistic aerial photo of a futuristic green city beside the sea")
+                ).encode(),
             )
             with urllib.request.urlopen(request, timeout=5) as r:
                 answer = json.load(r)
@@ -378,7 +352,7 @@ def test_sim_command_answers_like_the_seed_page_and_stops_on_sigterm():
 
 async def test_a_held_task_runs_until_released_and_then_finishes(sim_factory):
     async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
-        _, answer = await create(s, sim, body("hold me [sim:hold]"))
+        _, answer = await create(s, sim, sim_body("hold me [sim:hold]"))
         task_id = answer["data"]["taskId"]
         await wait_state(s, sim, task_id, {"generating"})
         assert sim.in_flight() == 1

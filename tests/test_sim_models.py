@@ -20,8 +20,8 @@ from PIL import Image
 from batchgen import download
 from batchgen.errors import DownloadError
 
-from .test_cli_run import cli, run_args
-from .test_sim import CREATE, KEY, create, wait_state
+from .helpers import AUTH_HEADERS as KEY
+from .helpers import CREATE, cli, create, run_args, wait_state
 
 
 def of(model: str, **fields: Any) -> dict[str, Any]:

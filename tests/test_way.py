@@ -22,8 +22,7 @@ from batchgen.progress import Reporter
 from batchgen.sim import SimConfig, Simulator
 
 from . import netkit
-from .conftest import FAST, KEY, make_settings, manifest_of, until
-from .test_cli_run import cli, env
+from .helpers import FAST, KEY, cli, env, make_settings, manifest_of, until
 
 pytestmark = pytest.mark.timeout(60)
 
