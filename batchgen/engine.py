@@ -26,6 +26,7 @@ import contextlib
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from . import download, failures, memory
@@ -80,6 +81,9 @@ class Engine:
         self.reporter = reporter
         self.counters = Counters()
         # What earlier runs learned about this service (none with --simulate): where the limits start.
+        # Capacity and latency are the model's: the run's is the one most of its items use.
+        models = Counter(item.model for item, _ in plan.resume) + Counter(item.model for item in plan.submit)
+        self.model = models.most_common(1)[0][0] if models else (items[0].model if items else "")
         self._memory_dir = None if settings.simulate else memory.directory(os.environ, settings.out)
         self.remembered = self._remember(settings)
         self.throttle = Throttle(
@@ -87,14 +91,14 @@ class Engine:
             create_rate=settings.create_rate,
             poll_rate=settings.poll_rate,
             retry=settings.retry,
-            hints=self.remembered.hints(settings.create_rate) if self.remembered else None,
+            hints=self.remembered.hints(settings.create_rate, settings.concurrency) if self.remembered else None,
         )
         self.limiter = self.throttle.limiter  # the in-flight slots, taken and given back by every item
         self._dispatched = False  # every item of the plan has its slot: the run is in its tail once none waits
         self.polls = PollScheduler(
             self.throttle,
             settings.poll,
-            prior=self.remembered.latency if self.remembered else None,
+            prior=self.remembered.prior(settings.task_timeout) if self.remembered else None,
             in_tail=lambda: self._dispatched and not self.throttle.window.waiting and not self.submitter.creating,
         )
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
@@ -303,7 +307,8 @@ class Engine:
         deadline = time.monotonic() + self.settings.task_timeout
         fallback = bool(self.submitter.callback_url and not item.callback_url)
         self.polls.add(task_id, fallback=fallback, resumed=first_poll is not None)
-        self.throttle.task_started()
+        if first_poll is not None:
+            self.limiter.started()  # resumed: running at the service (a new task is counted from its answer)
         try:
             while True:
                 try:
@@ -324,7 +329,7 @@ class Engine:
                 if record.finished or self._lost(item, task_id, record):
                     return record
         finally:
-            self.throttle.task_ended()
+            self.limiter.ended()  # the one count of tasks in flight, the limiter's: this one left it
             self.polls.remove(task_id)
 
     def wake(self, task_id: str) -> None:
@@ -361,16 +366,23 @@ class Engine:
     def _remember(self, settings: RunSettings) -> memory.ServiceMemory | None:
         if self._memory_dir is None:
             return None
-        if settings.forget_service and memory.forget(self._memory_dir, settings.api_base):
-            self.reporter.info(f"--forget-service: forgot what earlier runs learned about {settings.api_base}")
-        return None if settings.forget_service else memory.load(self._memory_dir, settings.api_base)
+        if settings.forget_service:
+            forget_service(settings, self.reporter)
+            return None
+        kept = memory.load(self._memory_dir, settings.api_base, self.model)
+        if kept is not None:
+            self.reporter.debug(f"remembered service loaded: {memory.describe_text([kept.as_json()]).strip()}")
+        return kept
 
     def _keep_memory(self) -> None:
         if self._memory_dir is None:
             return
+        if self.polls.model.contradicted:
+            self.reporter.debug("today's tasks contradicted the remembered latencies: this run's own were used")
         learned = memory.learned(
-            self.remembered, self.settings.api_base, self.throttle, self.polls, self.settings.create_rate[1]
+            self.remembered, self.settings.api_base, self.model, self.throttle, self.polls, self.settings.create_rate
         )
+        memory.note_used(self.settings.out, self.settings.api_base)
         if not memory.save(self._memory_dir, self.settings.api_base, learned):
             self.reporter.debug(f"could not keep what this run learned about the service in {self._memory_dir}")
 
@@ -471,6 +483,15 @@ class Engine:
                 "stays submitted, rerun to try again",
                 item=item.id,
             )
+
+
+def forget_service(settings: RunSettings, reporter: Reporter) -> None:
+    """--forget-service: drop what earlier runs learned (also when DIR has nothing left to do)."""
+    if settings.simulate:
+        return
+    forgotten = memory.forget_all(os.environ, settings.out, settings.api_base)
+    for service in forgotten:
+        reporter.info(f"--forget-service: forgot what earlier runs learned about {service}")
 
 
 def _key_in_url(record: TaskRecord) -> ErrorRecord:

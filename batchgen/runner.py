@@ -22,7 +22,7 @@ from . import manifest, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
-from .engine import Engine
+from .engine import Engine, forget_service
 from .errors import BatchgenError, StorageError, UsageError
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
@@ -118,6 +118,8 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop) -> Outcom
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
         if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
+            if settings.forget_service and stop.signum is None:
+                forget_service(settings, reporter)  # forgotten also when DIR has nothing left to do
             counts = ledger.counts(ledger.manifest_ids)
             outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
             _spend(outcome, ledger)

@@ -54,11 +54,14 @@ class Scenario:
     latency: float = 0.0
     naive: bool = True
     naive_concurrency: str = "8"
-    kind: str = "run"  # run | real | big_images | plan | resume
+    kind: str = "run"  # run | real | real_capacity | slow | big_images | plan | resume | resume_pending | warm_wrong
     callbacks: bool = False  # real: with --callback-listen
+    upper: float | None = None  # the reference makespan, when not the ideal formula's (real_capacity: UB)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def ideal(self) -> float:
+        if self.upper is not None:
+            return self.upper
         by_rate = self.n / self.rate if self.rate else 0.0
         by_capacity = math.ceil(self.n / self.capacity) * self.latency if self.capacity else 0.0
         return max(by_rate, by_capacity) + self.latency
@@ -79,6 +82,7 @@ def scenarios(quick: bool) -> list[Scenario]:
     scaled = ["--poll-rate", "80", "--poll-interval", "0.25"]
     scaled_polls = ["--poll-limit", "100/1"]
     # rate_known and rate_unknown: the same service (20 creates/s, 2 s per image), told its rate or not.
+    capacity_20 = ["--rate", "none", "--capacity", "20", "--latency", "1", "--jitter", "0", *scaled_polls, *small]
     rate_20 = ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5", *scaled_polls, *small]
     return [
         Scenario("real_profile", n(120), real, [], naive=False, kind="real"),
@@ -106,11 +110,98 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario(
             "capacity",
             n(200),
-            ["--rate", "none", "--capacity", "20", "--latency", "1", "--jitter", "0", *scaled_polls, *small],
+            [*capacity_20, "--envelope-429", "mixed"],
             ["--create-rate", "1000/1", *scaled],
             capacity=20,
             latency=1,
             naive_concurrency="64",
+        ),
+        # Capacity: 20 slots, 1 s per image, no rate limit; the 429 in every envelope SPEC lists, in turn.
+        Scenario(
+            "capacity_c64",
+            n(200),
+            [*capacity_20, "--envelope-429", "mixed"],
+            ["--create-rate", "1000/1", "--concurrency", "64", *scaled],
+            capacity=20,
+            latency=1,
+            naive=False,
+        ),
+        # Rate and capacity at once: 20 creates/s and 30 slots at 2 +/- 0.5 s (capacity binds: 15 tasks/s).
+        Scenario(
+            "mixed",
+            n(300),
+            [
+                "--rate",
+                "20/1",
+                "--capacity",
+                "30",
+                "--latency",
+                "2",
+                "--jitter",
+                "0.5",
+                "--envelope-429",
+                "mixed",
+                "--capacity-envelope-429",
+                "empty",
+                *scaled_polls,
+                *small,
+            ],
+            ["--create-rate", "100/1", *scaled],
+            rate=20,
+            capacity=30,
+            latency=2,
+            naive=False,
+        ),
+        # Yesterday's memory says 4 +/- 3.5 s (40 +/- 35 s scaled x10); today the service takes 12 +/- 3 s.
+        Scenario(
+            "warm_wrong",
+            n(100),
+            ["--rate", "20/1", "--capacity", "500", "--latency", "12", "--jitter", "3", *scaled_polls, *small],
+            ["--create-rate", "20/1", *scaled],
+            rate=20,
+            capacity=500,
+            latency=12,
+            naive=False,
+            kind="warm_wrong",
+        ),
+        # The published profile at the real time scale, but 30 slots: UB = (N mean + (C - R) W) / C + (1 - 1/C)(L + J).
+        Scenario(
+            "real_capacity",
+            n(150),
+            [
+                "--rate",
+                "20/10",
+                "--capacity",
+                "30",
+                *(real_latency if quick else ["--latency", "30", "--jitter", "10"]),
+                "--poll-limit",
+                "10/1",
+                "--envelope-429",
+                "mixed",
+                *small,
+            ],
+            [],
+            naive=False,
+            kind="real_capacity",
+            upper=None if quick else (150 * 30 + (30 - 20) * 10) / 30 + (1 - 1 / 30) * 40,
+        ),
+        # A slow night at the real time scale: 120 +/- 60 s per image, the published limits, the defaults.
+        Scenario(
+            "slow_night",
+            n(60),
+            [
+                "--rate",
+                "20/10",
+                "--capacity",
+                "100",
+                *(real_latency if quick else ["--latency", "120", "--jitter", "60"]),
+                "--poll-limit",
+                "10/1",
+                *small,
+            ],
+            [],
+            naive=False,
+            kind="real_capacity",
         ),
         Scenario(
             "big_images",
@@ -123,6 +214,14 @@ def scenarios(quick: bool) -> list[Scenario]:
         ),
         Scenario("plan_100k", big, [], ["--dry-run"], naive=False, kind="plan"),
         Scenario("resume_100k", big, [], [], naive=False, kind="resume"),
+        Scenario(
+            "resume_100k_pending",
+            big,
+            ["--rate", "none", "--latency", "0.2", "--jitter", "0", *small],
+            [],
+            naive=False,
+            kind="resume_pending",
+        ),
     ]
 
 
