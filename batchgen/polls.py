@@ -21,7 +21,8 @@ Every status query of a run is granted here, under the status budget (limits.Sta
   distribution. What an earlier run against the same service learned (memory.py) is the starting point until
   this run has seen a few tasks finish — or until this run's censored data contradicts it (no task finished by
   the ages at which it expected several to), whichever comes first.
-- **Cold start.** With no data at all, probe the oldest task — one at a time, at the family's advised pace
+- **Cold start.** With no data at all (or a remembered estimate no task of this run has confirmed yet, then
+  `PRIOR_PROBE_FACTOR` times slower), probe the oldest task — one at a time, at the family's advised pace
   (`--poll-interval`, backing off as the task ages) — rather than every young task. A fast service is found at
   once (the built-in simulator's quick start takes two probes), a slow one costs a few queries.
 - **Callbacks.** A task whose callback goes to this run's listener is polled only as the fallback: after the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import time
 from collections import deque
@@ -45,6 +47,7 @@ from .limits import Clock, Throttle
 
 MIN_FINISHED = 5  # finished tasks of this run before its own estimate replaces the remembered one
 MIN_CONTRADICTING = 3  # tasks (expected to have finished, or finished below the low end) that overrule a prior
+PRIOR_PROBE_FACTOR = 4.0  # while a remembered estimate is unconfirmed, the cold probe goes on this much slower
 GAP_SHARE = 0.25  # a task is asked about once every quarter of the median latency
 TAIL_SHARE = 0.5  # in the tail, the share of the status budget spent asking the tasks that may be finished
 TAIL_GAP_SHARE = 1 / 16  # ... but no task more often than once every 1/16 of the median latency
@@ -108,6 +111,14 @@ class LatencyModel:
             return self.prior
         return self.own()
 
+    def on_prior(self) -> bool:
+        """Whether the remembered estimate is in use and no task of this run finished where it said they would
+        (an absurd prior — a day per image — would otherwise keep every task from being asked)."""
+        prior = self.prior
+        if prior is None or len(self._finished) >= MIN_FINISHED or self._contradicts(prior):
+            return False
+        return all(latency < prior.low for latency in self._finished)
+
     def _contradicts(self, prior: Quantiles) -> bool:
         """Whether this run's tasks, censored ones included, say the remembered latencies are wrong.
 
@@ -152,7 +163,7 @@ class LatencyModel:
 def _share_by(prior: Quantiles, age: float) -> float:
     """The share of tasks the prior says finish by `age`: piecewise linear through its quantiles."""
     points = [(0.0, 0.0), (prior.low, 0.05), (prior.median, 0.5), (prior.high, 0.95), (2 * prior.high, 1.0)]
-    for (t0, f0), (t1, f1) in zip(points, points[1:], strict=False):
+    for (t0, f0), (t1, f1) in itertools.pairwise(points):
         if age <= t1:
             return f0 if t1 <= t0 else f0 + (f1 - f0) * (age - t0) / (t1 - t0)
     return 1.0
@@ -307,17 +318,27 @@ class PollScheduler:
         return max(self.floor, TAIL_GAP_SHARE * known.median, eligible / (TAIL_SHARE * self.budget.rate))
 
     def _probe(self, now: float, known: Quantiles | None) -> tuple[_Task | None, float]:
-        """Cold start: the task to probe next (the oldest, least recently asked) and when."""
+        """Cold start: the task to probe next (the oldest, least recently asked) and when.
+
+        Also while a remembered estimate is unconfirmed, slower, and only for tasks past its first query or
+        past the family's quick-polling phase (12 cold intervals), whichever comes first: an absurd memory (a
+        day per image, clamped to --task-timeout) is found wrong by the first tasks, not after the timeout."""
+        factor, start = 1.0, 0.0
         if known is not None:
-            return None, math.inf
-        waiting = [t for t in self._tasks.values() if t.created is not None and t.waiting]
+            if not self.model.on_prior():
+                return None, math.inf
+            factor = PRIOR_PROBE_FACTOR
+            start = min(known.low + max(self.floor, GAP_SHARE * known.median), 12 * self.cold.first)
+        waiting = [
+            t for t in self._tasks.values() if t.created is not None and t.waiting and not (start and t.fallback)
+        ]  # a task whose callback comes to us is not probed to check a memory: the callback will tell
         if not waiting:
             return None, math.inf
         task = min(waiting, key=lambda t: (t.asked if t.asked is not None else t.created, t.created))
         assert task.created is not None
-        interval = self.cold.interval(now - task.created) * (FALLBACK_FACTOR if task.fallback else 1.0)
+        interval = self.cold.interval(now - task.created) * (FALLBACK_FACTOR if task.fallback else factor)
         since = self._last_probe if self._last_probe is not None else task.created
-        return task, since + interval
+        return task, max(since + interval, task.created + start)
 
     def _schedule(self, now: float) -> tuple[list[tuple[float, _Task]], _Task | None, float]:
         """Every waiting task with the time it is due, the cold probe (if any) and when it is due."""

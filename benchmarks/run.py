@@ -308,6 +308,12 @@ def run_scenario(s: Scenario, work: Path) -> list[dict[str, Any]]:
         return [plan_100k(s, work)]
     if s.kind == "resume":
         return [resume_100k(s, work)]
+    if s.kind == "resume_pending":
+        return [resume_pending(s, work)]
+    if s.kind == "real_capacity":
+        return [real_capacity(s, work)]
+    if s.kind == "warm_wrong":
+        return warm_wrong(s, work)
     if s.kind == "real":
         return real_profile(s, work)
     return [scaled_scenario(s, work)]
@@ -329,43 +335,141 @@ def real_profile(s: Scenario, work: Path) -> list[dict[str, Any]]:
         for start in ("cold", "warm"):
             if start == "warm":
                 time.sleep(10)  # the next night: the service's create window no longer holds the cold run's creates
-            before = sim.stats()
             extra = ["--callback-listen", f"127.0.0.1:{free_port()}"] if s.callbacks else []
-            args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / f"{s.name}-{start}")]
-            result = measured(
-                [*args, "--no-progress", "--quiet", *extra], {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)}
-            )
-            after = sim.stats()
-            tasks = [t for t in after["latency"] if t not in before["latency"]]
-            delays = sorted(after["detection_delay"][t] for t in tasks if t in after["detection_delay"])
-            ideal = (math.ceil(s.n / 20) - 1) * 10 + max(after["latency"][t] for t in tasks)
-            polls = after["polls"] - before["polls"]
-            row: dict[str, Any] = {
-                "scenario": f"{s.name} ({start})",
-                "n": s.n,
-                "exit": result["exit"],
-                "wall_s": round(result["wall"], 2),
-                "ideal_s": round(ideal, 2),
-                "efficiency": round(ideal / result["wall"], 3),
-                "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
-                "polls_per_task": round(polls / s.n, 2),
-                "poll_429": after["polls_rate_limited"] - before["polls_rate_limited"],
-                "delay_p50_s": round(statistics.median(delays), 2) if delays else None,
-                "delay_p95_s": round(delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)], 2)
-                if delays
-                else None,
-                "r429": after["rate_limited"] - before["rate_limited"],
-                "creates_per_item": round((after["creates"] - before["creates"]) / s.n, 3),
-                "peak_rss_mb": round(result["rss_mb"], 1),
-            }
-            if start == "cold":  # the simulator's figure is the most since it started: the cold run's only
-                row["most_in_flight"] = after["max_in_flight"]
-            if result["exit"] != 0:
-                row["stderr"] = result["stderr"][-500:]
+            row = real_run(s, sim, manifest, work / f"{s.name}-{start}", state, extra, label=f"{s.name} ({start})")
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         sim.close()
+    return rows
+
+
+def real_run(
+    s: Scenario, sim: Sim, manifest: Path, out: Path, state: Path, extra: list[str], *, label: str
+) -> dict[str, Any]:
+    """One run with the defaults (and `extra`) against `sim`, measured as the simulator saw it."""
+    before = sim.stats()
+    args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(out)]
+    result = measured(
+        [*args, "--no-progress", "--quiet", *extra], {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)}
+    )
+    after = sim.stats()
+    tasks = [t for t in after["latency"] if t not in before["latency"]]
+    delays = sorted(after["detection_delay"][t] for t in tasks if t in after["detection_delay"])
+    ideal = s.upper or (math.ceil(s.n / 20) - 1) * 10 + max((after["latency"][t] for t in tasks), default=0.0)
+    polls = after["polls"] - before["polls"]
+    row: dict[str, Any] = {
+        "scenario": label,
+        "n": s.n,
+        "exit": result["exit"],
+        "wall_s": round(result["wall"], 2),
+        "ideal_s": round(ideal, 2),
+        "efficiency": round(ideal / result["wall"], 3),
+        "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
+        "polls_per_task": round(polls / s.n, 2),
+        "poll_429": after["polls_rate_limited"] - before["polls_rate_limited"],
+        "delay_p50_s": round(statistics.median(delays), 2) if delays else None,
+        "delay_p95_s": round(delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)], 2) if delays else None,
+        "r429": after["rate_limited"] - before["rate_limited"],
+        "creates_per_item": round((after["creates"] - before["creates"]) / s.n, 3),
+        "peak_rss_mb": round(result["rss_mb"], 1),
+    }
+    if not before["creates"]:  # the simulator's figure is the most since it started: a first run's only
+        row["most_in_flight"] = after["max_in_flight"]
+    if result["exit"] != 0:
+        row["stderr"] = result["stderr"][-500:]
+    return row
+
+
+def real_capacity(s: Scenario, work: Path) -> dict[str, Any]:
+    """One cold run with the defaults at the real time scale (the reference: UB, or the window's ideal)."""
+    manifest = write_manifest(work / f"{s.name}.yaml", s.n)
+    sim = Sim(s.sim)
+    try:
+        return real_run(s, sim, manifest, work / s.name, work / f"{s.name}-state", [], label=s.name)
+    finally:
+        sim.close()
+
+
+def plant_memory(state: Path, api: str, quantiles: tuple[float, float, float]) -> None:
+    """A remembered service whose latencies are `quantiles` (p5, p50, p95), as batchgen would have kept it."""
+    sys.path.insert(0, str(ROOT))
+    from batchgen import memory
+
+    folder = state / "batchgen"
+    folder.mkdir(parents=True, exist_ok=True)
+    low, median, high = quantiles
+    now = time.time()
+    latency = {"p05": low, "p50": median, "p95": high, "n": 100}
+    if memory.VERSION == 1:  # the format before the remembered service kept how it learned each value
+        doc: dict[str, Any] = {
+            "version": 1,
+            "service": memory.service_of(api),
+            "saved_at": now,
+            "create_rate": None,
+            "in_flight_at_429": None,
+            "latency": latency,
+        }
+    else:
+        learned = {"learned_from": "complete_time", "learned_at": now}
+        doc = {
+            "version": memory.VERSION,
+            "service": memory.service_of(api),
+            "saved_at": now,
+            "create_rate": None,
+            "models": {"imagen4-ultra": {"capacity": None, "latency": {**latency, **learned}}},
+        }
+    memory.path_for(folder, api).write_text(json.dumps(doc))
+
+
+def warm_wrong(s: Scenario, work: Path) -> list[dict[str, Any]]:
+    """Yesterday's memory says 4 +/- 3.5 s; today's service takes 12 +/- 3 s: the warm run against a cold one."""
+    manifest = write_manifest(work / f"{s.name}.yaml", s.n)
+    rows = []
+    for start in ("cold", "warm"):
+        state = work / f"{s.name}-{start}-state"
+        sim = Sim(s.sim)
+        try:
+            if start == "warm":
+                plant_memory(state, sim.api, (1.2, 4.0, 7.2))
+            before = sim.stats()
+            result = measured(
+                [
+                    sys.executable,
+                    "-m",
+                    "batchgen",
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(work / f"{s.name}-{start}"),
+                    "--no-progress",
+                    "--quiet",
+                    *s.run,
+                ],
+                {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)},
+            )
+            after = sim.stats()
+        finally:
+            sim.close()
+        delays = sorted(after["detection_delay"].values())
+        rows.append(
+            {
+                "scenario": f"{s.name} ({start})",
+                "n": s.n,
+                "exit": result["exit"],
+                "wall_s": round(result["wall"], 2),
+                "ideal_s": round(s.ideal(), 2),
+                "efficiency": round(s.ideal() / result["wall"], 3),
+                "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
+                "polls_per_task": round((after["polls"] - before["polls"]) / s.n, 2),
+                "poll_429": after["polls_rate_limited"],
+                "delay_p95_s": round(delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)], 2)
+                if delays
+                else None,
+                "r429": after["rate_limited"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -582,6 +686,91 @@ def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
     }
 
 
+def resume_pending(s: Scenario, work: Path) -> dict[str, Any]:
+    """A ledger of n items of which 1,000 are still to do: peak memory, and how soon the first createTask goes."""
+    sys.path.insert(0, str(ROOT))
+    from batchgen import manifest as manifests
+
+    pending = min(1000, s.n // 10)
+    path = write_manifest(work / "pending.csv", s.n, as_csv=True)
+    out = work / "pending"
+    out.mkdir()
+    items = {}
+    for n, item in enumerate(manifests.load(path)):
+        if n < s.n - pending:
+            items[item.id] = {
+                "state": "succeeded",
+                "task_id": f"task_imagen4-ultra_{item.id}",
+                "attempts": 1,
+                "request": item.request,
+                "files": [f"{item.id}.png"],
+                "sha256": ["0" * 64],
+                "error": None,
+                "submitted_at": "2026-11-26T02:00:00Z",
+                "finished_at": "2026-11-26T02:01:00Z",
+            }
+            (out / f"{item.id}.png").touch()
+    done = len(items)
+    document = {
+        "version": 1,
+        "manifest": path.name,
+        "updated_at": "2026-11-26T03:00:00Z",
+        "counts": {"pending": 0, "submitted": 0, "succeeded": done, "failed": 0},
+        "items": items,
+        "not_in_manifest": [],
+    }
+    (out / "results.json").write_text(json.dumps(document, indent=1))
+    del items, document
+    sim = Sim(s.sim)
+    first: list[float] = []
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def watch() -> None:  # the simulator's count of createTask calls, read until the first one
+        while not stop.is_set() and not first:
+            if sim.stats()["create_calls"]:
+                first.append(time.monotonic() - started)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        started = time.monotonic()
+        result = measured(
+            [
+                sys.executable,
+                "-m",
+                "batchgen",
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-progress",
+                "--limit",
+                "20",
+                "--create-rate",
+                "1000/1",
+                "--poll-interval",
+                "0.1",
+            ],
+            {**batchgen_env(sim.api), "XDG_STATE_HOME": str(work / "pending-state")},
+        )
+    finally:
+        stop.set()
+        watcher.join()
+        sim.close()
+    return {
+        "scenario": s.name,
+        "n": s.n,
+        "exit": 0 if result["exit"] == 5 else result["exit"],  # 5: incomplete, as --limit 20 leaves it
+        "wall_s": round(result["wall"], 2),
+        "first_create_s": round(first[0], 2) if first else None,
+        "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3),
+        "peak_rss_mb": round(result["rss_mb"], 1),
+    }
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -601,6 +790,7 @@ COLUMNS = [
     "most_in_flight",
     "creates_per_item",
     "peak_rss_mb",
+    "first_create_s",
     "naive_wall_s",
     "naive_efficiency",
     "naive_polls_per_task",
