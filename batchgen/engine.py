@@ -99,7 +99,7 @@ class Engine:
             self.throttle,
             settings.poll,
             prior=self.remembered.prior(settings.task_timeout) if self.remembered else None,
-            in_tail=lambda: self._dispatched and not self.throttle.window.waiting and not self.submitter.creating,
+            in_tail=self._detection_counts,
         )
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self.rng = random.Random()
@@ -155,6 +155,14 @@ class Engine:
                 await asyncio.gather(*creating, return_exceptions=True)
             self._show_progress()
             self._keep_memory()
+
+    def _detection_counts(self) -> bool:
+        """Whether a task found late costs time now: no item waits for the create window (which would set the
+        pace) and none is being created, and either every item has its slot (the run's tail) or items wait for an
+        in-flight slot (the service is full: a slot is refilled only once its task is seen finished)."""
+        if self.throttle.window.waiting or self.submitter.creating:
+            return False
+        return self._dispatched or self.limiter.waiting > 0
 
     def _show_progress(self) -> None:
         self.reporter.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)

@@ -66,6 +66,11 @@ class InFlightLimiter:
     def limit(self) -> int:
         return max(1, int(self._limit))
 
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a slot."""
+        return len(self._waiters)
+
     async def acquire(self) -> None:
         """Wait for a free slot, then take it."""
         while self.in_flight >= self.limit:
