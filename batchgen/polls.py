@@ -63,6 +63,8 @@ class Quantiles:
     low: float
     median: float
     high: float
+    # Whether the high end is estimated (else it stands in: the slowest finish seen, while many still run).
+    high_known: bool = field(default=True, compare=False)
 
 
 class LatencyModel:
@@ -157,6 +159,7 @@ class LatencyModel:
             low=low if low is not None else min(self._finished),
             median=median,
             high=max(high if high is not None else max(self._finished), median),
+            high_known=high is not None,
         )
 
 
@@ -304,8 +307,10 @@ class PollScheduler:
             first = known.low + gap
         if task.asked is None:
             return task.created + first
-        # Past the high end, a task is an outlier: back off as it ages, as the family advises for old tasks.
-        gap = max(gap, (task.asked - task.created - known.high) / 2)
+        # Past the high end, a task is an outlier: back off as it ages, as the family advises for old tasks — once
+        # the high end is known; before, tasks older than every finish so far are the bulk of a slow night.
+        if known.high_known:
+            gap = max(gap, (task.asked - task.created - known.high) / 2)
         return max(task.created + first, task.asked + gap)
 
     def _tail_gap(self, now: float, known: Quantiles | None) -> float | None:

@@ -200,7 +200,7 @@ def scenarios(quick: bool) -> list[Scenario]:
             ],
             [],
             naive=False,
-            kind="real_capacity",
+            kind="real",
         ),
         Scenario(
             "big_images",

@@ -586,3 +586,22 @@ def test_status_creates_no_state_folder(tmp_path):
     env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
     assert memory.describe(env, tmp_path / "out", ["https://api.example.com"]) == []
     assert not (tmp_path / "xdg").exists()
+
+
+def test_tasks_older_than_every_finish_are_no_outliers_while_most_still_run():
+    """A slow night: one task finished at 62 s, 59 still run. The stand-in high end (62 s) does not make the
+    bulk of them outliers that back off: a task is asked once a gap, whatever its age."""
+    clock = Clock()
+    polls = scheduler(clock)
+    polls.add("old")
+    polls.ready("old")
+    polls.model.finished("first", 62.0, exact=True)
+    for n in range(59):
+        polls.model.running(f"r{n}", 100.0)
+    known = polls.model.quantiles()
+    assert known is not None and not known.high_known
+    clock.advance(150.0)
+    task = polls._tasks["old"]
+    task.asked = clock.now  # asked at 150 s of age, still running
+    gap = max(polls.floor, GAP_SHARE * known.median)
+    assert polls.due(task, known) == pytest.approx(clock.now + gap)  # not (150 - high) / 2 later
