@@ -156,11 +156,20 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario(
             "warm_wrong",
             n(100),
-            ["--rate", "20/1", "--capacity", "500", "--latency", "12", "--jitter", "3", *scaled_polls, *small],
+            [
+                "--rate",
+                "20/1",
+                "--capacity",
+                "500",
+                *(["--latency", "1.2", "--jitter", "0.3"] if quick else ["--latency", "12", "--jitter", "3"]),
+                *scaled_polls,
+                *small,
+            ],
             ["--create-rate", "20/1", *scaled],
             rate=20,
-            latency=12,
+            latency=1.2 if quick else 12,
             naive=False,
+            notes={"memory": (0.12, 0.4, 0.72) if quick else (1.2, 4.0, 7.2)},
             kind="warm_wrong",
         ),
         # The published profile at the real time scale, but 30 slots: UB = (N mean + (C - R) W) / C + (1 - 1/C)(L + J).
@@ -200,6 +209,7 @@ def scenarios(quick: bool) -> list[Scenario]:
             ],
             [],
             naive=False,
+            notes={"pause": 0 if quick else 10},
             kind="real",
         ),
         Scenario(
@@ -333,7 +343,7 @@ def real_profile(s: Scenario, work: Path) -> list[dict[str, Any]]:
     try:
         for start in ("cold", "warm"):
             if start == "warm":
-                time.sleep(10)  # the next night: the service's create window no longer holds the cold run's creates
+                time.sleep(s.notes.get("pause", 10))  # the next night: the create window no longer holds the cold run's
             extra = ["--callback-listen", f"127.0.0.1:{free_port()}"] if s.callbacks else []
             row = real_run(s, sim, manifest, work / f"{s.name}-{start}", state, extra, label=f"{s.name} ({start})")
             rows.append(row)
@@ -430,7 +440,7 @@ def warm_wrong(s: Scenario, work: Path) -> list[dict[str, Any]]:
         sim = Sim(s.sim)
         try:
             if start == "warm":
-                plant_memory(state, sim.api, (1.2, 4.0, 7.2))
+                plant_memory(state, sim.api, s.notes["memory"])
             before = sim.stats()
             result = measured(
                 [
