@@ -15,7 +15,7 @@ import pytest
 from batchgen import memory
 from batchgen.config import PollSchedule, RetryPolicy
 from batchgen.limits import Hints, StatusBudget, Throttle
-from batchgen.polls import GAP_SHARE, LatencyModel, PollScheduler, Quantiles, kaplan_meier, quantile
+from batchgen.polls import GAP_SHARE, TAIL_GAP_SHARE, LatencyModel, PollScheduler, Quantiles, kaplan_meier, quantile
 
 
 class Clock:
@@ -405,7 +405,7 @@ def test_in_the_tail_the_idle_budget_goes_to_the_last_tasks():
         return polls.next_wakeup() - clock.now
 
     assert gap_after_first(False) == pytest.approx(GAP_SHARE * REAL.median)
-    assert gap_after_first(True) < GAP_SHARE * REAL.median / 2
+    assert gap_after_first(True) == pytest.approx(TAIL_GAP_SHARE * REAL.median)  # half a gap, at most that often
 
 
 def test_a_resumed_task_is_asked_at_once_and_aged_by_the_service():
@@ -605,3 +605,22 @@ def test_tasks_older_than_every_finish_are_no_outliers_while_most_still_run():
     task.asked = clock.now  # asked at 150 s of age, still running
     gap = max(polls.floor, GAP_SHARE * known.median)
     assert polls.due(task, known) == pytest.approx(clock.now + gap)  # not (150 - high) / 2 later
+
+
+def test_cold_with_nothing_left_to_create_the_probe_goes_faster_with_more_tasks():
+    """A slow night, cold: every task is created and none has been seen finished; each finished one waits for the
+    first to be found. The probe goes faster with the tasks in flight (2/3 of the square root)."""
+
+    def probe_gap(in_tail: bool, tasks: int) -> float:
+        clock = Clock()
+        polls = scheduler(clock, in_tail=lambda: in_tail)
+        for n in range(tasks):
+            polls.add(f"t{n}")
+            polls.ready(f"t{n}")
+        clock.advance(2.5)
+        assert len(polls.grant()) == 1  # one probe at a time, always
+        return polls.next_wakeup() - clock.now
+
+    assert probe_gap(False, 36) == pytest.approx(2.5)
+    assert probe_gap(True, 36) == pytest.approx(2.5 / (35**0.5 / 1.5))  # 35 others wait: sqrt(35) / 1.5
+    assert probe_gap(True, 3) == pytest.approx(2.5)  # a few tasks: the family's pace (sqrt(2) / 1.5 < 1)
