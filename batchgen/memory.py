@@ -389,10 +389,10 @@ def describe_text(entries: list[dict[str, Any]]) -> str:
                     f"{_clean(name)}: latency {q['p05']:.1f}/{q['p50']:.1f}/{q['p95']:.1f} s "
                     f"(p5/p50/p95 of {int(q.get('n', 0))} tasks, {q['learned_from']})"
                 )
-        lines.append(f"  remembered {entry['service']} ({saved}): {'; '.join(parts) or 'no limits met'}")
+        lines.append(f"  remembered {_clean(entry['service'])} ({saved}): {'; '.join(parts) or 'no limits met'}")
     return "\n".join(lines)
 
 
 def _clean(name: str) -> str:
-    """A model name from a file, safe on a terminal (one line, no escape sequences)."""
-    return "".join(c if c.isprintable() else "?" for c in name)[:80]
+    """A name read from a file (a model, a service), safe on a terminal: one line, no escape sequences."""
+    return "".join(c if c.isprintable() and c not in "\u202a\u202b\u202c\u202d\u202e" else "?" for c in name)[:200]

@@ -165,3 +165,21 @@ def test_memory_reader_refuses_what_is_not_a_regular_file(tmp_path):
     (tmp_path / "link.json").symlink_to(target)
     assert memory.read_document(tmp_path / "link.json") is None  # never through a link
     assert memory.read_document(Path(target)) == {}
+
+
+def test_status_shows_planted_names_escaped(tmp_path):
+    """A state folder someone wrote into: a model name with an escape sequence and a bidi override, and a
+    service name with a newline, reach `status` as one harmless line each."""
+    out = tmp_path / "out"
+    (out / ".batchgen").mkdir(parents=True)
+    service = "https://api.example.com/\x1b]0;owned\x07x"
+    (out / ".batchgen" / memory.USED).write_text(json.dumps([service]))
+    doc = absurd(service, 30.0)
+    doc["models"]["evil\x1b[2J\u202emodel"] = doc["models"].pop("imagen4-ultra")
+    folder = tmp_path / "xdg" / "batchgen"
+    folder.mkdir(parents=True)
+    memory.path_for(folder, service).write_text(json.dumps(doc))
+    entries = memory.describe({"XDG_STATE_HOME": str(tmp_path / "xdg")}, out, memory.used(out))
+    text = memory.describe_text(entries)
+    assert entries and "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    assert text.count("\n") == len(entries) - 1
