@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
-import os
 import random
 import time
 from collections import Counter
@@ -84,8 +83,7 @@ class Engine:
         # Capacity and latency are the model's: the run's is the one most of its items use.
         models = Counter(item.model for item, _ in plan.resume) + Counter(item.model for item in plan.submit)
         self.model = models.most_common(1)[0][0] if models else (items[0].model if items else "")
-        self._memory_dir = None if settings.simulate else memory.directory(os.environ, settings.out)
-        self.remembered = self._remember(settings)
+        self._memory_dir, self.remembered = memory.recall(settings, self.model, reporter)
         self.throttle = Throttle(
             concurrency=settings.concurrency,
             create_rate=settings.create_rate,
@@ -154,7 +152,16 @@ class Engine:
                 self.submitter.abandon()  # past the bound: given up, in doubt, and recorded so before closing
                 await asyncio.gather(*creating, return_exceptions=True)
             self._show_progress()
-            self._keep_memory()
+            if self._memory_dir is not None:
+                memory.keep(
+                    self._memory_dir,
+                    settings=self.settings,
+                    model=self.model,
+                    before=self.remembered,
+                    throttle=self.throttle,
+                    polls=self.polls,
+                    reporter=self.reporter,
+                )
 
     def _detection_counts(self) -> bool:
         """Whether a task found late costs time now: no item waits for the create window (which would set the
@@ -369,31 +376,6 @@ class Engine:
             self.reporter.debug(f"recordInfo {task_id}: {exc}; asking again later")
         return None
 
-    # ------------------------------------------------------------ what the next run starts from
-
-    def _remember(self, settings: RunSettings) -> memory.ServiceMemory | None:
-        if self._memory_dir is None:
-            return None
-        if settings.forget_service:
-            forget_service(settings, self.reporter)
-            return None
-        kept = memory.load(self._memory_dir, settings.api_base, self.model)
-        if kept is not None:
-            self.reporter.debug(f"remembered service loaded: {memory.describe_text([kept.as_json()]).strip()}")
-        return kept
-
-    def _keep_memory(self) -> None:
-        if self._memory_dir is None:
-            return
-        if self.polls.model.contradicted:
-            self.reporter.debug("today's tasks contradicted the remembered latencies: this run's own were used")
-        learned = memory.learned(
-            self.remembered, self.settings.api_base, self.model, self.throttle, self.polls, self.settings.create_rate
-        )
-        memory.note_used(self.settings.out, self.settings.api_base)
-        if not memory.save(self._memory_dir, self.settings.api_base, learned):
-            self.reporter.debug(f"could not keep what this run learned about the service in {self._memory_dir}")
-
     def _lost(self, item: Item, task_id: str, record: TaskRecord) -> bool:
         """Whether an unknown task is lost: the service forgot it, created over LOST_AFTER ago.
 
@@ -491,15 +473,6 @@ class Engine:
                 "stays submitted, rerun to try again",
                 item=item.id,
             )
-
-
-def forget_service(settings: RunSettings, reporter: Reporter) -> None:
-    """--forget-service: drop what earlier runs learned (also when DIR has nothing left to do)."""
-    if settings.simulate:
-        return
-    forgotten = memory.forget_all(os.environ, settings.out, settings.api_base)
-    for service in forgotten:
-        reporter.info(f"--forget-service: forgot what earlier runs learned about {service}")
 
 
 def _key_in_url(record: TaskRecord) -> ErrorRecord:

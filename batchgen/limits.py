@@ -27,19 +27,15 @@ Clock = Callable[[], float]
 
 
 class InFlightLimiter:
-    """The run's one count of tasks in flight, and the most there may be: `limit`, moving AIMD-style in
-    [1, maximum].
+    """The run's one count of tasks in flight, and the most there may be: `limit`, AIMD-style in [1, maximum].
 
     A slot is taken (`acquire`) before an item's work is created and given back (`release`) when its task is seen
-    finished. Of the slots held, `running` are tasks the service runs for us (created, not yet seen finished;
-    `started`/`ended`); the others wait for the create window or are being created. Both counts are of the same
-    set of tasks, so a cut to `running` is a cut the limiter can hold.
-
-    `on_saturated(running)` cuts the limit to what the service was running for us when it said it is full (or
-    halves it when that is unknown). `on_success` raises it, never above `maximum`: a whole slot per success
-    while below the level of the service's last "full" (`cap`) and calm (no cut for `calm` s), else by 1/limit
-    — one slot per `limit` successes, so a probe above a known cap goes no faster than the service frees slots.
-    `start` (a remembered level) is where the limit begins; a remembered cap is re-probed, not a ceiling.
+    finished; of the slots held, `running` are tasks the service runs for us (`started`/`ended`), the others wait
+    for the create window or are being created — one set of tasks, so a cut to `running` is one the limiter holds.
+    `on_saturated(running)` cuts the limit to what the service ran for us when it said it is full (or halves it).
+    `on_success` raises it, never above `maximum`: a whole slot per success while calm (no cut for `calm` s) and
+    below the service's last "full" (`cap`), else 1/limit — one slot per `limit` successes, so a probe above a
+    known cap goes no faster than the service frees slots. `start`: a remembered level (re-probed, no ceiling).
     """
 
     def __init__(
@@ -92,8 +88,7 @@ class InFlightLimiter:
         self._wake()
 
     async def requeue(self) -> None:
-        """Give the slot back and wait in line for one again (a create the service refused as full). A holder
-        cancelled while it waits still counts as holding one, for its owner's `release`."""
+        """Give the slot back and wait for one again (the service is full); cancelled, it still counts as held."""
         self.release()
         try:
             await self.acquire()
@@ -111,8 +106,7 @@ class InFlightLimiter:
         self.running -= 1
 
     def on_saturated(self, running: int | None = None) -> None:
-        cut = self._limit / 2 if running is None else min(self._limit, float(max(1, running)))
-        self._limit = max(1.0, cut)
+        self._limit = max(1.0, self._limit / 2 if running is None else min(self._limit, float(running)))
         self._last_cut = self._clock()
 
     def on_success(self) -> None:
@@ -347,11 +341,10 @@ class Throttle:
     first 429 of a run, at both levels (nothing tells them apart yet), is decided from the window: not full, it
     is capacity.
 
-    Capacity lowers the in-flight limit to the tasks running (the refused item waits for a slot to free: a task
-    seen finished), keeps the window, and pauses nobody. Rate cuts the window to what the service accepted in
-    its last window; when rate 429s go on with no success in between (a second `strike`), everyone pauses for
-    the cool-down. The server's Retry-After is always honoured. One signal per burst: each call remembers the
-    `epoch` it was sent in, and a 429 for a call sent before the last slow-down has been answered already.
+    Capacity lowers the in-flight limit to the tasks running (the refused item waits for a task to be seen
+    finished), keeps the window, pauses nobody. Rate cuts the window to what the service accepted in its last
+    window; rate 429s with no success between (a second `strike`) pause everyone; Retry-After is always honoured.
+    One signal per burst: a 429 for a call sent before the last slow-down (its `epoch`) was answered already.
     A 429 on a status query halves the status budget only: status queries have their own budget at the service.
     """
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import BatchgenError
@@ -36,6 +36,10 @@ from .files import STATE_DIR, state_dir, write_atomically
 from .limits import Hints, Throttle
 from .polls import MIN_FINISHED, PollScheduler, Quantiles
 from .readers import read_bounded
+
+if TYPE_CHECKING:
+    from .config import RunSettings
+    from .progress import Reporter
 
 VERSION = 2
 MAX_AGE = 30 * 86400.0  # a month-old picture of a service is no picture of it
@@ -258,9 +262,8 @@ def _latency(fact: Any, now: float) -> Latency | None:
 
 def _number(value: Any) -> float | None:
     """A finite positive number below 1e12 (never a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) and 0 < value < 1e12 else None
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and 0 < value < 1e12
+    return float(value) if ok else None
 
 
 def learned(
@@ -396,3 +399,52 @@ def describe_text(entries: list[dict[str, Any]]) -> str:
 def _clean(name: str) -> str:
     """A name read from a file (a model, a service), safe on a terminal: one line, no escape sequences."""
     return "".join(c if c.isprintable() and c not in "\u202a\u202b\u202c\u202d\u202e" else "?" for c in name)[:200]
+
+
+# ---------------------------------------------------------------- a run's side
+
+
+def recall(settings: RunSettings, model: str, reporter: Reporter) -> tuple[Path | None, ServiceMemory | None]:
+    """Where this run keeps what it learns (None: --simulate keeps nothing), and what earlier runs learned about
+    its service and `model` (none after --forget-service). `-v` names what was loaded."""
+    if settings.simulate:
+        return None, None
+    folder = directory(os.environ, settings.out)
+    if settings.forget_service:
+        forget_service(settings, reporter)
+        return folder, None
+    kept = load(folder, settings.api_base, model)
+    if kept is not None:
+        reporter.debug(f"remembered service loaded: {describe_text([kept.as_json()]).strip()}")
+    return folder, kept
+
+
+def keep(
+    folder: Path,
+    *,
+    settings: RunSettings,
+    model: str,
+    before: ServiceMemory | None,
+    throttle: Throttle,
+    polls: PollScheduler,
+    reporter: Reporter,
+) -> None:
+    """Keep what the run learned; `-v` says where today's tasks contradicted what was remembered."""
+    if polls.model.contradicted:
+        reporter.debug("today's tasks contradicted the remembered latencies: this run's own were used")
+    after = learned(before, settings.api_base, model, throttle, polls, settings.create_rate)
+    if before is not None and before.capacity is not None and after.capacity is None:
+        reporter.debug(f"today's tasks ran past the remembered capacity ({before.capacity.tasks}): forgotten")
+    if before is not None and before.rate is not None and after.rate is None:
+        reporter.debug(f"today's creates went past the remembered rate ({before.rate.count}): forgotten")
+    note_used(settings.out, settings.api_base)
+    if not save(folder, settings.api_base, after):
+        reporter.debug(f"could not keep what this run learned about the service in {folder}")
+
+
+def forget_service(settings: RunSettings, reporter: Reporter) -> None:
+    """--forget-service: drop what earlier runs learned (also when DIR has nothing left to do)."""
+    if settings.simulate:
+        return
+    for service in forget_all(os.environ, settings.out, settings.api_base):
+        reporter.info(f"--forget-service: forgot what earlier runs learned about {_clean(service)}")

@@ -22,11 +22,12 @@ from . import manifest, names, sheet
 from .callbacks import CallbackReceiver, parse_listen
 from .client import Client, open_session
 from .config import RunSettings, Secret, is_loopback
-from .engine import Engine, forget_service
+from .engine import Engine
 from .errors import BatchgenError, StorageError, UsageError
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
+from .memory import forget_service
 from .plan import Plan, describe, make_plan
 from .progress import Reporter, plural
 from .records import price_of
