@@ -33,8 +33,8 @@ class InFlightLimiter:
     finished; of the slots held, `running` are tasks the service runs for us (`started`/`ended`), the others wait
     for the create window or are being created — one set of tasks, so a cut to `running` is one the limiter holds.
     `on_saturated(running)` cuts the limit to what the service ran for us when it said it is full (or halves it).
-    `on_success` raises it, never above `maximum`: a whole slot per success while calm (no cut for `calm` s) and
-    below the service's last "full" (`cap`), else 1/limit — one slot per `limit` successes, so a probe above a
+    `on_success` raises it, never above `maximum`: a whole slot per success with no confirmed "full" level (`cap`)
+    or, calm (no cut for `calm` s), below it; else 1/limit — one slot per `limit` successes, so a probe above a
     known cap goes no faster than the service frees slots. `start`: a remembered level (re-probed, no ceiling).
     """
 
@@ -111,9 +111,8 @@ class InFlightLimiter:
 
     def on_success(self) -> None:
         if self._limit < self.maximum:
-            below_cap = self.cap is None or self._limit < self.cap
             calm = self._clock() - self._last_cut > self.calm
-            step = 1.0 if calm and below_cap else 1 / self._limit
+            step = 1.0 if self.cap is None or (calm and self._limit < self.cap) else 1 / self._limit
             self._limit = min(float(self.maximum), self._limit + step)
             self._wake()
 
@@ -380,14 +379,12 @@ class Throttle:
         rate_at = self.rate_level if self.rate_level is not None else self.window.count
         rate_full = accepted >= rate_at - _slack(rate_at)  # our stamps come late: a little slack
         if self.cap_level is None:
-            # The first 429 of a run is decided from the window (not full: capacity); later, what the window
-            # does not explain is capacity.
+            # The first 429 is decided from the window (not full: capacity); later, what it does not explain too.
             return "rate" if rate_full else "capacity"
-        crowded = running >= self.cap_level - _slack(self.cap_level)
+        crowded = running >= self.cap_level - _lag(self.cap_level)
         if rate_full:
             return "both" if crowded else "rate"
-        # Under the window's level: full, when as many run as at its last "full"; with fewer running than that,
-        # the service is not full — its window is smaller than we knew.
+        # Under the window's level: full, when as many run as at its last "full"; with fewer, its window is smaller.
         return "capacity" if crowded else "rate"
 
     def on_create_saturated(self, epoch: int, retry_after: float | None = None) -> Verdict | None:
@@ -404,12 +401,12 @@ class Throttle:
         if kind != "rate":
             # A second "full" at the same level confirms it: from then on the probe above it is one slot per
             # `limit` successes. A first one may be a rate limit's doing (it looks the same): probed sooner.
-            again = self.cap_level is not None and running <= self.cap_level + _slack(self.cap_level)
+            again = self.cap_level is not None and running <= self.cap_level + _lag(self.cap_level)
             self.cap_level, self._cap_accepted, self._most_running_ok = max(1, running), accepted, 0
             self.limiter.cap = float(self.cap_level) if again else None
             self.limiter.on_saturated(running)
         if kind != "capacity":
-            if kind == "rate" and self.cap_level is not None and running < self.cap_level - _slack(self.cap_level):
+            if kind == "rate" and self.cap_level is not None and running < self.cap_level - _lag(self.cap_level):
                 self.cap_level = self.limiter.cap = None  # refused with fewer running: not full, then or now
             self.strikes += 1
             self.rate_level = max(1, accepted)
@@ -426,9 +423,7 @@ class Throttle:
         running = self.limiter.running + 1  # with the task just created
         if self.cap_level is not None:
             self._most_running_ok = max(self._most_running_ok, running)
-            # Our count runs ahead of the service's by the tasks it finished that we have not seen finished yet
-            # (an eighth of its capacity, at the poll scheduler's pace): a quarter's slack.
-            if self._most_running_ok > self.cap_level + max(2, self.cap_level // 4):
+            if self._most_running_ok > self.cap_level + _lag(self.cap_level):
                 # The service ran more than the "full" level without refusing: that 429 was the window's — if
                 # the window has not taken more since.
                 if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
@@ -443,6 +438,11 @@ class Throttle:
 
     def on_status_success(self) -> None:
         self.status.on_success()
+
+
+def _lag(level: int) -> int:
+    """How far ahead of the service's our count of tasks running may be (its finishes we have not seen yet)."""
+    return max(2, level // 4)
 
 
 def _slack(level: int) -> int:
