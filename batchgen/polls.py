@@ -342,7 +342,7 @@ class PollScheduler:
         task = min(waiting, key=lambda t: (t.asked if t.asked is not None else t.created, t.created))
         assert task.created is not None
         interval = self.cold.interval(now - task.created) * (FALLBACK_FACTOR if task.fallback else factor)
-        if known is None and self.in_tail():
+        if known is None and not task.fallback and self.in_tail():
             # Nothing waits to be created: until the first finish is found, every finished task waits for it.
             # Probe faster with more tasks in flight (2/3 of the square root: a slow night of 60 tasks, ~5x).
             interval /= max(1.0, math.sqrt(len(waiting)) / 1.5)
