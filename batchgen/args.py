@@ -534,6 +534,11 @@ def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
         help="how a 429 is wrapped (default %(default)s: the task relay's own envelope)",
     )
     p.add_argument(
+        "--capacity-envelope-429",
+        choices=["relay", "business", "gateway", "empty", "mixed"],
+        help="how a 429 for being full (--capacity) is wrapped (default: as --envelope-429)",
+    )
+    p.add_argument(
         "--retry-after", type=non_negative_number, help="send Retry-After on 429 (the real service does not)"
     )
     p.add_argument(

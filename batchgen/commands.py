@@ -294,7 +294,8 @@ def _stop_on_signals() -> Iterator[_Early]:
 
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     doc = report.status(Path(args.directory))
-    doc["services"] = memory.describe(os.environ, Path(args.directory))  # what runs learned (memory.py)
+    directory = Path(args.directory)  # what runs learned (memory.py) about the services DIR's runs used
+    doc["services"] = memory.describe(os.environ, directory, memory.used(directory))
     say(visible_json(json.dumps(doc, indent=1, ensure_ascii=False)) if args.json else report.status_text(doc))
     if not args.json and doc["services"]:
         say(memory.describe_text(doc["services"]))

@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
-import os
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from . import download, failures, memory, rolls
@@ -83,22 +83,24 @@ class Engine:
         self.reporter = reporter
         self.counters = Counters()
         # What earlier runs learned about this service (none with --simulate): where the limits start.
-        self._memory_dir = None if settings.simulate else memory.directory(os.environ, settings.out)
-        self.remembered = self._remember(settings)
+        # Capacity and latency are the model's: the run's is the one most of its items use.
+        models = Counter(item.model for item, _ in plan.resume) + Counter(item.model for item in plan.submit)
+        self.model = models.most_common(1)[0][0] if models else (items[0].model if items else "")
+        self._memory_dir, self.remembered = memory.recall(settings, self.model, reporter)
         self.throttle = Throttle(
             concurrency=settings.concurrency,
             create_rate=settings.create_rate,
             poll_rate=settings.poll_rate,
             retry=settings.retry,
-            hints=self.remembered.hints(settings.create_rate) if self.remembered else None,
+            hints=self.remembered.hints(settings.create_rate, settings.concurrency) if self.remembered else None,
         )
         self.limiter = self.throttle.limiter  # the in-flight slots, taken and given back by every item
         self._dispatched = False  # every item of the plan has its slot: the run is in its tail once none waits
         self.polls = PollScheduler(
             self.throttle,
             settings.poll,
-            prior=self.remembered.latency if self.remembered else None,
-            in_tail=lambda: self._dispatched and not self.throttle.window.waiting and not self.submitter.creating,
+            prior=self.remembered.prior(settings.task_timeout) if self.remembered else None,
+            in_tail=self._detection_counts,
         )
         self.downloads = asyncio.Semaphore(DOWNLOAD_SLOTS)
         self.rng = random.Random()
@@ -156,7 +158,24 @@ class Engine:
                 self.submitter.abandon()  # past the bound: given up, in doubt, and recorded so before closing
                 await asyncio.gather(*creating, return_exceptions=True)
             self._show_progress()
-            self._keep_memory()
+            if self._memory_dir is not None:
+                memory.keep(
+                    self._memory_dir,
+                    settings=self.settings,
+                    model=self.model,
+                    before=self.remembered,
+                    throttle=self.throttle,
+                    polls=self.polls,
+                    reporter=self.reporter,
+                )
+
+    def _detection_counts(self) -> bool:
+        """Whether a task found late costs time now: no item waits for the create window (which would set the
+        pace) and none is being created, and either every item has its slot (the run's tail) or items wait for an
+        in-flight slot (the service is full: a slot is refilled only once its task is seen finished)."""
+        if self.throttle.window.waiting or self.submitter.creating:
+            return False
+        return self._dispatched or self.limiter.waiting > 0
 
     def _show_progress(self) -> None:
         self.reporter.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)
@@ -304,7 +323,8 @@ class Engine:
         deadline = time.monotonic() + self.settings.task_timeout
         fallback = bool(self.submitter.callback_url and not item.callback_url)
         self.polls.add(task_id, fallback=fallback, resumed=first_poll is not None)
-        self.throttle.task_started()
+        if first_poll is not None:
+            self.limiter.started()  # resumed: running at the service (a new task is counted from its answer)
         try:
             while True:
                 try:
@@ -325,7 +345,7 @@ class Engine:
                 if record.finished or self._lost(item, task_id, record):
                     return record
         finally:
-            self.throttle.task_ended()
+            self.limiter.ended()  # the one count of tasks in flight, the limiter's: this one left it
             self.polls.remove(task_id)
 
     def wake(self, task_id: str) -> None:
@@ -362,24 +382,6 @@ class Engine:
         except (ServiceError, TransportError) as exc:
             self.reporter.debug(f"recordInfo {task_id}: {exc}; asking again later")
         return None
-
-    # ------------------------------------------------------------ what the next run starts from
-
-    def _remember(self, settings: RunSettings) -> memory.ServiceMemory | None:
-        if self._memory_dir is None:
-            return None
-        if settings.forget_service and memory.forget(self._memory_dir, settings.api_base):
-            self.reporter.info(f"--forget-service: forgot what earlier runs learned about {settings.api_base}")
-        return None if settings.forget_service else memory.load(self._memory_dir, settings.api_base)
-
-    def _keep_memory(self) -> None:
-        if self._memory_dir is None:
-            return
-        learned = memory.learned(
-            self.remembered, self.settings.api_base, self.throttle, self.polls, self.settings.create_rate[1]
-        )
-        if not memory.save(self._memory_dir, self.settings.api_base, learned):
-            self.reporter.debug(f"could not keep what this run learned about the service in {self._memory_dir}")
 
     def _lost(self, item: Item, task_id: str, record: TaskRecord) -> bool:
         """Whether an unknown task is lost: the service forgot it, created over LOST_AFTER ago.

@@ -14,6 +14,7 @@ import glob
 import hashlib
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import StorageError, UsageError
@@ -94,8 +95,9 @@ def state_dir(directory: Path, sub: str | None = None) -> Path:
     return path / sub if sub else path
 
 
-def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | None = None) -> None:
-    """Write `data` to a new file in temp_dir, fsync it, and rename it over `path` (then fsync the folder).
+def write_atomically(path: Path, data: bytes | Iterable[bytes], temp_dir: Path, *, mode: int | None = None) -> None:
+    """Write `data` (bytes, or chunks of them: a large document never held whole) to a new file in temp_dir, fsync
+    it, and rename it over `path` (then fsync the folder).
 
     `mode`, when given, is set exactly, whatever the umask (a file another user's daemon must read)."""
     temp = temp_dir / temp_name(path)
@@ -106,7 +108,10 @@ def write_atomically(path: Path, data: bytes, temp_dir: Path, *, mode: int | Non
         with os.fdopen(fd, "wb") as handle:
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                handle.writelines(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)

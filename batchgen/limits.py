@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from .config import RetryPolicy
 
@@ -26,27 +27,45 @@ Clock = Callable[[], float]
 
 
 class InFlightLimiter:
-    """Tasks submitted and not finished, at most `limit`; the limit moves AIMD-style in [1, maximum].
+    """The run's one count of tasks in flight, and the most there may be: `limit`, AIMD-style in [1, maximum].
 
-    `on_saturated(live)` cuts the limit to the number of tasks the service is running for us when it said 429
-    (that is what it can take), or halves it when that is unknown. `on_success` raises it, never above
-    `maximum`: by 1/limit (one slot per `limit` successes, a gentle probe) while 429s are recent, by a whole
-    slot once `calm` seconds passed without one (the cut was the rate window's doing, not a lack of room).
-    `start` (a remembered level, below `maximum`) is where the limit begins.
+    A slot is taken (`acquire`) before an item's work is created and given back (`release`) when its task is seen
+    finished; of the slots held, `running` are tasks the service runs for us (`started`/`ended`), the others wait
+    for the create window or are being created — one set of tasks, so a cut to `running` is one the limiter holds.
+    `on_saturated(running)` cuts the limit to what the service ran for us when it said it is full (or halves it).
+    `on_success` raises it, never above `maximum`: a whole slot per success with no confirmed "full" level (`cap`)
+    or, calm (no cut for `calm` s), below it; else 1/limit — one slot per `limit` successes, so a probe above a
+    known cap goes no faster than the service frees slots. `start`: a remembered level (re-probed, no ceiling).
     """
 
-    def __init__(self, maximum: int, *, start: int | None = None, calm: float = 1.0, clock: Clock = time.monotonic):
+    def __init__(
+        self,
+        maximum: int,
+        *,
+        start: int | None = None,
+        cap: int | None = None,
+        calm: float = 1.0,
+        clock: Clock = time.monotonic,
+    ):
         self.maximum = maximum
         self.calm = calm
         self._clock = clock
         self._last_cut = -math.inf
         self._limit = float(maximum if start is None else max(1, min(start, maximum)))
-        self.in_flight = 0
+        self.cap: float | None = None if cap is None else float(max(1, min(cap, maximum)))
+        self.in_flight = 0  # slots held
+        self.running = 0  # of those, tasks the service runs for us
+        self.most_running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def limit(self) -> int:
         return max(1, int(self._limit))
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a slot."""
+        return len(self._waiters)
 
     async def acquire(self) -> None:
         """Wait for a free slot, then take it."""
@@ -68,14 +87,32 @@ class InFlightLimiter:
         self.in_flight -= 1
         self._wake()
 
-    def on_saturated(self, live: int | None = None) -> None:
-        cut = self._limit / 2 if live is None else min(self._limit, float(live))
-        self._limit = max(1.0, cut)
+    async def requeue(self) -> None:
+        """Give the slot back and wait for one again (the service is full); cancelled, it still counts as held."""
+        self.release()
+        try:
+            await self.acquire()
+        except asyncio.CancelledError:
+            self.in_flight += 1
+            raise
+
+    def started(self) -> None:
+        """A slot's task is running at the service (created, or resumed from an earlier run)."""
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+
+    def ended(self) -> None:
+        """A slot's task left the service's count: seen finished, timed out or abandoned."""
+        self.running -= 1
+
+    def on_saturated(self, running: int | None = None) -> None:
+        self._limit = max(1.0, self._limit / 2 if running is None else min(self._limit, float(running)))
         self._last_cut = self._clock()
 
     def on_success(self) -> None:
         if self._limit < self.maximum:
-            step = 1.0 if self._clock() - self._last_cut > self.calm else 1 / self._limit
+            calm = self._clock() - self._last_cut > self.calm
+            step = 1.0 if self.cap is None or (calm and self._limit < self.cap) else 1 / self._limit
             self._limit = min(float(self.maximum), self._limit + step)
             self._wake()
 
@@ -162,12 +199,16 @@ class RateWindow:
         slot[0] = -math.inf
         self._changed.set()
 
+    def accepted(self) -> int:
+        """Calls the service accepted in the last window (answered, not dropped)."""
+        now = self._clock()
+        return sum(1 for slot in self._slots if now - self.seconds < slot[0] <= now)
+
     def on_saturated(self) -> None:
-        """A 429: the service accepts no more than it accepted in the last window (or half, if none)."""
+        """A rate 429: the service accepts no more than it accepted in the last window (or half, if none)."""
         if not self._adaptive:
             return
-        now = self._clock()
-        accepted = sum(1 for slot in self._slots if now - self.seconds < slot[0] <= now)
+        accepted = self.accepted()
         self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
 
     def on_success(self) -> None:
@@ -270,20 +311,40 @@ class Cooldown:
 class Hints:
     """What an earlier run learned about the service: where the limits start (the flags still cap them)."""
 
-    create_count: int | None = None  # creates per window the service accepted
-    in_flight: int | None = None  # tasks in flight when it first said 429
+    create_count: int | None = None  # creates per window the service accepted when it said 429 for the rate
+    in_flight: int | None = None  # tasks it ran for us when it said 429 for being full: re-probed, not a ceiling
+
+
+Saturation = Literal["capacity", "rate", "both"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a createTask 429 was taken for, and what it was read from."""
+
+    kind: Saturation
+    accepted: int  # creates the service accepted in the last window
+    running: int  # tasks it was running for us
+    pause: float  # the pause everyone takes now (0: none)
 
 
 class Throttle:
-    """The one throttle of a run: every limit, and what a 429 does to them.
+    """The one throttle of a run: every limit, the one count of tasks in flight (the limiter's), and what a 429
+    does to them.
 
-    A 429 on createTask slows everyone down at once, one signal per burst however many calls of the burst see
-    it: each call remembers the `epoch` it was sent in, and a 429 for a call sent before the last slow-down has
-    been answered already. First the limits learn what the service took (the in-flight limit drops to the tasks
-    it is running for us, the create window to what it accepted in its last window). Only when 429s go on after
-    that, with no success in between (a second `strike`), does everyone also pause for the cool-down (or the
-    server's Retry-After, always honoured). A 429 on a status query halves the status budget only: status
-    queries have their own budget at the service.
+    A createTask 429 means "saturated": either the create window is full (rate) or the service runs all it will
+    take for us (capacity) — or both. `classify` tells them apart from two levels this run has seen: the creates
+    accepted per window at a rate 429 (else the most accepted in a window so far), and the tasks running at a
+    capacity 429 (else the most running so far). A 429 with the window at its level and few tasks running is
+    rate; with the window under its level and the tasks running at theirs, capacity; at both levels, both. The
+    first 429 of a run, at both levels (nothing tells them apart yet), is decided from the window: not full, it
+    is capacity.
+
+    Capacity lowers the in-flight limit to the tasks running (the refused item waits for a task to be seen
+    finished), keeps the window, pauses nobody. Rate cuts the window to what the service accepted in its last
+    window; rate 429s with no success between (a second `strike`) pause everyone; Retry-After is always honoured.
+    One signal per burst: a 429 for a call sent before the last slow-down (its `epoch`) was answered already.
+    A 429 on a status query halves the status budget only: status queries have their own budget at the service.
     """
 
     def __init__(
@@ -299,42 +360,76 @@ class Throttle:
     ) -> None:
         hints = hints or Hints()
         self.clock = clock
-        self.limiter = InFlightLimiter(concurrency, start=hints.in_flight, clock=clock)
+        self.limiter = InFlightLimiter(concurrency, start=hints.in_flight, cap=hints.in_flight, clock=clock)
         self.window = RateWindow(*create_rate, start=hints.create_count, clock=clock)
         self.status = StatusBudget(poll_rate, clock=clock)
         self.cooldown = Cooldown(retry, rng=rng, clock=clock)
-        self.live = 0  # tasks created at the service and not yet seen finished
-        self.most_live = 0
         self.epoch = 0  # bumped each time a 429 slows us down; a call remembers the epoch it was sent in
-        self.strikes = 0  # 429 signals since the last success (the second and later ones also pause everyone)
-        self.first_429_live: int | None = None  # tasks live when the service first said 429 in this run
-        self.learned_count: int | None = None  # the create window's count after the last 429 cut it
+        self.strikes = 0  # rate 429 signals since the last success (the second and later ones pause everyone)
+        self.rate_level: int | None = None  # creates accepted in the window at this run's last rate 429
+        self.cap_level: int | None = None  # tasks running at this run's last capacity 429
+        self.learned_count: int | None = None  # the create window's count after the last rate 429 cut it
+        self._cap_accepted = 0  # creates accepted in the window at the 429 that set `cap_level`
+        self._most_running_ok = 0  # the most tasks running at a success since `cap_level` was set
+        self.verdicts: dict[str, int] = {"capacity": 0, "rate": 0, "both": 0}
+        self.last_kind: Saturation | None = None
 
-    def task_started(self) -> None:
-        self.live += 1
-        self.most_live = max(self.most_live, self.live)
+    def classify(self, accepted: int, running: int) -> Saturation:
+        """What a 429 is, from the creates accepted in the last window and the tasks running for us."""
+        rate_at = self.rate_level if self.rate_level is not None else self.window.count
+        rate_full = accepted >= rate_at - _slack(rate_at)  # our stamps come late: a little slack
+        if self.cap_level is None:
+            # The first 429 is decided from the window (not full: capacity); later, what it does not explain too.
+            return "rate" if rate_full else "capacity"
+        crowded = running >= self.cap_level - _lag(self.cap_level)
+        if rate_full:
+            return "both" if crowded else "rate"
+        # Under the window's level: full, when as many run as at its last "full"; with fewer, its window is smaller.
+        return "capacity" if crowded else "rate"
 
-    def task_ended(self) -> None:
-        self.live -= 1
-
-    def on_create_saturated(self, epoch: int, retry_after: float | None = None) -> float | None:
-        """A createTask 429 for a call sent in `epoch`; the pause everyone takes now (0 for none), or None when
-        this 429 belongs to a burst that was answered already."""
+    def on_create_saturated(self, epoch: int, retry_after: float | None = None) -> Verdict | None:
+        """A createTask 429 for a call sent in `epoch`: what it was taken for and the pause everyone takes now,
+        or None when this 429 belongs to a burst that was answered already."""
         if epoch < self.epoch and retry_after is None:
             return None
+        accepted, running = self.window.accepted(), self.limiter.running
+        kind = self.classify(accepted, running)
+        self.verdicts[kind] += 1
+        self.last_kind = kind
         self.epoch += 1
-        self.strikes += 1
-        if self.first_429_live is None:
-            self.first_429_live = self.live
-        self.limiter.on_saturated(self.live)
-        self.window.on_saturated()
-        self.learned_count = self.window.count
-        if self.strikes > 1 or retry_after is not None:
-            return self.cooldown.trigger(max(1, self.strikes - 1), retry_after)
-        return 0.0
+        pause = 0.0
+        if kind != "rate":
+            # A second "full" at the same level confirms it: from then on the probe above it is one slot per
+            # `limit` successes. A first one may be a rate limit's doing (it looks the same): probed sooner.
+            again = self.cap_level is not None and running <= self.cap_level + _lag(self.cap_level)
+            self.cap_level, self._cap_accepted, self._most_running_ok = max(1, running), accepted, 0
+            self.limiter.cap = float(self.cap_level) if again else None
+            self.limiter.on_saturated(running)
+        if kind != "capacity":
+            if kind == "rate" and self.cap_level is not None and running < self.cap_level - _lag(self.cap_level):
+                self.cap_level = self.limiter.cap = None  # refused with fewer running: not full, then or now
+            self.strikes += 1
+            self.rate_level = max(1, accepted)
+            self.window.on_saturated()
+            self.learned_count = self.window.count
+            if self.strikes > 1:
+                pause = self.cooldown.trigger(self.strikes - 1, retry_after)
+        if retry_after is not None and not pause:
+            pause = self.cooldown.trigger(max(1, self.strikes), retry_after)
+        return Verdict(kind, accepted, running, pause)
 
     def on_create_success(self) -> None:
         self.strikes = 0
+        running = self.limiter.running + 1  # with the task just created
+        if self.cap_level is not None:
+            self._most_running_ok = max(self._most_running_ok, running)
+            if self._most_running_ok > self.cap_level + _lag(self.cap_level):
+                # The service ran more than the "full" level without refusing: that 429 was the window's — if
+                # the window has not taken more since.
+                if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
+                    self.rate_level = self._cap_accepted
+                self.cap_level = None
+                self.limiter.cap = None
         self.window.on_success()
         self.limiter.on_success()
 
@@ -343,3 +438,13 @@ class Throttle:
 
     def on_status_success(self) -> None:
         self.status.on_success()
+
+
+def _lag(level: int) -> int:
+    """How far ahead of the service's our count of tasks running may be (its finishes we have not seen yet)."""
+    return max(2, level // 4)
+
+
+def _slack(level: int) -> int:
+    """How far a count may be from a level and still be at it: a tenth, at least one."""
+    return max(1, level // 10)

@@ -14,12 +14,15 @@ Every status query of a run is granted here, under the status budget (limits.Sta
   what half the budget allows across the tasks that could be finished.
 - **Outliers back off.** A task older than the slowest latency seen (the 95th percentile) is asked less and
   less often as it ages, as the family advises for old tasks.
-- **Learn from this run.** Latencies are estimated from this run's tasks (createTime/completeTime, else the
-  age at which a task was first seen finished), counting the tasks seen still running as "longer than that"
-  (Kaplan-Meier, for censored data): counting only the finished ones would mistake the first, fastest tasks for
-  the whole distribution. What an earlier run against the same service learned (memory.py) is the starting
-  point until this run has seen a few tasks finish.
-- **Cold start.** With no data at all, probe the oldest task — one at a time, at the family's advised pace
+- **Learn from this run.** Latencies are estimated from the tasks this run created (createTime/completeTime,
+  else the age at which a task was first seen finished; a task resumed from an earlier run never counts: its
+  age is not its latency), counting the tasks seen still running as "longer than that" (Kaplan-Meier, for
+  censored data): counting only the finished ones would mistake the first, fastest tasks for the whole
+  distribution. What an earlier run against the same service learned (memory.py) is the starting point until
+  this run has seen a few tasks finish — or until this run's censored data contradicts it (no task finished by
+  the ages at which it expected several to), whichever comes first.
+- **Cold start.** With no data at all (or a remembered estimate no task of this run has confirmed yet, then
+  `PRIOR_PROBE_FACTOR` times slower), probe the oldest task — one at a time, at the family's advised pace
   (`--poll-interval`, backing off as the task ages) — rather than every young task. A fast service is found at
   once (the built-in simulator's quick start takes two probes), a slow one costs a few queries.
 - **Callbacks.** A task whose callback goes to this run's listener is polled only as the fallback: after the
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import time
 from collections import deque
@@ -42,9 +46,11 @@ from .config import PollSchedule
 from .limits import Clock, Throttle
 
 MIN_FINISHED = 5  # finished tasks of this run before its own estimate replaces the remembered one
+MIN_CONTRADICTING = 3  # tasks (expected to have finished, or finished below the low end) that overrule a prior
+PRIOR_PROBE_FACTOR = 4.0  # while a remembered estimate is unconfirmed, the cold probe goes on this much slower
 GAP_SHARE = 0.25  # a task is asked about once every quarter of the median latency
 TAIL_SHARE = 0.5  # in the tail, the share of the status budget spent asking the tasks that may be finished
-TAIL_GAP_SHARE = 1 / 16  # ... but no task more often than once every 1/16 of the median latency
+TAIL_GAP_SHARE = 1 / 8  # ... but no task more often than once every 1/8 of the median latency
 FALLBACK_FACTOR = 4.0  # with callbacks on, polling is the fallback and runs this much less often
 KEEP = 1000  # finished latencies kept: enough for the quantiles, and it follows a service that changes pace
 TICK = 0.001  # the driver never sleeps less than this (a guard against spinning on float rounding)
@@ -57,6 +63,8 @@ class Quantiles:
     low: float
     median: float
     high: float
+    # Whether the high end is estimated (else it stands in: the slowest finish seen, while many still run).
+    high_known: bool = field(default=True, compare=False)
 
 
 class LatencyModel:
@@ -70,41 +78,72 @@ class LatencyModel:
 
     def __init__(self, prior: Quantiles | None = None) -> None:
         self.prior = prior
+        self.contradicted = False  # this run's tasks said the prior is wrong: it serves no more
+        self.exact_count = 0  # finished latencies from the service's own clock (createTime/completeTime)
         self._finished: deque[float] = deque(maxlen=KEEP)
         self._running: dict[str, float] = {}  # task id -> the largest age at which it was seen running
         self._cached: Quantiles | None = None
+        self._expected: float | None = None
         self._dirty = True
 
     @property
     def finished_count(self) -> int:
         return len(self._finished)
 
-    def finished(self, task_id: str, latency: float) -> None:
+    def finished(self, task_id: str, latency: float, *, exact: bool = False) -> None:
         self._running.pop(task_id, None)
         self._finished.append(max(0.0, latency))
-        self._dirty = True
+        self.exact_count += exact
+        self._dirty, self._expected = True, None
 
     def running(self, task_id: str, age: float) -> None:
         if age > self._running.get(task_id, -1.0):
             self._running[task_id] = age
-            self._dirty = True
+            self._dirty, self._expected = True, None
 
     def forget(self, task_id: str) -> None:
         """A task that leaves without being seen finished (timeout, stop): its observation goes with it."""
         if self._running.pop(task_id, None) is not None:
-            self._dirty = True
+            self._dirty, self._expected = True, None
 
     def quantiles(self) -> Quantiles | None:
-        """This run's estimate, the remembered one until this run has enough, or None (nothing known: cold)."""
-        if len(self._finished) < MIN_FINISHED and self.prior is not None:
+        """This run's estimate, the remembered one until this run has enough (or contradicts it), or None
+        (nothing known: cold)."""
+        if len(self._finished) < MIN_FINISHED and self.prior is not None and not self._contradicts(self.prior):
             return self.prior
         return self.own()
+
+    def on_prior(self) -> bool:
+        """Whether the remembered estimate is in use and no task of this run finished where it said they would
+        (an absurd prior — a day per image — would otherwise keep every task from being asked)."""
+        prior = self.prior
+        if prior is None or len(self._finished) >= MIN_FINISHED or self._contradicts(prior):
+            return False
+        return all(latency < prior.low for latency in self._finished)
+
+    def _contradicts(self, prior: Quantiles) -> bool:
+        """Whether this run's tasks, censored ones included, say the remembered latencies are wrong.
+
+        Slower: by the ages at which tasks were seen still running, the prior expects `expected` of them to have
+        finished already; fewer than a third of that did (none finished before T, where the prior said most
+        would). Faster: MIN_CONTRADICTING tasks finished below its low end (it expects 1 in 20 there).
+        """
+        if self.contradicted:
+            return True
+        if self._expected is None:
+            finished = list(self._finished)
+            ages = [*finished, *self._running.values()]
+            self._expected = sum(_share_by(prior, age) for age in ages)
+            early = sum(1 for latency in finished if latency < prior.low)
+            slower = self._expected >= MIN_CONTRADICTING and len(finished) < self._expected / 3
+            self.contradicted = slower or early >= MIN_CONTRADICTING
+        return self.contradicted
 
     def own(self) -> Quantiles | None:
         """This run's own estimate, whatever the prior; None before a task finished."""
         if not self._finished:
             return None
-        if self._dirty:
+        if self._dirty or self._cached is None:
             self._cached = self._estimate()
             self._dirty = False
         return self._cached
@@ -120,7 +159,17 @@ class LatencyModel:
             low=low if low is not None else min(self._finished),
             median=median,
             high=max(high if high is not None else max(self._finished), median),
+            high_known=high is not None,
         )
+
+
+def _share_by(prior: Quantiles, age: float) -> float:
+    """The share of tasks the prior says finish by `age`: piecewise linear through its quantiles."""
+    points = [(0.0, 0.0), (prior.low, 0.05), (prior.median, 0.5), (prior.high, 0.95), (2 * prior.high, 1.0)]
+    for (t0, f0), (t1, f1) in itertools.pairwise(points):
+        if age <= t1:
+            return f0 if t1 <= t0 else f0 + (f1 - f0) * (age - t0) / (t1 - t0)
+    return 1.0
 
 
 def kaplan_meier(events: list[float], censored: list[float]) -> list[tuple[float, float]]:
@@ -155,6 +204,7 @@ class _Task:
     task_id: str
     created: float | None  # on the scheduler's clock; None until known (a task resumed from an earlier run)
     fallback: bool  # its callback comes to this run: polling is only the fallback
+    resumed: bool = False  # created by an earlier run: its age is not its latency, it teaches none
     asked: float | None = None  # when it was last granted a query
     woken: bool = False  # a callback said it may be finished
     waiting: bool = False  # its poller waits for a turn
@@ -195,7 +245,7 @@ class PollScheduler:
     def add(self, task_id: str, *, fallback: bool = False, resumed: bool = False) -> None:
         """A task to poll: just created (its age starts now), or `resumed` from an earlier run (age unknown
         until its first answer, so it is asked at once)."""
-        self._tasks[task_id] = _Task(task_id, None if resumed else self.clock(), fallback)
+        self._tasks[task_id] = _Task(task_id, None if resumed else self.clock(), fallback, resumed)
         self._changed.set()
 
     def ready(self, task_id: str) -> None:
@@ -228,11 +278,11 @@ class PollScheduler:
         now = self.clock()
         if task.created is None and created is not None:
             task.created = now - max(0.0, self.wall() - created)  # a resumed task: its age from the service
-        if finished is None or task.created is None:
-            return
+        if finished is None or task.created is None or task.resumed:
+            return  # a task from an earlier run never counts toward latency: its age is not its latency
         if finished:
             if completed is not None and created is not None and completed >= created:
-                self.model.finished(task_id, completed - created)  # the service's own clock: exact
+                self.model.finished(task_id, completed - created, exact=True)  # the service's own clock: exact
             else:
                 self.model.finished(task_id, now - task.created)  # first seen finished: at most that
         elif task.asked is not None:
@@ -257,8 +307,10 @@ class PollScheduler:
             first = known.low + gap
         if task.asked is None:
             return task.created + first
-        # Past the high end, a task is an outlier: back off as it ages, as the family advises for old tasks.
-        gap = max(gap, (task.asked - task.created - known.high) / 2)
+        # Past the high end, a task is an outlier: back off as it ages, as the family advises for old tasks — once
+        # the high end is known; before, tasks older than every finish so far are the bulk of a slow night.
+        if known.high_known:
+            gap = max(gap, (task.asked - task.created - known.high) / 2)
         return max(task.created + first, task.asked + gap)
 
     def _tail_gap(self, now: float, known: Quantiles | None) -> float | None:
@@ -271,17 +323,31 @@ class PollScheduler:
         return max(self.floor, TAIL_GAP_SHARE * known.median, eligible / (TAIL_SHARE * self.budget.rate))
 
     def _probe(self, now: float, known: Quantiles | None) -> tuple[_Task | None, float]:
-        """Cold start: the task to probe next (the oldest, least recently asked) and when."""
+        """Cold start: the task to probe next (the oldest, least recently asked) and when.
+
+        Also while a remembered estimate is unconfirmed, slower, and only for tasks past its first query or
+        past the family's quick-polling phase (12 cold intervals), whichever comes first: an absurd memory (a
+        day per image, clamped to --task-timeout) is found wrong by the first tasks, not after the timeout."""
+        factor, start = 1.0, 0.0
         if known is not None:
-            return None, math.inf
-        waiting = [t for t in self._tasks.values() if t.created is not None and t.waiting]
+            if not self.model.on_prior():
+                return None, math.inf
+            factor = PRIOR_PROBE_FACTOR
+            start = min(known.low + max(self.floor, GAP_SHARE * known.median), 12 * self.cold.first)
+        waiting = [
+            t for t in self._tasks.values() if t.created is not None and t.waiting and not (start and t.fallback)
+        ]  # a task whose callback comes to us is not probed to check a memory: the callback will tell
         if not waiting:
             return None, math.inf
         task = min(waiting, key=lambda t: (t.asked if t.asked is not None else t.created, t.created))
         assert task.created is not None
-        interval = self.cold.interval(now - task.created) * (FALLBACK_FACTOR if task.fallback else 1.0)
+        interval = self.cold.interval(now - task.created) * (FALLBACK_FACTOR if task.fallback else factor)
+        if known is None and not task.fallback and self.in_tail():
+            # Nothing waits to be created: until the first finish is found, every finished task waits for it.
+            # Probe faster with more tasks in flight (2/3 of the square root: a slow night of 60 tasks, ~5x).
+            interval /= max(1.0, math.sqrt(len(waiting)) / 1.5)
         since = self._last_probe if self._last_probe is not None else task.created
-        return task, since + interval
+        return task, max(since + interval, task.created + start)
 
     def _schedule(self, now: float) -> tuple[list[tuple[float, _Task]], _Task | None, float]:
         """Every waiting task with the time it is due, the cold probe (if any) and when it is due."""

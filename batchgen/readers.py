@@ -127,11 +127,13 @@ def read(
     return _read_yaml(text, out, check_defaults)
 
 
-def read_bounded(path: Path, limit: int, what: str) -> bytes | str:
+def read_bounded(path: Path, limit: int, what: str, *, follow: bool = True) -> bytes | str:
     """The bytes of a regular file of at most `limit` bytes, or why not. A FIFO or a device (`/dev/zero`) named
-    as a manifest or a wildcard file would otherwise block the run for ever or fill the memory."""
+    as a manifest or a wildcard file would otherwise block the run for ever or fill the memory. `follow=False`:
+    a symlink at the path is refused too (a state file the program wrote itself is never one)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # O_NONBLOCK: a FIFO's open
+        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO's open
     except OSError as exc:
         return f"cannot read {what}: {exc.strerror or exc}"
     # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.

@@ -31,6 +31,7 @@ from .finish import LockHold
 from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
+from .memory import forget_service
 from .plan import Plan, describe, make_plan
 from .prices import Prices
 from .progress import Reporter, plural
@@ -145,6 +146,8 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
             ledger.refetch(item.id)
         _announce(plan, items, settings, reporter)
         if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
+            if settings.forget_service and stop.signum is None:
+                forget_service(settings, reporter)  # forgotten also when DIR has nothing left to do
             counts = ledger.counts(ledger.manifest_ids)
             outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
             _spend(outcome, ledger)

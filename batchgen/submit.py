@@ -174,7 +174,8 @@ class Submitter:
                 return None  # a duplicate task id: failed and reported
             except RateLimited as exc:
                 self._give_back()
-                self._saturated(exc, epoch)
+                if self._saturated(exc, epoch):
+                    await self.throttle.limiter.requeue()  # the service is full: wait for one of ours to finish
                 saturated += 1
                 if saturated >= SATURATION_ATTEMPTS:
                     self.reporter.warning(
@@ -303,24 +304,33 @@ class Submitter:
             await self._fail(item.id, self.duplicate(task_id))
             raise _Taken
         self.ledger.submitted(item.id, task_id)
-        self.throttle.task_started()  # the service is running it from now on, though we wait for the disk first
+        self.throttle.limiter.started()  # running at the service from now on (the engine's poll ends it)
+        self.throttle.on_create_success()
         try:
             await self.ledger.durable()  # the task id is on disk before anything else happens to it
-        finally:
-            self.throttle.task_ended()
-        self.throttle.on_create_success()
+        except BaseException:
+            self.throttle.limiter.ended()
+            raise
         self.reporter.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
         return task_id
 
-    def _saturated(self, exc: RateLimited, epoch: int) -> None:
-        """A createTask 429: the throttle slows everyone down at once (see limits.Throttle)."""
+    def _saturated(self, exc: RateLimited, epoch: int) -> bool:
+        """A createTask 429: the throttle slows everyone down at once (see limits.Throttle). Whether the service
+        was taken to be full (at its capacity): then the refused item gives its in-flight slot back."""
         self.counters.rate_limited += 1
-        pause = self.throttle.on_create_saturated(epoch, exc.retry_after)
-        if pause is not None:
-            self.reporter.debug(
-                f"service saturated (429): in-flight limit {self.throttle.limiter.limit}, create window "
-                f"{self.throttle.window.count}/{self.throttle.window.seconds:g} s, pause {pause:.1f} s"
-            )
+        t = self.throttle
+        verdict = t.on_create_saturated(epoch, exc.retry_after)
+        if verdict is None:  # a 429 of a burst answered already: the same reading as the last one
+            return t.last_kind not in (None, "rate")
+        taken = {"capacity": "capacity (the service is full)", "rate": "rate", "both": "capacity and rate"}
+        self.reporter.debug(
+            f"service saturated (429), taken for {taken[verdict.kind]}: {verdict.running} tasks running, "
+            f"{verdict.accepted} creates accepted in the last {t.window.seconds:g} s; in-flight limit "
+            f"{t.limiter.limit}, create window {t.window.count}/{t.window.seconds:g} s"
+            + (" (kept)" if verdict.kind == "capacity" else "")
+            + (f", pause {verdict.pause:.1f} s" if verdict.pause else "")
+        )
+        return verdict.kind != "rate"
 
 
 class _Taken(Exception):

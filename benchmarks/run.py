@@ -54,11 +54,14 @@ class Scenario:
     latency: float = 0.0
     naive: bool = True
     naive_concurrency: str = "8"
-    kind: str = "run"  # run | real | big_images | plan | resume
+    kind: str = "run"  # run | real | real_capacity | slow | big_images | plan | resume | resume_pending | warm_wrong
     callbacks: bool = False  # real: with --callback-listen
+    upper: float | None = None  # the reference makespan, when not the ideal formula's (real_capacity: UB)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def ideal(self) -> float:
+        if self.upper is not None:
+            return self.upper
         by_rate = self.n / self.rate if self.rate else 0.0
         by_capacity = math.ceil(self.n / self.capacity) * self.latency if self.capacity else 0.0
         return max(by_rate, by_capacity) + self.latency
@@ -79,6 +82,7 @@ def scenarios(quick: bool) -> list[Scenario]:
     scaled = ["--poll-rate", "80", "--poll-interval", "0.25"]
     scaled_polls = ["--poll-limit", "100/1"]
     # rate_known and rate_unknown: the same service (20 creates/s, 2 s per image), told its rate or not.
+    capacity_20 = ["--rate", "none", "--capacity", "20", "--latency", "1", "--jitter", "0", *scaled_polls, *small]
     rate_20 = ["--rate", "20/1", "--capacity", "500", "--latency", "2", "--jitter", "0.5", *scaled_polls, *small]
     return [
         Scenario("real_profile", n(120), real, [], naive=False, kind="real"),
@@ -106,11 +110,107 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario(
             "capacity",
             n(200),
-            ["--rate", "none", "--capacity", "20", "--latency", "1", "--jitter", "0", *scaled_polls, *small],
+            [*capacity_20, "--envelope-429", "mixed"],
             ["--create-rate", "1000/1", *scaled],
             capacity=20,
             latency=1,
             naive_concurrency="64",
+        ),
+        # Capacity: 20 slots, 1 s per image, no rate limit; the 429 in every envelope SPEC lists, in turn.
+        Scenario(
+            "capacity_c64",
+            n(200),
+            [*capacity_20, "--envelope-429", "mixed"],
+            ["--create-rate", "1000/1", "--concurrency", "64", *scaled],
+            capacity=20,
+            latency=1,
+            naive=False,
+        ),
+        # Rate and capacity at once: 20 creates/s and 30 slots at 2 +/- 0.5 s (capacity binds: 15 tasks/s).
+        Scenario(
+            "mixed",
+            n(300),
+            [
+                "--rate",
+                "20/1",
+                "--capacity",
+                "30",
+                "--latency",
+                "2",
+                "--jitter",
+                "0.5",
+                "--envelope-429",
+                "mixed",
+                "--capacity-envelope-429",
+                "empty",
+                *scaled_polls,
+                *small,
+            ],
+            ["--create-rate", "100/1", *scaled],
+            rate=20,
+            capacity=30,
+            latency=2,
+            naive=False,
+        ),
+        # Yesterday's memory says 4 +/- 3.5 s (40 +/- 35 s scaled x10); today the service takes 12 +/- 3 s.
+        Scenario(
+            "warm_wrong",
+            n(100),
+            [
+                "--rate",
+                "20/1",
+                "--capacity",
+                "500",
+                *(["--latency", "1.2", "--jitter", "0.3"] if quick else ["--latency", "12", "--jitter", "3"]),
+                *scaled_polls,
+                *small,
+            ],
+            ["--create-rate", "20/1", *scaled],
+            rate=20,
+            latency=1.2 if quick else 12,
+            naive=False,
+            notes={"memory": (0.12, 0.4, 0.72) if quick else (1.2, 4.0, 7.2)},
+            kind="warm_wrong",
+        ),
+        # The published profile at the real time scale, but 30 slots: UB = (N mean + (C - R) W) / C + (1 - 1/C)(L + J).
+        Scenario(
+            "real_capacity",
+            n(150),
+            [
+                "--rate",
+                "20/10",
+                "--capacity",
+                "30",
+                *(real_latency if quick else ["--latency", "30", "--jitter", "10"]),
+                "--poll-limit",
+                "10/1",
+                "--envelope-429",
+                "mixed",
+                *small,
+            ],
+            [],
+            naive=False,
+            kind="real_capacity",
+            upper=None if quick else (150 * 30 + (30 - 20) * 10) / 30 + (1 - 1 / 30) * 40,
+        ),
+        # A slow night at the real time scale: 120 +/- 60 s per image, the published limits, the defaults.
+        Scenario(
+            "slow_night",
+            n(60),
+            [
+                "--rate",
+                "20/10",
+                "--capacity",
+                "100",
+                *(real_latency if quick else ["--latency", "120", "--jitter", "60"]),
+                "--poll-limit",
+                "10/1",
+                *small,
+            ],
+            [],
+            naive=False,
+            notes={"pause": 0 if quick else 10},
+            kind="real",
         ),
         Scenario(
             "big_images",
@@ -123,6 +223,14 @@ def scenarios(quick: bool) -> list[Scenario]:
         ),
         Scenario("plan_100k", big, [], ["--dry-run"], naive=False, kind="plan"),
         Scenario("resume_100k", big, [], [], naive=False, kind="resume"),
+        Scenario(
+            "resume_100k_pending",
+            big,
+            ["--rate", "none", "--latency", "0.2", "--jitter", "0", *small],
+            [],
+            naive=False,
+            kind="resume_pending",
+        ),
     ]
 
 
@@ -209,6 +317,12 @@ def run_scenario(s: Scenario, work: Path) -> list[dict[str, Any]]:
         return [plan_100k(s, work)]
     if s.kind == "resume":
         return [resume_100k(s, work)]
+    if s.kind == "resume_pending":
+        return [resume_pending(s, work)]
+    if s.kind == "real_capacity":
+        return [real_capacity(s, work)]
+    if s.kind == "warm_wrong":
+        return warm_wrong(s, work)
     if s.kind == "real":
         return real_profile(s, work)
     return [scaled_scenario(s, work)]
@@ -229,44 +343,142 @@ def real_profile(s: Scenario, work: Path) -> list[dict[str, Any]]:
     try:
         for start in ("cold", "warm"):
             if start == "warm":
-                time.sleep(10)  # the next night: the service's create window no longer holds the cold run's creates
-            before = sim.stats()
+                time.sleep(s.notes.get("pause", 10))  # the next night: the create window no longer holds the cold run's
             extra = ["--callback-listen", f"127.0.0.1:{free_port()}"] if s.callbacks else []
-            args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / f"{s.name}-{start}")]
-            result = measured(
-                [*args, "--no-progress", "--quiet", *extra], {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)}
-            )
-            after = sim.stats()
-            tasks = [t for t in after["latency"] if t not in before["latency"]]
-            delays = sorted(after["detection_delay"][t] for t in tasks if t in after["detection_delay"])
-            ideal = (math.ceil(s.n / 20) - 1) * 10 + max(after["latency"][t] for t in tasks)
-            polls = after["polls"] - before["polls"]
-            row: dict[str, Any] = {
-                "scenario": f"{s.name} ({start})",
-                "n": s.n,
-                "exit": result["exit"],
-                "wall_s": round(result["wall"], 2),
-                "ideal_s": round(ideal, 2),
-                "efficiency": round(ideal / result["wall"], 3),
-                "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
-                "polls_per_task": round(polls / s.n, 2),
-                "poll_429": after["polls_rate_limited"] - before["polls_rate_limited"],
-                "delay_p50_s": round(statistics.median(delays), 2) if delays else None,
-                "delay_p95_s": round(delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)], 2)
-                if delays
-                else None,
-                "r429": after["rate_limited"] - before["rate_limited"],
-                "creates_per_item": round((after["creates"] - before["creates"]) / s.n, 3),
-                "peak_rss_mb": round(result["rss_mb"], 1),
-            }
-            if start == "cold":  # the simulator's figure is the most since it started: the cold run's only
-                row["most_in_flight"] = after["max_in_flight"]
-            if result["exit"] != 0:
-                row["stderr"] = result["stderr"][-500:]
+            row = real_run(s, sim, manifest, work / f"{s.name}-{start}", state, extra, label=f"{s.name} ({start})")
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         sim.close()
+    return rows
+
+
+def real_run(
+    s: Scenario, sim: Sim, manifest: Path, out: Path, state: Path, extra: list[str], *, label: str
+) -> dict[str, Any]:
+    """One run with the defaults (and `extra`) against `sim`, measured as the simulator saw it."""
+    before = sim.stats()
+    args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(out)]
+    result = measured(
+        [*args, "--no-progress", "--quiet", *extra], {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)}
+    )
+    after = sim.stats()
+    tasks = [t for t in after["latency"] if t not in before["latency"]]
+    delays = sorted(after["detection_delay"][t] for t in tasks if t in after["detection_delay"])
+    ideal = s.upper or (math.ceil(s.n / 20) - 1) * 10 + max((after["latency"][t] for t in tasks), default=0.0)
+    polls = after["polls"] - before["polls"]
+    row: dict[str, Any] = {
+        "scenario": label,
+        "n": s.n,
+        "exit": result["exit"],
+        "wall_s": round(result["wall"], 2),
+        "ideal_s": round(ideal, 2),
+        "efficiency": round(ideal / result["wall"], 3),
+        "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
+        "polls_per_task": round(polls / s.n, 2),
+        "poll_429": after["polls_rate_limited"] - before["polls_rate_limited"],
+        "delay_p50_s": round(statistics.median(delays), 2) if delays else None,
+        "delay_p95_s": round(delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)], 2) if delays else None,
+        "r429": after["rate_limited"] - before["rate_limited"],
+        "creates_per_item": round((after["creates"] - before["creates"]) / s.n, 3),
+        "peak_rss_mb": round(result["rss_mb"], 1),
+    }
+    if not before["creates"]:  # the simulator's figure is the most since it started: a first run's only
+        row["most_in_flight"] = after["max_in_flight"]
+    if result["exit"] != 0:
+        row["stderr"] = result["stderr"][-500:]
+    return row
+
+
+def real_capacity(s: Scenario, work: Path) -> dict[str, Any]:
+    """One cold run with the defaults at the real time scale (the reference: UB, or the window's ideal)."""
+    manifest = write_manifest(work / f"{s.name}.yaml", s.n)
+    sim = Sim(s.sim)
+    try:
+        return real_run(s, sim, manifest, work / s.name, work / f"{s.name}-state", [], label=s.name)
+    finally:
+        sim.close()
+
+
+def plant_memory(state: Path, api: str, quantiles: tuple[float, float, float]) -> None:
+    """A remembered service whose latencies are `quantiles` (p5, p50, p95), as batchgen would have kept it."""
+    sys.path.insert(0, str(ROOT))
+    from batchgen import memory
+
+    folder = state / "batchgen"
+    folder.mkdir(parents=True, exist_ok=True)
+    low, median, high = quantiles
+    now = time.time()
+    latency = {"p05": low, "p50": median, "p95": high, "n": 100}
+    if memory.VERSION == 1:  # the format before the remembered service kept how it learned each value
+        doc: dict[str, Any] = {
+            "version": 1,
+            "service": memory.service_of(api),
+            "saved_at": now,
+            "create_rate": None,
+            "in_flight_at_429": None,
+            "latency": latency,
+        }
+    else:
+        learned = {"learned_from": "complete_time", "learned_at": now}
+        doc = {
+            "version": memory.VERSION,
+            "service": memory.service_of(api),
+            "saved_at": now,
+            "create_rate": None,
+            "models": {"imagen4-ultra": {"capacity": None, "latency": {**latency, **learned}}},
+        }
+    memory.path_for(folder, api).write_text(json.dumps(doc))
+
+
+def warm_wrong(s: Scenario, work: Path) -> list[dict[str, Any]]:
+    """Yesterday's memory says 4 +/- 3.5 s; today's service takes 12 +/- 3 s: the warm run against a cold one."""
+    manifest = write_manifest(work / f"{s.name}.yaml", s.n)
+    rows = []
+    for start in ("cold", "warm"):
+        state = work / f"{s.name}-{start}-state"
+        sim = Sim(s.sim)
+        try:
+            if start == "warm":
+                plant_memory(state, sim.api, s.notes["memory"])
+            before = sim.stats()
+            result = measured(
+                [
+                    sys.executable,
+                    "-m",
+                    "batchgen",
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(work / f"{s.name}-{start}"),
+                    "--no-progress",
+                    "--quiet",
+                    *s.run,
+                ],
+                {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)},
+            )
+            after = sim.stats()
+        finally:
+            sim.close()
+        delays = sorted(after["detection_delay"].values())
+        rows.append(
+            {
+                "scenario": f"{s.name} ({start})",
+                "n": s.n,
+                "exit": result["exit"],
+                "wall_s": round(result["wall"], 2),
+                "ideal_s": round(s.ideal(), 2),
+                "efficiency": round(s.ideal() / result["wall"], 3),
+                "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 2),
+                "polls_per_task": round((after["polls"] - before["polls"]) / s.n, 2),
+                "poll_429": after["polls_rate_limited"],
+                "delay_p95_s": round(delays[min(len(delays) - 1, math.ceil(0.95 * len(delays)) - 1)], 2)
+                if delays
+                else None,
+                "r429": after["rate_limited"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -437,16 +649,17 @@ def plan_100k(s: Scenario, work: Path) -> dict[str, Any]:
     }
 
 
-def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
-    """A ledger of n finished items (written as batchgen writes it), then a rerun that has nothing to do."""
+def write_ledger(path: Path, out: Path, done: int) -> None:
+    """A ledger of the first `done` items of the manifest at `path`, succeeded (as batchgen writes it), with their
+    images; the rest are still to do."""
     sys.path.insert(0, str(ROOT))
     from batchgen import manifest as manifests
 
-    path = write_manifest(work / "resume.csv", s.n, as_csv=True)
-    out = work / "resume"
     out.mkdir()
     items = {}
-    for item in manifests.load(path):
+    for n, item in enumerate(manifests.load(path)):
+        if n >= done:
+            break
         items[item.id] = {
             "state": "succeeded",
             "task_id": f"task_imagen4-ultra_{item.id}",
@@ -458,17 +671,30 @@ def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
             "submitted_at": "2026-11-26T02:00:00Z",
             "finished_at": "2026-11-26T02:01:00Z",
         }
+        (out / f"{item.id}.png").touch()  # the images the ledger vouches for are there
     document = {
         "version": 1,
         "manifest": path.name,
         "updated_at": "2026-11-26T03:00:00Z",
-        "counts": {"pending": 0, "submitted": 0, "succeeded": s.n, "failed": 0},
+        "counts": {"pending": 0, "submitted": 0, "succeeded": len(items), "failed": 0},
         "items": items,
         "not_in_manifest": [],
     }
     (out / "results.json").write_text(json.dumps(document, indent=1))
-    for name in items:  # the images the ledger vouches for are there (a missing one would be fetched again)
-        (out / f"{name}.png").touch()
+
+
+def ledger_in_child(path: Path, out: Path, done: int) -> None:
+    """write_ledger in a process of its own: Linux carries a process's peak RSS across fork and exec into its
+    child's ru_maxrss, so a benchmark that built 100,000 records itself would measure its own peak, not the run's
+    (the ~520 MB once reported for a resume was this one's)."""
+    subprocess.run([sys.executable, __file__, "--write-ledger", str(path), str(out), str(done)], check=True)
+
+
+def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
+    """A ledger of n finished items, then a rerun that has nothing to do."""
+    path = write_manifest(work / "resume.csv", s.n, as_csv=True)
+    out = work / "resume"
+    ledger_in_child(path, out, s.n)
     result = measured(
         [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--quiet", "--no-progress"],
         {**os.environ, "BATCHGEN_API_BASE": "http://127.0.0.1:9", "BATCHGEN_API_KEY": KEY},
@@ -478,6 +704,62 @@ def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
         "n": s.n,
         "exit": result["exit"],
         "wall_s": round(result["wall"], 2),
+        "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3),
+        "peak_rss_mb": round(result["rss_mb"], 1),
+    }
+
+
+def resume_pending(s: Scenario, work: Path) -> dict[str, Any]:
+    """A ledger of n items of which 1,000 are still to do: peak memory, and how soon the first createTask goes."""
+    pending = min(1000, s.n // 10)
+    path = write_manifest(work / "pending.csv", s.n, as_csv=True)
+    out = work / "pending"
+    ledger_in_child(path, out, s.n - pending)
+    sim = Sim(s.sim)
+    first: list[float] = []
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def watch() -> None:  # the simulator's count of createTask calls, read until the first one
+        while not stop.is_set() and not first:
+            if sim.stats()["create_calls"]:
+                first.append(time.monotonic() - started)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        started = time.monotonic()
+        result = measured(
+            [
+                sys.executable,
+                "-m",
+                "batchgen",
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-progress",
+                "--limit",
+                "20",
+                "--create-rate",
+                "1000/1",
+                "--poll-interval",
+                "0.1",
+            ],
+            {**batchgen_env(sim.api), "XDG_STATE_HOME": str(work / "pending-state")},
+        )
+    finally:
+        stop.set()
+        watcher.join()
+        sim.close()
+    return {
+        "scenario": s.name,
+        "n": s.n,
+        "exit": 0 if result["exit"] == 5 else result["exit"],  # 5: incomplete, as --limit 20 leaves it
+        "wall_s": round(result["wall"], 2),
+        "first_create_s": round(first[0], 2) if first else None,
         "cpu_ms_per_task": round(1000 * result["cpu"] / s.n, 3),
         "peak_rss_mb": round(result["rss_mb"], 1),
     }
@@ -502,6 +784,7 @@ COLUMNS = [
     "most_in_flight",
     "creates_per_item",
     "peak_rss_mb",
+    "first_create_s",
     "naive_wall_s",
     "naive_efficiency",
     "naive_polls_per_task",
@@ -523,6 +806,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--write-ledger"]:  # internal: resume_100k's set-up, in a process of its own
+        write_ledger(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="scenarios to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny N: a smoke run")

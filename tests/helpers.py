@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -27,7 +28,9 @@ import pytest
 from PIL import Image
 
 from batchgen import ledger, manifest, runner
+from batchgen.config import RetryPolicy
 from batchgen.errors import ManifestError
+from batchgen.limits import Hints, Throttle
 from batchgen.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,3 +280,43 @@ async def wait_state(session, sim, task_id: str, states: set[str], deadline: flo
 
 # The simulator with fast defaults, for tests (sim_factory)
 FAST = dict(latency=0.3, jitter=0.05, image_scale=0.05, rate=None, random_seed=1)
+
+
+# The throttle on an injected clock (limits.py, polls.py: unit tests that never sleep)
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def throttle(clock: Clock, *, poll_rate: float = 8.0, concurrency: int = 100, hints: Hints | None = None) -> Throttle:
+    return Throttle(
+        concurrency=concurrency,
+        create_rate=(20, 10.0),
+        poll_rate=poll_rate,
+        retry=RetryPolicy(wait_initial=1, wait_max=8, wait_jitter=0.5),
+        hints=hints,
+        clock=clock,
+        rng=random.Random(1),
+    )
+
+
+def run_tasks(t: Throttle, n: int) -> None:
+    """n tasks running at the service, each holding its in-flight slot (the limiter's one count)."""
+    for _ in range(n):
+        t.limiter.in_flight += 1
+        t.limiter.started()
+
+
+def accept(t: Throttle, n: int) -> None:
+    """n creates the service accepted just now (their window places count from their answer)."""
+    for _ in range(n):
+        t.window.done(t.window.take())
+        t.on_create_success()

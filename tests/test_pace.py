@@ -45,8 +45,9 @@ async def test_the_next_run_starts_warm_from_what_this_one_learned(sim_factory, 
         cold_early = sim.stats.polls_unfinished
         assert cold_early >= 8  # the cold start probed the oldest task every 0.05 s until the first finished
         kept = json.loads(remembered_file(state_home, sim).read_text())
-        assert kept["service"] == sim.api_url and kept["latency"]["n"] == 10
-        assert 0.4 <= kept["latency"]["p05"] <= kept["latency"]["p50"] <= kept["latency"]["p95"] <= 0.6
+        latency = kept["models"]["imagen4-ultra"]["latency"]
+        assert kept["service"] == sim.api_url and latency["n"] == 10 and latency["learned_from"] == "complete_time"
+        assert 0.4 <= latency["p05"] <= latency["p50"] <= latency["p95"] <= 0.6
         # The next night writes to a new folder: it starts from what the first one learned, with no cold probes.
         warm, _ = await run(make_settings(path, tmp_path / "night-2", sim, poll=PollSchedule(0.05), poll_rate=20.0))
         assert warm.exit_code == 0
@@ -69,7 +70,7 @@ async def test_a_damaged_memory_is_ignored_and_replaced(sim_factory, tmp_path, s
         damaged.write_text('{"version": 1, "service": "' + sim.api_url + '", "latency": {"p05": ')
         outcome, _ = await run(make_settings(path, tmp_path / "out", sim))
         assert outcome.exit_code == 0
-        assert memory.load(damaged.parent, sim.api_url) is not None  # whole again, this run's
+        assert memory.load(damaged.parent, sim.api_url, "imagen4-ultra") is not None  # whole again, this run's
 
 
 async def test_a_429_is_remembered_and_the_next_run_starts_below_it(sim_factory, tmp_path, state_home):
@@ -78,7 +79,9 @@ async def test_a_429_is_remembered_and_the_next_run_starts_below_it(sim_factory,
         outcome, _ = await run(make_settings(path, tmp_path / "a", sim, concurrency=6))
         assert outcome.exit_code == 0 and sim.stats.rate_limited > 0
         kept = json.loads(remembered_file(state_home, sim).read_text())
-        assert kept["in_flight_at_429"] == 3
+        capacity = kept["models"]["imagen4-ultra"]["capacity"]
+        assert capacity["tasks"] == 3 and capacity["learned_from"] == "capacity_429"
+        assert kept["create_rate"] is None  # a service that is full is no create rate
         limited = sim.stats.rate_limited
         outcome, _ = await run(make_settings(manifest_of(tmp_path / "n.yaml", ["x", "y"]), tmp_path / "b", sim))
         assert outcome.exit_code == 0
@@ -105,7 +108,7 @@ async def test_status_shows_the_remembered_service(sim_factory, tmp_path, capsys
     assert f"remembered {sim.api_url}" in capsys.readouterr().out
     assert cli.main(["status", str(tmp_path / "out"), "--json"]) == 0
     (service,) = json.loads(capsys.readouterr().out)["services"]
-    assert service["service"] == sim.api_url and service["latency"]["n"] == 6
+    assert service["service"] == sim.api_url and service["models"]["imagen4-ultra"]["latency"]["n"] == 6
 
 
 async def test_the_simulator_reports_how_late_each_task_was_found(sim_factory, tmp_path):

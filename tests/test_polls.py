@@ -13,34 +13,11 @@ from pathlib import Path
 import pytest
 
 from batchgen import memory
-from batchgen.config import PollSchedule, RetryPolicy
-from batchgen.limits import Hints, StatusBudget, Throttle
-from batchgen.polls import GAP_SHARE, LatencyModel, PollScheduler, Quantiles, kaplan_meier, quantile
+from batchgen.config import PollSchedule
+from batchgen.limits import Hints, StatusBudget
+from batchgen.polls import GAP_SHARE, TAIL_GAP_SHARE, LatencyModel, PollScheduler, Quantiles, kaplan_meier, quantile
 
-
-class Clock:
-    """A clock that moves only when told."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def throttle(clock: Clock, *, poll_rate: float = 8.0, concurrency: int = 100, hints: Hints | None = None) -> Throttle:
-    return Throttle(
-        concurrency=concurrency,
-        create_rate=(20, 10.0),
-        poll_rate=poll_rate,
-        retry=RetryPolicy(wait_initial=1, wait_max=8, wait_jitter=0.5),
-        hints=hints,
-        clock=clock,
-        rng=random.Random(1),
-    )
+from .helpers import Clock, accept, run_tasks, throttle
 
 
 def scheduler(clock: Clock, *, prior: Quantiles | None = None, poll_rate: float = 8.0, **kw) -> PollScheduler:
@@ -103,27 +80,28 @@ def test_a_budget_below_one_per_second_spaces_single_queries():
 # ---------------------------------------------------------------- the throttle
 
 
-def test_throttle_counts_one_429_burst_once_and_pauses_only_when_429s_go_on():
+def test_throttle_counts_one_429_burst_once_and_pauses_only_when_rate_429s_go_on():
     clock = Clock()
     t = throttle(clock)
-    for _ in range(5):
-        t.task_started()
+    accept(t, 20)  # the window (20/10 s) is full
+    run_tasks(t, 5)
     sent_in = t.epoch
-    assert t.on_create_saturated(sent_in) == 0.0  # first signal: the limits learn, nobody pauses yet
-    assert t.limiter.limit == 5 and t.first_429_live == 5
+    verdict = t.on_create_saturated(sent_in)  # first signal, window full: rate; the limits learn, nobody pauses
+    assert verdict is not None and verdict.kind == "rate" and verdict.pause == 0.0
     assert t.on_create_saturated(sent_in) is None  # same burst: answered already
-    pause = t.on_create_saturated(t.epoch)  # a call sent after the cut still meets 429: a second strike
-    assert pause is not None and 1 <= pause <= 1.5  # the retry policy's first wait: 1 s + up to 0.5 s jitter
-    assert t.cooldown.remaining == pytest.approx(pause)
-    clock.advance(pause)
+    verdict = t.on_create_saturated(t.epoch)  # a call sent after the cut still meets 429: a second strike
+    assert verdict is not None and verdict.kind == "rate"
+    assert 1 <= verdict.pause <= 1.5  # the retry policy's first wait: 1 s + up to 0.5 s jitter
+    assert t.cooldown.remaining == pytest.approx(verdict.pause)
+    clock.advance(verdict.pause)
     assert t.cooldown.remaining == 0
-    pause = t.on_create_saturated(t.epoch)  # and again: the pause doubles
-    assert pause is not None and 2 <= pause <= 2.5
-    clock.advance(pause)
+    verdict = t.on_create_saturated(t.epoch)  # and again: the pause doubles
+    assert verdict is not None and 2 <= verdict.pause <= 2.5
+    clock.advance(verdict.pause)
     t.on_create_success()
     assert t.strikes == 0
-    assert t.on_create_saturated(t.epoch) == 0.0  # after a success, a 429 is a first signal again
-    assert t.on_create_saturated(t.epoch, retry_after=7) == 7  # Retry-After is always honoured
+    assert t.on_create_saturated(t.epoch).pause == 0.0  # after a success, a 429 is a first signal again
+    assert t.on_create_saturated(t.epoch, retry_after=7).pause == 7  # Retry-After is always honoured
 
 
 def test_cooldown_uses_the_one_backoff_formula():
@@ -189,11 +167,48 @@ def test_a_remembered_estimate_serves_until_this_run_has_its_own():
     model = LatencyModel(prior=REAL)
     assert model.quantiles() == REAL
     for n in range(4):
-        model.finished(f"t{n}", 3.0)
-    assert model.quantiles() == REAL  # four tasks are not enough to overrule it
-    model.finished("t4", 3.0)
-    assert model.quantiles() == Quantiles(3.0, 3.0, 3.0)
+        model.finished(f"t{n}", 25.0)
+    assert model.quantiles() == REAL  # four tasks that agree with it are not enough to replace it
+    model.finished("t4", 25.0)
+    assert model.quantiles() == Quantiles(25.0, 25.0, 25.0)
     assert LatencyModel().quantiles() is None  # nothing known: cold
+
+
+def test_a_wrong_remembered_estimate_is_overruled_by_this_runs_censored_data():
+    """Memory said 40 +/- 35 s; today no task finished by 30 s, where it expected a third of them to."""
+    prior = Quantiles(low=8.0, median=40.0, high=72.0)
+    model = LatencyModel(prior=prior)
+    for n in range(10):
+        model.running(f"t{n}", 20.0)
+    assert model.quantiles() == prior  # 20 s: it expects about 2 finished by now; too few to say
+    for n in range(10):
+        model.running(f"t{n}", 30.0)
+    assert model.quantiles() is None and model.contradicted  # nothing finished: cold (probe), not yesterday
+    model.finished("t0", 90.0)
+    assert model.quantiles() == model.own() and model.own().low == 90.0
+
+
+def test_a_faster_service_than_remembered_overrules_it_after_three_early_finishes():
+    model = LatencyModel(prior=REAL)
+    for n in range(2):
+        model.finished(f"t{n}", 3.0)
+    assert model.quantiles() == REAL
+    model.finished("t2", 3.0)
+    assert model.quantiles() == Quantiles(3.0, 3.0, 3.0)
+
+
+def test_a_resumed_task_never_teaches_its_age_as_latency():
+    """A task from an earlier run, seen finished with its createTime a day old and no completeTime."""
+    clock = Clock()
+    polls = scheduler(clock)
+    polls.add("old", resumed=True)
+    polls.ready("old")
+    assert polls.grant() == ["old"]
+    day_ago = time.time() - 86400
+    polls.observe("old", True, created=day_ago, completed=None)
+    polls.add("older", resumed=True)
+    polls.observe("older", True, created=day_ago, completed=day_ago + 30)
+    assert polls.model.finished_count == 0 and polls.model.quantiles() is None
 
 
 # ---------------------------------------------------------------- the scheduler
@@ -353,7 +368,7 @@ def test_in_the_tail_the_idle_budget_goes_to_the_last_tasks():
         return polls.next_wakeup() - clock.now
 
     assert gap_after_first(False) == pytest.approx(GAP_SHARE * REAL.median)
-    assert gap_after_first(True) < GAP_SHARE * REAL.median / 2
+    assert gap_after_first(True) == pytest.approx(TAIL_GAP_SHARE * REAL.median)  # half a gap, at most that often
 
 
 def test_a_resumed_task_is_asked_at_once_and_aged_by_the_service():
@@ -372,47 +387,106 @@ def test_a_resumed_task_is_asked_at_once_and_aged_by_the_service():
 # ---------------------------------------------------------------- the remembered service
 
 
+MODEL = "imagen4-ultra"
+
+
+def remembered(
+    base: str, *, at: float | None = None, rate: int | None = 14, tasks: int | None = 60
+) -> memory.ServiceMemory:
+    at = time.time() if at is None else at
+    return memory.ServiceMemory(
+        memory.service_of(base),
+        MODEL,
+        at,
+        rate=memory.Rate(rate, 10.0, memory.RATE_429, at) if rate else None,
+        capacity=memory.Capacity(tasks, memory.CAPACITY_429, at) if tasks else None,
+        latency=memory.Latency(REAL, 120, "complete_time", at),
+    )
+
+
 def test_memory_round_trip_keeps_the_service_never_the_key(tmp_path):
     base = "https://user:sk-secret-123@api.example.com/v1/?key=sk-secret-123#x"
-    kept = memory.ServiceMemory(memory.service_of(base), time.time(), 14, 10.0, 60, REAL, 120)
+    kept = remembered(base)
     assert memory.save(tmp_path, base, kept)
     (path,) = tmp_path.glob("service-*.json")
     assert "sk-secret" not in path.read_text() and "user" not in path.read_text()
-    loaded = memory.load(tmp_path, base)
-    assert loaded == dataclasses.replace(kept, saved_at=loaded.saved_at)
-    assert loaded.saved_at == pytest.approx(kept.saved_at, abs=0.001) and loaded.service == "https://api.example.com/v1"
-    assert loaded.hints((20, 10.0)) == Hints(create_count=14, in_flight=60)
-    assert loaded.hints((20, 60.0)).create_count is None  # learned for another window length
-    assert memory.load(tmp_path, "https://other.example.com") is None
-    assert memory.forget(tmp_path, base) and memory.load(tmp_path, base) is None
+    loaded = memory.load(tmp_path, base, MODEL)
+    assert loaded is not None and loaded.service == "https://api.example.com/v1"
+    assert loaded.rate == dataclasses.replace(kept.rate, learned_at=loaded.rate.learned_at)
+    assert loaded.capacity.tasks == 60 and loaded.latency.quantiles == REAL
+    assert loaded.hints((20, 10.0), 100) == Hints(create_count=14, in_flight=60)
+    assert loaded.hints((20, 60.0), 100).create_count is None  # learned for another window length
+    assert loaded.hints((10, 10.0), 40) == Hints(create_count=10, in_flight=40)  # the flags cap them
+    other = memory.load(tmp_path, base, "nano-banana-pro")  # capacity and latency are the model's
+    assert other is not None and other.rate is not None and other.capacity is None and other.latency is None
+    assert memory.load(tmp_path, "https://other.example.com", MODEL) is None
+    assert memory.forget(tmp_path, base) and memory.load(tmp_path, base, MODEL) is None
+
+
+def test_each_value_ages_out_on_its_own_date_and_resaving_does_not_refresh_it(tmp_path):
+    base = "https://api.example.com"
+    old = time.time() - 40 * 86400
+    doc = remembered(base).as_json()
+    doc["models"][MODEL]["latency"]["learned_at"] = old  # re-saved by later runs, never learned again
+    memory.path_for(tmp_path, base).write_text(json.dumps(doc))
+    loaded = memory.load(tmp_path, base, MODEL)
+    assert loaded is not None and loaded.latency is None and loaded.capacity is not None and loaded.rate is not None
+
+
+@pytest.mark.parametrize(
+    ("fact", "value"),
+    [("latency", {"p05": 1e8, "p50": 1e8, "p95": 1e8}), ("latency", {"p05": 0.001, "p50": 0.002, "p95": 0.003})],
+)
+def test_absurd_latencies_are_clamped_to_half_a_second_and_the_task_timeout(tmp_path, fact, value):
+    base = "https://api.example.com"
+    doc = remembered(base).as_json()
+    doc["models"][MODEL][fact].update(value)
+    memory.path_for(tmp_path, base).write_text(json.dumps(doc))
+    prior = memory.load(tmp_path, base, MODEL).prior(task_timeout=1800.0)
+    assert prior is not None
+    assert all(memory.MIN_LATENCY <= v <= 1800.0 for v in (prior.low, prior.median, prior.high))
+
+
+def test_a_value_of_unknown_origin_is_not_trusted(tmp_path):
+    base = "https://api.example.com"
+    doc = remembered(base).as_json()
+    doc["create_rate"]["learned_from"] = "first_429"  # an in-flight level taken for a rate: not ours to trust
+    doc["models"][MODEL]["latency"]["learned_from"] = "age"
+    memory.path_for(tmp_path, base).write_text(json.dumps(doc))
+    loaded = memory.load(tmp_path, base, MODEL)
+    assert loaded is not None and loaded.rate is None and loaded.latency is None and loaded.capacity is not None
 
 
 @pytest.mark.parametrize(
     "damage",
-    ["not json", "[]", "truncated", "stale", "future", "other_service", "newer", "bad_latency", "bad_rate"],
+    ["not json", "[]", "truncated", "future", "other_service", "older", "bad_latency", "bad_rate", "huge"],
 )
-def test_a_damaged_stale_or_foreign_memory_is_ignored(tmp_path, damage):
+def test_a_damaged_or_foreign_memory_is_ignored(tmp_path, damage):
     base = "https://api.example.com"
-    good = memory.ServiceMemory(memory.service_of(base), time.time(), 14, 10.0, 60, REAL, 120).as_json()
+    good = remembered(base).as_json()
     doc: object = dict(good)
-    if damage == "stale":
-        doc = {**good, "saved_at": time.time() - 40 * 86400}
-    elif damage == "future":
-        doc = {**good, "saved_at": time.time() + 7 * 86400}
+    if damage == "future":
+        doc = {**good, "saved_at": "tomorrow"}
     elif damage == "other_service":  # a file copied from another service's name
         doc = {**good, "service": "https://other.example.com"}
-    elif damage == "newer":
-        doc = {**good, "version": 2}
+    elif damage == "older":
+        doc = {**good, "version": 1}
     elif damage == "bad_latency":
-        doc = {**good, "latency": {"p05": 40, "p50": 30, "p95": "x", "n": 1}}
+        doc = {**good, "models": {MODEL: {"latency": {"p05": 40, "p50": 30, "p95": "x", "n": 1}}}}
     elif damage == "bad_rate":
         doc = {**good, "create_rate": [-3, 10]}
     elif damage == "[]":
         doc = []
     path = memory.path_for(tmp_path, base)
     text = json.dumps(doc)
+    if damage == "huge":
+        text = text[:-1] + ', "pad": "' + "x" * (memory.MAX_BYTES + 1) + '"}'
     path.write_text({"not json": "{nope", "truncated": text[: len(text) // 2]}.get(damage, text))
-    assert memory.load(tmp_path, base) is None
+    loaded = memory.load(tmp_path, base, MODEL)
+    if damage in ("bad_latency", "bad_rate"):  # the rest of the file stands; the bad value is left out
+        assert loaded is not None and (loaded.latency if damage == "bad_latency" else loaded.rate) is None
+    else:
+        assert loaded is None
 
 
 def test_memory_lives_in_xdg_state_else_home_else_the_output_directory(tmp_path):
@@ -429,41 +503,87 @@ def test_memory_lives_in_xdg_state_else_home_else_the_output_directory(tmp_path)
 
 def test_what_a_run_learned_replaces_what_it_contradicts(tmp_path):
     clock = Clock()
-    before = memory.ServiceMemory("https://api.example.com", time.time(), 14, 10.0, 30, REAL, 120)
-    t = throttle(clock, hints=before.hints((20, 10.0)))
-    polls = PollScheduler(t, PollSchedule(2.5), prior=before.latency, clock=clock)
-    for _ in range(40):  # this run went past the remembered in-flight level without a 429
-        t.task_started()
+    before = remembered("https://api.example.com", tasks=30)
+    t = throttle(clock, hints=before.hints((20, 10.0), 100))
+    polls = PollScheduler(t, PollSchedule(2.5), prior=before.prior(1800.0), clock=clock)
+    for _ in range(40):  # this run went past the remembered capacity without a 429
+        t.limiter.started()
     for n in range(6):
-        polls.model.finished(f"t{n}", 3.0 + n)
-    after = memory.learned(before, "https://api.example.com", t, polls, 10.0)
-    assert after.in_flight is None  # no longer holds
-    assert after.create_count == 14  # the window never went past 14 in this run: still the best guess
-    assert after.latency == polls.model.own() and after.tasks_seen == 6
-    t.on_create_saturated(t.epoch)  # now a 429 at 40 tasks in flight
-    after = memory.learned(before, "https://api.example.com", t, polls, 10.0)
-    assert after.in_flight == 40
+        polls.model.finished(f"t{n}", 3.0 + n, exact=True)
+    after = memory.learned(before, "https://api.example.com", MODEL, t, polls, (20, 10.0))
+    assert after.capacity is None  # no longer holds
+    assert after.rate == before.rate  # the window never went past 14 in this run: still the best guess, old date
+    assert after.latency is not None and after.latency.quantiles == polls.model.own()
+    assert after.latency.tasks == 6 and after.latency.learned_from == "complete_time"
+    t.window.done(t.window.take())
+    t.on_create_saturated(t.epoch)  # now a 429 at 40 tasks running, the window not full: capacity
+    after = memory.learned(before, "https://api.example.com", MODEL, t, polls, (20, 10.0))
+    assert after.capacity is not None and after.capacity.tasks == 40 and after.capacity.learned_from == "capacity_429"
+    assert after.rate == before.rate  # a capacity 429 teaches no rate
 
 
-def test_status_lists_what_is_remembered(tmp_path):
+def test_status_lists_what_is_remembered_for_the_services_dir_used(tmp_path):
     base = "https://api.example.com"
-    folder = memory.directory({"XDG_STATE_HOME": str(tmp_path / "xdg")}, tmp_path / "out")
-    memory.save(folder, base, memory.ServiceMemory(memory.service_of(base), time.time(), 14, 10.0, 60, REAL, 120))
-    entries = memory.describe({"XDG_STATE_HOME": str(tmp_path / "xdg")}, Path(tmp_path / "out"))
-    assert [e["service"] for e in entries] == [base]
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    folder = memory.directory(env, tmp_path / "out")
+    memory.save(folder, base, remembered(base))
+    memory.save(folder, "https://elsewhere.example.com", remembered("https://elsewhere.example.com"))
+    assert memory.describe(env, tmp_path / "out", []) == []  # DIR used no service yet
+    (tmp_path / "out").mkdir()
+    memory.note_used(tmp_path / "out", base)
+    entries = memory.describe(env, Path(tmp_path / "out"), memory.used(tmp_path / "out"))
+    assert [e["service"] for e in entries] == [base]  # not every file in the state folder
     text = memory.describe_text(entries)
-    assert "accepted 14 creates/10 s" in text and "first 429 at 60 tasks" in text and "21.2/32.5/43.8" in text
+    assert "accepted 14 creates/10 s (rate_429)" in text and "full at 60 tasks running (capacity_429)" in text
+    assert "21.2/32.5/43.8" in text
 
 
 def test_a_run_that_cannot_keep_its_memory_goes_on_without(tmp_path):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the state folder should be")
-    kept = memory.ServiceMemory("https://api.example.com", time.time(), None, None, None, REAL, 10)
-    assert memory.save(blocked, "https://api.example.com", kept) is False
-    assert memory.load(blocked, "https://api.example.com") is None
+    assert memory.save(blocked, "https://api.example.com", remembered("https://api.example.com")) is False
+    assert memory.load(blocked, "https://api.example.com", MODEL) is None
 
 
 def test_status_creates_no_state_folder(tmp_path):
     env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
-    assert memory.describe(env, tmp_path / "out") == []
+    assert memory.describe(env, tmp_path / "out", ["https://api.example.com"]) == []
     assert not (tmp_path / "xdg").exists()
+
+
+def test_tasks_older_than_every_finish_are_no_outliers_while_most_still_run():
+    """A slow night: one task finished at 62 s, 59 still run. The stand-in high end (62 s) does not make the
+    bulk of them outliers that back off: a task is asked once a gap, whatever its age."""
+    clock = Clock()
+    polls = scheduler(clock)
+    polls.add("old")
+    polls.ready("old")
+    polls.model.finished("first", 62.0, exact=True)
+    for n in range(59):
+        polls.model.running(f"r{n}", 100.0)
+    known = polls.model.quantiles()
+    assert known is not None and not known.high_known
+    clock.advance(150.0)
+    task = polls._tasks["old"]
+    task.asked = clock.now  # asked at 150 s of age, still running
+    gap = max(polls.floor, GAP_SHARE * known.median)
+    assert polls.due(task, known) == pytest.approx(clock.now + gap)  # not (150 - high) / 2 later
+
+
+def test_cold_with_nothing_left_to_create_the_probe_goes_faster_with_more_tasks():
+    """A slow night, cold: every task is created and none has been seen finished; each finished one waits for the
+    first to be found. The probe goes faster with the tasks in flight (2/3 of the square root)."""
+
+    def probe_gap(in_tail: bool, tasks: int) -> float:
+        clock = Clock()
+        polls = scheduler(clock, in_tail=lambda: in_tail)
+        for n in range(tasks):
+            polls.add(f"t{n}")
+            polls.ready(f"t{n}")
+        clock.advance(2.5)
+        assert len(polls.grant()) == 1  # one probe at a time, always
+        return polls.next_wakeup() - clock.now
+
+    assert probe_gap(False, 36) == pytest.approx(2.5)
+    assert probe_gap(True, 36) == pytest.approx(2.5 / (35**0.5 / 1.5))  # 35 others wait: sqrt(35) / 1.5
+    assert probe_gap(True, 3) == pytest.approx(2.5)  # a few tasks: the family's pace (sqrt(2) / 1.5 < 1)

@@ -271,17 +271,23 @@ def test_in_flight_limit_is_cut_by_429_and_climbs_back():
     limiter = InFlightLimiter(8, calm=3600)
     limiter.on_saturated()  # nothing known: halve
     assert limiter.limit == 4
-    limiter.on_saturated(live=2)  # the service runs 2 of ours and refuses a third: 2 is what it takes
+    limiter.on_saturated(running=2)  # the service runs 2 of ours and refuses a third: 2 is what it takes
     assert limiter.limit == 2
-    limiter.on_saturated(live=5)  # never raised by a 429
+    limiter.on_saturated(running=5)  # never raised by a 429
     assert limiter.limit == 2
+    limiter.cap = 2.0  # the service said "full" at 2 twice: a confirmed level
     for _ in range(2):
         limiter.on_success()
     assert limiter.limit == 2  # while 429s are recent, one slot per `limit` successes
     for _ in range(40):
         limiter.on_success()
     assert limiter.limit == 8  # back, and never above the maximum
-    limiter.on_saturated(live=3)
-    limiter.calm = 0  # long after the last 429: a whole slot per success
+    limiter.on_saturated(running=3)
+    limiter.cap = 6.0
+    limiter.calm = 0  # long after the last 429, below the level of the last "full": a whole slot per success
     limiter.on_success()
     assert limiter.limit == 4
+    limiter.cap = None  # no confirmed level (a first "full" may be a rate's doing): a whole slot per success
+    limiter.calm = 3600
+    limiter.on_success()
+    assert limiter.limit == 5

@@ -57,6 +57,7 @@ class SimConfig:
     expired_url_rate: float = 0.0  # share of result URLs handed out already expired (a slow client's fate)
     http200_errors: bool = False  # business errors come with HTTP 200 and the code only in the body
     envelope_429: Envelope429 = "relay"
+    capacity_envelope_429: Envelope429 | None = None  # a "full" 429 (capacity) wrapped so; None: as envelope_429
     retry_after: float | None = None  # send Retry-After on 429 (the real service does not)
     response_delay: float = 0.0  # added to every API answer
 

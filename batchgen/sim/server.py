@@ -129,10 +129,11 @@ class Simulator:
         body = {"error": {"message": f"{message} (request id: {request_id})", "type": "new_api_error", "code": code}}
         return web.json_response(body, status=status)
 
-    def _saturated(self) -> web.Response:
+    def _saturated(self, *, full: bool = False) -> web.Response:
+        """A 429; `full`: for capacity (tasks running), wrapped as `capacity_envelope_429` when that is set."""
         self.stats.rate_limited += 1
         headers = {"Retry-After": f"{self.config.retry_after:g}"} if self.config.retry_after is not None else {}
-        kind: str = self.config.envelope_429
+        kind: str = (full and self.config.capacity_envelope_429) or self.config.envelope_429
         if kind == "mixed":
             kind = ("relay", "business", "gateway", "empty")[self._envelope_turn % 4]
             self._envelope_turn += 1
@@ -195,7 +196,7 @@ class Simulator:
             if len(self._creates) >= limit:
                 return self._saturated()
         if self.config.capacity is not None and self.in_flight(now) >= self.config.capacity:
-            return self._saturated()
+            return self._saturated(full=True)
         prompt = body["input"]["prompt"]
         if MARK + "reject]" in prompt:
             return self._business(422, "upstream validation rejected the request")

@@ -1,0 +1,145 @@
+"""Saturation that is capacity, not rate: the 429 classifier and the in-flight limiter on a clock advanced by hand
+(no sleeps), and over real loopback HTTP a simulator whose 429 means "full"."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+
+from batchgen import memory, runner
+from batchgen.config import RetryPolicy
+from batchgen.limits import Hints, InFlightLimiter, Throttle
+from batchgen.progress import Reporter
+
+from .helpers import Clock, accept, make_settings, manifest_of, run_tasks, throttle
+
+
+def test_a_first_429_with_the_window_not_full_is_capacity_and_keeps_the_window():
+    clock = Clock()
+    t = throttle(clock)  # create window 20/10 s
+    accept(t, 8)
+    run_tasks(t, 8)
+    verdict = t.on_create_saturated(t.epoch)
+    assert verdict is not None and verdict.kind == "capacity"
+    assert (verdict.accepted, verdict.running) == (8, 8)
+    assert t.limiter.limit == 8  # what the service runs for us is what it takes
+    assert t.window.count == 20 and t.learned_count is None  # the window is kept
+    assert verdict.pause == 0.0 and t.strikes == 0  # nobody pauses: a slot frees when a task finishes
+    # Capacity 429s go on: never a pause, never a window cut.
+    for _ in range(3):
+        verdict = t.on_create_saturated(t.epoch)
+        assert verdict is not None and verdict.kind == "capacity" and verdict.pause == 0.0
+    assert t.window.count == 20 and t.cooldown.remaining == 0
+
+
+def test_a_429_with_few_tasks_running_and_a_full_window_is_rate():
+    clock = Clock()
+    t = throttle(clock)
+    accept(t, 8)
+    run_tasks(t, 8)
+    t.on_create_saturated(t.epoch)  # capacity at 8 running
+    clock.advance(11)  # a new window; most tasks finished
+    t.limiter.running = 2
+    accept(t, 8)
+    verdict = t.on_create_saturated(t.epoch)  # the window at the level it was refused at, 2 tasks running
+    assert verdict is not None and verdict.kind == "rate"
+    assert t.window.count == 8 and t.learned_count == 8  # the window learns the rate
+    assert t.cap_level is None  # fewer running than at the "full": it was the window's doing
+
+
+def test_both_at_once_cuts_both():
+    clock = Clock()
+    t = Throttle(concurrency=100, create_rate=(30, 10.0), poll_rate=8, retry=RetryPolicy(), clock=clock)
+    accept(t, 12)
+    run_tasks(t, 12)
+    assert t.on_create_saturated(t.epoch).kind == "capacity"  # the window not full: the service is full at 12
+    clock.advance(11)
+    accept(t, 29)  # the window full, and as many running as at the "full": both at once
+    verdict = t.on_create_saturated(t.epoch)
+    assert verdict is not None and verdict.kind == "both"
+    assert t.limiter.limit == 12 and t.window.count == 29 and t.learned_count == 29 and t.cap_level == 12
+
+
+def test_the_first_429_cap_is_probed_quickly_a_confirmed_one_one_slot_per_generation():
+    clock = Clock()
+    t = throttle(clock, concurrency=100)
+    accept(t, 10)
+    run_tasks(t, 10)
+    t.on_create_saturated(t.epoch)
+    assert t.limiter.limit == 10 and t.limiter.cap is None  # a first "full" may be a rate's doing
+    clock.advance(2)  # calm: a whole slot per success
+    accept(t, 3)
+    assert t.limiter.limit == 13
+    t.on_create_saturated(t.epoch)  # full again at 10 running: confirmed
+    assert t.limiter.cap == 10 and t.limiter.limit == 10
+    clock.advance(5)
+    accept(t, 9)
+    assert t.limiter.limit == 10  # above a confirmed cap: one slot per `limit` successes
+    accept(t, 2)
+    assert t.limiter.limit == 11
+
+
+def test_a_cap_the_service_went_past_without_a_429_is_no_cap():
+    clock = Clock()
+    t = throttle(clock)
+    accept(t, 10)
+    run_tasks(t, 10)
+    t.on_create_saturated(t.epoch)
+    assert t.cap_level == 10
+    run_tasks(t, 3)
+    accept(t, 1)  # a create accepted with 14 running: 10 was not the service's capacity (nor our lag)
+    assert t.cap_level is None and t.rate_level == 10  # that 429 came with 10 accepted in the window
+
+
+def test_a_remembered_capacity_is_a_start_that_is_re_probed_not_a_ceiling():
+    clock = Clock()
+    t = throttle(clock, concurrency=100, hints=Hints(in_flight=30))
+    assert t.limiter.limit == 30 and t.limiter.maximum == 100 and t.limiter.cap == 30
+    accept(t, 31)
+    assert t.limiter.limit == 31  # above it one slot per generation, never stuck below
+
+
+async def test_requeue_gives_the_slot_back_and_waits_for_one_to_free():
+    clock = Clock()
+    limiter = InFlightLimiter(2, clock=clock)
+    await limiter.acquire()
+    await limiter.acquire()
+    limiter.on_saturated(running=1)  # full at one running: the limit is 1, two slots held
+    waiter = asyncio.ensure_future(limiter.requeue())
+    await asyncio.sleep(0)
+    assert not waiter.done() and limiter.in_flight == 1
+    limiter.release()  # a task seen finished: its slot goes to the refused item at once
+    await asyncio.wait_for(waiter, 5)
+    assert limiter.in_flight == 1
+    limiter.in_flight += 1  # another holder: two held, room for one
+    cancelled = asyncio.ensure_future(limiter.requeue())
+    await asyncio.sleep(0)
+    assert not cancelled.done() and limiter.in_flight == 1
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert limiter.in_flight == 2  # still counted as held: its owner releases it
+
+
+async def test_a_capacity_429_drops_the_in_flight_limit_and_keeps_the_create_window(sim_factory, tmp_path, state_home):
+    """Real loopback: the simulator is full at 3 tasks (its 429 in the task relay's envelope); the run is told
+    a create window of 50/1 s and 12 in flight. The 429s are read as capacity: the limit drops to 3, the window
+    stays, and the memory keeps a capacity, never a rate."""
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(12)])
+    async with sim_factory(capacity=3, rate=None, latency=0.3, jitter=0.0, envelope_429="gateway") as sim:
+        stream = io.StringIO()
+        settings = make_settings(path, tmp_path / "out", sim, concurrency=12, create_rate=(50, 1.0))
+        outcome = await runner.run(settings, Reporter(stream=stream, progress=False, verbose=True))
+        log = stream.getvalue()
+        assert outcome.exit_code == 0 and sim.stats.rate_limited > 0
+        assert "taken for capacity (the service is full)" in log
+        assert "create window 50/1 s (kept)" in log
+        assert "taken for rate" not in log
+        assert sim.stats.max_in_flight <= 3
+        kept = json.loads(memory.path_for(state_home / "batchgen", sim.api_url).read_text())
+        assert kept["create_rate"] is None
+        (entry,) = kept["models"].values()
+        assert entry["capacity"]["tasks"] == 3 and entry["capacity"]["learned_from"] == "capacity_429"
