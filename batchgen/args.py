@@ -480,6 +480,7 @@ port = _value_type(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
 
 def _add_sim_arguments(p: argparse.ArgumentParser) -> None:
     sim = SimConfig()  # the knobs' defaults live in SimConfig (but --port: the command's own 8080)
+    _add_models_dir_argument(p)  # the simulated service serves the user's model cards too
     p.add_argument("--host", default=sim.host, help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=port, default=8080, help="API port (default %(default)s; 0 for a free one)")
     p.add_argument(

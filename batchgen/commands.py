@@ -395,8 +395,12 @@ def cmd_sim(args: argparse.Namespace, session: Session) -> int:
     values["url_ttl"] = args.url_ttl or None
     values["unsupported_models"] = tuple(args.unsupported_models or ())
     sim_config = SimConfig(**values)
+    notes: list[str] = []
+    cards = models.registry(args.models_dir, os.environ, notes)  # it serves the user's cards too
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     try:
-        asyncio.run(serve_until_stopped(sim_config))
+        asyncio.run(serve_until_stopped(sim_config, cards))
     except OSError as exc:
         raise UsageError(f"cannot listen on {sim_config.host}:{sim_config.port}: {exc.strerror or exc}") from exc
     return ExitCode.OK

@@ -289,7 +289,7 @@ async def _service(settings: RunSettings, reporter: Reporter) -> AsyncIterator[t
     key = Secret(secrets.token_urlsafe(16))
     # Realistic but short: seconds instead of Imagen's 20-45 s, quarter-size images, the real rate limit.
     config = SimConfig(api_key=key.value, latency=3.0, jitter=1.0, image_scale=0.25)
-    async with Simulator(config) as sim:
+    async with Simulator(config, settings.cards) as sim:  # it serves the run's cards, the user's too
         reporter.info(f"--simulate: the built-in simulator answers at {sim.api_url}")
         yield sim.api_url, key
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import yaml
 
 from batchgen import manifest, models, schema
 from batchgen.errors import CardError, ManifestError
+from batchgen.sim import SimConfig, Simulator
+from batchgen.sim.model import invalid as model_invalid
 
 from .helpers import cli, env_without_config, run_args
 
@@ -623,6 +626,25 @@ async def test_a_malformed_or_hostile_card_file_is_one_clear_error(tmp_path, wri
     (cards / "b.yaml").write_text(FAST_CARD)
     code, _, err = await cli(_validate(path, "--models-dir", str(cards)), env=env_without_config())
     assert code == 2 and f"{cards / 'b.yaml'}: model 'imagen4-fast' is already defined by {cards / 'a.json'}" in err
+
+
+async def test_the_simulator_serves_the_users_cards_so_a_user_model_runs_offline(tmp_path, write):
+    """SPEC §5 and issue 20: `run --simulate --models-dir` and `batchgen sim --models-dir` serve a user's card (a
+    model the built-in cards do not know), validated by that card, instead of answering "unsupported model"."""
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "imagen4-fast.json").write_text(FAST_CARD)
+    path = write("fast.yaml", "- prompt: a fox\n  model: imagen4-fast\n  aspect_ratio: '16:9'\n")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--simulate"]
+    code, _, err = await cli([*args, "--models-dir", str(cards)], env=env_without_config())
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["items"]
+    assert {r["state"] for r in json.loads((out / "results.json").read_text())["items"].values()} == {"succeeded"}
+    sim = Simulator(SimConfig(latency=0.05, jitter=0), models.registry(str(cards), {}, []))
+    assert model_invalid({"model": "imagen4-fast", "input": {"prompt": "a fox"}}, sim.cards) is None
+    assert model_invalid({"model": "imagen4-fast", "input": {"prompt": "x" * 501}}, sim.cards) is not None
+    assert "unsupported model" in str(model_invalid({"model": "imagen4-fast", "input": {"prompt": "a"}}, CARDS))
 
 
 # ---------------------------------------------------------------- batchgen models

@@ -46,11 +46,11 @@ class ResultFiles:
                 return _xml_error(403, "AccessDenied", "Request has expired")
 
         data = task.body["input"]
-        fmt = result_type(task.body)
+        fmt = result_type(task.body, self.sim.cards)
         lie = self.sim.config.wrong_extension  # the URL and the Content-Type say PNG, whatever the bytes are
         if ("png" if lie else schema.EXTENSIONS[fmt]) != ext:
             return _xml_error(404, "NoSuchKey", "The specified key does not exist.")
-        width, height = size_for(task.body, self.sim.config.image_scale)
+        width, height = size_for(task.body, self.sim.config.image_scale, self.sim.cards)
         quality = int(data.get("compression_quality", 90))
         variant = variant_of(f"{data['prompt']}|{data.get('seed')}|{stem}")
         content = await asyncio.to_thread(render, width, height, fmt, quality, variant)

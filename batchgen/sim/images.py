@@ -21,23 +21,23 @@ _TYPES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _RESOLUTION = {"1k": 1, "low": 1, "2k": 2, "medium": 2, "4k": 4, "high": 4}
 
 
-def _card(body: dict[str, Any]) -> models.Card:
-    card = models.builtin().get(str(body.get("model")))
+def _card(body: dict[str, Any], cards: models.Registry) -> models.Card:
+    card = cards.get(str(body.get("model")))
     return card if card is not None else models.builtin().cards[models.DEFAULT_MODEL]
 
 
-def result_type(body: dict[str, Any]) -> str:
+def result_type(body: dict[str, Any], cards: models.Registry) -> str:
     """png, jpeg or webp: the request's output_format where the model has one, else the model's own type."""
     chosen = body["input"].get("output_format")
     if isinstance(chosen, str) and (kind := _TYPES.get(chosen.strip().lower().removeprefix("image/"))):
         return kind
-    return _card(body).output_format
+    return _card(body, cards).output_format
 
 
-def size_for(body: dict[str, Any], scale: float) -> tuple[int, int]:
+def size_for(body: dict[str, Any], scale: float, cards: models.Registry) -> tuple[int, int]:
     """Pixel size of a result (its card's size for the aspect ratio, or width x height, at the resolution asked
     for), scaled (at least 16 px a side)."""
-    card, data = _card(body), body["input"]
+    card, data = _card(body, cards), body["input"]
     aspect, spec = data.get("aspect_ratio"), card.fields.get("aspect_ratio")
     if spec is not None and spec.kind == "enum" and isinstance(aspect, str) and aspect.strip():
         with contextlib.suppress(ValueError):

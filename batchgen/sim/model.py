@@ -97,12 +97,12 @@ def ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-def invalid(body: dict[str, Any]) -> str | None:
+def invalid(body: dict[str, Any], cards: models.Registry) -> str | None:
     """The service's 400 message for a malformed request, or None: each model by its card."""
     model = body.get("model")
     if not model:
         return "model is required"
-    card = models.builtin().get(model) if isinstance(model, str) else None
+    card = cards.get(model) if isinstance(model, str) else None
     if card is None:
         return f"unsupported model: {model}"
     callback = body.get("callBackUrl")

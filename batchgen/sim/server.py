@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from aiohttp import web
 
-from .. import schema
+from .. import models, schema
 from .config import SimConfig
 from .files import ResultFiles
 from .images import result_type
@@ -30,8 +30,9 @@ from .model import MARK, POLICY_FAILURE, SATURATED, TRANSIENT_FAILURE, SimStats,
 class Simulator:
     """The simulated jobs API. Use `async with Simulator(config) as sim:`; `sim.stats` holds counters."""
 
-    def __init__(self, config: SimConfig | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None, cards: models.Registry | None = None) -> None:
         self.config = config or SimConfig()
+        self.cards = cards or models.builtin()  # the models it serves: the built-in cards, and a user's if given
         self.stats = SimStats()
         self._task_number = 0
         self.rng = random.Random(self.config.random_seed)
@@ -183,7 +184,7 @@ class Simulator:
             return self._business(400, "invalid request body: expected a JSON object")
         if body.get("model") in self.config.unsupported_models:
             return self._model_gone(str(body["model"]))
-        if (message := invalid(body)) is not None:
+        if (message := invalid(body, self.cards)) is not None:
             return self._business(400, message)
         if self.config.quota is not None and self.stats.creates >= self.config.quota:
             return self._gateway(403, "用户额度不足 (insufficient user quota)", "insufficient_user_quota")
@@ -357,7 +358,7 @@ class Simulator:
         return {"consumeCredits": per, "remainedCredits": self.config.credits_balance - per * task.number}
 
     def _result_urls(self, task: Task, now: float) -> list[str]:
-        ext = "png" if self.config.wrong_extension else schema.EXTENSIONS[result_type(task.body)]
+        ext = "png" if self.config.wrong_extension else schema.EXTENSIONS[result_type(task.body, self.cards)]
         urls = []
         for n in range(1, self.config.results_per_task + 1):
             name = f"{n}.{ext}"
@@ -435,13 +436,13 @@ class Simulator:
             await asyncio.sleep(0.2 * 2**attempt)
 
 
-async def serve_until_stopped(config: SimConfig) -> None:
+async def serve_until_stopped(config: SimConfig, cards: models.Registry | None = None) -> None:
     """`batchgen sim`: serve until SIGINT or SIGTERM, after printing where (OSError if the port cannot be had)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Simulator(config) as sim:
+    async with Simulator(config, cards) as sim:
         key = "any non-empty Bearer token" if config.api_key is None else "the --api-key given"
         print(
             f"batchgen sim: api={sim.api_url} files={sim.files_url} stats={sim.api_url}/__sim/stats "
