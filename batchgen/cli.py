@@ -324,23 +324,20 @@ def _finish_run(session: Session, code: int) -> int:
             out.error(f"--metrics-file {path}: cannot write it: {reason}", event="metrics_error")
         for warning in warnings:
             out.warning(warning, event="metrics_warning")
+    meaning = exit_meaning(code, int(figures.get("paid_creates", 0)) + int(figures.get("in_doubt", 0)))
     if not session.dry_run:
-        _end_actions(session, code)
+        _end_actions(session, code, meaning)
     if not (session.dry_run and out.fmt == "text"):
-        out.final(
-            session.counts,
-            {**figures, "dry_run": True} if session.dry_run else figures,
-            exit_meaning(code, int(figures.get("paid_creates", 0)) + int(figures.get("in_doubt", 0))),
-        )
+        out.final(session.counts, {**figures, "dry_run": True} if session.dry_run else figures, meaning)
     return code
 
 
-def _end_actions(session: Session, code: int) -> None:
+def _end_actions(session: Session, code: int, meaning: str) -> None:
     """The night's end (finish.py): hooks, the message, the final ping, after the ledger, the contact sheet and
     the metrics are final and while DIR is still locked; then the lock goes. Never changes the exit code."""
     summary = endactions.Summary(
         code=code,
-        meaning=exit_meaning(code),
+        meaning=meaning,  # the summary line's own words: a run that paid anything never says "nothing submitted"
         manifest=session.manifest_path,
         directory=session.directory,
         counts=session.counts,

@@ -440,9 +440,14 @@ async def test_a_usage_error_after_a_create_in_doubt_never_says_nothing_submitte
     try:
         path = manifest_of(tmp_path / "m.yaml", ["a fox"])
         base = f"http://127.0.0.1:{app_runner.addresses[0][1]}"
-        code, _, stderr = await cli(run_args(path, tmp_path / "out", base), env=env())
+        hook = tmp_path / "hook.py"  # the --on-finish hook reads the same meaning as the summary line
+        hook.write_text("import json, sys\nopen(sys.argv[1], 'w').write(json.load(sys.stdin)['exit_meaning'])\n")
+        told = tmp_path / "told.txt"
+        on_finish = ["--on-finish", f"{sys.executable} {hook} {told}"]
+        code, _, stderr = await cli(run_args(path, tmp_path / "out", base, *on_finish), env=env())
     finally:
         await app_runner.cleanup()
     assert code == 2, stderr
     summary = stderr.strip().splitlines()[-1]
     assert "exit 2" in summary and "nothing submitted" not in summary and "in doubt" in summary, summary
+    assert "nothing submitted" not in told.read_text() and "in doubt" in told.read_text()
