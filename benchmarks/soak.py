@@ -51,7 +51,7 @@ from batchgen.runner import exit_code  # noqa: E402
 from batchgen.sim import SimConfig, Simulator  # noqa: E402
 from batchgen.sim.model import request_key  # noqa: E402
 
-KEY = "soak-key/with+odd=chars 0123456789"
+KEY = "soak-key/with+odd=chars_0123456789"  # odd characters a header allows (a space it does not)
 SPEC_EXITS = {0, 1, 2, 3, 4, 5, 130, 143}
 NIGHT_LIMIT = 120.0  # seconds: a night still running after this is a hang (a broken invariant)
 DISK = "24m"  # the tmpfs for DIR, when it can be mounted
@@ -61,6 +61,7 @@ class Soak:
     def __init__(self, seed: int, items: int, work: Path) -> None:
         self.rng = random.Random(seed)
         self.work = work
+        self.paid = 0  # creates the simulator accepted over the whole soak
         self.out = work / "disk" / "out"
         self.manifest = work / "nightly.yaml"
         self.items: dict[str, int] = {f"s{n:03d}": 0 for n in range(items)}  # id -> version of its prompt
@@ -254,6 +255,10 @@ class Soak:
         # Python starts); either way the state must be whole, which the checks below hold it to.
         sent = next((-int(getattr(signal, n)) for n in ("SIGTERM", "SIGINT") if n in tried), -signal.SIGKILL)
         hold("crash", code is not None and (code in SPEC_EXITS or code in (-signal.SIGKILL, sent)), f"exit {code}")
+        # A usage error is the harness's own fault (its command line, its key) unless the ledger was damaged: the
+        # soak once ran every night into exit 2 (a key with a space) and still said "every invariant held".
+        last = next((line for line in reversed(log.splitlines()) if "error" in line), "")
+        hold("usage", code != 2 or "results.json" in log, f"exit 2: {last[-300:]}")
         forms = {KEY, quote(KEY, safe=""), quote(KEY), quote_plus(KEY)}
         hold("key", not any(f in log for f in forms), "the key in a log line")
         if not self.out.exists():
@@ -328,12 +333,15 @@ async def soak(args: argparse.Namespace) -> int:
             s.sim, s.base = sim, base
             for number in range(1, args.nights + 1):
                 await s.night(number)
+            s.paid = sim.stats.creates
     finally:
         s.unmount()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nsoak: {args.nights} nights in {time.monotonic() - started:.0f} s, seed {seed}")
     print("tried: " + ", ".join(f"{name} x{n}" for name, n in sorted(s.tried.items())))
     print("held:  " + ", ".join(f"{name} x{n}" for name, n in sorted(s.held.items())))
+    if not s.paid:
+        s.broken.append("no night paid for anything: the soak tried nothing")
     if s.broken:
         print(f"BROKEN ({len(s.broken)}):")
         for line in s.broken[:50]:
