@@ -16,9 +16,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 from . import decisions, manifest, models, names, prices, rolls, sheet
 from .callbacks import CallbackReceiver, parse_listen
@@ -32,37 +30,11 @@ from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
 from .memory import forget_service
+from .outcome import Counters, Outcome, exit_code
 from .plan import Plan, describe, make_plan
-from .prices import Prices
 from .progress import Reporter, plural
 from .proxies import tls_context
 from .records import paid_total, price_of
-from .submit import Counters
-
-
-@dataclass(slots=True)
-class Outcome:
-    exit_code: int
-    counts: dict[str, int]
-    counters: Counters
-    seconds: float
-    price: Decimal | None = None  # per image: --price, else the one the ledger recorded
-    paid_total: int = 0  # paid creates the ledger counts over every item's life (spend so far = this × price)
-    failures: list[dict[str, Any]] = field(default_factory=list)  # the first failed items, for the end actions
-    prices: Prices | None = None  # per model, when the ledger recorded prices per model
-    spend: Decimal | None = None  # with per-model prices: this run's paid creates x their model's price ...
-    spend_total: Decimal | None = None  # ... and the ledger's
-
-
-def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
-    """SPEC's exit code, most severe first: 3 (key/quota) or the fatal error's own, 128+N, 5, 1, 0."""
-    if fatal is not None:
-        return fatal.exit_code
-    if signum is not None:
-        return ExitCode.signal(signum)
-    if counts["pending"] or counts["submitted"]:
-        return ExitCode.INCOMPLETE
-    return ExitCode.FAILED if counts["failed"] else ExitCode.OK
 
 
 def dry_run(settings: RunSettings, reporter: Reporter) -> int:

@@ -13,9 +13,7 @@ import asyncio
 import functools
 import math
 import random
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import gone
@@ -37,6 +35,7 @@ from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
 from .models import builtin
+from .outcome import Counters
 from .prices import Budget
 from .progress import Reporter
 from .references import ReferenceChanged
@@ -45,19 +44,6 @@ SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending
 
 # Errors after which a createTask certainly created nothing: anything else after the request left may have.
 NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError, WayRefused)
-
-
-@dataclass(slots=True)
-class Counters:
-    creates: int = 0  # paid
-    retries: int = 0
-    rate_limited: int = 0
-    polls: int = 0
-    downloads: int = 0
-    in_doubt: int = 0
-    callbacks: int = 0  # valid callbacks that woke a poller
-    lost: int = 0  # tasks the service forgot (failed, kind `lost`)
-    creates_by_model: Counter[str] = field(default_factory=Counter)  # paid, per model
 
 
 class Stopped(Exception):
