@@ -88,7 +88,7 @@ class Engine:
             prior=self.remembered.prior(settings.task_timeout) if self.remembered else None,
             in_tail=self._detection_counts,
         )
-        self.ids = [item.id for item in items]
+        self.listed = ledger.listed()  # the manifest's ids, the ledger's answer: what the run counts
         self.stop_reason: str | None = None
         self.stop_signal: int | None = None
         self.fatal: BatchgenError | None = None
@@ -118,7 +118,7 @@ class Engine:
             stop=self.stop,
         )
         self.names = Names(
-            self.ids,
+            self.listed,
             ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded"),
             template=settings.name,
             stems=stems,
@@ -173,7 +173,9 @@ class Engine:
         return self._dispatched or self.limiter.waiting > 0
 
     def _show_progress(self) -> None:
-        self.reporter.update(self.ledger.counts(self.ids), in_flight=self.limiter.in_flight, limit=self.limiter.limit)
+        self.reporter.update(
+            self.ledger.counts(self.listed), in_flight=self.limiter.in_flight, limit=self.limiter.limit
+        )
 
     async def _main(self) -> None:
         async with asyncio.TaskGroup() as group:

@@ -66,8 +66,32 @@ class Ledger(Store):
         return self.items[item_id]
 
     def owners(self) -> Iterator[tuple[str, Record]]:
-        """Every item's record, for those who must know what other items hold (file names, task ids)."""
+        """Every item's record, for those who must know what other items hold (file names)."""
         return iter(self.items.items())
+
+    def listed(self) -> frozenset[str]:
+        """The ids of this run's manifest (`track`): the items a run counts and reports."""
+        if self.manifest_ids is None:
+            raise RuntimeError("the ledger tracks no manifest yet: call track() first")
+        return self.manifest_ids
+
+    def claim_task(self, task_id: str, item_id: str) -> bool:
+        """Whether a task id is this item's alone: the first item that held it (in the ledger as the run found it,
+        or claimed since) owns it for good, so two items of one task never both succeed."""
+        return self._task_owners().setdefault(task_id, item_id) == item_id
+
+    def task_owner(self, task_id: str) -> str | None:
+        """The item a task id was created for, if any item holds or held it."""
+        return self._task_owners().get(task_id)
+
+    def _task_owners(self) -> dict[str, str]:
+        """Task id -> its item: made from the records at its first use (the run's start), then kept by claims."""
+        if self._owners is None:
+            self._owners = {}
+            for item_id, record in self.items.items():
+                if record.get("task_id"):
+                    self._owners.setdefault(str(record["task_id"]), item_id)
+        return self._owners
 
     # ------------------------------------------------------------ transitions
 

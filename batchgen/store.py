@@ -63,6 +63,7 @@ class Store:
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = 0.0
         self.manifest_ids: frozenset[str] | None = None
+        self._owners: dict[str, str] | None = None  # task id -> its item (ledger.py's claim_task)
         self.recovered: str | None = None  # why results.json was rebuilt from the journals, if it was
         self._written = 0  # journal lines appended ...
         self._synced = 0  # ... and how many of them are known to be on disk

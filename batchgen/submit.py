@@ -85,10 +85,6 @@ class Submitter:
         self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
         self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
         self.refusals = Refusals()  # 401/403 on createTask: the run's, or one item's (a WAF refusing one prompt)
-        self.task_owner: dict[str, str] = {}  # task id -> the item it was created for
-        for item_id, record in ledger.owners():
-            if record.get("task_id"):
-                self.task_owner.setdefault(str(record["task_id"]), item_id)
         self.gate = gone.Gate(gone.suspects(ledger.items.values()), settings.cards or builtin())
         self.budget = None
         if settings.max_spend is not None and settings.prices is not None:
@@ -96,7 +92,7 @@ class Submitter:
 
     def claim(self, task_id: str, item_id: str) -> bool:
         """Whether a resumed task id is this item's alone (two items, one task: never both succeed)."""
-        return self.task_owner.setdefault(task_id, item_id) == item_id
+        return self.ledger.claim_task(task_id, item_id)
 
     def abandon(self) -> None:
         """Give up the createTask calls under way, now (a second signal): their items stay in doubt."""
@@ -106,7 +102,7 @@ class Submitter:
                 job.cancel()
 
     def duplicate(self, task_id: str) -> ErrorRecord:
-        owner = self.task_owner.get(task_id)
+        owner = self.ledger.task_owner(task_id)
         return error_record(
             "duplicate_task",
             None,
@@ -284,7 +280,7 @@ class Submitter:
         self.counters.creates += 1  # paid, whatever happens next
         self.counters.creates_by_model[item.model] += 1
         self.refusals.on_success()
-        if self.task_owner.setdefault(task_id, item.id) != item.id:
+        if not self.ledger.claim_task(task_id, item.id):
             self.ledger.paid_without_task(item.id, self.duplicate(task_id))
             await self.ledger.durable()
             await self._fail(item.id, self.duplicate(task_id))
