@@ -108,10 +108,10 @@ class Engine:
         )
         self.watcher = Watcher(
             settings,
-            ledger,
             client,
-            self.throttle,
             self.polls,
+            self.throttle,
+            ledger,
             reporter,
             self.counters,
             callback_url=callback_url,

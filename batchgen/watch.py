@@ -46,10 +46,10 @@ class Watcher:
     def __init__(
         self,
         settings: RunSettings,
-        ledger: Ledger,
         client: Client,
-        throttle: Throttle,
         polls: PollScheduler,
+        throttle: Throttle,
+        ledger: Ledger,
         reporter: Reporter,
         counters: Counters,
         *,
