@@ -40,9 +40,8 @@ from .callbacks import parse_listen
 from .command_run import StoppedEarly, cmd_run, settings_from, way_from
 from .errors import ExitCode, ManifestError, StorageError, UsageError
 from .escapes import visible, visible_json
-from .files import write_atomically
+from .files import read_bounded, write_atomically
 from .progress import plural
-from .readers import read_bounded
 from .session import Session, StdoutError, flush_stdout, say
 
 __all__ = ["COMMANDS", "Session", "StdoutError", "StoppedEarly", "flush_stdout", "say", "settings_from"]

@@ -47,3 +47,19 @@ def test_the_measure_sees_an_oversized_module_class_and_function(tmp_path):
         f"{tmp_path.name}/big.py: module {FUNCTION_LINES + 2 + MODULE_LINES + 1} lines",
         f"{tmp_path.name}/big.py: f {FUNCTION_LINES + 1} lines",
     ]
+
+
+def test_the_one_bounded_reader_reads_whole_files_or_the_newest_whole_lines(tmp_path):
+    from batchgen.files import read_bounded
+
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"first line\nsecond\nthird\n")
+    assert read_bounded(log, 100, "the log") == b"first line\nsecond\nthird\n"
+    assert read_bounded(log, 10, "the log") == "the log is 24 bytes; the limit is 10"
+    assert read_bounded(log, 10, "the log", tail=True) == b"third\n"  # 'd\nthird\n': the cut line is dropped
+    assert read_bounded(log, 5, "the log", tail=True) == b""  # no whole line in the newest 5 bytes
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(log)
+    assert read_bounded(link, 100, "the log") == log.read_bytes()
+    assert str(read_bounded(link, 100, "the log", follow=False, tail=True)).startswith("cannot read the log")
+    assert read_bounded(tmp_path, 100, "the folder") == "cannot read the folder: a directory"
