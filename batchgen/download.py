@@ -330,7 +330,7 @@ class Fetcher:
                 # The old files (and ledger.refetch's) go before the success is recorded: a kill in between leaves
                 # the ledger naming them still, so the next run removes what is left, never keeps it for ever.
                 known = self.ledger.record(item.id)
-                old = [*(known.get("files") or []), *(known.get("files_before") or [])]
+                old = [*known["files"], *known.get("files_before", [])]
                 stale = [n for n in old if not self.names.held_by_other(item.id, n)]
                 await asyncio.to_thread(remove_stale, self.settings.out, stale, names)
                 self.ledger.succeeded(

@@ -119,7 +119,7 @@ class Engine:
         )
         self.names = Names(
             self.listed,
-            ((i, r.get("files") or ()) for i, r in ledger.owners() if r.get("state") == "succeeded"),
+            ((i, r["files"]) for i, r in ledger.owners() if r["state"] == "succeeded"),
             template=settings.name,
             stems=stems,
         )
@@ -261,7 +261,7 @@ class Engine:
                     record.fail_code,
                     record.fail_message or f"the task failed (failCode {record.fail_code})",
                 )
-                attempts = self.ledger.record(item.id).get("attempts", 0)
+                attempts = self.ledger.record(item.id)["attempts"]
                 if kind == "task_transient" and attempts < self.settings.max_attempts:
                     self.counters.retries += 1
                     self.reporter.info(
@@ -295,7 +295,7 @@ class Engine:
         """The item failed for good: record it, durably, then say so with what to do."""
         self.ledger.failed(item_id, error)
         await self.ledger.durable()
-        attempts = self.ledger.record(item_id).get("attempts", 0)
+        attempts = self.ledger.record(item_id)["attempts"]
         if error["kind"] in ("rejected", "task_invalid"):  # the same request would be refused again
             hint = "fix the item in the manifest; a changed item is submitted again"
         elif error["kind"] == "task_policy":

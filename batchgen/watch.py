@@ -153,7 +153,7 @@ class Watcher:
         created: list[float] = []
         if task_id in self._service_created:
             created.append(self._service_created[task_id])
-        submitted = self.ledger.record(item.id).get("submitted_at")
+        submitted = self.ledger.record(item.id)["submitted_at"]
         if submitted:
             with contextlib.suppress(ValueError):
                 created.append(calendar.timegm(time.strptime(submitted, "%Y-%m-%dT%H:%M:%SZ")))
