@@ -13,7 +13,7 @@ work at once; a createTask call already sent is shielded and allowed to finish w
 (`Timeouts.create`, which fits the systemd unit's stop timeout), its task id recorded before the ledger closes.
 A second signal abandons those calls: their items are marked in doubt.
 
-The createTask side (money: paid and in-doubt creates, --limit, one owner per task id) is submit.py's
+The createTask side (money: paid and in-doubt creates, --limit; the ledger owns the task ids) is submit.py's
 Submitter; the status side (the poll loop, recordInfo's answers, lost tasks) watch.py's Watcher; the download
 with its retries download.py's Fetcher. What the run reports is counted in outcome.py's Counters.
 """
