@@ -1,27 +1,23 @@
 """The commands behind `batchgen COMMAND`: each takes the parsed flags and the invocation's Session, does its
 one job, and returns its exit code or raises a BatchgenError for the ladder in cli.py to map.
 
-Also the one way a command prints its result (`say`), so that a closed or full stdout is seen by the ladder.
+`run` is command_run.py's; the session and `say` (the one way a command prints its result, so that a closed or
+full stdout is seen by the ladder) are session.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import errno
 import json
 import os
-import signal
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from . import (
     config,
@@ -37,61 +33,18 @@ from . import (
     proxies,
     report,
     review,
-    runner,
     sheet,
 )
 from .args import build_parser, parse_rate
 from .callbacks import parse_listen
-from .config import RunSettings
-from .errors import BatchgenError, ExitCode, ManifestError, StorageError, UsageError
+from .command_run import StoppedEarly, cmd_run, settings_from, way_from
+from .errors import ExitCode, ManifestError, StorageError, UsageError
 from .escapes import visible, visible_json
-from .files import write_atomically
-from .progress import Reporter, plural
-from .readers import read_bounded
+from .files import read_bounded, write_atomically
+from .progress import plural
+from .session import Session, StdoutError, flush_stdout, say
 
-
-@dataclass(slots=True)
-class Session:
-    """What the ladder must know to finish any exit path: where to log, where the metrics go, what was done."""
-
-    out: Reporter
-    is_run: bool = False  # `run`: metrics file and summary line on every exit path
-    dry_run: bool = False
-    metrics_file: str | None = None
-    manifest: str | None = None  # the metrics label; None: unknown (the flags could not be read)
-    directory: str | None = None  # DIR, for the crash log
-    counts: dict[str, int] | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
-    # The night's end (finish.py): the actions, what they are told, and DIR's lock kept for them.
-    end: endactions.EndActions = field(default_factory=endactions.EndActions)
-    manifest_path: str | None = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    key: str | None = None
-    hold: finish.LockHold = field(default_factory=finish.LockHold)
-    way: tuple[proxies.ProxySettings | None, Path | None] = (None, None)  # the run's proxies and CA bundle
-    by_model: dict[str, int] = field(default_factory=dict)  # this run's paid creates per model
-
-
-class StdoutError(Exception):
-    """Writing to stdout failed for a reason other than a closed pipe (`batchgen status DIR > /dev/full`)."""
-
-
-def say(text: str) -> None:
-    """One result on stdout (a command's output, not a log line), flushed now so that a full disk or a closed
-    pipe is seen here, by the ladder, not by the interpreter's last flush."""
-    flush_stdout(text + "\n")
-
-
-def flush_stdout(text: str = "") -> None:
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.EPIPE:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from exc
-        raise StdoutError(exc.strerror or str(exc)) from exc
+__all__ = ["COMMANDS", "Session", "StdoutError", "StoppedEarly", "flush_stdout", "say", "settings_from"]
 
 
 def cmd_validate(args: argparse.Namespace, session: Session) -> int:
@@ -126,170 +79,6 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
         print(f"{plural(problems, 'problem')} found; nothing would be submitted", file=sys.stderr)
         return ExitCode.USAGE
     return ExitCode.OK
-
-
-def settings_from(args: argparse.Namespace, env: Mapping[str, str], warnings: list[str]) -> RunSettings:
-    """Flags > environment > defaults, resolved once."""
-    callback = args.callback_url
-    if callback and (problem := config.check_callback_url(callback)):
-        raise UsageError(f"--callback-url: {problem}")
-    if args.callback_listen:
-        try:
-            parse_listen(args.callback_listen)
-        except ValueError as exc:
-            raise UsageError(f"--callback-listen: {exc}") from exc
-    if not args.out:
-        raise UsageError("--out: expected a directory, got an empty string")
-    api_base = args.api_base or env.get("BATCHGEN_API_BASE", "")
-    if not args.simulate and not args.dry_run:
-        if not api_base:
-            raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE (or try --simulate)")
-        api_base = config.check_api_base(api_base)
-    key = None if args.simulate else config.read_key(env, args.api_key_file, warnings)
-    cards = models.registry(args.models_dir, env, warnings)
-    price = prices.from_settings(args.price, env)
-    max_spend = None
-    if args.max_spend is not None:
-        limit = prices.parse(args.max_spend, "--max-spend")
-        if limit is None or limit.by_model or limit.default is None:
-            raise UsageError(f"--max-spend: expected an amount such as 5.00; got {args.max_spend!r}")
-        if price is None:
-            raise UsageError("--max-spend needs --price (or BATCHGEN_PRICE): the price of each model's image")
-        max_spend = limit.default
-    proxy, ca_bundle = way_from(args, env)
-    return RunSettings(
-        manifest=Path(args.manifest),
-        out=Path(args.out),
-        api_base=api_base,
-        api_key=key,
-        simulate=args.simulate,
-        concurrency=args.concurrency,
-        create_rate=parse_rate(args.create_rate, "--create-rate"),
-        poll_rate=args.poll_rate,
-        poll=config.PollSchedule(args.poll_interval),
-        forget_service=args.forget_service,
-        max_attempts=args.max_attempts,
-        task_timeout=args.task_timeout,
-        retry_failed=args.retry_failed,
-        reroll=args.reroll,
-        adopt_ledger=args.adopt_ledger,
-        limit=args.limit,
-        max_runtime=args.max_runtime,
-        dry_run=args.dry_run,
-        price=price.default if price is not None and not price.by_model else None,
-        prices=price,
-        max_spend=max_spend,
-        name=args.name,
-        metadata=args.metadata,
-        cards=cards,
-        callback_url=callback,
-        callback_listen=args.callback_listen,
-        log_format=args.log_format,
-        quiet=args.quiet,
-        verbose=args.verbose,
-        progress=not args.no_progress,
-        proxy=proxy,
-        ca_bundle=ca_bundle,
-    )
-
-
-def way_from(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[proxies.ProxySettings, Path | None]:
-    """--proxy / --ca-bundle over their environment variables (SPEC §1a), checked now: a bad one is exit 2."""
-    proxy = proxies.resolve_proxy(args.proxy, env)
-    bundle = args.ca_bundle if args.ca_bundle is not None else env.get("BATCHGEN_CA_BUNDLE") or None
-    source = "--ca-bundle" if args.ca_bundle is not None else "BATCHGEN_CA_BUNDLE"
-    return proxy, proxies.check_ca_bundle(bundle, source) if bundle else None
-
-
-def cmd_run(args: argparse.Namespace, session: Session) -> int:
-    out = session.out
-    session.manifest = Path(args.manifest).name
-    session.manifest_path = args.manifest
-    session.directory = args.out
-    masked = proxies.secrets_in(args.proxy, os.environ)  # until the key is read: the proxies' credentials
-    out.configure(quiet=args.quiet, verbose=args.verbose, progress=not args.no_progress, secret=masked)
-    warnings: list[str] = []
-    if args.metrics_file and not args.dry_run and (problem := report.metrics_problem(Path(args.metrics_file))):
-        session.metrics_file = None  # refused: nothing is written there, on any exit path
-        raise UsageError(f"--metrics-file {args.metrics_file}: {problem}")
-    try:
-        with _stop_on_signals() as early:  # reading the key from a pipe (`--api-key-file <(…)`) may block too
-            session.end = endactions.resolve(
-                args.on_finish, args.notify, args.notify_on, args.ping, os.environ, warn=warnings.append
-            )
-            settings = settings_from(args, os.environ, warnings)
-            session.key = settings.api_key.value if settings.api_key else None
-            session.way = settings.proxy, settings.ca_bundle
-            out.configure(
-                quiet=settings.quiet,
-                verbose=settings.verbose,
-                progress=settings.progress,
-                secret=(*settings.secrets(), *masked),
-            )
-            for warning in warnings:
-                out.warning(warning)
-            if settings.dry_run:
-                return runner.dry_run(settings, out)
-            with asyncio.Runner() as loop:
-                outcome = loop.run(
-                    finish.started(
-                        session.end,
-                        runner.run(settings, out, session.hold),
-                        out,
-                        proxy=settings.proxy,
-                        ca_bundle=settings.ca_bundle,
-                    )
-                )
-                early.over = True  # the outcome is reached: a signal while the loop closes must not lose it
-    finally:
-        out.close()
-    session.counts = outcome.counts
-    session.figures = dict(runner.figures(outcome))
-    session.failures = outcome.failures
-    session.by_model = dict(outcome.counters.creates_by_model)
-    runner.final_report(outcome, settings, out)
-    if args.report:
-        try:
-            out.info(f"contact sheet: {sheet.write_report(settings.out)}", event="contact_sheet")
-        except (BatchgenError, OSError) as exc:  # the run's own outcome stands; the page can be made later
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            out.error(
-                f"the contact sheet {settings.out / 'index.html'} could not be written: {reason}; "
-                f"`batchgen report {settings.out}` retries it",
-                event="contact_sheet_error",
-            )
-    return outcome.exit_code
-
-
-class StoppedEarly(BaseException):
-    """SIGTERM or SIGINT before the run's own handlers are in place (reading a large manifest, opening the
-    ledger): unwinds like Ctrl-C, so that the ledger is closed and the metrics and summary are still written."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _Early:
-    """While `over` is False, SIGTERM/SIGINT raise StoppedEarly; after, they are noted and the run ends as it is."""
-
-    over = False
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[_Early]:
-    early = _Early()
-
-    def stop(signum: int, frame: object) -> None:
-        if not early.over:
-            raise StoppedEarly(signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield early  # the engine's loop installs its own handlers for its duration (they stop the run gracefully)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def cmd_status(args: argparse.Namespace, session: Session) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from .errors import UsageError
-from .files import STATE_DIR, state_dir
+from .files import STATE_DIR, read_bounded, state_dir
 from .records import Record
 
 if TYPE_CHECKING:
@@ -104,24 +104,10 @@ def _fsync_folder(folder: Path) -> None:
 def read_all(directory: Path) -> dict[str, Entry]:
     """The latest decision per item id, as written (whatever the ledger holds now); {} when there is no file or
     it cannot be read safely (a symlink, a FIFO, a folder): decisions are advisory and never stop a command."""
-    path = path_of(directory)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    data = read_bounded(path_of(directory), MAX_BYTES, "the decisions", follow=False, tail=True)
+    if isinstance(data, str):
         return {}
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return {}
-        start = max(0, info.st_size - MAX_BYTES)
-        data = os.pread(fd, MAX_BYTES, start)
-    except OSError:
-        return {}
-    finally:
-        os.close(fd)
     lines = data.split(b"\n")
-    if start > 0:
-        lines = lines[1:]  # begins inside a line
     if data and not data.endswith(b"\n"):
         lines = lines[:-1]  # the torn last line of a killed append
     latest: dict[str, Entry] = {}

@@ -4,6 +4,10 @@ A file appears under its final name only when it is complete and verified: its l
 Content-Length, Pillow reads it as a PNG or JPEG, and its sha256 is known. Names come from item ids, never
 from URLs; the temporary file is created fresh (O_EXCL, O_NOFOLLOW), so a planted symlink cannot redirect it,
 and `os.replace` swaps a directory entry, never writing through a link at the final name.
+
+`Fetcher` is an item's download with its retries, for the engine: expired signed URLs are refreshed with one
+recordInfo each time, a URL that carries the key is never fetched, the old files go before the success is
+recorded.
 """
 
 from __future__ import annotations
@@ -12,21 +16,27 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiofiles
 from PIL import Image, UnidentifiedImageError
 
-from . import provenance
+from . import provenance, rolls
 from .answers import TaskRecord
 from .client import Client
 from .config import RunSettings
 from .errors import DownloadError
-from .files import clear_stale, fsync_dir, temp_name
+from .files import clear_stale, fsync_dir, state_dir, temp_name
+from .ledger import ErrorRecord, Ledger, error_record
 from .manifest import Item
-from .names import inside
+from .names import Names, inside
+from .outcome import Counters
+from .progress import Reporter
 
+DOWNLOAD_SLOTS = 8  # result files fetched at once
+NO_RESULT_QUERIES = 3  # a success without result URLs: recordInfo asked this many times before "no result"
 CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
 # Pillow's name (read from the bytes, whatever the request or the URL said) -> the file extension
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
@@ -237,3 +247,124 @@ async def fetch_all(
         digests.append(digest)
         received.append(as_received)
     return names, digests, received
+
+
+class Fetcher:
+    """An item's result files fetched with their retries: expired URLs refreshed, the old files removed, the
+    success recorded. At most DOWNLOAD_SLOTS items download at once."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        ledger: Ledger,
+        client: Client,
+        names: Names,
+        reporter: Reporter,
+        counters: Counters,
+        *,
+        fail: Callable[[str, ErrorRecord], Awaitable[None]],
+        query: Callable[[str], Awaitable[TaskRecord | None]],
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.client = client
+        self.names = names
+        self.reporter = reporter
+        self.counters = counters
+        self.fail = fail  # the item failed for good (the engine records and tells it)
+        self.query = query  # one recordInfo outside the poll schedule (watch.py)
+        self.slots = asyncio.Semaphore(DOWNLOAD_SLOTS)
+        self.rng = random.Random()
+        self.temp_dir = state_dir(settings.out, "tmp")
+
+    async def fetch(self, item: Item, task_id: str, record: TaskRecord) -> None:
+        """Fetch every result file; expired URLs are refreshed with one recordInfo each time.
+
+        A URL that carries the key is never fetched, and a malformed one fails the item (`bad_result`); a result
+        host that cannot be reached through every try fails it too, rather than every night again.
+        """
+        if record.key_in_url:
+            await self.fail(item.id, _key_in_url(record))
+            return
+        async with self.slots:
+            last: DownloadError | None = None
+            queries = 0
+            for attempt in range(1, self.settings.retry.calls + 1):
+                if not record.result_urls:
+                    queries += 1
+                    if queries >= NO_RESULT_QUERIES:  # the service has no result to give
+                        reason = record.result_error or "it gave no result URLs"
+                        await self.fail(item.id, error_record("no_result", None, f"the task succeeded but {reason}"))
+                        return
+                    await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
+                    record = _fresher(await self.query(task_id), record)
+                    continue
+                try:  # a result host whose certificate or proxy refuses us stops the run (WayRefused)
+                    rolls.keep_earlier(self.settings.out, self.ledger.record(item.id))  # a re-roll: keep the last
+                    names, digests, received = await fetch_all(
+                        self.client,
+                        item,
+                        task_id,
+                        record,
+                        stems=self.names.stems(item.id, len(record.result_urls)),
+                        settings=self.settings,
+                        temp_dir=self.temp_dir,
+                        warn=lambda message: self.reporter.warning(message, item=item.id),
+                    )
+                except DownloadError as exc:
+                    last = exc
+                    self.reporter.debug(f"item {item.id!r}: {exc}")
+                    if exc.permanent:
+                        await self.fail(item.id, error_record("bad_result", None, str(exc)))
+                        return
+                    if exc.expired or exc.unreachable:
+                        fresh = _fresher(await self.query(task_id), record)
+                        if fresh.key_in_url:
+                            await self.fail(item.id, _key_in_url(fresh))
+                            return
+                        if fresh.result_urls != record.result_urls and fresh.result_urls:
+                            record = fresh  # signed URLs expire: these are new ones
+                            continue
+                    await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
+                    continue
+                # The old files (and ledger.refetch's) go before the success is recorded: a kill in between leaves
+                # the ledger naming them still, so the next run removes what is left, never keeps it for ever.
+                known = self.ledger.record(item.id)
+                old = [*known["files"], *known.get("files_before", [])]
+                stale = [n for n in old if not self.names.held_by_other(item.id, n)]
+                await asyncio.to_thread(remove_stale, self.settings.out, stale, names)
+                self.ledger.succeeded(
+                    item.id,
+                    names,
+                    digests,
+                    cost=dict(record.cost),
+                    received=received if self.settings.metadata != "none" else None,
+                )
+                self.names.credit(item.id, names)
+                await self.ledger.durable()
+                self.counters.downloads += len(names)
+                return
+            if last is not None and last.unreachable:
+                await self.fail(
+                    item.id,
+                    error_record(
+                        "bad_result", None, f"{last} (after {self.settings.retry.calls} tries with fresh URLs)"
+                    ),
+                )
+                return
+            self.reporter.warning(
+                f"item {item.id!r}: could not download the result of {task_id} ({last or 'no attempt'}); it "
+                "stays submitted, rerun to try again",
+                item=item.id,
+            )
+
+
+def _key_in_url(record: TaskRecord) -> ErrorRecord:
+    """A result URL carries the API key: never fetched (that would send the key to the result host)."""
+    urls = ", ".join(record.result_urls)[:300]  # masked already, by the client
+    return error_record("bad_result", None, f"a result URL carries the API key; not fetched: {urls}")
+
+
+def _fresher(fresh: TaskRecord | None, record: TaskRecord) -> TaskRecord:
+    """A new recordInfo answer, if it says something about a finished task; else what we had."""
+    return fresh if fresh is not None and fresh.finished else record

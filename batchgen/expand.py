@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from . import ids, models, schema
+from .files import read_bounded
 from .readers import (
     MAX_MANIFEST_BYTES,
     NUL,
@@ -42,7 +43,6 @@ from .readers import (
     Value,
     describe_node,
     line_of,
-    read_bounded,
     unencodable,
 )
 

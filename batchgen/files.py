@@ -4,6 +4,9 @@ and a crash never leaves a half-written file under a final name.
 - `open_nofollow`: open without following a symlink at the path (O_NOFOLLOW), a clear UsageError if there is one.
 - `state_dir`: DIR/.batchgen and its folders, created 0700, never through a symlink.
 - `write_atomically`: temp file, fsync, `os.replace`, fsync of the folder.
+
+And the one reader of every input file: `read_bounded` (a regular file, bounded, optionally never through a
+symlink, optionally only its newest part).
 """
 
 from __future__ import annotations
@@ -14,12 +17,60 @@ import glob
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import StorageError, UsageError
 
 STATE_DIR = ".batchgen"
+
+
+def read_bounded(path: Path, limit: int, what: str, *, follow: bool = True, tail: bool = False) -> bytes | str:
+    """The bytes of a regular file of at most `limit` bytes, or why not: the one bounded reader of every input
+    file (manifests, wildcard files, cards, reference images, the CA bundle, the remembered service, decisions).
+    A FIFO or a device (`/dev/zero`) named as a manifest or a wildcard file would otherwise block the run for
+    ever or fill the memory. `follow=False`: a symlink at the path is refused too (a state file the program wrote
+    itself is never one). `tail=True`: a longer file gives its newest `limit` bytes, from the first whole line in
+    them (an append-only log whose latest lines matter)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO's open
+    except OSError as exc:
+        return f"cannot read {what}: {exc.strerror or exc}"
+    # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        return f"cannot read {what}: {kind}"
+    if tail:
+        return _read_tail(fd, limit, what, info.st_size)
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size > limit:
+            return f"{what} is {info.st_size:,} bytes; the limit is {limit:,}"
+        try:
+            data = handle.read(limit + 1)  # bounded even if the file grows while it is read
+        except OSError as exc:
+            return f"cannot read {what}: {exc.strerror or exc}"
+    if len(data) > limit:
+        return f"{what} is over {limit:,} bytes; the limit is {limit:,}"
+    return data
+
+
+def _read_tail(fd: int, limit: int, what: str, size: int) -> bytes | str:
+    """The newest `limit` bytes of the open file `fd`, from the first whole line when the file is longer."""
+    start = max(0, size - limit)
+    try:
+        data = os.pread(fd, limit, start)
+    except OSError as exc:
+        return f"cannot read {what}: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+    if start > 0:  # it begins inside a line
+        cut = data.find(b"\n")
+        data = b"" if cut < 0 else data[cut + 1 :]
+    return data
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:

@@ -67,11 +67,10 @@ def suspects(records: Iterable[Record]) -> set[str]:
     """Models whose items an earlier run failed as unavailable: this run probes each with one item first."""
     found: set[str] = set()
     for record in records:
-        error = record.get("error")
-        if record.get("state") == "failed" and isinstance(error, dict) and error.get("kind") == KIND:
-            request = record.get("request")
-            if isinstance(request, dict) and isinstance(request.get("model"), str):
-                found.add(request["model"])
+        error, request = record["error"], record["request"]
+        failed = record["state"] == "failed" and error is not None and error["kind"] == KIND
+        if failed and request is not None and isinstance(model := request.get("model"), str):
+            found.add(model)  # a request read from disk may name no model
     return found
 
 

@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import BatchgenError
-from .files import STATE_DIR, state_dir, write_atomically
+from .files import STATE_DIR, read_bounded, state_dir, write_atomically
 from .limits import Hints, Throttle
 from .polls import MIN_FINISHED, PollScheduler, Quantiles
-from .readers import read_bounded
 
 if TYPE_CHECKING:
     from .config import RunSettings

@@ -30,6 +30,7 @@ from .card_format import Constraint as Constraint
 from .card_format import parse as parse
 from .errors import CardError
 from .fields import MAX_SEED, MIN_INT, InputField, shorten, suggest
+from .files import read_bounded
 
 DEFAULT_MODEL = "imagen4-ultra"
 MAX_CARD_BYTES = 256 * 1024
@@ -119,8 +120,6 @@ def registry(flag: str | None, env: Mapping[str, str], notes: list[str]) -> Regi
         if named_by is None and not folder.exists():
             return base
         raise CardError(f"{named_by or 'model cards'}: {folder} is not a directory")
-    from .readers import read_bounded  # (readers imports schema, which reads the built-in cards)
-
     try:
         entries = sorted(p for p in folder.iterdir() if p.name.endswith(CARD_SUFFIXES) and not p.name.startswith("."))
     except OSError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .errors import UsageError
-from .readers import read_bounded  # the one bounded, regular-file-only reader
+from .files import read_bounded  # the one bounded, regular-file-only reader
 
 CA_BUNDLE_LIMIT = 16 * 1024 * 1024  # bytes: a system bundle is ~200 KB; more is not a CA bundle (or /dev/zero)
 

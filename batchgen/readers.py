@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import yaml
 
 from . import schema
 from .errors import ManifestError, Problem
+from .files import read_bounded
 
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024  # a 100,000-item manifest is ~20 MB; this is a sanity bound only
 MAX_FIELDS_PER_ITEM = 64  # 14 fields exist; more than this is not a manifest item
@@ -125,33 +124,6 @@ def read(
     if suffix == ".csv":
         return _read_csv(text, out, known)
     return _read_yaml(text, out, check_defaults)
-
-
-def read_bounded(path: Path, limit: int, what: str, *, follow: bool = True) -> bytes | str:
-    """The bytes of a regular file of at most `limit` bytes, or why not. A FIFO or a device (`/dev/zero`) named
-    as a manifest or a wildcard file would otherwise block the run for ever or fill the memory. `follow=False`:
-    a symlink at the path is refused too (a state file the program wrote itself is never one)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO's open
-    except OSError as exc:
-        return f"cannot read {what}: {exc.strerror or exc}"
-    # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        return f"cannot read {what}: {kind}"
-    with os.fdopen(fd, "rb") as handle:
-        if info.st_size > limit:
-            return f"{what} is {info.st_size:,} bytes; the limit is {limit:,}"
-        try:
-            data = handle.read(limit + 1)  # bounded even if the file grows while it is read
-        except OSError as exc:
-            return f"cannot read {what}: {exc.strerror or exc}"
-    if len(data) > limit:
-        return f"{what} is over {limit:,} bytes; the limit is {limit:,}"
-    return data
 
 
 def unencodable(text: str) -> str | None:

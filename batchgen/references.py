@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .readers import read_bounded
+from .files import read_bounded
 
 MAX_REFERENCE_BYTES = 7 * 1024 * 1024
 PREFIX = "sha256:"

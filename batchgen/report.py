@@ -14,9 +14,10 @@ from . import decisions, prices, records
 from .errors import ExitCode, UsageError
 from .escapes import visible
 from .files import STATE_DIR, write_atomically
-from .ledger import LOCK, RESULTS, STATES, Loaded, exists, load
+from .ledger import RESULTS, STATES, Loaded, exists, load
 from .progress import plural
 from .records import price_of
+from .store import LOCK
 
 
 def read_ledger(directory: Path) -> Loaded:

@@ -16,9 +16,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 from . import decisions, manifest, models, names, prices, rolls, sheet
 from .callbacks import CallbackReceiver, parse_listen
@@ -32,37 +30,11 @@ from .ledger import Ledger, load
 from .ledger import exists as ledger_exists
 from .manifest import Item
 from .memory import forget_service
+from .outcome import Counters, Outcome, exit_code
 from .plan import Plan, describe, make_plan
-from .prices import Prices
 from .progress import Reporter, plural
 from .proxies import tls_context
 from .records import paid_total, price_of
-from .submit import Counters
-
-
-@dataclass(slots=True)
-class Outcome:
-    exit_code: int
-    counts: dict[str, int]
-    counters: Counters
-    seconds: float
-    price: Decimal | None = None  # per image: --price, else the one the ledger recorded
-    paid_total: int = 0  # paid creates the ledger counts over every item's life (spend so far = this × price)
-    failures: list[dict[str, Any]] = field(default_factory=list)  # the first failed items, for the end actions
-    prices: Prices | None = None  # per model, when the ledger recorded prices per model
-    spend: Decimal | None = None  # with per-model prices: this run's paid creates x their model's price ...
-    spend_total: Decimal | None = None  # ... and the ledger's
-
-
-def exit_code(counts: dict[str, int], fatal: BatchgenError | None = None, signum: int | None = None) -> int:
-    """SPEC's exit code, most severe first: 3 (key/quota) or the fatal error's own, 128+N, 5, 1, 0."""
-    if fatal is not None:
-        return fatal.exit_code
-    if signum is not None:
-        return ExitCode.signal(signum)
-    if counts["pending"] or counts["submitted"]:
-        return ExitCode.INCOMPLETE
-    return ExitCode.FAILED if counts["failed"] else ExitCode.OK
 
 
 def dry_run(settings: RunSettings, reporter: Reporter) -> int:
@@ -121,37 +93,12 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
     try:
-        if ledger.recovered:
-            reporter.warning(
-                f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
-                "damaged file is kept beside it as results.json.damaged-*"
-            )
-        plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
-        ledger.track(items)
-        decisions.copy_into(ledger)
-        chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
-        for item_id in refused:
-            reporter.warning(
-                f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
-                "long): not re-rolled; nothing was sent"
-            )
-        rolls.begin(ledger, rolls.add_to_plan(plan, chosen), settings.limit)
-        if settings.prices is not None:
-            ledger.set_price(str(settings.prices))
-        used = {item.model for item in items}
-        ledger.set_cards(models.used(settings.cards or models.builtin(), used))
-        for line in models.sunset_warnings(settings.cards or models.builtin(), used, datetime.date.today()):
-            reporter.warning(line)
-        for item in plan.missing:
-            ledger.refetch(item.id)
+        plan = _prepare(ledger, items, settings, reporter)
         _announce(plan, items, settings, reporter)
         if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
             if settings.forget_service and stop.signum is None:
                 forget_service(settings, reporter)  # forgotten also when DIR has nothing left to do
-            counts = ledger.counts(ledger.manifest_ids)
-            outcome = Outcome(exit_code(counts, signum=stop.signum), counts, Counters(), time.monotonic() - started)
-            _spend(outcome, ledger)
-            outcome.failures = first_failures(ledger.items, ledger.manifest_ids)
+            outcome = _outcome(ledger, Counters(), started, signum=stop.signum)
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
@@ -177,12 +124,7 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                     event="never_reached",
                 )
         reporter.close()
-        counts = ledger.counts(engine.ids)
-        outcome = Outcome(
-            exit_code(counts, engine.fatal, engine.stop_signal), counts, engine.counters, time.monotonic() - started
-        )
-        _spend(outcome, ledger)
-        outcome.failures = first_failures(ledger.items, engine.ids)
+        outcome = _outcome(ledger, engine.counters, started, fatal=engine.fatal, signum=engine.stop_signal)
         if engine.fatal is not None:
             reporter.error(f"{engine.fatal}; run stopped, state saved")
         return outcome
@@ -198,6 +140,51 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
             reporter.error(str(exc))
             if outcome.exit_code in (ExitCode.OK, ExitCode.FAILED):
                 outcome.exit_code = StorageError.exit_code
+
+
+def _prepare(ledger: Ledger, items: list[Item], settings: RunSettings, reporter: Reporter) -> Plan:
+    """The open ledger brought up to this run: the plan, the manifest tracked, decisions and re-rolls folded in,
+    prices and cards recorded, missing files sent back to be fetched again."""
+    if ledger.recovered:
+        reporter.warning(
+            f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
+            "damaged file is kept beside it as results.json.damaged-*"
+        )
+    plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
+    ledger.track(items)
+    decisions.copy_into(ledger)
+    chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
+    for item_id in refused:
+        reporter.warning(
+            f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
+            "long): not re-rolled; nothing was sent"
+        )
+    rolls.begin(ledger, rolls.add_to_plan(plan, chosen), settings.limit)
+    if settings.prices is not None:
+        ledger.set_price(str(settings.prices))
+    used = {item.model for item in items}
+    ledger.set_cards(models.used(settings.cards or models.builtin(), used))
+    for line in models.sunset_warnings(settings.cards or models.builtin(), used, datetime.date.today()):
+        reporter.warning(line)
+    for item in plan.missing:
+        ledger.refetch(item.id)
+    return plan
+
+
+def _outcome(
+    ledger: Ledger,
+    counters: Counters,
+    started: float,
+    *,
+    fatal: BatchgenError | None = None,
+    signum: int | None = None,
+) -> Outcome:
+    """What the run reports, from the ledger's counts of the manifest's items: exit code, spend, first failures."""
+    counts = ledger.counts(ledger.manifest_ids)
+    outcome = Outcome(exit_code(counts, fatal, signum), counts, counters, time.monotonic() - started)
+    _spend(outcome, ledger)
+    outcome.failures = first_failures(ledger.items, ledger.manifest_ids)
+    return outcome
 
 
 def _stems(items: list[Item], settings: RunSettings) -> dict[str, str] | None:

@@ -13,9 +13,7 @@ import asyncio
 import functools
 import math
 import random
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import gone
@@ -37,6 +35,7 @@ from .ledger import ErrorRecord, Ledger, error_record
 from .limits import Throttle
 from .manifest import Item
 from .models import builtin
+from .outcome import Counters
 from .prices import Budget
 from .progress import Reporter
 from .references import ReferenceChanged
@@ -45,19 +44,6 @@ SATURATION_ATTEMPTS = 40  # 429s in a row for one item before it is left pending
 
 # Errors after which a createTask certainly created nothing: anything else after the request left may have.
 NOT_CREATED = (RateLimited, RequestRejected, AuthError, QuotaError, UsageError, WayRefused)
-
-
-@dataclass(slots=True)
-class Counters:
-    creates: int = 0  # paid
-    retries: int = 0
-    rate_limited: int = 0
-    polls: int = 0
-    downloads: int = 0
-    in_doubt: int = 0
-    callbacks: int = 0  # valid callbacks that woke a poller
-    lost: int = 0  # tasks the service forgot (failed, kind `lost`)
-    creates_by_model: Counter[str] = field(default_factory=Counter)  # paid, per model
 
 
 class Stopped(Exception):
@@ -99,10 +85,6 @@ class Submitter:
         self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
         self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
         self.refusals = Refusals()  # 401/403 on createTask: the run's, or one item's (a WAF refusing one prompt)
-        self.task_owner: dict[str, str] = {}  # task id -> the item it was created for
-        for item_id, record in ledger.owners():
-            if record.get("task_id"):
-                self.task_owner.setdefault(str(record["task_id"]), item_id)
         self.gate = gone.Gate(gone.suspects(ledger.items.values()), settings.cards or builtin())
         self.budget = None
         if settings.max_spend is not None and settings.prices is not None:
@@ -110,7 +92,7 @@ class Submitter:
 
     def claim(self, task_id: str, item_id: str) -> bool:
         """Whether a resumed task id is this item's alone (two items, one task: never both succeed)."""
-        return self.task_owner.setdefault(task_id, item_id) == item_id
+        return self.ledger.claim_task(task_id, item_id)
 
     def abandon(self) -> None:
         """Give up the createTask calls under way, now (a second signal): their items stay in doubt."""
@@ -120,7 +102,7 @@ class Submitter:
                 job.cancel()
 
     def duplicate(self, task_id: str) -> ErrorRecord:
-        owner = self.task_owner.get(task_id)
+        owner = self.ledger.task_owner(task_id)
         return error_record(
             "duplicate_task",
             None,
@@ -298,7 +280,7 @@ class Submitter:
         self.counters.creates += 1  # paid, whatever happens next
         self.counters.creates_by_model[item.model] += 1
         self.refusals.on_success()
-        if self.task_owner.setdefault(task_id, item.id) != item.id:
+        if not self.ledger.claim_task(task_id, item.id):
             self.ledger.paid_without_task(item.id, self.duplicate(task_id))
             await self.ledger.durable()
             await self._fail(item.id, self.duplicate(task_id))
