@@ -379,6 +379,9 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
 # ---------------------------------------------------------------- monitoring pings (finish.py)
 
 
+PING_BODY = 64 * 1024
+
+
 async def ping(url: str, *, seconds: float, proxy: str | None = None, ca_bundle: str | None = None) -> int:
     """One GET to a monitoring URL (healthchecks-style `--ping`); returns the HTTP status.
 
@@ -395,7 +398,7 @@ async def ping(url: str, *, seconds: float, proxy: str | None = None, ca_bundle:
             aiohttp.ClientSession(timeout=bound, headers={"User-Agent": USER_AGENT}, trust_env=False) as session,
             session.get(url, proxy=proxy, ssl=context, allow_redirects=True, max_redirects=3) as response,
         ):
-            await response.read()
+            await response.content.read(PING_BODY)  # a monitor's answer is a word; one that never ends is not read
             return response.status
     except aiohttp.InvalidURL:
         raise TransportError("not a valid URL", sent=False) from None

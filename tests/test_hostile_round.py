@@ -1,0 +1,82 @@
+"""Hostile round (after the seven-branch merge): attacks from outside on the new features, where two meet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from batchgen import client, decisions
+
+from .helpers import cli, env, make_settings, results, run, run_args
+
+
+SENT = {"bytes": 0}
+
+
+async def _endless(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(status=200)
+    await response.prepare(request)
+    chunk = b"\0" * 65536
+    while SENT["bytes"] < 512 * 1024 * 1024:
+        await response.write(chunk)
+        SENT["bytes"] += len(chunk)
+    return response
+
+
+async def test_a_ping_answer_that_never_ends_is_not_read_to_its_end():
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", _endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        status = await client.ping(f"http://127.0.0.1:{port}/abc", seconds=30)
+        assert status == 200
+        assert SENT["bytes"] < 64 * 1024 * 1024
+    finally:
+        await runner.cleanup()
+
+
+MANIFEST = "- id: fox\n  prompt: a fox\n  seed: 7\n- id: owl\n  prompt: an owl\n  seed: 12\n"
+
+
+async def test_reroll_of_an_item_whose_model_is_gone(tmp_path, write, sim_factory):
+    path = write("m.yaml", MANIFEST)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+    before = (out / "fox.png").read_bytes()
+    decisions.append(out, "fox", "rejected", results(out)["items"]["fox"]["task_id"])
+    async with sim_factory(unsupported_models=("imagen4-ultra",), unsupported_answer="503") as sim:
+        code, o, err = await cli(run_args(path, out, sim, "--reroll"))
+        print(code, o, err)
+        code2, o2, err2 = await cli(run_args(path, out, sim))
+        print(code2, o2, err2)
+        creates = sim.stats.creates
+    doc = results(out)
+    print(json.dumps(doc["items"]["fox"], indent=1))
+    assert (out / "fox.png").read_bytes() == before
+    assert doc["items"]["fox"]["state"] == "succeeded"
+    assert doc["items"]["owl"]["state"] == "succeeded"
+    assert creates == 0
+    code, status, e = await cli([sys.executable, "-m", "batchgen", "status", str(out)], env=env())
+    print(status, e)
+    assert code in (0, 1) and "Traceback" not in e
+
+
+async def test_max_spend_counts_rerolls(tmp_path, write, sim_factory):
+    path = write("m.yaml", MANIFEST)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        for item in ("fox", "owl"):
+            decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+        code, o, err = await cli(run_args(path, out, sim, "--reroll", "--price", "1", "--max-spend", "1"))
+        print(code, o, err)
+        assert sim.stats.creates == 3
