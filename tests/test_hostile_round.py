@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from aiohttp import web
 
 from batchgen import client, decisions
+from batchgen.config import Secret, Timeouts
+from batchgen.errors import TransportError
 
-from .helpers import cli, env, make_settings, results, run, run_args
+from .helpers import KEY, cli, env, make_settings, results, run, run_args
 
 
 SENT = {"bytes": 0}
@@ -21,26 +27,43 @@ async def _endless(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(status=200)
     await response.prepare(request)
     chunk = b"\0" * 65536
-    while SENT["bytes"] < 512 * 1024 * 1024:
+    while SENT["bytes"] < 128 * 1024 * 1024:
         await response.write(chunk)
         SENT["bytes"] += len(chunk)
     return response
 
 
-async def test_a_ping_answer_that_never_ends_is_not_read_to_its_end():
+@contextlib.asynccontextmanager
+async def endless_server() -> AsyncIterator[str]:
+    """A server whose every answer is 200 and a body of 128 MiB of zeros, as fast as the client takes it."""
+    SENT["bytes"] = 0
     app = web.Application()
-    app.router.add_get("/{tail:.*}", _endless)
+    app.router.add_route("*", "/{tail:.*}", _endless)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        status = await client.ping(f"http://127.0.0.1:{port}/abc", seconds=30)
-        assert status == 200
-        assert SENT["bytes"] < 64 * 1024 * 1024
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def test_a_ping_answer_that_never_ends_is_not_read_to_its_end():
+    async with endless_server() as base:
+        assert await client.ping(base + "/abc", seconds=30) == 200
+    assert SENT["bytes"] < 64 * 1024 * 1024
+
+
+async def test_an_api_answer_that_never_ends_is_not_read_to_its_end():
+    """recordInfo has a read timeout between chunks only: an answer that keeps coming was read for ever, into
+    memory. Now an answer past MAX_ANSWER is a lost answer (TransportError: a createTask stays in doubt)."""
+    async with endless_server() as base, client.open_session(Timeouts()) as session:
+        api = client.Client(session, base, Secret(KEY), Timeouts())
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(api.record_info("task-1"), 60)
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(api.create_task({"model": "imagen4-ultra", "input": {"prompt": "x"}}), 60)
+    assert SENT["bytes"] < 64 * 1024 * 1024
 
 
 MANIFEST = "- id: fox\n  prompt: a fox\n  seed: 7\n- id: owl\n  prompt: an owl\n  seed: 12\n"
