@@ -103,3 +103,27 @@ async def test_max_spend_counts_rerolls(tmp_path, write, sim_factory):
         code, o, err = await cli(run_args(path, out, sim, "--reroll", "--price", "1", "--max-spend", "1"))
         print(code, o, err)
         assert sim.stats.creates == 3
+
+
+
+NIGHTLY = Path(__file__).resolve().parents[1] / "jobs" / "nightly.sh"
+
+
+async def test_a_broken_env_file_line_is_named_without_its_value(tmp_path):
+    """nightly.sh refused a line that is not KEY=value by printing the whole line, to stderr (cron mails it) and
+    to the log: a key written `BATCHGEN API KEY=...` or `BATCHGEN-NOTIFY=slack://token` went out in the mail."""
+    for n, (line, named) in enumerate(
+        [("BATCHGEN API KEY=sk-live-0123456789secret", b"BATCHGEN API KEY"), ("sk-live-0123456789secret", None)]
+    ):
+        settings = tmp_path / f"nightly-{n}.env"
+        settings.write_text(f"BATCHGEN_OUT={tmp_path / 'out'}\n{line}\n", encoding="utf-8")
+        proc = await asyncio.create_subprocess_exec(
+            *("env", "-i", "/bin/sh", str(NIGHTLY), str(settings)),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2
+        assert b"line 2 is not a KEY=value line" in err and (named is None or named in err), err
+        assert b"0123456789secret" not in out + err
