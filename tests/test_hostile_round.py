@@ -17,7 +17,7 @@ from batchgen import client, decisions
 from batchgen.config import Secret, Timeouts
 from batchgen.errors import TransportError
 
-from .helpers import KEY, cli, env, make_settings, results, run, run_args
+from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args
 
 
 SENT = {"bytes": 0}
@@ -105,7 +105,6 @@ async def test_max_spend_counts_rerolls(tmp_path, write, sim_factory):
         assert sim.stats.creates == 3
 
 
-
 NIGHTLY = Path(__file__).resolve().parents[1] / "jobs" / "nightly.sh"
 
 
@@ -127,3 +126,81 @@ async def test_a_broken_env_file_line_is_named_without_its_value(tmp_path):
         assert proc.returncode == 2
         assert b"line 2 is not a KEY=value line" in err and (named is None or named in err), err
         assert b"0123456789secret" not in out + err
+
+
+async def _refusing_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+    writer.close()
+
+
+class _Far:
+    api_url = "https://api.example.invalid"  # not loopback: its way goes through the proxy
+
+
+FAR = _Far()
+
+
+async def test_a_refused_way_with_every_end_action_leaks_no_proxy_password(tmp_path, write):
+    """The way refused (a proxy's 407, exit 3) and the night's end: the hook's stdin, argv and environment, the
+    notify and ping failure lines, the ledger and the state files hold no form of the proxy's password."""
+    import base64
+
+    server = await asyncio.start_server(_refusing_proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hook = write("hook.py", HOOK)
+    record = tmp_path / "hook.json"
+    state = tmp_path / "state"
+    path = write("m.yaml", MANIFEST)
+    out = tmp_path / "out"
+    proxy = f"http://alice:pa%2Fss-Word-991@127.0.0.1:{port}"
+    try:
+        code, stdout, stderr = await cli(
+            [
+                *run_args(path, out, FAR),
+                *("--on-finish", f"{sys.executable} {hook} {record}"),
+                *("--notify", "json://notify.example.invalid/hook-token-abcdef"),
+                *("--ping", "http://ping.example.invalid/ping-token-abcdef"),
+            ],
+            env=env(BATCHGEN_PROXY=proxy, XDG_STATE_HOME=str(state)),
+        )
+    finally:
+        server.close()
+    assert code == 3, stderr
+    seen = [stdout, stderr, record.read_text()]
+    seen += [p.read_text(errors="replace") for p in [*out.rglob("*"), *state.rglob("*")] if p.is_file()]
+    for form in ("pa%2Fss-Word-991", "pa/ss-Word-991", base64.b64encode(b"alice:pa/ss-Word-991").decode()):
+        assert not [text for text in seen if form in text], form
+    assert "token-abcdef" not in stdout + stderr
+    assert json.loads(record.read_text())["doc"]["exit_code"] == 3
+
+
+async def test_a_run_refused_for_its_settings_still_pings_through_the_configured_proxy(tmp_path, write):
+    """A run that stops at its settings (exit 2) still pings at its end; the ping went direct, past the proxy
+    BATCHGEN_PROXY names (a direct DNS lookup and connection where only the proxy may go)."""
+    asked: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            asked.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        code, _, stderr = await cli(
+            [
+                *run_args(write("m.yaml", MANIFEST), tmp_path / "out", _Far()),
+                "--api-base",
+                "http://api.example.invalid",
+            ],
+            env=env(BATCHGEN_PROXY=f"http://127.0.0.1:{port}", BATCHGEN_PING="http://ping.example.invalid/p-token"),
+        )
+    finally:
+        server.close()
+    assert code == 2, stderr
+    assert len(asked) == 1 and asked[0].startswith(b"GET http://ping.example.invalid/p-token/2 "), (asked, stderr)
