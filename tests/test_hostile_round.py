@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from aiohttp import web
 
 from batchgen import client, decisions
@@ -18,7 +17,6 @@ from batchgen.config import Secret, Timeouts
 from batchgen.errors import TransportError
 
 from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args
-
 
 SENT = {"bytes": 0}
 
