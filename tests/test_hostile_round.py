@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -16,7 +18,7 @@ from batchgen import client, decisions
 from batchgen.config import Secret, Timeouts
 from batchgen.errors import TransportError
 
-from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args
+from .helpers import HOOK, KEY, cli, start, env, make_settings, results, run, run_args
 
 SENT = {"bytes": 0}
 
@@ -202,3 +204,41 @@ async def test_a_run_refused_for_its_settings_still_pings_through_the_configured
         server.close()
     assert code == 2, stderr
     assert len(asked) == 1 and asked[0].startswith(b"GET http://ping.example.invalid/p-token/2 "), (asked, stderr)
+
+
+async def test_review_serves_only_images_and_sidecars_never_a_page_the_ledger_credits(tmp_path):
+    """The review server serves what the ledger credits; the ledger is data. A ledger crediting `x.html` or
+    `x.svg` (planted, or a --name gone wrong) had it served as text/html or image/svg+xml from the review's
+    origin: a script there reads the token from its own URL and decides for the reviewer."""
+    from PIL import Image
+
+    from batchgen.ledger import Ledger
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = b"<script>fetch('/decide')</script>"
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("/decide")</script></svg>'
+    with Ledger.open(out, "m.yaml") as ledger:
+        for n, (name, data) in enumerate([("x.html", script), ("x.svg", svg), ("ok.png", None)]):
+            ledger.start_submit(f"i{n}", {"model": "imagen4-ultra", "input": {"prompt": f"p{n}"}})
+            ledger.submitted(f"i{n}", f"task-{n}")
+            if data is None:
+                Image.new("RGB", (8, 8)).save(out / name)
+            else:
+                (out / name).write_bytes(data)
+            ledger.succeeded(f"i{n}", [name], ["0" * 64])
+    proc = await start([sys.executable, "-m", "batchgen", "review", str(out)])
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        base, token = url.split("/?token=")
+        kinds = {}
+        async with aiohttp.ClientSession() as session:
+            for name in ("x.html", "x.svg", "ok.png"):
+                async with session.get(f"{base}/{name}", params={"token": token}) as response:
+                    kinds[name] = (response.status, response.content_type)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert kinds["ok.png"] == (200, "image/png")
+    assert kinds["x.html"][0] == 404 and kinds["x.svg"][0] == 404, kinds
