@@ -73,7 +73,8 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
-    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll)[0])
+    cards = settings.cards or models.builtin()
+    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll, cards=cards)[0])
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
@@ -129,11 +130,12 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
         plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
         ledger.track(items)
         decisions.copy_into(ledger)
-        chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
+        cards = settings.cards or models.builtin()
+        chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll, cards=cards)
         for item_id in refused:
             reporter.warning(
                 f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
-                "long): not re-rolled; nothing was sent"
+                "long), or no seed is left above its last one: not re-rolled; nothing was sent"
             )
         rolls.begin(ledger, rolls.add_to_plan(plan, chosen), settings.limit)
         if settings.prices is not None:

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from batchgen import client, decisions
+from batchgen import client, decisions, manifest, rolls
 from batchgen.config import Secret, Timeouts
 from batchgen.errors import TransportError
 
-from .helpers import HOOK, KEY, cli, start, env, make_settings, results, run, run_args
+from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args, start
 
 SENT = {"bytes": 0}
 
@@ -242,3 +242,29 @@ async def test_review_serves_only_images_and_sidecars_never_a_page_the_ledger_cr
         await asyncio.wait_for(proc.wait(), 30)
     assert kinds["ok.png"] == (200, "image/png")
     assert kinds["x.html"][0] == 404 and kinds["x.svg"][0] == 404, kinds
+
+
+async def test_a_reroll_with_no_seed_left_below_the_models_maximum_is_refused_before_paying(
+    tmp_path, write, sim_factory
+):
+    """A rejected item whose seed is its model's maximum: --reroll crashed (exit 70, ValueError) for the card's
+    2**63-1, and sent a seed past a smaller maximum. Now the item is not re-rolled (a warning) and the others are."""
+    path = write(
+        "m.yaml",
+        "- id: fox\n  prompt: a fox\n  seed: 9223372036854775807\n- id: owl\n  prompt: an owl\n  seed: 5\n",
+    )
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        for item in ("fox", "owl"):
+            decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+        code, _, err = await cli(run_args(path, out, sim, "--reroll"))
+        assert code == 0, err
+        assert "item 'fox': rejected, but" in err and "no seed is left" in err
+        assert sim.stats.creates == 3  # owl's re-roll only
+    doc = results(out)["items"]
+    assert "rolls" not in doc["fox"] and len(doc["owl"]["rolls"]) == 2
+    owl = manifest.load(path)[1]
+    assert rolls.next_seed(owl, {"rolls": []}, set(), ceiling=6) == 6
+    with pytest.raises(ValueError):
+        rolls.next_seed(owl, {"rolls": [{"seed": 6}]}, set(), ceiling=6)  # a card's smaller maximum
