@@ -352,7 +352,7 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
     if text.strip():
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
             body = None
     code: str | None = None
     message = ""

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from batchgen import client, decisions, manifest, rolls
 from batchgen.config import Secret, Timeouts
-from batchgen.errors import TransportError
+from batchgen.errors import BatchgenError, TransportError
 
 from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args, start
 
@@ -268,3 +268,36 @@ async def test_a_reroll_with_no_seed_left_below_the_models_maximum_is_refused_be
     assert rolls.next_seed(owl, {"rolls": []}, set(), ceiling=6) == 6
     with pytest.raises(ValueError):
         rolls.next_seed(owl, {"rolls": [{"seed": 6}]}, set(), ceiling=6)  # a card's smaller maximum
+
+
+NESTED = b'{"code":200,"data":' * 100_000 + b"1" + b"}" * 100_000
+
+
+async def test_an_answer_nested_too_deep_is_a_service_error_never_a_crash():
+    """JSON nested 100,000 deep raises RecursionError, not ValueError: the run ended in exit 70 (a bug) when a
+    createTask or recordInfo answer (or its resultJson) was one. Now it is an answer that could not be read."""
+    nested_result = json.dumps(
+        {"code": 200, "data": {"taskId": "t1", "state": "success", "resultJson": NESTED.decode()}}
+    ).encode()
+
+    async def answer(request: web.Request) -> web.Response:
+        body = nested_result if request.query.get("taskId") == "t1" else NESTED
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with client.open_session(Timeouts()) as session:
+            api = client.Client(session, base, Secret(KEY), Timeouts())
+            with pytest.raises(BatchgenError):
+                await api.create_task({"model": "imagen4-ultra", "input": {"prompt": "x"}})
+            with pytest.raises(BatchgenError):
+                await api.record_info("t0")
+            record = await api.record_info("t1")  # success, but its resultJson cannot be read
+            assert record.result_urls == ()
+    finally:
+        await runner.cleanup()
