@@ -169,7 +169,7 @@ def _decide(review: Review) -> Handler:
     async def decide(request: web.Request) -> web.StreamResponse:
         try:
             doc = json.loads(await request.read())
-        except (ValueError, web.HTTPRequestEntityTooLarge):
+        except (ValueError, RecursionError, web.HTTPRequestEntityTooLarge):
             return _refuse(400, "the body is not a JSON decision")
         if not isinstance(doc, dict) or doc.get("decision") not in decisions.CHOICES:
             return _refuse(400, "expected {id, decision: approved|rejected}")

@@ -301,3 +301,31 @@ async def test_an_answer_nested_too_deep_is_a_service_error_never_a_crash():
             assert record.result_urls == ()
     finally:
         await runner.cleanup()
+
+
+async def test_state_files_nested_too_deep_never_crash_a_command(tmp_path, write, sim_factory):
+    """The state files are data (a hostile folder, a tool gone wrong): decisions.jsonl, a sidecar, last-run.json
+    and the journal nested past Python's recursion limit raised RecursionError (exit 70) in run, status and
+    report. Each is now what it is: unreadable, skipped or rebuilt."""
+    path = write("m.yaml", MANIFEST)
+    out = tmp_path / "out"
+    deep = b"[" * 3000 + b"]" * 3000
+    async with sim_factory() as sim:
+        code, _, err = await cli(run_args(path, out, sim, "--metadata", "sidecar"))
+        assert code == 0, err
+        state = out / ".batchgen"
+        (state / "decisions.jsonl").write_bytes(deep + b"\n")
+        (out / "fox.png.json").write_bytes(deep)
+        (state / "last-run.json").write_bytes(deep)
+        for args in (["status", str(out)], ["report", str(out)], run_args(path, out, sim, "--reroll")[3:]):
+            code, _, err = await cli([sys.executable, "-m", "batchgen", *args])
+            assert code == 0 and "Traceback" not in err and "a bug in batchgen" not in err, (args, err)
+        (out / "results.json").write_bytes(deep)  # damaged: rebuilt from the journal
+        code, _, err = await cli(run_args(path, out, sim))
+        assert code == 0 and "a bug in batchgen" not in err, err
+        assert sim.stats.creates == 2
+        with (state / "journal.jsonl").open("ab") as journal:
+            journal.write(deep + b"\n")  # a damaged journal line: named, the run refused, nothing sent
+        code, _, err = await cli(run_args(path, out, sim))
+        assert code not in (0, 70) and "is damaged" in err and "a bug in batchgen" not in err, err
+        assert sim.stats.creates == 2
