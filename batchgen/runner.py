@@ -167,7 +167,8 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                 receiver.on_task = engine.wake
             stop.attach(engine)
             await engine.run()
-            if (budget := engine.submitter.budget) is not None and budget.reached:
+            budget_left = (budget := engine.submitter.budget) is not None and budget.reached
+            if budget is not None and budget.reached:
                 reporter.warning(
                     f"--max-spend {budget.limit} reached ({budget.spent} spent or in doubt): nothing more is created; "
                     "rerun to continue"
@@ -183,6 +184,9 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
         outcome = Outcome(
             exit_code(counts, engine.fatal, engine.stop_signal), counts, engine.counters, time.monotonic() - started
         )
+        if budget_left and outcome.exit_code in (ExitCode.OK, ExitCode.FAILED):
+            outcome.exit_code = ExitCode.INCOMPLETE  # a re-roll --max-spend held back is still to do (its items
+            #                                          are `succeeded`, so the counts alone said "all done")
         _spend(outcome, ledger)
         outcome.failures = first_failures(ledger.items, engine.ids)
         if engine.fatal is not None:
