@@ -137,7 +137,10 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                 f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
                 "long), or no seed is left above its last one: not re-rolled; nothing was sent"
             )
-        rolls.begin(ledger, rolls.add_to_plan(plan, chosen), settings.limit)
+        chosen = rolls.add_to_plan(plan, chosen)
+        rolls.begin(ledger, chosen, settings.limit)
+        # Re-rolls past --limit are not opened: their items stay `succeeded`, and only the counts would say done.
+        rolls_left = settings.limit is not None and len(chosen) > settings.limit
         if settings.prices is not None:
             ledger.set_price(str(settings.prices))
         used = {item.model for item in items}
@@ -184,9 +187,8 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
         outcome = Outcome(
             exit_code(counts, engine.fatal, engine.stop_signal), counts, engine.counters, time.monotonic() - started
         )
-        if budget_left and outcome.exit_code in (ExitCode.OK, ExitCode.FAILED):
-            outcome.exit_code = ExitCode.INCOMPLETE  # a re-roll --max-spend held back is still to do (its items
-            #                                          are `succeeded`, so the counts alone said "all done")
+        if (budget_left or rolls_left) and outcome.exit_code in (ExitCode.OK, ExitCode.FAILED):
+            outcome.exit_code = ExitCode.INCOMPLETE  # a re-roll --max-spend or --limit held back is still to do
         _spend(outcome, ledger)
         outcome.failures = first_failures(ledger.items, engine.ids)
         if engine.fatal is not None:

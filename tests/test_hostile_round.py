@@ -365,3 +365,18 @@ async def test_the_notifier_never_gets_the_key_under_another_name(tmp_path, writ
     seen = [json.loads(p.read_text()) for p in spy.glob("env-*.json")]
     assert len(seen) == 1, err  # the notifier ran, and was seen
     assert not [name for name, value in seen[0].items() if KEY in value]
+
+
+async def test_limit_holding_back_a_reroll_is_incomplete(tmp_path, write, sim_factory):
+    """--reroll --limit 1 with two rejected items: one re-roll is left, yet the run said exit 0, "every item
+    succeeded" (a cron job would never know). Exit 5; the same command again does the other."""
+    path = write("m.yaml", MANIFEST)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        for item in ("fox", "owl"):
+            decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+        code, _, err = await cli(run_args(path, out, sim, "--reroll", "--limit", "1"))
+        assert code == 5 and sim.stats.creates == 3, err
+        code, _, err = await cli(run_args(path, out, sim, "--reroll", "--limit", "1"))
+        assert code == 0 and sim.stats.creates == 4, err
