@@ -380,3 +380,31 @@ async def test_limit_holding_back_a_reroll_is_incomplete(tmp_path, write, sim_fa
         assert code == 5 and sim.stats.creates == 3, err
         code, _, err = await cli(run_args(path, out, sim, "--reroll", "--limit", "1"))
         assert code == 0 and sim.stats.creates == 4, err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="left: a task id no recordInfo URL can carry (20,000 characters) is kept as 'submitted' and polled "
+    "every night for ever (each query is a 400 from the server's own URL limit); expected: refused when the "
+    "create answers it (paid: marked failed with the create counted), as a duplicate task id is",
+)
+async def test_a_task_id_too_long_to_query_is_not_left_submitted_for_ever(tmp_path, write):
+    async def create(request: web.Request) -> web.Response:
+        return web.json_response({"code": 200, "msg": "ok", "data": {"taskId": "t" * 20_000}})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/jobs/createTask", create)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+
+    class Base:
+        api_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    path = write("m.yaml", "- id: fox\n  prompt: a fox\n")
+    try:
+        code, _, err = await cli([*run_args(path, tmp_path / "out", Base()), "--max-runtime", "2"])
+    finally:
+        await runner.cleanup()
+    fox = results(tmp_path / "out")["items"]["fox"]
+    assert fox["state"] == "failed" and code == 1, (code, fox["state"], err[-500:])
