@@ -77,7 +77,7 @@ def is_json(text: str) -> bool:
         return False
     try:
         return isinstance(json.loads(text), dict)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep (a hostile answer)
         return False
 
 
@@ -96,7 +96,7 @@ def task_id_in(text: str) -> str | None:
     """The taskId an answer carries (`data.taskId`, whatever the status and code), or None."""
     try:
         body = json.loads(text) if text.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     data = body.get("data") if isinstance(body, dict) else None
     task_id = data.get("taskId") if isinstance(data, dict) else None
@@ -123,7 +123,7 @@ def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | Sequenc
         if isinstance(raw, str):
             try:
                 parsed = json.loads(raw) if raw.strip() else None
-            except ValueError:
+            except (ValueError, RecursionError):
                 parsed, problem = None, "resultJson is not valid JSON"
         found = parsed.get("resultUrls") if isinstance(parsed, dict) else None
         if isinstance(found, list):

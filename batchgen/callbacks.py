@@ -79,7 +79,7 @@ class CallbackReceiver:
         try:
             body = json.loads(await request.read())
             task_id = body["data"]["taskId"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             self.refused += 1
             return web.json_response({"ok": False}, status=400)
         if not isinstance(task_id, str):

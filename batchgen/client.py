@@ -57,6 +57,7 @@ from .proxies import ProxySettings, proxy_for, shown, tls_context
 
 USER_AGENT = f"batchgen/{__version__}"
 NULL_RECORD = "recordInfo is null"
+MAX_ANSWER = 8 * 1024 * 1024  # an API answer is a few KB; a body past this is never read to its end
 MAX_REDIRECTS = 5  # a result URL may redirect (a CDN's edge); more is a loop
 REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -82,6 +83,21 @@ async def open_session(timeouts: Timeouts, tls: ssl.SSLContext | None = None) ->
         connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False
     ) as session:
         yield session
+
+
+async def _bounded_text(response: aiohttp.ClientResponse, path: str) -> str:
+    """The answer's text, read up to MAX_ANSWER bytes: one that keeps coming (a broken gateway, a stream) would
+    otherwise fill memory, and with only a read timeout between chunks never end. Past it, the answer is lost
+    (TransportError: a createTask stays in doubt)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise TransportError(f"{path}: the answer was longer than {MAX_ANSWER // 1024 // 1024} MiB; not read")
+    try:
+        return body.decode(response.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
 
 
 class Client:
@@ -184,7 +200,7 @@ class Client:
                 timeout=bound or self._session.timeout,
                 proxy=proxy_for(url, self._proxy),
             ) as response:
-                text = await response.text(errors="replace")
+                text = await _bounded_text(response, path)
                 self.answered = True
                 self.server_date = response.headers.get("Date")
                 if response.status == 407:
@@ -336,7 +352,7 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
     if text.strip():
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a body nested thousands deep
             body = None
     code: str | None = None
     message = ""
@@ -379,6 +395,9 @@ def interpret(status: int, headers: Mapping[str, str], text: str, *, secret: str
 # ---------------------------------------------------------------- monitoring pings (finish.py)
 
 
+PING_BODY = 64 * 1024
+
+
 async def ping(url: str, *, seconds: float, proxy: str | None = None, ca_bundle: str | None = None) -> int:
     """One GET to a monitoring URL (healthchecks-style `--ping`); returns the HTTP status.
 
@@ -395,7 +414,7 @@ async def ping(url: str, *, seconds: float, proxy: str | None = None, ca_bundle:
             aiohttp.ClientSession(timeout=bound, headers={"User-Agent": USER_AGENT}, trust_env=False) as session,
             session.get(url, proxy=proxy, ssl=context, allow_redirects=True, max_redirects=3) as response,
         ):
-            await response.read()
+            await response.content.read(PING_BODY)  # a monitor's answer is a word; one that never ends is not read
             return response.status
     except aiohttp.InvalidURL:
         raise TransportError("not a valid URL", sent=False) from None

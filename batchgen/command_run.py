@@ -118,6 +118,8 @@ def cmd_run(args: argparse.Namespace, session: Session) -> int:
             session.end = endactions.resolve(
                 args.on_finish, args.notify, args.notify_on, args.ping, os.environ, warn=warnings.append
             )
+            with contextlib.suppress(BatchgenError):  # the night's end goes the configured way on every exit path
+                session.way = way_from(args, os.environ)
             settings = settings_from(args, os.environ, warnings)
             session.key = settings.api_key.value if settings.api_key else None
             session.way = settings.proxy, settings.ca_bundle

@@ -122,7 +122,7 @@ def read_all(directory: Path) -> dict[str, Entry]:
 def _parse(raw: bytes) -> Entry | None:
     if not raw or len(raw) > MAX_LINE:
         return None
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):  # RecursionError: a line nested thousands deep
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             return None

@@ -247,6 +247,8 @@ async def _notify(
     """Send the message through the Apprise child; logs what happened, never a URL. True when it was taken."""
     kind = "success" if code == 0 else "warning" if code in (1, 5) else "failure"
     request = {"urls": [url.value for url in actions.notify], "title": title, "body": body, "type": kind}
+    parts = set(actions.secrets())  # the URLs' parts ("services", a host name) mask text; whole values go
+    kept_out = [s for s in secrets if s not in parts]  # the key: no variable holding it, under any name
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -255,7 +257,7 @@ async def _notify(
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env=child_env(os.environ, actions.urls(), proxy, ca),
+            env=child_env(os.environ, [*actions.urls(), *kept_out], proxy, ca),
             start_new_session=True,
         )
     except OSError as exc:

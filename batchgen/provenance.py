@@ -175,6 +175,6 @@ def sidecar_of(directory: Path, name: str) -> dict[str, Any] | None:
     """An image's sidecar document, when there is a readable one."""
     try:
         doc = json.loads((directory / f"{name}.json").read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None

@@ -300,7 +300,7 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
     try:
         # Decoded first, so that the bytes are freed before parsing: a 100,000-item ledger's peak is ~50 MB lower.
         document = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _Damaged(f"{path} is not valid JSON ({exc})") from exc
     except OSError as exc:
         raise LedgerError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -399,7 +399,7 @@ def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
                 raise TypeError("not an item record")
             if problem := record_problem(record):
                 raise TypeError(f"item {item_id!r}: {problem}")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             if end == len(data) and not data.endswith(b"\n") and not strict:
                 break  # a torn last line: the write it belonged to never finished
             raise LedgerError(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import mimetypes
 import os
 import secrets
 import signal
@@ -170,7 +169,7 @@ def _decide(review: Review) -> Handler:
     async def decide(request: web.Request) -> web.StreamResponse:
         try:
             doc = json.loads(await request.read())
-        except (ValueError, web.HTTPRequestEntityTooLarge):
+        except (ValueError, RecursionError, web.HTTPRequestEntityTooLarge):
             return _refuse(400, "the body is not a JSON decision")
         if not isinstance(doc, dict) or doc.get("decision") not in decisions.CHOICES:
             return _refuse(400, "expected {id, decision: approved|rejected}")
@@ -195,14 +194,18 @@ def _file(review: Review) -> Handler:
         name = request.match_info["name"]
         if not (sheet.plain_name(name) or name.startswith(f"{sheet.THUMB_DIR}/")) or not review.credited(name):
             return _refuse(404, "not a file of this night")
+        # Images and sidecars only, by their name: a ledger (data, perhaps planted) crediting `x.html` or `x.svg`
+        # must not put a page with scripts on this origin, where it could read the token and decide.
+        kind = "application/json" if name.endswith(".json") else _FILE_TYPES.get(os.path.splitext(name)[1].lower())
+        if kind is None:
+            return _refuse(404, "not an image or a sidecar of this night")
         try:
             data = await asyncio.to_thread(_read_inside, review.directory, name)
         except OSError:
             return _refuse(404, "not a readable regular file inside DIR")
-        kind = _FILE_TYPES.get(os.path.splitext(name)[1].lower()) or mimetypes.guess_type(name)[0]
-        if name.endswith(".json"):
-            kind = "application/json"
-        return web.Response(body=data, content_type=kind or "application/octet-stream")
+        return web.Response(
+            body=data, content_type=kind, headers={"Content-Security-Policy": "default-src 'none'; sandbox"}
+        )
 
     return serve
 

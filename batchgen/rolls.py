@@ -33,6 +33,7 @@ from .schema import MAX_SEED
 if TYPE_CHECKING:
     from .ledger import Ledger
     from .manifest import Item
+    from .models import Registry
     from .plan import Plan
 
 
@@ -44,9 +45,10 @@ def _seed_of(request: Mapping[str, Any] | None) -> int | None:
     return int(value) if type(value) is int else None
 
 
-def next_seed(item: Item, record: Record, taken: set[int]) -> int | None:
+def next_seed(item: Item, record: Record, taken: set[int], ceiling: int = MAX_SEED) -> int | None:
     """The next roll's seed: the smallest above the item's highest so far that no other item uses; None for a
-    request without a seed (the service draws a new image from the same request)."""
+    request without a seed (the service draws a new image from the same request). ValueError when none is left
+    up to `ceiling` (the model card's maximum): a seed the model refuses or wraps is never sent."""
     own = _seed_of(item.request)
     if own is None:
         return None
@@ -54,7 +56,7 @@ def next_seed(item: Item, record: Record, taken: set[int]) -> int | None:
     seed: int = max(seeds) + 1
     while seed in taken:
         seed += 1
-    if seed > MAX_SEED:
+    if seed > min(ceiling, MAX_SEED):
         raise ValueError(f"item {item.id!r}: no seed left above {max(seeds)}")
     return seed
 
@@ -71,14 +73,20 @@ Chosen = tuple["Item", int | None, list[str] | None]  # the roll's item, its see
 
 
 def choose(
-    items: Sequence[Item], records: Mapping[str, Record], directory: Path, *, reroll: bool
+    items: Sequence[Item],
+    records: Mapping[str, Record],
+    directory: Path,
+    *,
+    reroll: bool,
+    cards: Registry | None = None,
 ) -> tuple[list[Chosen], list[str]]:
     """The rolls this run submits, in manifest order, and the rejected items that cannot be re-rolled.
 
     A roll opened by an earlier run that never got a task id is submitted again with its seed (with or without
     --reroll: its intent is on disk); a roll with a task id is resumed by the plan like any submitted item.
     With `reroll`, every succeeded item of the manifest whose current decision is `rejected` gets a new roll,
-    unless its current files cannot be kept under their `~roll` names: that is found before anything is paid."""
+    unless its current files cannot be kept under their `~roll` names or no seed is left below its model's
+    maximum (`cards`): that is found before anything is paid."""
     held = decisions.current(directory, records) if reroll else {}
     taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
     for other in records.values():
@@ -103,11 +111,21 @@ def choose(
             if keep is None:
                 refused.append(item.id)
                 continue
-            seed = next_seed(item, record, taken)
+            try:
+                seed = next_seed(item, record, taken, _seed_ceiling(cards, item.model))
+            except ValueError:
+                refused.append(item.id)
+                continue
             if seed is not None:
                 taken.add(seed)
             chosen.append((roll_item(item, seed), seed, keep))
     return chosen, refused
+
+
+def _seed_ceiling(cards: Registry | None, model: str) -> int:
+    card = cards.get(model) if cards is not None else None
+    seed = card.fields.get("seed") if card is not None else None
+    return seed.maximum if seed is not None and seed.maximum is not None else MAX_SEED
 
 
 def add_to_plan(plan: Plan, chosen: Sequence[Chosen]) -> list[Chosen]:

@@ -45,7 +45,8 @@ def dry_run(settings: RunSettings, reporter: Reporter) -> int:
         loaded = load(settings.out) if ledger_exists(settings.out) else None
     records = loaded.items if loaded else {}
     plan = make_plan(items, records, retry_failed=settings.retry_failed, directory=settings.out)
-    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll)[0])
+    cards = settings.cards or models.builtin()
+    rolls.add_to_plan(plan, rolls.choose(items, records, settings.out, reroll=settings.reroll, cards=cards)[0])
     if loaded and loaded.manifest not in (None, settings.manifest.name) and not settings.adopt_ledger:
         print(f"  note: {settings.out}/results.json was made for {loaded.manifest!r}: a run needs --adopt-ledger")
     if loaded and loaded.damaged:
@@ -93,12 +94,12 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
         ledger = Ledger.open(settings.out, settings.manifest.name, adopt=settings.adopt_ledger)
     outcome: Outcome | None = None
     try:
-        plan = _prepare(ledger, items, settings, reporter)
+        plan, rolls_left = _prepare(ledger, items, settings, reporter)
         _announce(plan, items, settings, reporter)
         if (not plan.submit and not plan.resume) or stop.signum is not None:  # contact nothing, need no key
             if settings.forget_service and stop.signum is None:
                 forget_service(settings, reporter)  # forgotten also when DIR has nothing left to do
-            outcome = _outcome(ledger, Counters(), started, signum=stop.signum)
+            outcome = _outcome(ledger, Counters(), started, signum=stop.signum, held_back=rolls_left)
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
@@ -112,7 +113,8 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                 receiver.on_task = engine.wake
             stop.attach(engine)
             await engine.run()
-            if (budget := engine.submitter.budget) is not None and budget.reached:
+            budget_left = (budget := engine.submitter.budget) is not None and budget.reached
+            if budget is not None and budget.reached:
                 reporter.warning(
                     f"--max-spend {budget.limit} reached ({budget.spent} spent or in doubt): nothing more is created; "
                     "rerun to continue"
@@ -124,7 +126,10 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                     event="never_reached",
                 )
         reporter.close()
-        outcome = _outcome(ledger, engine.counters, started, fatal=engine.fatal, signum=engine.stop_signal)
+        held_back = budget_left or rolls_left  # a create --max-spend or --limit held back is still to do
+        outcome = _outcome(
+            ledger, engine.counters, started, fatal=engine.fatal, signum=engine.stop_signal, held_back=held_back
+        )
         if engine.fatal is not None:
             reporter.error(f"{engine.fatal}; run stopped, state saved")
         return outcome
@@ -142,9 +147,10 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
                 outcome.exit_code = StorageError.exit_code
 
 
-def _prepare(ledger: Ledger, items: list[Item], settings: RunSettings, reporter: Reporter) -> Plan:
+def _prepare(ledger: Ledger, items: list[Item], settings: RunSettings, reporter: Reporter) -> tuple[Plan, bool]:
     """The open ledger brought up to this run: the plan, the manifest tracked, decisions and re-rolls folded in,
-    prices and cards recorded, missing files sent back to be fetched again."""
+    prices and cards recorded, missing files sent back to be fetched again. Also whether --limit holds back
+    re-rolls (their items stay `succeeded`, so only the exit code can say that work is left)."""
     if ledger.recovered:
         reporter.warning(
             f"{ledger.recovered}: rebuilt it from the previous snapshot and the journal; the "
@@ -153,22 +159,25 @@ def _prepare(ledger: Ledger, items: list[Item], settings: RunSettings, reporter:
     plan = make_plan(items, ledger.items, retry_failed=settings.retry_failed, directory=settings.out)
     ledger.track(items)
     decisions.copy_into(ledger)
-    chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll)
+    cards = settings.cards or models.builtin()
+    chosen, refused = rolls.choose(items, ledger.items, settings.out, reroll=settings.reroll, cards=cards)
     for item_id in refused:
         reporter.warning(
             f"item {item_id!r}: rejected, but its files cannot be kept under a ~roll name (taken, or too "
-            "long): not re-rolled; nothing was sent"
+            "long), or no seed is left above its last one: not re-rolled; nothing was sent"
         )
-    rolls.begin(ledger, rolls.add_to_plan(plan, chosen), settings.limit)
+    chosen = rolls.add_to_plan(plan, chosen)
+    rolls.begin(ledger, chosen, settings.limit)
+    rolls_left = settings.limit is not None and len(chosen) > settings.limit
     if settings.prices is not None:
         ledger.set_price(str(settings.prices))
     used = {item.model for item in items}
-    ledger.set_cards(models.used(settings.cards or models.builtin(), used))
-    for line in models.sunset_warnings(settings.cards or models.builtin(), used, datetime.date.today()):
+    ledger.set_cards(models.used(cards, used))
+    for line in models.sunset_warnings(cards, used, datetime.date.today()):
         reporter.warning(line)
     for item in plan.missing:
         ledger.refetch(item.id)
-    return plan
+    return plan, rolls_left
 
 
 def _outcome(
@@ -178,10 +187,14 @@ def _outcome(
     *,
     fatal: BatchgenError | None = None,
     signum: int | None = None,
+    held_back: bool = False,
 ) -> Outcome:
-    """What the run reports, from the ledger's counts of the manifest's items: exit code, spend, first failures."""
+    """What the run reports, from the ledger's counts of the manifest's items: exit code, spend, first failures.
+    `held_back`: --limit or --max-spend kept a re-roll back, work the counts cannot show (its item is succeeded)."""
     counts = ledger.counts(ledger.manifest_ids)
     outcome = Outcome(exit_code(counts, fatal, signum), counts, counters, time.monotonic() - started)
+    if held_back and outcome.exit_code in (ExitCode.OK, ExitCode.FAILED):
+        outcome.exit_code = ExitCode.INCOMPLETE
     _spend(outcome, ledger)
     outcome.failures = first_failures(ledger.items, ledger.manifest_ids)
     return outcome

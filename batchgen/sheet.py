@@ -84,7 +84,7 @@ def last_run_figures(directory: Path) -> dict[str, float] | None:
     path = directory / STATE_DIR / LAST_RUN
     try:
         doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(doc, dict):
         return None

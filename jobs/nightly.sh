@@ -38,14 +38,19 @@ fi
 # The env file is read as data, never run as shell: KEY=value lines, a value optionally in "…" or '…', taken
 # literally ($(…), `…` and $VAR are not expanded). Sourcing it would run what it says, and turn
 # BATCHGEN_OUT=/x/img-$(date +%F) into a new folder (a new ledger, paid again) every night.
+number=0
 while IFS= read -r line || [ -n "$line" ]; do
+    number=$((number + 1))
     line=${line#"${line%%[! ]*}"} # leading spaces
     case $line in '' | '#'*) continue ;; esac
     line=${line#export }
     name=${line%%=*}
     case $name in
     "$line" | '' | [0-9]* | *[!A-Za-z0-9_]*)
-        say "exit 2: $env_file: not a KEY=value line: $line"
+        # Named by its number and the name before '=' (shown inert, cut), never the line: it may hold a key or a token
+        shown=
+        [ "$name" != "$line" ] && shown=" (name '$(printf '%s' "$name" | tr -c 'A-Za-z0-9_ .-' '?' | cut -c1-40)')"
+        say "exit 2: $env_file: line $number is not a KEY=value line$shown"
         exit 2
         ;;
     esac
