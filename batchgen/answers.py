@@ -92,6 +92,11 @@ def unknown_record(task_id: str) -> TaskRecord:
     return TaskRecord(task_id=task_id, state=UNKNOWN, result_urls=(), fail_code=None, fail_message=None)
 
 
+# Real ids are ~35 characters (`task_imagen4-ultra_1777600000000`); one that will not fit a recordInfo URL (servers
+# refuse request lines of 8 KiB and more) could be asked about never, so it is refused when the create answers it.
+MAX_TASK_ID = 1024
+
+
 def task_id_in(text: str) -> str | None:
     """The taskId an answer carries (`data.taskId`, whatever the status and code), or None."""
     try:

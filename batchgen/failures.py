@@ -23,6 +23,7 @@ Kind = Literal[
     "no_result",  # the task succeeded without a usable result
     "lost",  # the service no longer knows the task, created over a day ago
     "duplicate_task",  # the service gave this item a task id it had given another
+    "bad_task_id",  # the service gave a task id no status query can carry (too long): paid, never answerable
     "refused",  # the service or a gateway refused this one request (401/403) while other items went through
     "model_unavailable",  # the service does not offer the item's model (gone.py); its next run probes it
 ]

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import gone
 from .access import ACCOUNT_CODES, Refusals
+from .answers import MAX_TASK_ID
 from .client import Client
 from .config import RunSettings
 from .errors import (
@@ -100,6 +101,18 @@ class Submitter:
             self._abandoned = True
             for job in list(self.creating):
                 job.cancel()
+
+    def _unusable(self, task_id: str, item_id: str) -> ErrorRecord | None:
+        """Why a task id the service answered cannot be this item's, or None: too long for any status query
+        (checked first: such an id is never claimed), or already another item's."""
+        if len(task_id) > MAX_TASK_ID:
+            return error_record(
+                "bad_task_id",
+                None,
+                f"the service answered a task id of {len(task_id):,} characters, too long to ask about: a service "
+                "error (this item was paid for and not generated)",
+            )
+        return None if self.ledger.claim_task(task_id, item_id) else self.duplicate(task_id)
 
     def duplicate(self, task_id: str) -> ErrorRecord:
         owner = self.ledger.task_owner(task_id)
@@ -280,10 +293,11 @@ class Submitter:
         self.counters.creates += 1  # paid, whatever happens next
         self.counters.creates_by_model[item.model] += 1
         self.refusals.on_success()
-        if not self.ledger.claim_task(task_id, item.id):
-            self.ledger.paid_without_task(item.id, self.duplicate(task_id))
+        unusable = self._unusable(task_id, item.id)
+        if unusable is not None:  # paid, but never answerable: failed for good, counted as paid
+            self.ledger.paid_without_task(item.id, unusable)
             await self.ledger.durable()
-            await self._fail(item.id, self.duplicate(task_id))
+            await self._fail(item.id, unusable)
             raise _Taken
         self.ledger.submitted(item.id, task_id)
         self.throttle.limiter.started()  # running at the service from now on (the engine's poll ends it)

@@ -382,12 +382,6 @@ async def test_limit_holding_back_a_reroll_is_incomplete(tmp_path, write, sim_fa
         assert code == 0 and sim.stats.creates == 4, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="left: a task id no recordInfo URL can carry (20,000 characters) is kept as 'submitted' and polled "
-    "every night for ever (each query is a 400 from the server's own URL limit); expected: refused when the "
-    "create answers it (paid: marked failed with the create counted), as a duplicate task id is",
-)
 async def test_a_task_id_too_long_to_query_is_not_left_submitted_for_ever(tmp_path, write):
     async def create(request: web.Request) -> web.Response:
         return web.json_response({"code": 200, "msg": "ok", "data": {"taskId": "t" * 20_000}})
@@ -408,3 +402,4 @@ async def test_a_task_id_too_long_to_query_is_not_left_submitted_for_ever(tmp_pa
         await runner.cleanup()
     fox = results(tmp_path / "out")["items"]["fox"]
     assert fox["state"] == "failed" and code == 1, (code, fox["state"], err[-500:])
+    assert fox["error"]["kind"] == "bad_task_id" and fox["paid"] == 1 and "t" * 100 not in err
