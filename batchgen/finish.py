@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -161,6 +162,7 @@ async def _hook(
             stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,  # its own process group: the limit ends it and all it started
+            preexec_fn=_die_with_parent,  # a run killed by SIGKILL releases DIR's lock: the hook must not go on
         )
     except OSError as exc:
         out.warning(f"{name}: cannot run it: {exc.strerror or exc}", event="hook", hook=n, status=None)
@@ -228,6 +230,18 @@ async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
     return True
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when batchgen dies (Linux prctl PR_SET_PDEATHSIG). A run ended by
+    SIGKILL cannot cut its hook at the bound, and DIR's lock goes with it: the hook must not work on in DIR
+    beside the next run. (What the hook itself started is its own to end on SIGTERM.)"""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def _kill_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
@@ -259,6 +273,7 @@ async def _notify(
             stderr=asyncio.subprocess.DEVNULL,
             env=child_env(os.environ, [*actions.urls(), *kept_out], proxy, ca),
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     except OSError as exc:
         out.warning(f"notification not sent: cannot start its process: {exc.strerror or exc}", event="notify")

@@ -388,6 +388,34 @@ async def test_sigterm_while_a_hook_hangs_cuts_it_within_the_signal_bound_and_ke
     assert "cut at the end-of-run time limit (SIGTERM, then SIGKILL)" in stderr
 
 
+async def test_a_hook_ends_when_its_run_is_killed_and_never_works_on_beside_the_next_run(sim_factory, tmp_path):
+    """SIGKILL of the run while its hook works: the run cannot cut the hook at its bound, and DIR's lock goes with
+    the run. The hook is sent SIGTERM as its parent dies (it never works on in DIR beside the next run)."""
+    marker = tmp_path / "hook-pid"
+    hang = f"import os, pathlib, time; pathlib.Path({str(marker)!r}).write_text(str(os.getpid())); time.sleep(600)"
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    async with sim_factory(api_key=KEY) as sim:
+        proc = await start(run_args(path, tmp_path / "out", sim, "--on-finish", f"{sys.executable} -c {hang!r}"))
+        await until(lambda: marker.exists() and marker.read_text(), deadline=60)
+        hook_pid = int(marker.read_text())
+        proc.kill()
+        await finish_proc(proc)
+
+    def gone() -> bool:
+        try:
+            os.kill(hook_pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{hook_pid}/stat") as stat:  # a zombie (no parent left to reap it yet) has ended too
+            return stat.read().split(")")[-1].split()[0] == "Z"
+
+    try:
+        await until(gone, deadline=10, what="the hook still runs after its run was killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hook_pid, signal.SIGKILL)
+
+
 def test_the_notifier_gets_the_runs_proxy_and_ca_and_no_key_or_netrc():
     env_in = {"BATCHGEN_API_KEY": KEY, "BATCHGEN_NOTIFY": f"json://h/{TOKEN}", "PATH": "/bin", "HOME": "/home/x"}
     way = ProxySettings(https="http://proxy.example:3128", http="http://proxy.example:3128")
