@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,7 +31,7 @@ def classify(status: int, text: str, model: str) -> str | None:
         return None
     message, code = _message(text)
     lowered = f"{message} {code}".lower()
-    if model not in message:
+    if not _names(message, model):
         return None
     if status == 503 and any(phrase in lowered for phrase in _NO_CHANNEL):
         return message
@@ -40,6 +41,12 @@ def classify(status: int, text: str, model: str) -> str | None:
     if status in (400, 500) and code == "model_price_error":
         return message
     return None
+
+
+def _names(message: str, model: str) -> bool:
+    """Whether the message names `model` itself: `nano-banana-pro` is not named by a message about
+    `nano-banana-pro-flash` (a model name is letters, digits and `.`, `_`, `-`)."""
+    return re.search(rf"(?<![A-Za-z0-9._-]){re.escape(model)}(?![A-Za-z0-9_-]|\.[A-Za-z0-9])", message) is not None
 
 
 def _message(text: str) -> tuple[str, str]:

@@ -102,6 +102,8 @@ async def test_other_failures_are_not_retried_without_the_flag(tmp_path, write, 
         (200, '{"code": 400, "msg": "unsupported model: imagen4-ultra", "data": null}', True),
         (400, '{"code": 400, "msg": "unsupported model", "data": null}', False),  # does not name it
         (400, '{"code": 400, "msg": "unsupported model: flux-2-pro", "data": null}', False),  # another one
+        (400, '{"code": 400, "msg": "unsupported model: imagen4-ultra-fast", "data": null}', False),  # its cousin
+        (400, '{"code": 400, "msg": "unsupported model: imagen4-ultra.", "data": null}', True),
         (400, '{"code": 400, "msg": "input.seed: imagen4-ultra needs an integer", "data": null}', False),
         (400, '{"error": {"message": "model imagen4-ultra price not configured", "code": "model_price_error"}}', True),
         (500, '{"error": {"message": "模型 imagen4-ultra 倍率或价格未配置", "code": "model_price_error"}}', True),
