@@ -80,11 +80,7 @@ def choose(
     With `reroll`, every succeeded item of the manifest whose current decision is `rejected` gets a new roll,
     unless its current files cannot be kept under their `~roll` names: that is found before anything is paid."""
     held = decisions.current(directory, records) if reroll else {}
-    taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
-    for other in records.values():
-        taken |= {r["seed"] for r in other.get("rolls", []) if type(r.get("seed")) is int}
-        if type((other.get("roll") or {}).get("seed")) is int:
-            taken.add(other["roll"]["seed"])
+    taken: set[int] | None = None  # every seed in use, found when a re-roll first needs one (not on every resume)
     chosen: list[Chosen] = []
     refused: list[str] = []
     for item in items:
@@ -103,11 +99,23 @@ def choose(
             if keep is None:
                 refused.append(item.id)
                 continue
+            if taken is None:
+                taken = _seeds_in_use(items, records)
             seed = next_seed(item, record, taken)
             if seed is not None:
                 taken.add(seed)
             chosen.append((roll_item(item, seed), seed, keep))
     return chosen, refused
+
+
+def _seeds_in_use(items: Sequence[Item], records: Mapping[str, Record]) -> set[int]:
+    """The seeds of the manifest's requests and of every roll the ledger keeps or has open."""
+    taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
+    for other in records.values():
+        taken |= {r["seed"] for r in other.get("rolls", []) if type(r.get("seed")) is int}
+        if type((other.get("roll") or {}).get("seed")) is int:
+            taken.add(other["roll"]["seed"])
+    return taken
 
 
 def add_to_plan(plan: Plan, chosen: Sequence[Chosen]) -> list[Chosen]:
