@@ -41,6 +41,7 @@ def test_a_finished_item_is_fetched_again_exactly_when_path_is_file_says_a_file_
     os.symlink(out / "target.png", out / "link.png")  # a link to a file: a file, as Path.is_file sees it
     os.symlink(out / "nowhere.png", out / "dangling.png")
     (out / "folder.png").mkdir()  # a folder where the image was: not a file
+    os.mkfifo(out / "fifo.png")  # a FIFO where the image was: not a file, and never opened
     cases = {
         "kept": (["kept.png"], False),
         "gone": (["gone.png"], True),
@@ -51,6 +52,9 @@ def test_a_finished_item_is_fetched_again_exactly_when_path_is_file_says_a_file_
         "dangling": (["dangling.png"], True),
         "folder": (["folder.png"], True),
         "dotted": (["zoo/../kept.png"], False),  # not a plain name: checked on its own, as before
+        "fifo": (["fifo.png"], True),
+        "absolute": ([str(out / "kept.png")], False),  # what Path.is_file says of DIR / an absolute name
+        "case": (["KEPT.png"], not (out / "KEPT.png").is_file()),  # a case-insensitive file system: its stat
         "half": (["kept.png", "gone2.png"], True),  # one file of two gone: fetched again
     }
     items = _items(tmp_path, [(item_id, f"a prompt for {item_id}") for item_id in cases])
@@ -90,6 +94,15 @@ def test_the_key_is_refused_in_any_value_but_not_when_two_values_only_make_it_to
     with pytest.raises(ManifestError) as caught:
         runner._refuse_key(hidden, None, Secret(KEY))
     assert "m.csv:3" in str(caught.value) and "prompt" in str(caught.value)
+
+
+def test_the_key_url_encoded_in_one_item_of_thousands_is_found_past_the_first_thousand(tmp_path):
+    encoded = "".join(f"%{ord(c):02X}" if not c.isalnum() else c for c in KEY)
+    rows = [(f"item-{n:04d}", f"a prompt number {n}") for n in range(2500)]
+    rows[1700] = ("item-1700", f"see {encoded} here")
+    with pytest.raises(ManifestError) as caught:
+        runner._refuse_key(_items(tmp_path, rows), None, Secret(KEY))
+    assert [p.line for p in caught.value.problems] == [1702]  # the header is line 1, item-0000 line 2
 
 
 async def test_a_run_freezes_what_it_loaded_and_gives_it_back_at_its_end(sim_factory, tmp_path):
