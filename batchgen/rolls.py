@@ -88,11 +88,7 @@ def choose(
     unless its current files cannot be kept under their `~roll` names or no seed is left below its model's
     maximum (`cards`): that is found before anything is paid."""
     held = decisions.current(directory, records) if reroll else {}
-    taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
-    for other in records.values():
-        taken |= {r["seed"] for r in other.get("rolls", []) if type(r.get("seed")) is int}
-        if type((other.get("roll") or {}).get("seed")) is int:
-            taken.add(other["roll"]["seed"])
+    taken: set[int] | None = None  # every seed in use, found when a re-roll first needs one (not on every resume)
     chosen: list[Chosen] = []
     refused: list[str] = []
     for item in items:
@@ -111,6 +107,8 @@ def choose(
             if keep is None:
                 refused.append(item.id)
                 continue
+            if taken is None:
+                taken = _seeds_in_use(items, records)
             try:
                 seed = next_seed(item, record, taken, _seed_ceiling(cards, item.model))
             except ValueError:
@@ -126,6 +124,16 @@ def _seed_ceiling(cards: Registry | None, model: str) -> int:
     card = cards.get(model) if cards is not None else None
     seed = card.fields.get("seed") if card is not None else None
     return seed.maximum if seed is not None and seed.maximum is not None else MAX_SEED
+
+
+def _seeds_in_use(items: Sequence[Item], records: Mapping[str, Record]) -> set[int]:
+    """The seeds of the manifest's requests and of every roll the ledger keeps or has open."""
+    taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
+    for other in records.values():
+        taken |= {r["seed"] for r in other.get("rolls", []) if type(r.get("seed")) is int}
+        if type((other.get("roll") or {}).get("seed")) is int:
+            taken.add(other["roll"]["seed"])
+    return taken
 
 
 def add_to_plan(plan: Plan, chosen: Sequence[Chosen]) -> list[Chosen]:
