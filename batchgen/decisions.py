@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from .errors import UsageError
-from .files import STATE_DIR, read_bounded, state_dir
+from .files import STATE_DIR, fsync_dir, read_bounded, state_dir
 from .records import Record
 
 if TYPE_CHECKING:
@@ -89,16 +89,8 @@ def append(directory: Path, item: str, decision: Decision, task_id: str | None) 
     finally:
         os.close(fd)
     if created:
-        _fsync_folder(folder)
+        fsync_dir(folder)
     return entry
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_all(directory: Path) -> dict[str, Entry]:
