@@ -445,7 +445,9 @@ class Engine:
                         await self._fail(item.id, error_record("bad_result", None, str(exc)))
                         return
                     if exc.expired or exc.unreachable:
-                        fresh = _fresher(await self._query(task_id), record)
+                        fresh = await self._refresh(item, task_id, record, exc)
+                        if fresh is None:
+                            return
                         if fresh.key_in_url:
                             await self._fail(item.id, _key_in_url(fresh))
                             return
@@ -484,6 +486,21 @@ class Engine:
                 "stays submitted, rerun to try again",
                 item=item.id,
             )
+
+
+    async def _refresh(self, item: Item, task_id: str, record: TaskRecord, exc: DownloadError) -> TaskRecord | None:
+        """One recordInfo for fresh result URLs after `exc`; None when none can come: the URL was refused (expired)
+        and the service no longer knows the task. Retrying that URL with backoff only held the run for minutes
+        (the soak's hang, seed 2026 night 62): the item stays submitted, for the next run."""
+        answer = await self._query(task_id)
+        if exc.expired and answer is not None and answer.unknown:
+            self.reporter.warning(
+                f"item {item.id!r}: the result URL of {task_id} was refused ({exc}) and the service no longer "
+                "knows the task, so it gives no fresh URL; it stays submitted, rerun to pick it up",
+                item=item.id,
+            )
+            return None
+        return _fresher(answer, record)
 
 
 def _key_in_url(record: TaskRecord) -> ErrorRecord:

@@ -54,6 +54,7 @@ from batchgen.sim.model import request_key  # noqa: E402
 KEY = "soak-key/with+odd=chars_0123456789"  # odd characters a header allows (a space it does not)
 SPEC_EXITS = {0, 1, 2, 3, 4, 5, 130, 143}
 NIGHT_LIMIT = 120.0  # seconds: a night still running after this is a hang (a broken invariant)
+HANG_TAIL = 60  # stderr lines (the run's -v log) printed for a night still running at the limit
 DISK = "24m"  # the tmpfs for DIR, when it can be mounted
 
 
@@ -193,7 +194,7 @@ class Soak:
         args = [
             sys.executable, "-m", "batchgen", "run", str(self.manifest), "--out", str(self.out),
             "--api-base", self.sim.api_url, "--no-progress", "--poll-interval", "0.05",
-            "--create-rate", "1000/1", "--poll-rate", "1000", "--task-timeout", "6", "--max-attempts", "2",
+            "--create-rate", "1000/1", "--poll-rate", "1000", "--task-timeout", "6", "--max-attempts", "2", "-v",
         ]  # fmt: skip
         if r.random() < 0.15:
             args += ["--limit", str(r.randint(0, 4))]
@@ -224,9 +225,13 @@ class Soak:
         try:
             stdout, stderr = await asyncio.wait_for(asyncio.shield(talk), NIGHT_LIMIT)
         except TimeoutError:
+            stacks = py_spy(proc.pid)  # where it is stuck, before the kill
             proc.kill()
             stdout, stderr = await talk
             self.broken.append(f"night {number}: still running after {NIGHT_LIMIT:g} s")
+            tail = stderr.decode(errors="replace").splitlines()[-HANG_TAIL:]
+            print(f"night {number:3d}: HUNG; its last {len(tail)} stderr lines:", *tail, sep="\n  ", flush=True)
+            print(stacks, flush=True)
         with contextlib.suppress(FileNotFoundError):
             filler.unlink()
         for name in tried:
@@ -311,6 +316,16 @@ class Soak:
             disk = any(t.startswith("disk full") for t in tried)
             hold("exit", code == exit_code(counts) or (disk and code == 5), f"exit {code}, ledger says {counts}")
         return problems
+
+
+def py_spy(pid: int) -> str:
+    """The Python stacks of a stuck run (`py-spy dump`, when py-spy is installed and may attach), for the report."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no py-spy dump: {exc})"
+    return done.stdout + done.stderr
 
 
 def fill(filler: Path, leave: int) -> None:
