@@ -487,7 +487,6 @@ class Engine:
                 item=item.id,
             )
 
-
     async def _refresh(self, item: Item, task_id: str, record: TaskRecord, exc: DownloadError) -> TaskRecord | None:
         """One recordInfo for fresh result URLs after `exc`; None when none can come: the URL was refused (expired)
         and the service no longer knows the task. Retrying that URL with backoff only held the run for minutes

@@ -222,13 +222,14 @@ class Soak:
             if proc.returncode is None:
                 proc.send_signal(kill)
                 tried.append(signal.Signals(kill).name)
+        hung = False
         try:
             stdout, stderr = await asyncio.wait_for(asyncio.shield(talk), NIGHT_LIMIT)
         except TimeoutError:
-            stacks = py_spy(proc.pid)  # where it is stuck, before the kill
+            hung = True
+            stacks = py_spy(proc.pid)  # where it is stuck, before the kill (an idle main thread: an await)
             proc.kill()
             stdout, stderr = await talk
-            self.broken.append(f"night {number}: still running after {NIGHT_LIMIT:g} s")
             tail = stderr.decode(errors="replace").splitlines()[-HANG_TAIL:]
             print(f"night {number:3d}: HUNG; its last {len(tail)} stderr lines:", *tail, sep="\n  ", flush=True)
             print(stacks, flush=True)
@@ -239,6 +240,8 @@ class Soak:
         code = proc.returncode
         log = stdout.decode(errors="replace") + stderr.decode(errors="replace")
         problems = self.check(code, log, killed=kill is not None and "SIG" in " ".join(tried), tried=tried)
+        if hung:
+            problems.insert(0, f"still running after {NIGHT_LIMIT:g} s")
         verdict = "ok" if not problems else "BROKEN: " + "; ".join(problems)
         print(f"night {number:3d}: exit {code:>4} | {', '.join(tried) or 'no faults'} | {verdict}", flush=True)
         self.broken += [f"night {number}: {p}" for p in problems]
