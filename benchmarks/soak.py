@@ -18,6 +18,8 @@ disk nearly filled (a small tmpfs, when `mount` is permitted), the simulator res
   key       the API key (or its URL-encoded forms) in no file under DIR and in no log line
   crash     no traceback on stderr; the exit code is one SPEC lists
   exit      a night that ended by itself exits with the code the ledger implies (0, 1 or 5)
+  hang      a night ends within NIGHT_LIMIT; one still running then is killed, after its last stderr lines (the
+            run's -v log) and its stacks (`py-spy dump`, if installed: pip install py-spy) are printed
 
 It prints what it tried and what held, and exits 1 if any invariant broke.
 """
