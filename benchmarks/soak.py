@@ -62,7 +62,8 @@ DISK = "24m"  # the tmpfs for DIR, when it can be mounted
 
 class Soak:
     def __init__(self, seed: int, items: int, work: Path) -> None:
-        self.rng = random.Random(seed)
+        self.seed = seed
+        self.rng = random.Random(seed)  # each night draws from its own (see `night`)
         self.work = work
         self.paid = 0  # creates the simulator accepted over the whole soak
         self.out = work / "disk" / "out"
@@ -166,7 +167,9 @@ class Soak:
 
     async def night(self, number: int) -> None:
         assert self.sim is not None
-        r = self.rng
+        # The night's own generator: its faults depend on the seed and its number only, not on what earlier
+        # nights happened to leave (a file there or not), so a night's knobs are the same in every run of a seed.
+        r = self.rng = random.Random(f"{self.seed}/{number}")
         tried: list[str] = []
         self.edit_manifest()
         self.write_manifest()
