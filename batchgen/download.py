@@ -318,7 +318,9 @@ class Fetcher:
                         await self.fail(item.id, error_record("bad_result", None, str(exc)))
                         return
                     if exc.expired or exc.unreachable:
-                        fresh = _fresher(await self.query(task_id), record)
+                        fresh = await self._refresh(item, task_id, record, exc)
+                        if fresh is None:
+                            return
                         if fresh.key_in_url:
                             await self.fail(item.id, _key_in_url(fresh))
                             return
@@ -327,22 +329,7 @@ class Fetcher:
                             continue
                     await asyncio.sleep(self.settings.retry.delay(attempt, self.rng.random()))
                     continue
-                # The old files (and ledger.refetch's) go before the success is recorded: a kill in between leaves
-                # the ledger naming them still, so the next run removes what is left, never keeps it for ever.
-                known = self.ledger.record(item.id)
-                old = [*known["files"], *known.get("files_before", [])]
-                stale = [n for n in old if not self.names.held_by_other(item.id, n)]
-                await asyncio.to_thread(remove_stale, self.settings.out, stale, names)
-                self.ledger.succeeded(
-                    item.id,
-                    names,
-                    digests,
-                    cost=dict(record.cost),
-                    received=received if self.settings.metadata != "none" else None,
-                )
-                self.names.credit(item.id, names)
-                await self.ledger.durable()
-                self.counters.downloads += len(names)
+                await self._succeeded(item, record, names, digests, received)
                 return
             if last is not None and last.unreachable:
                 await self.fail(
@@ -357,6 +344,40 @@ class Fetcher:
                 "stays submitted, rerun to try again",
                 item=item.id,
             )
+
+    async def _succeeded(
+        self, item: Item, record: TaskRecord, names: list[str], digests: list[str], received: list[str]
+    ) -> None:
+        """Record the item's files. The old files (and ledger.refetch's) go before the success is recorded: a
+        kill in between leaves the ledger naming them still, so the next run removes what is left."""
+        known = self.ledger.record(item.id)
+        old = [*known["files"], *known.get("files_before", [])]
+        stale = [n for n in old if not self.names.held_by_other(item.id, n)]
+        await asyncio.to_thread(remove_stale, self.settings.out, stale, names)
+        self.ledger.succeeded(
+            item.id,
+            names,
+            digests,
+            cost=dict(record.cost),
+            received=received if self.settings.metadata != "none" else None,
+        )
+        self.names.credit(item.id, names)
+        await self.ledger.durable()
+        self.counters.downloads += len(names)
+
+    async def _refresh(self, item: Item, task_id: str, record: TaskRecord, exc: DownloadError) -> TaskRecord | None:
+        """One recordInfo for fresh result URLs after `exc`; None when none can come: the URL was refused (expired)
+        and the service no longer knows the task. Retrying that URL with backoff only held the run for minutes
+        (the soak's hang, seed 2026 night 62): the item stays submitted, for the next run."""
+        answer = await self.query(task_id)
+        if exc.expired and answer is not None and answer.unknown:
+            self.reporter.warning(
+                f"item {item.id!r}: the result URL of {task_id} was refused ({exc}) and the service no longer "
+                "knows the task, so it gives no fresh URL; it stays submitted, rerun to pick it up",
+                item=item.id,
+            )
+            return None
+        return _fresher(answer, record)
 
 
 def _key_in_url(record: TaskRecord) -> ErrorRecord:

@@ -18,6 +18,8 @@ disk nearly filled (a small tmpfs, when `mount` is permitted), the simulator res
   key       the API key (or its URL-encoded forms) in no file under DIR and in no log line
   crash     no traceback on stderr; the exit code is one SPEC lists
   exit      a night that ended by itself exits with the code the ledger implies (0, 1 or 5)
+  hang      a night ends within NIGHT_LIMIT; one still running then is killed, after its last stderr lines (the
+            run's -v log) and its stacks (`py-spy dump`, if installed: pip install py-spy) are printed
 
 It prints what it tried and what held, and exits 1 if any invariant broke.
 """
@@ -54,12 +56,14 @@ from batchgen.sim.model import request_key  # noqa: E402
 KEY = "soak-key/with+odd=chars_0123456789"  # odd characters a header allows (a space it does not)
 SPEC_EXITS = {0, 1, 2, 3, 4, 5, 130, 143}
 NIGHT_LIMIT = 120.0  # seconds: a night still running after this is a hang (a broken invariant)
+HANG_TAIL = 60  # stderr lines (the run's -v log) printed for a night still running at the limit
 DISK = "24m"  # the tmpfs for DIR, when it can be mounted
 
 
 class Soak:
     def __init__(self, seed: int, items: int, work: Path) -> None:
-        self.rng = random.Random(seed)
+        self.seed = seed
+        self.rng = random.Random(seed)  # each night draws from its own (see `night`)
         self.work = work
         self.paid = 0  # creates the simulator accepted over the whole soak
         self.out = work / "disk" / "out"
@@ -163,7 +167,9 @@ class Soak:
 
     async def night(self, number: int) -> None:
         assert self.sim is not None
-        r = self.rng
+        # The night's own generator: its faults depend on the seed and its number only, not on what earlier
+        # nights happened to leave (a file there or not), so a night's knobs are the same in every run of a seed.
+        r = self.rng = random.Random(f"{self.seed}/{number}")
         tried: list[str] = []
         self.edit_manifest()
         self.write_manifest()
@@ -193,7 +199,7 @@ class Soak:
         args = [
             sys.executable, "-m", "batchgen", "run", str(self.manifest), "--out", str(self.out),
             "--api-base", self.sim.api_url, "--no-progress", "--poll-interval", "0.05",
-            "--create-rate", "1000/1", "--poll-rate", "1000", "--task-timeout", "6", "--max-attempts", "2",
+            "--create-rate", "1000/1", "--poll-rate", "1000", "--task-timeout", "6", "--max-attempts", "2", "-v",
         ]  # fmt: skip
         if r.random() < 0.15:
             args += ["--limit", str(r.randint(0, 4))]
@@ -221,12 +227,17 @@ class Soak:
             if proc.returncode is None:
                 proc.send_signal(kill)
                 tried.append(signal.Signals(kill).name)
+        hung = False
         try:
             stdout, stderr = await asyncio.wait_for(asyncio.shield(talk), NIGHT_LIMIT)
         except TimeoutError:
+            hung = True
+            stacks = py_spy(proc.pid)  # where it is stuck, before the kill (an idle main thread: an await)
             proc.kill()
             stdout, stderr = await talk
-            self.broken.append(f"night {number}: still running after {NIGHT_LIMIT:g} s")
+            tail = stderr.decode(errors="replace").splitlines()[-HANG_TAIL:]
+            print(f"night {number:3d}: HUNG; its last {len(tail)} stderr lines:", *tail, sep="\n  ", flush=True)
+            print(stacks, flush=True)
         with contextlib.suppress(FileNotFoundError):
             filler.unlink()
         for name in tried:
@@ -234,6 +245,8 @@ class Soak:
         code = proc.returncode
         log = stdout.decode(errors="replace") + stderr.decode(errors="replace")
         problems = self.check(code, log, killed=kill is not None and "SIG" in " ".join(tried), tried=tried)
+        if hung:
+            problems.insert(0, f"still running after {NIGHT_LIMIT:g} s")
         verdict = "ok" if not problems else "BROKEN: " + "; ".join(problems)
         print(f"night {number:3d}: exit {code:>4} | {', '.join(tried) or 'no faults'} | {verdict}", flush=True)
         self.broken += [f"night {number}: {p}" for p in problems]
@@ -311,6 +324,16 @@ class Soak:
             disk = any(t.startswith("disk full") for t in tried)
             hold("exit", code == exit_code(counts) or (disk and code == 5), f"exit {code}, ledger says {counts}")
         return problems
+
+
+def py_spy(pid: int) -> str:
+    """The Python stacks of a stuck run (`py-spy dump`, when py-spy is installed and may attach), for the report."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no py-spy dump: {exc})"
+    return done.stdout + done.stderr
 
 
 def fill(filler: Path, leave: int) -> None:
