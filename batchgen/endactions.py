@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import __version__, notify
 from .config import Secret, carries
 from .errors import UsageError
+from .escapes import inert_line
 from .progress import counts_text
 from .proxies import ProxySettings
 
@@ -177,23 +178,12 @@ def first_failures(records: Mapping[str, Mapping[str, Any]], ids: Iterable[str] 
     return found
 
 
-def shown(text: object, width: int = 300) -> str:
-    """Outside text as one safe line: control characters, escape sequences and bidi controls escaped."""
-    line = "".join(
-        ch
-        if ch.isprintable() and not 0x202A <= ord(ch) <= 0x202E and not 0x2066 <= ord(ch) <= 0x2069
-        else ch.encode("unicode_escape").decode("ascii")
-        for ch in str(text)
-    )
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 def message(summary: Summary) -> tuple[str, str]:
     """The notification's title and body."""
     doc = summary.document()
     name = Path(summary.manifest).name if summary.manifest else "(no manifest)"
-    title = f"batchgen: {shown(name, 100)}: {summary.meaning}"
-    lines = [f"exit {summary.code}: {summary.meaning}", f"DIR: {shown(doc['dir'] or '(unknown)')}"]
+    title = f"batchgen: {inert_line(name, 100)}: {summary.meaning}"
+    lines = [f"exit {summary.code}: {summary.meaning}", f"DIR: {inert_line(doc['dir'] or '(unknown)')}"]
     if summary.counts is not None:
         lines.append(counts_text(summary.counts))
     if doc["paid_creates"] is not None:
@@ -203,9 +193,9 @@ def message(summary: Summary) -> tuple[str, str]:
         lines.append("first failures:")
         for failure in summary.failures[:FIRST_FAILURES]:
             why = ": ".join(str(p) for p in (failure.get("kind"), failure.get("code"), failure.get("message")) if p)
-            lines.append(f"- {shown(failure['id'], 100)}: {shown(why, 200)}")
+            lines.append(f"- {inert_line(failure['id'], 100)}: {inert_line(why, 200)}")
     if doc["contact_sheet"]:
-        lines.append(f"contact sheet: {shown(doc['contact_sheet'])}")
+        lines.append(f"contact sheet: {inert_line(doc['contact_sheet'])}")
     return title, "\n".join(lines)
 
 

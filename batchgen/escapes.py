@@ -34,3 +34,15 @@ def visible(text: str) -> str:
 def visible_json(document: str) -> str:
     """A JSON document (from json.dumps) with the controls JSON does not escape escaped as \\uXXXX."""
     return document.translate(_JSON_RAW)
+
+
+def inert_line(text: object, width: int = 300) -> str:
+    """Outside text as one short line for a message or a log (the night's end): every character that is not
+    printable (controls, escape sequences, bidi and other format characters) escaped, cut at `width`."""
+    line = "".join(
+        ch
+        if ch.isprintable() and not 0x202A <= ord(ch) <= 0x202E and not 0x2066 <= ord(ch) <= 0x2069
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in str(text)
+    )
+    return line if len(line) <= width else line[: width - 1] + "…"

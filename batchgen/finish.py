@@ -41,9 +41,9 @@ from .endactions import (
     message,
     ping_url,
     should_notify,
-    shown,
 )
 from .errors import TransportError
+from .escapes import inert_line
 from .progress import Reporter
 from .proxies import ProxySettings, proxy_for
 
@@ -144,7 +144,7 @@ async def _hooks(actions: EndActions, summary: Summary, out: Reporter, clock: _C
     stdin = json.dumps(summary.document(), ensure_ascii=False).encode() + b"\n"
     env = hook_env(os.environ, summary, [*actions.urls(), *([key] if key else [])])
     for n, argv in enumerate(actions.hooks, 1):
-        name = f"--on-finish hook {n} ({shown(Path(argv[0]).name, 60)})"
+        name = f"--on-finish hook {n} ({inert_line(Path(argv[0]).name, 60)})"
         if clock.left(actions.bounds.grace) <= 0:
             out.warning(f"{name}: not started, the end-of-run time is up", event="hook", hook=n, status=None)
             continue
@@ -176,7 +176,7 @@ async def _hook(
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(reading), min(0.5, clock.left()))  # a child may keep stderr open
     reading.cancel()
-    said = f"; its last stderr line: {shown(last.line)}" if last.line else ""
+    said = f"; its last stderr line: {inert_line(last.line)}" if last.line else ""
     if cut:
         out.warning(f"{name}: cut at the end-of-run time limit (SIGTERM, then SIGKILL){said}", event="hook", hook=n)
     elif proc.returncode == 0:
@@ -292,15 +292,9 @@ async def _notify(
     if result.get("ok"):
         out.info(f"notification sent to {len(actions.notify)} notify URL(s)", event="notify", sent=True)
         return True
-    problem = shown(_mask(str(result.get("problem")), secrets))
+    problem = inert_line(redact(str(result.get("problem")), secrets))
     out.warning(f"notification not sent: {problem}", event="notify", sent=False)
     return False
-
-
-def _mask(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = redact(text, secret) if len(secret) >= 6 else text
-    return text
 
 
 async def _ping(
