@@ -2,7 +2,7 @@
 another test module; they import from here (and fixtures come from conftest.py).
 
 - running batchgen in-process (`run`, `make_settings`) or as a user does, in a subprocess (`run_args`, `cli`,
-  `start`, `finish`, `env`), and reading what it left (`results`, `check_directory`);
+  `start`, `finish`, `env`; `batchgen` to its end), and reading what it left (`results`, `check_directory`);
 - manifests (`manifest_of`) and the problems a bad one gives (`problems`);
 - waiting on a condition with a deadline (`until`), never a sleep to synchronise.
 """
@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -165,6 +166,34 @@ def run_args(path: Path, out: Path, sim: Any, *extra: str) -> list[str]:
         "1000",
         *extra,
     ]
+
+
+BATCHGEN = [sys.executable, "-m", "batchgen"]
+MEMORY_CAP = 2 * 1024**3  # bytes of address space: ample for batchgen, far below what /dev/zero would take
+
+
+def capped() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def batchgen(*args: str, extra_env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """`python -m batchgen ARGS` to its end, under a memory cap (an unbounded read fails the test, not the
+    machine): stdin closed, stderr (and stdout, unless given) captured as text, the test environment."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run(
+        [*BATCHGEN, *args],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**(extra_env or {})),
+        preexec_fn=capped,
+        timeout=120,
+        **kw,
+    )
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr and "a bug in batchgen" not in proc.stderr, proc.stderr
 
 
 async def start(args: list[str], **kw: Any) -> asyncio.subprocess.Process:

@@ -24,7 +24,7 @@ from aiohttp import web
 from batchgen import ledger, manifest, report, runner, sheet
 from batchgen.client import Client, open_session
 from batchgen.config import RetryPolicy, Secret, Timeouts, redact
-from batchgen.errors import LedgerError, RequestRejected, ServerError, StorageError, UsageError
+from batchgen.errors import RequestRejected, ServerError, StorageError, UsageError
 from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
@@ -47,47 +47,7 @@ def assert_files_agree(out: Path) -> None:
             assert seen.setdefault(name.casefold(), item_id) == item_id, f"{name} credited to two items"
 
 
-# ---------------------------------------------------------------- 1. a deleted results.json
-
-
-async def test_a_deleted_results_json_after_one_snapshot_is_rebuilt_never_paid_again(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    path = manifest_of(tmp_path / "m.yaml", ["a", "b"])
-    async with sim_factory(latency=0.05) as sim:
-        assert (await run(make_settings(path, out, sim))).exit_code == 0  # one snapshot: at close
-        assert not (out / ".batchgen" / "previous.json").exists()
-        (out / "results.json").unlink()
-        doc = report.status(out)
-        assert doc["counts"]["succeeded"] == 2 and doc["damaged"]
-        outcome = await run(make_settings(path, out, sim))
-        assert outcome.exit_code == 0 and sim.stats.creates == 2  # nothing paid again
-    assert results(out)["counts"]["succeeded"] == 2
-
-
-async def test_a_ledger_whose_history_is_gone_is_refused_not_started_afresh(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    async with sim_factory(latency=0.05) as sim:
-        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a"]), out, sim))
-        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a", "b"]), out, sim))  # a second snapshot
-        (out / "results.json").unlink()
-        (out / ".batchgen" / "previous.json").unlink()  # the journals left start after the first snapshot
-        with pytest.raises(LedgerError, match="do not hold the whole history"):
-            report.status(out)
-        with pytest.raises(LedgerError):
-            await run(make_settings(tmp_path / "m.yaml", out, sim))
-        assert sim.stats.creates == 2
-
-
-async def test_a_recovered_ledger_can_be_recovered_again(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    path = manifest_of(tmp_path / "m.yaml", ["a"])
-    async with sim_factory(latency=0.05) as sim:
-        await run(make_settings(path, out, sim))
-        for _ in range(2):
-            (out / "results.json").write_text("{broken")
-            assert (await run(make_settings(path, out, sim))).exit_code == 0
-        assert sim.stats.creates == 1
-    assert results(out)["items"]["item-00"]["state"] == "succeeded"
+# ---------------------------------------------------------------- 1. a deleted results.json: test_rebuild.py
 
 
 # ---------------------------------------------------------------- 2. stopping while a createTask is under way

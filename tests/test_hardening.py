@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -261,84 +260,7 @@ async def test_a_symlinked_state_folder_is_refused(sim_factory, tmp_path, plante
     assert not list(elsewhere.iterdir())
 
 
-# ---------------------------------------------------------------- 4. corrupted state
-
-
-async def _two_snapshots(sim_factory, tmp_path: Path) -> Path:
-    out = tmp_path / "out"
-    async with sim_factory() as sim:
-        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a", "b"]), out, sim))
-        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a", "b", "c"]), out, sim))
-    return out
-
-
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "hand-edit", "delete"])
-async def test_a_damaged_results_json_is_rebuilt_from_the_journal_and_kept(sim_factory, tmp_path, damage):
-    out = await _two_snapshots(sim_factory, tmp_path)
-    good = results(out)["items"]
-    original = (out / "results.json").read_bytes()
-    if damage == "truncate":
-        (out / "results.json").write_bytes(original[: len(original) // 2])
-    elif damage == "garbage":
-        (out / "results.json").write_bytes(b"\0\xff" * 100)
-    elif damage == "hand-edit":
-        doc = json.loads(original)
-        doc["items"]["item-00"]["state"] = "done!"
-        (out / "results.json").write_text(json.dumps(doc))
-    else:
-        (out / "results.json").unlink()
-    status = subprocess.run([sys.executable, "-m", "batchgen", "status", str(out)], capture_output=True, text=True)
-    assert status.returncode == 0 and "rebuilds it from the journal" in status.stdout
-    async with sim_factory() as sim:
-        stream = io.StringIO()
-        outcome = await run(make_settings(tmp_path / "m.yaml", out, sim), stream)
-        assert outcome.exit_code == 0 and sim.stats.create_calls == 0
-    assert results(out)["items"] == good
-    assert "rebuilt it from the previous snapshot and the journal" in stream.getvalue()
-    kept = list(out.glob("results.json.damaged-*"))
-    assert len(kept) == (0 if damage == "delete" else 1)
-
-
-async def test_unrecoverable_damage_is_exit_2_and_changes_nothing(sim_factory, tmp_path):
-    out = await _two_snapshots(sim_factory, tmp_path)
-    (out / "results.json").write_text("{broken")
-    (out / ".batchgen" / "previous.json").write_text("{also broken")
-    before = sorted(p.name for p in out.rglob("*"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(tmp_path / "m.yaml"),
-            "--out",
-            str(out),
-            "--api-base",
-            "http://127.0.0.1:9",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "BATCHGEN_API_KEY": KEY},
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "results.json is not valid JSON" in proc.stderr and "Restore results.json from a backup" in proc.stderr
-    assert sorted(p.name for p in out.rglob("*")) == before
-    assert (out / "results.json").read_text() == "{broken"
-
-
-def test_a_journal_damaged_in_the_middle_is_refused(tmp_path):
-    live, crashed = tmp_path / "live", tmp_path / "crashed"
-    with ledger.Ledger.open(live, "m.yaml") as book:
-        book.start_submit("a", {"model": "imagen4-ultra", "input": {"prompt": "p"}})
-        book.snapshot()
-        book.start_submit("b", {"model": "imagen4-ultra", "input": {"prompt": "q"}})
-        book.start_submit("c", {"model": "imagen4-ultra", "input": {"prompt": "r"}})
-        journal = live / ".batchgen" / "journal.jsonl"
-        lines = journal.read_bytes().split(b"\n")
-        journal.write_bytes(lines[0][:10] + b"\n" + b"\n".join(lines[1:]))
-        shutil.copytree(live, crashed)  # what a kill at this moment leaves: no snapshot at close
-    with pytest.raises(LedgerError, match="line 1 is damaged"):
-        ledger.load(crashed)
+# ---------------------------------------------------------------- 4. corrupted state (rebuilt: test_rebuild.py)
 
 
 def test_newer_ledger_and_other_manifest_are_refused(tmp_path):

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,32 +14,7 @@ import pytest
 
 from batchgen import ledger
 
-from .helpers import KEY, ROOT, cli, env, manifest_of, run_args
-
-BATCHGEN = [sys.executable, "-m", "batchgen"]
-MEMORY_CAP = 2 * 1024**3  # bytes of address space: ample for batchgen, far below what /dev/zero would take
-
-
-def capped() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
-def batchgen(*args: str, extra_env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run(
-        [*BATCHGEN, *args],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(**(extra_env or {})),
-        preexec_fn=capped,
-        timeout=120,
-        **kw,
-    )
-
-
-def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in proc.stderr and "a bug in batchgen" not in proc.stderr, proc.stderr
+from .helpers import KEY, ROOT, batchgen, cli, manifest_of, no_traceback, run_args
 
 
 def offline_run(tmp_path: Path, *extra: str) -> list[str]:
