@@ -120,6 +120,13 @@ def check_directory(out: Path) -> dict[str, Any]:
     return dict(loaded.items)
 
 
+def a_ledger(directory: Path) -> Path:
+    """An empty ledger (results.json and .batchgen/) in `directory`."""
+    with ledger.Ledger.open(directory, "m.yaml"):
+        pass
+    return directory
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` at `path` (a nearly full disk), or the test is skipped where mount is not permitted."""

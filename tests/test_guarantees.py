@@ -6,7 +6,6 @@ Real HTTP on loopback against the simulator (faults come from its knobs), real f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
@@ -14,22 +13,21 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
 from aiohttp import web
 
-from batchgen import ledger, manifest, report, runner, sheet
+from batchgen import manifest, report, runner, sheet
 from batchgen.client import Client, open_session
 from batchgen.config import RetryPolicy, Secret, Timeouts, redact
-from batchgen.errors import RequestRejected, ServerError, StorageError, UsageError
+from batchgen.errors import RequestRejected, ServerError, UsageError
 from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
 
-from .helpers import KEY, cli, make_settings, manifest_of, results, run, run_args, small_disk, until
+from .helpers import KEY, cli, make_settings, manifest_of, results, run, run_args, until
 
 DAY = 24 * 3600.0
 
@@ -403,43 +401,7 @@ async def test_an_out_this_user_cannot_write_is_a_clear_exit_2(sim_factory, tmp_
     assert code == 2 and "cannot write there" in err and "Traceback" not in err
 
 
-# ---------------------------------------------------------------- 11. short journal writes
-
-
-SHORT_WRITE = textwrap.dedent(
-    """
-    import os, resource, signal, sys
-    from pathlib import Path
-    from batchgen.errors import StorageError
-    from batchgen.ledger import Ledger
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG / a short write instead of the signal
-    book = Ledger.open(Path(sys.argv[1]), "m.yaml")
-    book.start_submit("a", {"model": "imagen4-ultra", "input": {"prompt": "a"}})
-    size = os.path.getsize(Path(sys.argv[1]) / ".batchgen" / "journal.jsonl")
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, resource.RLIM_INFINITY))
-    try:
-        book.submitted("a", "task_" + "x" * 500)  # a line longer than the 100 bytes left
-    except StorageError as exc:
-        print("storage error:", exc)
-    try:
-        book.submit_unsent("a")
-    except StorageError:
-        print("refused after")
-    os._exit(0)  # no snapshot at close: the disk is still "full"
-    """
-)
-
-
-def test_a_short_journal_write_is_a_storage_error_and_the_journal_still_loads(tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-c", SHORT_WRITE, str(out)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert "storage error:" in proc.stdout and "refused after" in proc.stdout, proc.stderr
-    assert StorageError.exit_code == 5
-    loaded = ledger.load(out)  # whole lines only: the intent is there, the half task id is not
-    assert loaded.items["a"].get("submitting") and loaded.items["a"]["task_id"] is None
+# ---------------------------------------------------------------- 11. short journal writes: test_full_disk.py
 
 
 # ---------------------------------------------------------------- the smaller ones
@@ -556,18 +518,6 @@ async def test_two_resumed_items_with_one_task_id_never_both_succeed(sim_factory
     items = results(out)["items"]
     assert outcome.exit_code == 1 and items["item-00"]["state"] == "succeeded"
     assert items["item-01"]["state"] == "failed" and items["item-01"]["error"]["kind"] == "duplicate_task"
-
-
-async def test_a_disk_already_full_at_start_is_exit_5_not_a_traceback(sim_factory, tmp_path):
-
-    with small_disk(tmp_path / "disk", "64k") as disk:
-        with contextlib.suppress(OSError):  # fills the 64k disk, then ENOSPC
-            (disk / "filler").write_bytes(b"\0" * 1024 * 1024)
-        path = manifest_of(tmp_path / "m.yaml", ["a"])
-        async with sim_factory() as sim:
-            code, _, err = await cli(run_args(path, disk / "out", sim))
-            assert sim.stats.create_calls == 0
-    assert code == 5 and "Traceback" not in err and "No space left" in err
 
 
 async def test_a_stop_before_the_engine_runs_submits_nothing(sim_factory, tmp_path):

@@ -23,7 +23,7 @@ from batchgen.config import RetryPolicy, Secret, Timeouts, read_key
 from batchgen.errors import LedgerError, ManifestError, UsageError
 from batchgen.progress import Reporter
 
-from .helpers import KEY, make_settings, manifest_of, results, run, small_disk
+from .helpers import KEY, make_settings, manifest_of, results, run
 
 # ---------------------------------------------------------------- 1. hostile manifests
 
@@ -275,29 +275,7 @@ def test_newer_ledger_and_other_manifest_are_refused(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["manifest"] == "m.yaml"
 
 
-# ---------------------------------------------------------------- 5. disk trouble
-
-
-async def test_a_full_disk_stops_cleanly_and_the_next_run_resumes(sim_factory, tmp_path):
-    with small_disk(tmp_path / "disk", "900k") as disk:
-        out = disk / "out"
-        path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(10)])
-        async with sim_factory(image_scale=0.15, latency=0.1) as sim:
-            stream = io.StringIO()
-            outcome = await run(make_settings(path, out, sim, concurrency=2), stream)
-            assert outcome.exit_code == 5, stream.getvalue()
-            assert "No space left on device" in stream.getvalue()
-            ledger.load(out)  # the ledger is valid (items never submitted may be absent: the manifest has them)
-            assert not list((out / ".batchgen" / "tmp").glob("*.part"))
-            for image_path in out.glob("*.png"):
-                with Image.open(image_path) as image:
-                    image.load()
-            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-            outcome = await run(make_settings(path, out, sim))
-            assert outcome.exit_code == 0
-            items = ledger.load(out).items
-            assert len(items) == 10 and {r["state"] for r in items.values()} == {"succeeded"}
-            assert sim.stats.creates <= 10 + sum(r.get("in_doubt", 0) for r in items.values())
+# ---------------------------------------------------------------- 5. disk trouble: test_full_disk.py
 
 
 # ---------------------------------------------------------------- 6. secrets
