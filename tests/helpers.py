@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from batchgen import ledger, manifest, runner
@@ -356,3 +357,17 @@ def accept(t: Throttle, n: int) -> None:
     for _ in range(n):
         t.window.done(t.window.take())
         t.on_create_success()
+
+
+async def tiny_api(status: int, body: str, content_type: str):
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner_ = web.AppRunner(app, access_log=None)
+    await runner_.setup()
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner_, f"http://127.0.0.1:{port}"

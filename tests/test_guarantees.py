@@ -14,20 +14,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 import pytest
-from aiohttp import web
 
-from batchgen import manifest, report, runner, sheet
+from batchgen import manifest, report, runner
 from batchgen.client import Client, open_session
-from batchgen.config import RetryPolicy, Secret, Timeouts, redact
-from batchgen.errors import RequestRejected, ServerError, UsageError
+from batchgen.config import RetryPolicy, Secret, Timeouts
+from batchgen.errors import RequestRejected, UsageError
 from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
 
-from .helpers import KEY, cli, make_settings, manifest_of, results, run, run_args, until
+from .helpers import KEY, cli, make_settings, manifest_of, results, run, run_args, tiny_api, until
 
 DAY = 24 * 3600.0
 
@@ -145,49 +143,7 @@ async def test_lost_answers_are_retried_each_marked_in_doubt(sim_factory, tmp_pa
     assert all(r["paid"] == 1 for r in items)
 
 
-# ---------------------------------------------------------------- 4. the key, masked at one boundary
-
-
-WEIRD_KEY = "sk-live/with+plus=and space&amp"
-
-
-def test_redact_masks_the_key_and_its_url_encoded_forms():
-    for form in (WEIRD_KEY, quote(WEIRD_KEY, safe=""), quote_plus(WEIRD_KEY), quote(WEIRD_KEY, safe="").lower()):
-        assert redact(f"x {form} y", WEIRD_KEY) == "x **** y"
-
-
-async def test_nothing_the_service_sends_reaches_disk_or_a_log_with_the_key(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    stream = io.StringIO()
-    path = manifest_of(tmp_path / "m.yaml", ["a [sim:fail-policy]", "b [sim:reject]", "c"])
-    async with sim_factory(latency=0.05, echo_token=True, key_in_result_url=True) as sim:
-        outcome = await run(make_settings(path, out, sim, api_key=Secret(WEIRD_KEY)), stream)
-        assert sim.stats.file_requests == 0  # a URL carrying the key is never fetched
-    sheet.write_report(out)
-    forms = {WEIRD_KEY, quote(WEIRD_KEY, safe=""), quote_plus(WEIRD_KEY), quote(WEIRD_KEY)}
-    for file in out.rglob("*"):
-        if file.is_file():
-            data = file.read_bytes()
-            assert not any(form.encode() in data for form in forms), file
-    assert not any(form in stream.getvalue() for form in forms)
-    items = results(out)["items"]
-    assert outcome.exit_code == 1
-    assert "****" in items["item-00"]["error"]["message"] and "****" in items["item-01"]["error"]["message"]
-    error = items["item-02"]["error"]
-    assert error["kind"] == "bad_result" and "carries the API key" in error["message"]
-    assert "auth=****" in error["message"]
-    assert "****" in report.status_text(report.status(out))
-
-
-async def test_a_task_id_carrying_the_key_is_never_written():
-    api, base = await _tiny_api(200, json.dumps({"code": 200, "data": {"taskId": f"task_{KEY}"}}), "application/json")
-    try:
-        async with open_session(Timeouts()) as session:
-            with pytest.raises(ServerError, match=r"task_\*\*\*\*") as caught:
-                await Client(session, base, Secret(KEY), Timeouts()).create_task({"model": "m", "input": {}})
-    finally:
-        await api.cleanup()
-    assert KEY not in str(caught.value)
+# ---------------------------------------------------------------- 4. the key, masked at one boundary: test_key_leaks.py
 
 
 # ---------------------------------------------------------------- 5. one bad result URL fails one item
@@ -257,20 +213,6 @@ async def test_a_resumed_task_submitted_over_a_day_ago_and_forgotten_is_lost(sim
     assert results(out)["items"]["item-00"]["error"]["kind"] == "lost"
 
 
-async def _tiny_api(status: int, body: str, content_type: str):
-    async def handler(_: web.Request) -> web.Response:
-        return web.Response(status=status, text=body, content_type=content_type)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner_ = web.AppRunner(app, access_log=None)
-    await runner_.setup()
-    site = web.TCPSite(runner_, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner_, f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.parametrize(
     ("status", "body", "content_type", "unknown"),
     [
@@ -282,7 +224,7 @@ async def _tiny_api(status: int, body: str, content_type: str):
 async def test_a_404_about_a_task_is_about_that_task_an_html_page_is_a_wrong_base(status, body, content_type, unknown):
     """SPEC §1a: a 404 on createTask before any JSON answer from this base is a wrong --api-base (exit 2);
     an HTML page with another status is classified by its status (an HTML 200 is an unreadable answer)."""
-    api, base = await _tiny_api(status, body, content_type)
+    api, base = await tiny_api(status, body, content_type)
     try:
         async with open_session(Timeouts()) as session:
             client = Client(session, base, Secret(KEY), Timeouts())

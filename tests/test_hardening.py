@@ -1,4 +1,5 @@
-"""Hostile inputs, hostile servers, corrupted state, a full disk, secrets: nothing lost, nothing leaked."""
+"""Hostile inputs, hostile servers, corrupted state: nothing lost. (The ledger rebuilt, a full disk and the key
+have a file each: test_rebuild.py, test_full_disk.py, test_key_leaks.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import contextlib
 import io
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batchgen import ledger, manifest, runner, sheet
-from batchgen.config import RetryPolicy, Secret, Timeouts, read_key
+from batchgen import ledger, manifest
+from batchgen.config import RetryPolicy, Timeouts
 from batchgen.errors import LedgerError, ManifestError, UsageError
-from batchgen.progress import Reporter
 
 from .helpers import KEY, make_settings, manifest_of, results, run
 
@@ -278,39 +277,7 @@ def test_newer_ledger_and_other_manifest_are_refused(tmp_path):
 # ---------------------------------------------------------------- 5. disk trouble: test_full_disk.py
 
 
-# ---------------------------------------------------------------- 6. secrets
-
-
-def test_a_key_file_readable_by_others_draws_a_warning(tmp_path):
-    key_file = tmp_path / "key"
-    key_file.write_text("sk-secret\n")
-    key_file.chmod(0o644)
-    warnings: list[str] = []
-    assert read_key({}, str(key_file), warnings) == Secret("sk-secret")
-    assert warnings and "chmod 600" in warnings[0] and "sk-secret" not in warnings[0]
-    key_file.chmod(stat.S_IRUSR | stat.S_IWUSR)
-    warnings.clear()
-    read_key({}, str(key_file), warnings)
-    assert warnings == []
-
-
-@pytest.mark.parametrize("echo_token", [False, True], ids=["careful service", "service echoes the key"])
-async def test_the_key_leaks_nowhere(sim_factory, tmp_path, echo_token):
-    # test_guarantees.py also puts the key into result URLs (never fetched); here images are fetched.
-    out = tmp_path / "out"
-    stream = io.StringIO()
-    path = manifest_of(tmp_path / "m.yaml", ["a", "b [sim:fail-policy]", "c [sim:reject]"])
-    async with sim_factory(api_key=KEY, latency=0.05, echo_token=echo_token) as sim:
-        settings = make_settings(path, out, sim, verbose=True)
-        await runner.run(settings, Reporter(stream=stream, verbose=True))
-        assert sim.stats.file_auth_headers == 0 and sim.stats.file_requests >= 1
-    sheet.write_report(out)
-    for file in out.rglob("*"):
-        if file.is_file():
-            assert KEY.encode() not in file.read_bytes(), file
-    assert KEY not in stream.getvalue() and "Secret('****')" in repr(settings)
-    if echo_token:
-        assert "****" in results(out)["items"]["item-02"]["error"]["message"]
+# ---------------------------------------------------------------- 6. secrets: test_key_leaks.py
 
 
 # ---------------------------------------------------------------- 7. service misbehaviour

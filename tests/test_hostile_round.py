@@ -335,38 +335,6 @@ async def test_state_files_nested_too_deep_never_crash_a_command(tmp_path, write
         assert sim.stats.creates == 2
 
 
-SPY = """\
-import json, os
-if os.environ.get("NETRC") == os.devnull and "BATCHGEN_SPY" in os.environ:  # the notifier child (child_env)
-    with open(os.path.join(os.environ["BATCHGEN_SPY"], f"env-{os.getpid()}.json"), "w") as f:
-        json.dump(dict(os.environ), f)
-"""
-
-
-async def test_the_notifier_never_gets_the_key_under_another_name(tmp_path, write, sim_factory):
-    """The hook's environment drops every variable holding the key, by value; the notifier's (Apprise and its
-    plugins, in a child) dropped only BATCHGEN_API_KEY by name: a copy of the key under another name (an env
-    file exporting it twice, a wrapper's own variable) reached it."""
-    spy = tmp_path / "spy"
-    spy.mkdir()
-    (spy / "sitecustomize.py").write_text(SPY)
-    path = write("m.yaml", MANIFEST)
-    async with sim_factory() as sim:
-        code, _, err = await cli(
-            [*run_args(path, tmp_path / "out", sim), "--notify-on", "always"],
-            env=env(
-                PYTHONPATH=str(spy),
-                BATCHGEN_SPY=str(spy),
-                LIANGXIN_TOKEN=KEY,
-                BATCHGEN_NOTIFY="json://127.0.0.1:9/nowhere-abcdef",
-            ),
-        )
-    assert code == 0, err
-    seen = [json.loads(p.read_text()) for p in spy.glob("env-*.json")]
-    assert len(seen) == 1, err  # the notifier ran, and was seen
-    assert not [name for name, value in seen[0].items() if KEY in value]
-
-
 async def test_limit_holding_back_a_reroll_is_incomplete(tmp_path, write, sim_factory):
     """--reroll --limit 1 with two rejected items: one re-roll is left, yet the run said exit 0, "every item
     succeeded" (a cron job would never know). Exit 5; the same command again does the other."""
