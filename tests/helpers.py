@@ -17,10 +17,11 @@ import json
 import os
 import random
 import resource
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,35 @@ def injected(error: str, args: list[str]) -> list[str]:
     return [sys.executable, "-c", INJECT.format(error=error), *args[3:]]  # args[:3] is python -m batchgen
 
 
+# A server of the test's own on loopback (a hostile file host, a firewall, a monitor, a service that answers one
+# thing): an aiohttp Application, or one handler for every method and path.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application | Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port for the block; give its base URL (`http://127.0.0.1:PORT`)."""
+    if not isinstance(app, web.Application):
+        handler, app = app, web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    try:
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def answering(status: int, body: str, content_type: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """`serve` a service that gives every request the same answer."""
+
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type=content_type)
+
+    return serve(handler)
+
+
 # What a page shows, read in Chromium (tests/browser.py)
 COUNT_CARDS = "document.querySelectorAll('#grid .card').length"
 SHOWN_IDS = "Array.from(document.querySelectorAll('#grid .card')).map(c => c.dataset.id)"
@@ -357,17 +387,3 @@ def accept(t: Throttle, n: int) -> None:
     for _ in range(n):
         t.window.done(t.window.take())
         t.on_create_success()
-
-
-async def tiny_api(status: int, body: str, content_type: str):
-    async def handler(_: web.Request) -> web.Response:
-        return web.Response(status=status, text=body, content_type=content_type)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner_ = web.AppRunner(app, access_log=None)
-    await runner_.setup()
-    site = web.TCPSite(runner_, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner_, f"http://127.0.0.1:{port}"

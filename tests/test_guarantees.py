@@ -25,7 +25,7 @@ from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
 
-from .helpers import KEY, cli, make_settings, manifest_of, results, run, run_args, tiny_api, until
+from .helpers import KEY, answering, cli, make_settings, manifest_of, results, run, run_args, until
 
 DAY = 24 * 3600.0
 
@@ -224,21 +224,17 @@ async def test_a_resumed_task_submitted_over_a_day_ago_and_forgotten_is_lost(sim
 async def test_a_404_about_a_task_is_about_that_task_an_html_page_is_a_wrong_base(status, body, content_type, unknown):
     """SPEC §1a: a 404 on createTask before any JSON answer from this base is a wrong --api-base (exit 2);
     an HTML page with another status is classified by its status (an HTML 200 is an unreadable answer)."""
-    api, base = await tiny_api(status, body, content_type)
-    try:
-        async with open_session(Timeouts()) as session:
-            client = Client(session, base, Secret(KEY), Timeouts())
-            if unknown:
-                assert (await client.record_info("task_1")).unknown
-                with pytest.raises(RequestRejected):  # after a JSON answer, a 404 is about that one request
-                    await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
-            else:
-                with pytest.raises(UsageError, match="api-base"):
-                    await client.record_info("task_1")
-                with pytest.raises(UsageError, match="api-base"):
-                    await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
-    finally:
-        await api.cleanup()
+    async with answering(status, body, content_type) as base, open_session(Timeouts()) as session:
+        client = Client(session, base, Secret(KEY), Timeouts())
+        if unknown:
+            assert (await client.record_info("task_1")).unknown
+            with pytest.raises(RequestRejected):  # after a JSON answer, a 404 is about that one request
+                await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
+        else:
+            with pytest.raises(UsageError, match="api-base"):
+                await client.record_info("task_1")
+            with pytest.raises(UsageError, match="api-base"):
+                await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
 
 
 # ---------------------------------------------------------------- 8. one task id, two items

@@ -22,7 +22,7 @@ from batchgen import ledger, manifest
 from batchgen.config import RetryPolicy, Timeouts
 from batchgen.errors import LedgerError, ManifestError, UsageError
 
-from .helpers import KEY, make_settings, manifest_of, results, run
+from .helpers import KEY, make_settings, manifest_of, results, run, serve
 
 # ---------------------------------------------------------------- 1. hostile manifests
 
@@ -164,14 +164,8 @@ async def hostile_host():
         ("/{tail:.*}", image),
     ]:
         app.router.add_get(route, handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield base
 
 
 @pytest.mark.parametrize(

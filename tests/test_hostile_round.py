@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -18,7 +19,7 @@ from batchgen import client, decisions, manifest, rolls
 from batchgen.config import Secret, Timeouts
 from batchgen.errors import BatchgenError, TransportError
 
-from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args, start
+from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args, serve, start
 
 SENT = {"bytes": 0}
 
@@ -37,15 +38,8 @@ async def _endless(request: web.Request) -> web.StreamResponse:
 async def endless_server() -> AsyncIterator[str]:
     """A server whose every answer is 200 and a body of 128 MiB of zeros, as fast as the client takes it."""
     SENT["bytes"] = 0
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", _endless)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(_endless) as base:
+        yield base
 
 
 async def test_a_ping_answer_that_never_ends_is_not_read_to_its_end():
@@ -288,23 +282,14 @@ async def test_an_answer_nested_too_deep_is_a_service_error_never_a_crash():
         body = nested_result if request.query.get("taskId") == "t1" else NESTED
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with client.open_session(Timeouts()) as session:
-            api = client.Client(session, base, Secret(KEY), Timeouts())
-            with pytest.raises(BatchgenError):
-                await api.create_task({"model": "imagen4-ultra", "input": {"prompt": "x"}})
-            with pytest.raises(BatchgenError):
-                await api.record_info("t0")
-            record = await api.record_info("t1")  # success, but its resultJson cannot be read
-            assert record.result_urls == ()
-    finally:
-        await runner.cleanup()
+    async with serve(answer) as base, client.open_session(Timeouts()) as session:
+        api = client.Client(session, base, Secret(KEY), Timeouts())
+        with pytest.raises(BatchgenError):
+            await api.create_task({"model": "imagen4-ultra", "input": {"prompt": "x"}})
+        with pytest.raises(BatchgenError):
+            await api.record_info("t0")
+        record = await api.record_info("t1")  # success, but its resultJson cannot be read
+        assert record.result_urls == ()
 
 
 async def test_state_files_nested_too_deep_never_crash_a_command(tmp_path, write, sim_factory):
@@ -356,18 +341,11 @@ async def test_a_task_id_too_long_to_query_is_not_left_submitted_for_ever(tmp_pa
 
     app = web.Application()
     app.router.add_post("/api/v1/jobs/createTask", create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-
-    class Base:
-        api_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-
     path = write("m.yaml", "- id: fox\n  prompt: a fox\n")
-    try:
-        code, _, err = await cli([*run_args(path, tmp_path / "out", Base()), "--max-runtime", "2"])
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        code, _, err = await cli(
+            [*run_args(path, tmp_path / "out", SimpleNamespace(api_url=base)), "--max-runtime", "2"]
+        )
     fox = results(tmp_path / "out")["items"]["fox"]
     assert fox["state"] == "failed" and code == 1, (code, fox["state"], err[-500:])
     assert fox["error"]["kind"] == "bad_task_id" and fox["paid"] == 1 and "t" * 100 not in err

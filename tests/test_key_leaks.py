@@ -22,7 +22,7 @@ from batchgen.config import Secret, Timeouts, holds_secret, read_key, redact
 from batchgen.errors import ServerError
 from batchgen.progress import Reporter
 
-from .helpers import KEY, cli, env, make_settings, manifest_of, results, run, run_args, tiny_api
+from .helpers import KEY, answering, cli, env, make_settings, manifest_of, results, run, run_args
 
 MANIFEST = "- id: fox\n  prompt: a fox\n  seed: 7\n- id: owl\n  prompt: an owl\n  seed: 12\n"
 WEIRD_KEY = "sk-live/with+plus=and space&amp"
@@ -101,13 +101,10 @@ async def test_nothing_the_service_sends_reaches_disk_or_a_log_with_the_key(sim_
 
 
 async def test_a_task_id_carrying_the_key_is_never_written():
-    api, base = await tiny_api(200, json.dumps({"code": 200, "data": {"taskId": f"task_{KEY}"}}), "application/json")
-    try:
-        async with open_session(Timeouts()) as session:
-            with pytest.raises(ServerError, match=r"task_\*\*\*\*") as caught:
-                await Client(session, base, Secret(KEY), Timeouts()).create_task({"model": "m", "input": {}})
-    finally:
-        await api.cleanup()
+    answer = json.dumps({"code": 200, "data": {"taskId": f"task_{KEY}"}})
+    async with answering(200, answer, "application/json") as base, open_session(Timeouts()) as session:
+        with pytest.raises(ServerError, match=r"task_\*\*\*\*") as caught:
+            await Client(session, base, Secret(KEY), Timeouts()).create_task({"model": "m", "input": {}})
     assert KEY not in str(caught.value)
 
 
