@@ -38,6 +38,7 @@ from batchgen.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-0123456789"
+BATCHGEN = [sys.executable, "-m", "batchgen"]  # the command, as a user runs it
 
 
 # ---------------------------------------------------------------- waiting
@@ -156,17 +157,15 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run_args(path: Path, out: Path, sim: Any, *extra: str) -> list[str]:
-    """`batchgen run` against `sim`, at the test pace."""
+    """`batchgen run` against `sim` (a simulator, or any service's base URL), at the test pace."""
     return [
-        sys.executable,
-        "-m",
-        "batchgen",
+        *BATCHGEN,
         "run",
         str(path),
         "--out",
         str(out),
         "--api-base",
-        sim.api_url,
+        sim if isinstance(sim, str) else sim.api_url,
         "--poll-interval",
         "0.05",
         "--create-rate",
@@ -177,7 +176,6 @@ def run_args(path: Path, out: Path, sim: Any, *extra: str) -> list[str]:
     ]
 
 
-BATCHGEN = [sys.executable, "-m", "batchgen"]
 MEMORY_CAP = 2 * 1024**3  # bytes of address space: ample for batchgen, far below what /dev/zero would take
 
 

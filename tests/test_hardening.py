@@ -9,7 +9,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from batchgen import ledger, manifest
 from batchgen.config import RetryPolicy, Timeouts
 from batchgen.errors import LedgerError, ManifestError, UsageError
 
-from .helpers import KEY, make_settings, manifest_of, results, run, serve
+from .helpers import BATCHGEN, KEY, make_settings, manifest_of, results, run, serve
 
 # ---------------------------------------------------------------- 1. hostile manifests
 
@@ -86,17 +85,7 @@ def test_run_refuses_hostile_manifests_with_exit_2_in_bounded_memory(tmp_path, c
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(path),
-            "--out",
-            str(tmp_path / "out"),
-            "--api-base",
-            "http://127.0.0.1:9",
-        ],
+        [*BATCHGEN, "run", str(path), "--out", str(tmp_path / "out"), "--api-base", "http://127.0.0.1:9"],
         capture_output=True,
         text=True,
         timeout=60,

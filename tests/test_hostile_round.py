@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -343,9 +342,7 @@ async def test_a_task_id_too_long_to_query_is_not_left_submitted_for_ever(tmp_pa
     app.router.add_post("/api/v1/jobs/createTask", create)
     path = write("m.yaml", "- id: fox\n  prompt: a fox\n")
     async with serve(app) as base:
-        code, _, err = await cli(
-            [*run_args(path, tmp_path / "out", SimpleNamespace(api_url=base)), "--max-runtime", "2"]
-        )
+        code, _, err = await cli([*run_args(path, tmp_path / "out", base), "--max-runtime", "2"])
     fox = results(tmp_path / "out")["items"]["fox"]
     assert fox["state"] == "failed" and code == 1, (code, fox["state"], err[-500:])
     assert fox["error"]["kind"] == "bad_task_id" and fox["paid"] == 1 and "t" * 100 not in err

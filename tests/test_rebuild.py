@@ -19,7 +19,7 @@ import pytest
 from batchgen import ledger, report
 from batchgen.errors import LedgerError
 
-from .helpers import KEY, batchgen, make_settings, manifest_of, results, run
+from .helpers import BATCHGEN, KEY, batchgen, make_settings, manifest_of, results, run
 
 # ---------------------------------------------------------------- 1. damaged or deleted: rebuilt, nothing paid again
 
@@ -170,17 +170,7 @@ async def test_unrecoverable_damage_is_exit_2_and_changes_nothing(sim_factory, t
     (out / ".batchgen" / "previous.json").write_text("{also broken")
     before = sorted(p.name for p in out.rglob("*"))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(tmp_path / "m.yaml"),
-            "--out",
-            str(out),
-            "--api-base",
-            "http://127.0.0.1:9",
-        ],
+        [*BATCHGEN, "run", str(tmp_path / "m.yaml"), "--out", str(out), "--api-base", "http://127.0.0.1:9"],
         capture_output=True,
         text=True,
         env={**os.environ, "BATCHGEN_API_KEY": KEY},

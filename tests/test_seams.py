@@ -20,15 +20,11 @@ from batchgen.errors import ManifestError
 from batchgen.files import temp_name, write_failure
 
 from .browser import chromium, needs_browser
-from .helpers import KEY, cli, env, finish, run_args, start
-
-BATCHGEN = [sys.executable, "-m", "batchgen"]
+from .helpers import BATCHGEN, KEY, batchgen, cli, finish, run_args, start
 
 
 def validate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*BATCHGEN, "validate", *args], capture_output=True, text=True, env=env(), cwd=cwd, timeout=60, check=False
-    )
+    return batchgen("validate", *args, cwd=cwd)
 
 
 def grid(path: Path, values: int = 3, count: int = 1) -> Path:

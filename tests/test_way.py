@@ -22,7 +22,7 @@ from batchgen.progress import Reporter
 from batchgen.sim import SimConfig, Simulator
 
 from . import netkit
-from .helpers import FAST, KEY, cli, env, make_settings, manifest_of, serve, until
+from .helpers import FAST, KEY, cli, env, make_settings, manifest_of, run_args, serve, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,13 +74,6 @@ def way_factory(tmp_path: Path, pki: netkit.Pki):
     yield make
     for nginx in started:
         nginx.stop()
-
-
-def run_args(path: Path, out: Path, api_base: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--api-base", api_base,
-        "--poll-interval", "0.05", "--create-rate", "1000/1", "--poll-rate", "1000", "--no-progress", *extra,
-    ]  # fmt: skip
 
 
 def files_holding(folders: list[Path], secret: str) -> list[Path]:
