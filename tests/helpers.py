@@ -4,7 +4,12 @@ another test module; they import from here (and fixtures come from conftest.py).
 - running batchgen in-process (`run`, `make_settings`) or as a user does, in a subprocess (`run_args`, `cli`,
   `start`, `finish`, `env`; `batchgen` to its end), and reading what it left (`results`, `check_directory`);
 - manifests (`manifest_of`) and the problems a bad one gives (`problems`);
+- a test's own HTTP server on loopback (`serve`, `answering`), a small disk (`small_disk`), an empty ledger
+  (`a_ledger`);
 - waiting on a condition with a deadline (`until`), never a sleep to synchronise.
+
+One file per theme: the ledger rebuilt is tested in test_rebuild.py, a full disk in test_full_disk.py, the
+key's leaks in test_key_leaks.py; a new test of one of them goes there.
 """
 
 from __future__ import annotations
