@@ -21,6 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from .helpers import until
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
@@ -75,13 +77,9 @@ class Page:
 
     async def wait_for(self, expression: str, seconds: float = 15.0) -> Any:
         """Poll a condition in the page until it is truthy (its value), or fail at the deadline."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not (value := await self.evaluate(expression)):
-            if loop.time() > deadline:
-                raise AssertionError(f"still false after {seconds} s: {expression}")
-            await asyncio.sleep(0.05)
-        return value
+        return await until(
+            lambda: self.evaluate(expression), seconds, every=0.05, what=f"still false after {seconds} s: {expression}"
+        )
 
     async def goto(self, url: str) -> None:
         await self.call("Page.navigate", url=url)

@@ -2,9 +2,14 @@
 another test module; they import from here (and fixtures come from conftest.py).
 
 - running batchgen in-process (`run`, `make_settings`) or as a user does, in a subprocess (`run_args`, `cli`,
-  `start`, `finish`, `env`), and reading what it left (`results`, `check_directory`);
+  `start`, `finish`, `env`; `batchgen` to its end), and reading what it left (`results`, `check_directory`);
 - manifests (`manifest_of`) and the problems a bad one gives (`problems`);
+- a test's own HTTP server on loopback (`serve`, `answering`), a small disk (`small_disk`), an empty ledger
+  (`a_ledger`);
 - waiting on a condition with a deadline (`until`), never a sleep to synchronise.
+
+One file per theme: the ledger rebuilt is tested in test_rebuild.py, a full disk in test_full_disk.py, the
+key's leaks in test_key_leaks.py; a new test of one of them goes there.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ import io
 import json
 import os
 import random
+import resource
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from batchgen import ledger, manifest, runner
@@ -35,6 +43,7 @@ from batchgen.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-0123456789"
+BATCHGEN = [sys.executable, "-m", "batchgen"]  # the command, as a user runs it
 
 
 # ---------------------------------------------------------------- waiting
@@ -119,6 +128,13 @@ def check_directory(out: Path) -> dict[str, Any]:
     return dict(loaded.items)
 
 
+def a_ledger(directory: Path) -> Path:
+    """An empty ledger (results.json and .batchgen/) in `directory`."""
+    with ledger.Ledger.open(directory, "m.yaml"):
+        pass
+    return directory
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` at `path` (a nearly full disk), or the test is skipped where mount is not permitted."""
@@ -146,17 +162,15 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run_args(path: Path, out: Path, sim: Any, *extra: str) -> list[str]:
-    """`batchgen run` against `sim`, at the test pace."""
+    """`batchgen run` against `sim` (a simulator, or any service's base URL), at the test pace."""
     return [
-        sys.executable,
-        "-m",
-        "batchgen",
+        *BATCHGEN,
         "run",
         str(path),
         "--out",
         str(out),
         "--api-base",
-        sim.api_url,
+        sim if isinstance(sim, str) else sim.api_url,
         "--poll-interval",
         "0.05",
         "--create-rate",
@@ -165,6 +179,33 @@ def run_args(path: Path, out: Path, sim: Any, *extra: str) -> list[str]:
         "1000",
         *extra,
     ]
+
+
+MEMORY_CAP = 2 * 1024**3  # bytes of address space: ample for batchgen, far below what /dev/zero would take
+
+
+def capped() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def batchgen(*args: str, extra_env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """`python -m batchgen ARGS` to its end, under a memory cap (an unbounded read fails the test, not the
+    machine): stdin closed, stderr (and stdout, unless given) captured as text, the test environment."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run(
+        [*BATCHGEN, *args],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**(extra_env or {})),
+        preexec_fn=capped,
+        timeout=120,
+        **kw,
+    )
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr and "a bug in batchgen" not in proc.stderr, proc.stderr
 
 
 async def start(args: list[str], **kw: Any) -> asyncio.subprocess.Process:
@@ -236,6 +277,35 @@ sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
 # download step, so that an exception batchgen never expects is raised deep inside the run's TaskGroup.
 def injected(error: str, args: list[str]) -> list[str]:
     return [sys.executable, "-c", INJECT.format(error=error), *args[3:]]  # args[:3] is python -m batchgen
+
+
+# A server of the test's own on loopback (a hostile file host, a firewall, a monitor, a service that answers one
+# thing): an aiohttp Application, or one handler for every method and path.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application | Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port for the block; give its base URL (`http://127.0.0.1:PORT`)."""
+    if not isinstance(app, web.Application):
+        handler, app = app, web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    try:
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def answering(status: int, body: str, content_type: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """`serve` a service that gives every request the same answer."""
+
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type=content_type)
+
+    return serve(handler)
 
 
 # What a page shows, read in Chromium (tests/browser.py)

@@ -7,7 +7,6 @@ import argparse
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,8 @@ from batchgen import args
 from batchgen.config import PollSchedule
 from batchgen.progress import clip
 
-from .helpers import KEY, manifest_of, run_args
+from .helpers import BATCHGEN, KEY, manifest_of, run_args
 from .helpers import cli as run_cli
-
-BATCHGEN = [sys.executable, "-m", "batchgen"]
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:

@@ -14,7 +14,7 @@ import pytest
 
 from batchgen import ledger, manifest
 
-from .helpers import KEY, ROOT, check_directory, cli, env, finish, manifest_of, run_args, start, until
+from .helpers import BATCHGEN, KEY, ROOT, check_directory, cli, env, finish, manifest_of, run_args, start, until
 
 
 async def test_run_non_tty_output_is_plain_lines_with_a_summary(sim_factory, tmp_path):
@@ -50,17 +50,7 @@ async def test_manifest_errors_exit_2_and_submit_nothing(sim_factory, tmp_path):
 async def test_plain_http_to_a_remote_host_is_refused_with_exit_2(tmp_path):
     path = manifest_of(tmp_path / "m.yaml", ["a"])
     code, _, stderr = await cli(
-        [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(path),
-            "--out",
-            str(tmp_path / "o"),
-            "--api-base",
-            "http://api.example.com",
-        ]
+        [*BATCHGEN, "run", str(path), "--out", str(tmp_path / "o"), "--api-base", "http://api.example.com"]
     )
     assert code == 2 and "refusing to send the API key over plain http" in stderr
 

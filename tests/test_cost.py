@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,13 +12,7 @@ from batchgen.config import RunSettings
 from batchgen.errors import UsageError
 from batchgen.records import new_record
 
-
-def batchgen(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BATCHGEN_")}
-    return subprocess.run(
-        [sys.executable, "-m", "batchgen", *args], capture_output=True, text=True, env={**clean, **env}, timeout=60
-    )
-
+from .helpers import batchgen
 
 GRID = """\
 items:
@@ -39,7 +30,7 @@ def test_validate_prints_counts_and_with_a_price_the_upper_bound(write):
     assert proc.returncode == 0, proc.stderr
     expected = "2 items listed, 13 after expansion, valid; at most 13 × 0.04 = 0.52 if every item is paid for once"
     assert proc.stdout == f"{path}: {expected}\n"
-    proc = batchgen("validate", str(path), BATCHGEN_PRICE="1.5")
+    proc = batchgen("validate", str(path), extra_env={"BATCHGEN_PRICE": "1.5"})
     assert proc.stdout.endswith("at most 13 × 1.5 = 19.5 if every item is paid for once\n")
     plain = write("plain.yaml", "- prompt: one\n")
     assert batchgen("validate", str(plain)).stdout == f"{plain}: 1 item, valid\n"
@@ -51,7 +42,7 @@ def test_validate_prints_counts_and_with_a_price_the_upper_bound(write):
 def test_a_bad_price_is_a_usage_error_naming_where_it_came_from(write, flag, env, named):
     path = write("grid.yaml", GRID)
     args = ["validate", str(path), *(["--price", flag] if flag else [])]
-    proc = batchgen(*args, **({"BATCHGEN_PRICE": env} if env else {}))
+    proc = batchgen(*args, extra_env={"BATCHGEN_PRICE": env} if env else None)
     (line,) = proc.stderr.splitlines()  # one line, after the log line's timestamp
     assert proc.returncode == 2 and f" batchgen: error: {named}: expected a price per image" in line, line
 

@@ -6,7 +6,6 @@ Real HTTP on loopback against the simulator (faults come from its knobs), real f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
@@ -14,22 +13,19 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 import pytest
-from aiohttp import web
 
-from batchgen import ledger, manifest, report, runner, sheet
+from batchgen import manifest, report, runner
 from batchgen.client import Client, open_session
-from batchgen.config import RetryPolicy, Secret, Timeouts, redact
-from batchgen.errors import LedgerError, RequestRejected, ServerError, StorageError, UsageError
+from batchgen.config import RetryPolicy, Secret, Timeouts
+from batchgen.errors import RequestRejected, UsageError
 from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.progress import Reporter
 
-from .helpers import KEY, cli, make_settings, manifest_of, results, run, run_args, small_disk, until
+from .helpers import KEY, answering, cli, make_settings, manifest_of, results, run, run_args, until
 
 DAY = 24 * 3600.0
 
@@ -47,47 +43,7 @@ def assert_files_agree(out: Path) -> None:
             assert seen.setdefault(name.casefold(), item_id) == item_id, f"{name} credited to two items"
 
 
-# ---------------------------------------------------------------- 1. a deleted results.json
-
-
-async def test_a_deleted_results_json_after_one_snapshot_is_rebuilt_never_paid_again(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    path = manifest_of(tmp_path / "m.yaml", ["a", "b"])
-    async with sim_factory(latency=0.05) as sim:
-        assert (await run(make_settings(path, out, sim))).exit_code == 0  # one snapshot: at close
-        assert not (out / ".batchgen" / "previous.json").exists()
-        (out / "results.json").unlink()
-        doc = report.status(out)
-        assert doc["counts"]["succeeded"] == 2 and doc["damaged"]
-        outcome = await run(make_settings(path, out, sim))
-        assert outcome.exit_code == 0 and sim.stats.creates == 2  # nothing paid again
-    assert results(out)["counts"]["succeeded"] == 2
-
-
-async def test_a_ledger_whose_history_is_gone_is_refused_not_started_afresh(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    async with sim_factory(latency=0.05) as sim:
-        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a"]), out, sim))
-        await run(make_settings(manifest_of(tmp_path / "m.yaml", ["a", "b"]), out, sim))  # a second snapshot
-        (out / "results.json").unlink()
-        (out / ".batchgen" / "previous.json").unlink()  # the journals left start after the first snapshot
-        with pytest.raises(LedgerError, match="do not hold the whole history"):
-            report.status(out)
-        with pytest.raises(LedgerError):
-            await run(make_settings(tmp_path / "m.yaml", out, sim))
-        assert sim.stats.creates == 2
-
-
-async def test_a_recovered_ledger_can_be_recovered_again(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    path = manifest_of(tmp_path / "m.yaml", ["a"])
-    async with sim_factory(latency=0.05) as sim:
-        await run(make_settings(path, out, sim))
-        for _ in range(2):
-            (out / "results.json").write_text("{broken")
-            assert (await run(make_settings(path, out, sim))).exit_code == 0
-        assert sim.stats.creates == 1
-    assert results(out)["items"]["item-00"]["state"] == "succeeded"
+# ---------------------------------------------------------------- 1. a deleted results.json: test_rebuild.py
 
 
 # ---------------------------------------------------------------- 2. stopping while a createTask is under way
@@ -187,49 +143,7 @@ async def test_lost_answers_are_retried_each_marked_in_doubt(sim_factory, tmp_pa
     assert all(r["paid"] == 1 for r in items)
 
 
-# ---------------------------------------------------------------- 4. the key, masked at one boundary
-
-
-WEIRD_KEY = "sk-live/with+plus=and space&amp"
-
-
-def test_redact_masks_the_key_and_its_url_encoded_forms():
-    for form in (WEIRD_KEY, quote(WEIRD_KEY, safe=""), quote_plus(WEIRD_KEY), quote(WEIRD_KEY, safe="").lower()):
-        assert redact(f"x {form} y", WEIRD_KEY) == "x **** y"
-
-
-async def test_nothing_the_service_sends_reaches_disk_or_a_log_with_the_key(sim_factory, tmp_path):
-    out = tmp_path / "out"
-    stream = io.StringIO()
-    path = manifest_of(tmp_path / "m.yaml", ["a [sim:fail-policy]", "b [sim:reject]", "c"])
-    async with sim_factory(latency=0.05, echo_token=True, key_in_result_url=True) as sim:
-        outcome = await run(make_settings(path, out, sim, api_key=Secret(WEIRD_KEY)), stream)
-        assert sim.stats.file_requests == 0  # a URL carrying the key is never fetched
-    sheet.write_report(out)
-    forms = {WEIRD_KEY, quote(WEIRD_KEY, safe=""), quote_plus(WEIRD_KEY), quote(WEIRD_KEY)}
-    for file in out.rglob("*"):
-        if file.is_file():
-            data = file.read_bytes()
-            assert not any(form.encode() in data for form in forms), file
-    assert not any(form in stream.getvalue() for form in forms)
-    items = results(out)["items"]
-    assert outcome.exit_code == 1
-    assert "****" in items["item-00"]["error"]["message"] and "****" in items["item-01"]["error"]["message"]
-    error = items["item-02"]["error"]
-    assert error["kind"] == "bad_result" and "carries the API key" in error["message"]
-    assert "auth=****" in error["message"]
-    assert "****" in report.status_text(report.status(out))
-
-
-async def test_a_task_id_carrying_the_key_is_never_written():
-    api, base = await _tiny_api(200, json.dumps({"code": 200, "data": {"taskId": f"task_{KEY}"}}), "application/json")
-    try:
-        async with open_session(Timeouts()) as session:
-            with pytest.raises(ServerError, match=r"task_\*\*\*\*") as caught:
-                await Client(session, base, Secret(KEY), Timeouts()).create_task({"model": "m", "input": {}})
-    finally:
-        await api.cleanup()
-    assert KEY not in str(caught.value)
+# ---------------------------------------------------------------- 4. the key, masked at one boundary: test_key_leaks.py
 
 
 # ---------------------------------------------------------------- 5. one bad result URL fails one item
@@ -299,20 +213,6 @@ async def test_a_resumed_task_submitted_over_a_day_ago_and_forgotten_is_lost(sim
     assert results(out)["items"]["item-00"]["error"]["kind"] == "lost"
 
 
-async def _tiny_api(status: int, body: str, content_type: str):
-    async def handler(_: web.Request) -> web.Response:
-        return web.Response(status=status, text=body, content_type=content_type)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner_ = web.AppRunner(app, access_log=None)
-    await runner_.setup()
-    site = web.TCPSite(runner_, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner_, f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.parametrize(
     ("status", "body", "content_type", "unknown"),
     [
@@ -324,21 +224,17 @@ async def _tiny_api(status: int, body: str, content_type: str):
 async def test_a_404_about_a_task_is_about_that_task_an_html_page_is_a_wrong_base(status, body, content_type, unknown):
     """SPEC §1a: a 404 on createTask before any JSON answer from this base is a wrong --api-base (exit 2);
     an HTML page with another status is classified by its status (an HTML 200 is an unreadable answer)."""
-    api, base = await _tiny_api(status, body, content_type)
-    try:
-        async with open_session(Timeouts()) as session:
-            client = Client(session, base, Secret(KEY), Timeouts())
-            if unknown:
-                assert (await client.record_info("task_1")).unknown
-                with pytest.raises(RequestRejected):  # after a JSON answer, a 404 is about that one request
-                    await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
-            else:
-                with pytest.raises(UsageError, match="api-base"):
-                    await client.record_info("task_1")
-                with pytest.raises(UsageError, match="api-base"):
-                    await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
-    finally:
-        await api.cleanup()
+    async with answering(status, body, content_type) as base, open_session(Timeouts()) as session:
+        client = Client(session, base, Secret(KEY), Timeouts())
+        if unknown:
+            assert (await client.record_info("task_1")).unknown
+            with pytest.raises(RequestRejected):  # after a JSON answer, a 404 is about that one request
+                await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
+        else:
+            with pytest.raises(UsageError, match="api-base"):
+                await client.record_info("task_1")
+            with pytest.raises(UsageError, match="api-base"):
+                await client.create_task({"model": "imagen4-ultra", "input": {"prompt": "a"}})
 
 
 # ---------------------------------------------------------------- 8. one task id, two items
@@ -443,43 +339,7 @@ async def test_an_out_this_user_cannot_write_is_a_clear_exit_2(sim_factory, tmp_
     assert code == 2 and "cannot write there" in err and "Traceback" not in err
 
 
-# ---------------------------------------------------------------- 11. short journal writes
-
-
-SHORT_WRITE = textwrap.dedent(
-    """
-    import os, resource, signal, sys
-    from pathlib import Path
-    from batchgen.errors import StorageError
-    from batchgen.ledger import Ledger
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG / a short write instead of the signal
-    book = Ledger.open(Path(sys.argv[1]), "m.yaml")
-    book.start_submit("a", {"model": "imagen4-ultra", "input": {"prompt": "a"}})
-    size = os.path.getsize(Path(sys.argv[1]) / ".batchgen" / "journal.jsonl")
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, resource.RLIM_INFINITY))
-    try:
-        book.submitted("a", "task_" + "x" * 500)  # a line longer than the 100 bytes left
-    except StorageError as exc:
-        print("storage error:", exc)
-    try:
-        book.submit_unsent("a")
-    except StorageError:
-        print("refused after")
-    os._exit(0)  # no snapshot at close: the disk is still "full"
-    """
-)
-
-
-def test_a_short_journal_write_is_a_storage_error_and_the_journal_still_loads(tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-c", SHORT_WRITE, str(out)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert "storage error:" in proc.stdout and "refused after" in proc.stdout, proc.stderr
-    assert StorageError.exit_code == 5
-    loaded = ledger.load(out)  # whole lines only: the intent is there, the half task id is not
-    assert loaded.items["a"].get("submitting") and loaded.items["a"]["task_id"] is None
+# ---------------------------------------------------------------- 11. short journal writes: test_full_disk.py
 
 
 # ---------------------------------------------------------------- the smaller ones
@@ -596,18 +456,6 @@ async def test_two_resumed_items_with_one_task_id_never_both_succeed(sim_factory
     items = results(out)["items"]
     assert outcome.exit_code == 1 and items["item-00"]["state"] == "succeeded"
     assert items["item-01"]["state"] == "failed" and items["item-01"]["error"]["kind"] == "duplicate_task"
-
-
-async def test_a_disk_already_full_at_start_is_exit_5_not_a_traceback(sim_factory, tmp_path):
-
-    with small_disk(tmp_path / "disk", "64k") as disk:
-        with contextlib.suppress(OSError):  # fills the 64k disk, then ENOSPC
-            (disk / "filler").write_bytes(b"\0" * 1024 * 1024)
-        path = manifest_of(tmp_path / "m.yaml", ["a"])
-        async with sim_factory() as sim:
-            code, _, err = await cli(run_args(path, disk / "out", sim))
-            assert sim.stats.create_calls == 0
-    assert code == 5 and "Traceback" not in err and "No space left" in err
 
 
 async def test_a_stop_before_the_engine_runs_submits_nothing(sim_factory, tmp_path):

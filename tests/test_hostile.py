@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,32 +14,7 @@ import pytest
 
 from batchgen import ledger
 
-from .helpers import KEY, ROOT, cli, env, manifest_of, run_args
-
-BATCHGEN = [sys.executable, "-m", "batchgen"]
-MEMORY_CAP = 2 * 1024**3  # bytes of address space: ample for batchgen, far below what /dev/zero would take
-
-
-def capped() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
-
-
-def batchgen(*args: str, extra_env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run(
-        [*BATCHGEN, *args],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(**(extra_env or {})),
-        preexec_fn=capped,
-        timeout=120,
-        **kw,
-    )
-
-
-def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in proc.stderr and "a bug in batchgen" not in proc.stderr, proc.stderr
+from .helpers import KEY, ROOT, a_ledger, batchgen, cli, manifest_of, no_traceback, run_args
 
 
 def offline_run(tmp_path: Path, *extra: str) -> list[str]:
@@ -215,21 +187,6 @@ def test_jobs_install_into_a_file_or_a_dangling_symlink_is_a_usage_error(tmp_pat
         assert proc.returncode == 2 and said in proc.stderr, proc.stderr
         no_traceback(proc)
     assert not (tmp_path / "nowhere").exists()
-
-
-def a_ledger(directory: Path) -> Path:
-    with ledger.Ledger.open(directory, "m.yaml"):
-        pass
-    return directory
-
-
-def test_status_to_a_full_disk_is_one_line_and_exit_5(tmp_path):
-    directory = a_ledger(tmp_path / "out")
-    with open("/dev/full", "w") as full:
-        proc = batchgen("status", str(directory), stdout=full)
-    assert proc.returncode == 5, proc.stderr
-    (line,) = proc.stderr.splitlines()
-    assert "cannot write to standard output: No space left on device" in line
 
 
 def test_status_to_a_closed_pipe_is_quiet_141(tmp_path):

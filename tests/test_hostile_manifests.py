@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,13 +10,11 @@ import pytest
 from batchgen import manifest, schema
 from batchgen.errors import ManifestError
 
-from .helpers import problems
+from .helpers import batchgen, problems
 
 
 def validate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchgen", "validate", *args], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+    return batchgen("validate", *args, cwd=cwd)
 
 
 def test_a_directory_named_as_the_manifest_is_a_problem_not_a_crash(tmp_path):

@@ -18,7 +18,7 @@ from batchgen import client, decisions, manifest, rolls
 from batchgen.config import Secret, Timeouts
 from batchgen.errors import BatchgenError, TransportError
 
-from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args, start
+from .helpers import HOOK, KEY, cli, env, make_settings, results, run, run_args, serve, start
 
 SENT = {"bytes": 0}
 
@@ -37,15 +37,8 @@ async def _endless(request: web.Request) -> web.StreamResponse:
 async def endless_server() -> AsyncIterator[str]:
     """A server whose every answer is 200 and a body of 128 MiB of zeros, as fast as the client takes it."""
     SENT["bytes"] = 0
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", _endless)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(_endless) as base:
+        yield base
 
 
 async def test_a_ping_answer_that_never_ends_is_not_read_to_its_end():
@@ -288,23 +281,14 @@ async def test_an_answer_nested_too_deep_is_a_service_error_never_a_crash():
         body = nested_result if request.query.get("taskId") == "t1" else NESTED
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with client.open_session(Timeouts()) as session:
-            api = client.Client(session, base, Secret(KEY), Timeouts())
-            with pytest.raises(BatchgenError):
-                await api.create_task({"model": "imagen4-ultra", "input": {"prompt": "x"}})
-            with pytest.raises(BatchgenError):
-                await api.record_info("t0")
-            record = await api.record_info("t1")  # success, but its resultJson cannot be read
-            assert record.result_urls == ()
-    finally:
-        await runner.cleanup()
+    async with serve(answer) as base, client.open_session(Timeouts()) as session:
+        api = client.Client(session, base, Secret(KEY), Timeouts())
+        with pytest.raises(BatchgenError):
+            await api.create_task({"model": "imagen4-ultra", "input": {"prompt": "x"}})
+        with pytest.raises(BatchgenError):
+            await api.record_info("t0")
+        record = await api.record_info("t1")  # success, but its resultJson cannot be read
+        assert record.result_urls == ()
 
 
 async def test_state_files_nested_too_deep_never_crash_a_command(tmp_path, write, sim_factory):
@@ -335,38 +319,6 @@ async def test_state_files_nested_too_deep_never_crash_a_command(tmp_path, write
         assert sim.stats.creates == 2
 
 
-SPY = """\
-import json, os
-if os.environ.get("NETRC") == os.devnull and "BATCHGEN_SPY" in os.environ:  # the notifier child (child_env)
-    with open(os.path.join(os.environ["BATCHGEN_SPY"], f"env-{os.getpid()}.json"), "w") as f:
-        json.dump(dict(os.environ), f)
-"""
-
-
-async def test_the_notifier_never_gets_the_key_under_another_name(tmp_path, write, sim_factory):
-    """The hook's environment drops every variable holding the key, by value; the notifier's (Apprise and its
-    plugins, in a child) dropped only BATCHGEN_API_KEY by name: a copy of the key under another name (an env
-    file exporting it twice, a wrapper's own variable) reached it."""
-    spy = tmp_path / "spy"
-    spy.mkdir()
-    (spy / "sitecustomize.py").write_text(SPY)
-    path = write("m.yaml", MANIFEST)
-    async with sim_factory() as sim:
-        code, _, err = await cli(
-            [*run_args(path, tmp_path / "out", sim), "--notify-on", "always"],
-            env=env(
-                PYTHONPATH=str(spy),
-                BATCHGEN_SPY=str(spy),
-                LIANGXIN_TOKEN=KEY,
-                BATCHGEN_NOTIFY="json://127.0.0.1:9/nowhere-abcdef",
-            ),
-        )
-    assert code == 0, err
-    seen = [json.loads(p.read_text()) for p in spy.glob("env-*.json")]
-    assert len(seen) == 1, err  # the notifier ran, and was seen
-    assert not [name for name, value in seen[0].items() if KEY in value]
-
-
 async def test_limit_holding_back_a_reroll_is_incomplete(tmp_path, write, sim_factory):
     """--reroll --limit 1 with two rejected items: one re-roll is left, yet the run said exit 0, "every item
     succeeded" (a cron job would never know). Exit 5; the same command again does the other."""
@@ -388,18 +340,9 @@ async def test_a_task_id_too_long_to_query_is_not_left_submitted_for_ever(tmp_pa
 
     app = web.Application()
     app.router.add_post("/api/v1/jobs/createTask", create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-
-    class Base:
-        api_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-
     path = write("m.yaml", "- id: fox\n  prompt: a fox\n")
-    try:
-        code, _, err = await cli([*run_args(path, tmp_path / "out", Base()), "--max-runtime", "2"])
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        code, _, err = await cli([*run_args(path, tmp_path / "out", base), "--max-runtime", "2"])
     fox = results(tmp_path / "out")["items"]["fox"]
     assert fox["state"] == "failed" and code == 1, (code, fox["state"], err[-500:])
     assert fox["error"]["kind"] == "bad_task_id" and fox["paid"] == 1 and "t" * 100 not in err

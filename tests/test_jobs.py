@@ -16,11 +16,10 @@ import pytest
 
 from batchgen import ledger, sheet
 
-from .helpers import HOOK, INJECT, KEY, manifest_of, until
+from .helpers import BATCHGEN, HOOK, INJECT, KEY, manifest_of, until
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHTLY = ROOT / "jobs" / "nightly.sh"
-BATCHGEN = [sys.executable, "-m", "batchgen"]
 
 
 def env_file(tmp_path: Path, sim, manifest: Path, out: str, **extra: str) -> Path:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,8 @@ from hypothesis import strategies as st
 
 from batchgen import records, report, sheet
 from batchgen.errors import LedgerError
+
+from .helpers import batchgen
 
 RECORD: dict[str, Any] = {
     "state": "failed",
@@ -32,12 +32,6 @@ RECORD: dict[str, Any] = {
 
 def ledger(**top: Any) -> dict[str, Any]:
     return {"version": 1, "manifest": "m.yaml", "items": {"fox": copy.deepcopy(RECORD)}, **top}
-
-
-def batchgen(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "batchgen", *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
 
 
 EDITS: list[tuple[str, Any]] = [
@@ -81,26 +75,6 @@ def test_a_missing_field_is_filled_in_not_refused(tmp_path):
     loaded = records.load(tmp_path)
     assert loaded.items["fox"]["files"] == [] and loaded.items["fox"]["error"] is None
     assert report.status(tmp_path)["failed"] == [{"id": "fox", "attempts": 1, "error": None}]
-
-
-def test_run_rebuilds_a_hand_edited_ledger_from_its_journals_and_pays_nothing_again(tmp_path):
-    (tmp_path / "m.yaml").write_text("- id: a\n  prompt: a fox\n- id: b\n  prompt: an owl\n")
-    first = batchgen("run", "m.yaml", "--out", "o", "--simulate", "--no-progress", "--log-format", "json", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    results = tmp_path / "o" / "results.json"
-    document = json.loads(results.read_text())
-    document["not_in_manifest"] = 5
-    document["items"]["a"]["files"] = 5
-    results.write_text(json.dumps(document))
-
-    assert batchgen("status", "o", cwd=tmp_path).returncode == 0  # rebuilt in memory, the damage named
-    again = batchgen("run", "m.yaml", "--out", "o", "--simulate", "--no-progress", "--log-format", "json", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    summary = json.loads(again.stderr.strip().splitlines()[-1])
-    assert summary["event"] == "summary" and summary["paid_creates"] == 0
-    assert "not_in_manifest is 5" in again.stderr  # the run says why it rebuilt the ledger
-    assert json.loads(results.read_text())["items"]["a"]["files"] == ["a.png"]
-    assert len(list((tmp_path / "o").glob("results.json.damaged-*"))) == 1  # the edited file kept, not deleted
 
 
 # ---------------------------------------------------------------- the loader, property-tested

@@ -23,7 +23,7 @@ from batchgen.errors import TransportError
 from batchgen.progress import Reporter
 from batchgen.proxies import ProxySettings
 
-from .helpers import HOOK, KEY, cli, env, injected, manifest_of, run_args, start, until
+from .helpers import HOOK, KEY, cli, env, injected, manifest_of, run_args, serve, start, until
 from .helpers import finish as finish_proc
 
 
@@ -54,17 +54,9 @@ class Receiver:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Receiver]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        try:
+        async with serve(self.handle) as base:
+            self.port = int(base.rsplit(":", 1)[1])
             yield self
-        finally:
-            await runner.cleanup()
 
     def paths(self) -> list[str]:
         return [str(r["path"]) for r in self.requests]
@@ -454,18 +446,10 @@ async def test_a_ping_trusts_the_runs_ca_bundle_and_refuses_an_unknown_certifica
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     monitor = Receiver()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", monitor.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    url = f"https://127.0.0.1:{runner.addresses[0][1]}/{TOKEN}"
-    try:
+    async with serve(monitor.handle, ssl_context=context) as base:
+        url = f"{base}/{TOKEN}"
         assert await ping(url, seconds=5, ca_bundle=str(cert)) == 200
         with pytest.raises(TransportError, match="TLS failed") as refused:
             await ping(url, seconds=5)
         assert TOKEN not in str(refused.value)
-    finally:
-        await runner.cleanup()
     assert monitor.paths() == [f"/{TOKEN}"]

@@ -17,7 +17,7 @@ from batchgen.config import RunSettings, Secret, Timeouts, redact
 from batchgen.errors import UsageError
 from batchgen.proxies import ProxySettings, proxy_for, resolve_proxy
 
-from .helpers import KEY, cli, env, manifest_of
+from .helpers import BATCHGEN, KEY, cli, env, manifest_of
 
 P = "http://u:pw-Secret-1@proxy.corp:3128"
 
@@ -115,17 +115,7 @@ def test_a_ca_bundle_must_be_a_bounded_regular_pem_file(tmp_path):
 async def test_run_refuses_a_bad_proxy_or_ca_bundle_before_anything_is_sent(tmp_path, sim_factory):
     path = manifest_of(tmp_path / "m.yaml", ["a fox"])
     async with sim_factory() as sim:
-        base = [
-            sys.executable,
-            "-m",
-            "batchgen",
-            "run",
-            str(path),
-            "--out",
-            str(tmp_path / "o"),
-            "--api-base",
-            sim.api_url,
-        ]
+        base = [*BATCHGEN, "run", str(path), "--out", str(tmp_path / "o"), "--api-base", sim.api_url]
         code, _, stderr = await cli([*base, "--ca-bundle", str(tmp_path / "missing.pem")], env=env())
         assert code == 2 and "--ca-bundle" in stderr, stderr
         code, _, stderr = await cli(base, env=env(BATCHGEN_PROXY="socks5://u:pw-Secret-1@h:1"))

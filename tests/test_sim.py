@@ -14,7 +14,7 @@ from aiohttp import web
 from PIL import Image
 
 from .helpers import AUTH_HEADERS as KEY
-from .helpers import CREATE, create, record, sim_body, until, wait_state
+from .helpers import CREATE, create, record, serve, sim_body, until, wait_state
 
 
 async def test_create_poll_download_lifecycle(sim_factory):
@@ -288,21 +288,13 @@ async def test_callbacks_are_posted_and_retried(sim_factory):
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    server = web.AppRunner(app)
-    await server.setup()
-    site = web.TCPSite(server, "127.0.0.1", 0)
-    await site.start()
-    port = server.addresses[0][1]
-    try:
-        async with sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
-            payload = {**sim_body("hooked"), "callBackUrl": f"http://127.0.0.1:{port}/hook"}
-            _, answer = await create(s, sim, payload)
-            await until(lambda: received)
-            assert calls == 2 and sim.stats.callbacks_sent == 1
-            assert received[0]["data"]["taskId"] == answer["data"]["taskId"]
-            assert received[0]["data"]["state"] == "success"
-    finally:
-        await server.cleanup()
+    async with serve(app) as base, sim_factory(latency=0.05, jitter=0) as sim, aiohttp.ClientSession() as s:
+        payload = {**sim_body("hooked"), "callBackUrl": f"{base}/hook"}
+        _, answer = await create(s, sim, payload)
+        await until(lambda: received)
+        assert calls == 2 and sim.stats.callbacks_sent == 1
+        assert received[0]["data"]["taskId"] == answer["data"]["taskId"]
+        assert received[0]["data"]["state"] == "success"
 
 
 def test_sim_command_answers_like_the_seed_page_and_stops_on_sigterm():

@@ -22,7 +22,7 @@ from batchgen.progress import Reporter
 from batchgen.sim import SimConfig, Simulator
 
 from . import netkit
-from .helpers import FAST, KEY, cli, env, make_settings, manifest_of, until
+from .helpers import FAST, KEY, cli, env, make_settings, manifest_of, run_args, serve, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,13 +74,6 @@ def way_factory(tmp_path: Path, pki: netkit.Pki):
     yield make
     for nginx in started:
         nginx.stop()
-
-
-def run_args(path: Path, out: Path, api_base: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--api-base", api_base,
-        "--poll-interval", "0.05", "--create-rate", "1000/1", "--poll-rate", "1000", "--no-progress", *extra,
-    ]  # fmt: skip
 
 
 def files_holding(folders: list[Path], secret: str) -> list[Path]:
@@ -361,16 +354,8 @@ async def waf(upstream: str, refuse: str) -> AsyncIterator[str]:
                 data = await answer.read()
                 return web.Response(status=answer.status, body=data, content_type=answer.content_type)
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        app_runner = web.AppRunner(app, access_log=None)
-        await app_runner.setup()
-        site = web.TCPSite(app_runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{app_runner.addresses[0][1]}"
-        finally:
-            await app_runner.cleanup()
+        async with serve(handle) as base:
+            yield base
 
 
 async def test_a_firewall_refusing_one_prompt_fails_that_item_only(tmp_path, sim_factory):
@@ -431,22 +416,13 @@ async def test_a_usage_error_after_a_create_in_doubt_never_says_nothing_submitte
             raise asyncio.CancelledError  # the client sees the connection dropped after its request left
         return web.Response(status=404, text="<html><body>Not Found</body></html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    app_runner = web.AppRunner(app, access_log=None)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
-    try:
+    async with serve(handle) as base:
         path = manifest_of(tmp_path / "m.yaml", ["a fox"])
-        base = f"http://127.0.0.1:{app_runner.addresses[0][1]}"
         hook = tmp_path / "hook.py"  # the --on-finish hook reads the same meaning as the summary line
         hook.write_text("import json, sys\nopen(sys.argv[1], 'w').write(json.load(sys.stdin)['exit_meaning'])\n")
         told = tmp_path / "told.txt"
         on_finish = ["--on-finish", f"{sys.executable} {hook} {told}"]
         code, _, stderr = await cli(run_args(path, tmp_path / "out", base, *on_finish), env=env())
-    finally:
-        await app_runner.cleanup()
     assert code == 2, stderr
     summary = stderr.strip().splitlines()[-1]
     assert "exit 2" in summary and "nothing submitted" not in summary and "in doubt" in summary, summary
