@@ -84,9 +84,13 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     doc = report.status(Path(args.directory))
     directory = Path(args.directory)  # what runs learned (memory.py) about the services DIR's runs used
-    doc["services"] = memory.describe(os.environ, directory, memory.used(directory))
+    services, unknown = memory.shown_by_status(os.environ, directory)
+    doc["services"] = memory.describe(os.environ, directory, services)
+    doc["services_used_unknown"] = unknown  # the last run predates DIR's note of its services: all are shown
     say(visible_json(json.dumps(doc, indent=1, ensure_ascii=False)) if args.json else report.status_text(doc))
     if not args.json and doc["services"]:
+        if unknown:
+            say("  (DIR's last run predates its note of the services it used: every remembered service is shown)")
         say(memory.describe_text(doc["services"]))
     return ExitCode.OK
 

@@ -387,7 +387,7 @@ def _from_file(node: yaml.MappingNode, base: Path, bad: Callable[[str], None]) -
     if why := _leaves_folder(base, name):
         bad(f"{shown} {why}; a wildcard file is one in the manifest's folder or below it")
         return None
-    data = read_bounded(base / name, MAX_WILDCARD_BYTES, shown)
+    data = read_bounded(base / name, MAX_WILDCARD_BYTES, shown, within=base)
     if isinstance(data, str):
         bad(data)
         return None

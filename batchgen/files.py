@@ -26,13 +26,16 @@ from .errors import StorageError, UsageError
 STATE_DIR = ".batchgen"
 
 
-def read_bounded(path: Path, limit: int, what: str, *, follow: bool = True, tail: bool = False) -> bytes | str:
+def read_bounded(
+    path: Path, limit: int, what: str, *, follow: bool = True, tail: bool = False, within: Path | None = None
+) -> bytes | str:
     """The bytes of a regular file of at most `limit` bytes, or why not: the one bounded reader of every input
     file (manifests, wildcard files, cards, reference images, the CA bundle, the remembered service, decisions).
     A FIFO or a device (`/dev/zero`) named as a manifest or a wildcard file would otherwise block the run for
     ever or fill the memory. `follow=False`: a symlink at the path is refused too (a state file the program wrote
     itself is never one). `tail=True`: a longer file gives its newest `limit` bytes, from the first whole line in
-    them (an append-only log whose latest lines matter)."""
+    them (an append-only log whose latest lines matter). `within`: the file opened must lie inside this folder —
+    checked on the open descriptor, so a link swapped in after the caller's own check still reads nothing."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)  # O_NONBLOCK: a FIFO's open
@@ -40,6 +43,9 @@ def read_bounded(path: Path, limit: int, what: str, *, follow: bool = True, tail
         return f"cannot read {what}: {exc.strerror or exc}"
     # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
     info = os.fstat(fd)
+    if within is not None and not _opened_inside(fd, path, within):
+        os.close(fd)
+        return f"cannot read {what}: it is outside the folder it must be in"
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
@@ -56,6 +62,17 @@ def read_bounded(path: Path, limit: int, what: str, *, follow: bool = True, tail
     if len(data) > limit:
         return f"{what} is over {limit:,} bytes; the limit is {limit:,}"
     return data
+
+
+def _opened_inside(fd: int, path: Path, folder: Path) -> bool:
+    """Whether the file open at `fd` lies inside `folder`: its path as the kernel holds it for the descriptor
+    (/proc/self/fd), so no rename or link swapped in between a caller's check and the open can lead outside."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc (not Linux): the path resolved now, the best there is
+        opened = os.path.realpath(path)
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, opened]) == root
 
 
 def _read_tail(fd: int, limit: int, what: str, size: int) -> bytes | str:

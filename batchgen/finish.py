@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -44,6 +45,7 @@ from .endactions import (
 )
 from .errors import TransportError
 from .escapes import inert_line
+from .hookguard import die_with_parent
 from .progress import Reporter
 from .proxies import ProxySettings, proxy_for
 
@@ -154,15 +156,17 @@ async def _hooks(actions: EndActions, summary: Summary, out: Reporter, clock: _C
 async def _hook(
     name: str, n: int, argv: tuple[str, ...], stdin: bytes, env: dict[str, str], out: Reporter, clock: _Clock
 ) -> None:
+    if why := _not_runnable(argv[0], env):
+        out.warning(f"{name}: cannot run it: {why}", event="hook", hook=n, status=None)
+        return
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *_guarded(argv),  # a run killed by SIGKILL releases DIR's lock: nothing the hook started may go on
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,  # its own process group: the limit ends it and all it started
-            preexec_fn=_die_with_parent,  # a run killed by SIGKILL releases DIR's lock: the hook must not go on
         )
     except OSError as exc:
         out.warning(f"{name}: cannot run it: {exc.strerror or exc}", event="hook", hook=n, status=None)
@@ -230,16 +234,18 @@ async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when batchgen dies (Linux prctl PR_SET_PDEATHSIG). A run ended by
-    SIGKILL cannot cut its hook at the bound, and DIR's lock goes with it: the hook must not work on in DIR
-    beside the next run. (What the hook itself started is its own to end on SIGTERM.)"""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _guarded(argv: tuple[str, ...]) -> list[str]:
+    """The hook run under hookguard: it leads the hook's group and ends the group when batchgen dies."""
+    return [sys.executable, "-m", "batchgen.hookguard", str(os.getpid()), "--", *argv]
 
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+def _not_runnable(program: str, env: dict[str, str]) -> str | None:
+    """Why the hook's program cannot be started, said before its guard starts (as exec would say it)."""
+    if os.sep in program:
+        if not os.path.exists(program):
+            return os.strerror(errno.ENOENT)
+        return None if os.access(program, os.X_OK) and not os.path.isdir(program) else os.strerror(errno.EACCES)
+    return None if shutil.which(program, path=env.get("PATH", os.defpath)) else os.strerror(errno.ENOENT)
 
 
 def _kill_group(pgid: int, signum: int) -> None:
@@ -273,7 +279,7 @@ async def _notify(
             stderr=asyncio.subprocess.DEVNULL,
             env=child_env(os.environ, [*actions.urls(), *kept_out], proxy, ca),
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     except OSError as exc:
         out.warning(f"notification not sent: cannot start its process: {exc.strerror or exc}", event="notify")

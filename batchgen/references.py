@@ -70,7 +70,7 @@ class Files:
         real = Path(os.path.realpath(self.base / text))
         if real != self._root and self._root not in real.parents:
             return "the file is outside the manifest's folder"
-        data = read_bounded(real, MAX_REFERENCE_BYTES, "the reference image")
+        data = read_bounded(real, MAX_REFERENCE_BYTES, "the reference image", within=self._root)
         if isinstance(data, str):
             return data
         media_type = image_type(data)

@@ -148,8 +148,34 @@ async def test_status_shows_only_the_services_this_dir_used(sim_factory, tmp_pat
             [sys.executable, "-m", "batchgen", "status", str(out), "--json"], env=env(XDG_STATE_HOME=str(state))
         )
         stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
-        services = json.loads(stdout)["services"]
-        assert [s["service"] for s in services] == [sim.api_url]
+        doc = json.loads(stdout)
+        assert [s["service"] for s in doc["services"]] == [sim.api_url] and doc["services_used_unknown"] is False
+
+
+async def test_status_of_a_dir_whose_last_run_predates_the_services_list_shows_every_remembered_one(
+    sim_factory, tmp_path
+):
+    """A DIR last run by an older batchgen has no services.json: `status` shows what is remembered, and says it
+    cannot tell which of the services DIR used, instead of showing nothing until the next run."""
+    state = tmp_path / "state"
+    path = manifest_of(tmp_path / "m.yaml", ["a lighthouse"])
+    async with sim_factory() as sim:
+        out = tmp_path / "out"
+        code, err = await finish(run_args(path, out, sim), env=env(XDG_STATE_HOME=str(state)))
+        assert code == 0, err
+    (out / ".batchgen" / memory.USED).unlink()  # as an older batchgen left it
+
+    async def status(*flags: str) -> str:
+        proc = await start(
+            [sys.executable, "-m", "batchgen", "status", str(out), *flags], env=env(XDG_STATE_HOME=str(state))
+        )
+        stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
+        return stdout.decode()
+
+    doc = json.loads(await status("--json"))
+    assert [s["service"] for s in doc["services"]] == [sim.api_url] and doc["services_used_unknown"] is True
+    text = await status()
+    assert "every remembered service is shown" in text and f"remembered {sim.api_url}" in text
 
 
 def test_memory_reader_refuses_what_is_not_a_regular_file(tmp_path):

@@ -408,6 +408,46 @@ async def test_a_hook_ends_when_its_run_is_killed_and_never_works_on_beside_the_
             os.kill(hook_pid, signal.SIGKILL)
 
 
+async def test_what_a_hook_started_ends_too_when_its_run_is_killed(sim_factory, tmp_path):
+    """A shell-script hook that started a long job (an rsync, here a sleep): SIGKILL of the run must end the job
+    as well, not only the shell (the kernel's parent-death signal reaches one process, not its children)."""
+    marker = tmp_path / "job-pid"
+    script = tmp_path / "hook.sh"
+    script.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {marker}\nwait\n", "utf-8")
+    script.chmod(0o755)
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    async with sim_factory(api_key=KEY) as sim:
+        proc = await start(run_args(path, tmp_path / "out", sim, "--on-finish", str(script)))
+        await until(lambda: marker.exists() and marker.read_text().strip(), deadline=60)
+        job = int(marker.read_text())
+        proc.kill()
+        await finish_proc(proc)
+    try:
+        await until(lambda: _ended(job), deadline=15, what="the hook's own job still runs after its run was killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job, signal.SIGKILL)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie (no parent left to reap it yet) has ended too
+        return stat.read().split(")")[-1].split()[0] == "Z"
+
+
+async def test_a_hook_that_ends_by_a_signal_is_reported_as_before(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    hook = "import os, signal, sys; sys.stderr.write('going down\\n'); os.kill(os.getpid(), signal.SIGABRT)"
+    async with sim_factory(api_key=KEY) as sim:
+        args = run_args(path, tmp_path / "out", sim, "--on-finish", f"{sys.executable} -c {hook!r}")
+        code, _, stderr = await cli(args)
+    assert code == 0, stderr
+    assert f"exit {-signal.SIGABRT}; its last stderr line: going down" in stderr
+
+
 def test_the_notifier_gets_the_runs_proxy_and_ca_and_no_key_or_netrc():
     env_in = {"BATCHGEN_API_KEY": KEY, "BATCHGEN_NOTIFY": f"json://h/{TOKEN}", "PATH": "/bin", "HOME": "/home/x"}
     way = ProxySettings(https="http://proxy.example:3128", http="http://proxy.example:3128")

@@ -1,0 +1,79 @@
+"""`python -m batchgen.hookguard PARENT -- ARGV…`: runs one --on-finish hook and ends everything it started when
+batchgen dies.
+
+A run killed by SIGKILL cannot cut its hook at the bound, and DIR's lock goes with the run: nothing the hook
+started may work on in DIR beside the next run. The kernel can signal one process when its parent dies
+(PR_SET_PDEATHSIG), but not its children: a shell script hook would die and leave its `rsync` running. This
+guard is that one process. It leads the hook's process group (batchgen starts it in a session of its own), and
+on SIGTERM it passes SIGTERM to the whole group; when the SIGTERM was batchgen's death, SIGKILL follows GRACE
+seconds later (batchgen alive, it is batchgen's cut at the bound, and batchgen keeps the bound). Otherwise it
+waits for the hook and ends as the hook ended (its exit code, or its signal). Standard library only: it starts
+before every hook."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from types import FrameType
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+GRACE = 2.0  # seconds between the group's SIGTERM and its SIGKILL when batchgen died
+
+
+def die_with_parent() -> None:
+    """SIGTERM to this process when its parent dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _Guard:
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+        self.hook: subprocess.Popen[bytes] | None = None
+
+    def on_term(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM: batchgen's cut at the bound (it SIGKILLs the group itself at its deadline), or its death."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM reaches this process too
+        _signal_group(signal.SIGTERM)
+        if os.getppid() == self.parent:
+            signal.signal(signal.SIGTERM, self.on_term)
+            return  # batchgen lives: it keeps the bound, the hook ends as it ends
+        if self.hook is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.hook.wait(GRACE)
+        _signal_group(signal.SIGKILL)  # whatever the hook started and left behind; this process too
+
+
+def _signal_group(signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(0, signum)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -m batchgen.hookguard PARENT -- COMMAND [ARGS…]", file=sys.stderr)
+        return 2
+    guard = _Guard(int(argv[0]))
+    signal.signal(signal.SIGTERM, guard.on_term)
+    die_with_parent()
+    if os.getppid() != guard.parent:  # the parent died before the line above: nothing to run for
+        return 128 + signal.SIGTERM
+    try:
+        guard.hook = subprocess.Popen(argv[2:])  # stdin, stderr, the group and the environment: the guard's own
+    except OSError as exc:
+        print(f"cannot run it: {exc.strerror or exc}", file=sys.stderr)
+        return 127
+    code = guard.hook.wait()
+    if code < 0:  # ended by a signal: end the same way, so batchgen's message says the same as without the guard
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
