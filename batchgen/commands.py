@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -40,7 +42,7 @@ from .callbacks import parse_listen
 from .command_run import StoppedEarly, cmd_run, settings_from, way_from
 from .errors import ExitCode, ManifestError, StorageError, UsageError
 from .escapes import visible, visible_json
-from .files import read_bounded, write_atomically
+from .files import STATE_DIR, read_bounded, write_atomically
 from .progress import plural
 from .session import Session, StdoutError, flush_stdout, say
 
@@ -84,7 +86,7 @@ def cmd_validate(args: argparse.Namespace, session: Session) -> int:
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     doc = report.status(Path(args.directory))
     directory = Path(args.directory)  # what runs learned (memory.py) about the services DIR's runs used
-    services, unknown = memory.shown_by_status(os.environ, directory)
+    services, unknown = _services_shown(os.environ, directory)
     doc["services"] = memory.describe(os.environ, directory, services)
     doc["services_used_unknown"] = unknown  # the last run predates DIR's note of its services: all are shown
     say(visible_json(json.dumps(doc, indent=1, ensure_ascii=False)) if args.json else report.status_text(doc))
@@ -93,6 +95,22 @@ def cmd_status(args: argparse.Namespace, session: Session) -> int:
             say("  (DIR's last run predates its note of the services it used: every remembered service is shown)")
         say(memory.describe_text(doc["services"]))
     return ExitCode.OK
+
+
+def _services_shown(env: Mapping[str, str], out: Path) -> tuple[list[str], bool]:
+    """The services `status` shows for DIR `out`: those its runs used, and False. A DIR whose last run predates
+    the note of them (a .batchgen without services.json) gives every service remembered where a run with DIR
+    would look, and True: which of them DIR used is not known until its next run."""
+    if not (out / STATE_DIR).is_dir() or os.path.lexists(out / STATE_DIR / memory.USED):
+        return memory.used(out), False
+    found: dict[str, None] = {}
+    for folder in dict.fromkeys([memory.directory(env, out, create=False), out / STATE_DIR]):
+        with contextlib.suppress(OSError):
+            for path in sorted(folder.glob(f"{memory.PREFIX}*.json"))[: memory.MAX_MODELS]:
+                doc = memory.read_document(path)
+                if isinstance(doc, dict) and isinstance(service := doc.get("service"), str):
+                    found[service] = None
+    return list(found)[: memory.MAX_MODELS], True
 
 
 def cmd_report(args: argparse.Namespace, session: Session) -> int:

@@ -447,19 +447,3 @@ def forget_service(settings: RunSettings, reporter: Reporter) -> None:
         return
     for service in forget_all(os.environ, settings.out, settings.api_base):
         reporter.info(f"--forget-service: forgot what earlier runs learned about {_clean(service)}")
-
-
-def shown_by_status(env: Mapping[str, str], out: Path) -> tuple[list[str], bool]:
-    """The services `status` shows for DIR `out`: those its runs used, and False. A DIR whose last run predates
-    the note of them (a .batchgen without services.json) gives every service remembered where a run with DIR
-    would look, and True: which of them DIR used is not known until its next run."""
-    if not (out / STATE_DIR).is_dir() or os.path.lexists(out / STATE_DIR / USED):
-        return used(out), False
-    found: dict[str, None] = {}
-    for folder in dict.fromkeys([directory(env, out, create=False), out / STATE_DIR]):
-        with contextlib.suppress(OSError):
-            for path in sorted(folder.glob(f"{PREFIX}*.json"))[:MAX_MODELS]:
-                doc = read_document(path)
-                if isinstance(doc, dict) and isinstance(service := doc.get("service"), str):
-                    found[service] = None
-    return list(found)[:MAX_MODELS], True
