@@ -100,8 +100,8 @@ def make_plan(
 
 
 def _unavailable(record: Record) -> bool:
-    error = record.get("error")
-    return isinstance(error, dict) and error.get("kind") == "model_unavailable"
+    error = record["error"]
+    return error is not None and error["kind"] == "model_unavailable"
 
 
 class _Present:

@@ -114,7 +114,7 @@ def _review(directory: Path, loaded: Loaded, retired: set[str]) -> dict[str, Any
     reviewable = sum(r["state"] == "succeeded" for r in listed.values())
     return {
         **tally,
-        "reroll_failed": sorted(i for i, r in listed.items() if r.get("reroll_failed")),
+        "reroll_failed": sorted(i for i, r in listed.items() if records.reroll_failed(r)),
         "undecided": reviewable - len(held),
         "rejected_ids": [i for i, e in held.items() if e.decision == "rejected"],
     }
@@ -182,12 +182,10 @@ def status_text(doc: dict[str, Any]) -> str:
     for item_id in review.get("reroll_failed", ())[:50]:
         lines.append(f"  reroll failed {item_id}: its re-roll failed for good; it keeps its earlier image")
     for entry in doc["failed"]:
-        error = entry["error"] or {}
-        code = f"{error.get('code')}: " if error.get("code") else ""
-        lines.append(
-            f"  failed  {entry['id']}: {error.get('kind', 'error')}: {code}{error.get('message', '')} "
-            f"({_tries(error.get('kind'), entry['attempts'])})"
-        )
+        error = entry["error"]
+        kind, message = (error["kind"], error["message"]) if error else (None, "")
+        code = f"{records.error_code(error)}: " if error and records.error_code(error) else ""
+        lines.append(f"  failed  {entry['id']}: {kind or 'error'}: {code}{message} ({_tries(kind, entry['attempts'])})")
     for entry in doc["incomplete"][:50]:
         task = f" (task {entry['task_id']})" if entry["task_id"] else ""
         lines.append(f"  {entry['state']:<9} {entry['id']}{task}")
