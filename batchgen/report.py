@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 from . import decisions, prices, records
 from .errors import ExitCode, UsageError
 from .escapes import visible
-from .files import STATE_DIR, write_atomically
+from .files import STATE_DIR, NotRegular, TooLarge, read_file, write_atomically
 from .ledger import RESULTS, STATES, Loaded, exists, load
 from .progress import plural
 from .records import price_of
@@ -320,19 +319,16 @@ def _read_previous(path: Path, warn: list[str] | None = None) -> dict[str, Any]:
     Read only from a regular file, at most METRICS_LIMIT bytes: anything else has no carry-over (a warning)."""
     found: dict[str, Any] = {}
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: a planted link is not our file
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data, _ = read_file(path, METRICS_LIMIT, follow=False)  # a planted link is not our file
     except FileNotFoundError:
+        return found
+    except (NotRegular, TooLarge):
+        _note(warn, f"--metrics-file {path}: not a regular file of at most 1 MiB; no last success carried over")
         return found
     except OSError as exc:
         _note(warn, f"--metrics-file {path}: cannot read the previous file ({exc.strerror or exc}); no carry-over")
         return found
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > METRICS_LIMIT:
-            _note(warn, f"--metrics-file {path}: not a regular file of at most 1 MiB; no last success carried over")
-            return found
-        text = handle.read(METRICS_LIMIT).decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace")
     for line in text.splitlines():
         name, _, rest = line.partition("{")
         if name == SUCCESS and "} " in rest:
