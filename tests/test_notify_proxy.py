@@ -12,6 +12,7 @@ import base64
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -27,7 +28,7 @@ TOKEN = "tok-3f9a1c7e5b2d"
 
 
 @contextlib.asynccontextmanager
-async def echoing_proxy() -> AsyncIterator[str]:
+async def echoing_proxy(password: str = PASSWORD) -> AsyncIterator[str]:
     """An HTTP proxy that refuses with 407 and echoes the credentials it got; yields its URL with them."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,7 +43,7 @@ async def echoing_proxy() -> AsyncIterator[str]:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"
+        yield f"http://{USER}:{quote(password, safe='')}@127.0.0.1:{port}"
     finally:
         server.close()
         await server.wait_closed()
@@ -60,10 +61,11 @@ def _summary(tmp_path: Path) -> endactions.Summary:
     )
 
 
-async def test_a_notify_failure_through_the_proxy_never_shows_its_credentials(tmp_path):
+@pytest.mark.parametrize("password", [PASSWORD, "p@ss:w/rd 77"])  # the second one percent-encoded in the URL
+async def test_a_notify_failure_through_the_proxy_never_shows_its_credentials(tmp_path, password):
     bounds = endactions.Bounds(total=20.0, after_signal=2.0, grace=0.5, ping=5.0)
     actions = endactions.EndActions(bounds=bounds, notify=(Secret(f"lark://{TOKEN}"),))
-    async with echoing_proxy() as url:
+    async with echoing_proxy(password) as url:
         way = ProxySettings(https=url, http=url, source="--proxy")
         stream = (tmp_path / "log").open("w")
         reporter = Reporter(stream=stream, progress=False)  # told nothing to mask: finish masks on its own
@@ -71,7 +73,7 @@ async def test_a_notify_failure_through_the_proxy_never_shows_its_credentials(tm
         stream.close()
     log = (tmp_path / "log").read_text()
     assert "notification not sent: " in log and "407 unknown user" in log, log  # the proxy's words did come back
-    assert PASSWORD not in log and TOKEN not in log, log
+    assert password not in log and quote(password, safe="") not in log and TOKEN not in log, log
 
 
 async def test_doctor_notify_through_the_proxy_never_shows_its_credentials(tmp_path):
