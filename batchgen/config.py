@@ -5,6 +5,7 @@ The API key is held in a `Secret`, which never shows its value in repr or str.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import json
@@ -20,6 +21,7 @@ from urllib.parse import quote, quote_plus, unquote_plus, urlsplit
 
 from . import schema
 from .errors import UsageError
+from .files import NotRegular, TooLarge, read_file
 from .models import Registry
 from .prices import Prices
 from .proxies import ProxySettings
@@ -237,17 +239,15 @@ def read_key(env: Mapping[str, str], key_file: str | None, warn: list[str]) -> S
 
 def _read_key_file(key_file: str, warn: list[str]) -> str:
     try:
-        with open(key_file, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if stat.S_ISDIR(mode):
-                raise UsageError(f"--api-key-file {key_file} is a directory, not a file")
-            data = handle.read(KEY_FILE_LIMIT + 1)
-    except OSError as exc:
-        raise UsageError(f"--api-key-file {key_file}: cannot read it: {exc.strerror or exc}") from exc
-    if len(data) > KEY_FILE_LIMIT:
+        data, mode = read_file(key_file, KEY_FILE_LIMIT, stream=True)  # a pipe too: `<(pass show key)`
+    except NotRegular:  # only a directory, when streaming
+        raise UsageError(f"--api-key-file {key_file}: cannot read it: {os.strerror(errno.EISDIR)}") from None
+    except TooLarge:
         raise UsageError(
             f"--api-key-file {key_file}: more than {KEY_FILE_LIMIT} bytes; a key file holds the key on one line"
-        )
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"--api-key-file {key_file}: cannot read it: {exc.strerror or exc}") from exc
     if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
         warn.append(
             f"--api-key-file {key_file} can be read by others (mode {stat.S_IMODE(mode):o}); chmod 600 {key_file}"

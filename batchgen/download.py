@@ -23,7 +23,7 @@ from pathlib import Path
 import aiofiles
 from PIL import Image, UnidentifiedImageError
 
-from . import provenance, rolls
+from . import provenance, records, rolls
 from .answers import TaskRecord
 from .client import Client
 from .config import RunSettings
@@ -351,7 +351,7 @@ class Fetcher:
         """Record the item's files. The old files (and ledger.refetch's) go before the success is recorded: a
         kill in between leaves the ledger naming them still, so the next run removes what is left."""
         known = self.ledger.record(item.id)
-        old = [*known["files"], *known.get("files_before", [])]
+        old = [*known["files"], *records.files_before(known)]
         stale = [n for n in old if not self.names.held_by_other(item.id, n)]
         await asyncio.to_thread(remove_stale, self.settings.out, stale, names)
         self.ledger.succeeded(

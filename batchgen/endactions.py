@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from . import __version__, notify
+from . import __version__, notify, records
 from .config import Secret, carries
 from .errors import UsageError
 from .escapes import inert_line
@@ -163,16 +163,17 @@ class Summary:
         }
 
 
-def first_failures(records: Mapping[str, Mapping[str, Any]], ids: Iterable[str] | None) -> list[dict[str, Any]]:
+def first_failures(items: Mapping[str, records.Record], ids: Iterable[str] | None) -> list[dict[str, Any]]:
     """The run's first failed items (in the ledger's order; only this manifest's, when `ids` says which), with
     their reasons."""
     wanted = None if ids is None else set(ids)
-    found = []
-    for item_id, record in records.items():
-        if record.get("state") != "failed" or (wanted is not None and item_id not in wanted):
+    found: list[dict[str, Any]] = []
+    for item_id, record in items.items():
+        if record["state"] != "failed" or (wanted is not None and item_id not in wanted):
             continue
-        error = record.get("error") or {}
-        found.append({"id": item_id, **{k: error.get(k) for k in ("kind", "code", "message")}})
+        error = record["error"]
+        kind, code, message = (error["kind"], records.error_code(error), error["message"]) if error else (None,) * 3
+        found.append({"id": item_id, "kind": kind, "code": code, "message": message})
         if len(found) == FIRST_FAILURES:
             break
     return found

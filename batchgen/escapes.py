@@ -5,6 +5,9 @@ terminal, or forge a log line of its own; U+202E would show the rest of a line r
 such character into an escape a person can read (`\\x1b`, `\\r`, `\\n`, `\\u202e`), so one record stays one line.
 `visible_json` does the same for the few such characters JSON itself leaves raw (C1 controls, bidi controls,
 U+2028/U+2029), which only ever occur inside JSON strings, so the document stays the same valid JSON.
+`inert_line` escapes every non-printable character of a short line (a message naming outside text), and `flat`
+turns them into spaces (outside prose shown or matched as words). One function per meaning: no module keeps its
+own.
 """
 
 from __future__ import annotations
@@ -36,13 +39,20 @@ def visible_json(document: str) -> str:
     return document.translate(_JSON_RAW)
 
 
-def inert_line(text: object, width: int = 300) -> str:
-    """Outside text as one short line for a message or a log (the night's end): every character that is not
-    printable (controls, escape sequences, bidi and other format characters) escaped, cut at `width`."""
+def inert_line(text: object, width: int | None = 300) -> str:
+    """Outside text as one short line for a message or a log (the night's end, a remembered service's names, a
+    card's file name): every character that is not printable (controls, escape sequences, bidi and other format
+    characters) escaped, cut at `width` (None: never cut)."""
     line = "".join(
         ch
         if ch.isprintable() and not 0x202A <= ord(ch) <= 0x202E and not 0x2066 <= ord(ch) <= 0x2069
         else ch.encode("unicode_escape").decode("ascii")
         for ch in str(text)
     )
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return line if width is None or len(line) <= width else line[: width - 1] + "…"
+
+
+def flat(text: str) -> str:
+    """Outside text as prose on one line (a plan's prompt, the service's words about a model): every character
+    that is not printable becomes a space, and each run of spaces one. What it said is kept, its layout not."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())

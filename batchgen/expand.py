@@ -33,17 +33,14 @@ import yaml
 
 from . import ids, models, schema
 from .files import read_bounded
+from .problems import NUL, UNENCODABLE, UNENCODABLE_HINT, unencodable
 from .readers import (
     MAX_MANIFEST_BYTES,
-    NUL,
-    UNENCODABLE,
-    UNENCODABLE_HINT,
     YAML_STR,
     RawItem,
     Value,
     describe_node,
     line_of,
-    unencodable,
 )
 
 MAX_ITEMS = 100_000  # items a manifest may expand to: a night's work many times over, and a ledger that loads fast

@@ -6,7 +6,7 @@ and a crash never leaves a half-written file under a final name.
 - `write_atomically`: temp file, fsync, `os.replace`, fsync of the folder.
 
 And the one reader of every input file: `read_bounded` (a regular file, bounded, optionally never through a
-symlink, optionally only its newest part).
+symlink, optionally only its newest part), over `read_file` for a caller that words its own refusals.
 """
 
 from __future__ import annotations
@@ -26,45 +26,88 @@ from .errors import StorageError, UsageError
 STATE_DIR = ".batchgen"
 
 
+class NotRegular(OSError):
+    """read_file refused a directory, a FIFO or a device (`is_dir`: which)."""
+
+    def __init__(self, is_dir: bool) -> None:
+        super().__init__("a directory" if is_dir else "not a regular file")
+        self.is_dir = is_dir
+
+
+class TooLarge(OSError):
+    """read_file refused a file over its limit (`size`: its size when it said so, None when it grew)."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__("too large")
+        self.size = size
+
+
+class Outside(OSError):
+    """read_file refused a file that is not inside the folder it must be in (`within`)."""
+
+    def __init__(self) -> None:
+        super().__init__("it is outside the folder it must be in")
+
+
 def read_bounded(
     path: Path, limit: int, what: str, *, follow: bool = True, tail: bool = False, within: Path | None = None
 ) -> bytes | str:
-    """The bytes of a regular file of at most `limit` bytes, or why not: the one bounded reader of every input
-    file (manifests, wildcard files, cards, reference images, the CA bundle, the remembered service, decisions).
-    A FIFO or a device (`/dev/zero`) named as a manifest or a wildcard file would otherwise block the run for
-    ever or fill the memory. `follow=False`: a symlink at the path is refused too (a state file the program wrote
-    itself is never one). `tail=True`: a longer file gives its newest `limit` bytes, from the first whole line in
-    them (an append-only log whose latest lines matter). `within`: the file opened must lie inside this folder —
-    checked on the open descriptor, so a link swapped in after the caller's own check still reads nothing."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    """The bytes of a regular file of at most `limit` bytes, or why not, in words naming `what`: the one bounded
+    reader of every input file (manifests, wildcard files, cards, reference images, the CA bundle, the remembered
+    service, decisions; through `read_file`, the metrics file, the key file and the review's files). A FIFO or a
+    device (`/dev/zero`) named as a manifest or a wildcard file would otherwise block the run for ever or fill
+    the memory. `follow=False`: a symlink at the path is refused too (a state file the program wrote itself is
+    never one). `tail=True`: a longer file gives its newest `limit` bytes, from the first whole line in them (an
+    append-only log whose latest lines matter). `within`: the file opened must lie inside this folder — checked on
+    the open descriptor, so a link swapped in after the caller's own check still reads nothing from outside."""
     try:
-        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO's open
+        data, _ = read_file(path, limit, follow=follow, tail=tail, within=within)
+    except (NotRegular, Outside) as exc:
+        return f"cannot read {what}: {exc.strerror or exc}"
+    except TooLarge as exc:
+        if exc.size is not None:
+            return f"{what} is {exc.size:,} bytes; the limit is {limit:,}"
+        return f"{what} is over {limit:,} bytes; the limit is {limit:,}"
     except OSError as exc:
         return f"cannot read {what}: {exc.strerror or exc}"
+    return data
+
+
+def read_file(
+    path: Path | str,
+    limit: int,
+    *,
+    follow: bool = True,
+    tail: bool = False,
+    stream: bool = False,
+    within: Path | None = None,
+) -> tuple[bytes, int]:
+    """read_bounded's reader, for a caller with its own words: the bytes and the file's mode, or OSError (the
+    OS's, NotRegular or TooLarge). `stream=True` takes a pipe or a device as well as a regular file (a key from
+    `<(pass show key)`), opened blocking and read as a stream, never past `limit`. `within`: see read_bounded
+    (Outside)."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags if stream else flags | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO's open
     # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
     info = os.fstat(fd)
     if within is not None and not _opened_inside(fd, path, within):
         os.close(fd)
-        return f"cannot read {what}: it is outside the folder it must be in"
-    if not stat.S_ISREG(info.st_mode):
+        raise Outside()
+    if stat.S_ISDIR(info.st_mode) or not (stat.S_ISREG(info.st_mode) or stream):
         os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        return f"cannot read {what}: {kind}"
+        raise NotRegular(stat.S_ISDIR(info.st_mode))
     if tail:
-        return _read_tail(fd, limit, what, info.st_size)
+        return _read_tail(fd, limit, info.st_size), info.st_mode
     with os.fdopen(fd, "rb") as handle:
         if info.st_size > limit:
-            return f"{what} is {info.st_size:,} bytes; the limit is {limit:,}"
-        try:
-            data = handle.read(limit + 1)  # bounded even if the file grows while it is read
-        except OSError as exc:
-            return f"cannot read {what}: {exc.strerror or exc}"
+            raise TooLarge(info.st_size)
+        data = handle.read(limit + 1)  # bounded even if the file grows while it is read
     if len(data) > limit:
-        return f"{what} is over {limit:,} bytes; the limit is {limit:,}"
-    return data
+        raise TooLarge(None)
+    return data, info.st_mode
 
 
-def _opened_inside(fd: int, path: Path, folder: Path) -> bool:
+def _opened_inside(fd: int, path: Path | str, folder: Path) -> bool:
     """Whether the file open at `fd` lies inside `folder`: its path as the kernel holds it for the descriptor
     (/proc/self/fd), so no rename or link swapped in between a caller's check and the open can lead outside."""
     try:
@@ -75,13 +118,11 @@ def _opened_inside(fd: int, path: Path, folder: Path) -> bool:
     return os.path.commonpath([root, opened]) == root
 
 
-def _read_tail(fd: int, limit: int, what: str, size: int) -> bytes | str:
+def _read_tail(fd: int, limit: int, size: int) -> bytes:
     """The newest `limit` bytes of the open file `fd`, from the first whole line when the file is longer."""
     start = max(0, size - limit)
     try:
         data = os.pread(fd, limit, start)
-    except OSError as exc:
-        return f"cannot read {what}: {exc.strerror or exc}"
     finally:
         os.close(fd)
     if start > 0:  # it begins inside a line

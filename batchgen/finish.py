@@ -12,7 +12,8 @@ locked, all of it within Bounds.total seconds (Bounds.after_signal once a signal
   (exits 1, 2, 3, 4, 70, 128+N) or `always`.
 - The ping: `URL/start` while the run starts (`started`), then `URL` for exits 0, 1, 5, else `URL/<code>`.
 
-Nothing here changes the run's exit code, and no URL of `--notify` or `--ping` is ever logged.
+Nothing here changes the run's exit code, and no URL of `--notify` or `--ping` is ever logged: the notifier's
+failure line is masked with them, the key and the proxy's credentials (a proxy's refusal it quotes may name them).
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ async def _notify(
     if result.get("ok"):
         out.info(f"notification sent to {len(actions.notify)} notify URL(s)", event="notify", sent=True)
         return True
-    problem = inert_line(redact(str(result.get("problem")), secrets))
+    # The proxy's credentials too: a proxy's refusal, quoted by the notifier, may name them.
+    problem = inert_line(redact(str(result.get("problem")), [*secrets, *(proxy.secrets() if proxy else ())]))
     out.warning(f"notification not sent: {problem}", event="notify", sent=False)
     return False
 

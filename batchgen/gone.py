@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from .escapes import flat
 from .failures import Kind
 from .ledger import ErrorRecord, Record, error_record
 from .models import Registry
@@ -54,7 +55,7 @@ def _message(text: str) -> tuple[str, str]:
     try:
         body: Any = json.loads(text)
     except (ValueError, RecursionError):
-        return _printable(text[:500]), ""
+        return flat(text[:500]), ""
     if not isinstance(body, dict):
         return "", ""
     error = body.get("error")
@@ -62,12 +63,7 @@ def _message(text: str) -> tuple[str, str]:
         body = error
     message = body.get("msg") or body.get("message") or ""
     code = body.get("code")
-    return (_printable(str(message)[:500]), "" if code is None else _printable(str(code)[:100]))
-
-
-def _printable(text: str) -> str:
-    """The service's text as one printable line: no escape sequences, newlines or bidi overrides reach a log."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return (flat(str(message)[:500]), "" if code is None else flat(str(code)[:100]))
 
 
 def suspects(records: Iterable[Record]) -> set[str]:

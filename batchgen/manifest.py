@@ -21,7 +21,8 @@ from .ids import ID_PATTERN as ID_PATTERN
 from .ids import canonical_json as canonical_json
 from .ids import derive_id as derive_id
 from .ids import id_problem, identity
-from .readers import Collector, RawItem, Value, read, unencodable, unknown_field_message
+from .problems import Collector, unencodable, unknown_field_message
+from .readers import RawItem, Value, read
 
 
 @dataclass(frozen=True, slots=True)

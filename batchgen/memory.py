@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import BatchgenError
+from .escapes import inert_line
 from .files import STATE_DIR, read_bounded, state_dir, write_atomically
 from .limits import Hints, Throttle
 from .polls import MIN_FINISHED, PollScheduler, Quantiles
@@ -385,19 +386,15 @@ def describe_text(entries: list[dict[str, Any]]) -> str:
             parts.append(f"accepted {rate['count']} creates/{rate['seconds']:g} s ({rate['learned_from']})")
         for name, model in entry["models"].items():
             if cap := model["capacity"]:
-                parts.append(f"{_clean(name)}: full at {cap['tasks']} tasks running ({cap['learned_from']})")
+                parts.append(f"{inert_line(name, 200)}: full at {cap['tasks']} tasks running ({cap['learned_from']})")
             if q := model["latency"]:
                 parts.append(
-                    f"{_clean(name)}: latency {q['p05']:.1f}/{q['p50']:.1f}/{q['p95']:.1f} s "
+                    f"{inert_line(name, 200)}: latency {q['p05']:.1f}/{q['p50']:.1f}/{q['p95']:.1f} s "
                     f"(p5/p50/p95 of {int(q.get('n', 0))} tasks, {q['learned_from']})"
                 )
-        lines.append(f"  remembered {_clean(entry['service'])} ({saved}): {'; '.join(parts) or 'no limits met'}")
+        service = inert_line(entry["service"], 200)
+        lines.append(f"  remembered {service} ({saved}): {'; '.join(parts) or 'no limits met'}")
     return "\n".join(lines)
-
-
-def _clean(name: str) -> str:
-    """A name read from a file (a model, a service), safe on a terminal: one line, no escape sequences."""
-    return "".join(c if c.isprintable() and c not in "\u202a\u202b\u202c\u202d\u202e" else "?" for c in name)[:200]
 
 
 # ---------------------------------------------------------------- a run's side
@@ -446,4 +443,4 @@ def forget_service(settings: RunSettings, reporter: Reporter) -> None:
     if settings.simulate:
         return
     for service in forget_all(os.environ, settings.out, settings.api_base):
-        reporter.info(f"--forget-service: forgot what earlier runs learned about {_clean(service)}")
+        reporter.info(f"--forget-service: forgot what earlier runs learned about {inert_line(service, 200)}")

@@ -29,6 +29,7 @@ from .card_format import Card as Card
 from .card_format import Constraint as Constraint
 from .card_format import parse as parse
 from .errors import CardError
+from .escapes import inert_line
 from .fields import MAX_SEED, MIN_INT, InputField, shorten, suggest
 from .files import read_bounded
 
@@ -139,7 +140,7 @@ def registry(flag: str | None, env: Mapping[str, str], notes: list[str]) -> Regi
         mine[card.name] = path
         if card.name in base.cards:
             overridden.append(card.name)
-            shown = str(path) if str(path).isprintable() else repr(str(path))
+            shown = inert_line(path, None)
             notes.append(f"model card {shown} replaces the built-in card of {card.name}")
         cards[card.name] = card
     return Registry(cards, tuple(overridden)) if mine else base
@@ -163,7 +164,7 @@ def listing(cards: Registry) -> list[str]:
     rows = [("model", "card", "successor", "sunset")]
     for name in sorted(cards.cards):
         card = cards.cards[name]
-        source = card.source if card.source.isprintable() else repr(card.source)  # a file name is outside text
+        source = inert_line(card.source, None)  # a file name is outside text
         if name in cards.overridden:
             source += " (replaces the built-in card)"
         rows.append((name, source, card.successor or "-", card.sunset.isoformat() if card.sunset else "-"))
@@ -175,7 +176,7 @@ def field_table(card: Card) -> list[str]:
     head = [f"{card.name}" + (f" — {card.title}" if card.title else "")]
     if card.page:
         head.append(f"page: {card.page}")
-    source = card.source if card.source.isprintable() else repr(card.source)
+    source = inert_line(card.source, None)
     head.append(f"card: {source}, sha256 {card.sha256[:16]}…")
     head.append(f"successor: {card.successor or '-'}; sunset: {card.sunset.isoformat() if card.sunset else '-'}")
     rows = [("field", "type", "required", "default", "accepts")]

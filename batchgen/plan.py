@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
+from .escapes import flat
 from .ledger import Record
 from .manifest import Item
 from .prices import costs
@@ -100,8 +101,8 @@ def make_plan(
 
 
 def _unavailable(record: Record) -> bool:
-    error = record.get("error")
-    return isinstance(error, dict) and error.get("kind") == "model_unavailable"
+    error = record["error"]
+    return error is not None and error["kind"] == "model_unavailable"
 
 
 class _Present:
@@ -216,10 +217,10 @@ def expected_time(creates: int, create_rate: tuple[int, float], concurrency: int
 
 def cut(text: str, width: int) -> str:
     """`text` on one line, cut at a word boundary to at most `width` characters (control characters as spaces)."""
-    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    if len(flat) <= width:
-        return flat
-    head = flat[: width - 1]
+    line = flat(text)
+    if len(line) <= width:
+        return line
+    head = line[: width - 1]
     space = head.rfind(" ")
     return (head[:space] if space > width // 2 else head).rstrip(" ,;:.") + "…"
 

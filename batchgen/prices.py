@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
+from . import records
 from .errors import UsageError
 
 _AMOUNT = re.compile(r"[0-9]{1,12}(\.[0-9]{0,12})?|\.[0-9]{1,12}")  # ASCII digits only: 0.04, 12, .5
@@ -89,14 +89,13 @@ def costs(counts: Mapping[str, int], prices: Prices | None) -> tuple[list[str], 
     return parts, total
 
 
-def paid_by_model(records: Iterable[Mapping[str, Any]]) -> Counter[str]:
+def paid_by_model(items: Iterable[records.Record]) -> Counter[str]:
     """The paid creates a ledger counts, per model (from each record's request)."""
     counts: Counter[str] = Counter()
-    for record in records:
-        paid = record.get("paid", 0)
-        request = record.get("request")
-        if paid and isinstance(request, Mapping):
-            counts[str(request.get("model"))] += int(paid)
+    for record in items:
+        paid = records.paid(record)
+        if paid and record["request"] is not None:
+            counts[str(records.model(record))] += paid
     return counts
 
 

@@ -1,8 +1,8 @@
 """Manifest files (YAML or CSV) -> raw items: each field's value as read, with its line. No meaning yet.
 
 `manifest.py` validates and normalises what this module reads, and `expand.py` turns matrices and counts into
-items. Problems are collected, never raised one by one: each is located by file, line (YAML: the item's line;
-CSV: the row's first line) and field, on one printable line.
+items. Problems go to a `problems.Collector`, never raised one by one: each is located by file, line (YAML: the
+item's line; CSV: the row's first line) and field.
 
 Hostile files are bounded by construction: the YAML tree is composed (not constructed) with PyYAML's safe
 loader, and only walked two levels deep (a `matrix` three), so aliases (the "billion laughs") are never
@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ from typing import Any
 import yaml
 
 from . import schema
-from .errors import ManifestError, Problem
 from .files import read_bounded
+from .problems import NUL, UNENCODABLE, UNENCODABLE_HINT, Collector, unencodable, unknown_field_message
 
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024  # a 100,000-item manifest is ~20 MB; this is a sanity bound only
 MAX_FIELDS_PER_ITEM = 64  # 14 fields exist; more than this is not a manifest item
-MAX_PROBLEMS = 1000  # beyond this many, the rest are counted, not listed
 MAX_LIST_ITEMS = 64  # a list field's items read (fields.MAX_LIST): more is reported as too many, not read
 
 _YAML_NULL = "tag:yaml.org,2002:null"
@@ -58,46 +56,6 @@ class RawItem:
     fields: dict[str, Value]
 
 
-class Collector:
-    """Gathers problems for one file, up to MAX_PROBLEMS listed. `count` counts every `add`, listed or not."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[Problem] = []
-        self.dropped = 0
-        self.count = 0
-        self._distinct: set[Problem] | None = None
-
-    def add(self, line: int | None, message: str, item: str | None = None, field: str | None = None) -> None:
-        self.count += 1
-        if field is not None and (len(field) > 60 or not field.isprintable()):
-            field = repr(schema.shorten(field))  # a key with a newline or a megabyte of text: one short line
-        problem = Problem(self.file, line, message, item, field)
-        if self._distinct is not None:
-            if problem in self._distinct:
-                return
-            self._distinct.add(problem)
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(problem)
-        else:
-            self.dropped += 1
-
-    @contextmanager
-    def distinct(self) -> Iterator[None]:
-        """List each problem once inside: the cells of a matrix repeat their template's problems."""
-        self._distinct = set()
-        try:
-            yield
-        finally:
-            self._distinct = None
-
-    def raise_if_any(self) -> None:
-        if self.dropped:
-            self.problems.append(Problem(self.file, None, f"… and {self.dropped} more problems not listed"))
-        if self.problems:
-            raise ManifestError(self.problems)
-
-
 CheckDefaults = Callable[["RawItem"], object]
 
 
@@ -124,25 +82,6 @@ def read(
     if suffix == ".csv":
         return _read_csv(text, out, known)
     return _read_yaml(text, out, check_defaults)
-
-
-def unencodable(text: str) -> str | None:
-    """Why `text` cannot be written as UTF-8 (the journal's and the ledger's encoding), or None.
-
-    YAML's `"\\ud83d"` escapes make lone surrogates (json.dump writes an emoji as such a pair, and YAML does not
-    join pairs); Python keeps undecodable bytes of a file name as surrogates too."""
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"a lone surrogate, U+{ord(text[exc.start]):04X}, at character {exc.start + 1}"
-    return None
-
-
-UNENCODABLE = "text that cannot be encoded as UTF-8"
-NUL = "contains a NUL character (a \\0 escape): text fields cannot hold one"
-UNENCODABLE_HINT = "; write the character itself, or one \\U0001F600-style escape, not a \\ud83d\\ude00 pair"
 
 
 def _decode(data: bytes, out: Collector) -> str | None:
@@ -404,8 +343,3 @@ def _csv_header(row: list[str], line: int, out: Collector, known: tuple[str, ...
         out.add(line, "the header has no 'prompt' column", field="prompt")
         ok = False
     return names if ok else None
-
-
-def unknown_field_message(name: str, known: tuple[str, ...] = schema.MANIFEST_FIELDS) -> str:
-    hint = schema.suggest(name, known)
-    return f"unknown field; did you mean {hint!r}?" if hint else f"unknown field; known fields are {', '.join(known)}"

@@ -18,16 +18,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from .errors import LedgerError
 from .failures import Kind
 from .files import STATE_DIR
+from .recordcheck import STATES as STATES
+from .recordcheck import State as State
+from .recordcheck import document_problem, record_problem, shown
 
 VERSION = 1
 VERSION_REVIEWED = 2  # a ledger with review decisions, rolls or per-model prices (SPEC §4); version 1 is still read
-State = Literal["pending", "submitted", "succeeded", "failed"]
-STATES: tuple[State, ...] = ("pending", "submitted", "succeeded", "failed")
 
 RESULTS = "results.json"
 JOURNAL = "journal.jsonl"
@@ -99,7 +100,81 @@ def cost(record: Record) -> dict[str, float]:
 
 def request_input(record: Record) -> dict[str, Any]:
     """The request's `input` (prompt, seed, ...), empty when there is no request."""
-    return (record["request"] or {}).get("input") or {}
+    return input_of(record["request"])
+
+
+def input_of(request: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A request's `input` (a record's or a manifest item's), empty when there is none."""
+    return (request or {}).get("input") or {}
+
+
+def files_before(record: Record) -> list[str]:
+    """The names an item had before it was fetched again (its files were gone); removed once it has new ones."""
+    return record.get("files_before", [])
+
+
+def model(record: Record) -> str | None:
+    """The model the record's request names, if it names one."""
+    name = (record["request"] or {}).get("model")
+    return name if isinstance(name, str) else None
+
+
+def error_code(error: Mapping[str, Any]) -> str | int | None:
+    """An error's code, as recorded: it may be missing in a hand-made ledger (record_problem lets it)."""
+    code: str | int | None = error.get("code")
+    return code
+
+
+def decision(record: Record) -> str | None:
+    """The latest review decision on the item's current image (`approved`, `rejected`), copied in by a run."""
+    return record.get("decision")
+
+
+def reroll_failed(record: Record) -> ErrorRecord | None:
+    """Why the item's last re-roll failed for good (it kept its earlier files), or None."""
+    return record.get("reroll_failed")
+
+
+Roll = dict[str, Any]  # one roll (rolls.py): n, task_id, request_sent, seed, files, sha256, decision[, error]
+
+
+def rolls(record: Record) -> list[Roll]:
+    """Every roll of the item (roll 1 its first image); empty for an item never re-rolled."""
+    return record.get("rolls", [])
+
+
+def open_roll(record: Record) -> Roll | None:
+    """The re-roll under way (n, seed, request_sent, keep), or None."""
+    return record.get("roll")
+
+
+def seed(entry: Mapping[str, Any] | None) -> int | None:
+    """The seed of a roll or of a request's input, when it is an integer."""
+    value = (entry or {}).get("seed")
+    return value if type(value) is int else None
+
+
+def roll_files(roll: Roll) -> list[str]:
+    """The files a roll gave (its `~roll<k>` names once a later roll replaced them)."""
+    files: list[str] = roll.get("files", [])
+    return files
+
+
+def roll_keep(roll: Roll) -> list[str]:
+    """Where an open roll moves the current files once its own are verified (their `~roll<k>` names)."""
+    keep: list[str] = roll.get("keep", [])
+    return keep
+
+
+def roll_number(roll: Roll, default: int) -> int:
+    """A roll's number (1: the item's first image), `default` for an entry without one."""
+    number: int = roll.get("n", default)
+    return number
+
+
+def roll_fields(roll: Roll, names: tuple[str, ...]) -> Roll:
+    """A roll's fields of these names, None for one it lacks (an open roll becoming an entry of `rolls`)."""
+    return {name: roll.get(name) for name in names}
 
 
 def error_record(kind: Kind, code: str | None, message: str) -> ErrorRecord:
@@ -118,95 +193,6 @@ def new_record(request: dict[str, Any] | None) -> Record:
         "submitted_at": None,
         "finished_at": None,
     }
-
-
-def record_problem(record: dict[str, Any]) -> str | None:
-    """Why a record read from disk does not fit the Record schema, or None; a missing field is filled in.
-
-    results.json is a document people open and edit. A field of the wrong type (`files: 5`, `attempts: "many"`,
-    `request: {"input": "x"}`) would otherwise surface as a traceback in whichever command reads it first, or as
-    a request that never equals the manifest's (paid again). So a record is whole or the snapshot is damaged: the
-    loader then rebuilds it from the journals, or refuses with nothing changed. Fields this schema does not know
-    are left alone; a missing one takes its value in a new record (an older or trimmed ledger)."""
-    state = record.get("state")
-    if state not in STATES:
-        return f"state is {_shown(state)}, not one of {', '.join(STATES)}"
-    for name, default in _DEFAULTS.items():
-        if name not in record:
-            record[name] = default.copy() if isinstance(default, list) else default
-    task_id = record["task_id"]
-    if not (task_id is None or (isinstance(task_id, str) and task_id)):
-        return f"task_id is {_shown(task_id)}, not a task id"
-    if state == "submitted" and task_id is None:
-        return "state is submitted, but it has no task_id"
-    for name in ("attempts", "paid", "in_doubt"):
-        value = record.get(name, 0)
-        if type(value) is not int or value < 0:
-            return f"{name} is {_shown(value)}, not a count"
-    for name in ("submitting", "doubt_open"):
-        if type(record.get(name, False)) is not bool:
-            return f"{name} is {_shown(record.get(name))}, not true or false"
-    request = record["request"]
-    if request is not None:
-        if not isinstance(request, dict) or not isinstance(request.get("model", ""), str):
-            return f"request is {_shown(request)}, not a request"
-        if not isinstance(request.get("input", {}), dict):
-            return f"request.input is {_shown(request['input'])}, not a mapping"
-    for name in ("files", "sha256", "files_before"):
-        value = record.get(name, [])
-        # Names that leave DIR are harmless here: the sheet links none and nothing deletes one (download.py).
-        if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
-            return f"{name} is {_shown(value)}, not a list of names"
-    error = record["error"]
-    if error is not None and not (
-        isinstance(error, dict)
-        and isinstance(error.get("kind"), str)
-        and isinstance(error.get("message"), str)
-        and (error.get("code") is None or type(error["code"]) in (str, int))
-    ):
-        return f"error is {_shown(error)}, not null or {{kind, code, message}}"
-    if record.get("decision", "approved") not in ("approved", "rejected"):
-        return f"decision is {_shown(record['decision'])}, not approved or rejected"
-    rolls = record.get("rolls", [])
-    if not isinstance(rolls, list) or not all(
-        isinstance(r, dict)
-        and isinstance(r.get("files", []), list)
-        and all(isinstance(n, str) for n in r.get("files", []))
-        for r in [*rolls, record.get("roll", {})]
-    ):
-        return f"rolls is {_shown(rolls)}, not a list of rolls"
-    for name in ("submitted_at", "finished_at"):
-        if not (record[name] is None or isinstance(record[name], str)):
-            return f"{name} is {_shown(record[name])}, not a time"
-    return None
-
-
-_DEFAULTS: dict[str, Any] = {
-    "task_id": None,
-    "attempts": 0,
-    "request": None,
-    "files": [],
-    "sha256": [],
-    "error": None,
-    "submitted_at": None,
-    "finished_at": None,
-}
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
-def document_problem(document: dict[str, Any]) -> str | None:
-    """Why a snapshot's own fields (beside its items) do not fit, or None."""
-    retired = document.get("not_in_manifest")
-    if retired is not None and not (isinstance(retired, list) and all(isinstance(i, str) for i in retired)):
-        return f"not_in_manifest is {_shown(retired)}, not a list of ids"
-    for name in ("manifest", "updated_at"):
-        if not (document.get(name) is None or isinstance(document[name], str)):
-            return f"{name} is {_shown(document[name])}, not text"
-    return None
 
 
 @dataclass(slots=True)
@@ -318,7 +304,7 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
         raise _Damaged(f"{path} is damaged: {problem}")
     for item_id, record in document["items"].items():
         if not isinstance(record, dict):
-            raise _Damaged(f"{path}: item {item_id!r} is {_shown(record)}, not a record")
+            raise _Damaged(f"{path}: item {item_id!r} is {shown(record)}, not a record")
         if problem := record_problem(record):
             raise _Damaged(f"{path}: item {item_id!r} is damaged: {problem}")
     return document

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 from . import decisions, prices, records
 from .errors import ExitCode, UsageError
 from .escapes import visible
-from .files import STATE_DIR, write_atomically
+from .files import STATE_DIR, NotRegular, TooLarge, read_file, write_atomically
 from .ledger import RESULTS, STATES, Loaded, exists, load
 from .progress import plural
 from .records import price_of
@@ -114,7 +113,7 @@ def _review(directory: Path, loaded: Loaded, retired: set[str]) -> dict[str, Any
     reviewable = sum(r["state"] == "succeeded" for r in listed.values())
     return {
         **tally,
-        "reroll_failed": sorted(i for i, r in listed.items() if r.get("reroll_failed")),
+        "reroll_failed": sorted(i for i, r in listed.items() if records.reroll_failed(r)),
         "undecided": reviewable - len(held),
         "rejected_ids": [i for i, e in held.items() if e.decision == "rejected"],
     }
@@ -182,12 +181,10 @@ def status_text(doc: dict[str, Any]) -> str:
     for item_id in review.get("reroll_failed", ())[:50]:
         lines.append(f"  reroll failed {item_id}: its re-roll failed for good; it keeps its earlier image")
     for entry in doc["failed"]:
-        error = entry["error"] or {}
-        code = f"{error.get('code')}: " if error.get("code") else ""
-        lines.append(
-            f"  failed  {entry['id']}: {error.get('kind', 'error')}: {code}{error.get('message', '')} "
-            f"({_tries(error.get('kind'), entry['attempts'])})"
-        )
+        error = entry["error"]
+        kind, message = (error["kind"], error["message"]) if error else (None, "")
+        code = f"{records.error_code(error)}: " if error and records.error_code(error) else ""
+        lines.append(f"  failed  {entry['id']}: {kind or 'error'}: {code}{message} ({_tries(kind, entry['attempts'])})")
     for entry in doc["incomplete"][:50]:
         task = f" (task {entry['task_id']})" if entry["task_id"] else ""
         lines.append(f"  {entry['state']:<9} {entry['id']}{task}")
@@ -322,19 +319,16 @@ def _read_previous(path: Path, warn: list[str] | None = None) -> dict[str, Any]:
     Read only from a regular file, at most METRICS_LIMIT bytes: anything else has no carry-over (a warning)."""
     found: dict[str, Any] = {}
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: a planted link is not our file
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data, _ = read_file(path, METRICS_LIMIT, follow=False)  # a planted link is not our file
     except FileNotFoundError:
+        return found
+    except (NotRegular, TooLarge):
+        _note(warn, f"--metrics-file {path}: not a regular file of at most 1 MiB; no last success carried over")
         return found
     except OSError as exc:
         _note(warn, f"--metrics-file {path}: cannot read the previous file ({exc.strerror or exc}); no carry-over")
         return found
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > METRICS_LIMIT:
-            _note(warn, f"--metrics-file {path}: not a regular file of at most 1 MiB; no last success carried over")
-            return found
-        text = handle.read(METRICS_LIMIT).decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace")
     for line in text.splitlines():
         name, _, rest = line.partition("{")
         if name == SUCCESS and "} " in rest:

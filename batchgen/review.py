@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import signal
-import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from aiohttp import web
 from . import decisions, sheet
 from .config import is_loopback
 from .errors import BatchgenError, UsageError
-from .files import STATE_DIR
+from .files import STATE_DIR, read_file
 from .ledger import Loaded
 from .records import JOURNAL, RESULTS
 from .report import read_ledger
@@ -211,17 +210,14 @@ def _file(review: Review) -> Handler:
 
 
 def _read_inside(directory: Path, name: str) -> bytes:
-    """The bytes of DIR/name: a regular file, not a symlink, whose real folder is inside DIR; bounded."""
+    """The bytes of DIR/name: a regular file, not a symlink, whose real folder is inside DIR (before the open, and
+    on the descriptor read: a folder swapped for a link meanwhile serves nothing outside); bounded."""
     path = directory / name
     root = os.path.realpath(directory)
     if os.path.commonpath([root, os.path.realpath(path.parent)]) != root:
         raise OSError("outside DIR")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE:
-            raise OSError("not a regular file of a sane size")
-        return handle.read(MAX_FILE)
+    data, _ = read_file(path, MAX_FILE, follow=False, within=directory)  # OSError: not regular, too big, outside
+    return data
 
 
 def host_names(host: str, port: int) -> frozenset[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import decisions
+from . import records as rec
 from .names import inside
 from .records import ErrorRecord, Record
 from .schema import MAX_SEED
@@ -41,8 +42,7 @@ SIDECARS = ("", ".json", ".xmp")  # an image, and what --metadata writes beside 
 
 
 def _seed_of(request: Mapping[str, Any] | None) -> int | None:
-    value = ((request or {}).get("input") or {}).get("seed")
-    return int(value) if type(value) is int else None
+    return rec.seed(rec.input_of(request))
 
 
 def next_seed(item: Item, record: Record, taken: set[int], ceiling: int = MAX_SEED) -> int | None:
@@ -52,7 +52,7 @@ def next_seed(item: Item, record: Record, taken: set[int], ceiling: int = MAX_SE
     own = _seed_of(item.request)
     if own is None:
         return None
-    seeds = [own, *(r["seed"] for r in record.get("rolls", []) if type(r.get("seed")) is int)]
+    seeds = [own, *(s for r in rec.rolls(record) if (s := rec.seed(r)) is not None)]
     seed: int = max(seeds) + 1
     while seed in taken:
         seed += 1
@@ -95,11 +95,11 @@ def choose(
         record = records.get(item.id)
         if record is None or not item.same_request(record["request"]):
             continue  # new, or changed: the plan submits the manifest's request, and its decision starts afresh
-        open_roll = record.get("roll")
+        open_roll = rec.open_roll(record)
         if open_roll is not None:
             if record["state"] in ("succeeded", "pending"):
-                seed = open_roll.get("seed")
-                chosen.append((roll_item(item, seed if type(seed) is int else None), seed, None))
+                seed = rec.seed(open_roll)
+                chosen.append((roll_item(item, seed), seed, None))
             continue
         entry = held.get(item.id)
         if entry is not None and entry.decision == "rejected":
@@ -130,9 +130,9 @@ def _seeds_in_use(items: Sequence[Item], records: Mapping[str, Record]) -> set[i
     """The seeds of the manifest's requests and of every roll the ledger keeps or has open."""
     taken = {s for s in (_seed_of(i.request) for i in items) if s is not None}
     for other in records.values():
-        taken |= {r["seed"] for r in other.get("rolls", []) if type(r.get("seed")) is int}
-        if type((other.get("roll") or {}).get("seed")) is int:
-            taken.add(other["roll"]["seed"])
+        taken |= {s for r in rec.rolls(other) if (s := rec.seed(r)) is not None}
+        if (s := rec.seed(rec.open_roll(other))) is not None:
+            taken.add(s)
     return taken
 
 
@@ -162,13 +162,13 @@ def kept_names(records: Mapping[str, Record], item_id: str, directory: Path) -> 
     roll's number; None when one cannot be: a name another item's file (of any roll) holds, a name a file
     already has in DIR, one outside DIR, or one too long for the file system (255 bytes)."""
     record = records[item_id]
-    earlier = record.get("rolls", [])
-    k = earlier[_good(earlier)].get("n", len(earlier)) if earlier else 1
+    earlier = rec.rolls(record)
+    k = rec.roll_number(earlier[_good(earlier)], len(earlier)) if earlier else 1
     theirs = set()
     for other, r in records.items():
         if other != item_id:
             theirs.update(r["files"])
-            theirs.update(name for roll in r.get("rolls", []) for name in roll.get("files", []))
+            theirs.update(name for roll in rec.rolls(r) for name in rec.roll_files(roll))
     names = []
     for name in record["files"]:
         stem, dot, ext = name.rpartition(".")
@@ -201,10 +201,10 @@ def _taken(kept: Path, current: Path) -> bool:
 def keep_earlier(directory: Path, record: Record) -> None:
     """Before a verified roll's file replaces a name: link the earlier roll's file (and its --metadata sidecars,
     which the new roll's would replace) to its `~roll<k>` name."""
-    roll = record.get("roll")
+    roll = rec.open_roll(record)
     if roll is None:
         return
-    for old, kept in zip(record["files"], roll.get("keep", []), strict=False):
+    for old, kept in zip(record["files"], rec.roll_keep(roll), strict=False):
         if not inside(old) or not inside(kept):
             continue
         for suffix in SIDECARS:
@@ -222,7 +222,7 @@ def keep_earlier(directory: Path, record: Record) -> None:
 
 def opened(record: Record, seed: int | None, keep: list[str]) -> Record:
     """The record with a new roll open: its current image becomes a roll in `rolls` (roll 1 the original)."""
-    earlier = [dict(r) for r in record.get("rolls", [])]
+    earlier = [dict(r) for r in rec.rolls(record)]
     if not earlier:
         request = record["request"] or {}
         earlier.append(
@@ -230,14 +230,14 @@ def opened(record: Record, seed: int | None, keep: list[str]) -> Record:
                 "n": 1,
                 "task_id": record["task_id"],
                 "request_sent": request,
-                "seed": (request.get("input") or {}).get("seed"),
+                "seed": rec.input_of(request).get("seed"),
                 "files": list(record["files"]),
                 "sha256": list(record["sha256"]),
-                "decision": record.get("decision"),
+                "decision": rec.decision(record),
             }
         )
     else:
-        earlier[_good(earlier)]["decision"] = record.get("decision")
+        earlier[_good(earlier)]["decision"] = rec.decision(record)
     record["rolls"] = earlier
     record["roll"] = {"n": len(earlier) + 1, "seed": seed, "request_sent": None, "keep": keep}
     record.pop("reroll_failed", None)
@@ -250,16 +250,15 @@ def verified(record: Record, files: list[str], sha256: list[str]) -> None:
     roll = record.pop("roll", None)
     if roll is None:
         return
-    earlier = [dict(r) for r in record.get("rolls", [])]
+    earlier = [dict(r) for r in rec.rolls(record)]
     if earlier:
         last = earlier[_good(earlier)]
-        last["files"] = [k or n for n, k in zip(last["files"], roll.get("keep", []), strict=False)]
+        last["files"] = [k or n for n, k in zip(last["files"], rec.roll_keep(roll), strict=False)]
     earlier.append(
         {
             "n": roll["n"],
             "task_id": record["task_id"],
-            "request_sent": roll.get("request_sent"),
-            "seed": roll.get("seed"),
+            **rec.roll_fields(roll, ("request_sent", "seed")),
             "files": files,
             "sha256": sha256,
             "decision": None,
@@ -273,14 +272,14 @@ def failed_for_good(record: Record, error: ErrorRecord) -> bool:
     """A roll failed for good: the record keeps the earlier roll's image (state `succeeded`, its task id),
     marked `reroll_failed`, and the failed roll is listed in `rolls`. False when no roll was open."""
     roll = record.pop("roll", None)
-    if roll is None or not record.get("rolls"):
+    if roll is None or not rec.rolls(record):
         return False
     earlier = [dict(r) for r in record["rolls"]]
     kept = earlier[_good(earlier)]
     failed_task = record["task_id"] if record["task_id"] != kept["task_id"] else None
     earlier.append(
         {
-            **{k: roll.get(k) for k in ("n", "seed", "request_sent")},
+            **rec.roll_fields(roll, ("n", "seed", "request_sent")),
             "task_id": failed_task,
             "files": [],
             "sha256": [],

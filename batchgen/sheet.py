@@ -253,19 +253,19 @@ def _entries(
             "was": state,
             "prompt": str(request_input.get("prompt", "")),
         }
-        model = (record.get("request") or {}).get("model")
-        if isinstance(model, str):
+        model = records.model(record)
+        if model is not None:
             base["model"] = model
         if item_id in held:
             base["decision"] = held[item_id].decision
-        if record.get("rolls"):  # re-rolled (rolls.py): which roll this image is
-            base["roll"] = sum("error" not in r for r in record["rolls"] if isinstance(r, dict))
+        if rolls := records.rolls(record):  # re-rolled (rolls.py): which roll this image is
+            base["roll"] = sum("error" not in r for r in rolls if isinstance(r, dict))
         if request_input.get("seed") is not None:
             base["seed"] = request_input["seed"]
         took = _seconds(record["submitted_at"], record["finished_at"])
         if took is not None:
             base["took"] = took
-        names = _params_of((record.get("request") or {}).get("model"))
+        names = _params_of(records.model(record))
         params = [f"{request_input[k]}" for k in names if request_input.get(k) not in (None, "")]
         if params:
             base["params"] = params
@@ -294,7 +294,7 @@ def _reason(state: str, record: Record, files: list[str]) -> str:
         tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})" if attempts else ""
         if error is None:
             return f"error: {tried}"
-        code = f" {error['code']}" if error.get("code") else ""  # may be missing in a hand-made ledger
+        code = f" {records.error_code(error)}" if records.error_code(error) else ""
         return f"{error['kind']}{code}: {error['message']}{tried}"
     if state == "submitted":
         return f"not finished yet (task {record['task_id']})" if record["task_id"] else "not finished yet"

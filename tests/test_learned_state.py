@@ -208,3 +208,5 @@ def test_status_shows_planted_names_escaped(tmp_path):
     text = memory.describe_text(entries)
     assert entries and "\x1b" not in text and "\u202e" not in text and "\x07" not in text
     assert text.count("\n") == len(entries) - 1
+    # shown as escapes a person can read (escapes.inert_line), as every outside name is, not as `?`s
+    assert "api.example.com/\\x1b]0;owned\\x07x" in text and "evil\\x1b[2J\\u202emodel" in text

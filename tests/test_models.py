@@ -697,3 +697,5 @@ async def test_a_card_file_name_with_escapes_is_shown_escaped(tmp_path):
     )
     assert code == 0, err
     assert "\x1b" not in out + err and "\\x1b[2J.json" in out and "\\x1b[2J.json" in err
+    # escaped as every outside name is (escapes.inert_line), not as a Python repr in quotes
+    assert f"{cards}/evil\\x1b[2J.json" in out and f"{cards}/evil\\x1b[2J.json" in err and f"'{cards}" not in out + err

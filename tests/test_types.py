@@ -42,3 +42,42 @@ def test_spend_so_far_is_summed_in_one_place():
     paid = records.new_record(None)
     paid["paid"] = 2
     assert records.paid_total({"a": paid, "b": records.new_record(None)}) == 2
+
+
+def test_readers_of_the_review_and_roll_fields():
+    record = records.new_record({"model": "imagen4-ultra", "input": {"prompt": "a fox", "seed": 3}})
+    assert records.rolls(record) == [] and records.open_roll(record) is None and records.decision(record) is None
+    assert records.files_before(record) == [] and records.reroll_failed(record) is None
+    assert records.model(record) == "imagen4-ultra" and records.model(records.new_record(None)) is None
+    assert records.seed(records.request_input(record)) == 3 and records.seed({"seed": "3"}) is None
+    record["rolls"] = [{"n": 1, "seed": 3, "files": ["a.png"]}, {"seed": 4}]
+    record["roll"] = {"n": 3, "seed": 5, "keep": ["a~roll2.png"]}
+    record["decision"] = "rejected"
+    assert [records.seed(r) for r in records.rolls(record)] == [3, 4]
+    assert records.roll_files(records.rolls(record)[0]) == ["a.png"] and records.roll_files({}) == []
+    assert records.roll_number(records.rolls(record)[1], 2) == 2 and records.roll_keep(record["roll"]) == [
+        "a~roll2.png"
+    ]
+    assert records.roll_fields(record["roll"], ("n", "request_sent")) == {"n": 3, "request_sent": None}
+    assert records.decision(record) == "rejected"
+    error = records.error_record("http", None, "boom")
+    del error["code"]  # type: ignore[misc]  # a hand-made ledger may leave it out
+    assert records.error_code(error) is None and records.error_code({"code": 500}) == 500
+
+
+def test_optional_record_fields_are_read_only_through_the_readers():
+    """`record.get(...)` lives in records.py (and the on-disk check, recordcheck.py); ledger.py and store.py change
+    records in their transitions (left to the ledger's owner for now)."""
+    import pathlib
+    import re
+
+    pattern = re.compile(r"\b(record|known|other|r|roll|open_roll|last)\.get\(")
+    package = pathlib.Path(records.__file__).parent
+    found = [
+        f"{path.name}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name not in ("records.py", "recordcheck.py", "ledger.py", "store.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []
