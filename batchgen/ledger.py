@@ -104,10 +104,11 @@ class Ledger(Store):
         for item in items:
             ids.add(item.id)
             if item.id not in self.items:
-                self.items[item.id] = self._record(item.id, item.request)
+                self._put(item.id, self._record(item.id, item.request))
                 self._dirty = True
-        self.manifest_ids = frozenset(ids)
-        if set(self.items) - self.manifest_ids != self._retired:
+        listed = frozenset(ids)
+        self._listing(listed)
+        if set(self.items) - listed != self._retired:
             self._dirty = True  # the manifest dropped (or brought back) items: the snapshot must say so
 
     def start_submit(self, item_id: str, request: dict[str, Any]) -> None:

@@ -73,6 +73,10 @@ class Store:
         self._broken: StorageError | None = None  # a journal write went wrong: nothing more may be appended
         self.price = loaded.price  # per image, as a decimal string: the latest run's --price
         self.cards: dict[str, Any] = loaded.cards or {}  # model -> the card a run used for it: {sha256, source}
+        # The items' states counted, kept as records change (`_put`): a progress tick reads them in O(1). Of every
+        # item, and of the manifest's items once `track` has said which they are.
+        self._counts = _tally(self.items.values())
+        self._listed_counts: dict[str, int] | None = None
 
     # ------------------------------------------------------------ opening and closing
 
@@ -214,17 +218,38 @@ class Store:
             self._broken = exc
             raise
         self._written += 1
-        self.items[item_id] = record
+        self._put(item_id, record)
         self._dirty = True
+
+    def _put(self, item_id: str, record: Record) -> None:
+        """The one place a record is set in memory: the counts follow its state."""
+        old = self.items.get(item_id)
+        self.items[item_id] = record
+        listed = self._listed_counts is not None and self.manifest_ids is not None and item_id in self.manifest_ids
+        if old is not None:
+            self._counts[old["state"]] -= 1
+            if listed:
+                self._listed_counts[old["state"]] -= 1  # type: ignore[index]  # listed: not None
+        self._counts[record["state"]] += 1
+        if listed:
+            self._listed_counts[record["state"]] += 1  # type: ignore[index]
 
     # ------------------------------------------------------------ snapshots
 
     def counts(self, ids: Iterable[str] | None = None) -> dict[str, int]:
-        counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        records = self.items.values() if ids is None else (self.items[i] for i in ids if i in self.items)
-        for record in records:
-            counts[record["state"]] = counts.get(record["state"], 0) + 1
-        return counts
+        """How many items are in each state: of every item (None), or of `ids`. Every item's, and the manifest's
+        items' (`ids` is `manifest_ids`), are kept as records change, so reading them costs nothing; other ids
+        are counted."""
+        if ids is None:
+            return dict(self._counts)
+        if ids is self.manifest_ids and self._listed_counts is not None:
+            return dict(self._listed_counts)
+        return _tally(self.items[i] for i in ids if i in self.items)
+
+    def _listing(self, ids: frozenset[str]) -> None:
+        """The manifest's ids are now `ids`: count their states (once; then kept by `_put`)."""
+        self.manifest_ids = ids
+        self._listed_counts = _tally(self.items[i] for i in ids if i in self.items)
 
     def maybe_snapshot(self) -> None:
         """Rewrite results.json if it is due: every few seconds, and less often for a ledger that is slow to write."""
@@ -294,6 +319,13 @@ class Store:
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = self._last_snapshot - started
+
+
+def _tally(records: Iterable[Record]) -> dict[str, int]:
+    counts: dict[str, int] = dict.fromkeys(STATES, 0)
+    for record in records:
+        counts[record["state"]] += 1
+    return counts
 
 
 def _chunks(parts: Iterator[str], size: int = 1 << 20) -> Iterator[bytes]:
