@@ -100,15 +100,16 @@ class Ledger(Store):
 
         New pending records are not journaled: they follow from the manifest, so losing them loses nothing.
         """
-        ids = set()
-        for item in items:
-            ids.add(item.id)
-            if item.id not in self.items:
-                self._put(item.id, self._record(item.id, item.request))
-                self._dirty = True
-        listed = frozenset(ids)
-        self._listing(listed)
-        if set(self.items) - listed != self._retired:
+        items = list(items)
+        listed = frozenset([item.id for item in items])
+        if fresh := listed - self.items.keys():
+            for item in items:
+                if item.id in fresh and item.id not in self.items:
+                    self._put(item.id, self._record(item.id, item.request))
+            self._dirty = True
+        retired = self.items.keys() - listed
+        self._listing(listed, retired)
+        if retired != self._retired:
             self._dirty = True  # the manifest dropped (or brought back) items: the snapshot must say so
 
     def start_submit(self, item_id: str, request: dict[str, Any]) -> None:

@@ -197,8 +197,13 @@ def check_lengths(items: Sequence[Item], stems: Mapping[str, str] | None, direct
         name_max = _name_max(absolute)
     problems: list[Problem] = []
     folders = _Folders(directory) if directory is not None else None
+    # A stem of this many characters fits whatever it is: 4 bytes a character (UTF-8's most), a `_` (unreserved),
+    # the worst index and suffixes, in one component and in the whole path. Most stems are: checked no further.
+    sure = (min(name_max, PATH_MAX - 2 - base) - len(WORST_SUFFIX)) // 4 - 1 - len(WORST_INDEX)
     for item in items:
         stem = stems.get(item.id, item.id) if stems is not None else item.id
+        if len(stem) <= sure and "/" not in stem:
+            continue
         worst = unreserved(stem.replace(N, "99") if N in stem else stem + WORST_INDEX)
         parts = [os.fsencode(part) for part in worst.split("/")]
         parts[-1] += WORST_SUFFIX.encode()

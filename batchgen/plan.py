@@ -116,8 +116,12 @@ class _Present:
         self._folders: dict[str, frozenset[str]] = {}
 
     def has(self, name: str) -> bool:
-        folder, _, base = name.rpartition("/")
-        if not {"", ".", ".."} & set(name.split("/")):  # a name inside DIR, its folders named plainly
+        if "/" not in name:  # nearly every name: a file in DIR itself
+            folder, base, plain = "", name, name not in ("", ".", "..")
+        else:
+            folder, _, base = name.rpartition("/")
+            plain = not {"", ".", ".."} & set(name.split("/"))
+        if plain:  # a name inside DIR, its folders named plainly
             listed = self._folders.get(folder)
             if listed is None:
                 listed = self._folders[folder] = self._list(folder)

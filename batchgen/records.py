@@ -183,10 +183,10 @@ def record_problem(record: dict[str, Any]) -> str | None:
 
 
 def _names(value: Any) -> bool:
-    """Whether `value` is a list of strings."""
+    """Whether `value` is a list of strings (a loop, not all() of a generator: 300,000 calls on a resume)."""
     if not isinstance(value, list):
         return False
-    for entry in value:
+    for entry in value:  # noqa: SIM110
         if not isinstance(entry, str):
             return False
     return True
