@@ -400,9 +400,9 @@ def _request_key(item: Item) -> tuple[Any, ...]:
     """A hashable stand-in for the canonical request (values are str, int or bool: all hashable), its texts taken
     as ids.identity sees them: `café` in NFC and NFD, `fox` and `fox\u200d`, are one request, never two paid."""
     # Runs for each of 100,000 items: plain ASCII text (nearly all of it) is only stripped, inline.
-    return item.model, tuple(
-        sorted(
-            (name, value.strip() if value.isascii() else identity(value)) if type(value) is str else (name, value)
-            for name, value in item.input.items()
-        )
-    )
+    pairs = [
+        (name, value.strip() if value.isascii() else identity(value)) if type(value) is str else (name, value)
+        for name, value in item.input.items()
+    ]
+    pairs.sort()
+    return item.model, tuple(pairs)

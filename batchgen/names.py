@@ -309,8 +309,13 @@ class Names:
         self._stems = dict(stems or {})  # item id -> its rendered stem (`{n}` left in), with --name
         # Each manifest id owns its own single-image name; case-folded twins (Fox, fox): the smallest id wins.
         self._planned: dict[str, str] = {}
-        for item_id in sorted(manifest_ids):
-            self._planned.setdefault(_key(self._stems.get(item_id, item_id).replace(N, "1")), item_id)
+        planned = self._planned
+        for item_id in manifest_ids:
+            key = _key(self._stems.get(item_id, item_id).replace(N, "1"))
+            key = item_id if key == item_id else key  # the id's own string: 6 MB less on a 100,000-item resume
+            held = planned.get(key)
+            if held is None or item_id < held:  # the smallest wins: no sort of 100,000 ids
+                planned[key] = item_id
         # stem key -> the item credited with it, or the items when several are (one set per file was 21 MB of a
         # 100,000-item resume)
         self._credited: dict[str, str | set[str]] = {}
@@ -322,6 +327,8 @@ class Names:
         credited = self._credited
         for name in files:
             key = _key(stem_of(name))
+            if key == item_id:
+                key = item_id  # the id's own string (the default names): a string less per file kept
             held = credited.get(key)
             if held is None or held == item_id:
                 credited[key] = item_id
