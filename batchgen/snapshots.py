@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 BLOCK = 1 << 20
+_HEAD = 1 << 16  # the fields before the items are a few hundred bytes
 _ITEMS = b'\n "items": {'
 _BETWEEN = b'\n  },\n  "'  # one record's end and the next one's id
 _CLOSE = 4  # len(b'\n  }'): a record's end, kept with its piece
@@ -30,25 +31,31 @@ _SHARED = ("state", "submitted_at", "finished_at")  # values many records repeat
 def read(path: Path) -> Any:
     """The JSON document in the file at `path`: what `json.loads` of its text (UTF-8, an optional BOM) gives,
     raising what it raises (ValueError, UnicodeDecodeError, RecursionError; OSError for the file)."""
-    with path.open("rb") as handle:
-        document = _in_pieces(handle)
+    document = pieces(path)
     if document is None:
         # Decoded first, so that the bytes are freed before parsing: a 100,000-item ledger's peak is ~50 MB lower.
         document = json.loads(path.read_bytes().decode("utf-8-sig"))
     return document
 
 
-def _in_pieces(handle: BinaryIO) -> dict[str, Any] | None:
-    """The document, or None when the file is not laid out as the writer lays it out (or is not valid JSON:
-    the whole parse then says why, as it always did)."""
-    buffer = handle.read(BLOCK)
-    at = buffer.find(_ITEMS)
-    if at < 0 or not buffer.startswith(b"{"):
-        return None
+def pieces(path: Path, block: int = BLOCK) -> dict[str, Any] | None:
+    """The document read in pieces of about `block` bytes, or None when the file is not laid out as the writer
+    lays it out (or is not valid JSON: the whole parse then says why, as it always did)."""
+    with path.open("rb") as handle:
+        return _in_pieces(handle, block)
+
+
+def _in_pieces(handle: BinaryIO, block: int) -> dict[str, Any] | None:
+    buffer = b""
+    while (at := buffer.find(_ITEMS)) < 0 or len(buffer) < at + len(_ITEMS) + 4:
+        more = handle.read(block)
+        if not more or len(buffer) > _HEAD:
+            return None
+        buffer += more
     head = buffer[: at + len(_ITEMS) - 1]  # through `"items": `
     rest = buffer[at + len(_ITEMS) :]
-    if not rest.startswith(b'\n  "') or head.count(_KEY) != 1:
-        return None  # no items, or another "items" before them: not worth the pieces
+    if not head.startswith(b"{") or not rest.startswith(b'\n  "') or head.count(_KEY) != 1:
+        return None  # no items, or another "items" before them: the whole parse
     items: dict[str, Any] = {}
     shared: dict[str, str] = {}
     try:
@@ -57,7 +64,7 @@ def _in_pieces(handle: BinaryIO) -> dict[str, Any] | None:
             if cut >= 0:
                 _add(items, rest[: cut + _CLOSE], shared)
                 rest = rest[cut + _CLOSE + 1 :]  # from the newline before the next record's id
-            more = handle.read(BLOCK)
+            more = handle.read(block)
             if not more:
                 return None
             rest += more
