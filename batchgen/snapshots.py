@@ -26,6 +26,7 @@ _CLOSE = 4  # len(b'\n  }'): a record's end, kept with its piece
 _END = b"\n  }\n }"  # the last record's end and the items object's
 _KEY = b'"items"'
 _SHARED = ("state", "submitted_at", "finished_at")  # values many records repeat: held once
+_SHORT = 24  # ... and short texts of a request
 
 
 def read(path: Path) -> Any:
@@ -90,4 +91,17 @@ def _add(items: dict[str, Any], piece: bytes, shared: dict[str, str]) -> None:
                 value = record.get(name)
                 if type(value) is str:
                     record[name] = shared.setdefault(value, value)
+            request = record.get("request")
+            if type(request) is dict:
+                _share(request, shared)
+                values = request.get("input")
+                if type(values) is dict:
+                    _share(values, shared)
     items.update(records)
+
+
+def _share(values: dict[str, Any], shared: dict[str, str]) -> None:
+    """Short texts (a model, an aspect ratio, a format) held once; a prompt is one record's own."""
+    for name, value in values.items():
+        if type(value) is str and len(value) <= _SHORT:
+            values[name] = shared.setdefault(value, value)
