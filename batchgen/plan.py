@@ -95,7 +95,7 @@ def make_plan(
         if doubt_open(record):
             plan.in_doubt.append(item)  # submitted again now, with no task id since the doubtful call
     listed = {item.id for item in items}
-    plan.not_in_manifest = sorted(set(records) - listed)
+    plan.not_in_manifest = sorted([i for i in records if i not in listed])  # no copy of every id
     return plan
 
 

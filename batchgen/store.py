@@ -156,7 +156,8 @@ class Store:
 
     def _settle_in_doubt(self) -> None:
         """An item found "submitting" was killed inside createTask: it may have been created. Say so."""
-        for item_id, record in list(self.items.items()):
+        for item_id in [i for i, record in self.items.items() if record.get("submitting")]:  # no 100,000 pairs
+            record = self.items[item_id]
             if record.get("submitting"):
                 changed = record.copy()
                 changed.pop("submitting")
@@ -289,7 +290,7 @@ class Store:
         if self.cards:
             document["cards"] = self.cards
         if ids is not None:
-            document["not_in_manifest"] = sorted(set(self.items) - ids)
+            document["not_in_manifest"] = sorted([i for i in self.items if i not in ids])  # no copy of every id
         data = _chunks(json.JSONEncoder(ensure_ascii=False, indent=1).iterencode(document))  # streamed: a
         # 100,000-item ledger written whole as one string took ~350 MB more at its peak
         results = self.directory / RESULTS
