@@ -311,7 +311,7 @@ class Names:
         self._planned: dict[str, str] = {}
         planned = self._planned
         for item_id in manifest_ids:
-            key = _key(self._stems.get(item_id, item_id).replace(N, "1"))
+            key = self._stems.get(item_id, item_id).replace(N, "1").casefold()  # _key, inline
             key = item_id if key == item_id else key  # the id's own string: 6 MB less on a 100,000-item resume
             held = planned.get(key)
             if held is None or item_id < held:  # the smallest wins: no sort of 100,000 ids
