@@ -144,3 +144,23 @@ async def test_a_run_freezes_what_it_loaded_and_gives_it_back_at_its_end(sim_fac
         runner.make_plan = loaded  # type: ignore[assignment]
     assert outcome.exit_code == 0 and frozen and frozen[0] > 0
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("char", ["a", "é", "狐", "𝔘"])  # 1 to 4 bytes in UTF-8
+def test_check_lengths_refuses_exactly_the_stems_whose_worst_name_is_too_long(tmp_path, char):
+    """The stems check_lengths takes without looking (short enough whatever their characters) are a subset of
+    those the long way takes: around the limit, a stem is refused exactly when its worst name is too long."""
+    out = tmp_path / "out"
+    out.mkdir()
+    items = _items(tmp_path, [("one", "a prompt")])
+    limit = names._name_max(out)
+    for length in range(10, 90):
+        stem = char * length
+        worst = len((stem + names.WORST_INDEX).encode()) + len(names.WORST_SUFFIX)
+        too_long = worst > limit or len(os.fsencode(out.resolve())) + 1 + worst > names.PATH_MAX - 1
+        try:
+            names.check_lengths(items, {"one": stem}, out)
+        except ManifestError:
+            assert too_long, (char, length)
+        else:
+            assert not too_long, (char, length)

@@ -42,6 +42,9 @@ def same_answer(path: Path, data: bytes) -> None:
     assert json.dumps(got) == json.dumps(expected)  # the order of items and of every record's fields too
 
 
+DEEP = '{\n "items": {\n  "a": {\n   "x": ' + "[" * 100_000 + "]" * 100_000 + "\n  }\n }\n}\n"
+
+
 def ledger(n: int, **top: Any) -> dict[str, Any]:
     items = {}
     for i in range(n):
@@ -81,6 +84,7 @@ def test_a_ledger_the_writer_made_is_read_in_pieces_to_the_same_document(tmp_pat
         '[\n "items": {\n  "a": {\n  }\n }\n]\n',
         '{\n "items": {\n  "a": {\n   "s": "\xed\xa0\x80"\n  }\n }\n}\n',  # a lone surrogate: not UTF-8
         "",
+        pytest.param(DEEP, id="too-deep"),
     ],
 )
 def test_any_other_text_gets_the_whole_parses_answer_or_its_error(tmp_path, text):
