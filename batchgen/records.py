@@ -141,7 +141,6 @@ def record_problem(record: dict[str, Any]) -> str | None:
         return f"task_id is {_shown(task_id)}, not a task id"
     if state == "submitted" and task_id is None:
         return "state is submitted, but it has no task_id"
-    # Written out field by field (no generator per record): this runs for each of 100,000 records on a resume.
     for name in ("attempts", "paid", "in_doubt"):
         value = record.get(name, 0)
         if type(value) is not int or value < 0:
