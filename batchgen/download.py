@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiofiles
-from PIL import Image, UnidentifiedImageError
 
 from . import provenance, records, rolls
 from .answers import TaskRecord
@@ -151,6 +150,9 @@ def make_folders(directory: Path, folder: Path) -> None:
 
 def verify_image(path: Path) -> str:
     """Check that a file is a whole PNG, JPEG or WebP; returns its extension (the bytes decide, nothing else)."""
+    # Pillow when an image is first read: a resume with nothing to fetch never loads it (2.6 MB)
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(path) as image:
             kind = image.format or ""

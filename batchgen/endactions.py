@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -166,7 +167,7 @@ class Summary:
 def first_failures(items: Mapping[str, records.Record], ids: Iterable[str] | None) -> list[dict[str, Any]]:
     """The run's first failed items (in the ledger's order; only this manifest's, when `ids` says which), with
     their reasons."""
-    wanted = None if ids is None else set(ids)
+    wanted = ids if ids is None or isinstance(ids, AbstractSet) else set(ids)  # a frozenset is not copied (4 MB)
     found: list[dict[str, Any]] = []
     for item_id, record in items.items():
         if record["state"] != "failed" or (wanted is not None and item_id not in wanted):

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from . import download, failures, memory
+from . import download, failures, memory, records
 from .client import Client
 from .config import RunSettings
 from .errors import (
@@ -307,5 +307,5 @@ class Engine:
 
 
 def _brief(error: ErrorRecord) -> str:
-    code = f"{error.get('code')}: " if error.get("code") else ""
-    return f"{code}{error.get('message')}"
+    code = records.error_code(error)
+    return f"{code}: {error['message']}" if code else error["message"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import rolls
+from . import records, rolls
 from .records import (
     RESULTS,
     STATES,
@@ -89,7 +89,7 @@ class Ledger(Store):
         if self._owners is None:
             self._owners = {}
             for item_id, record in self.items.items():
-                if record.get("task_id"):
+                if record["task_id"]:
                     self._owners.setdefault(str(record["task_id"]), item_id)
         return self._owners
 
@@ -100,14 +100,16 @@ class Ledger(Store):
 
         New pending records are not journaled: they follow from the manifest, so losing them loses nothing.
         """
-        ids = set()
-        for item in items:
-            ids.add(item.id)
-            if item.id not in self.items:
-                self.items[item.id] = self._record(item.id, item.request)
-                self._dirty = True
-        self.manifest_ids = frozenset(ids)
-        if set(self.items) - self.manifest_ids != self._retired:
+        items = list(items)
+        listed = frozenset([item.id for item in items])
+        if fresh := listed - self.items.keys():
+            for item in items:
+                if item.id in fresh and item.id not in self.items:
+                    self._put(item.id, self._record(item.id, item.request))
+            self._dirty = True
+        retired = self.items.keys() - listed
+        self._listing(listed, retired)
+        if retired != self._retired:
             self._dirty = True  # the manifest dropped (or brought back) items: the snapshot must say so
 
     def start_submit(self, item_id: str, request: dict[str, Any]) -> None:
@@ -136,7 +138,7 @@ class Ledger(Store):
         record = self._copy(item_id)
         record.pop("submitting", None)
         if in_doubt:
-            record["in_doubt"] = record.get("in_doubt", 0) + 1
+            record["in_doubt"] = records.in_doubt(record) + 1
             record["doubt_open"] = True
         self._write(item_id, record)
 
@@ -149,8 +151,8 @@ class Ledger(Store):
             {
                 "state": "submitted",
                 "task_id": task_id,
-                "attempts": record.get("attempts", 0) + 1,
-                "paid": record.get("paid", 0) + 1,
+                "attempts": record["attempts"] + 1,
+                "paid": records.paid(record) + 1,
                 "submitted_at": utc_now(),
                 "finished_at": None,
                 "error": None,
@@ -165,8 +167,8 @@ class Ledger(Store):
         record.update(
             {
                 "state": "failed",
-                "attempts": record.get("attempts", 0) + 1,
-                "paid": record.get("paid", 0) + 1,
+                "attempts": record["attempts"] + 1,
+                "paid": records.paid(record) + 1,
                 "error": error,
                 "finished_at": utc_now(),
             }
@@ -183,7 +185,7 @@ class Ledger(Store):
         """A succeeded item's files are gone from DIR: back to submitted, to fetch them again by its task id."""
         record = self._copy(item_id)
         # Its names stay known until the new files are in, then their leftovers (sidecars) go: even under a new --name
-        before = [*record.get("files_before", []), *record["files"]]
+        before = [*records.files_before(record), *record["files"]]
         record.update({"state": "submitted", "files": [], "sha256": [], "finished_at": None, "files_before": before})
         self._write(item_id, record)
 
@@ -212,7 +214,7 @@ class Ledger(Store):
     def decided(self, item_id: str, decision: str | None) -> None:
         """The latest review decision on the item's image (decisions.py), or None when none holds: journaled only
         when it changed, so a run over an unreviewed night writes nothing."""
-        if self.items[item_id].get("decision") == decision:
+        if records.decision(self.items[item_id]) == decision:
             return
         record = self._copy(item_id)
         record.pop("decision", None)

@@ -26,6 +26,7 @@ import string
 import time
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -197,8 +198,13 @@ def check_lengths(items: Sequence[Item], stems: Mapping[str, str] | None, direct
         name_max = _name_max(absolute)
     problems: list[Problem] = []
     folders = _Folders(directory) if directory is not None else None
+    # A stem of this many characters fits whatever it is: 4 bytes a character (UTF-8's most), a `_` (unreserved),
+    # the worst index and suffixes, in one component and in the whole path. Most stems are: checked no further.
+    sure = (min(name_max, PATH_MAX - 2 - base) - len(WORST_SUFFIX)) // 4 - 1 - len(WORST_INDEX)
     for item in items:
         stem = stems.get(item.id, item.id) if stems is not None else item.id
+        if len(stem) <= sure and "/" not in stem:
+            continue
         worst = unreserved(stem.replace(N, "99") if N in stem else stem + WORST_INDEX)
         parts = [os.fsencode(part) for part in worst.split("/")]
         parts[-1] += WORST_SUFFIX.encode()
@@ -303,9 +309,21 @@ class Names:
         self.template = template
         self._stems = dict(stems or {})  # item id -> its rendered stem (`{n}` left in), with --name
         # Each manifest id owns its own single-image name; case-folded twins (Fox, fox): the smallest id wins.
+        # Under the default names an id whose stem key is itself (`fox`, nearly all) is not stored: `_owner`
+        # finds it among the ids (a dict of 100,000 such entries was 5 MB of a resume).
+        self._ids = manifest_ids if isinstance(manifest_ids, AbstractSet) else frozenset(manifest_ids)
+        self._own = not self._stems
         self._planned: dict[str, str] = {}
-        for item_id in sorted(manifest_ids):
-            self._planned.setdefault(_key(self._stems.get(item_id, item_id).replace(N, "1")), item_id)
+        planned = self._planned
+        for item_id in self._ids:
+            key = self._stems.get(item_id, item_id).replace(N, "1").casefold()  # _key, inline
+            if self._own and key == item_id:
+                continue
+            held = planned.get(key)
+            if held is None and self._own and key in self._ids:
+                held = key  # the twin whose key is its own id, not stored
+            if held is None or item_id < held:  # the smallest wins: no sort of 100,000 ids
+                planned[key] = item_id
         # stem key -> the item credited with it, or the items when several are (one set per file was 21 MB of a
         # 100,000-item resume)
         self._credited: dict[str, str | set[str]] = {}
@@ -317,6 +335,8 @@ class Names:
         credited = self._credited
         for name in files:
             key = _key(stem_of(name))
+            if key == item_id:
+                key = item_id  # the id's own string (the default names): a string less per file kept
             held = credited.get(key)
             if held is None or held == item_id:
                 credited[key] = item_id
@@ -345,7 +365,7 @@ class Names:
         # A case-folded twin that does not own its id (`fox` beside `Fox`) never uses a plain name, so that
         # which of the two finishes first cannot decide who gets `Fox_1`. Between other items `<id>_<n>` is
         # unique: the digits after the last `_` are n, so the id before them is the item's own.
-        twin = self._planned.get(_key(base.replace(N, "1")), item_id) != item_id
+        twin = (self._owner(_key(base.replace(N, "1"))) or item_id) != item_id
         taken: set[str] = set()
         result = []
         for stem in wanted:
@@ -360,10 +380,17 @@ class Names:
 
     def _free(self, item_id: str, stem: str) -> bool:
         key = _key(stem)
-        planned = self._planned.get(key)
+        planned = self._owner(key)
         if planned is not None and planned != item_id:
             return False
         return not self._other(key, item_id)
+
+    def _owner(self, key: str) -> str | None:
+        """The manifest item that plans the stem with this key, if one does."""
+        owner = self._planned.get(key)
+        if owner is None and self._own and key in self._ids:
+            return key
+        return owner
 
     def _other(self, key: str, item_id: str) -> bool:
         """Whether an item other than `item_id` is credited with this stem."""

@@ -19,9 +19,10 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from .config import redact
 from .errors import ExitCode
@@ -105,6 +106,8 @@ class Reporter:
 
     def start(self, total: int) -> None:
         if self._want_bar and total:
+            from tqdm import tqdm  # only for a bar on a terminal: cron's runs never load it (1.6 MB)
+
             self._bar = tqdm(total=total, unit="img", file=self.stream, dynamic_ncols=True, leave=True)
 
     def update(self, counts: dict[str, int], *, in_flight: int, limit: int) -> None:

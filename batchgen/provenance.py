@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image
-
 from . import __version__, xmp
 from .errors import DownloadError
 from .files import write_atomically
@@ -130,6 +128,8 @@ def _into_png(data: bytes, mark: Label) -> bytes:
 
 
 def _unreadable(data: bytes) -> str | None:
+    from PIL import Image  # Pillow when an image is first read: a resume with nothing to fetch never loads it (2.6 MB)
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()
@@ -147,6 +147,8 @@ def with_itxt(data: bytes, text: str) -> bytes:
 
 def read_png_text(path: Path) -> str | None:
     """The batchgen text in a PNG, read back with Pillow (None when there is none)."""
+    from PIL import Image  # Pillow when an image is first read: a resume with nothing to fetch never loads it (2.6 MB)
+
     with Image.open(path) as image:
         image.load()
         value = getattr(image, "text", {}).get(KEYWORD)

@@ -286,7 +286,7 @@ def _read_csv(text: str, out: Collector, known: tuple[str, ...]) -> list[RawItem
     try:
         for row in reader:
             line, start = start, reader.line_num + 1
-            if not any(cell.strip() for cell in row):
+            if not (row and row[0].strip()) and not any(cell.strip() for cell in row):  # (row[0]: most rows)
                 continue
             if header is None:
                 header = _csv_header(row, line, out, known)

@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
+from . import snapshots
 from .errors import LedgerError
 from .failures import Kind
 from .files import STATE_DIR
@@ -91,6 +92,11 @@ def in_doubt(record: Record) -> int:
 def doubt_open(record: Record) -> bool:
     """Whether the item's last create may have been paid, with no task id since (the next create warns)."""
     return record.get("doubt_open", False) or record.get("submitting", False)
+
+
+def submitting(record: Record) -> bool:
+    """A createTask call is under way (on disk: the run died inside it)."""
+    return record.get("submitting", False)
 
 
 def cost(record: Record) -> dict[str, float]:
@@ -284,8 +290,7 @@ class _Damaged(Exception):
 def _read_snapshot(path: Path) -> dict[str, Any]:
     """A snapshot's document; _Damaged if it is not a whole, well-formed ledger; LedgerError if it is newer."""
     try:
-        # Decoded first, so that the bytes are freed before parsing: a 100,000-item ledger's peak is ~50 MB lower.
-        document = json.loads(path.read_bytes().decode("utf-8-sig"))
+        document = snapshots.read(path)  # in pieces: the ~50 MB text of 100,000 items is never held whole
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _Damaged(f"{path} is not valid JSON ({exc})") from exc
     except OSError as exc:

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from PIL import Image
-
 from . import decisions, models, provenance, records
 from .files import STATE_DIR, clear_stale, state_dir, write_atomically
 from .ledger import Loaded, Record
@@ -195,6 +193,8 @@ def _thumbnail(source: Path, target: Path) -> bool:
     """Make (or reuse) a small JPEG of an image, mode 0644; False when the image cannot be read."""
     if not _regular(source, IMAGE_BYTES):
         return False  # a FIFO at an image's name would block Image.open for ever
+    from PIL import Image  # Pillow when an image is first read: a run without a contact sheet never loads it (2.6 MB)
+
     try:
         if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
             if target.stat().st_mode & 0o777 != 0o644:

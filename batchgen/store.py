@@ -19,10 +19,13 @@ import fcntl
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Self
 
+from . import records
 from .errors import LedgerError, LockedError, StorageError
 from .files import STATE_DIR, check_output_dir, fsync_dir, open_nofollow, write_atomically
 from .records import (
@@ -73,6 +76,10 @@ class Store:
         self._broken: StorageError | None = None  # a journal write went wrong: nothing more may be appended
         self.price = loaded.price  # per image, as a decimal string: the latest run's --price
         self.cards: dict[str, Any] = loaded.cards or {}  # model -> the card a run used for it: {sha256, source}
+        # The items' states counted, kept as records change (`_put`): a progress tick reads them in O(1). Of every
+        # item, and of the manifest's items once `track` has said which they are.
+        self._counts = _tally(self.items.values())
+        self._listed_counts: dict[str, int] | None = None
 
     # ------------------------------------------------------------ opening and closing
 
@@ -150,11 +157,12 @@ class Store:
 
     def _settle_in_doubt(self) -> None:
         """An item found "submitting" was killed inside createTask: it may have been created. Say so."""
-        for item_id, record in list(self.items.items()):
-            if record.get("submitting"):
+        for item_id in [i for i, record in self.items.items() if records.submitting(record)]:  # no 100,000 pairs
+            record = self.items[item_id]
+            if records.submitting(record):
                 changed = record.copy()
                 changed.pop("submitting")
-                changed["in_doubt"] = changed.get("in_doubt", 0) + 1
+                changed["in_doubt"] = records.in_doubt(record) + 1
                 changed["doubt_open"] = True
                 self._write(item_id, changed)
         if self._written:
@@ -214,17 +222,40 @@ class Store:
             self._broken = exc
             raise
         self._written += 1
-        self.items[item_id] = record
+        self._put(item_id, record)
         self._dirty = True
+
+    def _put(self, item_id: str, record: Record) -> None:
+        """The one place a record is set in memory: the counts follow its state."""
+        old = self.items.get(item_id)
+        self.items[item_id] = record
+        listed = self._listed_counts is not None and self.manifest_ids is not None and item_id in self.manifest_ids
+        if old is not None:
+            self._counts[old["state"]] -= 1
+            if listed:
+                self._listed_counts[old["state"]] -= 1  # type: ignore[index]  # listed: not None
+        self._counts[record["state"]] += 1
+        if listed:
+            self._listed_counts[record["state"]] += 1  # type: ignore[index]
 
     # ------------------------------------------------------------ snapshots
 
     def counts(self, ids: Iterable[str] | None = None) -> dict[str, int]:
-        counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        records = self.items.values() if ids is None else (self.items[i] for i in ids if i in self.items)
-        for record in records:
-            counts[record["state"]] = counts.get(record["state"], 0) + 1
-        return counts
+        """How many items are in each state: of every item (None), or of `ids`. Every item's, and the manifest's
+        items' (`ids` is `manifest_ids`), are kept as records change, so reading them costs nothing; other ids
+        are counted."""
+        if ids is None:
+            return dict(self._counts)
+        if ids is self.manifest_ids and self._listed_counts is not None:
+            return dict(self._listed_counts)
+        return _tally(self.items[i] for i in ids if i in self.items)
+
+    def _listing(self, ids: frozenset[str], retired: set[str]) -> None:
+        """The manifest's ids are now `ids`, every item in the ledger (`retired`: those not among them): count
+        their states once, as every item's less the retired ones'; then `_put` keeps them."""
+        self.manifest_ids = ids
+        less = _tally(self.items[i] for i in retired)
+        self._listed_counts = {state: count - less[state] for state, count in self._counts.items()}
 
     def maybe_snapshot(self) -> None:
         """Rewrite results.json if it is due: every few seconds, and less often for a ledger that is slow to write."""
@@ -260,7 +291,7 @@ class Store:
         if self.cards:
             document["cards"] = self.cards
         if ids is not None:
-            document["not_in_manifest"] = sorted(set(self.items) - ids)
+            document["not_in_manifest"] = sorted([i for i in self.items if i not in ids])  # no copy of every id
         data = _chunks(json.JSONEncoder(ensure_ascii=False, indent=1).iterencode(document))  # streamed: a
         # 100,000-item ledger written whole as one string took ~350 MB more at its peak
         results = self.directory / RESULTS
@@ -296,8 +327,15 @@ class Store:
         self._snapshot_cost = self._last_snapshot - started
 
 
-def _chunks(parts: Iterator[str], size: int = 1 << 20) -> Iterator[bytes]:
-    """The encoder's many small strings as UTF-8 blocks of about `size` characters, then the final newline."""
+def _tally(items: Iterable[Record]) -> dict[str, int]:
+    counts: dict[str, int] = dict.fromkeys(STATES, 0)
+    counts.update(Counter(map(itemgetter("state"), items)))  # Counter counts in C: 100,000 records in ~10 ms
+    return counts
+
+
+def _chunks(parts: Iterator[str], size: int = 1 << 16) -> Iterator[bytes]:
+    """The encoder's many small strings as UTF-8 blocks of about `size` characters, then the final newline. (A
+    block of a megabyte held ~150,000 small strings before its join: 8 MB more at a large ledger's peak.)"""
     block: list[str] = []
     length = 0
     for part in parts:

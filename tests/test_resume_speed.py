@@ -86,6 +86,27 @@ def test_a_stem_credited_to_one_then_two_items_is_held_against_every_other():
     assert held.credited_to_other("c", "x.png") and not held.held_by_other("c", "c.png")
 
 
+@pytest.mark.parametrize("order", [1, -1])
+@pytest.mark.parametrize("stems", [False, True])
+def test_who_plans_a_name_is_the_smallest_of_its_case_folded_twins_however_the_ids_come(order, stems):
+    """Names does not store an id that plans its own name (the default names): the answers are those of a
+    table of every id, the smallest of case-folded twins owning their name."""
+    ids = ["fox", "Fox", "FOX", "owl", "Owl", "cat", "b", "B", "zebra-1", "Zebra-1"][::order]
+    rendered = {i: f"x-{i}" for i in ids} if stems else None
+    held = names.Names(ids, [], template="x-{id}" if stems else names.DEFAULT_TEMPLATE, stems=rendered)
+    stem = (lambda i: f"x-{i}") if stems else (lambda i: i)
+    owner = {}
+    for item_id in sorted(ids):
+        owner.setdefault(stem(item_id).casefold(), item_id)
+    for item_id in ids:
+        for other in [*ids, "dog", "FOXES"]:
+            name = f"{stem(other)}.png"
+            expected = owner.get(stem(other).casefold(), item_id) != item_id
+            assert held.held_by_other(item_id, name) == expected, (item_id, name)
+        twin = owner[stem(item_id).casefold()] != item_id
+        assert ("~" in held.stems(item_id, 1)[0]) == twin, item_id  # a twin that does not own it: a ~ name
+
+
 def test_the_key_is_refused_in_any_value_but_not_when_two_values_only_make_it_together(tmp_path):
     half = len(KEY) // 2
     apart = _items(tmp_path, [("one", f"ends {KEY[:half]}"), ("two", f"{KEY[half:]} starts")])
@@ -123,3 +144,23 @@ async def test_a_run_freezes_what_it_loaded_and_gives_it_back_at_its_end(sim_fac
         runner.make_plan = loaded  # type: ignore[assignment]
     assert outcome.exit_code == 0 and frozen and frozen[0] > 0
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("char", ["a", "é", "狐", "𝔘"])  # 1 to 4 bytes in UTF-8
+def test_check_lengths_refuses_exactly_the_stems_whose_worst_name_is_too_long(tmp_path, char):
+    """The stems check_lengths takes without looking (short enough whatever their characters) are a subset of
+    those the long way takes: around the limit, a stem is refused exactly when its worst name is too long."""
+    out = tmp_path / "out"
+    out.mkdir()
+    items = _items(tmp_path, [("one", "a prompt")])
+    limit = names._name_max(out)
+    for length in range(10, 90):
+        stem = char * length
+        worst = len((stem + names.WORST_INDEX).encode()) + len(names.WORST_SUFFIX)
+        too_long = worst > limit or len(os.fsencode(out.resolve())) + 1 + worst > names.PATH_MAX - 1
+        try:
+            names.check_lengths(items, {"one": stem}, out)
+        except ManifestError:
+            assert too_long, (char, length)
+        else:
+            assert not too_long, (char, length)

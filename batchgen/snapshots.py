@@ -1,0 +1,107 @@
+"""results.json parsed in pieces: the same document `json.loads` makes of the whole file, without ever holding the
+whole text beside the records it becomes (a 100,000-item ledger's text is ~50 MB), and with the few values that
+repeat from record to record (states, times, models) held once.
+
+The snapshot writer (store.py) lays the file out at one space per level, so the items object is
+`\\n "items": {` … `\\n  }\\n }` and two records meet at `\\n  },\\n  "`. A raw newline is never inside a JSON
+string, so such a separator is always structure, never text. The file is read a block at a time, cut at the last
+separator of the block, and each run of whole records is parsed as an object of its own; the document around the
+items is parsed with an empty object in their place. Every piece must be valid JSON on its own, which it is only
+when the cut fell between two records of the items object (a cut anywhere else leaves a brace unbalanced). A
+file laid out any other way — edited by hand, a byte-order mark, damaged — is parsed whole, exactly as before:
+the pieces are a faster way to the same result, never a different reading.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+BLOCK = 1 << 20
+_HEAD = 1 << 16  # the fields before the items are a few hundred bytes
+_ITEMS = b'\n "items": {'
+_BETWEEN = b'\n  },\n  "'  # one record's end and the next one's id
+_CLOSE = 4  # len(b'\n  }'): a record's end, kept with its piece
+_END = b"\n  }\n }"  # the last record's end and the items object's
+_KEY = b'"items"'
+_SHARED = ("state", "submitted_at", "finished_at")  # values many records repeat: held once
+_SHORT = 24  # ... and short texts of a request
+
+
+def read(path: Path) -> Any:
+    """The JSON document in the file at `path`: what `json.loads` of its text (UTF-8, an optional BOM) gives,
+    raising what it raises (ValueError, UnicodeDecodeError, RecursionError; OSError for the file)."""
+    document = pieces(path)
+    if document is None:
+        # Decoded first, so that the bytes are freed before parsing: a 100,000-item ledger's peak is ~50 MB lower.
+        document = json.loads(path.read_bytes().decode("utf-8-sig"))
+    return document
+
+
+def pieces(path: Path, block: int = BLOCK) -> dict[str, Any] | None:
+    """The document read in pieces of about `block` bytes, or None when the file is not laid out as the writer
+    lays it out (or is not valid JSON: the whole parse then says why, as it always did)."""
+    with path.open("rb") as handle:
+        return _in_pieces(handle, block)
+
+
+def _in_pieces(handle: BinaryIO, block: int) -> dict[str, Any] | None:
+    buffer = b""
+    while (at := buffer.find(_ITEMS)) < 0 or len(buffer) < at + len(_ITEMS) + 4:
+        more = handle.read(block)
+        if not more or len(buffer) > _HEAD:
+            return None
+        buffer += more
+    head = buffer[: at + len(_ITEMS) - 1]  # through `"items": `
+    rest = buffer[at + len(_ITEMS) :]
+    if not head.startswith(b"{") or not rest.startswith(b'\n  "') or head.count(_KEY) != 1:
+        return None  # no items, or another "items" before them: the whole parse
+    items: dict[str, Any] = {}
+    shared: dict[str, str] = {}
+    try:
+        while (end := rest.find(_END)) < 0:
+            cut = rest.rfind(_BETWEEN)
+            if cut >= 0:
+                _add(items, rest[: cut + _CLOSE], shared)
+                rest = rest[cut + _CLOSE + 1 :]  # from the newline before the next record's id
+            more = handle.read(block)
+            if not more:
+                return None
+            rest += more
+        _add(items, rest[: end + _CLOSE], shared)
+        tail = rest[end + len(_END) :] + handle.read()
+        if _KEY in tail:
+            return None
+        document = json.loads((head + b"{}" + tail).decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(document, dict) or document.get("items") != {}:
+        return None
+    document["items"] = items
+    return document
+
+
+def _add(items: dict[str, Any], piece: bytes, shared: dict[str, str]) -> None:
+    """Parse a run of whole records (`"id": {…},\\n  "id": {…}`) into `items`, later ids winning as in one parse."""
+    records = json.loads("{" + piece.decode("utf-8") + "}")
+    for record in records.values():
+        if type(record) is dict:
+            for name in _SHARED:
+                value = record.get(name)
+                if type(value) is str:
+                    record[name] = shared.setdefault(value, value)
+            request = record.get("request")
+            if type(request) is dict:
+                _share(request, shared)
+                values = request.get("input")
+                if type(values) is dict:
+                    _share(values, shared)
+    items.update(records)
+
+
+def _share(values: dict[str, Any], shared: dict[str, str]) -> None:
+    """Short texts (a model, an aspect ratio, a format) held once; a prompt is one record's own."""
+    for name, value in values.items():
+        if type(value) is str and len(value) <= _SHORT:
+            values[name] = shared.setdefault(value, value)
