@@ -228,8 +228,12 @@ class RateWindow:
         """A rate 429: the service accepts no more than it accepted in the last window (or half, if none)."""
         if not self._adaptive:
             return
-        accepted = self.accepted()
-        self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
+        self.learn(self.accepted())
+
+    def learn(self, accepted: int) -> None:
+        """The service accepts no more than `accepted` creates a window (none known: half)."""
+        if self._adaptive:
+            self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
 
     def on_success(self) -> None:
         if self._adaptive and self._count < self.maximum:
@@ -400,9 +404,11 @@ class Throttle:
                 if young is not None
                 else self.limiter.running + 1 > self.cap_level + _lag(self.cap_level)
             )
-            if over:  # that 429 was the window's — if the window has not taken more since
+            if over:  # that 429 was the window's — if the window has not taken more since: its rate, learned
                 if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
                     self.rate_level = self._cap_accepted
+                    self.window.learn(self._cap_accepted)
+                    self.learned_count = self.window.count
                 self._not_full()
         self.window.on_success()
         self.limiter.on_success()

@@ -113,12 +113,16 @@ def test_tasks_finished_there_and_not_seen_here_do_not_refute_a_full_level():
     accept(t, 10)
     run_tasks(t, 10)
     assert t.on_create_saturated(t.epoch).kind == "capacity" and t.cap_level == 10
+    clock.advance(11)  # the next window
     run_tasks(t, 10)  # 20 running by our count
     accept(t, 1)
     assert t.cap_level == 10  # the old reading (21 > 10 + lag) dropped it and learned a create rate of 10
     young = 13  # 14 surely running with the one just created
     accept(t, 1)
     assert t.cap_level is None
+    # That 429 came with 10 creates accepted in the window: the rate, learned now (kept for the next night too),
+    # not at the next burst of 429s.
+    assert t.rate_level == 10 and t.window.count == 10 and t.learned_count == 10
 
 
 def test_a_full_level_refuted_gives_the_in_flight_limit_back_and_learns_the_rate():
