@@ -341,6 +341,7 @@ class Throttle:
         # None: the limiter's count also holds tasks finished there and not yet seen here.
         self.young: Callable[[], int | None] = lambda: None
         self.verdicts: dict[str, int] = {"capacity": 0, "rate": 0, "both": 0}
+        self.corrected: str | None = None  # the last "full" reading found wrong, until -v said it
         self.last_kind: Saturation | None = None
 
     def classify(self, accepted: int, running: int) -> Saturation:
@@ -381,7 +382,7 @@ class Throttle:
             self.limiter.on_saturated(running)
         if kind != "capacity":
             if kind == "rate" and self.cap_level is not None and running < self.cap_level - _lag(self.cap_level):
-                self._not_full()  # refused with fewer running: not full, then or now
+                self._not_full(f"refused again with {running} running")  # not full, then or now
             self.strikes += 1
             self.rate_level = max(1, accepted)
             self.window.on_saturated()
@@ -409,16 +410,21 @@ class Throttle:
                     self.rate_level = self._cap_accepted
                     self.window.learn(self._cap_accepted)
                     self.learned_count = self.window.count
-                self._not_full()
+                self._not_full(f"{young + 1 if young is not None else self.limiter.running + 1} surely running since")
         self.window.on_success()
         self.limiter.on_success()
 
-    def _not_full(self) -> None:
-        """The "full" level was no capacity: forgotten, and the in-flight limit it cut given back."""
-        self.cap_level = self.limiter.cap = None
+    def _not_full(self, why: str) -> None:
+        """The "full" level was no capacity: forgotten, and the in-flight limit it cut given back (`corrected`
+        says so, for -v)."""
+        level, self.cap_level, self.limiter.cap = self.cap_level, None, None
         if self._limit_before_cap is not None:
             self.limiter.restore(self._limit_before_cap)
             self._limit_before_cap = None
+        self.corrected = (
+            f"the 429 taken for capacity at {level} tasks running was the create window's ({why}): in-flight "
+            f"limit {self.limiter.limit}, create window {self.window.count}/{self.window.seconds:g} s"
+        )
 
     def on_status_saturated(self) -> None:
         self.status.on_saturated()

@@ -219,3 +219,24 @@ async def test_a_full_service_is_remembered_as_full_not_as_a_create_rate(sim_fac
         assert kept["create_rate"] is None, log
         (entry,) = kept["models"].values()
         assert entry["capacity"]["learned_from"] == "capacity_429" and 8 <= entry["capacity"]["tasks"] <= 16
+
+
+async def test_a_rate_limit_first_read_as_full_is_corrected(sim_factory, tmp_path, state_home):
+    """Real loopback, rate_unknown made small: the service takes 8 creates a second (no capacity limit, 1 s per
+    image), the run is told 100/1 s. Its first 429 comes with the window not full: capacity, by the rule. The
+    tasks surely running then go past that "full" level without a refusal: `-v` says the reading was the window's,
+    and the service is remembered with a create rate and no capacity."""
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(48)])
+    async with sim_factory(rate=(8, 1.0), latency=1.0, jitter=0.2) as sim:
+        stream = io.StringIO()
+        told = dict(concurrency=40, create_rate=(100, 1.0), poll_rate=80.0, poll=PollSchedule(0.125))
+        settings = make_settings(path, tmp_path / "out", sim, **told)
+        outcome = await runner.run(settings, Reporter(stream=stream, progress=False, verbose=True))
+        log = stream.getvalue()
+        assert outcome.exit_code == 0 and sim.stats.rate_limited > 0
+        assert "taken for capacity (the service is full)" in log
+        assert "was the create window's" in log, log
+        kept = json.loads(memory.path_for(state_home / "batchgen", sim.api_url).read_text())
+        assert kept["create_rate"]["learned_from"] == "rate_429" and 6 <= kept["create_rate"]["count"] <= 8, log
+        (entry,) = kept["models"].values()
+        assert entry["capacity"] is None, log
