@@ -816,7 +816,7 @@ def main() -> int:
     chosen = [s for s in scenarios(args.quick) if not args.names or s.name in args.names]
     rows = []
     with tempfile.TemporaryDirectory(prefix="batchgen-bench-") as tmp:
-        compiled(Path(tmp))
+        compiled()
         for scenario in chosen:
             for row in run_scenario(scenario, Path(tmp)):
                 if "naive_wall_s" in row:
@@ -833,11 +833,11 @@ def main() -> int:
     return 0 if all(r.get("exit") == 0 for r in rows) else 1
 
 
-def compiled(work: Path) -> None:
-    """batchgen's bytecode compiled once, as an installed package has it: every run of this benchmark reads it
-    (PYTHONPYCACHEPREFIX, inherited). Without it, an environment with PYTHONDONTWRITEBYTECODE set compiles every
-    module from source at every start (~80 ms of CPU a run: 0.3-0.4 ms per task of the scaled scenarios)."""
-    os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+def compiled() -> None:
+    """batchgen's bytecode compiled, as an installed package has it (in its __pycache__, which git ignores). An
+    environment with PYTHONDONTWRITEBYTECODE set otherwise compiles every batchgen module from source at every
+    start (~80 ms of CPU a run). Not PYTHONPYCACHEPREFIX: under it the standard library's and aiohttp's own
+    bytecode is not found either, and a run costs ~0.5 s more."""
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "batchgen")], check=True)
 
 
