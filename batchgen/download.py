@@ -19,8 +19,7 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import aiofiles
+from typing import Any, TypeVar
 
 from . import provenance, records, rolls
 from .answers import TaskRecord
@@ -34,9 +33,10 @@ from .names import Names, inside
 from .outcome import Counters
 from .progress import Reporter
 
+T = TypeVar("T")
 DOWNLOAD_SLOTS = 8  # result files fetched at once
 NO_RESULT_QUERIES = 3  # a success without result URLs: recordInfo asked this many times before "no result"
-CHUNK = 1024 * 1024  # one thread hop (aiofiles) per MiB written
+CHUNK = 1024 * 1024  # one thread hop per MiB written (and one for the rest: sync, verify, rename)
 # Pillow's name (read from the bytes, whatever the request or the URL said) -> the file extension
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what a file batchgen wrote can be called
@@ -83,36 +83,73 @@ async def fetch(
             if declared is not None and declared > max_bytes:
                 raise DownloadError(f"result is {declared:,} bytes; the limit is {max_bytes:,}")
             size = 0
-            async with aiofiles.open(fd, "wb", closefd=False) as out:
-                async for chunk in response.content.iter_chunked(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise DownloadError(f"result exceeds the limit of {max_bytes:,} bytes")
-                    digest.update(chunk)
-                    await out.write(chunk)
+            held: list[bytes] = []  # written a MiB at a time: one thread hop per MiB, not per chunk
+            async for chunk in response.content.iter_chunked(CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadError(f"result exceeds the limit of {max_bytes:,} bytes")
+                digest.update(chunk)
+                held.append(chunk)
+                if sum(map(len, held)) >= CHUNK:
+                    await _holding_fd(_write_all, fd, held)
+                    held = []
             if declared is not None and size != declared:
                 raise DownloadError(f"download truncated: {size:,} of {declared:,} bytes")
-        await asyncio.to_thread(os.fsync, fd)
-        ext = await asyncio.to_thread(verify_image, temp)
-        received = final_digest = digest.hexdigest()
-        final = directory / f"{stem}.{ext}"
-        if label is not None:
-            final_digest, note = await asyncio.to_thread(_embed, temp, label(received))
-            if note and warn is not None:
-                warn(f"{final.relative_to(directory)}: the metadata was not written into it: {note}; kept as received")
-        if "/" in stem:
-            await asyncio.to_thread(make_folders, directory, final.parent)
-        os.replace(temp, final)
-        # The rename is durable before the caller records success: a crash must not leave the ledger vouching
-        # for a file whose directory entry never reached the disk.
-        await asyncio.to_thread(fsync_dir, final.parent)
-        return final.relative_to(directory).as_posix(), final_digest, received
+        received = digest.hexdigest()
+        mark = label(received) if label is not None else None
+        ext, final_digest, note = await _holding_fd(_settle, fd, held, temp, directory, stem, mark)
+        final_digest = final_digest or received
+        name = f"{stem}.{ext}"
+        if note and warn is not None:
+            warn(f"{name}: the metadata was not written into it: {note}; kept as received")
+        return name, final_digest, received
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
     finally:
         os.close(fd)
+
+
+async def _holding_fd(work: Callable[..., T], *args: Any) -> T:
+    """`work` in a thread; cancelled, the caller still waits for it to end: it holds the file descriptor that the
+    caller closes (closed under it, the number could be another file's by then)."""
+    job = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await job
+        raise
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _settle(
+    fd: int, held: list[bytes], temp: Path, directory: Path, stem: str, mark: provenance.Label | None
+) -> tuple[str, str | None, str | None]:
+    """The rest of a download, in one thread hop: the last bytes written and synced, the image verified,
+    labelled (`mark`), renamed into place, the rename made durable. Returns the extension, the sha256 of the
+    file as kept when the label changed it, and why a label was not written."""
+    _write_all(fd, held)
+    os.fsync(fd)
+    ext = verify_image(temp)
+    final = directory / f"{stem}.{ext}"
+    digest = note = None
+    if mark is not None:
+        digest, note = _embed(temp, mark)
+    if "/" in stem:
+        make_folders(directory, final.parent)
+    os.replace(temp, final)
+    # The rename is durable before the caller records success: a crash must not leave the ledger vouching for a
+    # file whose directory entry never reached the disk.
+    fsync_dir(final.parent)
+    return ext, digest, note
 
 
 def _embed(path: Path, mark: provenance.Label) -> tuple[str, str | None]:
@@ -130,6 +167,12 @@ def _embed(path: Path, mark: provenance.Label) -> tuple[str, str | None]:
         finally:
             os.close(fd)
     return hashlib.sha256(labelled).hexdigest(), note
+
+
+def _sidecars(path: Path, mark: provenance.Label, temp_dir: Path) -> None:
+    """The image's --metadata sidecars (JSON and XMP), in one thread hop."""
+    provenance.write_sidecar(path, mark.text, temp_dir)
+    provenance.write_xmp_sidecar(path, mark.xmp, temp_dir)
 
 
 def make_folders(directory: Path, folder: Path) -> None:
@@ -243,8 +286,7 @@ async def fetch_all(
         )
         if mode != "none":
             mark = label(as_received)
-            await asyncio.to_thread(provenance.write_sidecar, settings.out / name, mark.text, temp_dir)
-            await asyncio.to_thread(provenance.write_xmp_sidecar, settings.out / name, mark.xmp, temp_dir)
+            await asyncio.to_thread(_sidecars, settings.out / name, mark, temp_dir)
         names.append(name)
         digests.append(digest)
         received.append(as_received)
@@ -355,7 +397,8 @@ class Fetcher:
         known = self.ledger.record(item.id)
         old = [*known["files"], *records.files_before(known)]
         stale = [n for n in old if not self.names.held_by_other(item.id, n)]
-        await asyncio.to_thread(remove_stale, self.settings.out, stale, names)
+        if set(stale) - set(names):  # a new item has none: no thread hop for nothing
+            await asyncio.to_thread(remove_stale, self.settings.out, stale, names)
         self.ledger.succeeded(
             item.id,
             names,

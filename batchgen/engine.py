@@ -88,6 +88,7 @@ class Engine:
             prior=self.remembered.prior(settings.task_timeout) if self.remembered else None,
             in_tail=self._detection_counts,
         )
+        self.throttle.young = self.polls.young  # what the 429 reading may count as surely running
         self.listed = ledger.listed()  # the manifest's ids, the ledger's answer: what the run counts
         self.stop_reason: str | None = None
         self.stop_signal: int | None = None

@@ -1,5 +1,5 @@
-"""The run's one throttle: in-flight AIMD limiter, create-rate window, status-query budget, shared cool-down, and
-the 429 bookkeeping that ties them together.
+"""The run's one throttle: in-flight AIMD limiter, create-rate window, shared cool-down, the status-query budget
+(budget.py's, held here), and the 429 bookkeeping that ties them together.
 
 Pure asyncio and arithmetic; nothing here knows HTTP. Backpressure is structural: a caller takes a slot (or a
 token) and only then starts the work, so only the allowed amount of work ever exists. A 429 slows the one
@@ -21,9 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from .budget import StatusBudget
 from .config import RetryPolicy
 
 Clock = Callable[[], float]
+__all__ = ["Clock", "Cooldown", "Hints", "InFlightLimiter", "RateWindow", "StatusBudget", "Throttle"]
 
 
 class InFlightLimiter:
@@ -52,6 +54,7 @@ class InFlightLimiter:
         self._clock = clock
         self._last_cut = -math.inf
         self._limit = float(maximum if start is None else max(1, min(start, maximum)))
+        self._probe: asyncio.TimerHandle | None = None
         self.cap: float | None = None if cap is None else float(max(1, min(cap, maximum)))
         self.in_flight = 0  # slots held
         self.running = 0  # of those, tasks the service runs for us
@@ -108,6 +111,23 @@ class InFlightLimiter:
     def on_saturated(self, running: int | None = None) -> None:
         self._limit = max(1.0, self._limit / 2 if running is None else min(self._limit, float(running)))
         self._last_cut = self._clock()
+        if self.cap is None:  # an unconfirmed "full" (a rate limit's looks the same): one slot more once calm
+            with contextlib.suppress(RuntimeError):  # no loop (the pure bookkeeping in tests): no probe
+                if self._probe is not None:
+                    self._probe.cancel()
+                self._probe = asyncio.get_running_loop().call_later(self.calm, self._probe_once)
+
+    def _probe_once(self) -> None:
+        """Calm since the cut and still no slot free: try one more create without waiting for a finish."""
+        self._probe = None
+        if self.cap is None and self._waiters and self.in_flight >= self.limit and self._limit < self.maximum:
+            self._limit += 1.0
+            self._wake()
+
+    def restore(self, limit: float) -> None:
+        """A cut that later evidence showed was the window's doing, not the service's "full": undone."""
+        self._limit = min(float(self.maximum), max(self._limit, limit))
+        self._wake()
 
     def on_success(self) -> None:
         if self._limit < self.maximum:
@@ -208,70 +228,16 @@ class RateWindow:
         """A rate 429: the service accepts no more than it accepted in the last window (or half, if none)."""
         if not self._adaptive:
             return
-        accepted = self.accepted()
-        self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
+        self.learn(self.accepted())
+
+    def learn(self, accepted: int) -> None:
+        """The service accepts no more than `accepted` creates a window (none known: half)."""
+        if self._adaptive:
+            self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
 
     def on_success(self) -> None:
         if self._adaptive and self._count < self.maximum:
             self._count = min(float(self.maximum), self._count + 1 / max(1.0, self._count))
-
-
-class StatusBudget:
-    """Status queries: at most `rate` in any 1-second window — and one more at most in any `1 + JITTER` seconds.
-
-    The second window is for the network: the service counts queries when they arrive, and a full second's
-    worth sent at once, then another a second later, can land inside one of its windows after a little jitter
-    (a warm start that sent 8 at once every second met four 429s from a service allowing 10/s). So a burst is
-    fine — the quick start's last queries go out together — but a second one waits `1 + JITTER` s, and the
-    service sees at most `rate + 1` in any of its seconds while the jitter stays under JITTER.
-    Below one query per second, queries are simply 1/rate seconds apart. Adaptive like the others: a 429 on a
-    status query halves the rate (at most once a second), each answered query gives back a tenth of a query
-    per second, up to the configured rate.
-    """
-
-    JITTER = 0.25  # seconds of arrival jitter the budget leaves room for
-
-    def __init__(self, rate: float, *, clock: Clock = time.monotonic) -> None:
-        self.maximum = rate
-        self.rate = rate
-        self._clock = clock
-        self._last_cut = -math.inf
-        self._stamps: deque[float] = deque()  # the queries of the last 1 + JITTER seconds
-        self._last = -math.inf
-
-    def next_free(self, now: float | None = None) -> float:
-        """The clock time from which one more query fits in the budget (`now`, or later)."""
-        now = self._clock() if now is None else now
-        while self._stamps and self._stamps[0] <= now - 1.0 - self.JITTER:
-            self._stamps.popleft()
-        if self.rate < 1:
-            return max(now, self._last + 1 / self.rate)
-        count = int(self.rate)
-        free = now
-        if len(self._stamps) >= count:
-            free = max(free, self._stamps[-count] + 1.0)
-        if len(self._stamps) >= count + 1:
-            free = max(free, self._stamps[-count - 1] + 1.0 + self.JITTER)
-        return free
-
-    def take(self) -> bool:
-        """Spend one query now, if the budget has room; whether it had."""
-        now = self._clock()
-        if self.next_free(now) > now:
-            return False
-        self._stamps.append(now)
-        self._last = now
-        return True
-
-    def on_saturated(self) -> None:
-        now = self._clock()
-        if now - self._last_cut >= 1.0:
-            self._last_cut = now
-            self.rate = max(0.1, self.rate / 2)
-
-    def on_success(self) -> None:
-        if self.rate < self.maximum:
-            self.rate = min(self.maximum, self.rate + 0.1)
 
 
 class Cooldown:
@@ -370,8 +336,12 @@ class Throttle:
         self.cap_level: int | None = None  # tasks running at this run's last capacity 429
         self.learned_count: int | None = None  # the create window's count after the last rate 429 cut it
         self._cap_accepted = 0  # creates accepted in the window at the 429 that set `cap_level`
-        self._most_running_ok = 0  # the most tasks running at a success since `cap_level` was set
+        self._limit_before_cap: float | None = None  # the in-flight limit before an unconfirmed "full" cut it
+        # The tasks the service surely still runs (younger than its fastest finish; the poll scheduler's count), or
+        # None: the limiter's count also holds tasks finished there and not yet seen here.
+        self.young: Callable[[], int | None] = lambda: None
         self.verdicts: dict[str, int] = {"capacity": 0, "rate": 0, "both": 0}
+        self.corrected: str | None = None  # the last "full" reading found wrong, until -v said it
         self.last_kind: Saturation | None = None
 
     def classify(self, accepted: int, running: int) -> Saturation:
@@ -402,12 +372,17 @@ class Throttle:
             # A second "full" at the same level confirms it: from then on the probe above it is one slot per
             # `limit` successes. A first one may be a rate limit's doing (it looks the same): probed sooner.
             again = self.cap_level is not None and running <= self.cap_level + _lag(self.cap_level)
-            self.cap_level, self._cap_accepted, self._most_running_ok = max(1, running), accepted, 0
+            if self.cap_level is None:
+                self._limit_before_cap = float(self.limiter.limit)
+            # Our count of tasks running is at least the service's (its finishes reach us late): the lowest count
+            # at a "full" is the closest to its capacity.
+            level = max(1, running if self.cap_level is None else min(running, self.cap_level))
+            self.cap_level, self._cap_accepted = level, accepted
             self.limiter.cap = float(self.cap_level) if again else None
             self.limiter.on_saturated(running)
         if kind != "capacity":
             if kind == "rate" and self.cap_level is not None and running < self.cap_level - _lag(self.cap_level):
-                self.cap_level = self.limiter.cap = None  # refused with fewer running: not full, then or now
+                self._not_full(f"refused again with {running} running")  # not full, then or now
             self.strikes += 1
             self.rate_level = max(1, accepted)
             self.window.on_saturated()
@@ -420,18 +395,36 @@ class Throttle:
 
     def on_create_success(self) -> None:
         self.strikes = 0
-        running = self.limiter.running + 1  # with the task just created
         if self.cap_level is not None:
-            self._most_running_ok = max(self._most_running_ok, running)
-            if self._most_running_ok > self.cap_level + _lag(self.cap_level):
-                # The service ran more than the "full" level without refusing: that 429 was the window's — if
-                # the window has not taken more since.
+            # Ran more than the "full" level without a refusal? Our count of tasks running is ahead of the
+            # service's by its finishes not seen yet (`_lag`); the tasks younger than its fastest finishes
+            # (`young`, with the one just created) surely run there, but for our late stamps (`_slack`).
+            young = self.young()
+            over = (
+                young + 1 > self.cap_level + _slack(self.cap_level)
+                if young is not None
+                else self.limiter.running + 1 > self.cap_level + _lag(self.cap_level)
+            )
+            if over:  # that 429 was the window's — if the window has not taken more since: its rate, learned
                 if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
                     self.rate_level = self._cap_accepted
-                self.cap_level = None
-                self.limiter.cap = None
+                    self.window.learn(self._cap_accepted)
+                    self.learned_count = self.window.count
+                self._not_full(f"{young + 1 if young is not None else self.limiter.running + 1} surely running since")
         self.window.on_success()
         self.limiter.on_success()
+
+    def _not_full(self, why: str) -> None:
+        """The "full" level was no capacity: forgotten, and the in-flight limit it cut given back (`corrected`
+        says so, for -v)."""
+        level, self.cap_level, self.limiter.cap = self.cap_level, None, None
+        if self._limit_before_cap is not None:
+            self.limiter.restore(self._limit_before_cap)
+            self._limit_before_cap = None
+        self.corrected = (
+            f"the 429 taken for capacity at {level} tasks running was the create window's ({why}): in-flight "
+            f"limit {self.limiter.limit}, create window {self.window.count}/{self.window.seconds:g} s"
+        )
 
     def on_status_saturated(self) -> None:
         self.status.on_saturated()

@@ -1,12 +1,11 @@
 """The poll scheduler: which task to ask recordInfo about next, under the run's one status budget.
 
-Every status query of a run is granted here, under the status budget (limits.StatusBudget: at most
-`--poll-rate` in any 1-second window, whatever the number of tasks in flight). The rules:
+Every status query of a run is granted here, under the status budget (budget.StatusBudget: `--poll-rate` per
+second, whatever the number of tasks in flight). The rules:
 
-- **Never before a task could plausibly be finished.** Once the run knows its latencies, a task is first asked
-  at the low end of them (the 5th percentile) plus one gap, then once a gap. The gap is a quarter of the median
-  latency, so a task is asked two or three times and found, on average, an eighth of a latency after it
-  finished — at 20-45 s per image, about 2 queries per task for a mean delay of ~4 s.
+- **Never before a task could plausibly be finished.** A task is first asked at the low end of the latencies
+  (the 5th percentile) plus one gap (a quarter of the median), then once a gap: found, on average, an eighth of
+  a latency after it finished. When the service is full and items wait for a slot, first at the low end.
 - **Oldest first.** When more tasks are due than the budget allows, the oldest go first: they are the likeliest
   to be finished. A callback's hint (and a query the download needs) goes before all of them.
 - **Spend the idle budget on the tail.** While tasks wait to be created, a detection delay costs nothing (the
@@ -14,17 +13,11 @@ Every status query of a run is granted here, under the status budget (limits.Sta
   what half the budget allows across the tasks that could be finished.
 - **Outliers back off.** A task older than the slowest latency seen (the 95th percentile) is asked less and
   less often as it ages, as the family advises for old tasks.
-- **Learn from this run.** Latencies are estimated from the tasks this run created (createTime/completeTime,
-  else the age at which a task was first seen finished; a task resumed from an earlier run never counts: its
-  age is not its latency), counting the tasks seen still running as "longer than that" (Kaplan-Meier, for
-  censored data): counting only the finished ones would mistake the first, fastest tasks for the whole
-  distribution. What an earlier run against the same service learned (memory.py) is the starting point until
-  this run has seen a few tasks finish — or until this run's censored data contradicts it (no task finished by
-  the ages at which it expected several to), whichever comes first.
-- **Cold start.** With no data at all (or a remembered estimate no task of this run has confirmed yet, then
-  `PRIOR_PROBE_FACTOR` times slower), probe the oldest task — one at a time, at the family's advised pace
-  (`--poll-interval`, backing off as the task ages) — rather than every young task. A fast service is found at
-  once (the built-in simulator's quick start takes two probes), a slow one costs a few queries.
+- **Learn from this run.** Latencies come from the tasks this run created (never a resumed one), the tasks
+  still running counting as "longer than that" (Kaplan-Meier): the first, fastest finishes are not the whole
+  distribution. An earlier run's (memory.py) is the start until a few finish, or this run's tasks contradict it.
+- **Cold start.** With no data (or a remembered estimate not yet confirmed, `PRIOR_PROBE_FACTOR` times slower),
+  probe the oldest task, one at a time, at `--poll-interval` (backing off as it ages), not every young task.
 - **Callbacks.** A task whose callback goes to this run's listener is polled only as the fallback: after the
   slowest latency seen plus a long gap, and then `FALLBACK_FACTOR` times less often.
 
@@ -238,6 +231,7 @@ class PollScheduler:
         self._extra_count = 0  # the same, for the pure bookkeeping in tests (no futures)
         self._last_probe: float | None = None
         self.wakeup: float | None = None  # when the last `grant` found the next query may be due
+        self.full = False  # the service is full and items wait for a slot: a task is first asked at the low end
         self._changed = asyncio.Event()
 
     # ---------------------------------------------------------------- what the engine tells us
@@ -252,6 +246,13 @@ class PollScheduler:
         """The task's poller waits for its next turn (`turn` says it; tests say it by hand)."""
         self._tasks[task_id].waiting = True
         self._changed.set()
+
+    def young(self) -> int:
+        """Tasks of this run younger than the low end of its latencies: surely still running (none before a finish)."""
+        if (known := self.model.own()) is None:
+            return 0
+        since = self.clock() - known.low
+        return sum(1 for t in self._tasks.values() if t.created is not None and not t.resumed and t.created > since)
 
     def remove(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
@@ -304,7 +305,7 @@ class PollScheduler:
         else:
             if tail_gap is not None:
                 gap = min(gap, tail_gap)
-            first = known.low + gap
+            first = known.low + (0.0 if self.full else gap)  # full: a slot seen free is a create sooner
         if task.asked is None:
             return task.created + first
         # Past the high end, a task is an outlier: back off as it ages, as the family advises for old tasks — once
@@ -353,6 +354,7 @@ class PollScheduler:
         """Every waiting task with the time it is due, the cold probe (if any) and when it is due."""
         known = self.model.quantiles()
         tail_gap = self._tail_gap(now, known)
+        self.full = self.throttle.cap_level is not None and self.throttle.limiter.waiting > 0
         times = [(self.due(t, known, tail_gap), t) for t in self._tasks.values() if t.waiting]
         return (times, *self._probe(now, known))
 

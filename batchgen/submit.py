@@ -302,6 +302,9 @@ class Submitter:
         self.ledger.submitted(item.id, task_id)
         self.throttle.limiter.started()  # running at the service from now on (the engine's poll ends it)
         self.throttle.on_create_success()
+        if self.throttle.corrected is not None:
+            self.reporter.debug(self.throttle.corrected)
+            self.throttle.corrected = None
         try:
             await self.ledger.durable()  # the task id is on disk before anything else happens to it
         except BaseException:
@@ -319,6 +322,9 @@ class Submitter:
         if verdict is None:  # a 429 of a burst answered already: the same reading as the last one
             return t.last_kind not in (None, "rate")
         taken = {"capacity": "capacity (the service is full)", "rate": "rate", "both": "capacity and rate"}
+        if t.corrected is not None:
+            self.reporter.debug(t.corrected)
+            t.corrected = None
         self.reporter.debug(
             f"service saturated (429), taken for {taken[verdict.kind]}: {verdict.running} tasks running, "
             f"{verdict.accepted} creates accepted in the last {t.window.seconds:g} s; in-flight limit "

@@ -699,3 +699,19 @@ async def test_a_card_file_name_with_escapes_is_shown_escaped(tmp_path):
     assert "\x1b" not in out + err and "\\x1b[2J.json" in out and "\\x1b[2J.json" in err
     # escaped as every outside name is (escapes.inert_line), not as a Python repr in quotes
     assert f"{cards}/evil\\x1b[2J.json" in out and f"{cards}/evil\\x1b[2J.json" in err and f"'{cards}" not in out + err
+
+
+def test_built_in_cards_read_by_libyaml_are_the_cards_the_pure_python_reader_makes():
+    """The shipped cards are read with libyaml's parser (every start reads them); a user's card with PyYAML's own,
+    whose messages the other tests pin. Both make the same cards of the shipped files."""
+    import dataclasses
+    from importlib import resources
+
+    from batchgen import card_format
+
+    for entry in (resources.files("batchgen") / "cards").iterdir():
+        if entry.name.endswith(".json"):
+            data = entry.read_bytes()
+            fast = card_format.parse(data, entry.name, "built-in")
+            slow = card_format.parse(data, entry.name, "user")
+            assert fast == dataclasses.replace(slow, source="built-in"), entry.name

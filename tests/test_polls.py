@@ -3,6 +3,7 @@ simulator, no sleeping."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -231,6 +232,32 @@ def test_no_query_before_a_task_could_be_finished():
     assert polls.grant() == []  # asked again only a gap later
     clock.advance(0.01)
     assert polls.grant() == ["t"]
+
+
+async def test_when_the_service_is_full_and_items_wait_a_task_is_first_asked_at_the_low_end():
+    """Under capacity a slot seen free is the next create: a task is first asked at the low end of the latencies
+    (not a gap later) while the service is full and an item waits for a slot; otherwise as before."""
+    clock = Clock()
+    polls = scheduler(clock, prior=REAL)
+    t = polls.throttle
+    accept(t, 3)
+    run_tasks(t, 3)
+    assert t.on_create_saturated(t.epoch).kind == "capacity"  # full at 3 running
+    waiting = asyncio.ensure_future(t.limiter.acquire())
+    await asyncio.sleep(0)
+    assert t.limiter.waiting == 1
+    polls.add("t")
+    polls.ready("t")
+    clock.advance(REAL.low - 0.01)
+    assert polls.grant() == []
+    clock.advance(0.01)
+    assert polls.grant() == ["t"]
+    waiting.cancel()
+    await asyncio.sleep(0)
+    polls.add("u")  # nobody waits now: a gap after the low end
+    polls.ready("u")
+    clock.advance(REAL.low + 0.01)
+    assert polls.grant() == []
 
 
 def test_oldest_first_when_more_are_due_than_the_budget_allows():

@@ -10,11 +10,11 @@ import json
 import pytest
 
 from batchgen import memory, runner
-from batchgen.config import RetryPolicy
+from batchgen.config import PollSchedule, RetryPolicy
 from batchgen.limits import Hints, InFlightLimiter, Throttle
 from batchgen.progress import Reporter
 
-from .helpers import Clock, accept, make_settings, manifest_of, run_tasks, throttle
+from .helpers import Clock, accept, make_settings, manifest_of, run_tasks, throttle, until
 
 
 def test_a_first_429_with_the_window_not_full_is_capacity_and_keeps_the_window():
@@ -102,6 +102,63 @@ def test_a_remembered_capacity_is_a_start_that_is_re_probed_not_a_ceiling():
     assert t.limiter.limit == 31  # above it one slot per generation, never stuck below
 
 
+def test_tasks_finished_there_and_not_seen_here_do_not_refute_a_full_level():
+    """Our count of tasks running includes the ones the service finished and we have not asked about yet: the
+    service "running 20" with a full level of 10 is no evidence while only 10 of them are young enough to be
+    surely running. Once more than that are, the level was the window's doing (see the next test)."""
+    clock = Clock()
+    t = throttle(clock)
+    young = 10
+    t.young = lambda: young
+    accept(t, 10)
+    run_tasks(t, 10)
+    assert t.on_create_saturated(t.epoch).kind == "capacity" and t.cap_level == 10
+    clock.advance(11)  # the next window
+    run_tasks(t, 10)  # 20 running by our count
+    accept(t, 1)
+    assert t.cap_level == 10  # the old reading (21 > 10 + lag) dropped it and learned a create rate of 10
+    young = 13  # 14 surely running with the one just created
+    accept(t, 1)
+    assert t.cap_level is None
+    # That 429 came with 10 creates accepted in the window: the rate, learned now (kept for the next night too),
+    # not at the next burst of 429s.
+    assert t.rate_level == 10 and t.window.count == 10 and t.learned_count == 10
+
+
+def test_a_full_level_refuted_gives_the_in_flight_limit_back_and_learns_the_rate():
+    """rate_unknown's first 429: told 100 creates/s, refused at 20 accepted with the window not full — capacity,
+    by the rule. When the next 429 comes with fewer tasks running than that "full", it was a rate: the in-flight
+    limit goes back to where it was, and the window learns what the service accepted."""
+    clock = Clock()
+    t = Throttle(concurrency=100, create_rate=(100, 1.0), poll_rate=8, retry=RetryPolicy(), clock=clock)
+    accept(t, 20)
+    run_tasks(t, 20)
+    assert t.on_create_saturated(t.epoch).kind == "capacity" and t.limiter.limit == 20
+    clock.advance(1.5)
+    t.limiter.running = 8  # most finished
+    accept(t, 20)
+    verdict = t.on_create_saturated(t.epoch)
+    assert verdict is not None and verdict.kind == "rate"
+    assert t.limiter.limit >= 99  # given back (it stayed at 20 and climbed one slot per create)
+    assert t.window.count == 20 and t.learned_count == 20 and t.cap_level is None
+
+
+async def test_an_unconfirmed_full_level_is_probed_once_calm_without_waiting_for_a_finish():
+    """Cut at a first "full" (a rate limit's looks the same), the limiter tries one more create once calm, even
+    though none of its tasks was seen finished: a window that moved on is found without waiting for a latency."""
+    limiter = InFlightLimiter(100, calm=0.05)
+    for _ in range(20):
+        await limiter.acquire()
+    limiter.on_saturated(running=20)
+    assert limiter.limit == 20
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await until(lambda: waiter.done(), 5.0, what="no probe once calm")
+    assert limiter.limit == 21 and limiter.in_flight == 21
+    limiter.cap = 20.0  # a confirmed level: no probe without a finish
+    limiter.on_saturated(running=21)
+    assert limiter._probe is None
+
+
 async def test_requeue_gives_the_slot_back_and_waits_for_one_to_free():
     clock = Clock()
     limiter = InFlightLimiter(2, clock=clock)
@@ -143,3 +200,43 @@ async def test_a_capacity_429_drops_the_in_flight_limit_and_keeps_the_create_win
         assert kept["create_rate"] is None
         (entry,) = kept["models"].values()
         assert entry["capacity"]["tasks"] == 3 and entry["capacity"]["learned_from"] == "capacity_429"
+
+
+async def test_a_full_service_is_remembered_as_full_not_as_a_create_rate(sim_factory, tmp_path, state_home):
+    """Real loopback, the capacity_c64 night made small: the simulator is full at 10 tasks of 0.5 s (no rate
+    limit, its 429 in every envelope in turn), the run told 32 in flight and 1000 creates/s. Tasks the service
+    finished and the run has not seen yet keep the run's count of tasks running above 10 — that is no evidence
+    that the service ran more than 10 without refusing. What is remembered is a capacity, not a create rate."""
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(80)])
+    async with sim_factory(capacity=10, rate=None, latency=0.5, jitter=0.0, envelope_429="mixed") as sim:
+        stream = io.StringIO()
+        settings = make_settings(path, tmp_path / "out", sim, concurrency=32, poll_rate=80.0, poll=PollSchedule(0.125))
+        outcome = await runner.run(settings, Reporter(stream=stream, progress=False, verbose=True))
+        log = stream.getvalue()
+        assert outcome.exit_code == 0 and sim.stats.rate_limited > 0
+        assert "taken for capacity (the service is full)" in log
+        kept = json.loads(memory.path_for(state_home / "batchgen", sim.api_url).read_text())
+        assert kept["create_rate"] is None, log
+        (entry,) = kept["models"].values()
+        assert entry["capacity"]["learned_from"] == "capacity_429" and 8 <= entry["capacity"]["tasks"] <= 16
+
+
+async def test_a_rate_limit_first_read_as_full_is_corrected(sim_factory, tmp_path, state_home):
+    """Real loopback, rate_unknown made small: the service takes 8 creates a second (no capacity limit, 1 s per
+    image), the run is told 100/1 s. Its first 429 comes with the window not full: capacity, by the rule. The
+    tasks surely running then go past that "full" level without a refusal: `-v` says the reading was the window's,
+    and the service is remembered with a create rate and no capacity."""
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(48)])
+    async with sim_factory(rate=(8, 1.0), latency=1.0, jitter=0.2) as sim:
+        stream = io.StringIO()
+        told = dict(concurrency=40, create_rate=(100, 1.0), poll_rate=80.0, poll=PollSchedule(0.125))
+        settings = make_settings(path, tmp_path / "out", sim, **told)
+        outcome = await runner.run(settings, Reporter(stream=stream, progress=False, verbose=True))
+        log = stream.getvalue()
+        assert outcome.exit_code == 0 and sim.stats.rate_limited > 0
+        assert "taken for capacity (the service is full)" in log
+        assert "was the create window's" in log, log
+        kept = json.loads(memory.path_for(state_home / "batchgen", sim.api_url).read_text())
+        assert kept["create_rate"]["learned_from"] == "rate_429" and 6 <= kept["create_rate"]["count"] <= 8, log
+        (entry,) = kept["models"].values()
+        assert entry["capacity"] is None, log

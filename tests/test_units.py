@@ -19,6 +19,8 @@ from batchgen.errors import (
 )
 from batchgen.limits import Cooldown, InFlightLimiter, RateWindow
 
+from .helpers import until
+
 SATURATED = "当前分组上游负载已饱和，请稍后再试"
 
 
@@ -253,3 +255,33 @@ def test_in_flight_limit_is_cut_by_429_and_climbs_back():
     limiter.calm = 3600
     limiter.on_success()
     assert limiter.limit == 5
+
+
+async def test_a_cancelled_download_waits_for_its_thread_before_the_descriptor_is_closed(tmp_path):
+    """The end of a download (write, sync, verify, rename) runs in a thread on the file descriptor the download
+    closes when it ends. Cancelled (a stop, SIGTERM), it must not close that descriptor under the thread: the
+    number could be another file's by then. The cancellation waits for the thread, then goes on."""
+    import os
+    import threading
+
+    from batchgen.download import _holding_fd
+
+    release = threading.Event()
+    entered = threading.Event()
+    fd = os.open(tmp_path / "part", os.O_WRONLY | os.O_CREAT)
+
+    def work(descriptor: int) -> int:
+        entered.set()
+        release.wait(10)
+        return os.write(descriptor, b"late bytes")  # still this file's descriptor
+
+    job = asyncio.ensure_future(_holding_fd(work, fd))
+    await until(entered.is_set, 5.0, what="the thread never started")
+    job.cancel()
+    await asyncio.sleep(0)
+    assert not job.done()  # the cancellation waits for the thread
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    os.close(fd)
+    assert (tmp_path / "part").read_bytes() == b"late bytes"
