@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__
+from . import __version__, hookguard
 from .config import redact
 from .endactions import (
     PING_OK,
@@ -236,8 +236,10 @@ async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
 
 
 def _guarded(argv: tuple[str, ...]) -> list[str]:
-    """The hook run under hookguard: it leads the hook's group and ends the group when batchgen dies."""
-    return [sys.executable, "-m", "batchgen.hookguard", str(os.getpid()), "--", *argv]
+    """The hook run under hookguard: it leads the hook's group and ends the group when batchgen dies. Run as its
+    file in isolated mode (-I), never as `-m batchgen.hookguard`: that looks in the working folder first, where a
+    `batchgen.py` (a user's wrapper script, a planted file) would run in its place and the hook not at all."""
+    return [sys.executable, "-I", hookguard.__file__, str(os.getpid()), "--", *argv]
 
 
 def _not_runnable(program: str, env: dict[str, str]) -> str | None:

@@ -1,4 +1,4 @@
-"""`python -m batchgen.hookguard PARENT -- ARGV…`: runs one --on-finish hook and ends everything it started when
+"""`python -I …/batchgen/hookguard.py PARENT -- ARGV…`: runs one --on-finish hook and ends everything it started when
 batchgen dies.
 
 A run killed by SIGKILL cannot cut its hook at the bound, and DIR's lock goes with the run: nothing the hook
@@ -56,7 +56,7 @@ def _signal_group(signum: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m batchgen.hookguard PARENT -- COMMAND [ARGS…]", file=sys.stderr)
+        print("usage: python -I hookguard.py PARENT -- COMMAND [ARGS…]", file=sys.stderr)
         return 2
     guard = _Guard(int(argv[0]))
     signal.signal(signal.SIGTERM, guard.on_term)
