@@ -5,12 +5,16 @@ hostile user, a misbehaving service and a hostile file system would, with real p
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from batchgen import endactions, finish
+from batchgen import config, endactions, files, finish
+from batchgen.errors import UsageError
 from batchgen.progress import Reporter
 
 
@@ -58,3 +62,58 @@ async def test_a_batchgen_module_in_the_working_folder_never_runs_in_the_hook_gu
     assert not (tmp_path / "planted-ran").exists(), log
     assert (tmp_path / "hook-ran").read_text() == "ran", log
     assert "--on-finish hook 1 (python" in log and ": exit 0" in log
+
+
+# ---------------------------------------------------------------- the key file
+
+
+def _fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "key"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_key_file_that_is_a_fifo_nobody_writes_is_a_clear_error_not_a_run_that_waits_for_ever(
+    tmp_path, monkeypatch
+):
+    # The key file is read as a stream (`<(pass show key)`); it was opened blocking, so a FIFO with no writer
+    # held the night before it began, for ever, with no word said.
+    monkeypatch.setattr(config, "KEY_FILE_WAIT", 0.3)
+    fifo = _fifo(tmp_path)
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=lambda: outcome.append(_refusal(str(fifo))), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # free the blocked reader, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("the key file's read waited for a writer that never came")
+    assert f"--api-key-file {fifo}: cannot read it: nothing came to its end within 0.3 s" in str(outcome[0])
+
+
+def test_a_key_pipe_whose_writer_never_ends_is_a_clear_error_and_one_that_ends_gives_the_key(tmp_path):
+    fifo = _fifo(tmp_path)
+    writer = subprocess.Popen(["sh", "-c", f"exec > {fifo}; printf 'sk-held\\n'; exec sleep 30"])  # never ends
+    try:
+        with pytest.raises(files.Silent, match="within 0.5 s"):
+            files.read_file(fifo, config.KEY_FILE_LIMIT, stream=True, wait=0.5)
+    finally:
+        writer.kill()
+        writer.wait()
+    read, write = os.pipe()
+    os.write(write, b"sk-from-a-pipe\n")
+    os.close(write)
+    try:
+        assert files.read_file(f"/dev/fd/{read}", 64, stream=True, wait=5)[0] == b"sk-from-a-pipe\n"
+    finally:
+        os.close(read)
+    with pytest.raises(files.TooLarge):
+        files.read_file("/dev/zero", config.KEY_FILE_LIMIT, stream=True, wait=5)
+
+
+def _refusal(key_file: str) -> BaseException:
+    try:
+        config.read_key({}, key_file, [])
+    except UsageError as exc:
+        return exc
+    return AssertionError("no refusal")
