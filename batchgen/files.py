@@ -156,6 +156,8 @@ def _opened_inside(fd: int, path: Path | str, folder: Path) -> bool:
     except OSError:  # no /proc (not Linux): the path resolved now, the best there is
         opened = os.path.realpath(path)
     root = os.path.realpath(folder)
+    if not os.path.isabs(opened):  # a pipe or a socket ("pipe:[4026]"): in no folder at all
+        return False
     return os.path.commonpath([root, opened]) == root
 
 

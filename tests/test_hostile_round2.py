@@ -117,3 +117,19 @@ def _refusal(key_file: str) -> BaseException:
     except UsageError as exc:
         return exc
     return AssertionError("no refusal")
+
+
+# ---------------------------------------------------------------- a file that must lie inside its folder
+
+
+def test_a_file_that_must_be_inside_its_folder_and_opens_as_a_pipe_is_refused_not_a_traceback(tmp_path):
+    # A wildcard file swapped for a link to /dev/stdin (a pipe under cron) between the name check and the open:
+    # the descriptor's path is "pipe:[N]", which commonpath refused with a ValueError — exit 70.
+    read, write = os.pipe()
+    try:
+        (tmp_path / "colors.txt").symlink_to(f"/proc/self/fd/{read}")
+        said = files.read_bounded(tmp_path / "colors.txt", 1000, "colors.txt", within=tmp_path)
+        assert said == "cannot read colors.txt: it is outside the folder it must be in"
+    finally:
+        os.close(read)
+        os.close(write)
