@@ -5,6 +5,7 @@ hostile user, a misbehaving service and a hostile file system would, with real p
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 from batchgen import config, endactions, files, finish
 from batchgen.errors import UsageError
 from batchgen.progress import Reporter
+
+from .helpers import batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
 
 
 def _summary(tmp_path: Path) -> endactions.Summary:
@@ -133,3 +136,39 @@ def test_a_file_that_must_be_inside_its_folder_and_opens_as_a_pipe_is_refused_no
     finally:
         os.close(read)
         os.close(write)
+
+
+# ---------------------------------------------------------------- a hand-edited results.json
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"roll": {}},  # an open re-roll with no number: the run that finished it raised KeyError 'n'
+        {"roll": {"n": 2, "keep": 5}},  # zip over an int
+        {"roll": {"n": 2, "keep": [5]}},  # a name that is an int
+        {"cost": 5},  # status: `"consumeCredits" in 5`
+        {"cost": {"consumeCredits": "x"}},  # status: 0.0 + "x"
+        {"reroll_failed": 5},
+        {"rolls": [{"n": "x", "files": ["item-00.png"]}]},
+    ],
+    ids=["roll-empty", "keep-int", "keep-list-of-int", "cost-int", "cost-text", "reroll-failed-int", "roll-n-text"],
+)
+async def test_odd_optional_fields_in_a_hand_edited_ledger_are_damage_never_a_traceback(sim_factory, tmp_path, edit):
+    out = tmp_path / "out"
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        doc = results(out)
+        doc["items"]["item-00"].update(edit)
+        (out / "results.json").write_text(json.dumps(doc))
+        for name in ("previous.json", "previous-journal.jsonl", "journal.jsonl"):
+            (out / ".batchgen" / name).unlink(missing_ok=True)  # nothing to rebuild it from: refused, not read
+        for command in (["status", str(out)], ["report", str(out)]):
+            proc = batchgen(*command, extra_env=env())
+            no_traceback(proc)
+            assert proc.returncode == 2, proc.stderr
+            assert "results.json: item 'item-00' is damaged" in proc.stderr
+        code, _, stderr = await cli(run_args(path, out, sim))
+        assert code == 2 and "results.json: item 'item-00' is damaged" in stderr and "Traceback" not in stderr
+        assert sim.stats.create_calls == 1
