@@ -102,15 +102,24 @@ def _services_shown(env: Mapping[str, str], out: Path) -> tuple[list[str], bool]
     the note of them (a .batchgen without services.json) gives every service remembered where a run with DIR
     would look, and True: which of them DIR used is not known until its next run."""
     if not (out / STATE_DIR).is_dir() or os.path.lexists(out / STATE_DIR / memory.USED):
-        return memory.used(out), False
+        return [s for s in memory.used(out) if _service_name(s)], False
     found: dict[str, None] = {}
     for folder in dict.fromkeys([memory.directory(env, out, create=False), out / STATE_DIR]):
         with contextlib.suppress(OSError):
             for path in sorted(folder.glob(f"{memory.PREFIX}*.json"))[: memory.MAX_MODELS]:
                 doc = memory.read_document(path)
-                if isinstance(doc, dict) and isinstance(service := doc.get("service"), str):
-                    found[service] = None
+                if isinstance(doc, dict) and _service_name(service := doc.get("service")):
+                    found[str(service)] = None
     return list(found)[: memory.MAX_MODELS], True
+
+
+def _service_name(text: object) -> bool:
+    """Whether a state file's service is a name as a run keeps it: a planted `http://a]b` or `http://h:x` (which
+    urlsplit refuses with ValueError) is no service, not a traceback."""
+    try:
+        return isinstance(text, str) and memory.service_of(text) == text
+    except ValueError:
+        return False
 
 
 def cmd_report(args: argparse.Namespace, session: Session) -> int:

@@ -18,7 +18,7 @@ from batchgen import config, endactions, files, finish
 from batchgen.errors import UsageError
 from batchgen.progress import Reporter
 
-from .helpers import batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
+from .helpers import a_ledger, batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
 
 
 def _summary(tmp_path: Path) -> endactions.Summary:
@@ -172,3 +172,23 @@ async def test_odd_optional_fields_in_a_hand_edited_ledger_are_damage_never_a_tr
         code, _, stderr = await cli(run_args(path, out, sim))
         assert code == 2 and "results.json: item 'item-00' is damaged" in stderr and "Traceback" not in stderr
         assert sim.stats.create_calls == 1
+
+
+# ---------------------------------------------------------------- planted state files
+
+
+@pytest.mark.parametrize("service", ["http://a]b", "http://h:port"])
+@pytest.mark.parametrize("where", ["remembered", "services.json"])
+def test_status_with_a_planted_service_name_urlsplit_refuses_is_not_a_traceback(tmp_path, service, where):
+    # status of a DIR without services.json shows every remembered service; a state file naming one that
+    # urlsplit refuses (ValueError: Invalid IPv6 URL, or a port that is no number) stopped status with exit 70.
+    out = a_ledger(tmp_path / "out")
+    if where == "services.json":
+        (out / ".batchgen" / "services.json").write_text(json.dumps([service, "http://127.0.0.1:8080"]))
+    else:
+        document = {"version": 2, "service": service, "saved_at": 1.0, "create_rate": None, "models": {}}
+        (out / ".batchgen" / "service-0123456789abcdef.json").write_text(json.dumps(document))
+    proc = batchgen("status", str(out), extra_env=env(XDG_STATE_HOME=str(tmp_path / "state")))
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert service not in proc.stdout
