@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> int:
         return 127
     code = guard.hook.wait()
     if code < 0:  # ended by a signal: end the same way, so batchgen's message says the same as without the guard
+        with contextlib.suppress(ValueError, OSError):  # but no core of this Python for the hook's SIGSEGV/SIGABRT
+            resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
+import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +21,7 @@ from batchgen import config, endactions, files, finish
 from batchgen.errors import UsageError
 from batchgen.progress import Reporter
 
-from .helpers import a_ledger, batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
+from .helpers import BATCHGEN, a_ledger, batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
 
 
 def _summary(tmp_path: Path) -> endactions.Summary:
@@ -192,3 +195,29 @@ def test_status_with_a_planted_service_name_urlsplit_refuses_is_not_a_traceback(
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     assert service not in proc.stdout
+
+
+def _cores_allowed() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+async def test_a_hook_that_dumps_core_leaves_no_core_of_the_guard_in_the_working_folder(tmp_path):
+    # The guard ends as its hook ended: a hook's SIGABRT made the guard kill itself with SIGABRT too, and where
+    # cores are on, a core of the guard's Python landed in batchgen's working folder on every such night.
+    if Path("/proc/sys/kernel/core_pattern").read_text().strip() not in ("core", "core.%p"):
+        pytest.skip("cores are not written as ./core here")
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    path = manifest_of(work / "m.yaml", ["an owl"])
+    abort = f"import os; os.chdir({str(elsewhere)!r}); os.abort()"  # the hook's own core, if any, goes elsewhere
+    proc = await asyncio.create_subprocess_exec(
+        *BATCHGEN, "run", str(path), "--out", str(work / "out"), "--simulate", "--no-progress",
+        "--on-finish", f"{sys.executable} -c {shlex.quote(abort)}",
+        cwd=work, env=env(), preexec_fn=_cores_allowed,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert "--on-finish hook 1 (python" in stderr.decode() and f"exit -{signal.SIGABRT}" in stderr.decode()
+    assert not [p.name for p in work.iterdir() if p.name.startswith("core")]
