@@ -221,3 +221,19 @@ async def test_a_hook_that_dumps_core_leaves_no_core_of_the_guard_in_the_working
     assert proc.returncode == 0, stderr.decode()
     assert "--on-finish hook 1 (python" in stderr.decode() and f"exit -{signal.SIGABRT}" in stderr.decode()
     assert not [p.name for p in work.iterdir() if p.name.startswith("core")]
+
+
+@pytest.mark.parametrize("planted", ["+Inf", "NaN", "99999999999", "-5"])
+def test_a_last_success_that_is_no_past_time_is_not_carried_over_by_a_failing_night(tmp_path, planted):
+    # The metrics file's last success is carried over by a night that did not finish its work, so that a night
+    # that keeps failing shows as stale. +Inf, NaN or a time in the year 5138 (a hand-edited or planted file)
+    # was carried on for ever: the staleness alert could never fire.
+    metrics = tmp_path / "batchgen.prom"
+    metrics.write_text(f'batchgen_last_success_timestamp{{manifest="m.yaml"}} {planted}\n')
+    manifest = manifest_of(tmp_path / "m.yaml", ["a"])
+    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--api-base", "http://127.0.0.1:9"]
+    proc = batchgen(*args, "--metrics-file", str(metrics), "--limit", "-1")  # a flag error: exit 2
+    assert proc.returncode == 2, proc.stderr
+    no_traceback(proc)
+    text = metrics.read_text()
+    assert "batchgen_last_run_exit_code" in text and "batchgen_last_success_timestamp" not in text
