@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,3 +238,35 @@ def test_a_last_success_that_is_no_past_time_is_not_carried_over_by_a_failing_ni
     no_traceback(proc)
     text = metrics.read_text()
     assert "batchgen_last_run_exit_code" in text and "batchgen_last_success_timestamp" not in text
+
+
+def _page_data(out: Path) -> Any:
+    """The contact sheet's data block, parsed as strictly as the browser's JSON.parse (no NaN, no Infinity)."""
+    page = (out / "index.html").read_text()
+    block = page.split('<script type="application/json" id="sheet-data">')[1].split("</script>")[0]
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(block, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("planted", ["figures", "fifo"])
+def test_a_planted_last_run_file_never_blanks_or_holds_the_contact_sheet(tmp_path, planted):
+    # .batchgen/last-run.json was read whole and unchecked: NaN or Infinity in it went into the page's data, which
+    # JSON.parse refuses (the page showed no card at all), and a FIFO there held `report` for ever.
+    out = a_ledger(tmp_path / "out")
+    last = out / ".batchgen" / "last-run.json"
+    if planted == "fifo":
+        os.mkfifo(last)
+    else:
+        last.write_text('{"seconds": NaN, "paid_creates": Infinity, "retries": 2}')
+    try:
+        proc = batchgen("report", str(out))
+    except subprocess.TimeoutExpired:
+        os.close(os.open(last, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked reader go
+        pytest.fail("report waited on a FIFO planted as last-run.json")
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    data = _page_data(out)
+    assert data["run"] == (None if planted == "fifo" else {"retries": 2})
