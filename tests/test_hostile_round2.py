@@ -22,7 +22,7 @@ from batchgen import config, endactions, files, finish
 from batchgen.errors import UsageError
 from batchgen.progress import Reporter
 
-from .helpers import BATCHGEN, a_ledger, batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
+from .helpers import BATCHGEN, a_ledger, capped, batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
 
 
 def _summary(tmp_path: Path) -> endactions.Summary:
@@ -270,3 +270,33 @@ def test_a_planted_last_run_file_never_blanks_or_holds_the_contact_sheet(tmp_pat
     assert proc.returncode == 0, proc.stderr
     data = _page_data(out)
     assert data["run"] == (None if planted == "fifo" else {"retries": 2})
+
+
+@pytest.mark.parametrize("planted", ["results.json", ".batchgen/journal.jsonl", "results.json -> /dev/zero"])
+async def test_a_fifo_or_device_planted_as_a_ledger_file_is_refused_never_waited_on(sim_factory, tmp_path, planted):
+    # results.json and the journal were read with Path.read_bytes: a FIFO there held status, report and run for
+    # ever; a link to /dev/zero read until the memory was gone.
+    out = tmp_path / "out"
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    async with sim_factory() as sim:
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        name = planted.split(" ")[0]
+        (out / name).unlink()
+        if "->" in planted:
+            (out / name).symlink_to("/dev/zero")
+        else:
+            os.mkfifo(out / name)
+        for args in (["status", str(out)], ["report", str(out)], run_args(path, out, sim)[len(BATCHGEN) :]):
+            proc = await asyncio.create_subprocess_exec(
+                *BATCHGEN, *args, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, preexec_fn=capped,
+            )  # fmt: skip
+            try:
+                _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                pytest.fail(f"{args[0]} waited on a {planted} for ever")
+            assert proc.returncode == 2, stderr.decode()
+            assert f"cannot read {out / name}: not a regular file" in stderr.decode()
+        assert sim.stats.create_calls == 1
