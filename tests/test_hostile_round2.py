@@ -5,6 +5,7 @@ hostile user, a misbehaving service and a hostile file system would, with real p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -22,7 +23,21 @@ from batchgen import config, endactions, files, finish
 from batchgen.errors import UsageError
 from batchgen.progress import Reporter
 
-from .helpers import BATCHGEN, a_ledger, capped, batchgen, cli, env, make_settings, manifest_of, no_traceback, results, run, run_args
+from .helpers import (
+    BATCHGEN,
+    a_ledger,
+    batchgen,
+    capped,
+    cli,
+    env,
+    make_settings,
+    manifest_of,
+    no_traceback,
+    results,
+    run,
+    run_args,
+    until,
+)
 
 
 def _summary(tmp_path: Path) -> endactions.Summary:
@@ -300,3 +315,31 @@ async def test_a_fifo_or_device_planted_as_a_ledger_file_is_refused_never_waited
             assert proc.returncode == 2, stderr.decode()
             assert f"cannot read {out / name}: not a regular file" in stderr.decode()
         assert sim.stats.create_calls == 1
+
+
+@pytest.mark.parametrize("redirect", ["</dev/null >/dev/null 2>&1", ""])
+async def test_what_a_hook_leaves_running_in_the_background_ends_when_the_hook_ends(tmp_path, redirect):
+    # A hook that starts a job in the background and exits 0 (`rsync … &`): the guard ends the group only when
+    # batchgen dies, and batchgen only at the bound, so a job with its own stdio worked on in DIR after the lock
+    # was released; one that kept the hook's stderr made the hook look hung: cut at the bound, the time all used.
+    marker = tmp_path / "job-pid"
+    script = tmp_path / "hook.sh"
+    script.write_text(f"#!/bin/sh\nsleep 600 {redirect} &\necho $! > {marker}\nexit 0\n", "utf-8")
+    script.chmod(0o755)
+    log = await _at_end(tmp_path, (str(script),))
+    assert "--on-finish hook 1 (hook.sh): exit 0" in log
+    job = int(marker.read_text())
+    try:
+        await until(lambda: _ended(job), deadline=10, what="the hook's background job outlived the end of the run")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job, signal.SIGKILL)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie (no parent left to reap it yet) has ended too
+        return stat.read().split(")")[-1].split()[0] == "Z"
