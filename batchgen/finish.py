@@ -241,7 +241,7 @@ async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
 async def _exited(proc: asyncio.subprocess.Process) -> None:
     """The child's exit — not proc.wait(), which also waits for its pipes to close: a job the hook left in the
     background holding its stderr made a hook that had exited 0 look hung until the bound, then 'cut'."""
-    while proc.returncode is None:
+    while proc.returncode is None:  # noqa: ASYNC110  # asyncio tells the exit only with the pipes' end
         await asyncio.sleep(EXIT_POLL)
 
 

@@ -95,9 +95,7 @@ def _fifo(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_key_file_that_is_a_fifo_nobody_writes_is_a_clear_error_not_a_run_that_waits_for_ever(
-    tmp_path, monkeypatch
-):
+def test_a_key_file_that_is_a_fifo_nobody_writes_is_a_clear_error_not_a_run_that_waits_for_ever(tmp_path, monkeypatch):
     # The key file is read as a stream (`<(pass show key)`); it was opened blocking, so a FIFO with no writer
     # held the night before it began, for ever, with no word said.
     monkeypatch.setattr(config, "KEY_FILE_WAIT", 0.3)
@@ -117,7 +115,7 @@ def test_a_key_pipe_whose_writer_never_ends_is_a_clear_error_and_one_that_ends_g
     fifo = _fifo(tmp_path)
     writer = subprocess.Popen(["sh", "-c", f"exec > {fifo}; printf 'sk-held\\n'; exec sleep 30"])  # never ends
     try:
-        with pytest.raises(files.Silent, match="within 0.5 s"):
+        with pytest.raises(files.Silent, match=r"within 0\.5 s"):
             files.read_file(fifo, config.KEY_FILE_LIMIT, stream=True, wait=0.5)
     finally:
         writer.kill()
