@@ -108,8 +108,8 @@ def _services_shown(env: Mapping[str, str], out: Path) -> tuple[list[str], bool]
         with contextlib.suppress(OSError):
             for path in sorted(folder.glob(f"{memory.PREFIX}*.json"))[: memory.MAX_MODELS]:
                 doc = memory.read_document(path)
-                if isinstance(doc, dict) and isinstance(service := doc.get("service"), str):
-                    found[service] = None
+                if isinstance(doc, dict) and memory.kept_name(service := doc.get("service")):
+                    found[str(service)] = None
     return list(found)[: memory.MAX_MODELS], True
 
 

@@ -216,6 +216,7 @@ def format_rate(rate: tuple[int, float]) -> str:
     return f"{rate[0]}/{rate[1]:g}"
 
 
+KEY_FILE_WAIT = 60.0  # seconds for a key file that is a pipe to give the key and end (a passphrase typed)
 KEY_FILE_LIMIT = 4096  # bytes: a key is a few dozen characters; more is not a key file (or is /dev/zero)
 
 
@@ -239,7 +240,8 @@ def read_key(env: Mapping[str, str], key_file: str | None, warn: list[str]) -> S
 
 def _read_key_file(key_file: str, warn: list[str]) -> str:
     try:
-        data, mode = read_file(key_file, KEY_FILE_LIMIT, stream=True)  # a pipe too: `<(pass show key)`
+        # A pipe too (`<(pass show key)`), waited for KEY_FILE_WAIT seconds at most: a FIFO nobody writes.
+        data, mode = read_file(key_file, KEY_FILE_LIMIT, stream=True, wait=KEY_FILE_WAIT)
     except NotRegular:  # only a directory, when streaming
         raise UsageError(f"--api-key-file {key_file}: cannot read it: {os.strerror(errno.EISDIR)}") from None
     except TooLarge:

@@ -154,7 +154,9 @@ class Engine:
                 self.submitter.abandon()  # past the bound: given up, in doubt, and recorded so before closing
                 await asyncio.gather(*creating, return_exceptions=True)
             self._show_progress()
-            if self._memory_dir is not None:
+            if self._memory_dir is None:
+                memory.note_used(self.settings.out, None)  # --simulate: no service used, and `status` knows it
+            else:
                 memory.keep(
                     self._memory_dir,
                     settings=self.settings,

@@ -17,13 +17,17 @@ import glob
 import hashlib
 import os
 import secrets
+import select
 import stat
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import StorageError, UsageError
 
 STATE_DIR = ".batchgen"
+STREAM_WAIT = 60.0  # seconds read_file(stream=True) waits for a pipe's end: time enough to type a passphrase
 
 
 class NotRegular(OSError):
@@ -40,6 +44,13 @@ class TooLarge(OSError):
     def __init__(self, size: int | None) -> None:
         super().__init__("too large")
         self.size = size
+
+
+class Silent(OSError):
+    """read_file's stream did not end within its wait: a FIFO nobody writes, a writer that never closes it."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"nothing came to its end within {wait:g} s (a FIFO nobody writes?)")
 
 
 class Outside(OSError):
@@ -81,13 +92,15 @@ def read_file(
     tail: bool = False,
     stream: bool = False,
     within: Path | None = None,
+    wait: float = STREAM_WAIT,
 ) -> tuple[bytes, int]:
     """read_bounded's reader, for a caller with its own words: the bytes and the file's mode, or OSError (the
     OS's, NotRegular or TooLarge). `stream=True` takes a pipe or a device as well as a regular file (a key from
-    `<(pass show key)`), opened blocking and read as a stream, never past `limit`. `within`: see read_bounded
-    (Outside)."""
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags if stream else flags | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO's open
+    `<(pass show key)`), read as a stream, never past `limit` nor for more than `wait` seconds (Silent): a FIFO
+    nobody writes, or a writer that never ends, is an error, not a run that waits for ever. `within`: see
+    read_bounded (Outside)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)  # O_NONBLOCK: a FIFO's open returns at once, writer or not
     # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
     info = os.fstat(fd)
     if within is not None and not _opened_inside(fd, path, within):
@@ -98,6 +111,11 @@ def read_file(
         raise NotRegular(stat.S_ISDIR(info.st_mode))
     if tail:
         return _read_tail(fd, limit, info.st_size), info.st_mode
+    if not stat.S_ISREG(info.st_mode):
+        try:
+            return _read_stream(fd, limit, wait), info.st_mode
+        finally:
+            os.close(fd)
     with os.fdopen(fd, "rb") as handle:
         if info.st_size > limit:
             raise TooLarge(info.st_size)
@@ -105,6 +123,44 @@ def read_file(
     if len(data) > limit:
         raise TooLarge(None)
     return data, info.st_mode
+
+
+def _read_stream(fd: int, limit: int, wait: float) -> bytes:
+    """A pipe's or a device's bytes to its end, from the non-blocking `fd`: TooLarge past `limit`, Silent when
+    the end has not come within `wait` seconds."""
+    end = time.monotonic() + wait
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    data = b""
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise Silent(wait)
+        if not poller.poll(left * 1000):
+            continue
+        try:
+            chunk = os.read(fd, limit + 1 - len(data))
+        except BlockingIOError:  # woken, but nothing to read yet
+            continue
+        if not chunk:
+            return data
+        data += chunk
+        if len(data) > limit:
+            raise TooLarge(None)
+
+
+def open_regular(path: Path, limit: int) -> BinaryIO:
+    """A regular file of at most `limit` bytes, open for reading; OSError (NotRegular, TooLarge) otherwise. Opened
+    without blocking: a FIFO planted at its name is refused at once instead of waiting for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotRegular(stat.S_ISDIR(info.st_mode))
+    if info.st_size > limit:
+        os.close(fd)
+        raise TooLarge(info.st_size)
+    return os.fdopen(fd, "rb")
 
 
 def _opened_inside(fd: int, path: Path | str, folder: Path) -> bool:
@@ -115,6 +171,8 @@ def _opened_inside(fd: int, path: Path | str, folder: Path) -> bool:
     except OSError:  # no /proc (not Linux): the path resolved now, the best there is
         opened = os.path.realpath(path)
     root = os.path.realpath(folder)
+    if not os.path.isabs(opened):  # a pipe or a socket ("pipe:[4026]"): in no folder at all
+        return False
     return os.path.commonpath([root, opened]) == root
 
 

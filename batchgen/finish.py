@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__
+from . import __version__, hookguard
 from .config import redact
 from .endactions import (
     PING_OK,
@@ -177,6 +177,9 @@ async def _hook(
     feeding = asyncio.ensure_future(_feed(proc.stdin, stdin))
     reading = asyncio.ensure_future(last.read(proc.stderr))
     cut = await _bounded(proc, clock)
+    # What the hook started and left running in its group (`rsync &` then exit 0) ends with it: DIR's lock goes
+    # with the run, and nothing may work on in DIR beside the next run (the cut does the same in _bounded).
+    _kill_group(proc.pid, signal.SIGKILL)
     feeding.cancel()
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(reading), min(0.5, clock.left()))  # a child may keep stderr open
@@ -218,7 +221,7 @@ class _LastLine:
 async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
     """Wait for a child until Bounds.grace before the deadline; then SIGTERM its group, and SIGKILL it at the
     deadline. True when it was cut."""
-    waiting = asyncio.ensure_future(proc.wait())
+    waiting = asyncio.ensure_future(_exited(proc))
     term = asyncio.ensure_future(clock.wait_until(clock.bounds.grace))
     await asyncio.wait({waiting, term}, return_when=asyncio.FIRST_COMPLETED)
     term.cancel()
@@ -235,9 +238,21 @@ async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
     return True
 
 
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """The child's exit — not proc.wait(), which also waits for its pipes to close: a job the hook left in the
+    background holding its stderr made a hook that had exited 0 look hung until the bound, then 'cut'."""
+    while proc.returncode is None:  # noqa: ASYNC110  # asyncio tells the exit only with the pipes' end
+        await asyncio.sleep(EXIT_POLL)
+
+
+EXIT_POLL = 0.05  # seconds between looks at whether a child has exited
+
+
 def _guarded(argv: tuple[str, ...]) -> list[str]:
-    """The hook run under hookguard: it leads the hook's group and ends the group when batchgen dies."""
-    return [sys.executable, "-m", "batchgen.hookguard", str(os.getpid()), "--", *argv]
+    """The hook run under hookguard: it leads the hook's group and ends the group when batchgen dies. Run as its
+    file in isolated mode (-I), never as `-m batchgen.hookguard`: that looks in the working folder first, where a
+    `batchgen.py` (a user's wrapper script, a planted file) would run in its place and the hook not at all."""
+    return [sys.executable, "-I", hookguard.__file__, str(os.getpid()), "--", *argv]
 
 
 def _not_runnable(program: str, env: dict[str, str]) -> str | None:

@@ -1,4 +1,4 @@
-"""`python -m batchgen.hookguard PARENT -- ARGV…`: runs one --on-finish hook and ends everything it started when
+"""`python -I …/batchgen/hookguard.py PARENT -- ARGV…`: runs one --on-finish hook and ends everything it started when
 batchgen dies.
 
 A run killed by SIGKILL cannot cut its hook at the bound, and DIR's lock goes with the run: nothing the hook
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def _signal_group(signum: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m batchgen.hookguard PARENT -- COMMAND [ARGS…]", file=sys.stderr)
+        print("usage: python -I hookguard.py PARENT -- COMMAND [ARGS…]", file=sys.stderr)
         return 2
     guard = _Guard(int(argv[0]))
     signal.signal(signal.SIGTERM, guard.on_term)
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> int:
         return 127
     code = guard.hook.wait()
     if code < 0:  # ended by a signal: end the same way, so batchgen's message says the same as without the guard
+        with contextlib.suppress(ValueError, OSError):  # but no core of this Python for the hook's SIGSEGV/SIGABRT
+            resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code

@@ -1,20 +1,16 @@
 """What a run learned about the service, kept for the next run against it: a warm start, never a rule.
 
-Per service (its API base, without any credentials or query in it; never the key) one file holds:
-- the create rate it accepted when it said 429 for the rate (per API base: the account's window);
-- per model (a relay's 429 is about a group's upstream, a model's latency is its own): the tasks it ran for us
-  when it said 429 for being full (capacity), and the latency quantiles of its tasks.
-Each value is kept with how it was learned (`learned_from`) and when (`learned_at`): a value that no run learns
-again ages out after `MAX_AGE`, whatever later runs re-save. The next run starts its limits and its poll
-scheduler from them — clamped: rates never above the flags, a capacity never above --concurrency and re-probed
-(never a ceiling), latencies within [MIN_LATENCY, --task-timeout] — so a nightly job starts warm, also when each
-night writes to a new dated folder.
+Per service (its API base without credentials or query; never the key) one file holds the create rate it
+accepted when it said 429 for the rate (per API base: the account's window) and, per model, the tasks it ran for
+us when it said 429 for being full (capacity) and its tasks' latency quantiles. Each value keeps how and when it
+was learned (`learned_from`, `learned_at`) and ages out after `MAX_AGE`. The next run starts from them, clamped
+(rates never above the flags, a capacity never above --concurrency and re-probed, latencies within
+[MIN_LATENCY, --task-timeout]), so a nightly job starts warm, also when each night writes to a new folder.
 
-Where: `$XDG_STATE_HOME/batchgen`, else `~/.local/state/batchgen` (from $HOME), else — no writable home, as
-under a bare cron — `DIR/.batchgen`. A hint only: a file that is not a regular file, too large, damaged, from
-another batchgen version or for another service is ignored (read without following a link, without blocking,
-at most MAX_BYTES), and a run that cannot write it goes on without. `--simulate` keeps none;
-`run --forget-service` forgets it; `status` shows the services this DIR's ledger used.
+Where: `$XDG_STATE_HOME/batchgen`, else `~/.local/state/batchgen`, else (no writable home, a bare cron)
+`DIR/.batchgen`. A hint only: a file not regular, too large, damaged, of another version or service is ignored
+(no link followed, no blocking, at most MAX_BYTES); a run that cannot write it goes on. `--simulate` keeps none;
+`run --forget-service` forgets it; `status` shows the services DIR's runs used.
 """
 
 from __future__ import annotations
@@ -321,19 +317,28 @@ USED = "services.json"  # in DIR/.batchgen: the services (names as kept, never a
 
 
 def used(out: Path) -> list[str]:
-    """The services this DIR's runs used (for `status` and --forget-service)."""
+    """The services this DIR's runs used (`status`, --forget-service): names as a run keeps them, no planted ones."""
     doc = read_document(out / STATE_DIR / USED)
-    return [s for s in doc[:MAX_MODELS] if isinstance(s, str)] if isinstance(doc, list) else []
+    return [s for s in doc[:MAX_MODELS] if kept_name(s)] if isinstance(doc, list) else []
 
 
-def note_used(out: Path, api_base: str) -> None:
-    """Add this service to the ones DIR's runs used; quietly nothing when that cannot be written."""
-    services = used(out)
-    if (name := service_of(api_base)) in services:
+def kept_name(text: object) -> bool:  # urlsplit raises ValueError on some
+    try:
+        return isinstance(text, str) and service_of(text) == text
+    except ValueError:
+        return False
+
+
+def note_used(out: Path, api_base: str | None) -> None:
+    """Add this service (None, --simulate: no service, but the list is there) to the ones DIR's runs used;
+    quietly nothing when that cannot be written."""
+    services, name = used(out), service_of(api_base) if api_base else None
+    if os.path.lexists(out / STATE_DIR / USED) and (name is None or name in services):
         return
     with contextlib.suppress(OSError, BatchgenError):
         folder = state_dir(out)
-        write_atomically(folder / USED, json.dumps([*services, name][-MAX_MODELS:]).encode(), folder)
+        noted = [*services, *([name] if name else [])][-MAX_MODELS:]
+        write_atomically(folder / USED, json.dumps(noted).encode(), folder)
 
 
 def forget_all(env: Mapping[str, str], out: Path, api_base: str) -> list[str]:
@@ -366,10 +371,9 @@ def _aged(doc: dict[str, Any], now: float) -> dict[str, Any]:
     models = {}
     for name, entry in doc["models"].items():
         if isinstance(name, str) and isinstance(entry, dict):
-            kept = {
-                "capacity": entry.get("capacity") if _capacity(entry.get("capacity"), now) else None,
-                "latency": entry.get("latency") if _latency(entry.get("latency"), now) else None,
-            }
+            capacity, latency = entry.get("capacity"), entry.get("latency")
+            kept = {"capacity": capacity if _capacity(capacity, now) else None}
+            kept["latency"] = latency if _latency(latency, now) else None
             if kept["capacity"] or kept["latency"]:
                 models[name] = kept
     shown["models"] = models

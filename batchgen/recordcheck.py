@@ -7,6 +7,7 @@ results.json and its journals are documents people open and edit; a record is wh
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 State = Literal["pending", "submitted", "succeeded", "failed"]
@@ -52,21 +53,22 @@ def record_problem(record: dict[str, Any]) -> str | None:
         if not _names(value):
             return f"{name} is {shown(value)}, not a list of names"
     error = record["error"]
-    if error is not None and not (
-        isinstance(error, dict)
-        and isinstance(error.get("kind"), str)
-        and isinstance(error.get("message"), str)
-        and (error.get("code") is None or type(error["code"]) in (str, int))
-    ):
+    if error is not None and not _is_error(error):
         return f"error is {shown(error)}, not null or {{kind, code, message}}"
     if record.get("decision", "approved") not in ("approved", "rejected"):
         return f"decision is {shown(record['decision'])}, not approved or rejected"
-    if "rolls" in record or "roll" in record:
+    if "rolls" in record or "roll" in record:  # asked first: most of 100,000 records have neither
         rolls = record.get("rolls", [])
-        if not isinstance(rolls, list) or not all(
-            isinstance(r, dict) and _names(r.get("files", [])) for r in [*rolls, record.get("roll", {})]
-        ):
+        if not isinstance(rolls, list) or not all(_roll_problem(r) is None for r in rolls):
             return f"rolls is {shown(rolls)}, not a list of rolls"
+        if "roll" in record and (why := _roll_problem(record["roll"], open_roll=True)):
+            return f"roll is {shown(record['roll'])}, not a re-roll under way ({why})"
+    if (failed := record.get("reroll_failed")) is not None and not _is_error(failed):
+        return f"reroll_failed is {shown(failed)}, not null or {{kind, code, message}}"
+    if "cost" in record:
+        cost = record["cost"] or {}
+        if not isinstance(cost, dict) or not all(_is_number(v) for v in cost.values()):
+            return f"cost is {shown(cost)}, not the service's billing figures"
     for name in ("submitted_at", "finished_at"):
         if not (record[name] is None or isinstance(record[name], str)):
             return f"{name} is {shown(record[name])}, not a time"
@@ -81,6 +83,43 @@ def _names(value: Any) -> bool:
         if not isinstance(entry, str):
             return False
     return True
+
+
+def _is_error(error: Any) -> bool:
+    return (
+        isinstance(error, dict)
+        and isinstance(error.get("kind"), str)
+        and isinstance(error.get("message"), str)
+        and (error.get("code") is None or type(error["code"]) in (str, int))
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _roll_problem(roll: Any, *, open_roll: bool = False) -> str | None:
+    """Why one roll (an entry of `rolls`, or the open `roll`) does not fit rolls.py's shape, or None. Each field
+    is optional in an entry (an older ledger); the open roll has its number, which the run that finishes it uses."""
+    if not isinstance(roll, dict):
+        return "not a mapping"
+    if open_roll and "n" not in roll:
+        return "no n"
+    n = roll.get("n", 1)
+    if type(n) is not int or n < 1:
+        return "n is not a roll number"
+    for name in ("files", "sha256", "keep"):
+        if not _names(roll.get(name, [])):
+            return f"{name} is not a list of names"
+    if not (roll.get("task_id") is None or isinstance(roll["task_id"], str)):
+        return "task_id is not a task id"
+    if not (roll.get("request_sent") is None or isinstance(roll["request_sent"], dict)):
+        return "request_sent is not a request"
+    if roll.get("decision") not in (None, "approved", "rejected"):
+        return "decision is not approved or rejected"
+    if roll.get("error") is not None and not _is_error(roll["error"]):
+        return "error is not {kind, code, message}"
+    return None
 
 
 _DEFAULTS: dict[str, Any] = {

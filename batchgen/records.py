@@ -23,7 +23,7 @@ from typing import Any, NotRequired, TypedDict
 from . import snapshots
 from .errors import LedgerError
 from .failures import Kind
-from .files import STATE_DIR
+from .files import STATE_DIR, NotRegular, TooLarge, read_file
 from .recordcheck import STATES as STATES
 from .recordcheck import State as State
 from .recordcheck import document_problem, record_problem, shown
@@ -290,7 +290,9 @@ class _Damaged(Exception):
 def _read_snapshot(path: Path) -> dict[str, Any]:
     """A snapshot's document; _Damaged if it is not a whole, well-formed ledger; LedgerError if it is newer."""
     try:
-        document = snapshots.read(path)  # in pieces: the ~50 MB text of 100,000 items is never held whole
+        document = snapshots.read(path, LEDGER_LIMIT)  # in pieces: the ~50 MB text of 100,000 items is never held whole
+    except (NotRegular, TooLarge) as exc:
+        raise _unreadable(path, exc) from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _Damaged(f"{path} is not valid JSON ({exc})") from exc
     except OSError as exc:
@@ -313,6 +315,22 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
         if problem := record_problem(record):
             raise _Damaged(f"{path}: item {item_id!r} is damaged: {problem}")
     return document
+
+
+LEDGER_LIMIT = 512 * 1024 * 1024  # bytes: a 100,000-item ledger is ~50 MB; this is a sanity bound only
+
+
+def _bytes(path: Path) -> bytes:
+    """A ledger file's bytes, read like every input: a FIFO or a device planted at its name is refused (report,
+    status and run would otherwise wait on it for ever, or read /dev/zero until the memory is gone)."""
+    try:
+        return read_file(path, LEDGER_LIMIT)[0]
+    except (NotRegular, TooLarge) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: OSError) -> LedgerError:
+    return LedgerError(f"cannot read {path}: {exc}; a ledger file is a regular file batchgen wrote")
 
 
 def _recover(directory: Path, journal: _Journal, why: str) -> Loaded:
@@ -372,7 +390,7 @@ def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
     """A journal's header and entries, and the length of its whole lines. A torn last line is dropped."""
     if not path.exists():
         return _Journal([], 0, None)
-    data = path.read_bytes()
+    data = _bytes(path)
     entries: list[tuple[str, Record]] = []
     good = 0
     base: int | None = None

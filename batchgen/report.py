@@ -4,8 +4,10 @@ The contact sheet (index.html) is `sheet.py`."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +300,7 @@ def exact(value: float | int) -> str:
     return repr(float(value))
 
 
+CLOCK_SLACK = 3600.0  # seconds a carried-over success may lie ahead of now (a clock set back meanwhile)
 METRICS_LIMIT = 1024 * 1024  # bytes: a metrics file is a few KiB; a larger one is not ours, its carry-over ignored
 
 
@@ -334,9 +337,14 @@ def _read_previous(path: Path, warn: list[str] | None = None) -> dict[str, Any]:
         if name == SUCCESS and "} " in rest:
             labels, _, value = rest.rpartition("} ")
             try:
-                found[SUCCESS] = float(value.strip())
+                when = float(value.strip())
             except ValueError:
                 continue
+            # A timestamp that is no time yet passed (+Inf, NaN, next year: a hand-edited or planted file) would
+            # keep a night that fails from ever showing as stale: it is not carried over.
+            if not (math.isfinite(when) and 0 < when <= time.time() + CLOCK_SLACK):
+                continue
+            found[SUCCESS] = when
             if labels.startswith('manifest="') and labels.endswith('"'):
                 raw = labels[len('manifest="') : -1]
                 found["manifest"] = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], raw)

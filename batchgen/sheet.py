@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import html
 import json
+import math
 import os
 import stat
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from . import decisions, models, provenance, records
-from .files import STATE_DIR, clear_stale, state_dir, write_atomically
+from .files import STATE_DIR, clear_stale, read_bounded, state_dir, write_atomically
 from .ledger import Loaded, Record
 from .names import inside
 from .report import read_ledger, status
@@ -43,6 +44,7 @@ THUMB_NAME_MAX = 200  # bytes: a thumbnail's name, leaving room for `.<name>.<pi
 THUMB_DIR = f"{STATE_DIR}/thumbs"  # readable by others: see _thumb_folder
 THUMB_SIZE = (320, 320)
 REPORT = "index.html"
+LAST_RUN_LIMIT = 64 * 1024  # bytes: the figures are a few hundred; a larger file is not the one a run wrote
 LAST_RUN = "last-run.json"  # under DIR/.batchgen/: the last run's figures, for the page's header
 PAGE_SIZE = 200  # cards in the DOM at once: a 10,000-image night stays one light page
 # Shown on the page: what a person reading a night needs. Everything else in `figures` is kept but not shown.
@@ -79,14 +81,18 @@ def last_run_figures(directory: Path) -> dict[str, float] | None:
 
     Only numbers are returned: the file is advisory, and a damaged one must not stop the contact sheet.
     """
-    path = directory / STATE_DIR / LAST_RUN
+    # Read like every state file (bounded, no link, never waiting on a FIFO planted there), and finite numbers
+    # only: a NaN or Infinity in the page's data is not JSON, and JSON.parse would refuse the whole contact sheet.
+    data = read_bounded(directory / STATE_DIR / LAST_RUN, LAST_RUN_LIMIT, "the last run's figures", follow=False)
     try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        doc = json.loads(data) if isinstance(data, bytes) else None
+    except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict):
         return None
-    numbers = {k: v for k, v in doc.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numbers = {
+        k: v for k, v in doc.items() if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
     return numbers or None
 
 

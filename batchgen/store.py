@@ -162,7 +162,7 @@ class Store:
             if records.submitting(record):
                 changed = record.copy()
                 changed.pop("submitting")
-                changed["in_doubt"] = records.in_doubt(record) + 1
+                changed["in_doubt"] = records.in_doubt(changed) + 1  # counted, now that it is no longer under way
                 changed["doubt_open"] = True
                 self._write(item_id, changed)
         if self._written:

@@ -178,6 +178,37 @@ async def test_status_of_a_dir_whose_last_run_predates_the_services_list_shows_e
     assert "every remembered service is shown" in text and f"remembered {sim.api_url}" in text
 
 
+async def test_a_simulated_night_leaves_status_sure_which_services_dir_used(tmp_path):
+    """A --simulate run learns nothing and used no service, but it is not a run that predates the note: `status`
+    shows no remembered service (not every one in the state folder) and does not say it cannot tell."""
+    state = tmp_path / "state" / "batchgen"
+    state.mkdir(parents=True)
+    stranger = "https://elsewhere.example.com"
+    memory.path_for(state, stranger).write_text(json.dumps(absurd(stranger, 30.0)))
+    path = manifest_of(tmp_path / "m.yaml", ["a lighthouse"])
+    out = tmp_path / "out"
+    xdg = env(XDG_STATE_HOME=str(tmp_path / "state"))
+    code, err = await finish(
+        [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--simulate"],
+        env=xdg,
+    )
+    assert code == 0, err
+    proc = await start([sys.executable, "-m", "batchgen", "status", str(out), "--json"], env=xdg)
+    stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
+    doc = json.loads(stdout)
+    assert doc["services"] == [] and doc["services_used_unknown"] is False
+
+
+def test_planted_service_names_in_services_json_are_no_services(tmp_path):
+    """`http://a]b` and `http://h:port` make urlsplit raise: --forget-service and status read the list through
+    memory.used, which keeps only names as a run keeps them."""
+    out = tmp_path / "out"
+    (out / ".batchgen").mkdir(parents=True)
+    (out / ".batchgen" / memory.USED).write_text(json.dumps(["http://a]b", "http://h:port", "https://ok.example"]))
+    assert memory.used(out) == ["https://ok.example"]
+    assert memory.forget_all({"XDG_STATE_HOME": str(tmp_path / "x")}, out, "") == []
+
+
 def test_memory_reader_refuses_what_is_not_a_regular_file(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

@@ -154,7 +154,7 @@ def test_a_version_2_ledger_with_a_bad_decision_is_damaged_and_version_3_refused
         damaged["items"]["item-00"].update(bad)
         (out / "results.json").write_text(json.dumps(damaged))
         loaded = report.read_ledger(out)  # rebuilt from the previous snapshot and journal, never a traceback
-        assert loaded.damaged and ("rolls" in loaded.damaged or "decision" in loaded.damaged), loaded.damaged
+        assert loaded.damaged and ("roll" in loaded.damaged or "decision" in loaded.damaged), loaded.damaged
     doc["version"] = 3
     (out / "results.json").write_text(json.dumps(doc))
     with pytest.raises(Exception, match="version 3"):

@@ -35,9 +35,9 @@ def same_answer(path: Path, data: bytes) -> None:
         expected: Any = whole(data)
     except (ValueError, RecursionError) as exc:
         with pytest.raises(type(exc)):
-            snapshots.read(path)
+            snapshots.read(path, 1 << 30)
         return
-    got = snapshots.read(path)
+    got = snapshots.read(path, 1 << 30)
     assert got == expected
     assert json.dumps(got) == json.dumps(expected)  # the order of items and of every record's fields too
 
@@ -145,3 +145,20 @@ async def test_a_resume_writes_every_record_it_did_not_touch_back_byte_for_byte(
         block = text.removeprefix('{\n "items": {\n').removesuffix("\n }\n}")
         assert block.encode() in before and block.encode() in after
         assert json.dumps(new[item_id]) == json.dumps(record)
+
+
+def test_a_fifo_or_an_oversized_file_at_the_snapshots_name_is_refused_without_waiting(tmp_path):
+    """The pieces reader opens results.json as every input is opened: a FIFO planted there is refused at once
+    (never a wait for a writer), and a file past the limit before a byte of it is parsed."""
+    import os
+
+    from batchgen.files import NotRegular, TooLarge
+
+    fifo = tmp_path / "results.json"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegular):
+        snapshots.read(fifo, 1 << 20)
+    big = tmp_path / "big.json"
+    big.write_text('{"version": 1, "items": {}}' + " " * 100)
+    with pytest.raises(TooLarge):
+        snapshots.read(big, 50)
