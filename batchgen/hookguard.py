@@ -19,6 +19,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from types import FrameType
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -45,9 +46,21 @@ class _Guard:
             signal.signal(signal.SIGTERM, self.on_term)
             return  # batchgen lives: it keeps the bound, the hook ends as it ends
         if self.hook is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.hook.wait(GRACE)
+            _reaped_within(self.hook.pid, GRACE)
         _signal_group(signal.SIGKILL)  # whatever the hook started and left behind; this process too
+
+
+def _reaped_within(pid: int, seconds: float) -> None:
+    """Wait up to `seconds` for the hook to end. Not Popen.wait: this runs in the signal handler, inside the main
+    thread's Popen.wait, whose lock it holds — that wait could never see the hook end and always took `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.02)
 
 
 def _signal_group(signum: int) -> None:
