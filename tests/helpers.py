@@ -35,7 +35,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from batchgen import ledger, manifest, runner
+from batchgen import endactions, ledger, manifest, runner
 from batchgen.config import RetryPolicy
 from batchgen.errors import ManifestError
 from batchgen.limits import Hints, Throttle
@@ -63,6 +63,38 @@ async def until(
             return value
         assert time.monotonic() < end, what
         await asyncio.sleep(every)
+
+
+def process_ended(pid: int) -> bool:
+    """Whether the process `pid` has ended: gone, or a zombie (no parent left to reap it yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] == "Z"
+
+
+async def outlived(pid: int, deadline: float, what: str) -> None:
+    """Fail the test with `what` if `pid` still runs after `deadline` seconds; SIGKILL it in any case."""
+    try:
+        await until(lambda: process_ended(pid), deadline=deadline, what=what)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+
+
+def a_summary(tmp_path: Path, failed: int = 0) -> endactions.Summary:
+    """The summary a night's end gets: one item succeeded (and `failed` failed for good)."""
+    return endactions.Summary(
+        code=1 if failed else 0,
+        meaning="finished, and some items failed for good" if failed else "every item succeeded",
+        manifest=str(tmp_path / "m.yaml"),
+        directory=str(tmp_path),
+        counts={"pending": 0, "submitted": 0, "succeeded": 1, "failed": failed},
+        figures={"paid_creates": 1},
+        failures=[],
+    )
 
 
 # ---------------------------------------------------------------- manifests

@@ -5,7 +5,6 @@ hostile user, a misbehaving service and a hostile file system would, with real p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -26,6 +25,7 @@ from batchgen.progress import Reporter
 from .helpers import (
     BATCHGEN,
     a_ledger,
+    a_summary,
     batchgen,
     capped,
     cli,
@@ -33,23 +33,11 @@ from .helpers import (
     make_settings,
     manifest_of,
     no_traceback,
+    outlived,
     results,
     run,
     run_args,
-    until,
 )
-
-
-def _summary(tmp_path: Path) -> endactions.Summary:
-    return endactions.Summary(
-        code=0,
-        meaning="every item succeeded",
-        manifest=str(tmp_path / "m.yaml"),
-        directory=str(tmp_path),
-        counts={"pending": 0, "submitted": 0, "succeeded": 1, "failed": 0},
-        figures={"paid_creates": 1},
-        failures=[],
-    )
 
 
 async def _at_end(tmp_path: Path, *hooks: tuple[str, ...]) -> str:
@@ -57,7 +45,7 @@ async def _at_end(tmp_path: Path, *hooks: tuple[str, ...]) -> str:
     bounds = endactions.Bounds(total=20.0, after_signal=5.0, grace=1.0, ping=1.0)
     actions = endactions.EndActions(hooks=hooks, bounds=bounds)
     with (tmp_path / "log").open("w") as stream:
-        await asyncio.to_thread(finish.at_end, actions, _summary(tmp_path), Reporter(stream=stream, progress=False))
+        await asyncio.to_thread(finish.at_end, actions, a_summary(tmp_path), Reporter(stream=stream, progress=False))
     return (tmp_path / "log").read_text()
 
 
@@ -327,17 +315,4 @@ async def test_what_a_hook_leaves_running_in_the_background_ends_when_the_hook_e
     log = await _at_end(tmp_path, (str(script),))
     assert "--on-finish hook 1 (hook.sh): exit 0" in log
     job = int(marker.read_text())
-    try:
-        await until(lambda: _ended(job), deadline=10, what="the hook's background job outlived the end of the run")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(job, signal.SIGKILL)
-
-
-def _ended(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie (no parent left to reap it yet) has ended too
-        return stat.read().split(")")[-1].split()[0] == "Z"
+    await outlived(job, 10, "the hook's background job outlived the end of the run")

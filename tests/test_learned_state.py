@@ -64,6 +64,24 @@ async def test_a_fifo_or_a_device_as_the_remembered_service_neither_hangs_nor_ea
         assert code == 0 and "Traceback" not in err
 
 
+async def one_night(sim, tmp_path: Path, *flags: str) -> Path:
+    """One item run to its end against `sim`, remembering in tmp_path/state; DIR (tmp_path/out)."""
+    path = manifest_of(tmp_path / "m.yaml", ["a lighthouse"])
+    out = tmp_path / "out"
+    code, err = await finish(run_args(path, out, sim, *flags), env=env(XDG_STATE_HOME=str(tmp_path / "state")))
+    assert code == 0, err
+    return out
+
+
+async def status_of(out: Path, tmp_path: Path, *flags: str) -> str:
+    """`batchgen status DIR` with the state folder of one_night."""
+    proc = await start(
+        [sys.executable, "-m", "batchgen", "status", str(out), *flags], env=env(XDG_STATE_HOME=str(tmp_path / "state"))
+    )
+    stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
+    return stdout.decode()
+
+
 def absurd(api: str, p: float) -> dict:
     now = time.time()
     return {
@@ -134,21 +152,13 @@ async def test_forget_service_forgets_also_when_dir_has_nothing_left_to_do(sim_f
 
 
 async def test_status_shows_only_the_services_this_dir_used(sim_factory, tmp_path):
-    state = tmp_path / "state"
-    folder = state / "batchgen"
+    folder = tmp_path / "state" / "batchgen"
     folder.mkdir(parents=True)
     stranger = "https://elsewhere.example.com"
     (memory.path_for(folder, stranger)).write_text(json.dumps(absurd(stranger, 30.0)))
-    path = manifest_of(tmp_path / "m.yaml", ["a lighthouse"])
     async with sim_factory() as sim:
-        out = tmp_path / "out"
-        code, err = await finish(run_args(path, out, sim), env=env(XDG_STATE_HOME=str(state)))
-        assert code == 0, err
-        proc = await start(
-            [sys.executable, "-m", "batchgen", "status", str(out), "--json"], env=env(XDG_STATE_HOME=str(state))
-        )
-        stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
-        doc = json.loads(stdout)
+        out = await one_night(sim, tmp_path)
+        doc = json.loads(await status_of(out, tmp_path, "--json"))
         assert [s["service"] for s in doc["services"]] == [sim.api_url] and doc["services_used_unknown"] is False
 
 
@@ -157,24 +167,12 @@ async def test_status_of_a_dir_whose_last_run_predates_the_services_list_shows_e
 ):
     """A DIR last run by an older batchgen has no services.json: `status` shows what is remembered, and says it
     cannot tell which of the services DIR used, instead of showing nothing until the next run."""
-    state = tmp_path / "state"
-    path = manifest_of(tmp_path / "m.yaml", ["a lighthouse"])
     async with sim_factory() as sim:
-        out = tmp_path / "out"
-        code, err = await finish(run_args(path, out, sim), env=env(XDG_STATE_HOME=str(state)))
-        assert code == 0, err
+        out = await one_night(sim, tmp_path)
     (out / ".batchgen" / memory.USED).unlink()  # as an older batchgen left it
-
-    async def status(*flags: str) -> str:
-        proc = await start(
-            [sys.executable, "-m", "batchgen", "status", str(out), *flags], env=env(XDG_STATE_HOME=str(state))
-        )
-        stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
-        return stdout.decode()
-
-    doc = json.loads(await status("--json"))
+    doc = json.loads(await status_of(out, tmp_path, "--json"))
     assert [s["service"] for s in doc["services"]] == [sim.api_url] and doc["services_used_unknown"] is True
-    text = await status()
+    text = await status_of(out, tmp_path)
     assert "every remembered service is shown" in text and f"remembered {sim.api_url}" in text
 
 

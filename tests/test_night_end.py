@@ -23,7 +23,7 @@ from batchgen.errors import TransportError
 from batchgen.progress import Reporter
 from batchgen.proxies import ProxySettings
 
-from .helpers import HOOK, KEY, cli, env, injected, manifest_of, run_args, serve, start, until
+from .helpers import HOOK, KEY, cli, env, injected, manifest_of, outlived, run_args, serve, start, until
 from .helpers import finish as finish_proc
 
 
@@ -393,19 +393,7 @@ async def test_a_hook_ends_when_its_run_is_killed_and_never_works_on_beside_the_
         proc.kill()
         await finish_proc(proc)
 
-    def gone() -> bool:
-        try:
-            os.kill(hook_pid, 0)
-        except ProcessLookupError:
-            return True
-        with open(f"/proc/{hook_pid}/stat") as stat:  # a zombie (no parent left to reap it yet) has ended too
-            return stat.read().split(")")[-1].split()[0] == "Z"
-
-    try:
-        await until(gone, deadline=10, what="the hook still runs after its run was killed")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(hook_pid, signal.SIGKILL)
+    await outlived(hook_pid, 10, "the hook still runs after its run was killed")
 
 
 async def test_what_a_hook_started_ends_too_when_its_run_is_killed(sim_factory, tmp_path):
@@ -422,20 +410,7 @@ async def test_what_a_hook_started_ends_too_when_its_run_is_killed(sim_factory, 
         job = int(marker.read_text())
         proc.kill()
         await finish_proc(proc)
-    try:
-        await until(lambda: _ended(job), deadline=15, what="the hook's own job still runs after its run was killed")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(job, signal.SIGKILL)
-
-
-def _ended(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie (no parent left to reap it yet) has ended too
-        return stat.read().split(")")[-1].split()[0] == "Z"
+    await outlived(job, 15, "the hook's own job still runs after its run was killed")
 
 
 async def test_a_hook_that_ends_by_a_signal_is_reported_as_before(sim_factory, tmp_path):

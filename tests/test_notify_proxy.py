@@ -11,7 +11,6 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -20,6 +19,8 @@ from batchgen import endactions, finish, notify
 from batchgen.config import Secret
 from batchgen.progress import Reporter
 from batchgen.proxies import ProxySettings
+
+from .helpers import a_summary
 
 pytestmark = pytest.mark.skipif(not notify.available(), reason="Apprise (the notify extra) is not installed")
 
@@ -49,18 +50,6 @@ async def echoing_proxy(password: str = PASSWORD) -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-def _summary(tmp_path: Path) -> endactions.Summary:
-    return endactions.Summary(
-        code=1,
-        meaning="finished, and some items failed for good",
-        manifest=str(tmp_path / "m.yaml"),
-        directory=str(tmp_path),
-        counts={"pending": 0, "submitted": 0, "succeeded": 1, "failed": 1},
-        figures={"paid_creates": 1},
-        failures=[],
-    )
-
-
 @pytest.mark.parametrize("password", [PASSWORD, "p@ss:w/rd 77"])  # the second one percent-encoded in the URL
 async def test_a_notify_failure_through_the_proxy_never_shows_its_credentials(tmp_path, password):
     bounds = endactions.Bounds(total=20.0, after_signal=2.0, grace=0.5, ping=5.0)
@@ -69,7 +58,7 @@ async def test_a_notify_failure_through_the_proxy_never_shows_its_credentials(tm
         way = ProxySettings(https=url, http=url, source="--proxy")
         stream = (tmp_path / "log").open("w")
         reporter = Reporter(stream=stream, progress=False)  # told nothing to mask: finish masks on its own
-        await asyncio.to_thread(finish.at_end, actions, _summary(tmp_path), reporter, proxy=way)
+        await asyncio.to_thread(finish.at_end, actions, a_summary(tmp_path, failed=1), reporter, proxy=way)
         stream.close()
     log = (tmp_path / "log").read_text()
     assert "notification not sent: " in log and "407 unknown user" in log, log  # the proxy's words did come back
@@ -98,7 +87,7 @@ async def test_a_ping_failure_through_the_proxy_never_shows_its_credentials(tmp_
         stream = (tmp_path / "log").open("w")
         reporter = Reporter(stream=stream, progress=False)
         way = ProxySettings(https=url, http=url, source="--proxy")
-        await asyncio.to_thread(finish.at_end, actions, _summary(tmp_path), reporter, proxy=way)
+        await asyncio.to_thread(finish.at_end, actions, a_summary(tmp_path, failed=1), reporter, proxy=way)
         stream.close()
     log = (tmp_path / "log").read_text()
     assert "not delivered: the request failed" in log, log  # the client names only the kind of failure
