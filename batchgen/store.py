@@ -25,7 +25,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Self
 
-from . import records
+from . import records, snapshots
 from .errors import LedgerError, LockedError, StorageError
 from .files import STATE_DIR, check_output_dir, fsync_dir, open_nofollow, write_atomically
 from .records import (
@@ -294,7 +294,7 @@ class Store:
         if ids is not None:
             document["not_in_manifest"] = sorted([i for i in self.items if i not in ids])  # no copy of every id
         # Streamed: a 100,000-item ledger written whole as one string took ~350 MB more at its peak.
-        data = _chunks(_layout(document, self.items, self._texts))
+        data = _chunks(snapshots.layout(document, self.items, self._texts))
         results = self.directory / RESULTS
         try:
             # Keep the snapshot being replaced and the journal that leads from it to the new one: if results.json
@@ -326,41 +326,6 @@ class Store:
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = self._last_snapshot - started
-
-
-TEXTS_KEPT = 20_000  # records whose snapshot text is kept for the next snapshot: a small ledger's (~12 MB at most)
-_ITEMS_AT = '\n "items": {}'
-_INDENTED = json.JSONEncoder(ensure_ascii=False, indent=1)
-
-
-def _layout(document: dict[str, Any], items: dict[str, Record], texts: dict[str, tuple[Record, str]]) -> Iterator[str]:
-    """The text `json.JSONEncoder(ensure_ascii=False, indent=1)` makes of `document` with `items` as its "items",
-    byte for byte (snapshots.py reads that layout back), without encoding again a record already encoded for the
-    last snapshot: `texts` keeps each record's text with the record itself, and a record is never changed in place
-    (every transition writes a new one: ledger.py), so the same object has the same text. A run's snapshots every
-    few seconds re-encoded every record each time (~8 % of a scaled run's CPU)."""
-    head, tail = _INDENTED.encode(document).split(_ITEMS_AT)  # a newline is structure only
-    yield head + '\n "items": '
-    if not items:
-        yield "{}"
-    keep = len(items) <= TEXTS_KEPT
-    if not keep:
-        texts.clear()
-    separator = "{\n  "
-    for item_id, record in items.items():
-        known = texts.get(item_id)
-        if known is not None and known[0] is record:
-            text = known[1]
-        else:
-            # One level down, two levels in: each line after the first indented by two more spaces.
-            text = _INDENTED.encode(record).replace("\n", "\n  ")
-            if keep:
-                texts[item_id] = (record, text)
-        yield separator + json.dumps(item_id, ensure_ascii=False) + ": " + text
-        separator = ",\n  "
-    if items:
-        yield "\n }"
-    yield tail
 
 
 def _tally(items: Iterable[Record]) -> dict[str, int]:
