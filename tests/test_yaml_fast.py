@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from batchgen import readers
 
+from .helpers import problems
+
 needs_libyaml = pytest.mark.skipif(not getattr(yaml, "__with_libyaml__", False), reason="PyYAML without libyaml")
 
 
@@ -96,3 +98,17 @@ def test_any_text_is_read_as_the_pure_parser_reads_it(rows: list[tuple[str, str,
         assert str(ours.value) == str(exc)
         return
     assert shape(readers.compose(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("depth", "expected"),
+    [pytest.param(600, "prompt: expected text, got a mapping", marks=needs_libyaml), (100_000, "nested too deeply")],
+)
+def test_a_deeply_nested_value_is_one_clear_problem(tmp_path, depth, expected):
+    """libyaml composes deeper than the pure-Python parser (which stops at Python's recursion limit): a value
+    nested 600 deep is now refused for what it is (a mapping where text belongs, at its line), one 100,000 deep
+    as too deeply nested — one problem either way, never a traceback."""
+    path = tmp_path / "m.yaml"
+    path.write_text("- id: a\n  prompt: " + "{a: " * depth + "1" + "}" * depth + "\n", encoding="utf-8")
+    (found,) = problems(path)
+    assert expected in found
