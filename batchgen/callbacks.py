@@ -13,8 +13,10 @@ import json
 import secrets
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 MAX_BODY = 1024 * 1024
 
@@ -48,6 +50,8 @@ class CallbackReceiver:
         except BaseException:
             sock.close()
             raise
+        from aiohttp import web  # the server side, loaded by the runs that listen (--callback-listen) only
+
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -72,6 +76,8 @@ class CallbackReceiver:
         return f"{base.rstrip('/')}/{self.token}"
 
     async def _handle(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         last = request.path.rstrip("/").rsplit("/", 1)[-1]
         if not hmac.compare_digest(last.encode(), self.token.encode()):
             self.refused += 1

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from . import (
     config,
-    doctor,
     endactions,
     finish,
     manifest,
@@ -34,7 +33,6 @@ from . import (
     prices,
     proxies,
     report,
-    review,
     sheet,
 )
 from .args import build_parser, parse_rate
@@ -127,6 +125,8 @@ def cmd_report(args: argparse.Namespace, session: Session) -> int:
 
 
 def cmd_review(args: argparse.Namespace, session: Session) -> int:
+    from . import review  # its web server (aiohttp.web): a run never loads it
+
     directory = Path(args.directory)
     try:
         host, port = parse_listen(args.listen)
@@ -234,6 +234,8 @@ def cmd_models(args: argparse.Namespace, session: Session) -> int:
 
 def cmd_doctor(args: argparse.Namespace, session: Session) -> int:
     """Check the way to the service, one line per step; exit 0, 3 refused, 1 unreachable, 2 usage."""
+    from . import doctor  # only this command's: a run does not load it
+
     api_base = args.api_base or os.environ.get("BATCHGEN_API_BASE", "")
     if not api_base:
         raise UsageError("no service address: pass --api-base URL or set BATCHGEN_API_BASE")

@@ -42,6 +42,7 @@ class Secret:
 MIN_SECRET = 6
 
 
+@functools.lru_cache(maxsize=16)  # a run's few secrets, asked for at every message and item checked
 def secret_forms(secret: str) -> tuple[str, ...]:
     """The secret as it may appear in text: itself, URL-encoded (%XX in either case, + for a space), JSON-escaped
     (a `"` or `\\` in a proxy password, in a --log-format json line), and as the id and name makers transform it

@@ -156,6 +156,8 @@ def proxy_for(url: str, proxy: ProxySettings) -> str | None:
     https:// URLs use the https proxy, http:// ones the http proxy; plain http:// to a loopback address never
     goes through one; NO_PROXY wins over both.
     """
+    if proxy.http is None and proxy.https is None:
+        return None  # no proxy at all (most runs): nothing to parse, at every request
     try:
         parts = urlsplit(url)
         host, port = (parts.hostname or "").lower(), parts.port

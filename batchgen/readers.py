@@ -103,9 +103,24 @@ def _decode(data: bytes, out: Collector) -> str | None:
 # ---------------------------------------------------------------- YAML
 
 
+_FAST = getattr(yaml, "__with_libyaml__", False)
+
+
+def compose(text: str) -> yaml.Node | None:
+    """The manifest's node tree: libyaml's parser when PyYAML has it (a tenth of the pure-Python parser's CPU; its
+    nodes carry the same line numbers), the pure-Python one otherwise and for any text libyaml does not take,
+    so that an error is always the pure-Python parser's, with the message and line the tests pin."""
+    if _FAST:
+        try:
+            return yaml.compose(text, Loader=yaml.CSafeLoader)
+        except (yaml.YAMLError, ValueError, RecursionError):  # UnicodeError is a ValueError
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def _read_yaml(text: str, out: Collector, check_defaults: CheckDefaults) -> list[RawItem] | None:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -15,10 +15,14 @@ the pieces are a faster way to the same result, never a different reading.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .files import TooLarge, open_regular
+
+if TYPE_CHECKING:
+    from .records import Record  # records imports this module
 
 BLOCK = 1 << 20
 _HEAD = 1 << 16  # the fields before the items are a few hundred bytes
@@ -113,3 +117,87 @@ def _share(values: dict[str, Any], shared: dict[str, str]) -> None:
     for name, value in values.items():
         if type(value) is str and len(value) <= _SHORT:
             values[name] = shared.setdefault(value, value)
+
+
+# ---------------------------------------------------------------- the layout written (store.py's snapshot)
+
+TEXTS_KEPT = 20_000  # records whose snapshot text is kept for the next snapshot: a small ledger's (~12 MB at most)
+_ITEMS_AT = '\n "items": {}'
+_INDENTED = json.JSONEncoder(ensure_ascii=False, indent=1)
+
+
+def layout(document: dict[str, Any], items: dict[str, Record], texts: dict[str, tuple[Record, str]]) -> Iterator[str]:
+    """The text `json.JSONEncoder(ensure_ascii=False, indent=1)` makes of `document` with `items` as its "items",
+    byte for byte (the pieces reader above reads that layout back), without encoding again a record encoded for
+    the last snapshot: `texts` keeps each record's text with the record itself, and a record is never changed in
+    place (every transition writes a new one: ledger.py), so the same object has the same text. A run's snapshots
+    every few seconds re-encoded every record each time."""
+    head, tail = _INDENTED.encode(document).split(_ITEMS_AT)  # a newline is structure only
+    yield head + '\n "items": '
+    if not items:
+        yield "{}"
+    keep = len(items) <= TEXTS_KEPT
+    if not keep:
+        texts.clear()
+    separator = "{\n  "
+    for item_id, record in items.items():
+        known = texts.get(item_id)
+        if known is not None and known[0] is record:
+            text = known[1]
+        else:
+            text = _record_text(record)
+            if keep:
+                texts[item_id] = (record, text)
+        yield separator + json.dumps(item_id, ensure_ascii=False) + ": " + text
+        separator = ",\n  "
+    if items:
+        yield "\n }"
+    yield tail
+
+
+def _record_text(record: Record) -> str:
+    """A record's text two levels in, as the indenting encoder writes it there."""
+    try:
+        return _indented(record, "  ")
+    except (_Other, RecursionError):  # a float, a tuple, a key not a string...: the encoder's own (slower) way
+        # One level down, two levels in: each line after the first indented by two more spaces.
+        return _INDENTED.encode(record).replace("\n", "\n  ")
+
+
+class _Other(Exception):
+    """A value `_indented` leaves to the encoder."""
+
+
+_QUOTED = json.encoder.encode_basestring  # the encoder's own (C) quoting of a string, ensure_ascii=False
+
+
+def _indented(value: Any, indent: str) -> str:
+    """`value` as JSONEncoder(ensure_ascii=False, indent=1) writes it at `indent`, for the types a record holds
+    (strings, numbers, None, booleans, lists, objects with string keys): the pure-Python encoder's generators cost
+    ~3 times as much."""
+    kind = type(value)
+    if kind is str:
+        return _QUOTED(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and value - value == 0:  # finite (NaN and the infinities: the encoder's)
+        return float.__repr__(value)
+    inner = indent + " "
+    if kind is dict:
+        if not value:
+            return "{}"
+        if any(type(key) is not str for key in value):
+            raise _Other
+        fields = [_QUOTED(key) + ": " + _indented(item, inner) for key, item in value.items()]
+        return "{\n" + inner + (",\n" + inner).join(fields) + "\n" + indent + "}"
+    if kind is list:
+        if not value:
+            return "[]"
+        return "[\n" + inner + (",\n" + inner).join([_indented(item, inner) for item in value]) + "\n" + indent + "]"
+    raise _Other

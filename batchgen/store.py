@@ -25,7 +25,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Self
 
-from . import records
+from . import records, snapshots
 from .errors import LedgerError, LockedError, StorageError
 from .files import STATE_DIR, check_output_dir, fsync_dir, open_nofollow, write_atomically
 from .records import (
@@ -65,6 +65,7 @@ class Store:
         self._dirty = loaded.replayed > 0 or loaded.manifest != manifest
         self._last_snapshot = time.monotonic()
         self._snapshot_cost = 0.0
+        self._texts: dict[str, tuple[Record, str]] = {}  # id -> a record and its text in the last snapshot
         self.manifest_ids: frozenset[str] | None = None
         self._owners: dict[str, str] | None = None  # task id -> its item (ledger.py's claim_task)
         self.recovered: str | None = None  # why results.json was rebuilt from the journals, if it was
@@ -284,7 +285,7 @@ class Store:
             "manifest": self.manifest,
             "updated_at": utc_now(),
             "counts": self.counts(ids),
-            "items": self.items,
+            "items": {},  # written by _layout, record by record
         }
         if self.price is not None:
             document["price"] = self.price
@@ -292,8 +293,8 @@ class Store:
             document["cards"] = self.cards
         if ids is not None:
             document["not_in_manifest"] = sorted([i for i in self.items if i not in ids])  # no copy of every id
-        data = _chunks(json.JSONEncoder(ensure_ascii=False, indent=1).iterencode(document))  # streamed: a
-        # 100,000-item ledger written whole as one string took ~350 MB more at its peak
+        # Streamed: a 100,000-item ledger written whole as one string took ~350 MB more at its peak.
+        data = _chunks(snapshots.layout(document, self.items, self._texts))
         results = self.directory / RESULTS
         try:
             # Keep the snapshot being replaced and the journal that leads from it to the new one: if results.json
