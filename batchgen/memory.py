@@ -30,9 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import BatchgenError
 from .escapes import inert_line
 from .files import STATE_DIR, read_bounded, state_dir, write_atomically
-from .latency import MIN_FINISHED, Quantiles
 from .limits import Hints, Throttle
-from .polls import PollScheduler
+from .polls import MIN_FINISHED, PollScheduler, Quantiles
 
 if TYPE_CHECKING:
     from .config import RunSettings
