@@ -677,16 +677,3 @@ def test_in_a_slow_nights_tail_a_right_memory_places_the_queries_tighter():
     first, gap = slow_tail(None)
     assert gap == pytest.approx(TAIL_GAP_SHARE * 117.0)
     assert first == pytest.approx(63.0 + gap)  # its low end: the second of 40 finishes, 60, 63, ... 177 s
-
-
-def test_in_the_tail_a_right_memory_spends_the_whole_budget():
-    """With nothing left to create, the tail's queries may use the whole status budget (half without a memory
-    that agrees): 120 tasks past the low end at 8 queries/s, each asked every 15 s, not every 30 s."""
-    for prior, expected in ((SLOW, 120 / 8), (None, 120 / (0.5 * 8))):
-        clock = Clock()
-        polls = scheduler(clock, prior=prior, in_tail=lambda: True)
-        for n in range(120):
-            polls.add(f"t{n}")
-        clock.advance(100.0)
-        known = SLOW if prior is not None else Quantiles(66.0, 90.0, 100.0, median_known=False)
-        assert polls._tail_gap(clock.now, known) == pytest.approx(expected)
