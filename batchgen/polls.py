@@ -180,9 +180,9 @@ class PollScheduler:
 
     def _sure(self, known: Quantiles) -> bool:
         """Whether the latencies are known well enough to place the tail's queries tightly: the median is
-        estimated (not a stand-in), and the remembered service agrees with this run."""
-        prior = self.model.prior
-        return known.median_known and prior is not None and not self.model._contradicts(prior)
+        estimated (not a stand-in), and the remembered service agreed with this run's tasks while it served (its
+        verdict is not worked out again on every answer once this run's own estimate serves: O(tasks) each)."""
+        return known.median_known and self.model.prior is not None and not self.model.contradicted
 
     def _tail_gap(self, now: float, known: Quantiles | None) -> float | None:
         """In the tail, the gap that spends TAIL_SHARE of the budget on the tasks that may be finished."""
