@@ -10,7 +10,10 @@ second, whatever the number of tasks in flight). The rules:
   to be finished. A callback's hint (and a query the download needs) goes before all of them.
 - **Spend the idle budget on the tail.** While tasks wait to be created, a detection delay costs nothing (the
   create window sets the pace); once none do, the last tasks decide when the run ends, so the gap shrinks to
-  what half the budget allows across the tasks that could be finished.
+  what half the budget allows across the tasks that could be finished, but no task more often than once an
+  eighth of the median. When the remembered service agrees with this run and the median is estimated (not a
+  stand-in), a ninth, and a task is first asked half a gap after the low end: the few finishes below the low
+  end are then not found a whole gap late (on a slow night, 120 +/- 60 s, they and the eighth set the p95).
 - **Outliers back off.** A task older than the slowest latency seen (the 95th percentile) is asked less and
   less often as it ages, as the family advises for old tasks.
 - **Learn from this run.** Latencies come from the tasks this run created (never a resumed one), the tasks
@@ -28,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import time
 from collections import deque
@@ -36,160 +38,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import PollSchedule
+from .latency import MIN_FINISHED as MIN_FINISHED  # memory.py's, as before latency.py
+from .latency import LatencyModel
+from .latency import Quantiles as Quantiles
 from .limits import Clock, Throttle
 
-MIN_FINISHED = 5  # finished tasks of this run before its own estimate replaces the remembered one
-MIN_CONTRADICTING = 3  # tasks (expected to have finished, or finished below the low end) that overrule a prior
 PRIOR_PROBE_FACTOR = 4.0  # while a remembered estimate is unconfirmed, the cold probe goes on this much slower
 GAP_SHARE = 0.25  # a task is asked about once every quarter of the median latency
 TAIL_SHARE = 0.5  # in the tail, the share of the status budget spent asking the tasks that may be finished
 TAIL_GAP_SHARE = 1 / 8  # ... but no task more often than once every 1/8 of the median latency
+TAIL_GAP_SHARE_KNOWN = 1 / 9  # ... 1/9 when the latencies are sure (a remembered service agrees with the run)
 FALLBACK_FACTOR = 4.0  # with callbacks on, polling is the fallback and runs this much less often
-KEEP = 1000  # finished latencies kept: enough for the quantiles, and it follows a service that changes pace
 TICK = 0.001  # the driver never sleeps less than this (a guard against spinning on float rounding)
-
-
-@dataclass(frozen=True, slots=True)
-class Quantiles:
-    """Task latency in seconds: the low end (5%), the median and the high end (95%)."""
-
-    low: float
-    median: float
-    high: float
-    # Whether the high end is estimated (else it stands in: the slowest finish seen, while many still run).
-    high_known: bool = field(default=True, compare=False)
-
-
-class LatencyModel:
-    """The latency distribution of the service's tasks, from finished tasks and tasks still running.
-
-    A finished task gives its latency; a task seen running at age `a` says only "longer than a" (a censored
-    observation). The Kaplan-Meier estimator uses both, so the early estimate is not biased towards the fast tasks
-    that happened to finish first. Where the estimate does not reach a quantile yet, the largest age observed is
-    the (conservative) stand-in. Until `MIN_FINISHED` tasks have finished, a remembered `prior` is used.
-    """
-
-    def __init__(self, prior: Quantiles | None = None) -> None:
-        self.prior = prior
-        self.contradicted = False  # this run's tasks said the prior is wrong: it serves no more
-        self.exact_count = 0  # finished latencies from the service's own clock (createTime/completeTime)
-        self._finished: deque[float] = deque(maxlen=KEEP)
-        self._running: dict[str, float] = {}  # task id -> the largest age at which it was seen running
-        self._cached: Quantiles | None = None
-        self._expected: float | None = None
-        self._dirty = True
-
-    @property
-    def finished_count(self) -> int:
-        return len(self._finished)
-
-    def finished(self, task_id: str, latency: float, *, exact: bool = False) -> None:
-        self._running.pop(task_id, None)
-        self._finished.append(max(0.0, latency))
-        self.exact_count += exact
-        self._dirty, self._expected = True, None
-
-    def running(self, task_id: str, age: float) -> None:
-        if age > self._running.get(task_id, -1.0):
-            self._running[task_id] = age
-            self._dirty, self._expected = True, None
-
-    def forget(self, task_id: str) -> None:
-        """A task that leaves without being seen finished (timeout, stop): its observation goes with it."""
-        if self._running.pop(task_id, None) is not None:
-            self._dirty, self._expected = True, None
-
-    def quantiles(self) -> Quantiles | None:
-        """This run's estimate, the remembered one until this run has enough (or contradicts it), or None
-        (nothing known: cold)."""
-        if len(self._finished) < MIN_FINISHED and self.prior is not None and not self._contradicts(self.prior):
-            return self.prior
-        return self.own()
-
-    def on_prior(self) -> bool:
-        """Whether the remembered estimate is in use and no task of this run finished where it said they would
-        (an absurd prior — a day per image — would otherwise keep every task from being asked)."""
-        prior = self.prior
-        if prior is None or len(self._finished) >= MIN_FINISHED or self._contradicts(prior):
-            return False
-        return all(latency < prior.low for latency in self._finished)
-
-    def _contradicts(self, prior: Quantiles) -> bool:
-        """Whether this run's tasks, censored ones included, say the remembered latencies are wrong.
-
-        Slower: by the ages at which tasks were seen still running, the prior expects `expected` of them to have
-        finished already; fewer than a third of that did (none finished before T, where the prior said most
-        would). Faster: MIN_CONTRADICTING tasks finished below its low end (it expects 1 in 20 there).
-        """
-        if self.contradicted:
-            return True
-        if self._expected is None:
-            finished = list(self._finished)
-            ages = [*finished, *self._running.values()]
-            self._expected = sum(_share_by(prior, age) for age in ages)
-            early = sum(1 for latency in finished if latency < prior.low)
-            slower = self._expected >= MIN_CONTRADICTING and len(finished) < self._expected / 3
-            self.contradicted = slower or early >= MIN_CONTRADICTING
-        return self.contradicted
-
-    def own(self) -> Quantiles | None:
-        """This run's own estimate, whatever the prior; None before a task finished."""
-        if not self._finished:
-            return None
-        if self._dirty or self._cached is None:
-            self._cached = self._estimate()
-            self._dirty = False
-        return self._cached
-
-    def _estimate(self) -> Quantiles:
-        steps = kaplan_meier(list(self._finished), list(self._running.values()))
-        largest = max(max(self._finished), max(self._running.values(), default=0.0))
-        low, median, high = (quantile(steps, share) for share in (0.05, 0.5, 0.95))
-        # Not reached yet: the median is at least the largest age seen (a conservative gap); the high end is
-        # taken as the slowest finish seen, so that a task older than every finished one counts as an outlier.
-        median = median if median is not None else largest
-        return Quantiles(
-            low=low if low is not None else min(self._finished),
-            median=median,
-            high=max(high if high is not None else max(self._finished), median),
-            high_known=high is not None,
-        )
-
-
-def _share_by(prior: Quantiles, age: float) -> float:
-    """The share of tasks the prior says finish by `age`: piecewise linear through its quantiles."""
-    points = [(0.0, 0.0), (prior.low, 0.05), (prior.median, 0.5), (prior.high, 0.95), (2 * prior.high, 1.0)]
-    for (t0, f0), (t1, f1) in itertools.pairwise(points):
-        if age <= t1:
-            return f0 if t1 <= t0 else f0 + (f1 - f0) * (age - t0) / (t1 - t0)
-    return 1.0
-
-
-def kaplan_meier(events: list[float], censored: list[float]) -> list[tuple[float, float]]:
-    """The estimated distribution function as steps [(time, share finished by then)], from event times and
-    right-censored times (a censored time counts as still at risk at an event of the same time)."""
-    points = sorted([(t, 0) for t in events] + [(t, 1) for t in censored])
-    total = len(points)
-    surviving = 1.0
-    steps: list[tuple[float, float]] = []
-    i = 0
-    while i < total:
-        at, start, ended = points[i][0], i, 0
-        while i < total and points[i][0] == at:
-            ended += points[i][1] == 0
-            i += 1
-        if ended:
-            surviving *= 1 - ended / (total - start)  # `total - start` tasks were still running just before `at`
-            steps.append((at, 1 - surviving))
-    return steps
-
-
-def quantile(steps: list[tuple[float, float]], share: float) -> float | None:
-    """The first time by which `share` of the tasks finished, or None if the estimate does not reach it."""
-    for at, done in steps:
-        if done >= share - 1e-9:
-            return at
-    return None
 
 
 @dataclass(slots=True)
@@ -303,9 +163,13 @@ class PollScheduler:
             gap *= FALLBACK_FACTOR
             first = known.high + gap
         else:
+            lead = gap
             if tail_gap is not None:
                 gap = min(gap, tail_gap)
-            first = known.low + (0.0 if self.full else gap)  # full: a slot seen free is a create sooner
+                # In the tail, with the whole estimate (its high end known), half a gap after the low end: the
+                # few tasks that finish below the low end are not found a whole gap late (they set the p95).
+                lead = gap / 2 if self._sure(known) else gap
+            first = known.low + (0.0 if self.full else lead)  # full: a slot seen free is a create sooner
         if task.asked is None:
             return task.created + first
         # Past the high end, a task is an outlier: back off as it ages, as the family advises for old tasks — once
@@ -314,6 +178,12 @@ class PollScheduler:
             gap = max(gap, (task.asked - task.created - known.high) / 2)
         return max(task.created + first, task.asked + gap)
 
+    def _sure(self, known: Quantiles) -> bool:
+        """Whether the latencies are known well enough to place the tail's queries tightly: the median is
+        estimated (not a stand-in), and the remembered service agreed with this run's tasks while it served (its
+        verdict is not worked out again on every answer once this run's own estimate serves: O(tasks) each)."""
+        return known.median_known and self.model.prior is not None and not self.model.contradicted
+
     def _tail_gap(self, now: float, known: Quantiles | None) -> float | None:
         """In the tail, the gap that spends TAIL_SHARE of the budget on the tasks that may be finished."""
         if known is None or not self.in_tail():
@@ -321,7 +191,8 @@ class PollScheduler:
         eligible = sum(
             1 for t in self._tasks.values() if not t.fallback and t.created is not None and now - t.created >= known.low
         )
-        return max(self.floor, TAIL_GAP_SHARE * known.median, eligible / (TAIL_SHARE * self.budget.rate))
+        share = TAIL_GAP_SHARE_KNOWN if self._sure(known) else TAIL_GAP_SHARE
+        return max(self.floor, share * known.median, eligible / (TAIL_SHARE * self.budget.rate))
 
     def _probe(self, now: float, known: Quantiles | None) -> tuple[_Task | None, float]:
         """Cold start: the task to probe next (the oldest, least recently asked) and when.
