@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from batchgen import readers, snapshots
+from batchgen import manifest, readers, snapshots
+from batchgen.ledger import Ledger, error_record
+from batchgen.records import PREVIOUS, PREVIOUS_JOURNAL, STATE_DIR
 
-from .helpers import problems
+from .helpers import make_settings, manifest_of, problems, run
 
 RECORD = '{\n   "state": "succeeded",\n   "task_id": "t-1"\n  }'
 ITEMS = '\n "items": {\n  "a": ' + RECORD + ',\n  "b": ' + RECORD + "\n }"
@@ -106,3 +108,61 @@ def test_a_manifest_the_pure_parser_refuses_is_refused_with_its_line(tmp_path, n
     path.write_text(text)
     found = problems(path)
     assert found and all("line 2" in p or ":2" in p for p in found), found
+
+
+# ---------------------------------------------------------------- kept record texts against every transition
+
+
+def replayed(out: Path) -> dict[str, Any]:
+    """previous.json with the journal that led from it to results.json replayed: what results.json must hold."""
+    state = out / STATE_DIR
+    items: dict[str, Any] = json.loads((state / PREVIOUS).read_text())["items"]
+    for line in (state / PREVIOUS_JOURNAL).read_text().splitlines()[1:]:
+        entry = json.loads(line)
+        items[entry["id"]] = entry["record"]
+    return items
+
+
+def agrees(out: Path, ledger: Ledger) -> dict[str, Any]:
+    """results.json holds the ledger's records as they are now, and what its journal replay says."""
+    on_disk = json.loads((out / "results.json").read_bytes())["items"]
+    assert json.dumps(on_disk, sort_keys=True) == json.dumps(ledger.items, sort_keys=True)
+    assert json.dumps(on_disk, sort_keys=True) == json.dumps(replayed(out), sort_keys=True)
+    return on_disk
+
+
+async def test_every_transition_with_snapshots_between_writes_the_record_as_it_is_now(sim_factory, tmp_path):
+    path = manifest_of(tmp_path / "m.yaml", [f"A lighthouse, study {n}" for n in range(4)])
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        await run(make_settings(path, out, sim))
+    with Ledger.open(out, "m.yaml") as ledger:
+        ledger.track(manifest.load(path))
+        a, b, c, d = sorted(ledger.items)
+        steps = [
+            lambda: ledger.decided(a, "approved"),
+            lambda: ledger.start_roll(a, 7, ["a~roll1.png"]),
+            lambda: ledger.start_submit(a, ledger.items[a]["request"] or {}),
+            lambda: ledger.submitted(a, "task-roll-2"),
+            lambda: ledger.refetch(a),
+            lambda: ledger.succeeded(a, ["a2.png"], ["0" * 64]),
+            lambda: ledger.decided(a, "rejected"),
+            lambda: ledger.start_roll(a, 8, []),
+            lambda: ledger.start_submit(a, ledger.items[a]["request"] or {}),
+            lambda: ledger.failed(a, error_record("permanent", "400", "refused")),
+            lambda: ledger.decided(b, "rejected"),
+            lambda: ledger.start_roll(b, 9, []),
+            lambda: ledger.start_submit(b, ledger.items[b]["request"] or {}),
+            lambda: ledger.submit_unsent(b, in_doubt=True),
+            lambda: ledger.start_submit(b, ledger.items[b]["request"] or {}),
+            lambda: ledger.paid_without_task(b, error_record("transient", None, "lost")),
+            lambda: ledger.requeue(c, error_record("transient", "500", "again")),
+            lambda: ledger.start_submit(c, ledger.items[c]["request"] or {}),
+            lambda: ledger.submitted(c, "task-c-2"),
+            lambda: ledger.failed(d, error_record("permanent", None, "gone")),
+            lambda: ledger.decided(c, None),
+        ]
+        for step in steps:
+            step()
+            ledger.snapshot()
+            agrees(out, ledger)
