@@ -166,3 +166,47 @@ async def test_every_transition_with_snapshots_between_writes_the_record_as_it_i
             step()
             ledger.snapshot()
             agrees(out, ledger)
+
+
+# ---------------------------------------------------------------- a hand-edited ledger, resumed
+
+PROMPTS = ['The "items": { of a catalogue', "a brace }, then a quote", "naïve 🦊 — items", "plain"]
+
+
+def edits(text: str) -> dict[str, str]:
+    """results.json edited by hand into texts that are almost the writer's layout."""
+    closing = text.rstrip().rfind("}")
+    last_record = text.rfind('"state"')
+    return {
+        "crlf": text.replace("\n", "\r\n"),
+        "bom": "\ufeff" + text,
+        "key after items": text[:closing].rstrip() + ',\n "note": {"items?": 1e400, "zero": -0}\n}\n',
+        "escaped key after items": text[:closing].rstrip() + ',\n "\\u0069tems_note": "\\ud800"\n}\n',
+        "unknown field": text[:last_record] + '"x\\ud83e\\udd8a": [1e400, -0.0, "\\u0000"],\n   ' + text[last_record:],
+        "indented by two": json.dumps(json.loads(text), ensure_ascii=False, indent=2),
+        "one line": json.dumps(json.loads(text), ensure_ascii=False),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["crlf", "bom", "key after items", "escaped key after items", "unknown field", "indented by two", "one line"],
+)
+async def test_a_hand_edited_ledger_is_read_as_json_loads_reads_it_and_nothing_is_paid_twice(
+    sim_factory, tmp_path, kind
+):
+    path = manifest_of(tmp_path / "m.yaml", PROMPTS)
+    out = tmp_path / "out"
+    async with sim_factory() as sim:
+        await run(make_settings(path, out, sim))
+        paid = sim.stats.creates
+        assert paid == len(PROMPTS)
+        edited = edits((out / "results.json").read_text(encoding="utf-8"))[kind]
+        (out / "results.json").write_bytes(edited.encode("utf-8", "surrogatepass"))
+        expected = json.loads(edited.removeprefix("\ufeff"))
+        got = snapshots.read(out / "results.json", 1 << 30)
+        assert json.dumps(got) == json.dumps(expected)
+        await run(make_settings(path, out, sim))
+        assert sim.stats.creates == paid  # every item succeeded: nothing created again
+    items = json.loads((out / "results.json").read_bytes())["items"]
+    assert {i["state"] for i in items.values()} == {"succeeded"}
