@@ -3,18 +3,34 @@ answer for every text, and the manifest composed by libyaml (readers.py) the pur
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from batchgen import manifest, readers, snapshots
+from batchgen import decisions, manifest, readers, records, snapshots
 from batchgen.ledger import Ledger, error_record
 from batchgen.records import PREVIOUS, PREVIOUS_JOURNAL, STATE_DIR
 
-from .helpers import make_settings, manifest_of, problems, run
+from .helpers import (
+    KEY,
+    check_directory,
+    cli,
+    finish,
+    make_settings,
+    manifest_of,
+    problems,
+    results,
+    run,
+    run_args,
+    start,
+    until,
+)
 
 RECORD = '{\n   "state": "succeeded",\n   "task_id": "t-1"\n  }'
 ITEMS = '\n "items": {\n  "a": ' + RECORD + ',\n  "b": ' + RECORD + "\n }"
@@ -210,3 +226,65 @@ async def test_a_hand_edited_ledger_is_read_as_json_loads_reads_it_and_nothing_i
         assert sim.stats.creates == paid  # every item succeeded: nothing created again
     items = json.loads((out / "results.json").read_bytes())["items"]
     assert {i["state"] for i in items.values()} == {"succeeded"}
+
+
+# ---------------------------------------------------------------- SIGKILL with kept texts, re-rolls and decisions
+
+
+@pytest.mark.slow
+async def test_sigkill_during_rerolls_and_retries_leaves_results_json_as_its_journal_replay(sim_factory, tmp_path):
+    prompts = [f"a tower, study {n}" + (" [sim:fail-transient:1]" if n % 3 == 0 else "") for n in range(10)]
+    path = manifest_of(tmp_path / "m.yaml", prompts, seed=5)
+    path.write_text(
+        "".join(f"- id: item-{n:02d}\n  prompt: {p!r}\n  seed: {n + 1}\n" for n, p in enumerate(prompts)),
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    moments = random.Random(20261205)
+    async with sim_factory(api_key=KEY, latency=3.0, jitter=0.5) as sim:  # runs outlast a snapshot (5 s)
+        assert (await run(make_settings(path, out, sim))).exit_code == 0
+        for n in range(0, 10, 2):
+            item = f"item-{n:02d}"
+            decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+        decisions.append(out, "item-01", "approved", results(out)["items"]["item-01"]["task_id"])
+
+        def events() -> int:
+            return sim.stats.create_calls + sim.stats.polls + sim.stats.file_requests
+
+        killed = replays = 0
+        for _ in range(4):
+            proc = await start(run_args(path, out, sim, "--reroll", "--concurrency", "3"))
+            target = events() + moments.randint(2, 20)
+            snapshot = out / STATE_DIR / PREVIOUS  # written with every snapshot after the first of a run
+
+            def due() -> bool:
+                return (events() >= target and snapshot.exists()) or proc.returncode is not None  # noqa: B023
+
+            await until(due, 60, what="no snapshot under way")
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            killed += (await finish(proc))[0] == -signal.SIGKILL
+            on_disk = json.loads((out / "results.json").read_bytes())["items"]
+            if (out / STATE_DIR / PREVIOUS).exists():  # a snapshot since the run began: it is its journal's replay
+                replays += 1
+                assert json.dumps(on_disk, sort_keys=True) == json.dumps(replayed(out), sort_keys=True)
+            assert snapshots.pieces(out / "results.json", 256) == json.loads((out / "results.json").read_bytes())
+        assert killed >= 2, "the runs finished before they could be killed: the test proves nothing"
+        assert replays >= 1, "no snapshot was written under way: the test proves nothing"
+        code, _, stderr = await cli(run_args(path, out, sim, "--reroll"))
+        assert code == 0, stderr
+        items = check_directory(out)
+        for n in range(10):
+            record = items[f"item-{n:02d}"]
+            assert record["state"] == "succeeded"
+            assert len(record.get("rolls", [])) == (2 if n % 2 == 0 else 0), (n, record)
+        # Each item paid for its first image (twice for a transient failure), and each rejected one for one roll
+        # (twice when the roll failed transiently), plus what was in doubt.
+        for n in range(10):
+            record = items[f"item-{n:02d}"]
+            allowed = (2 if n % 3 == 0 else 1) * (2 if n % 2 == 0 else 1) + record.get("in_doubt", 0)
+            assert records.paid(record) <= allowed, (n, record)
+        # Every create the service counted is in the ledger: paid (a task id came) or in doubt (killed inside the call).
+        assert sim.stats.creates <= sum(records.paid(r) + records.in_doubt(r) for r in items.values()), [
+            (i, records.paid(r), records.in_doubt(r)) for i, r in items.items()
+        ]
