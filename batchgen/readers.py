@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +105,42 @@ def _decode(data: bytes, out: Collector) -> str | None:
 
 
 _FAST = getattr(yaml, "__with_libyaml__", False)
+# What libyaml reads otherwise than the pure-Python parser: it takes a tab inside a line (`prompt: a<TAB>b`), a
+# byte-order mark inside the text and a comment right after a block scalar's `|` that the pure parser refuses, and
+# places an explicit key's (`? key`) missing value on another line, and does not end a plain scalar in a flow
+# collection at `?`. Such text goes to the pure parser.
+_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
+
+
+def _explicit_key(text: str) -> bool:
+    """A `?` at a token's start (the text's beginning, after white space), or anywhere in text with a flow
+    collection."""
+    at = text.find("?")
+    if at >= 0 and ("[" in text or "{" in text):
+        return True  # in a flow collection the pure parser ends a plain scalar at `?` (`[a.png?s=1]`), libyaml not
+    while at >= 0:
+        if at == 0 or text[at - 1].isspace() or text[at - 1] in "[{,":
+            return True
+        at = text.find("?", at + 1)
+    return False
+
+
+def _lenient(text: str) -> bool:
+    """Whether libyaml might read `text` otherwise than the pure-Python parser (each test a scan in C)."""
+    body = text.removeprefix("\ufeff")
+    return (
+        "\t" in body
+        or "\ufeff" in body
+        or _explicit_key(body)
+        or ("#" in body and _HEADER_COMMENT.search(body) is not None)
+    )
 
 
 def compose(text: str) -> yaml.Node | None:
     """The manifest's node tree: libyaml's parser when PyYAML has it (a tenth of the pure-Python parser's CPU; its
     nodes carry the same line numbers), the pure-Python one otherwise and for any text libyaml does not take,
     so that an error is always the pure-Python parser's, with the message and line the tests pin."""
-    if _FAST:
+    if _FAST and not _lenient(text):
         try:
             return yaml.compose(text, Loader=yaml.CSafeLoader)
         except (yaml.YAMLError, ValueError, RecursionError):  # UnicodeError is a ValueError

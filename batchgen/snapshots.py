@@ -85,13 +85,23 @@ def _in_pieces(handle: BinaryIO, block: int) -> dict[str, Any] | None:
         tail = rest[end + len(_END) :] + handle.read()
         if _KEY in tail:
             return None
-        document = json.loads((head + b"{}" + tail).decode("utf-8"))
+        keys = [0]  # keys that read "items" however written (`"\\u0069tems"` too), at any depth
+        document = json.loads(
+            (head + b"{}" + tail).decode("utf-8"), object_pairs_hook=lambda pairs: _pairs(pairs, keys)
+        )
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    if not isinstance(document, dict) or document.get("items") != {}:
-        return None
+    if not isinstance(document, dict) or document.get("items") != {} or keys[0] != 1:
+        return None  # another "items" (escaped) would win over, or be, the one the pieces were cut from
     document["items"] = items
     return document
+
+
+def _pairs(pairs: list[tuple[str, Any]], keys: list[int]) -> dict[str, Any]:
+    """An object as `json.loads` makes it (a later duplicate key wins, in the first one's place), its "items" keys
+    counted."""
+    keys[0] += sum(1 for key, _ in pairs if key == "items")
+    return dict(pairs)
 
 
 def _add(items: dict[str, Any], piece: bytes, shared: dict[str, str]) -> None:
