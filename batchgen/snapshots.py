@@ -46,8 +46,9 @@ def read(path: Path, limit: int) -> Any:
             data = handle.read(limit + 1)
             if len(data) > limit:
                 raise TooLarge(None)
-            # Decoded first, so that the bytes are freed before parsing: a 100,000-item ledger's peak is ~50 MB lower.
-            document = json.loads(data.decode("utf-8-sig"))
+            text = data.decode("utf-8-sig")
+            del data  # the bytes freed before parsing: a 100,000-item ledger's peak is ~50 MB lower
+            document = json.loads(text)
     return document
 
 
