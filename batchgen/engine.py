@@ -246,7 +246,7 @@ class Engine:
                     task_id = await self.submitter.submit(item)
                     if task_id is None:
                         return
-                record = await self.watcher.wait(item, task_id, first_poll)
+                record = await self.watcher.wait(item, task_id, first_poll, self.submitter.sent.pop(task_id, None))
                 first_poll = None
                 if record is None:
                     return  # --task-timeout: stays submitted, resumable with its task id

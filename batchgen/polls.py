@@ -58,6 +58,7 @@ class _Task:
     created: float | None  # on the scheduler's clock; None until known (a task resumed from an earlier run)
     fallback: bool  # its callback comes to this run: polling is only the fallback
     resumed: bool = False  # created by an earlier run: its age is not its latency, it teaches none
+    sent: float | None = None  # when its createTask left: the service created it after (`young`'s lower bound)
     asked: float | None = None  # when it was last granted a query
     woken: bool = False  # a callback said it may be finished
     waiting: bool = False  # its poller waits for a turn
@@ -96,10 +97,15 @@ class PollScheduler:
 
     # ---------------------------------------------------------------- what the engine tells us
 
-    def add(self, task_id: str, *, fallback: bool = False, resumed: bool = False) -> None:
-        """A task to poll: just created (its age starts now), or `resumed` from an earlier run (age unknown
-        until its first answer, so it is asked at once)."""
-        self._tasks[task_id] = _Task(task_id, None if resumed else self.clock(), fallback, resumed)
+    def add(
+        self, task_id: str, *, fallback: bool = False, resumed: bool = False, sent_ago: float | None = None
+    ) -> None:
+        """A task to poll: just created (its age starts now; its createTask left `sent_ago` seconds ago), or
+        `resumed` from an earlier run (age unknown until its first answer, so it is asked at once)."""
+        now = self.clock()
+        task = _Task(task_id, None if resumed else now, fallback, resumed)
+        task.sent = None if resumed else now - (sent_ago or 0.0)
+        self._tasks[task_id] = task
         self._changed.set()
 
     def ready(self, task_id: str) -> None:
@@ -112,7 +118,9 @@ class PollScheduler:
         if (known := self.model.own()) is None:
             return 0
         since = self.clock() - known.low
-        return sum(1 for t in self._tasks.values() if t.created is not None and not t.resumed and t.created > since)
+        # From when its createTask left, not when the answer came: a loaded loop stamps the answer late, and a task
+        # the service finished would be counted as running (a real "full" then taken for the window's).
+        return sum(1 for t in self._tasks.values() if t.sent is not None and t.sent > since)
 
     def remove(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -84,6 +85,7 @@ class Submitter:
         self.rng = random.Random()
         self.creates_left = settings.limit  # --limit: every possibly paid create counts
         self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
+        self.sent: dict[str, float] = {}  # task id -> when its createTask left (monotonic): taken by the watcher
         self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
         self.refusals = Refusals()  # 401/403 on createTask: the run's, or one item's (a WAF refusing one prompt)
         self.gate = gone.Gate(gone.suspects(ledger.items.values()), settings.cards or builtin())
@@ -266,6 +268,7 @@ class Submitter:
         except BaseException:
             self.ledger.submit_unsent(item.id)
             raise
+        sent = time.monotonic()
         try:
             task_id = await self.client.create_task(body, callback)
         except RateLimited:
@@ -311,6 +314,7 @@ class Submitter:
             self.throttle.limiter.ended()
             raise
         self.reporter.debug(f"item {item.id!r}: submitted as {task_id}", item=item.id, task_id=task_id)
+        self.sent[task_id] = sent  # the service created it after this: the watcher's lower bound on its birth
         return task_id
 
     def _saturated(self, exc: RateLimited, epoch: int) -> bool:

@@ -69,15 +69,19 @@ class Watcher:
         self.poll_refusals = Refusals()  # 401/403 on recordInfo: the run's, or one query's (see access.py)
         self._service_created: dict[str, float] = {}  # task id -> the service's createTime (Unix s), once seen
 
-    async def wait(self, item: Item, task_id: str, first_poll: float | None) -> TaskRecord | None:
+    async def wait(
+        self, item: Item, task_id: str, first_poll: float | None, sent: float | None = None
+    ) -> TaskRecord | None:
         """Poll until the task is finished, when the poll scheduler says; None after --task-timeout.
 
         `first_poll` is not None for a task resumed from an earlier run: its age is unknown, so it is asked at
-        once. A task whose callback comes to this run's listener is polled only as the fallback.
+        once. A task whose callback comes to this run's listener is polled only as the fallback. `sent`: when its
+        createTask left (time.monotonic), the earliest the service can have created it.
         """
         deadline = time.monotonic() + self.settings.task_timeout
         fallback = bool(self.callback_url and not item.callback_url)
-        self.polls.add(task_id, fallback=fallback, resumed=first_poll is not None)
+        ago = None if sent is None else time.monotonic() - sent
+        self.polls.add(task_id, fallback=fallback, resumed=first_poll is not None, sent_ago=ago)
         if first_poll is not None:
             self.limiter.started()  # resumed: running at the service (a new task is counted from its answer)
         try:

@@ -697,3 +697,18 @@ def test_a_slow_night_with_a_right_memory_finds_its_tasks_within_15_s_at_the_p95
         queries.append(sum(seen["asked"].values()) / 60)
     assert sorted(p95s)[2] <= 14.0 and max(p95s) <= 15.5  # before: the third of six 15.6 s, the worst 26.2 s
     assert max(queries) <= 5.5
+
+
+def test_a_task_counts_as_surely_running_from_when_its_create_left_not_when_the_answer_came():
+    """`young` (the tasks the 429 reading may count as surely running at the service) stamps a task from when its
+    createTask left: under a loaded loop the answer is handled late, and a task the service already finished was
+    counted as running — a true "full" was then taken for the create window's, and a create rate remembered."""
+    clock = Clock()
+    polls = scheduler(clock)
+    for n in range(12):  # this run's own latencies: every task 0.5 s
+        polls.model.finished(f"done-{n}", 0.5, exact=True)
+    assert polls.model.own() is not None and polls.model.own().low == pytest.approx(0.5, abs=0.01)
+    polls.add("late", sent_ago=0.4)  # its answer was handled 0.4 s after the request left
+    polls.add("prompt", sent_ago=0.0)
+    clock.advance(0.2)
+    assert polls.young() == 1  # "late" is 0.6 s old at the service at least: maybe finished, not surely running
