@@ -99,16 +99,7 @@ def read_file(
     `<(pass show key)`), read as a stream, never past `limit` nor for more than `wait` seconds (Silent): a FIFO
     nobody writes, or a writer that never ends, is an error, not a run that waits for ever. `within`: see
     read_bounded (Outside)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)  # O_NONBLOCK: a FIFO's open returns at once, writer or not
-    # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
-    info = os.fstat(fd)
-    if within is not None and not _opened_inside(fd, path, within):
-        os.close(fd)
-        raise Outside()
-    if stat.S_ISDIR(info.st_mode) or not (stat.S_ISREG(info.st_mode) or stream):
-        os.close(fd)
-        raise NotRegular(stat.S_ISDIR(info.st_mode))
+    fd, info = _opened(path, follow=follow, within=within, stream=stream)
     if tail:
         return _read_tail(fd, limit, info.st_size), info.st_mode
     if not stat.S_ISREG(info.st_mode):
@@ -152,15 +143,30 @@ def _read_stream(fd: int, limit: int, wait: float) -> bytes:
 def open_regular(path: Path, limit: int) -> BinaryIO:
     """A regular file of at most `limit` bytes, open for reading; OSError (NotRegular, TooLarge) otherwise. Opened
     without blocking: a FIFO planted at its name is refused at once instead of waiting for a writer."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise NotRegular(stat.S_ISDIR(info.st_mode))
+    fd, info = _opened(path)
     if info.st_size > limit:
         os.close(fd)
         raise TooLarge(info.st_size)
     return os.fdopen(fd, "rb")
+
+
+def _opened(
+    path: Path | str, *, follow: bool = True, within: Path | None = None, stream: bool = False
+) -> tuple[int, os.stat_result]:
+    """The descriptor and status of a file fit to read (read_file, open_regular), or OSError (the OS's, Outside,
+    NotRegular; a pipe or a device only with `stream`). Opened without blocking: a FIFO's open returns at once,
+    writer or not."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    # fstat before fdopen: os.fdopen refuses a directory with IsADirectoryError, and the fd must not leak.
+    info = os.fstat(fd)
+    if within is not None and not _opened_inside(fd, path, within):
+        os.close(fd)
+        raise Outside()
+    if stat.S_ISDIR(info.st_mode) or not (stat.S_ISREG(info.st_mode) or stream):
+        os.close(fd)
+        raise NotRegular(stat.S_ISDIR(info.st_mode))
+    return fd, info
 
 
 def _opened_inside(fd: int, path: Path | str, folder: Path) -> bool:
