@@ -103,9 +103,8 @@ class PollScheduler:
         """A task to poll: just created (its age starts now; its createTask left `sent_ago` seconds ago), or
         `resumed` from an earlier run (age unknown until its first answer, so it is asked at once)."""
         now = self.clock()
-        task = _Task(task_id, None if resumed else now, fallback, resumed)
-        task.sent = None if resumed else now - (sent_ago or 0.0)
-        self._tasks[task_id] = task
+        sent = None if resumed else now - (sent_ago or 0.0)
+        self._tasks[task_id] = _Task(task_id, None if resumed else now, fallback, resumed, sent=sent)
         self._changed.set()
 
     def ready(self, task_id: str) -> None:
