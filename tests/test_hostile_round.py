@@ -62,6 +62,13 @@ async def test_an_api_answer_that_never_ends_is_not_read_to_its_end():
 MANIFEST = "- id: fox\n  prompt: a fox\n  seed: 7\n- id: owl\n  prompt: an owl\n  seed: 12\n"
 
 
+async def night_with_both_rejected(path, out, sim) -> None:
+    """A night that made every item of MANIFEST, then a review that rejected fox and owl."""
+    assert (await run(make_settings(path, out, sim))).exit_code == 0
+    for item in ("fox", "owl"):
+        decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+
+
 async def test_a_reroll_of_an_item_whose_model_is_gone_keeps_the_item_and_pays_nothing(tmp_path, write, sim_factory):
     """Two new features meet (guard, held on main): a rejected item re-rolled while its model is gone (503
     naming it) stays succeeded with its image, the roll marked reroll_failed; nothing is paid, and the next
@@ -91,9 +98,7 @@ async def test_max_spend_holding_back_a_reroll_is_incomplete(tmp_path, write, si
     path = write("m.yaml", MANIFEST)
     out = tmp_path / "out"
     async with sim_factory() as sim:
-        assert (await run(make_settings(path, out, sim))).exit_code == 0
-        for item in ("fox", "owl"):
-            decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+        await night_with_both_rejected(path, out, sim)
         code, _, err = await cli(run_args(path, out, sim, "--reroll", "--price", "1", "--max-spend", "1"))
         assert code == 5 and "--max-spend 1 reached" in err, err
         assert sim.stats.creates == 3
@@ -252,9 +257,7 @@ async def test_a_reroll_with_no_seed_left_below_the_models_maximum_is_refused_be
     )
     out = tmp_path / "out"
     async with sim_factory() as sim:
-        assert (await run(make_settings(path, out, sim))).exit_code == 0
-        for item in ("fox", "owl"):
-            decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+        await night_with_both_rejected(path, out, sim)
         code, _, err = await cli(run_args(path, out, sim, "--reroll"))
         assert code == 0, err
         assert "item 'fox': rejected, but" in err and "no seed is left" in err
@@ -325,9 +328,7 @@ async def test_limit_holding_back_a_reroll_is_incomplete(tmp_path, write, sim_fa
     path = write("m.yaml", MANIFEST)
     out = tmp_path / "out"
     async with sim_factory() as sim:
-        assert (await run(make_settings(path, out, sim))).exit_code == 0
-        for item in ("fox", "owl"):
-            decisions.append(out, item, "rejected", results(out)["items"][item]["task_id"])
+        await night_with_both_rejected(path, out, sim)
         code, _, err = await cli(run_args(path, out, sim, "--reroll", "--limit", "1"))
         assert code == 5 and sim.stats.creates == 3, err
         code, _, err = await cli(run_args(path, out, sim, "--reroll", "--limit", "1"))
