@@ -232,6 +232,7 @@ async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
     await asyncio.wait({waiting, kill}, return_when=asyncio.FIRST_COMPLETED)
     kill.cancel()
     if not waiting.done():
+        hookguard.signal_tree(proc.pid, signal.SIGKILL)  # a job in a session of its own is in no group
         _kill_group(proc.pid, signal.SIGKILL)
     _kill_group(proc.pid, signal.SIGKILL)  # what it started and left behind in its group goes too
     await waiting

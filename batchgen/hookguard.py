@@ -7,8 +7,14 @@ started may work on in DIR beside the next run. The kernel can signal one proces
 guard is that one process. It leads the hook's process group (batchgen starts it in a session of its own), and
 on SIGTERM it passes SIGTERM to the whole group; when the SIGTERM was batchgen's death, SIGKILL follows GRACE
 seconds later (batchgen alive, it is batchgen's cut at the bound, and batchgen keeps the bound). Otherwise it
-waits for the hook and ends as the hook ended (its exit code, or its signal). Standard library only: it starts
-before every hook."""
+waits for the hook and ends as the hook ended (its exit code, or its signal), after ending what the hook left
+running. Standard library only: it starts before every hook.
+
+A process group is not all a hook can start: a job that calls setsid (`setsid rsync … &`, a daemon's double
+fork) leaves the group, and a group kill misses it. So the guard is also a child subreaper (PR_SET_CHILD_SUBREAPER:
+what the hook orphans is reparented to the guard, not to init), and every end — the hook's own, batchgen's cut at
+the bound (`descendants` of the guard, from batchgen), batchgen's death — also signals the guard's descendants by
+the process tree, wherever their group or session is."""
 
 from __future__ import annotations
 
@@ -23,14 +29,46 @@ import time
 from types import FrameType
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
 GRACE = 2.0  # seconds between the group's SIGTERM and its SIGKILL when batchgen died
 
 
 def die_with_parent() -> None:
     """SIGTERM to this process when its parent dies (Linux)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _prctl(option: int, value: int) -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            ctypes.CDLL(None, use_errno=True).prctl(option, value)
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` in the process tree, parents before their children (from /proc: empty where
+    there is none)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/{entry.name}/stat", "rb") as handle:  # "pid (comm) state ppid ..."
+                        fields = handle.read().rsplit(b")", 1)[1].split()
+                    if fields[0] != b"Z":  # a zombie is gone already; only its parent's wait is left
+                        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found.extend(below)
+        todo.extend(below)
+    return found
+
+
+def signal_tree(root: int, signum: int) -> None:
+    """`signum` to every descendant of `root` (the group kill's complement: a job in a session of its own)."""
+    for pid in descendants(root):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
 class _Guard:
@@ -42,11 +80,13 @@ class _Guard:
         """SIGTERM: batchgen's cut at the bound (it SIGKILLs the group itself at its deadline), or its death."""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM reaches this process too
         _signal_group(signal.SIGTERM)
+        signal_tree(os.getpid(), signal.SIGTERM)
         if os.getppid() == self.parent:
             signal.signal(signal.SIGTERM, self.on_term)
             return  # batchgen lives: it keeps the bound, the hook ends as it ends
         if self.hook is not None:
             _reaped_within(self.hook.pid, GRACE)
+        signal_tree(os.getpid(), signal.SIGKILL)
         _signal_group(signal.SIGKILL)  # whatever the hook started and left behind; this process too
 
 
@@ -63,6 +103,19 @@ def _reaped_within(pid: int, seconds: float) -> None:
         time.sleep(0.02)
 
 
+def _end_left_behind() -> None:
+    """What the hook left running, in its group or not, ends with it (batchgen ends the group again after)."""
+    for _ in range(50):  # a job forking as it is killed: its orphans come back to this subreaper, and go too
+        left = descendants(os.getpid())
+        if not left:
+            return
+        signal_tree(os.getpid(), signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        time.sleep(0.01)
+
+
 def _signal_group(signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(0, signum)
@@ -75,6 +128,7 @@ def main(argv: list[str]) -> int:
     guard = _Guard(int(argv[0]))
     signal.signal(signal.SIGTERM, guard.on_term)
     die_with_parent()
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if os.getppid() != guard.parent:  # the parent died before the line above: nothing to run for
         return 128 + signal.SIGTERM
     try:
@@ -83,6 +137,7 @@ def main(argv: list[str]) -> int:
         print(f"cannot run it: {exc.strerror or exc}", file=sys.stderr)
         return 127
     code = guard.hook.wait()
+    _end_left_behind()
     if code < 0:  # ended by a signal: end the same way, so batchgen's message says the same as without the guard
         with contextlib.suppress(ValueError, OSError):  # but no core of this Python for the hook's SIGSEGV/SIGABRT
             resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))

@@ -303,16 +303,38 @@ async def test_a_fifo_or_device_planted_as_a_ledger_file_is_refused_never_waited
         assert sim.stats.create_calls == 1
 
 
-@pytest.mark.parametrize("redirect", ["</dev/null >/dev/null 2>&1", ""])
+@pytest.mark.parametrize("redirect", ["</dev/null >/dev/null 2>&1", "", "setsid"])
 async def test_what_a_hook_leaves_running_in_the_background_ends_when_the_hook_ends(tmp_path, redirect):
     # A hook that starts a job in the background and exits 0 (`rsync … &`): the guard ends the group only when
     # batchgen dies, and batchgen only at the bound, so a job with its own stdio worked on in DIR after the lock
     # was released; one that kept the hook's stderr made the hook look hung: cut at the bound, the time all used.
     marker = tmp_path / "job-pid"
     script = tmp_path / "hook.sh"
-    script.write_text(f"#!/bin/sh\nsleep 600 {redirect} &\necho $! > {marker}\nexit 0\n", "utf-8")
+    # setsid: a job in a session of its own is in no group the guard or batchgen can kill; it went on for ever.
+    job = "setsid sleep 600 </dev/null >/dev/null 2>&1" if redirect == "setsid" else f"sleep 600 {redirect}"
+    script.write_text(f"#!/bin/sh\n{job} &\necho $! > {marker}\nexit 0\n", "utf-8")
     script.chmod(0o755)
     log = await _at_end(tmp_path, (str(script),))
     assert "--on-finish hook 1 (hook.sh): exit 0" in log
     job = int(marker.read_text())
     await outlived(job, 10, "the hook's background job outlived the end of the run")
+
+
+async def test_a_daemon_a_hook_double_forks_ends_with_the_hook(tmp_path):
+    # The classic daemon: fork, setsid, fork again, the middle process exits. Its orphan went to init, in a session
+    # of its own: no group kill reached it. The guard is a child subreaper: the orphan comes back to it, and goes.
+    marker = tmp_path / "daemon-pid"
+    daemon = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+        "        time.sleep(600)\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        f"while not os.path.exists({str(marker)!r}): time.sleep(0.01)\n"
+    )
+    log = await _at_end(tmp_path, (sys.executable, "-c", daemon))
+    assert "--on-finish hook 1 (python" in log and "exit 0" in log
+    await outlived(int(marker.read_text()), 10, "the hook's daemon outlived the end of the run")

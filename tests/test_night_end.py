@@ -169,12 +169,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def test_a_hook_that_hangs_is_cut_at_its_bound_with_all_it_started(tmp_path):
+@pytest.mark.parametrize("session", [False, True])
+async def test_a_hook_that_hangs_is_cut_at_its_bound_with_all_it_started(tmp_path, session):
+    # session: the hook's child in a session of its own (setsid), deaf to SIGTERM too: in no group, it ran on.
     pids = tmp_path / "pids"
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
     hang = (
         "import os, signal, subprocess, sys, time\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # deaf to SIGTERM: SIGKILL must follow
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {deaf!r}], start_new_session={session})\n"
         f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
         "time.sleep(600)\n"
     )
@@ -396,12 +399,13 @@ async def test_a_hook_ends_when_its_run_is_killed_and_never_works_on_beside_the_
     await outlived(hook_pid, 10, "the hook still runs after its run was killed")
 
 
-async def test_what_a_hook_started_ends_too_when_its_run_is_killed(sim_factory, tmp_path):
+@pytest.mark.parametrize("job", ["sleep", "setsid sleep"])
+async def test_what_a_hook_started_ends_too_when_its_run_is_killed(sim_factory, tmp_path, job):
     """A shell-script hook that started a long job (an rsync, here a sleep): SIGKILL of the run must end the job
     as well, not only the shell (the kernel's parent-death signal reaches one process, not its children)."""
     marker = tmp_path / "job-pid"
     script = tmp_path / "hook.sh"
-    script.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {marker}\nwait\n", "utf-8")
+    script.write_text(f"#!/bin/sh\n{job} 600 &\necho $! > {marker}\nwait\n", "utf-8")
     script.chmod(0o755)
     path = manifest_of(tmp_path / "m.yaml", ["an owl"])
     async with sim_factory(api_key=KEY) as sim:
