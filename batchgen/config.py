@@ -61,10 +61,14 @@ _ALNUM = re.compile(r"[A-Za-z0-9]+")
 
 def redact(text: str, secret: str | Sequence[str] | None) -> str:
     """Mask a secret (or each of several: the key, proxy credentials), and its derived forms (secret_forms), in
-    text, whatever their case (a slug lowercases). Strings shorter than MIN_SECRET are not masked: no real key is
-    that short, and masking them would mangle ordinary words."""
+    text, whatever their case (a slug lowercases). A string shorter than MIN_SECRET (no real key, but a proxy
+    password may be that short) is masked only where it stands alone, not inside a longer word: masking it
+    everywhere would mangle ordinary words; one shorter than MIN_SHORT is not masked at all."""
     for one in (secret,) if isinstance(secret, str) or secret is None else secret:
-        if not one or len(one) < MIN_SECRET:
+        if not one or len(one) < MIN_SHORT:
+            continue
+        if len(one) < MIN_SECRET:
+            text = _alone(one).sub("****", text)
             continue
         folded = text.casefold()
         for form in secret_forms(one):
@@ -72,6 +76,16 @@ def redact(text: str, secret: str | Sequence[str] | None) -> str:
                 text = re.sub(re.escape(form), "****", text, flags=re.IGNORECASE)
                 folded = text.casefold()
     return text
+
+
+MIN_SHORT = 3
+
+
+@functools.lru_cache(maxsize=16)
+def _alone(secret: str) -> re.Pattern[str]:
+    """A short secret, or its URL-encoded form, with no letter or digit on either side."""
+    forms = sorted({secret, quote(secret, safe="")}, key=len, reverse=True)
+    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, forms)) + r")(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 SECRET_PROBE = 16  # characters of the key's letters and digits: what an id (24) or a name slug (31) keeps of it

@@ -184,3 +184,13 @@ def test_a_password_with_quotes_is_masked_in_json_log_lines_too():
     reporter = Reporter(stream=stream, fmt="json", secret=settings.secrets())
     reporter.warning(f"something said {password} and http://u:{password}@proxy:3128")
     assert "ss" not in stream.getvalue().replace("something said", ""), stream.getvalue()
+
+
+def test_a_short_proxy_password_is_masked_where_it_stands_alone():
+    # A proxy password under 6 characters was never masked on its own (only the user:password pair was): a
+    # proxy's "407 bad password 9xQ2" went to the log as it came. Alone it is masked now, never inside a word.
+    way = resolve_proxy("http://nightly:9xQ2@proxy:3128", {})
+    masked = redact("407 bad password 9xQ2, pair nightly:9xQ2, url-encoded 9xQ2; id item9xQ2b kept", way.secrets())
+    assert masked == "407 bad password ****, pair ****, url-encoded ****; id item9xQ2b kept"
+    assert redact("p%40w and p@w", resolve_proxy("http://u:p%40w@proxy:3128", {}).secrets()) == "**** and ****"
+    assert redact("a b ab", resolve_proxy("http://u:ab@proxy:3128", {}).secrets()) == "a b ab"  # too short to mask
