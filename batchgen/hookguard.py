@@ -51,12 +51,11 @@ def descendants(root: int) -> list[int]:
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    with open(f"/proc/{entry.name}/stat", "rb") as handle:  # "pid (comm) state ppid ..."
-                        fields = handle.read().rsplit(b")", 1)[1].split()
-                    if fields[0] != b"Z":  # a zombie is gone already; only its parent's wait is left
-                        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
+                parent = _parent(int(entry.name))
+                if parent is not None:
+                    children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [root]
     while todo:
         below = children.get(todo.pop(), [])
         found.extend(below)
@@ -64,11 +63,35 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def _parent(pid: int) -> int | None:
+    """The parent of a live process (None for a zombie, which is gone but for its parent's wait)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:  # "pid (comm) state ppid ..."
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] == b"Z" else int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def signal_tree(root: int, signum: int) -> None:
-    """`signum` to every descendant of `root` (the group kill's complement: a job in a session of its own)."""
-    for pid in descendants(root):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+    """`signum` to every descendant of `root` (the group kill's complement: a job in a session of its own),
+    children before their parents. Each through a pidfd, opened before the process's parent is checked again to
+    be `root` or in its tree (a killed parent's children move to the subreaper), so a number freed and reused
+    meanwhile by an unrelated process is never signalled."""
+    tree = descendants(root)
+    ours = {root, *tree}
+    for pid in reversed(tree):
+        try:
+            handle = os.pidfd_open(pid)
+        except OSError:
+            continue  # ended meanwhile
+        try:
+            if _parent(pid) in ours:
+                signal.pidfd_send_signal(handle, signum)
+        except OSError:
+            pass
+        finally:
+            os.close(handle)
 
 
 class _Guard:
