@@ -103,7 +103,11 @@ def _located(text: str | bytes, key: str, where: dict[str, Any], document: Any) 
         return DuplicateKey(key, 'in "items" (the same item id twice)', _line(text, key, 2))
     records = items if type(items) is dict else {top.get("id"): top.get("record")}
     for item_id, record in records.items():
-        if type(record) is dict and _holds(record, where):
+        try:
+            found = type(record) is dict and _holds(record, where)
+        except RecursionError:  # nested deeper than a record is: said without its item
+            break
+        if found:
             inner = "" if record is where else " (in one of its fields)"
             return DuplicateKey(key, f"in item {json.dumps(item_id, ensure_ascii=False)}'s record{inner}")
     return DuplicateKey(key, "in one object")

@@ -102,7 +102,7 @@ async def test_a_paid_item_written_again_with_nothing_to_rebuild_from_is_refused
         for args in (_run_again(tmp_path, out, sim), [*BATCHGEN, "status", str(out)], [*BATCHGEN, "report", str(out)]):
             code, _, err = await cli(args)
             assert code == 2 and "Traceback" not in err, err
-            assert f"{out / 'results.json'} is damaged: the key \"{PAID}\" appears twice in \"items\"" in err
+            assert f'{out / "results.json"} is damaged: the key "{PAID}" appears twice in "items"' in err
             assert "do not hold the whole history" in err and "batchgen has changed nothing" in err
         assert sim.stats.create_calls == created  # nothing submitted
     assert (out / "results.json").read_bytes() == edited
