@@ -10,11 +10,12 @@ createTask calls is the proof that nothing was paid again."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from .helpers import BATCHGEN, cli, manifest_of, results, run_args
+from .helpers import BATCHGEN, batchgen, cli, manifest_of, no_traceback, results, run_args
 
 PAID = "item-00"
 PENDING_AGAIN = {
@@ -171,3 +172,24 @@ async def test_a_journal_line_with_a_key_twice_is_a_damaged_line(sim_factory, tm
         assert sim.stats.create_calls == created  # nothing submitted
     assert journal.read_bytes() == before
     assert results(out)["items"][PAID] == paid
+
+
+def test_the_key_named_is_shown_as_data_never_as_control(tmp_path):
+    """The duplicated key comes from the file (ATTACKS 6): an id with an escape sequence, a carriage return and a
+    right-to-left override is named escaped, one line, in every command's message."""
+    hostile = "fox\x1b]0;owned\x07\r\u202e"
+    record = json.dumps(PENDING_AGAIN)
+    item = json.dumps(hostile, ensure_ascii=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(
+        f'{{"version": 1, "items": {{{item}: {record}, {item}: {record}}}}}', encoding="utf-8"
+    )
+    (tmp_path / "m.yaml").write_text("- id: a\n  prompt: a fox\n")
+    for args in (["status", str(out)], ["run", str(tmp_path / "m.yaml"), "--out", str(out), "--simulate"]):
+        proc = batchgen(*args, stdout=subprocess.PIPE)
+        assert proc.returncode == 2, proc.stderr
+        no_traceback(proc)
+        assert 'appears twice in "items"' in proc.stderr and "\\u202e" in proc.stderr
+        assert not any(c in proc.stderr + proc.stdout for c in ("\x1b", "\x07", "\r", "\u202e"))
+        assert len([line for line in proc.stderr.splitlines() if "appears twice" in line]) == 1

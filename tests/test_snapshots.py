@@ -145,6 +145,7 @@ def test_a_key_twice_in_any_object_is_refused_saying_where(tmp_path, block):
         'the key "fox-39" appears twice in "items"': data.replace(
             b"\n  }\n }", b'\n  },\n  "fox-39": ' + pending + b"\n }"
         ),
+        'the key "fox-2" appears twice in "items"': data.replace(b'"fox-3": {', b'"fox-\\u0032": {'),  # escaped
         'the key "items" appears twice at the top level (line ': data.replace(
             b'\n "items": {', b'\n "items": {},\n "items": {', 1
         ),
