@@ -131,7 +131,7 @@ def _line(text: str | bytes, key: str, indent: int) -> int | None:
 
 def pieces(path: Path, block: int = BLOCK) -> dict[str, Any] | None:
     """The document read in pieces of about `block` bytes, or None when the file is not laid out as the writer
-    lays it out (or is not valid JSON: the whole parse then says why, as it always did)."""
+    lays it out (or is not valid JSON, or has a key twice: the whole parse then says why)."""
     with path.open("rb") as handle:
         return _in_pieces(handle, block)
 
