@@ -293,8 +293,9 @@ def _read_snapshot(path: Path) -> dict[str, Any]:
         document = snapshots.read(path, LEDGER_LIMIT)  # in pieces: the ~50 MB text of 100,000 items is never held whole
     except (NotRegular, TooLarge) as exc:
         raise _unreadable(path, exc) from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise _Damaged(f"{path} is not valid JSON ({exc})") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # snapshots.DuplicateKey: a key written twice
+        why = f"damaged: {exc}" if isinstance(exc, snapshots.DuplicateKey) else f"not valid JSON ({exc})"
+        raise _Damaged(f"{path} is {why}") from exc
     except OSError as exc:
         raise LedgerError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("items"), dict):
@@ -396,7 +397,7 @@ def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
     base: int | None = None
     for number, (text, end) in enumerate(_lines(data), start=1):
         try:
-            entry = json.loads(text)
+            entry = snapshots.strict_loads(text)  # a key twice (a paid record's "state" again...): damaged
             if number == 1 and isinstance(entry, dict) and "base" in entry and "id" not in entry:
                 if not isinstance(entry["base"], int):
                     raise TypeError("not a journal header")

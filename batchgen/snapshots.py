@@ -10,6 +10,10 @@ items is parsed with an empty object in their place. Every piece must be valid J
 when the cut fell between two records of the items object (a cut anywhere else leaves a brace unbalanced). A
 file laid out any other way — edited by hand, a byte-order mark, damaged — is parsed whole, exactly as before:
 the pieces are a faster way to the same result, never a different reading.
+
+One difference from `json.loads`, in both ways: a key twice in one object is refused (DuplicateKey), never read
+as the later one. An item id written twice, a second "items", a record with two "state"s: json.loads would keep
+the later value silently, and a paid item reset to pending by a later record would be created (paid for) again.
 """
 
 from __future__ import annotations
@@ -35,10 +39,24 @@ _SHARED = ("state", "submitted_at", "finished_at")  # values many records repeat
 _SHORT = 24  # ... and short texts of a request
 
 
+class DuplicateKey(ValueError):
+    """A key twice in one object: the document is damaged (which value was meant is not knowable)."""
+
+    def __init__(self, key: str, where: str, line: int | None = None) -> None:
+        at = f" (line {line})" if line is not None else ""
+        super().__init__(f"the key {json.dumps(key, ensure_ascii=False)} appears twice {where}{at}")
+        self.key = key
+
+
+class _Twice(ValueError):
+    """A duplicate key met on the way in pieces: the whole parse then says where."""
+
+
 def read(path: Path, limit: int) -> Any:
     """The JSON document in the file at `path`: what `json.loads` of its text (UTF-8, an optional BOM) gives,
     raising what it raises (ValueError, UnicodeDecodeError, RecursionError; OSError for the file: files.NotRegular
-    for a FIFO or a device planted at its name, files.TooLarge past `limit`)."""
+    for a FIFO or a device planted at its name, files.TooLarge past `limit`), and DuplicateKey (a ValueError) for
+    a key twice in one object."""
     with open_regular(path, limit) as handle:
         document = _in_pieces(handle, BLOCK)
         if document is None:
@@ -48,13 +66,72 @@ def read(path: Path, limit: int) -> Any:
                 raise TooLarge(None)
             text = data.decode("utf-8-sig")
             del data  # the bytes freed before parsing: a 100,000-item ledger's peak is ~50 MB lower
-            document = json.loads(text)
+            document = strict_loads(text)
     return document
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """`json.loads(text)`, but DuplicateKey for a key twice in one object (where, and the line when it can say)."""
+    twice: list[tuple[str, dict[str, Any]]] = []
+
+    def pairs(found: list[tuple[str, Any]]) -> dict[str, Any]:
+        made = dict(found)
+        if len(made) != len(found) and not twice:
+            seen: set[str] = set()
+            for key, _ in found:
+                if key in seen:
+                    twice.append((key, made))
+                    break
+                seen.add(key)
+        return made
+
+    document = json.loads(text, object_pairs_hook=pairs)
+    if twice:
+        key, where = twice[0]
+        raise _located(text, key, where, document)
+    return document
+
+
+def _located(text: str | bytes, key: str, where: dict[str, Any], document: Any) -> DuplicateKey:
+    """The first duplicate met, said with the object it is in: the top level, the items, an item's record (of a
+    snapshot's items, or a journal line's)."""
+    top = document if type(document) is dict else {}
+    items = top.get("items")
+    if where is top:
+        return DuplicateKey(key, "at the top level", _line(text, key, 1))
+    if where is items:
+        return DuplicateKey(key, 'in "items" (the same item id twice)', _line(text, key, 2))
+    records = items if type(items) is dict else {top.get("id"): top.get("record")}
+    for item_id, record in records.items():
+        try:
+            found = type(record) is dict and _holds(record, where)
+        except RecursionError:  # nested deeper than a record is: said without its item
+            break
+        if found:
+            inner = "" if record is where else " (in one of its fields)"
+            return DuplicateKey(key, f"in item {json.dumps(item_id, ensure_ascii=False)}'s record{inner}")
+    return DuplicateKey(key, "in one object")
+
+
+def _holds(value: Any, where: dict[str, Any]) -> bool:
+    if value is where:
+        return True
+    inner = value.values() if type(value) is dict else value if type(value) is list else ()
+    return any(_holds(v, where) for v in inner)
+
+
+def _line(text: str | bytes, key: str, indent: int) -> int | None:
+    """The line of the key's second occurrence at the writer's indent for its level, if it is written so."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    mark = b"\n" + b" " * indent + json.dumps(key, ensure_ascii=False).encode("utf-8", "surrogatepass") + b":"
+    first = data.find(mark)
+    second = data.find(mark, first + 1) if first >= 0 else -1
+    return data.count(b"\n", 0, second) + 2 if second >= 0 else None
 
 
 def pieces(path: Path, block: int = BLOCK) -> dict[str, Any] | None:
     """The document read in pieces of about `block` bytes, or None when the file is not laid out as the writer
-    lays it out (or is not valid JSON: the whole parse then says why, as it always did)."""
+    lays it out (or is not valid JSON, or has a key twice: the whole parse then says why)."""
     with path.open("rb") as handle:
         return _in_pieces(handle, block)
 
@@ -90,7 +167,7 @@ def _in_pieces(handle: BinaryIO, block: int) -> dict[str, Any] | None:
         document = json.loads(
             (head + b"{}" + tail).decode("utf-8"), object_pairs_hook=lambda pairs: _pairs(pairs, keys)
         )
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; _Twice: the whole parse says where
         return None
     if not isinstance(document, dict) or document.get("items") != {} or keys[0] != 1:
         return None  # another "items" (escaped) would win over, or be, the one the pieces were cut from
@@ -99,15 +176,21 @@ def _in_pieces(handle: BinaryIO, block: int) -> dict[str, Any] | None:
 
 
 def _pairs(pairs: list[tuple[str, Any]], keys: list[int]) -> dict[str, Any]:
-    """An object as `json.loads` makes it (a later duplicate key wins, in the first one's place), its "items" keys
-    counted."""
+    """An object as `json.loads` makes it, its "items" keys counted; _Twice for a key twice."""
     keys[0] += sum(1 for key, _ in pairs if key == "items")
-    return dict(pairs)
+    return _unique(pairs)
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    made = dict(pairs)
+    if len(made) != len(pairs):
+        raise _Twice
+    return made
 
 
 def _add(items: dict[str, Any], piece: bytes, shared: dict[str, str]) -> None:
-    """Parse a run of whole records (`"id": {…},\\n  "id": {…}`) into `items`, later ids winning as in one parse."""
-    records = json.loads("{" + piece.decode("utf-8") + "}")
+    """Parse a run of whole records (`"id": {…},\\n  "id": {…}`) into `items`; _Twice for a key twice anywhere."""
+    records = json.loads("{" + piece.decode("utf-8") + "}", object_pairs_hook=_unique)
     for record in records.values():
         if type(record) is dict:
             for name in _SHARED:
@@ -120,7 +203,10 @@ def _add(items: dict[str, Any], piece: bytes, shared: dict[str, str]) -> None:
                 values = request.get("input")
                 if type(values) is dict:
                     _share(values, shared)
+    before = len(items)
     items.update(records)
+    if len(items) != before + len(records):
+        raise _Twice  # an id of an earlier piece
 
 
 def _share(values: dict[str, Any], shared: dict[str, str]) -> None:

@@ -1,6 +1,7 @@
 """results.json read in pieces (snapshots.py) is a faster way to json.loads's answer, never a different reading:
 the same document for a ledger batchgen wrote, and for any other text the whole parse, with its answer or its
-error. A resume writes every record it did not touch back byte for byte."""
+error — but a key twice in one object is refused (DuplicateKey) both ways, where json.loads keeps the later one.
+A resume writes every record it did not touch back byte for byte."""
 
 from __future__ import annotations
 
@@ -24,15 +25,31 @@ def written(document: dict[str, Any]) -> bytes:
     return b"".join(_chunks(json.JSONEncoder(ensure_ascii=False, indent=1).iterencode(document)))
 
 
+class Twice(Exception):
+    """A key twice in one object (json.loads alone would keep the later value)."""
+
+
+def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    made = dict(pairs)
+    if len(made) != len(pairs):
+        raise Twice
+    return made
+
+
 def whole(data: bytes) -> Any:
-    return json.loads(data.decode("utf-8-sig"))
+    return json.loads(data.decode("utf-8-sig"), object_pairs_hook=unique)
 
 
 def same_answer(path: Path, data: bytes) -> None:
-    """snapshots.read gives what the whole parse gives: the document (with its key order), or the same error."""
+    """snapshots.read gives what the whole parse gives: the document (with its key order), or the same error; a
+    key twice in one object is DuplicateKey."""
     path.write_bytes(data)
     try:
         expected: Any = whole(data)
+    except Twice:
+        with pytest.raises(snapshots.DuplicateKey):
+            snapshots.read(path, 1 << 30)
+        return
     except (ValueError, RecursionError) as exc:
         with pytest.raises(type(exc)):
             snapshots.read(path, 1 << 30)
@@ -99,9 +116,70 @@ def test_a_hand_reindented_or_damaged_ledger_is_read_as_before(tmp_path):
         json.dumps(document).encode(),
         written(document).replace(b"\n  },\n", b"\n  } ,\n", 7),
         written(document)[:-200],
-        written(document).replace(b'"fox-9"', b'"fox-8"'),  # the same id twice: the later record wins
+        written(document).replace(b'"fox-9"', b'"fox-8"'),  # the same id twice: refused
     ):
         same_answer(tmp_path / "results.json", data)
+
+
+def _twice(data: bytes, old: bytes, new: bytes, at: int = 1) -> bytes:
+    """`data` with its `at`-th `old` (from 1) replaced by `new`."""
+    start = -1
+    for _ in range(at):
+        start = data.index(old, start + 1)
+    return data[:start] + new + data[start + len(old) :]
+
+
+@pytest.mark.parametrize("block", [16, 4096, snapshots.BLOCK])
+def test_a_key_twice_in_any_object_is_refused_saying_where(tmp_path, block):
+    """json.loads keeps the later of two values silently: a paid item written again as pending, a second
+    "items", a record's field twice would each read as a ledger that pays again. Each is DuplicateKey, read in
+    pieces or whole, naming the key, the object and (for an item id or a top-level key) the line."""
+    data = written(ledger(40))
+    path = tmp_path / "results.json"
+    pending = json.dumps(new_record(None), indent=1).replace("\n", "\n  ").encode()
+    early = _twice(data, b'\n  "fox-1": {', b'\n  "fox-3": ' + pending + b',\n  "fox-1": {')  # fox-3, then again
+    line = early[: early.rindex(b'\n  "fox-3": {')].count(b"\n") + 2
+    assert early.splitlines()[line - 1].startswith(b'  "fox-3": {')
+    cases = {
+        f'the key "fox-3" appears twice in "items" (the same item id twice) (line {line})': early,
+        'the key "fox-39" appears twice in "items"': data.replace(
+            b"\n  }\n }", b'\n  },\n  "fox-39": ' + pending + b"\n }"
+        ),
+        'the key "fox-2" appears twice in "items"': data.replace(b'"fox-3": {', b'"fox-\\u0032": {'),  # escaped
+        'the key "items" appears twice at the top level (line ': data.replace(
+            b'\n "items": {', b'\n "items": {},\n "items": {', 1
+        ),
+        'the key "state" appears twice in item "fox-7"\'s record': _twice(
+            data, b'"state": "succeeded"', b'"state": "succeeded",\n   "state": "pending"', 8
+        ),
+        'the key "prompt" appears twice in item "fox-20"\'s record (in one of its fields)': _twice(
+            data, b'"prompt": ', b'"prompt": "x",\n     "prompt": ', 21
+        ),
+        'the key "version" appears twice at the top level (line 3)': data.replace(b"{", b'{\n "version": 1,', 1),
+    }
+    for message, text in cases.items():
+        path.write_bytes(text)
+        with pytest.raises(Twice):
+            whole(text)
+        assert snapshots.pieces(path, block) is None  # the pieces never give a reading of it
+        with pytest.raises(snapshots.DuplicateKey) as caught:
+            snapshots.read(path, 1 << 30)
+        assert message in str(caught.value)
+        compact = json.dumps(json.loads(text)).encode()  # one line: json.loads dropped the duplicate...
+        path.write_bytes(compact)
+        snapshots.read(path, 1 << 30)  # ... so it reads
+
+
+def test_a_journal_line_with_a_key_twice_is_refused_saying_where():
+    record_twice = '{"id": "a", "record": {"state": "succeeded", "state": "pending"}}'
+    for text, message in (
+        (record_twice, 'the key "state" appears twice in item "a"\'s record'),
+        ('{"id": "a", "id": "b", "record": {}}', 'the key "id" appears twice at the top level'),
+    ):
+        with pytest.raises(snapshots.DuplicateKey) as caught:
+            snapshots.strict_loads(text)
+        assert str(caught.value) == message
+    assert snapshots.strict_loads('{"id": "a", "record": {"x": {"state": 1}, "state": 2}}')["record"]["state"] == 2
 
 
 EDITS = ["", "\n", " ", "}", ",", '"', "{", "\n  },\n  ", "\n  }\n }"]
