@@ -333,16 +333,25 @@ class Names:
             if held is None or item_id < held:  # the smallest wins: no sort of 100,000 ids
                 planned[key] = item_id
         # stem key -> the item credited with it, or the items when several are (one set per file was 21 MB of a
-        # 100,000-item resume)
+        # 100,000-item resume). Made when first asked (`_table`), from the credits as given now: a resume's first
+        # createTask does not wait for the table of 100,000 finished items, which only a download reads. (A
+        # record's file list is never changed in place: ledger.py writes a new record for every change.)
         self._credited: dict[str, str | set[str]] = {}
-        self._credit(credited)
+        self._given: list[tuple[str, Iterable[str]]] | None = list(credited)
 
     def credit(self, item_id: str, files: Iterable[str]) -> None:
         """The ledger now credits these files to this item."""
-        self._credit(((item_id, files),))
+        self._credit(self._table(), ((item_id, files),))
 
-    def _credit(self, credits: Iterable[tuple[str, Iterable[str]]]) -> None:
-        credited = self._credited
+    def _table(self) -> dict[str, str | set[str]]:
+        """The credited stems, the credits given at the start counted in first."""
+        if self._given is not None:
+            given, self._given = self._given, None
+            self._credit(self._credited, given)
+        return self._credited
+
+    @staticmethod
+    def _credit(credited: dict[str, str | set[str]], credits: Iterable[tuple[str, Iterable[str]]]) -> None:
         for item_id, files in credits:  # every finished item of a 100,000-item ledger: stem_of and _key inline
             for name in files:
                 dot = name.rfind(".")
@@ -409,7 +418,7 @@ class Names:
 
     def _other(self, key: str, item_id: str) -> bool:
         """Whether an item other than `item_id` is credited with this stem."""
-        held = self._credited.get(key)
+        held = self._table().get(key)
         if held is None:
             return False
         return bool(held - {item_id}) if isinstance(held, set) else held != item_id
