@@ -355,10 +355,8 @@ class Names:
         for item_id, files in credits:  # every finished item of a 100,000-item ledger: stem_of and _key inline
             for name in files:
                 dot = name.rfind(".")
-                if "/" not in name and 0 < dot < len(name) - 1:  # `fox.png`: stem_of's answer, `fox`
-                    key = name[:dot].casefold()
-                else:
-                    key = _key(stem_of(name))
+                plain = "/" not in name and 0 < dot < len(name) - 1  # `fox.png`: stem_of's answer is `fox`
+                key = name[:dot].casefold() if plain else _key(stem_of(name))
                 if key == item_id:
                     key = item_id  # the id's own string (the default names): a string less per file kept
                 held = credited.get(key)
