@@ -66,8 +66,10 @@ class Ledger(Store):
         return self.items[item_id]
 
     def owners(self) -> Iterator[tuple[str, Record]]:
-        """Every item's record, for those who must know what other items hold (file names)."""
-        return iter(self.items.items())
+        """Every item's record as it is now, for those who must know what other items hold (file names): read
+        later, as Names reads it, it still gives these records (a copy of the mapping, not of the records: a record
+        is never changed in place, every change is a new one)."""
+        return iter(dict(self.items).items())
 
     def listed(self) -> frozenset[str]:
         """The ids of this run's manifest (`track`): the items a run counts and reports."""

@@ -333,11 +333,11 @@ class Names:
             if held is None or item_id < held:  # the smallest wins: no sort of 100,000 ids
                 planned[key] = item_id
         # stem key -> the item credited with it, or the items when several are (one set per file was 21 MB of a
-        # 100,000-item resume). Made when first asked (`_table`), from the credits as given now: a resume's first
-        # createTask does not wait for the table of 100,000 finished items, which only a download reads. (A
-        # record's file list is never changed in place: ledger.py writes a new record for every change.)
+        # 100,000-item resume). Made when first asked (`_table`): a resume's first createTask does not wait for the
+        # table of 100,000 finished items, which only a download reads. `credited` is read then: it must give
+        # the credits as they are now (Ledger.owners does: the records as they are when it is called).
         self._credited: dict[str, str | set[str]] = {}
-        self._given: list[tuple[str, Iterable[str]]] | None = list(credited)
+        self._given: Iterable[tuple[str, Iterable[str]]] | None = credited
 
     def credit(self, item_id: str, files: Iterable[str]) -> None:
         """The ledger now credits these files to this item."""
