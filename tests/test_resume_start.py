@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batchgen import decisions, manifest, plan
+from batchgen import decisions, manifest, plan, rolls
 from batchgen.ledger import Ledger
 from batchgen.names import Names
 from batchgen.records import new_record
@@ -155,3 +155,17 @@ def test_names_counts_the_credits_of_the_records_as_they_were_when_it_was_made(t
         assert ledger.items["x"]["state"] == "pending"
         assert made.credited_to_other("y", "x.png")  # still x's, as when the run started
         assert not made.credited_to_other("x", "x.png")
+
+
+@pytest.mark.parametrize("reroll", [False, True])
+def test_a_roll_left_open_is_chosen_again_whatever_else_the_ledger_holds(tmp_path, reroll):
+    """choose() returns at once when no decision is held and no record has a roll open: a record with one (its
+    intent on disk from a run killed inside the create) must still be chosen, with its seed, --reroll or not."""
+    items = manifest.load(_write(tmp_path / "m.csv", "id,prompt\na,p a\nb,p b\nc,p c\n"))
+    records = {item.id: _done(item, [f"{item.id}.png"]) for item in items}
+    assert rolls.choose(items, records, tmp_path, reroll=reroll) == ([], [])
+    records["b"] = {**records["b"], "roll": {"n": 2, "seed": 7}}
+    records["z"] = {**records["a"], "roll": {"n": 2, "seed": 9}}  # not in the manifest: never chosen
+    chosen, refused = rolls.choose(items, records, tmp_path, reroll=reroll)
+    assert [(item.id, item.input["seed"], seed, keep) for item, seed, keep in chosen] == [("b", 7, 7, None)]
+    assert refused == []
