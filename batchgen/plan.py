@@ -67,15 +67,15 @@ def make_plan(
     """What to do with each item. With `directory`, a succeeded item whose files are gone is fetched again.
 
     The common case first: every file the finished items are credited with is listed in DIR itself (nothing was
-    deleted). Then the plan is the one made without looking at DIR, and the files are checked together (a set of
-    their names within DIR's listing) instead of item by item. Otherwise the plan is made again, item by item."""
+    deleted). Then the plan is the one made without looking at DIR, and the files are checked together (their names
+    all within DIR's listing) instead of item by item. Otherwise the plan is made again, item by item."""
     if directory is None:
         return _plan(items, records, retry_failed, None, [])
     vouched: list[list[str]] = []
     plan = _plan(items, records, retry_failed, None, vouched)
     present = _Present(directory)
-    if set(chain.from_iterable(vouched)) <= present.plain():  # a name with a folder, or "..", is never listed
-        return plan
+    if present.plain().issuperset(chain.from_iterable(vouched)):  # (no set of the names made: 4 MB at the peak)
+        return plan  # (a name with a folder, or "..", is never in the listing: the long way then checks it)
     return _plan(items, records, retry_failed, present, [])
 
 
