@@ -66,11 +66,8 @@ class Ledger(Store):
         return self.items[item_id]
 
     def owners(self) -> Iterator[tuple[str, Record]]:
-        """Every item's record as it is now, for those who must know what other items hold (file names): read
-        later, as Names reads it, it still gives these records (lists of the ids and the records, not copies of the
-        records: a record is never changed in place, every change is a new one; two lists are ~1.6 MB of a
-        100,000-item ledger where a copy of the mapping was ~5 MB)."""
-        return zip(list(self.items), list(self.items.values()), strict=True)
+        """Every item's record, for those who must know what other items hold (file names)."""
+        return iter(self.items.items())
 
     def listed(self) -> frozenset[str]:
         """The ids of this run's manifest (`track`): the items a run counts and reports."""

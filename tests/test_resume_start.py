@@ -1,7 +1,7 @@
 """A large resume's start takes shortcuts (issue 18, point 5); each must answer exactly what the long way did:
 the manifest's repeated-request check when its keys are made late, the plan when DIR's files are checked all at
-once, the review decisions copied only where one can change, and Names reading the ledger's credits at its first
-use rather than at the start."""
+once, the review decisions copied only where one can change, re-rolls looked for only where one can be, and
+Names' table of credits."""
 
 from __future__ import annotations
 
@@ -144,8 +144,9 @@ def test_decisions_are_copied_where_one_holds_or_a_record_keeps_one(tmp_path):
 
 
 def test_names_counts_the_credits_of_the_records_as_they_were_when_it_was_made(tmp_path):
-    """Names reads the ledger's credits when a download first asks; a record changed meanwhile (an item submitted
-    again, whose old image is still credited to it) must not change the answer it would have given at once."""
+    """Names holds the ledger's credits as they were when it was made (a table made later, at the first
+    download, must read them as they were then): a record changed meanwhile (an item submitted again, whose old
+    image is still credited to it) does not change its answers."""
     items = manifest.load(_write(tmp_path / "m.csv", "id,prompt\nx,p x\ny,p y\n"))
     out = _ledger(tmp_path, items, {"y": {"state": "pending", "files": [], "task_id": None}})
     with Ledger.open(out, "m.csv") as ledger:
