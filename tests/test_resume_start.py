@@ -13,7 +13,7 @@ import pytest
 
 from batchgen import decisions, manifest, plan, rolls
 from batchgen.ledger import Ledger
-from batchgen.names import Names
+from batchgen.names import Names, _keys_are_ids
 from batchgen.records import new_record
 
 from .helpers import problems
@@ -35,6 +35,11 @@ LINE_1 = "the same request as the item on line 1"
         (
             "- id: a\n  prompt: other\n- id: a\n  prompt: same\n- id: c\n  prompt: same\n- prompt: same\n",
             "m.yaml:7: item #4: the same request as the item on line 5 (id 'c')",
+        ),
+        # NFC and NFD are one request (ids.identity), keyed late as early
+        (
+            "- id: a\n  prompt: caf\u00e9\n- prompt: cafe\u0301\n",
+            f"m.yaml:3: item #2: {LINE_1} (id 'a')",
         ),
         # without an id first: the keys are made from the start, and stay the first item's
         ("- prompt: same\n- id: b\n  prompt: same\n- prompt: same\n", f"m.yaml:4: item #3: {LINE_1}"),
@@ -70,7 +75,10 @@ def _lists(made: plan.Plan) -> dict[str, list[Any]]:
     }
 
 
-@pytest.mark.parametrize("twist", ["none", "one gone", "two gone", "nested", "nested gone", "folder", "no task"])
+TWISTS = ["none", "one gone", "two gone", "nested", "nested gone", "folder", "no task", "dotted", "absolute"]
+
+
+@pytest.mark.parametrize("twist", TWISTS)
 def test_the_plan_with_every_file_checked_at_once_is_the_plan_made_item_by_item(tmp_path, twist):
     out = tmp_path / "out"
     (out / "zoo").mkdir(parents=True)
@@ -94,6 +102,10 @@ def test_the_plan_with_every_file_checked_at_once_is_the_plan_made_item_by_item(
     records["h"] = {**_done(by_id["h"], ["h.png"]), "request": {"model": "x", "input": {}}}  # changed
     records["i"] = {**_done(by_id["i"], []), "state": "failed", "error": {"kind": "k", "code": 1, "message": "m"}}
     records["z"] = _done(by_id["a"], ["z.png"])  # no longer in the manifest
+    if twist == "dotted":  # a name through `..`: never in the listing, so the long way checks it (it is there)
+        records["a"] = _done(by_id["a"], ["zoo/../a.png"])
+    if twist == "absolute":  # DIR / an absolute name is that name, as Path.is_file sees it (it is there)
+        records["a"] = _done(by_id["a"], [str(out / "a.png")])
     if twist == "no task":
         records["f"] = _done(by_id["f"], ["gone-long-ago.png"], task=None)  # nothing to fetch it from: done
     quick = plan.make_plan(items, records, retry_failed=False, directory=out)
@@ -170,3 +182,19 @@ def test_a_roll_left_open_is_chosen_again_whatever_else_the_ledger_holds(tmp_pat
     chosen, refused = rolls.choose(items, records, tmp_path, reroll=reroll)
     assert [(item.id, item.input["seed"], seed, keep) for item, seed, keep in chosen] == [("b", 7, 7, None)]
     assert refused == []
+
+
+@pytest.mark.parametrize(
+    ("ids", "own"),
+    [
+        (["fox", "owl", "zebra-1"], True),
+        (["fox", "Owl"], False),  # folds to `owl`: the table of planned names is made
+        (["strasse", "stra\u00dfe"], False),  # ß folds to `ss`: longer, never taken for itself
+        (["\u0130"], False),  # İ folds to two characters
+        (["a{n}"], False),  # (not an id, but Names takes any text: `{n}` is rendered)
+        ([], True),
+    ],
+)
+def test_the_ids_are_taken_as_their_own_keys_only_when_each_one_is(ids, own):
+    assert _keys_are_ids(ids) is own
+    assert own == all(item_id.replace("{n}", "1").casefold() == item_id for item_id in ids)
