@@ -152,6 +152,9 @@ def copy_into(ledger: Ledger) -> None:
     """A run copies the decision that holds now into each record (through the ledger's own transition)."""
     holding = current(ledger.directory, ledger.items)
     listed = ledger.manifest_ids if ledger.manifest_ids is not None else frozenset(ledger.items)
-    for item in [i for i in ledger.items if i in listed]:  # items no longer listed stay untouched
+    # Items no longer listed stay untouched; so does an item with no decision holding and none in its record
+    # (`decided` would find nothing to change: asked here, 100,000 calls less on a resume never reviewed).
+    changing = [i for i, record in ledger.items.items() if (i in holding or "decision" in record) and i in listed]
+    for item in changing:
         entry = holding.get(item)
         ledger.decided(item, entry.decision if entry else None)

@@ -88,6 +88,8 @@ def choose(
     unless its current files cannot be kept under their `~roll` names or no seed is left below its model's
     maximum (`cards`): that is found before anything is paid."""
     held = decisions.current(directory, records) if reroll else {}
+    if not held and not any("roll" in record for record in records.values()):
+        return [], []  # no decision to re-roll and no roll open: the loop below would choose nothing
     taken: set[int] | None = None  # every seed in use, found when a re-roll first needs one (not on every resume)
     chosen: list[Chosen] = []
     refused: list[str] = []
