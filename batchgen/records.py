@@ -11,7 +11,6 @@ is never taken for a fresh start (that would pay for every item again).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -240,7 +239,7 @@ def load(directory: Path) -> Loaded:
         # No snapshot was ever made: the journal (from an empty ledger) is the whole state.
         return Loaded(_replay({}, journal.entries), None, None, journal.good, replayed=len(journal.entries))
     try:
-        document = _read_snapshot(snapshot)
+        document = _read_snapshot(snapshot, journal.written)
     except _Damaged as exc:
         return _recover(directory, journal, str(exc))
     retired = frozenset(document.get("not_in_manifest") or ())
@@ -287,10 +286,10 @@ class _Damaged(Exception):
     pass
 
 
-def _read_snapshot(path: Path) -> dict[str, Any]:
+def _read_snapshot(path: Path, written: object = None) -> dict[str, Any]:
     """A snapshot's document; _Damaged if it is not a whole, well-formed ledger; LedgerError if it is newer."""
     try:
-        document = snapshots.read(path, LEDGER_LIMIT)  # in pieces: the ~50 MB text of 100,000 items is never held whole
+        document = snapshots.read(path, LEDGER_LIMIT, written)  # in pieces: ~50 MB of text for 100,000 items
     except (NotRegular, TooLarge) as exc:
         raise _unreadable(path, exc) from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # snapshots.DuplicateKey: a key written twice
@@ -385,6 +384,7 @@ class _Journal:
     entries: list[tuple[str, Record]]
     good: int  # the length of its whole lines
     base: int | None  # the snapshot generation it follows (None: a journal from before headers, or none)
+    written: object = None  # that snapshot's stamp as its writer took it (snapshots.stamp), when the header has it
 
 
 def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
@@ -395,14 +395,14 @@ def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
     entries: list[tuple[str, Record]] = []
     good = 0
     base: int | None = None
+    written: object = None
     for number, (text, end) in enumerate(_lines(data), start=1):
         try:
             entry = snapshots.strict_loads(text)  # a key twice (a paid record's "state" again...): damaged
             if number == 1 and isinstance(entry, dict) and "base" in entry and "id" not in entry:
                 if not isinstance(entry["base"], int):
                     raise TypeError("not a journal header")
-                base = entry["base"]
-                good = end
+                base, written, good = entry["base"], entry.get("snapshot"), end
                 continue
             item_id, record = entry["id"], entry["record"]
             if not isinstance(item_id, str) or not isinstance(record, dict):
@@ -419,7 +419,7 @@ def _read_journal(path: Path, *, strict: bool = False) -> _Journal:
             ) from exc
         entries.append((item_id, record))  # type: ignore[arg-type]  # checked above: a dict with a valid state
         good = end
-    return _Journal(entries, good, base)
+    return _Journal(entries, good, base, written)
 
 
 def _replay(items: dict[str, Record], journal: list[tuple[str, Record]]) -> dict[str, Record]:
@@ -442,8 +442,3 @@ def _lines(data: bytes) -> Iterator[tuple[bytes, int]]:
         end = len(data) if end < 0 else end + 1
         yield data[start:end], end
         start = end
-
-
-def header(generation: int) -> bytes:
-    """A journal's first line: the snapshot generation its records follow."""
-    return json.dumps({"base": generation}).encode() + b"\n"

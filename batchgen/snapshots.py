@@ -19,6 +19,7 @@ the later value silently, and a paid item reset to pending by a later record wou
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -52,13 +53,18 @@ class _Twice(ValueError):
     """A duplicate key met on the way in pieces: the whole parse then says where."""
 
 
-def read(path: Path, limit: int) -> Any:
+def read(path: Path, limit: int, written: object = None) -> Any:
     """The JSON document in the file at `path`: what `json.loads` of its text (UTF-8, an optional BOM) gives,
     raising what it raises (ValueError, UnicodeDecodeError, RecursionError; OSError for the file: files.NotRegular
     for a FIFO or a device planted at its name, files.TooLarge past `limit`), and DuplicateKey (a ValueError) for
-    a key twice in one object."""
+    a key twice in one object.
+
+    `written`: the `stamp` the writer took of the file it made (its journal's header keeps it). The file opened
+    still bearing it is that file, which holds no key twice (the writer's layout cannot), so its pieces are read
+    without looking for one: a quarter of the read's time for 100,000 items. Any other file — edited, copied,
+    restored, replaced — is read key by key."""
     with open_regular(path, limit) as handle:
-        document = _in_pieces(handle, BLOCK)
+        document = _in_pieces(handle, BLOCK, strict=written is None or _identity(os.fstat(handle.fileno())) != written)
         if document is None:
             handle.seek(0)
             data = handle.read(limit + 1)
@@ -68,6 +74,20 @@ def read(path: Path, limit: int) -> Any:
             del data  # the bytes freed before parsing: a 100,000-item ledger's peak is ~50 MB lower
             document = strict_loads(text)
     return document
+
+
+def stamp(path: Path) -> list[int]:
+    """What tells the file just written at `path` from any other put there since: inode, size, time (ns)."""
+    return _identity(os.stat(path))
+
+
+def _identity(info: os.stat_result) -> list[int]:
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+def journal_header(generation: int, written: list[int] | None = None) -> bytes:
+    """A journal's first line: the snapshot generation its records follow, and that snapshot's stamp."""
+    return json.dumps({"base": generation, "snapshot": written} if written else {"base": generation}).encode() + b"\n"
 
 
 def strict_loads(text: str | bytes) -> Any:
@@ -136,7 +156,7 @@ def pieces(path: Path, block: int = BLOCK) -> dict[str, Any] | None:
         return _in_pieces(handle, block)
 
 
-def _in_pieces(handle: BinaryIO, block: int) -> dict[str, Any] | None:
+def _in_pieces(handle: BinaryIO, block: int, strict: bool = True) -> dict[str, Any] | None:
     buffer = b""
     while (at := buffer.find(_ITEMS)) < 0 or len(buffer) < at + len(_ITEMS) + 4:
         more = handle.read(block)
@@ -153,13 +173,13 @@ def _in_pieces(handle: BinaryIO, block: int) -> dict[str, Any] | None:
         while (end := rest.find(_END)) < 0:
             cut = rest.rfind(_BETWEEN)
             if cut >= 0:
-                _add(items, rest[: cut + _CLOSE], shared)
+                _add(items, rest[: cut + _CLOSE], shared, strict)
                 rest = rest[cut + _CLOSE + 1 :]  # from the newline before the next record's id
             more = handle.read(block)
             if not more:
                 return None
             rest += more
-        _add(items, rest[: end + _CLOSE], shared)
+        _add(items, rest[: end + _CLOSE], shared, strict)
         tail = rest[end + len(_END) :] + handle.read()
         if _KEY in tail:
             return None
@@ -188,9 +208,10 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return made
 
 
-def _add(items: dict[str, Any], piece: bytes, shared: dict[str, str]) -> None:
-    """Parse a run of whole records (`"id": {…},\\n  "id": {…}`) into `items`; _Twice for a key twice anywhere."""
-    records = json.loads("{" + piece.decode("utf-8") + "}", object_pairs_hook=_unique)
+def _add(items: dict[str, Any], piece: bytes, shared: dict[str, str], strict: bool = True) -> None:
+    """Parse a run of whole records (`"id": {…},\\n  "id": {…}`) into `items`; _Twice for a key twice anywhere
+    (`strict`; else only for an id of an earlier piece)."""
+    records = json.loads("{" + piece.decode("utf-8") + "}", object_pairs_hook=_unique if strict else None)
     for record in records.values():
         if type(record) is dict:
             for name in _SHARED:

@@ -38,7 +38,6 @@ from .records import (
     VERSION_REVIEWED,
     Loaded,
     Record,
-    header,
     keep_damaged,
     load,
 )
@@ -116,7 +115,7 @@ class Store:
             journal_fd = open_nofollow(folder / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.ftruncate(journal_fd, loaded.journal_bytes)  # drop a torn last line before appending after it
             if loaded.journal_bytes == 0:
-                _write_all(journal_fd, header(loaded.generation), folder)
+                _write_all(journal_fd, snapshots.journal_header(loaded.generation), folder)
         except OSError as exc:  # a full or failing disk while opening: exit 5 with the reason, not a traceback
             os.close(lock_fd)
             raise StorageError(f"cannot open the ledger in {folder}: {exc.strerror or exc}") from exc
@@ -309,7 +308,9 @@ class Store:
             os.replace(self._state_dir / JOURNAL, self._state_dir / PREVIOUS_JOURNAL)
             fresh = open_nofollow(self._state_dir / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
             try:
-                _write_all(fresh, header(self._generation + 1), self._state_dir)
+                _write_all(
+                    fresh, snapshots.journal_header(self._generation + 1, snapshots.stamp(results)), self._state_dir
+                )
             except BaseException:
                 os.close(fresh)
                 raise
