@@ -64,20 +64,23 @@ def descendants(root: int) -> list[int]:
 
 
 def _parent(pid: int) -> int | None:
-    """The parent of a live process (None for a zombie, which is gone but for its parent's wait)."""
+    """The parent of a live process (None for a zombie, which is gone but for its parent's wait). A process whose
+    main thread has exited (pthread_exit) while others work on shows "Z" too: it is no zombie, and counts."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:  # "pid (comm) state ppid ..."
             fields = handle.read().rsplit(b")", 1)[1].split()
-        return None if fields[0] == b"Z" else int(fields[1])
+        if fields[0] == b"Z" and len(os.listdir(f"/proc/{pid}/task")) < 2:
+            return None
+        return int(fields[1])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def signal_tree(root: int, signum: int) -> None:
+def signal_tree(root: int, signum: int) -> int:
     """`signum` to every descendant of `root` (the group kill's complement: a job in a session of its own),
     children before their parents. Each through a pidfd, opened before the process's parent is checked again to
     be `root` or in its tree (a killed parent's children move to the subreaper), so a number freed and reused
-    meanwhile by an unrelated process is never signalled."""
+    meanwhile by an unrelated process is never signalled. How many descendants there were (0: none left)."""
     tree = descendants(root)
     ours = {root, *tree}
     for pid in reversed(tree):
@@ -92,6 +95,10 @@ def signal_tree(root: int, signum: int) -> None:
             pass
         finally:
             os.close(handle)
+    return len(tree)
+
+
+PASSES = 50  # walks of the tree at an end: a job forking as it is killed leaves new orphans to the subreaper
 
 
 class _Guard:
@@ -109,7 +116,7 @@ class _Guard:
             return  # batchgen lives: it keeps the bound, the hook ends as it ends
         if self.hook is not None:
             _reaped_within(self.hook.pid, GRACE)
-        signal_tree(os.getpid(), signal.SIGKILL)
+        _end_left_behind()  # not one pass: what a job started between the walk and its own kill came back here
         _signal_group(signal.SIGKILL)  # whatever the hook started and left behind; this process too
 
 
@@ -128,11 +135,9 @@ def _reaped_within(pid: int, seconds: float) -> None:
 
 def _end_left_behind() -> None:
     """What the hook left running, in its group or not, ends with it (batchgen ends the group again after)."""
-    for _ in range(50):  # a job forking as it is killed: its orphans come back to this subreaper, and go too
-        left = descendants(os.getpid())
-        if not left:
+    for _ in range(PASSES):  # a job forking as it is killed: its orphans come back to this subreaper, and go too
+        if not signal_tree(os.getpid(), signal.SIGKILL):
             return
-        signal_tree(os.getpid(), signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
