@@ -190,3 +190,17 @@ def test_a_short_secret_before_a_long_one_never_cuts_the_long_one_open():
     # "abc-Zk29xQ7pL" and a proxy user "abc") was masked first, and the rest of the key no longer matched.
     key = "abc-Zk29xQ7pL0"
     assert redact(f"key {key} here", ["abc", key]) == "key **** here"
+
+
+@pytest.mark.parametrize("password", ["1234", "true", "null", "msg", "level"])
+def test_a_short_password_equal_to_a_figure_or_a_key_never_breaks_a_json_log_line(password):
+    # The mask ran over the finished JSON line: a password "1234" (a cheap proxy's) made `"succeeded": 1234` into
+    # `"succeeded": ****`, "true" or "null" a bare ****: no JSON, the night's summary lost to its reader; "msg"
+    # renamed the line's own key. Values are masked before the line is made; keys and figures are batchgen's own.
+    settings = resolve_proxy(f"http://nightly:{password}@proxy:3128", {})
+    stream = io.StringIO()
+    reporter = Reporter(stream=stream, fmt="json", secret=settings.secrets())
+    reporter.info(f"proxy said {password}", event="summary", succeeded=1234, sent=True, problem=None, note=password)
+    record = json.loads(stream.getvalue())
+    assert record["msg"] == "proxy said ****" and record["note"] == "****", record
+    assert (record["level"], record["succeeded"], record["sent"], record["problem"]) == ("info", 1234, True, None)
