@@ -204,3 +204,45 @@ def test_a_short_password_equal_to_a_figure_or_a_key_never_breaks_a_json_log_lin
     record = json.loads(stream.getvalue())
     assert record["msg"] == "proxy said ****" and record["note"] == "****", record
     assert (record["level"], record["succeeded"], record["sent"], record["problem"]) == ("info", 1234, True, None)
+
+
+# ---------------------------------------------------------------- a job that outruns the walk of /proc
+
+# A job in a session of its own that forks and exits at once, over and over: each of its processes lives a
+# millisecond or so, less than one walk of /proc, so the walk never found one alive to signal; 50 walks later the
+# guard gave up, and it ran on, reparented to init.
+RUNNER = (
+    "import os, sys, time\n"
+    "os.setsid()\n"
+    "open(sys.argv[1], 'w').write(str(os.getpgrp()))\n"
+    "for _ in range(60000):\n"
+    "    if os.fork():\n"
+    "        os._exit(0)\n"
+)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_a_job_that_forks_away_faster_than_the_walk_ends_with_the_hook(tmp_path):
+    marker = tmp_path / "runner-group"
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\n{sys.executable} {runner} {marker} &\nsleep 0.5\n", "utf-8")
+    hook.chmod(0o755)
+    try:
+        log = await _at_end(tmp_path, (str(hook),))
+        assert "exit 0" in log, log
+        group = int(marker.read_text())
+        await until(lambda: _group_gone(group), deadline=10, what="a job forking away from the walk outlived its hook")
+    finally:
+        if marker.exists() and marker.read_text():
+            while not _group_gone(int(marker.read_text())):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(marker.read_text()), signal.SIGKILL)
