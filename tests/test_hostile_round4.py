@@ -246,3 +246,56 @@ async def test_a_job_that_forks_away_faster_than_the_walk_ends_with_the_hook(tmp
             while not _group_gone(int(marker.read_text())):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(int(marker.read_text()), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- what is not the hook's, and odd names
+
+
+async def test_nothing_outside_the_hooks_tree_is_signalled_whatever_the_hook_does(tmp_path):
+    # A process of the user's own in a session of its own (another night's rsync), named in the hook's
+    # environment: the hook signals nothing itself, it only names it in its own children's process names and
+    # groups nothing with it; the guard's walk and group kills must leave it alone. So must they the test runner.
+    outside = await asyncio.create_subprocess_exec("sleep", "600", start_new_session=True)
+    marker = tmp_path / "job-pid"
+    renamed = (
+        "import ctypes, os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    ctypes.CDLL(None).prctl(15, b'x) Z {outside.pid} (')\n"  # PR_SET_NAME: ") Z PID (" in its comm
+        f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        f"while not os.path.exists({str(marker)!r}) or not open({str(marker)!r}).read(): time.sleep(0.01)\n"
+    )
+    try:
+        log = await _at_end(tmp_path, (sys.executable, "-c", renamed))
+        assert "exit 0" in log, log
+        await outlived(int(marker.read_text()), 10, "a job whose name holds ') Z PID (' outlived its hook")
+        assert outside.returncode is None and not _ended(outside.pid)
+    finally:
+        outside.kill()
+        await outside.wait()
+
+
+# ---------------------------------------------------------------- the run killed at any instant
+
+KILLER = (
+    "import os, subprocess, sys, time\n"
+    "guard = subprocess.Popen([sys.executable, '-I', sys.argv[1], str(os.getpid()), '--', *sys.argv[3:]],"
+    " start_new_session=True)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+    "os._exit(9)\n"  # batchgen dies at this instant, as a SIGKILL would end it: nothing cleaned up
+)
+
+
+@pytest.mark.parametrize("instant", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+async def test_a_run_killed_at_any_instant_of_its_hook_leaves_nothing_of_it_running(tmp_path, instant):
+    # The parent-death signal, the subreaper and the walks race the hook's own start and its job's forks: at
+    # every instant, what the hook started (a SIGTERM-deaf job in a session of its own, starting workers) ends
+    # within the guard's grace and a few seconds.
+    pids = tmp_path / "pids"
+    hook = _spawner_hook(tmp_path, pids)
+    killer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLER, finish.hookguard.__file__, str(instant), str(hook)
+    )
+    await killer.wait()
+    await _all_ended_after_settling(pids, f"a worker outlived its run killed {instant} s into its hook")
