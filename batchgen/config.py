@@ -128,6 +128,14 @@ def _letters(text: str) -> str:
     return "".join(_ALNUM.findall(text)).casefold()
 
 
+def unmistakable(secret: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The secrets (the key, a long proxy credential) that text holds by no chance: for what is refused or
+    changed, not only masked in a line. A short proxy password standing alone in a result URL ("png" in
+    ".../1.png") is a word of the URL: the service never sees the proxy's password."""
+    ones = (secret,) if isinstance(secret, str) or secret is None else secret
+    return tuple(one for one in ones if one and len(one) >= MIN_SECRET)
+
+
 def carries(text: str, secret: str | Sequence[str] | None) -> bool:
     """Whether text holds the secret in any of its forms."""
     return redact(text, secret) != text

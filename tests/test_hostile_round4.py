@@ -21,7 +21,7 @@ from batchgen.config import redact
 from batchgen.progress import Reporter
 from batchgen.proxies import resolve_proxy
 
-from .helpers import KEY, a_summary, manifest_of, outlived, process_ended, run_args, start, until
+from .helpers import KEY, a_summary, cli, manifest_of, outlived, process_ended, results, run_args, start, until
 from .helpers import finish as finish_proc
 
 
@@ -299,3 +299,21 @@ async def test_a_run_killed_at_any_instant_of_its_hook_leaves_nothing_of_it_runn
     )
     await killer.wait()
     await _all_ended_after_settling(pids, f"a worker outlived its run killed {instant} s into its hook")
+
+
+# ---------------------------------------------------------------- a short password in a paid result's URL
+
+
+async def test_a_short_proxy_password_that_is_a_word_of_the_result_url_never_refuses_a_paid_image(
+    sim_factory, tmp_path
+):
+    # The service never sees the proxy's password: "png" in ".../1.png" is the URL's word, not the password. The
+    # short mask took it for the secret: every paid result was refused ("a result URL carries the API key; not
+    # fetched"), again on every rerun. Only a secret no URL holds by chance (the key, a long password) refuses.
+    path = manifest_of(tmp_path / "m.yaml", ["an owl"])
+    async with sim_factory(api_key=KEY) as sim:
+        args = run_args(path, tmp_path / "out", sim, "--proxy", "http://nightly:png@proxy.invalid:3128")
+        code, _, stderr = await cli(args)
+        assert code == 0, stderr
+        assert sim.stats.create_calls == 1
+    assert [r["state"] for r in results(tmp_path / "out")["items"].values()] == ["succeeded"], stderr
