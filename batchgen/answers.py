@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import redact
+from .config import redact, unmistakable
 
 COST_FIELDS = ("consumeCredits", "remainedCredits", "costTime")  # recordInfo's billing fields, when present
 
@@ -135,7 +135,7 @@ def parse_record(task_id: str, data: Mapping[str, Any], *, secret: str | Sequenc
             urls = tuple(u for u in found if isinstance(u, str) and u)
         if not urls and problem is None:
             problem = "the task succeeded but its resultJson has no resultUrls"
-    masked = tuple(redact(u, secret) for u in urls)
+    masked = tuple(redact(u, unmistakable(secret)) for u in urls)  # masked, a URL is another: never by chance
     return TaskRecord(
         task_id=str(data.get("taskId") or task_id),
         state=state,

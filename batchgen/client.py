@@ -38,7 +38,7 @@ from .answers import (
     text_of,
     unknown_record,
 )
-from .config import Secret, Timeouts, carries, redact
+from .config import Secret, Timeouts, carries, redact, unmistakable
 from .errors import (
     AuthError,
     BatchgenError,
@@ -322,7 +322,7 @@ class Client:
                     yield response
                     return
             url = urljoin(url, location)
-            if carries(url, self._secrets) or urlsplit(url).scheme not in ("http", "https"):
+            if carries(url, unmistakable(self._secrets)) or urlsplit(url).scheme not in ("http", "https"):
                 raise _BadRedirect(url[:200])
         raise aiohttp.TooManyRedirects(response.request_info, response.history)
 

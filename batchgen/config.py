@@ -64,11 +64,12 @@ def redact(text: str, secret: str | Sequence[str] | None) -> str:
     text, whatever their case (a slug lowercases). A string shorter than MIN_SECRET (no real key, but a proxy
     password may be that short) is masked only where it stands alone, not inside a longer word: masking it
     everywhere would mangle ordinary words; one shorter than MIN_SHORT is not masked at all."""
-    for one in (secret,) if isinstance(secret, str) or secret is None else secret:
-        if not one or len(one) < MIN_SHORT:
+    ones = (secret,) if isinstance(secret, str) or secret is None else secret
+    for one in sorted((one for one in ones if one), key=len, reverse=True):  # a short one never cuts a long open
+        if len(one) < MIN_SHORT:
             continue
         if len(one) < MIN_SECRET:
-            text = _alone(one).sub("****", text)
+            text = _alone(one).sub(_masked_alone, text)
             continue
         folded = text.casefold()
         for form in secret_forms(one):
@@ -83,9 +84,20 @@ MIN_SHORT = 3
 
 @functools.lru_cache(maxsize=16)
 def _alone(secret: str) -> re.Pattern[str]:
-    """A short secret, or its URL-encoded form, with no letter or digit on either side."""
-    forms = sorted({secret, quote(secret, safe="")}, key=len, reverse=True)
-    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, forms)) + r")(?![A-Za-z0-9])", re.IGNORECASE)
+    """A short secret, URL-encoded or JSON-escaped (a `"` in a --log-format json line is `\\"`) or not, with no
+    letter or digit on either side; and the run of backslashes before it (see _masked_alone)."""
+    forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
+    forms |= {json.dumps(secret, ensure_ascii=ascii_only)[1:-1] for ascii_only in (True, False)}
+    alternatives = "|".join(map(re.escape, sorted(forms, key=len, reverse=True)))
+    return re.compile(r"(?<!\\)(\\*)(?<![A-Za-z0-9])(?:" + alternatives + r")(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def _masked_alone(match: re.Match[str]) -> str:
+    """The mask of a short secret. After an odd run of backslashes its first character is an escape's (`\\n12`
+    in a JSON line, or a line `visible` escaped, is a line break and "12"): the escape's backslash goes under the
+    mask too, or `\\****` would be no JSON."""
+    run = match.group(1)
+    return run[: len(run) // 2 * 2] + "****"
 
 
 SECRET_PROBE = 16  # characters of the key's letters and digits: what an id (24) or a name slug (31) keeps of it
@@ -114,6 +126,14 @@ def _letters(text: str) -> str:
     if text.isascii():
         return text.lower().translate(_NOT_ALNUM)
     return "".join(_ALNUM.findall(text)).casefold()
+
+
+def unmistakable(secret: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The secrets (the key, a long proxy credential) that text holds by no chance: for what is refused or
+    changed, not only masked in a line. A short proxy password standing alone in a result URL ("png" in
+    ".../1.png") is a word of the URL: the service never sees the proxy's password."""
+    ones = (secret,) if isinstance(secret, str) or secret is None else secret
+    return tuple(one for one in ones if one and len(one) >= MIN_SECRET)
 
 
 def carries(text: str, secret: str | Sequence[str] | None) -> bool:

@@ -232,7 +232,12 @@ async def _bounded(proc: asyncio.subprocess.Process, clock: _Clock) -> bool:
     await asyncio.wait({waiting, kill}, return_when=asyncio.FIRST_COMPLETED)
     kill.cancel()
     if not waiting.done():
-        hookguard.signal_tree(proc.pid, signal.SIGKILL)  # a job in a session of its own is in no group
+        # A job in a session of its own is in no group; one that forks as it is killed leaves orphans, which go
+        # to the guard (a subreaper, killed last): walk its tree again until none is left.
+        for _ in range(hookguard.PASSES):
+            if not hookguard.signal_tree(proc.pid, signal.SIGKILL) or waiting.done():
+                break
+            await asyncio.sleep(0.01)
         _kill_group(proc.pid, signal.SIGKILL)
     _kill_group(proc.pid, signal.SIGKILL)  # what it started and left behind in its group goes too
     await waiting

@@ -47,13 +47,24 @@ def _prctl(option: int, value: int) -> None:
 def descendants(root: int) -> list[int]:
     """Every process below `root` in the process tree, parents before their children (from /proc: empty where
     there is none)."""
+    return _below(root, _walk()[0])
+
+
+def _walk() -> tuple[dict[int, list[int]], dict[int, tuple[int, int]]]:
+    """One walk of /proc: each live process's children; each zombie's parent and process group."""
     children: dict[int, list[int]] = {}
+    zombies: dict[int, tuple[int, int]] = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                parent = _parent(int(entry.name))
-                if parent is not None:
-                    children.setdefault(parent, []).append(int(entry.name))
+            stat = _stat(int(entry.name)) if entry.name.isdigit() else None
+            if stat is not None and stat[0]:
+                children.setdefault(stat[1], []).append(int(entry.name))
+            elif stat is not None:
+                zombies[int(entry.name)] = stat[1], stat[2]
+    return children, zombies
+
+
+def _below(root: int, children: dict[int, list[int]]) -> list[int]:
     found: list[int] = []
     todo = [root]
     while todo:
@@ -63,35 +74,63 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def _parent(pid: int) -> int | None:
-    """The parent of a live process (None for a zombie, which is gone but for its parent's wait)."""
+def _stat(pid: int) -> tuple[bool, int, int] | None:
+    """Whether `pid` lives, its parent and its process group. A process whose main thread has exited
+    (pthread_exit) while others work on shows "Z" like a zombie: it is none, and lives."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:  # "pid (comm) state ppid ..."
+        with open(f"/proc/{pid}/stat", "rb") as handle:  # "pid (comm) state ppid pgrp ..."; comm may hold ") "
             fields = handle.read().rsplit(b")", 1)[1].split()
-        return None if fields[0] == b"Z" else int(fields[1])
+        alive = fields[0] != b"Z" or len(os.listdir(f"/proc/{pid}/task")) > 1
+        return alive, int(fields[1]), int(fields[2])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def signal_tree(root: int, signum: int) -> None:
+def _parent(pid: int) -> int | None:
+    """The parent of a live process (None for a zombie, which is gone but for its parent's wait)."""
+    stat = _stat(pid)
+    return stat[1] if stat is not None and stat[0] else None
+
+
+def signal_tree(root: int, signum: int) -> int:
     """`signum` to every descendant of `root` (the group kill's complement: a job in a session of its own),
     children before their parents. Each through a pidfd, opened before the process's parent is checked again to
     be `root` or in its tree (a killed parent's children move to the subreaper), so a number freed and reused
-    meanwhile by an unrelated process is never signalled."""
-    tree = descendants(root)
+    meanwhile by an unrelated process is never signalled. Then to each process group of those it signalled
+    (never the caller's or root's own: their owners end those): a kill(2) of a group is atomic, and a job that
+    forks away faster than a walk of /proc (each process lives less than a walk) goes with its group. A group
+    held by a process seen alive in root's tree is one of the tree's: root's session is batchgen's new one, and
+    no process can join a group of another session. How many descendants there were (0: none left)."""
+    children, zombies = _walk()
+    tree = _below(root, children)
     ours = {root, *tree}
+    # A zombie child of root holds its group's number until root reaps it (the guard, a subreaper, is the parent
+    # of what its tree orphans): its group is the tree's, even when no member of it was seen alive.
+    groups = {group for parent, group in zombies.values() if parent == root}
     for pid in reversed(tree):
         try:
             handle = os.pidfd_open(pid)
         except OSError:
             continue  # ended meanwhile
         try:
-            if _parent(pid) in ours:
+            stat = _stat(pid)
+            if stat is not None and stat[0] and stat[1] in ours:
                 signal.pidfd_send_signal(handle, signum)
+                groups.add(stat[2])
         except OSError:
             pass
         finally:
             os.close(handle)
+    groups.discard(os.getpgrp())
+    with contextlib.suppress(OSError):
+        groups.discard(os.getpgid(root))
+    for group in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signum)
+    return len(tree)
+
+
+PASSES = 50  # walks of the tree at an end: a job forking as it is killed leaves new orphans to the subreaper
 
 
 class _Guard:
@@ -109,7 +148,7 @@ class _Guard:
             return  # batchgen lives: it keeps the bound, the hook ends as it ends
         if self.hook is not None:
             _reaped_within(self.hook.pid, GRACE)
-        signal_tree(os.getpid(), signal.SIGKILL)
+        _end_left_behind()  # not one pass: what a job started between the walk and its own kill came back here
         _signal_group(signal.SIGKILL)  # whatever the hook started and left behind; this process too
 
 
@@ -128,11 +167,9 @@ def _reaped_within(pid: int, seconds: float) -> None:
 
 def _end_left_behind() -> None:
     """What the hook left running, in its group or not, ends with it (batchgen ends the group again after)."""
-    for _ in range(50):  # a job forking as it is killed: its orphans come back to this subreaper, and go too
-        left = descendants(os.getpid())
-        if not left:
+    for _ in range(PASSES):  # a job forking as it is killed: its orphans come back to this subreaper, and go too
+        if not signal_tree(os.getpid(), signal.SIGKILL):
             return
-        signal_tree(os.getpid(), signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass

@@ -80,13 +80,25 @@ class Reporter:
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
         event = fields.pop("event", "log")
         if self.fmt == "json":
+            # Masked before the line is made, never after: a short secret ("1234", "true", "msg") masked in the
+            # finished line turned a figure or a key into a bare **** and the line into no JSON.
             record = {"ts": utc_timestamp(), "level": level, "event": event, "msg": message, **fields}
-            line = visible_json(json.dumps(record, ensure_ascii=False, default=str))
-        else:
-            message = visible(message)  # text from the service or a manifest: never a control, one record a line
-            said = f"batchgen: {message}" if level in ("info", "debug") else f"batchgen: {level}: {message}"
-            line = f"{local_timestamp()} {said}"
-        self.write_line(self.redact(line))
+            self.write_line(visible_json(json.dumps(self._masked(record), ensure_ascii=False)))
+            return
+        message = visible(message)  # text from the service or a manifest: never a control, one record a line
+        said = f"batchgen: {message}" if level in ("info", "debug") else f"batchgen: {level}: {message}"
+        self.write_line(self.redact(f"{local_timestamp()} {said}"))
+
+    def _masked(self, value: Any) -> Any:
+        """A JSON line's value with every text in it redacted: keys and figures (numbers, true, null) are
+        batchgen's own and stay as they are; anything else is shown as its text (json.dumps' default=str)."""
+        if isinstance(value, dict):
+            return {str(key): self._masked(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._masked(item) for item in value]
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.redact(value if isinstance(value, str) else str(value))
 
     def write_line(self, line: str) -> None:
         """One line on the stream, unchanged (the caller formats and redacts it); a closed pipe drops it."""
