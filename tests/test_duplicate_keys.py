@@ -193,3 +193,26 @@ def test_the_key_named_is_shown_as_data_never_as_control(tmp_path):
         assert 'appears twice in "items"' in proc.stderr and "\\u202e" in proc.stderr
         assert not any(c in proc.stderr + proc.stdout for c in ("\x1b", "\x07", "\r", "\u202e"))
         assert len([line for line in proc.stderr.splitlines() if "appears twice" in line]) == 1
+
+
+async def test_only_the_file_its_writer_stamped_skips_the_key_by_key_check(sim_factory, tmp_path):
+    # The writer's stamp (inode, size, mtime ns) in the journal's header lets a 100,000-item resume skip the check
+    # on the file batchgen wrote. An edit that keeps the inode and the size — one id made another's, in place —
+    # changes the time, so it is read key by key: compared on inode and size alone, the id twice went unseen.
+    from batchgen import snapshots
+    from batchgen.records import LEDGER_LIMIT
+
+    async with sim_factory() as sim:
+        out = await _finished(sim, tmp_path, snapshots=2)
+    path = out / "results.json"
+    header = json.loads((out / ".batchgen" / "journal.jsonl").read_text().splitlines()[0])
+    assert header["snapshot"] == snapshots.stamp(path)  # the file as its writer left it
+    assert set(snapshots.read(path, LEDGER_LIMIT, header["snapshot"])["items"]) == {"item-00", "item-01"}
+    before = path.stat()
+    with path.open("r+b") as handle:  # in place: the same inode, the same size
+        data = handle.read()
+        handle.seek(0)
+        handle.write(data.replace(b'"item-01": {', b'"item-00": {'))
+    assert path.stat().st_ino == before.st_ino and path.stat().st_size == before.st_size
+    with pytest.raises(snapshots.DuplicateKey, match='"item-00" appears twice'):
+        snapshots.read(path, LEDGER_LIMIT, header["snapshot"])
