@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from batchgen import ledger
+from batchgen import ledger, snapshots
 from batchgen.config import Secret
 
 from .helpers import make_settings, manifest_of, results, run
@@ -63,8 +64,10 @@ items:
     with Image.open(out / "jpeg-one.jpg") as image:
         assert image.format == "JPEG" and image.width < image.height
     assert_verified_files(out, doc)
-    # Folded into the snapshot at close: the fresh journal holds only its header (the snapshot it follows).
-    assert (out / ".batchgen" / "journal.jsonl").read_bytes() == b'{"base": %d}\n' % doc["generation"]
+    # Folded into the snapshot at close: the fresh journal holds only its header (the snapshot it follows, and
+    # that snapshot's stamp as its writer left it).
+    header = {"base": doc["generation"], "snapshot": snapshots.stamp(out / "results.json")}
+    assert json.loads((out / ".batchgen" / "journal.jsonl").read_bytes()) == header
 
 
 async def test_rerun_of_a_finished_directory_sends_nothing(sim_factory, tmp_path):
