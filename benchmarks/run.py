@@ -681,6 +681,13 @@ def write_ledger(path: Path, out: Path, done: int) -> None:
         "not_in_manifest": [],
     }
     (out / "results.json").write_text(json.dumps(document, indent=1))
+    # Then written again by batchgen's own snapshot writer, as a night leaves it: its layout, and its stamp in the
+    # journal's header (a file batchgen did not write is read key by key, ~0.15 s more for 100,000 items).
+    from batchgen.ledger import Ledger
+
+    ledger = Ledger.open(out, path.name)
+    ledger._dirty = True  # nothing changed: the snapshot is written all the same
+    ledger.close()
 
 
 def ledger_in_child(path: Path, out: Path, done: int) -> None:
