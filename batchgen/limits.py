@@ -1,5 +1,5 @@
-"""The run's one throttle: in-flight AIMD limiter, create-rate window, shared cool-down, the status-query budget
-(budget.py's, held here), and the 429 bookkeeping that ties them together.
+"""The run's one throttle: in-flight AIMD limiter, shared cool-down, the create window (window.py's) and the
+status-query budget (budget.py's), held here, and the 429 bookkeeping that ties them together.
 
 Pure asyncio and arithmetic; nothing here knows HTTP. Backpressure is structural: a caller takes a slot (or a
 token) and only then starts the work, so only the allowed amount of work ever exists. A 429 slows the one
@@ -23,6 +23,7 @@ from typing import Literal
 
 from .budget import StatusBudget
 from .config import RetryPolicy
+from .window import RateWindow
 
 Clock = Callable[[], float]
 __all__ = ["Clock", "Cooldown", "Hints", "InFlightLimiter", "RateWindow", "StatusBudget", "Throttle"]
@@ -145,101 +146,6 @@ class InFlightLimiter:
                 free -= 1
 
 
-class RateWindow:
-    """At most `count` calls in any `seconds`-long window, shared by every caller.
-
-    A call counts from the moment its answer came back (`done`), not from when it was sent: the service saw it
-    somewhere in between, so stamping it on return can never undercount the service's own window. A call the
-    service dropped (429) is `forgotten`: it did not count there either.
-
-    The count is adaptive too: a 429 (the service's window is smaller than we were told) cuts it to what the
-    service accepted in the last window (or half, if none), at most once a window; each success gives back a
-    little, up to the configured count. `start` (a remembered count) is where it begins.
-    """
-
-    def __init__(
-        self,
-        count: int,
-        seconds: float,
-        *,
-        start: int | None = None,
-        adaptive: bool = True,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self.maximum = count
-        self.seconds = seconds
-        self._clock = clock
-        self._count = float(count if start is None else max(1, min(start, count)))
-        self._adaptive = adaptive
-        self._slots: list[list[float]] = []  # [stamp]; math.inf while the call is under way
-        self.waiting = 0  # callers waiting for a place (the poll scheduler's sign that more creates will come)
-        self._changed = asyncio.Event()
-        self._lock = asyncio.Lock()
-
-    @property
-    def count(self) -> int:
-        return max(1, int(self._count))
-
-    def wait_time(self) -> float | None:
-        """0 when a call may start now; else how long until one may (None: until an answer comes back)."""
-        now = self._clock()
-        self._slots = [slot for slot in self._slots if slot[0] + self.seconds > now]
-        if len(self._slots) < self.count:
-            return 0.0
-        wait = min(slot[0] for slot in self._slots) + self.seconds - now
-        return None if math.isinf(wait) else wait
-
-    def take(self) -> list[float]:
-        """Take a place now (the caller checked `wait_time() == 0`); returns the slot for `done` or `forget`."""
-        slot = [math.inf]
-        self._slots.append(slot)
-        return slot
-
-    async def acquire(self) -> list[float]:
-        """Wait until a call may start; returns its slot, for `done` or `forget`."""
-        self.waiting += 1
-        try:
-            async with self._lock:
-                while (wait := self.wait_time()) != 0:
-                    self._changed.clear()
-                    with contextlib.suppress(TimeoutError):  # asyncio.timeout: see polls.PollScheduler.run
-                        async with asyncio.timeout(wait):
-                            await self._changed.wait()
-                return self.take()
-        finally:
-            self.waiting -= 1
-
-    def done(self, slot: list[float]) -> None:
-        """The call's answer came back: it counts from now."""
-        slot[0] = self._clock()
-        self._changed.set()
-
-    def forget(self, slot: list[float]) -> None:
-        """The service dropped the call (429): it takes no place in the window."""
-        slot[0] = -math.inf
-        self._changed.set()
-
-    def accepted(self) -> int:
-        """Calls the service accepted in the last window (answered, not dropped)."""
-        now = self._clock()
-        return sum(1 for slot in self._slots if now - self.seconds < slot[0] <= now)
-
-    def on_saturated(self) -> None:
-        """A rate 429: the service accepts no more than it accepted in the last window (or half, if none)."""
-        if not self._adaptive:
-            return
-        self.learn(self.accepted())
-
-    def learn(self, accepted: int) -> None:
-        """The service accepts no more than `accepted` creates a window (none known: half)."""
-        if self._adaptive:
-            self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
-
-    def on_success(self) -> None:
-        if self._adaptive and self._count < self.maximum:
-            self._count = min(float(self.maximum), self._count + 1 / max(1.0, self._count))
-
-
 class Cooldown:
     """One shared pause after 429s: the retry policy's backoff, or the server's Retry-After when it sends one."""
 
@@ -357,12 +263,14 @@ class Throttle:
         # Under the window's level: full, when as many run as at its last "full"; with fewer, its window is smaller.
         return "capacity" if crowded else "rate"
 
-    def on_create_saturated(self, epoch: int, retry_after: float | None = None) -> Verdict | None:
-        """A createTask 429 for a call sent in `epoch`: what it was taken for and the pause everyone takes now,
-        or None when this 429 belongs to a burst that was answered already."""
+    def on_create_saturated(
+        self, epoch: int, retry_after: float | None = None, slot: list[float] | None = None
+    ) -> Verdict | None:
+        """A createTask 429 for a call sent in `epoch` (its create-window `slot`, when known): what it was taken for
+        and the pause everyone takes now, or None when this 429 belongs to a burst that was answered already."""
         if epoch < self.epoch and retry_after is None:
             return None
-        accepted, running = self.window.accepted(), self.limiter.running
+        accepted, running = self.window.accepted(slot), self.limiter.running
         kind = self.classify(accepted, running)
         self.verdicts[kind] += 1
         self.last_kind = kind
@@ -385,7 +293,7 @@ class Throttle:
                 self._not_full(f"refused again with {running} running")  # not full, then or now
             self.strikes += 1
             self.rate_level = max(1, accepted)
-            self.window.on_saturated()
+            self.window.learn(accepted)
             self.learned_count = self.window.count
             if self.strikes > 1:
                 pause = self.cooldown.trigger(self.strikes - 1, retry_after)

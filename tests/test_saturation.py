@@ -143,6 +143,33 @@ def test_a_full_level_refuted_gives_the_in_flight_limit_back_and_learns_the_rate
     assert t.window.count == 20 and t.learned_count == 20 and t.cap_level is None
 
 
+def test_a_rate_429_is_read_against_the_window_its_call_was_sent_into():
+    """rate_unknown's windows: the service takes 20 creates a second; the window, climbed back to 21, sends a 21st
+    as the oldest of the last 20 leaves it. Its 429 is handled 60 ms later (a busy loop): by then six more of those
+    20 have left the window counted from the answer — read so, the service "accepted 14" (a window cut to 14, or
+    with no level known yet, a "full"). Read against the window the call met, it accepted 20: the rate, learned."""
+    clock = Clock(1000.0)
+    t = Throttle(concurrency=100, create_rate=(21, 1.0), poll_rate=8, retry=RetryPolicy(), clock=clock)
+    for _ in range(20):  # the last window's 20, answered 10 ms apart
+        accept(t, 1)
+        clock.advance(0.01)
+    run_tasks(t, 20)
+    clock.now = 1001.001  # the oldest (1000.00) has left the window: two calls may go
+    assert t.window.wait_time() == 0
+    taken, refused = t.window.take(), t.window.take()
+    t.window.leaving(taken)
+    clock.advance(0.001)
+    t.window.leaving(refused)  # the service: 19 of the last window and `taken` — full
+    clock.advance(0.001)
+    t.window.done(taken)
+    t.on_create_success()
+    clock.advance(0.06)  # the 429's answer is handled late
+    t.window.forget(refused)
+    verdict = t.on_create_saturated(t.epoch, slot=refused)
+    assert verdict is not None and verdict.kind == "rate" and verdict.accepted == 20
+    assert t.window.count == 20 and t.learned_count == 20
+
+
 async def test_an_unconfirmed_full_level_is_probed_once_calm_without_waiting_for_a_finish():
     """Cut at a first "full" (a rate limit's looks the same), the limiter tries one more create once calm, even
     though none of its tasks was seen finished: a window that moved on is found without waiting for a latency."""
