@@ -242,6 +242,8 @@ class Throttle:
         self.cap_level: int | None = None  # tasks running at this run's last capacity 429
         self.learned_count: int | None = None  # the create window's count after the last rate 429 cut it
         self._cap_accepted = 0  # creates accepted in the window at the 429 that set `cap_level`
+        self._cap_high = 0  # the most tasks running at the 429s of that 429's burst (sent before it: `_cap_epoch`)
+        self._cap_epoch = -1
         self._limit_before_cap: float | None = None  # the in-flight limit before an unconfirmed "full" cut it
         # The tasks the service surely still runs (younger than its fastest finish; the poll scheduler's count), or
         # None: the limiter's count also holds tasks finished there and not yet seen here.
@@ -269,6 +271,8 @@ class Throttle:
         """A createTask 429 for a call sent in `epoch` (its create-window `slot`, when known): what it was taken for
         and the pause everyone takes now, or None when this 429 belongs to a burst that was answered already."""
         if epoch < self.epoch and retry_after is None:
+            if self.epoch == self._cap_epoch:  # the burst of the 429 that set the "full" level: its accepts
+                self._cap_high = max(self._cap_high, self.limiter.running)  # may be handled after that 429
             return None
         accepted, running = self.window.accepted(slot), self.limiter.running
         kind = self.classify(accepted, running)
@@ -284,8 +288,9 @@ class Throttle:
                 self._limit_before_cap = float(self.limiter.limit)
             # Our count of tasks running is at least the service's (its finishes reach us late): the lowest count
             # at a "full" is the closest to its capacity.
-            level = max(1, running if self.cap_level is None else min(running, self.cap_level))
-            self.cap_level, self._cap_accepted = level, accepted
+            if self.cap_level is None or running < self.cap_level:  # this reading sets the level
+                self._cap_accepted, self._cap_high, self._cap_epoch = accepted, running, self.epoch
+            self.cap_level = max(1, running if self.cap_level is None else min(running, self.cap_level))
             self.limiter.cap = float(self.cap_level) if again else None
             self.limiter.on_saturated(running)
         if kind != "capacity":
@@ -306,21 +311,39 @@ class Throttle:
         if self.cap_level is not None:
             # Ran more than the "full" level without a refusal? Our count of tasks running is ahead of the
             # service's by its finishes not seen yet (`_lag`); the tasks younger than its fastest finishes
-            # (`young`, with the one just created) surely run there, but for our late stamps (`_slack`).
+            # (`young`, with the one just created) surely run there.
             young = self.young()
-            over = (
-                young + 1 > self.cap_level + _slack(self.cap_level)
-                if young is not None
-                else self.limiter.running + 1 > self.cap_level + _lag(self.cap_level)
-            )
-            if over:  # that 429 was the window's — if the window has not taken more since: its rate, learned
-                if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
-                    self.rate_level = self._cap_accepted
-                    self.window.learn(self._cap_accepted)
-                    self.learned_count = self.window.count
-                self._not_full(f"{young + 1 if young is not None else self.limiter.running + 1} surely running since")
+            if young is not None:
+                self.seen_running(young + 1, "surely running since")
+            elif self.limiter.running + 1 > self.cap_level + _lag(self.cap_level):
+                self._refuted(f"{self.limiter.running + 1} running since")
         self.window.on_success()
         self.limiter.on_success()
+
+    def full_level(self) -> int | None:
+        """The most tasks the service can have run for us at one moment if its "full" was capacity, or None (no
+        "full" level held): the level, or more running at the 429s of its burst (their accepts may be handled
+        after its first 429), and a little for our late stamps (`_slack`)."""
+        if self.cap_level is None:
+            return None
+        level = max(self.cap_level, self._cap_high)
+        return level + _slack(level)
+
+    def seen_running(self, count: int, how: str) -> None:
+        """`count` tasks of ours were running at the service at one moment: more than a "full" level allows is
+        proof that its 429 was not capacity (`how`: the evidence, for -v)."""
+        most = self.full_level()
+        if most is not None and count > most:
+            self._refuted(f"{count} {how}")
+
+    def _refuted(self, why: str) -> None:
+        """The service ran more than the "full" level: that 429 was the window's — if the window has not taken
+        more since, its rate, learned."""
+        if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
+            self.rate_level = self._cap_accepted
+            self.window.learn(self._cap_accepted)
+            self.learned_count = self.window.count
+        self._not_full(why)
 
     def _not_full(self, why: str) -> None:
         """The "full" level was no capacity: forgotten, and the in-flight limit it cut given back (`corrected`

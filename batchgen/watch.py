@@ -100,7 +100,10 @@ class Watcher:
                 if record is None:  # no usable answer this time (429, 5xx, network)
                     self.polls.observe(task_id, None)
                     continue
-                self.polls.observe(task_id, record.finished, record.created, record.completed)
+                self.polls.observe(task_id, record.finished, record.created, record.completed, unknown=record.unknown)
+                if self.throttle.corrected is not None:  # the answer refuted a "full" reading (polls._Check)
+                    self.reporter.debug(self.throttle.corrected)
+                    self.throttle.corrected = None
                 if record.finished or self._lost(item, task_id, record):
                     return record
         finally:

@@ -267,3 +267,33 @@ async def test_a_rate_limit_first_read_as_full_is_corrected(sim_factory, tmp_pat
         assert kept["create_rate"]["learned_from"] == "rate_429" and 6 <= kept["create_rate"]["count"] <= 8, log
         (entry,) = kept["models"].values()
         assert entry["capacity"] is None, log
+
+
+async def test_a_rate_limit_read_as_full_is_found_out_by_asking_before_any_task_finishes(
+    sim_factory, tmp_path, state_home
+):
+    """Real loopback: the service takes 6 creates a second (no capacity limit) and its tasks run until released;
+    the run is told 100/1 s. Its first 429 comes with the window not full: "full at 6", by the rule. A second
+    later the service takes the other 6 without a refusal. No task finishes, so none is *surely* running by its
+    age; the run asks the tasks it holds instead, finds more running than a "full" of 6 allows, and says so in
+    `-v` — before any task finished. The service is remembered with a create rate of 6/1 s, not a capacity."""
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n} [sim:hold]" for n in range(12)])
+    async with sim_factory(rate=(6, 1.0), latency=0.3, jitter=0.0) as sim:
+        stream = io.StringIO()
+        told = dict(concurrency=40, create_rate=(100, 1.0), poll_rate=80.0, poll=PollSchedule(0.125))
+        settings = make_settings(path, tmp_path / "out", sim, **told)
+        job = asyncio.ensure_future(runner.run(settings, Reporter(stream=stream, progress=False, verbose=True)))
+        try:
+            await until(lambda: "seen running at once" in stream.getvalue(), 15.0, what="the reading was not refuted")
+            assert sim.stats.creates >= 8 and not any(sim.stats.latency.values()), "a task finished"
+        finally:
+            await until(lambda: sim.release() >= 0 and job.done(), 30.0, what="the run did not end")
+        outcome = job.result()
+        log = stream.getvalue()
+        assert outcome.exit_code == 0
+        assert "taken for capacity (the service is full): 6 tasks running" in log
+        assert "the 429 taken for capacity at 6 tasks running was the create window's" in log, log
+        kept = json.loads(memory.path_for(state_home / "batchgen", sim.api_url).read_text())
+        assert kept["create_rate"]["learned_from"] == "rate_429" and kept["create_rate"]["count"] == 6, log
+        (entry,) = kept["models"].values()
+        assert entry["capacity"] is None, log
