@@ -53,6 +53,8 @@ class FullCheck:
         self.running = 0  # members found running by a query granted after `at`
         self.added = 0  # tasks added to the scheduler so far ...
         self._opened_at = 0  # ... when the last check opened
+        self._held = 0  # members when it opened
+        self.said: str | None = None  # a check over without a refutation, for -v (the watcher says it)
 
     @property
     def open(self) -> bool:
@@ -70,7 +72,7 @@ class FullCheck:
             members = {t.task_id for t in tasks.values() if not t.fallback}
             if len(members) <= most:
                 return set()
-            self.at, self.most, self.members, self.running = now, most, members, 0
+            self.at, self.most, self.members, self.running, self._held = now, most, members, 0, len(members)
             self._opened_at = self.added
         unasked: list[Held] = []
         pending = 0
@@ -107,4 +109,9 @@ class FullCheck:
 
     def _over_unless_possible(self) -> None:
         if self.most is not None and self.running + len(self.members) <= self.most:
+            gone = self._held - self.running - len(self.members)
+            self.said = (
+                f'the "full" level held when checked: of the {self._held} tasks held, {gone} had finished (or were '
+                f"unknown there), so no more than {self.most} ran at once"
+            )
             self.most = None

@@ -783,6 +783,7 @@ def test_a_true_full_level_survives_its_check_and_the_check_costs_a_query_per_ta
     assert polls.check.running == 2
     polls.observe("new-2", False, unknown=True)  # the service does not know it (yet): no proof that it runs
     assert not polls.check.open and t.cap_level == 20  # 2 + the 20 old ones can no longer go past 22
+    assert polls.check.said is not None and "of the 23 tasks held, 1 had finished" in polls.check.said  # for -v
     for task_id in [f"old-{n:02d}" for n in range(20)]:
         polls.observe(task_id, True)
         polls.remove(task_id)

@@ -125,6 +125,31 @@ def test_tasks_finished_there_and_not_seen_here_do_not_refute_a_full_level():
     assert t.rate_level == 10 and t.window.count == 10 and t.learned_count == 10
 
 
+def test_a_full_level_read_before_its_bursts_accepts_were_handled_allows_them():
+    """A burst of creates at once: the service takes 20 and refuses the rest, but under a loaded loop the first
+    429 is handled before three of the accepted answers — "full at 17". The other 429s of that burst come with 20
+    running: 20 running later is no evidence against the level (the young rule read 19 as proof before), 23 is."""
+    clock = Clock()
+    t = Throttle(concurrency=100, create_rate=(100, 1.0), poll_rate=8, retry=RetryPolicy(), clock=clock)
+    young = 0
+    t.young = lambda: young
+    burst = t.epoch
+    accept(t, 17)
+    run_tasks(t, 17)
+    assert t.on_create_saturated(burst).kind == "capacity" and t.cap_level == 17
+    accept(t, 3)  # the burst's last accepted answers, handled after its first 429
+    run_tasks(t, 3)
+    assert t.on_create_saturated(burst) is None  # the same burst: no new reading ...
+    assert t.full_level() == 22  # ... but 20 ran at it
+    clock.advance(1.0)
+    young = 20
+    accept(t, 1)  # 21 surely running: no more than that burst had
+    assert t.cap_level == 17
+    young = 22
+    accept(t, 1)
+    assert t.cap_level is None and t.corrected is not None and "23 surely running since" in t.corrected
+
+
 def test_a_full_level_refuted_gives_the_in_flight_limit_back_and_learns_the_rate():
     """rate_unknown's first 429: told 100 creates/s, refused at 20 accepted with the window not full — capacity,
     by the rule. When the next 429 comes with fewer tasks running than that "full", it was a rate: the in-flight
