@@ -1,5 +1,5 @@
-"""The run's one throttle: in-flight AIMD limiter, create-rate window, shared cool-down, the status-query budget
-(budget.py's, held here), and the 429 bookkeeping that ties them together.
+"""The run's one throttle: in-flight AIMD limiter, shared cool-down, the create window (window.py's) and the
+status-query budget (budget.py's), held here, and the 429 bookkeeping that ties them together.
 
 Pure asyncio and arithmetic; nothing here knows HTTP. Backpressure is structural: a caller takes a slot (or a
 token) and only then starts the work, so only the allowed amount of work ever exists. A 429 slows the one
@@ -23,6 +23,7 @@ from typing import Literal
 
 from .budget import StatusBudget
 from .config import RetryPolicy
+from .window import RateWindow
 
 Clock = Callable[[], float]
 __all__ = ["Clock", "Cooldown", "Hints", "InFlightLimiter", "RateWindow", "StatusBudget", "Throttle"]
@@ -145,101 +146,6 @@ class InFlightLimiter:
                 free -= 1
 
 
-class RateWindow:
-    """At most `count` calls in any `seconds`-long window, shared by every caller.
-
-    A call counts from the moment its answer came back (`done`), not from when it was sent: the service saw it
-    somewhere in between, so stamping it on return can never undercount the service's own window. A call the
-    service dropped (429) is `forgotten`: it did not count there either.
-
-    The count is adaptive too: a 429 (the service's window is smaller than we were told) cuts it to what the
-    service accepted in the last window (or half, if none), at most once a window; each success gives back a
-    little, up to the configured count. `start` (a remembered count) is where it begins.
-    """
-
-    def __init__(
-        self,
-        count: int,
-        seconds: float,
-        *,
-        start: int | None = None,
-        adaptive: bool = True,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self.maximum = count
-        self.seconds = seconds
-        self._clock = clock
-        self._count = float(count if start is None else max(1, min(start, count)))
-        self._adaptive = adaptive
-        self._slots: list[list[float]] = []  # [stamp]; math.inf while the call is under way
-        self.waiting = 0  # callers waiting for a place (the poll scheduler's sign that more creates will come)
-        self._changed = asyncio.Event()
-        self._lock = asyncio.Lock()
-
-    @property
-    def count(self) -> int:
-        return max(1, int(self._count))
-
-    def wait_time(self) -> float | None:
-        """0 when a call may start now; else how long until one may (None: until an answer comes back)."""
-        now = self._clock()
-        self._slots = [slot for slot in self._slots if slot[0] + self.seconds > now]
-        if len(self._slots) < self.count:
-            return 0.0
-        wait = min(slot[0] for slot in self._slots) + self.seconds - now
-        return None if math.isinf(wait) else wait
-
-    def take(self) -> list[float]:
-        """Take a place now (the caller checked `wait_time() == 0`); returns the slot for `done` or `forget`."""
-        slot = [math.inf]
-        self._slots.append(slot)
-        return slot
-
-    async def acquire(self) -> list[float]:
-        """Wait until a call may start; returns its slot, for `done` or `forget`."""
-        self.waiting += 1
-        try:
-            async with self._lock:
-                while (wait := self.wait_time()) != 0:
-                    self._changed.clear()
-                    with contextlib.suppress(TimeoutError):  # asyncio.timeout: see polls.PollScheduler.run
-                        async with asyncio.timeout(wait):
-                            await self._changed.wait()
-                return self.take()
-        finally:
-            self.waiting -= 1
-
-    def done(self, slot: list[float]) -> None:
-        """The call's answer came back: it counts from now."""
-        slot[0] = self._clock()
-        self._changed.set()
-
-    def forget(self, slot: list[float]) -> None:
-        """The service dropped the call (429): it takes no place in the window."""
-        slot[0] = -math.inf
-        self._changed.set()
-
-    def accepted(self) -> int:
-        """Calls the service accepted in the last window (answered, not dropped)."""
-        now = self._clock()
-        return sum(1 for slot in self._slots if now - self.seconds < slot[0] <= now)
-
-    def on_saturated(self) -> None:
-        """A rate 429: the service accepts no more than it accepted in the last window (or half, if none)."""
-        if not self._adaptive:
-            return
-        self.learn(self.accepted())
-
-    def learn(self, accepted: int) -> None:
-        """The service accepts no more than `accepted` creates a window (none known: half)."""
-        if self._adaptive:
-            self._count = max(1.0, min(self._count, float(accepted)) if accepted else self._count / 2)
-
-    def on_success(self) -> None:
-        if self._adaptive and self._count < self.maximum:
-            self._count = min(float(self.maximum), self._count + 1 / max(1.0, self._count))
-
-
 class Cooldown:
     """One shared pause after 429s: the retry policy's backoff, or the server's Retry-After when it sends one."""
 
@@ -336,6 +242,8 @@ class Throttle:
         self.cap_level: int | None = None  # tasks running at this run's last capacity 429
         self.learned_count: int | None = None  # the create window's count after the last rate 429 cut it
         self._cap_accepted = 0  # creates accepted in the window at the 429 that set `cap_level`
+        self._cap_high = 0  # the most tasks running at the 429s of that 429's burst (sent before it: `_cap_epoch`)
+        self._cap_epoch = -1
         self._limit_before_cap: float | None = None  # the in-flight limit before an unconfirmed "full" cut it
         # The tasks the service surely still runs (younger than its fastest finish; the poll scheduler's count), or
         # None: the limiter's count also holds tasks finished there and not yet seen here.
@@ -357,12 +265,16 @@ class Throttle:
         # Under the window's level: full, when as many run as at its last "full"; with fewer, its window is smaller.
         return "capacity" if crowded else "rate"
 
-    def on_create_saturated(self, epoch: int, retry_after: float | None = None) -> Verdict | None:
-        """A createTask 429 for a call sent in `epoch`: what it was taken for and the pause everyone takes now,
-        or None when this 429 belongs to a burst that was answered already."""
+    def on_create_saturated(
+        self, epoch: int, retry_after: float | None = None, slot: list[float] | None = None
+    ) -> Verdict | None:
+        """A createTask 429 for a call sent in `epoch` (its create-window `slot`, when known): what it was taken for
+        and the pause everyone takes now, or None when this 429 belongs to a burst that was answered already."""
         if epoch < self.epoch and retry_after is None:
+            if self.epoch == self._cap_epoch:  # the burst of the 429 that set the "full" level: its accepts
+                self._cap_high = max(self._cap_high, self.limiter.running)  # may be handled after that 429
             return None
-        accepted, running = self.window.accepted(), self.limiter.running
+        accepted, running = self.window.accepted(slot), self.limiter.running
         kind = self.classify(accepted, running)
         self.verdicts[kind] += 1
         self.last_kind = kind
@@ -376,8 +288,9 @@ class Throttle:
                 self._limit_before_cap = float(self.limiter.limit)
             # Our count of tasks running is at least the service's (its finishes reach us late): the lowest count
             # at a "full" is the closest to its capacity.
-            level = max(1, running if self.cap_level is None else min(running, self.cap_level))
-            self.cap_level, self._cap_accepted = level, accepted
+            if self.cap_level is None or running < self.cap_level:  # this reading sets the level
+                self._cap_accepted, self._cap_high, self._cap_epoch = accepted, running, self.epoch
+            self.cap_level = max(1, running if self.cap_level is None else min(running, self.cap_level))
             self.limiter.cap = float(self.cap_level) if again else None
             self.limiter.on_saturated(running)
         if kind != "capacity":
@@ -385,7 +298,7 @@ class Throttle:
                 self._not_full(f"refused again with {running} running")  # not full, then or now
             self.strikes += 1
             self.rate_level = max(1, accepted)
-            self.window.on_saturated()
+            self.window.learn(accepted)
             self.learned_count = self.window.count
             if self.strikes > 1:
                 pause = self.cooldown.trigger(self.strikes - 1, retry_after)
@@ -398,21 +311,39 @@ class Throttle:
         if self.cap_level is not None:
             # Ran more than the "full" level without a refusal? Our count of tasks running is ahead of the
             # service's by its finishes not seen yet (`_lag`); the tasks younger than its fastest finishes
-            # (`young`, with the one just created) surely run there, but for our late stamps (`_slack`).
+            # (`young`, with the one just created) surely run there.
             young = self.young()
-            over = (
-                young + 1 > self.cap_level + _slack(self.cap_level)
-                if young is not None
-                else self.limiter.running + 1 > self.cap_level + _lag(self.cap_level)
-            )
-            if over:  # that 429 was the window's — if the window has not taken more since: its rate, learned
-                if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
-                    self.rate_level = self._cap_accepted
-                    self.window.learn(self._cap_accepted)
-                    self.learned_count = self.window.count
-                self._not_full(f"{young + 1 if young is not None else self.limiter.running + 1} surely running since")
+            if young is not None:
+                self.seen_running(young + 1, "surely running since")
+            elif self.limiter.running + 1 > self.cap_level + _lag(self.cap_level):
+                self._refuted(f"{self.limiter.running + 1} running since")
         self.window.on_success()
         self.limiter.on_success()
+
+    def full_level(self) -> int | None:
+        """The most tasks the service can have run for us at one moment if its "full" was capacity, or None (no
+        "full" level held): the level, or more running at the 429s of its burst (their accepts may be handled
+        after its first 429), and a little for our late stamps (`_slack`)."""
+        if self.cap_level is None:
+            return None
+        level = max(self.cap_level, self._cap_high)
+        return level + _slack(level)
+
+    def seen_running(self, count: int, how: str) -> None:
+        """`count` tasks of ours were running at the service at one moment: more than a "full" level allows is
+        proof that its 429 was not capacity (`how`: the evidence, for -v)."""
+        most = self.full_level()
+        if most is not None and count > most:
+            self._refuted(f"{count} {how}")
+
+    def _refuted(self, why: str) -> None:
+        """The service ran more than the "full" level: that 429 was the window's — if the window has not taken
+        more since, its rate, learned."""
+        if self.rate_level is None and self.window.accepted() <= self._cap_accepted + 1:
+            self.rate_level = self._cap_accepted
+            self.window.learn(self._cap_accepted)
+            self.learned_count = self.window.count
+        self._not_full(why)
 
     def _not_full(self, why: str) -> None:
         """The "full" level was no capacity: forgotten, and the in-flight limit it cut given back (`corrected`

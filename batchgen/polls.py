@@ -14,6 +14,9 @@ second, whatever the number of tasks in flight). The rules:
   eighth of the median. When the remembered service agrees with this run and the median is estimated (not a
   stand-in), a ninth, and a task is first asked half a gap after the low end: the few finishes below the low
   end are then not found a whole gap late (on a slow night, 120 +/- 60 s, they and the eighth set the p95).
+- **A "full" reading is checked by asking.** While a first 429 read as "full" is unconfirmed and this run holds
+  more tasks than it allows, the oldest are asked at once (fullcheck.py): found running, more than the level
+  allows, it was the create window's.
 - **Outliers back off.** A task older than the slowest latency seen (the 95th percentile) is asked less and
   less often as it ages, as the family advises for old tasks.
 - **Learn from this run.** Latencies come from the tasks this run created (never a resumed one), the tasks
@@ -38,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import PollSchedule
+from .fullcheck import FullCheck
 from .latency import MIN_FINISHED as MIN_FINISHED  # memory.py's, as before latency.py
 from .latency import LatencyModel
 from .latency import Quantiles as Quantiles
@@ -93,6 +97,8 @@ class PollScheduler:
         self._last_probe: float | None = None
         self.wakeup: float | None = None  # when the last `grant` found the next query may be due
         self.full = False  # the service is full and items wait for a slot: a task is first asked at the low end
+        self.check = FullCheck(throttle)  # a "full" level checked by asking the tasks held (fullcheck.py)
+        self._forced: set[str] = set()  # the tasks it asks at once
         self._changed = asyncio.Event()
 
     # ---------------------------------------------------------------- what the engine tells us
@@ -105,6 +111,7 @@ class PollScheduler:
         now = self.clock()
         sent = None if resumed else now - (sent_ago or 0.0)
         self._tasks[task_id] = _Task(task_id, None if resumed else now, fallback, resumed, sent=sent)
+        self.check.added += 1
         self._changed.set()
 
     def ready(self, task_id: str) -> None:
@@ -124,6 +131,7 @@ class PollScheduler:
     def remove(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
         self.model.forget(task_id)
+        self.check.removed(task_id)
         self._changed.set()
 
     def wake(self, task_id: str) -> bool:
@@ -136,16 +144,24 @@ class PollScheduler:
         return True
 
     def observe(
-        self, task_id: str, finished: bool | None, created: float | None = None, completed: float | None = None
+        self,
+        task_id: str,
+        finished: bool | None,
+        created: float | None = None,
+        completed: float | None = None,
+        *,
+        unknown: bool = False,
     ) -> None:
         """What a granted query said: `finished` True/False, or None when there was no usable answer; the
-        service's createTime/completeTime (Unix seconds) when it sent them."""
+        service's createTime/completeTime (Unix seconds) when it sent them; `unknown`: the service did not know
+        the task (not finished, but no proof it runs)."""
         task = self._tasks.get(task_id)
         if task is None:
             return
         now = self.clock()
         if task.created is None and created is not None:
             task.created = now - max(0.0, self.wall() - created)  # a resumed task: its age from the service
+        self.check.answered(task, finished, unknown)
         if finished is None or task.created is None or task.resumed:
             return  # a task from an earlier run never counts toward latency: its age is not its latency
         if finished:
@@ -163,6 +179,8 @@ class PollScheduler:
         schedule; a cold probe may)."""
         if task.woken or task.created is None:
             return -math.inf
+        if task.task_id in self._forced:
+            return -math.inf  # a "full" level is checked: asked at once
         if known is None:
             return math.inf  # cold: only the probe asks
         gap = max(self.floor, GAP_SHARE * known.median)
@@ -233,6 +251,7 @@ class PollScheduler:
         known = self.model.quantiles()
         tail_gap = self._tail_gap(now, known)
         self.full = self.throttle.cap_level is not None and self.throttle.limiter.waiting > 0
+        self._forced = self.check.asks(now, self._tasks)
         times = [(self.due(t, known, tail_gap), t) for t in self._tasks.values() if t.waiting]
         return (times, *self._probe(now, known))
 

@@ -171,7 +171,7 @@ class Submitter:
                 return None  # a duplicate task id: failed and reported
             except RateLimited as exc:
                 self._give_back()
-                if self._saturated(exc, epoch):
+                if self._saturated(exc, epoch, slot):
                     await self.throttle.limiter.requeue()  # the service is full: wait for one of ours to finish
                 saturated += 1
                 if saturated >= SATURATION_ATTEMPTS:
@@ -269,6 +269,7 @@ class Submitter:
             self.ledger.submit_unsent(item.id)
             raise
         sent = time.monotonic()
+        self.throttle.window.leaving(slot)
         try:
             task_id = await self.client.create_task(body, callback)
         except RateLimited:
@@ -317,12 +318,13 @@ class Submitter:
         self.sent[task_id] = sent  # the service created it after this: the watcher's lower bound on its birth
         return task_id
 
-    def _saturated(self, exc: RateLimited, epoch: int) -> bool:
-        """A createTask 429: the throttle slows everyone down at once (see limits.Throttle). Whether the service
-        was taken to be full (at its capacity): then the refused item gives its in-flight slot back."""
+    def _saturated(self, exc: RateLimited, epoch: int, slot: list[float]) -> bool:
+        """A createTask 429 for the call of create-window `slot`: the throttle slows everyone down at once (see
+        limits.Throttle). Whether the service was taken to be full (at its capacity): then the refused item gives
+        its in-flight slot back."""
         self.counters.rate_limited += 1
         t = self.throttle
-        verdict = t.on_create_saturated(epoch, exc.retry_after)
+        verdict = t.on_create_saturated(epoch, exc.retry_after, slot)
         if verdict is None:  # a 429 of a burst answered already: the same reading as the last one
             return t.last_kind not in (None, "rate")
         taken = {"capacity": "capacity (the service is full)", "rate": "rate", "both": "capacity and rate"}
@@ -331,7 +333,7 @@ class Submitter:
             t.corrected = None
         self.reporter.debug(
             f"service saturated (429), taken for {taken[verdict.kind]}: {verdict.running} tasks running, "
-            f"{verdict.accepted} creates accepted in the last {t.window.seconds:g} s; in-flight limit "
+            f"{verdict.accepted} creates accepted in the {t.window.seconds:g} s window it met; in-flight limit "
             f"{t.limiter.limit}, create window {t.window.count}/{t.window.seconds:g} s"
             + (" (kept)" if verdict.kind == "capacity" else "")
             + (f", pause {verdict.pause:.1f} s" if verdict.pause else "")

@@ -100,12 +100,22 @@ class Watcher:
                 if record is None:  # no usable answer this time (429, 5xx, network)
                     self.polls.observe(task_id, None)
                     continue
-                self.polls.observe(task_id, record.finished, record.created, record.completed)
+                self.polls.observe(task_id, record.finished, record.created, record.completed, unknown=record.unknown)
+                self._say_checked()
                 if record.finished or self._lost(item, task_id, record):
                     return record
         finally:
             self.limiter.ended()  # the one count of tasks in flight, the limiter's: this one left it
             self.polls.remove(task_id)
+
+    def _say_checked(self) -> None:
+        """-v: what an answer did to a "full" reading (fullcheck.py): refuted it, or ended a check that held."""
+        if self.throttle.corrected is not None:
+            self.reporter.debug(self.throttle.corrected)
+            self.throttle.corrected = None
+        if self.polls.check.said is not None:
+            self.reporter.debug(self.polls.check.said)
+            self.polls.check.said = None
 
     def wake(self, task_id: str) -> None:
         """A callback says this task may be finished: ask recordInfo now rather than at the next poll."""

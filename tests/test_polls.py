@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from batchgen import memory
-from batchgen.config import PollSchedule
+from batchgen.config import PollSchedule, RetryPolicy
 from batchgen.latency import LatencyModel, Quantiles, kaplan_meier, quantile
-from batchgen.limits import Hints, StatusBudget
+from batchgen.limits import Hints, StatusBudget, Throttle
 from batchgen.polls import GAP_SHARE, TAIL_GAP_SHARE, TAIL_GAP_SHARE_KNOWN, PollScheduler
 
 from .helpers import Clock, accept, run_tasks, throttle
@@ -712,3 +712,87 @@ def test_a_task_counts_as_surely_running_from_when_its_create_left_not_when_the_
     polls.add("prompt", sent_ago=0.0)
     clock.advance(0.2)
     assert polls.young() == 1  # "late" is 0.6 s old at the service at least: maybe finished, not surely running
+
+
+# ---------------------------------------------------------------- a "full" level checked by asking
+
+
+def full_night(clock: Clock) -> tuple[PollScheduler, Throttle]:
+    """rate_unknown's first second on a hand clock: told 100 creates/s, the service took 20 and refused the rest
+    with the window not full — "full at 20", by the rule. Nothing is known of latencies yet."""
+    t = Throttle(concurrency=100, create_rate=(100, 1.0), poll_rate=80, retry=RetryPolicy(), clock=clock)
+    polls = PollScheduler(t, PollSchedule(0.25), clock=clock)
+    t.young = polls.young
+    accept(t, 20)
+    run_tasks(t, 20)
+    for n in range(20):
+        polls.add(f"old-{n:02d}")
+        polls.ready(f"old-{n:02d}")
+        clock.advance(0.001)
+    assert t.on_create_saturated(t.epoch).kind == "capacity" and t.limiter.limit == 20 and t.limiter.cap is None
+    clock.advance(1.0)
+    return polls, t
+
+
+def three_more(polls: PollScheduler, t: Throttle) -> None:
+    """A second later the service took 3 more, none of the first 20 seen finished: 23 tasks held, more than the
+    level allows (20 and a tenth)."""
+    for n in range(3):
+        accept(t, 1)
+        run_tasks(t, 1)
+        polls.add(f"new-{n}")
+        polls.ready(f"new-{n}")
+
+
+def test_a_full_level_is_checked_by_asking_the_tasks_held_and_refuted_when_more_still_run():
+    """Before a first finish no task is *surely* running by its age, so nothing refuted the reading for ~1.5 s
+    (the cold start asks one task at a time). Holding more than the level allows, the run asks the tasks it holds
+    at once: a task found running after that moment was running at it. 23 of them are more than a "full" of 20
+    allows: its 429 was the window's — the in-flight limit is given back and the window learns the rate."""
+    clock = Clock()
+    polls, t = full_night(clock)
+    three_more(polls, t)
+    granted = polls.grant()
+    assert sorted(granted) == sorted([f"old-{n:02d}" for n in range(20)] + [f"new-{n}" for n in range(3)])
+    for task_id in granted[:-1]:
+        polls.observe(task_id, False)
+    assert t.cap_level == 20  # 22 seen running: no more than the level allows
+    polls.observe(granted[-1], False)
+    assert t.cap_level is None and t.limiter.limit == 100
+    assert t.window.count == 20 and t.learned_count == 20  # that 429 came with 20 accepted in the window
+    assert t.corrected is not None and "23 seen running at once" in t.corrected
+
+
+def test_a_true_full_level_survives_its_check_and_the_check_costs_a_query_per_task_at_most():
+    """The same night against a service that is full at 20: the first 20 had finished there, unseen. Asked, they
+    say so (slots seen free: under capacity, the next creates); the level holds. Only answers to queries granted
+    after the check opened count, and a task the service does not know is no proof that it runs."""
+    clock = Clock()
+    polls, t = full_night(clock)
+    assert polls.grant() == ["old-00"]  # the cold probe, before the check: its answer comes after it opened
+    clock.advance(0.001)
+    three_more(polls, t)
+    granted = polls.grant()
+    assert polls.check.open and len(granted) == 22 and "old-00" not in granted
+    polls.observe("old-00", False)  # running — but asked before the check opened: it proves nothing then
+    assert polls.check.running == 0
+    polls.ready("old-00")
+    assert polls.grant() == ["old-00"]  # asked again by the check
+    for task_id in ("new-0", "new-1"):
+        polls.observe(task_id, False)
+    assert polls.check.running == 2
+    polls.observe("new-2", False, unknown=True)  # the service does not know it (yet): no proof that it runs
+    assert not polls.check.open and t.cap_level == 20  # 2 + the 20 old ones can no longer go past 22
+    assert polls.check.said is not None and "of the 23 tasks held, 1 had finished" in polls.check.said  # for -v
+    for task_id in [f"old-{n:02d}" for n in range(20)]:
+        polls.observe(task_id, True)
+        polls.remove(task_id)
+        t.limiter.ended()
+    assert t.cap_level == 20 and t.corrected is None
+    clock.advance(0.01)
+    assert polls.grant() == []  # the check is over: the tasks held are not asked again at once
+    accept(t, 1)
+    run_tasks(t, 1)
+    polls.add("new-3")
+    polls.ready("new-3")
+    assert polls.grant() == [] and not polls.check.open  # 4 held: fewer than the level allows, nothing to check

@@ -125,6 +125,31 @@ def test_tasks_finished_there_and_not_seen_here_do_not_refute_a_full_level():
     assert t.rate_level == 10 and t.window.count == 10 and t.learned_count == 10
 
 
+def test_a_full_level_read_before_its_bursts_accepts_were_handled_allows_them():
+    """A burst of creates at once: the service takes 20 and refuses the rest, but under a loaded loop the first
+    429 is handled before three of the accepted answers — "full at 17". The other 429s of that burst come with 20
+    running: 20 running later is no evidence against the level (the young rule read 19 as proof before), 23 is."""
+    clock = Clock()
+    t = Throttle(concurrency=100, create_rate=(100, 1.0), poll_rate=8, retry=RetryPolicy(), clock=clock)
+    young = 0
+    t.young = lambda: young
+    burst = t.epoch
+    accept(t, 17)
+    run_tasks(t, 17)
+    assert t.on_create_saturated(burst).kind == "capacity" and t.cap_level == 17
+    accept(t, 3)  # the burst's last accepted answers, handled after its first 429
+    run_tasks(t, 3)
+    assert t.on_create_saturated(burst) is None  # the same burst: no new reading ...
+    assert t.full_level() == 22  # ... but 20 ran at it
+    clock.advance(1.0)
+    young = 20
+    accept(t, 1)  # 21 surely running: no more than that burst had
+    assert t.cap_level == 17
+    young = 22
+    accept(t, 1)
+    assert t.cap_level is None and t.corrected is not None and "23 surely running since" in t.corrected
+
+
 def test_a_full_level_refuted_gives_the_in_flight_limit_back_and_learns_the_rate():
     """rate_unknown's first 429: told 100 creates/s, refused at 20 accepted with the window not full — capacity,
     by the rule. When the next 429 comes with fewer tasks running than that "full", it was a rate: the in-flight
@@ -141,6 +166,33 @@ def test_a_full_level_refuted_gives_the_in_flight_limit_back_and_learns_the_rate
     assert verdict is not None and verdict.kind == "rate"
     assert t.limiter.limit >= 99  # given back (it stayed at 20 and climbed one slot per create)
     assert t.window.count == 20 and t.learned_count == 20 and t.cap_level is None
+
+
+def test_a_rate_429_is_read_against_the_window_its_call_was_sent_into():
+    """rate_unknown's windows: the service takes 20 creates a second; the window, climbed back to 21, sends a 21st
+    as the oldest of the last 20 leaves it. Its 429 is handled 60 ms later (a busy loop): by then six more of those
+    20 have left the window counted from the answer — read so, the service "accepted 14" (a window cut to 14, or
+    with no level known yet, a "full"). Read against the window the call met, it accepted 20: the rate, learned."""
+    clock = Clock(1000.0)
+    t = Throttle(concurrency=100, create_rate=(21, 1.0), poll_rate=8, retry=RetryPolicy(), clock=clock)
+    for _ in range(20):  # the last window's 20, answered 10 ms apart
+        accept(t, 1)
+        clock.advance(0.01)
+    run_tasks(t, 20)
+    clock.now = 1001.001  # the oldest (1000.00) has left the window: two calls may go
+    assert t.window.wait_time() == 0
+    taken, refused = t.window.take(), t.window.take()
+    t.window.leaving(taken)
+    clock.advance(0.001)
+    t.window.leaving(refused)  # the service: 19 of the last window and `taken` — full
+    clock.advance(0.001)
+    t.window.done(taken)
+    t.on_create_success()
+    clock.advance(0.06)  # the 429's answer is handled late
+    t.window.forget(refused)
+    verdict = t.on_create_saturated(t.epoch, slot=refused)
+    assert verdict is not None and verdict.kind == "rate" and verdict.accepted == 20
+    assert t.window.count == 20 and t.learned_count == 20
 
 
 async def test_an_unconfirmed_full_level_is_probed_once_calm_without_waiting_for_a_finish():
@@ -238,5 +290,35 @@ async def test_a_rate_limit_first_read_as_full_is_corrected(sim_factory, tmp_pat
         assert "was the create window's" in log, log
         kept = json.loads(memory.path_for(state_home / "batchgen", sim.api_url).read_text())
         assert kept["create_rate"]["learned_from"] == "rate_429" and 6 <= kept["create_rate"]["count"] <= 8, log
+        (entry,) = kept["models"].values()
+        assert entry["capacity"] is None, log
+
+
+async def test_a_rate_limit_read_as_full_is_found_out_by_asking_before_any_task_finishes(
+    sim_factory, tmp_path, state_home
+):
+    """Real loopback: the service takes 6 creates a second (no capacity limit) and its tasks run until released;
+    the run is told 100/1 s. Its first 429 comes with the window not full: "full at 6", by the rule. A second
+    later the service takes the other 6 without a refusal. No task finishes, so none is *surely* running by its
+    age; the run asks the tasks it holds instead, finds more running than a "full" of 6 allows, and says so in
+    `-v` — before any task finished. The service is remembered with a create rate of 6/1 s, not a capacity."""
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n} [sim:hold]" for n in range(12)])
+    async with sim_factory(rate=(6, 1.0), latency=0.3, jitter=0.0) as sim:
+        stream = io.StringIO()
+        told = dict(concurrency=40, create_rate=(100, 1.0), poll_rate=80.0, poll=PollSchedule(0.125))
+        settings = make_settings(path, tmp_path / "out", sim, **told)
+        job = asyncio.ensure_future(runner.run(settings, Reporter(stream=stream, progress=False, verbose=True)))
+        try:
+            await until(lambda: "seen running at once" in stream.getvalue(), 15.0, what="the reading was not refuted")
+            assert sim.stats.creates >= 8 and not any(sim.stats.latency.values()), "a task finished"
+        finally:
+            await until(lambda: sim.release() >= 0 and job.done(), 30.0, what="the run did not end")
+        outcome = job.result()
+        log = stream.getvalue()
+        assert outcome.exit_code == 0
+        assert "taken for capacity (the service is full): 6 tasks running" in log
+        assert "the 429 taken for capacity at 6 tasks running was the create window's" in log, log
+        kept = json.loads(memory.path_for(state_home / "batchgen", sim.api_url).read_text())
+        assert kept["create_rate"]["learned_from"] == "rate_429" and kept["create_rate"]["count"] == 6, log
         (entry,) = kept["models"].values()
         assert entry["capacity"] is None, log
