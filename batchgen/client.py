@@ -65,40 +65,24 @@ REDIRECTS = (301, 302, 303, 307, 308)
 # A createTask never goes out on a connection idle for longer than this (SPEC §1a): a server or a gateway may
 # close an idle keep-alive connection at any moment after ~1 s (nginx's keepalive_timeout can be that short), and
 # a request written into a connection the other side is closing is lost after its bytes left: in doubt, perhaps
-# paid. aiohttp reuses a pooled connection only if idle <= keepalive_timeout (TCPConnector._get).
+# paid. aiohttp reuses a pooled connection only if idle <= keepalive_timeout (TCPConnector._get), so status
+# queries at 8/s still share connections, and an idle one is closed rather than reused.
 KEEPALIVE = 0.9
-# Status queries and result files (GETs, paying nothing) have a pool of their own, kept this long (aiohttp's
-# default): polled every 1-2 s, they reuse connections instead of opening one a query (a TCP handshake, a transport
-# and its close each). A GET written into a closing connection aiohttp sends again on a new one, once.
-READ_KEEPALIVE = 15.0
 
 
 @asynccontextmanager
-async def open_session(
-    timeouts: Timeouts, tls: ssl.SSLContext | None = None, keepalive: float = KEEPALIVE, jar: Any = None
-) -> AsyncIterator[aiohttp.ClientSession]:
-    """A ClientSession with the run's one TLS context. No default headers: the key is added per API call only.
-    trust_env stays False: with it aiohttp reads ~/.netrc (and a matching entry breaks every call); proxies are
-    chosen per request from the run's settings instead (proxies.proxy_for)."""
-    connector = aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, keepalive_timeout=keepalive, ssl=tls or True)
+async def open_session(timeouts: Timeouts, tls: ssl.SSLContext | None = None) -> AsyncIterator[aiohttp.ClientSession]:
+    """The run's one ClientSession, with the run's one TLS context. No default headers: the key is added per API
+    call only. trust_env stays False: with it aiohttp reads ~/.netrc (and a matching entry breaks every call);
+    proxies are chosen per request from the run's settings instead (proxies.proxy_for)."""
+    connector = aiohttp.TCPConnector(
+        limit=64, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE, ssl=tls if tls is not None else True
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.api_read)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False, cookie_jar=jar
+        connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=False
     ) as session:
         yield session
-
-
-@asynccontextmanager
-async def open_sessions(
-    timeouts: Timeouts, tls: ssl.SSLContext | None = None
-) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientSession]]:
-    """The run's two sessions, createTask's (KEEPALIVE) and the GETs' (READ_KEEPALIVE), with one cookie jar."""
-    jar = aiohttp.CookieJar()
-    async with (
-        open_session(timeouts, tls, KEEPALIVE, jar) as creates,
-        open_session(timeouts, tls, READ_KEEPALIVE, jar) as reads,
-    ):
-        yield creates, reads
 
 
 async def _bounded_text(response: aiohttp.ClientResponse, path: str) -> str:
@@ -126,11 +110,8 @@ class Client:
         key: Secret,
         timeouts: Timeouts,
         proxy: ProxySettings | None = None,
-        *,
-        reads: aiohttp.ClientSession | None = None,
     ) -> None:
-        self._session = session  # createTask's (see KEEPALIVE)
-        self._reads = reads or session  # recordInfo's and the result files' (see READ_KEEPALIVE)
+        self._session = session
         self._base = api_base.rstrip("/")
         self._key = key
         self._timeouts = timeouts
@@ -177,9 +158,7 @@ class Client:
         comes back with state UNKNOWN: just created and not visible yet, or forgotten. Only a 404 that shows
         the API itself is missing (an HTML page) is a UsageError."""
         seen_before = self.json_seen
-        status, headers, text = await self._request(
-            "GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id}, session=self._reads
-        )
+        status, headers, text = await self._request("GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id})
         if status == 404 and not seen_before and not self.json_seen:  # an HTML or empty 404: no API here
             raise UsageError(f"recordInfo answered HTTP 404{page_kind(headers, text)}: is --api-base right?")
         if status == 404:
@@ -205,14 +184,13 @@ class Client:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         bound: aiohttp.ClientTimeout | None = None,
-        session: aiohttp.ClientSession | None = None,
     ) -> tuple[int, Mapping[str, str], str]:
         """One API call: (status, headers, body text). Transport failures become TransportError, masked."""
         headers = {"Authorization": f"Bearer {self._key.value}", "Accept": "application/json"}
         url = self._base + path
         limit = self._timeouts.create if bound is not None else self._timeouts.api_read
         try:
-            async with (session or self._session).request(
+            async with self._session.request(
                 method,
                 url,
                 json=json_body,
@@ -334,7 +312,7 @@ class Client:
         """GET `url`, following up to MAX_REDIRECTS redirects ourselves: each hop gets its own proxy decision (a
         CDN may send us to a host that NO_PROXY lists), and no hop may carry the key or leave http(s)."""
         for _ in range(MAX_REDIRECTS + 1):
-            async with self._reads.get(
+            async with self._session.get(
                 url, timeout=bound, allow_redirects=False, proxy=proxy_for(url, self._proxy)
             ) as response:
                 if response.status == 407:

@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from . import decisions, manifest, models, names, prices, rolls, sheet
 from .callbacks import CallbackReceiver, parse_listen
-from .client import Client, open_sessions
+from .client import Client, open_session
 from .config import RunSettings, Secret, holds_secret, is_loopback
 from .endactions import first_failures
 from .engine import Engine
@@ -107,10 +107,10 @@ async def _run(settings: RunSettings, reporter: Reporter, stop: _Stop, hold: Loc
             return outcome
         async with (
             _service(settings, reporter) as (api_base, key),
-            open_sessions(settings.timeouts, _tls(settings)) as (session, reads),
+            open_session(settings.timeouts, _tls(settings)) as session,
             _callbacks(settings, reporter) as receiver,
         ):
-            client = Client(session, api_base, key, settings.timeouts, settings.proxy, reads=reads)
+            client = Client(session, api_base, key, settings.timeouts, settings.proxy)
             callback_url = receiver.url_for(settings.callback_url) if receiver else settings.callback_url
             engine = Engine(settings, items, plan, ledger, client, reporter, callback_url=callback_url, stems=stems)
             if receiver is not None:
