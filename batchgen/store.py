@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Self
@@ -186,15 +188,14 @@ class Store:
     async def _flush(self) -> None:
         upto = self._written
         copy = os.dup(self._journal_fd)  # a snapshot may swap the journal meanwhile: fsync what was written
-
-        def sync_and_close() -> None:
-            try:
-                self._fsync(copy)
-            finally:
-                os.close(copy)
-
+        # The journal's own thread does the fsync alone: each system call there lets go of the GIL, and taking it
+        # back from the busy event loop is a handover (futexes, context switches). The duplicate is closed here
+        # once the fsync is over (nothing of the file is left to write then: the close cannot block), even if this
+        # is cancelled: closed under the thread, its number could be another file's by then.
+        job = asyncio.get_running_loop().run_in_executor(_JOURNAL_THREAD, self._fsync, copy)
+        job.add_done_callback(functools.partial(_close_after, copy))
         try:
-            await asyncio.to_thread(sync_and_close)
+            await asyncio.shield(job)
         except StorageError as exc:
             self._broken = exc
             raise
@@ -363,6 +364,19 @@ def _write_all(fd: int, data: bytes, folder: Path) -> None:
             f"cannot write the journal in {folder}: the disk took {written} of {len(data)} bytes (full?); "
             "the ledger is intact: free some space and rerun to continue"
         )
+
+
+# The journal's fsyncs have a thread of their own (one flush is under way at a time: one thread), never the
+# default executor's: asyncio runs every DNS lookup there, and a hung lookup must never hold a "submitting" record
+# or a task id from the disk. Its thread starts at the first flush and idles between them.
+_JOURNAL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-journal")
+
+
+def _close_after(fd: int, job: asyncio.Future[None]) -> None:
+    """A flush's duplicate descriptor closed once its fsync is over; the outcome read (see _retrieve)."""
+    os.close(fd)
+    if not job.cancelled():
+        job.exception()
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

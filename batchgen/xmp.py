@@ -36,7 +36,7 @@ PNG_KEYWORD = b"XML:com.adobe.xmp"
 JPEG_XMP_ID = b"http://ns.adobe.com/xap/1.0/\x00"
 MAX_JPEG_PACKET = 65_000  # an APP1 segment holds 65,533 bytes: the namespace id, then the packet
 PACKET_ID = "W5M0MpCehiHzreSzNTczkc9d"  # XMP's fixed packet id
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_NOT_XML = "[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"  # compiled when first used (~3.5 ms)
 
 for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
@@ -48,7 +48,7 @@ def _q(prefix: str, name: str) -> str:
 
 def _clean(text: str) -> str:
     """Text an XML 1.0 document can hold: control characters and the like become U+FFFD."""
-    return _NOT_XML.sub("\ufffd", text)
+    return re.sub(_NOT_XML, "\ufffd", text)
 
 
 def packet(*, prompt: str, model: str, created: str, tool: str | None = None) -> bytes:
