@@ -54,6 +54,11 @@ class _Twice(ValueError):
 
 
 def read(path: Path, limit: int, written: object = None) -> Any:
+    """`read_stamped`'s document."""
+    return read_stamped(path, limit, written)[0]
+
+
+def read_stamped(path: Path, limit: int, written: object = None) -> tuple[Any, bool]:
     """The JSON document in the file at `path`: what `json.loads` of its text (UTF-8, an optional BOM) gives,
     raising what it raises (ValueError, UnicodeDecodeError, RecursionError; OSError for the file: files.NotRegular
     for a FIFO or a device planted at its name, files.TooLarge past `limit`), and DuplicateKey (a ValueError) for
@@ -62,9 +67,10 @@ def read(path: Path, limit: int, written: object = None) -> Any:
     `written`: the `stamp` the writer took of the file it made (its journal's header keeps it). The file opened
     still bearing it is that file, which holds no key twice (the writer's layout cannot), so its pieces are read
     without looking for one: a quarter of the read's time for 100,000 items. Any other file — edited, copied,
-    restored, replaced — is read key by key."""
+    restored, replaced — is read key by key. The flag: whether the file read was the one `written` describes."""
     with open_regular(path, limit) as handle:
-        document = _in_pieces(handle, BLOCK, strict=written is None or _identity(os.fstat(handle.fileno())) != written)
+        stamped = written is not None and _identity(os.fstat(handle.fileno())) == written
+        document = _in_pieces(handle, BLOCK, strict=not stamped)
         if document is None:
             handle.seek(0)
             data = handle.read(limit + 1)
@@ -73,7 +79,7 @@ def read(path: Path, limit: int, written: object = None) -> Any:
             text = data.decode("utf-8-sig")
             del data  # the bytes freed before parsing: a 100,000-item ledger's peak is ~50 MB lower
             document = strict_loads(text)
-    return document
+    return document, stamped
 
 
 def stamp(path: Path) -> list[int]:

@@ -216,3 +216,19 @@ async def test_only_the_file_its_writer_stamped_skips_the_key_by_key_check(sim_f
     assert path.stat().st_ino == before.st_ino and path.stat().st_size == before.st_size
     with pytest.raises(snapshots.DuplicateKey, match='"item-00" appears twice'):
         snapshots.read(path, LEDGER_LIMIT, header["snapshot"])
+
+
+async def test_a_record_edited_in_place_keeping_the_size_is_checked_again(sim_factory, tmp_path):
+    # The file still bearing its writer's stamp skips the record check too (its records passed on their way in);
+    # an edit in place that keeps the inode and the size changes the time, so the record is checked: damaged.
+    from batchgen import records
+
+    async with sim_factory() as sim:
+        out = await _finished(sim, tmp_path, snapshots=2)
+    assert records.load(out).damaged is None
+    path = out / "results.json"
+    with path.open("r+b") as handle:
+        data = handle.read()
+        handle.seek(0)
+        handle.write(data.replace(b'"state": "succeeded"', b'"state": "succeedex"', 1))
+    assert 'state is "succeedex"' in (records.load(out).damaged or "")
