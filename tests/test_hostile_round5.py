@@ -1,0 +1,96 @@
+"""Hostile round 5: the writer's stamp that lets a resume skip the key-by-key duplicate check (ATTACKS 1 "money",
+8 "learned state": the journal header is remembered state about a file anyone can change).
+
+Real runs of the CLI in a subprocess against the simulator on loopback, real files, the simulator's count of
+createTask calls as the proof that nothing was paid again."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from batchgen import snapshots
+from batchgen.records import LEDGER_LIMIT
+
+from .helpers import BATCHGEN, cli, manifest_of, results, run_args
+
+PROMPTS = ["a fox in the snow", "an owl at dusk"]
+
+
+async def _two_snapshots(sim, tmp_path: Path) -> Path:
+    """A ledger of two paid items, two runs: the journals since previous.json hold the whole history."""
+    out = tmp_path / "out"
+    for n in range(2):
+        code, _, err = await cli(run_args(manifest_of(tmp_path / "m.yaml", PROMPTS[: n + 1]), out, sim))
+        assert code == 0, err
+    assert all(r["state"] == "succeeded" for r in results(out)["items"].values())
+    return out
+
+
+def _header(out: Path) -> dict[str, object]:
+    header: dict[str, object] = json.loads((out / ".batchgen" / "journal.jsonl").read_text().splitlines()[0])
+    return header
+
+
+async def test_an_in_place_edit_whose_time_is_set_back_is_still_read_key_by_key(sim_factory, tmp_path):
+    # Tools that copy a time onto a file written in place — `touch -r`, `cp -p` (or --preserve=timestamps) onto
+    # the existing results.json, `rsync -t --inplace`, shutil.copystat — keep inode, size and mtime: the stamp
+    # matched, the pieces were read without the check, and json.loads kept the later of two "item-00": item-01
+    # gone from the ledger, created (paid for) again. The kernel sets the change time (ctime) at every write and
+    # no tool can set it back: in the stamp, such a file is read key by key (damaged: rebuilt from the journals).
+    async with sim_factory() as sim:
+        out = await _two_snapshots(sim, tmp_path)
+        path = out / "results.json"
+        before = path.stat()
+        with path.open("r+b") as handle:  # in place: the same inode, the same size
+            data = handle.read()
+            handle.seek(0)
+            handle.write(data.replace(b'"item-01": {', b'"item-00": {'))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # the time set back, as cp -p / touch -r do
+        after = path.stat()
+        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+        with pytest.raises(snapshots.DuplicateKey, match='"item-00" appears twice'):
+            snapshots.read(path, LEDGER_LIMIT, _header(out)["snapshot"])
+
+        created = sim.stats.create_calls
+        code, _, err = await cli(run_args(tmp_path / "m.yaml", out, sim))
+        assert code == 0, err
+        assert sim.stats.create_calls == created  # item-01 was not created (paid for) again
+    assert 'the key "item-00" appears twice in "items"' in err
+    assert {i: r["state"] for i, r in results(out)["items"].items()} == {"item-00": "succeeded", "item-01": "succeeded"}
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        '"x"',
+        "10000000000000000000000000000000000000",
+        "[[1, 2, 3]]",
+        "[-1, -1, -1, -1]",
+        "true",
+        '{"ino": 1}',
+        "null",
+        "[1e400, 2, 3, 4]",
+        '[1, 2, 3, "4"]',
+    ],
+)
+async def test_a_header_stamp_of_any_type_neither_crashes_nor_is_trusted(sim_factory, tmp_path, forged):
+    async with sim_factory() as sim:
+        out = await _two_snapshots(sim, tmp_path)
+        journal = out / ".batchgen" / "journal.jsonl"
+        lines = journal.read_text().splitlines(keepends=True)
+        base = _header(out)["base"]
+        journal.write_text(f'{{"base": {base}, "snapshot": {forged}}}\n' + "".join(lines[1:]))
+        path = out / "results.json"
+        path.write_bytes(path.read_bytes().replace(b'"item-01": {', b'"item-00": {'))
+        created = sim.stats.create_calls
+        code, status, err = await cli([*BATCHGEN, "status", str(out)])
+        assert code == 0 and "Traceback" not in err, err
+        assert 'the key "item-00" appears twice in "items"' in status
+        code, _, err = await cli(run_args(tmp_path / "m.yaml", out, sim))
+        assert code == 0 and "Traceback" not in err, err
+        assert sim.stats.create_calls == created
+    assert {r["state"] for r in results(out)["items"].values()} == {"succeeded"}
