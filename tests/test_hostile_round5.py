@@ -103,7 +103,7 @@ from batchgen.ledger import Ledger
 out, n = Path(sys.argv[1]), int(sys.argv[2])
 record = {"state": "succeeded", "task_id": None, "attempts": 1, "request": {"model": "m", "input": {"prompt": "p"}},
           "files": [], "sha256": [], "error": None, "submitted_at": None, "finished_at": None}
-if not (out / "results.json").exists():
+if not (out / "results.json").exists():  # (the layout batchgen writes comes with the first snapshot)
     items = {f"item-{i:05}": {**record, "task_id": f"t{i}", "files": [f"item-{i:05}.png"]} for i in range(n)}
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"version": 1, "manifest": "m.csv", "items": items}, indent=1))
@@ -148,3 +148,43 @@ async def test_a_kill_at_any_instant_of_the_snapshots_leaves_a_ledger_read_whole
     decided = [r.get("decision") == "approved" for r in (loaded.items[f"item-{i:05}"] for i in range(n))]
     made = decided.count(True)
     assert made >= generation - 1 and decided == [True] * made + [False] * (n - made)
+
+
+_EDIT = 's/"item-00001": {/"item-00000": {/'  # one id made another's: the same length, the same size
+_TOOLS = {
+    "sed -i": f"sed -i '{_EDIT}' results.json",
+    "cp -p onto it": f"sed '{_EDIT}' results.json > ../f && touch -r results.json ../f && cp -p ../f results.json",
+    "touch -r after an in-place write": (
+        f"cp -p results.json ../orig && sed '{_EDIT}' results.json > ../f && cat ../f > results.json "
+        "&& touch -r ../orig results.json"
+    ),
+    "tar restore": (
+        f"sed '{_EDIT}' results.json > ../e/results.json && touch -r results.json ../e/results.json "
+        "&& tar --format=posix -C ../e -cf ../a.tar results.json && tar -xf ../a.tar"
+    ),
+    "python copy2 onto it": (
+        f"sed '{_EDIT}' results.json > ../f && touch -r results.json ../f && "
+        "python3 -c \"import shutil; shutil.copy2('../f', 'results.json')\""
+    ),
+}
+
+
+@pytest.mark.parametrize("tool", list(_TOOLS))
+def test_a_file_edited_by_common_tools_never_bears_the_writers_stamp(tmp_path, tool):
+    # Each chain makes the same size and keeps (or sets back) the modification time; some keep the inode too (cp
+    # -p, cat >, copy2 write into the existing file; tar may get the freed inode back). The change time in the
+    # stamp tells every one of them from the file batchgen wrote: read key by key, the id twice is found.
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    (tmp_path / "e").mkdir()
+    subprocess.run([sys.executable, "-c", _WRITER, str(out), "3"], check=True)
+    path = out / "results.json"
+    stamp = _header(out)["snapshot"]
+    assert snapshots.stamp(path) == stamp
+    size = path.stat().st_size
+    subprocess.run(["sh", "-c", _TOOLS[tool]], cwd=out, check=True)
+    assert path.stat().st_size == size and b'"item-00001": {' not in path.read_bytes()
+    with pytest.raises(snapshots.DuplicateKey, match='"item-00000" appears twice'):
+        snapshots.read(path, LEDGER_LIMIT, stamp)
