@@ -188,3 +188,36 @@ def test_a_file_edited_by_common_tools_never_bears_the_writers_stamp(tmp_path, t
     assert path.stat().st_size == size and b'"item-00001": {' not in path.read_bytes()
     with pytest.raises(snapshots.DuplicateKey, match='"item-00000" appears twice'):
         snapshots.read(path, LEDGER_LIMIT, stamp)
+
+
+@pytest.mark.parametrize(("signum", "after"), [(15, 1), (15, 5), (2, 9), (15, 14), (2, 18)])
+async def test_a_signal_at_many_instants_of_the_file_work_pays_nothing_twice(sim_factory, tmp_path, signum, after):
+    # SIGTERM or SIGINT while creates, journal flushes (their own thread, cancelled at the run's end), downloads
+    # verified from memory and labelled in place (--metadata png) overlap: the rerun finishes the night with one
+    # create per request, every image whole and labelled, no temp file left.
+    import signal
+
+    from PIL import Image
+
+    from .helpers import check_directory, finish, start, until
+
+    prompts = [f"a lamp number {n}" for n in range(20)]
+    path = manifest_of(tmp_path / "m.yaml", prompts)
+    out = tmp_path / "out"
+    async with sim_factory(latency=0.05) as sim:
+        proc = await start(run_args(path, out, sim, "--concurrency", "6", "--metadata", "png"))
+        await until(lambda: sim.stats.creates >= after)
+        proc.send_signal(signal.Signals(signum))
+        code, _, err = await finish(proc)
+        assert code in (0, 128 + signum) and "Traceback" not in err, err
+        check_directory(out)
+        code, _, err = await cli(run_args(path, out, sim, "--metadata", "png"))
+        assert code == 0 and "Traceback" not in err, err
+        assert sim.stats.creates == 20 and set(sim.stats.creates_by_request.values()) == {1}
+    items = results(out)["items"]
+    assert {r["state"] for r in items.values()} == {"succeeded"}
+    for record in items.values():
+        (name,) = record["files"]
+        with Image.open(out / name) as image:
+            assert "batchgen" in image.text or any("batchgen" in v for v in image.text.values()), image.text
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or ".part" in p.name]
