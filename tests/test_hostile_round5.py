@@ -221,3 +221,69 @@ async def test_a_signal_at_many_instants_of_the_file_work_pays_nothing_twice(sim
         with Image.open(out / name) as image:
             assert "batchgen" in image.text or any("batchgen" in v for v in image.text.values()), image.text
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or ".part" in p.name]
+
+
+def _png_of(size: int) -> bytes:
+    """A whole PNG of exactly `size` bytes: a small image with a private ancillary chunk before IEND."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (16, 16), "teal").save(data, "PNG")
+    png = data.getvalue()
+    end = png.rindex(b"IEND") - 4
+    body = b"\0" * (size - len(png) - 12)
+    chunk = struct.pack(">I", len(body)) + b"zzZz" + body + struct.pack(">I", zlib.crc32(b"zzZz" + body))
+    made = png[:end] + chunk + png[end:]
+    assert len(made) == size
+    return made
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+async def test_a_result_at_a_mib_and_one_byte_either_side_is_verified_as_from_the_file(tmp_path, delta):
+    # Under a MiB the bytes held are verified (and written) in one piece; at a MiB they were written already and the
+    # file is read back. Whole, cut short by one to four bytes, or one byte longer: the same answer as
+    # verify_image gives of the file, and nothing left behind when refused. A PNG cut inside its IEND chunk's CRC
+    # (every pixel there, the file not whole: a body without a Content-Length cut short) was kept as whole:
+    # Pillow's verify stops reading after IEND's type.
+    from aiohttp import web
+
+    from batchgen import download
+    from batchgen.client import Client, open_session
+    from batchgen.config import Secret, Timeouts
+    from batchgen.errors import DownloadError
+
+    from .helpers import serve
+
+    size = download.CHUNK + delta
+    whole = _png_of(size)
+    for n, body in enumerate((whole, whole[:-1], whole[:-4], whole + b"\0", _png_of(size - 1) + b"\0")):
+
+        async def handler(_: web.Request, body: bytes = body) -> web.Response:
+            return web.Response(body=body, content_type="image/png")
+
+        out, temp = tmp_path / f"out{n}", tmp_path / f"tmp{n}"
+        out.mkdir()
+        temp.mkdir()
+        held = tmp_path / f"held{n}.bin"
+        held.write_bytes(body)
+        try:
+            expected: str | None = download.verify_image(held)
+        except DownloadError:
+            expected = None
+        assert (expected is None) == (n in (1, 2)), n  # the two cut short (inside IEND's CRC) are not whole PNGs
+        async with serve(handler) as base, open_session(Timeouts()) as session:
+            client = Client(session, base, Secret("k" * 32), Timeouts())
+            try:
+                name, _, _ = await download.fetch(
+                    client, f"{base}/r", directory=out, temp_dir=temp, stem="a", max_bytes=50 * 1024 * 1024
+                )
+            except DownloadError:
+                assert expected is None, n
+                assert os.listdir(out) == [] and os.listdir(temp) == []
+            else:
+                assert name == f"a.{expected}", n
+                assert (out / name).read_bytes() == body
