@@ -214,6 +214,10 @@ def verify_image(path: Path, data: bytes | None = None) -> str:
                 if kind not in FORMATS:
                     raise DownloadError(f"result is {kind or 'not an image'}, not PNG, JPEG or WebP")
                 image.verify()  # PNG: every chunk's CRC; JPEG: the markers
+            if kind == "PNG":  # Pillow's verify stops after IEND's type: its CRC, the last 4 bytes, is never read
+                handle.seek(max(0, handle.tell() - 4))
+                if handle.read(8) != b"IEND\xaeB`\x82":
+                    raise DownloadError("result is not a complete image: the PNG ends inside its last chunk")
             if kind == "JPEG":
                 handle.seek(-2, os.SEEK_END)
                 if handle.read(2) != b"\xff\xd9":

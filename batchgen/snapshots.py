@@ -83,12 +83,15 @@ def read_stamped(path: Path, limit: int, written: object = None) -> tuple[Any, b
 
 
 def stamp(path: Path) -> list[int]:
-    """What tells the file just written at `path` from any other put there since: inode, size, time (ns)."""
+    """What tells the file just written at `path` from any other put there since: inode, size, modification and
+    change times (ns). The change time because no tool can set it back: `touch -r`, `cp -p` onto the file, `rsync
+    -t --inplace` restore the modification time of a file written in place (the kernel sets the change time at
+    every write, and at a chmod or a link: the file is then merely read key by key)."""
     return _identity(os.stat(path))
 
 
 def _identity(info: os.stat_result) -> list[int]:
-    return [info.st_ino, info.st_size, info.st_mtime_ns]
+    return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
 def journal_header(generation: int, written: list[int] | None = None) -> bytes:
