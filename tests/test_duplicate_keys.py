@@ -15,20 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.records import new_record
+
 from .helpers import BATCHGEN, batchgen, cli, manifest_of, no_traceback, results, run_args
 
 PAID = "item-00"
-PENDING_AGAIN = {
-    "state": "pending",
-    "task_id": None,
-    "attempts": 0,
-    "request": None,
-    "files": [],
-    "sha256": [],
-    "error": None,
-    "submitted_at": None,
-    "finished_at": None,
-}
+PENDING_AGAIN = dict(new_record(None))  # a record as a new item's, never created
 
 
 async def _finished(sim, tmp_path: Path, *, snapshots: int) -> Path:
