@@ -13,7 +13,7 @@ running. Standard library only: it starts before every hook.
 A process group is not all a hook can start: a job that calls setsid (`setsid rsync … &`, a daemon's double
 fork) leaves the group, and a group kill misses it. So the guard is also a child subreaper (PR_SET_CHILD_SUBREAPER:
 what the hook orphans is reparented to the guard, not to init), and every end — the hook's own, batchgen's cut at
-the bound (`descendants` of the guard, from batchgen), batchgen's death — also signals the guard's descendants by
+the bound (`signal_tree` of the guard, from batchgen), batchgen's death — also signals the guard's descendants by
 the process tree, wherever their group or session is."""
 
 from __future__ import annotations
@@ -44,12 +44,6 @@ def _prctl(option: int, value: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(option, value)
 
 
-def descendants(root: int) -> list[int]:
-    """Every process below `root` in the process tree, parents before their children (from /proc: empty where
-    there is none)."""
-    return _below(root, _walk()[0])
-
-
 def _walk() -> tuple[dict[int, list[int]], dict[int, tuple[int, int]]]:
     """One walk of /proc: each live process's children; each zombie's parent and process group."""
     children: dict[int, list[int]] = {}
@@ -65,6 +59,7 @@ def _walk() -> tuple[dict[int, list[int]], dict[int, tuple[int, int]]]:
 
 
 def _below(root: int, children: dict[int, list[int]]) -> list[int]:
+    """Every process below `root` in the process tree, parents before their children."""
     found: list[int] = []
     todo = [root]
     while todo:
@@ -84,12 +79,6 @@ def _stat(pid: int) -> tuple[bool, int, int] | None:
         return alive, int(fields[1]), int(fields[2])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _parent(pid: int) -> int | None:
-    """The parent of a live process (None for a zombie, which is gone but for its parent's wait)."""
-    stat = _stat(pid)
-    return stat[1] if stat is not None and stat[0] else None
 
 
 def signal_tree(root: int, signum: int) -> int:

@@ -59,7 +59,7 @@ async def _all_ended(pids: list[int], deadline: float, what: str) -> None:
 
 
 # A daemon (setsid) whose main thread ends while another thread works on: /proc shows its leader as a zombie
-# ("Z"), though the process runs. `descendants` took every "Z" for gone and skipped it — and all below it.
+# ("Z"), though the process runs. the tree walk took every "Z" for gone and skipped it — and all below it.
 THREADED_DAEMON = (
     "import ctypes, os, threading, time\n"
     "if os.fork() == 0:\n"
