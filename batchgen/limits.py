@@ -357,6 +357,11 @@ class Throttle:
             f"limit {self.limiter.limit}, create window {self.window.count}/{self.window.seconds:g} s"
         )
 
+    def take_corrected(self) -> str | None:
+        """The last "full" reading found wrong (`corrected`), once: for -v, whichever part of the run saw it."""
+        said, self.corrected = self.corrected, None
+        return said
+
     def on_status_saturated(self) -> None:
         self.status.on_saturated()
 

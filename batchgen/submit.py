@@ -306,9 +306,8 @@ class Submitter:
         self.ledger.submitted(item.id, task_id)
         self.throttle.limiter.started()  # running at the service from now on (the engine's poll ends it)
         self.throttle.on_create_success()
-        if self.throttle.corrected is not None:
-            self.reporter.debug(self.throttle.corrected)
-            self.throttle.corrected = None
+        if said := self.throttle.take_corrected():
+            self.reporter.debug(said)
         try:
             await self.ledger.durable()  # the task id is on disk before anything else happens to it
         except BaseException:
@@ -328,9 +327,8 @@ class Submitter:
         if verdict is None:  # a 429 of a burst answered already: the same reading as the last one
             return t.last_kind not in (None, "rate")
         taken = {"capacity": "capacity (the service is full)", "rate": "rate", "both": "capacity and rate"}
-        if t.corrected is not None:
-            self.reporter.debug(t.corrected)
-            t.corrected = None
+        if said := t.take_corrected():
+            self.reporter.debug(said)
         self.reporter.debug(
             f"service saturated (429), taken for {taken[verdict.kind]}: {verdict.running} tasks running, "
             f"{verdict.accepted} creates accepted in the {t.window.seconds:g} s window it met; in-flight limit "

@@ -110,9 +110,8 @@ class Watcher:
 
     def _say_checked(self) -> None:
         """-v: what an answer did to a "full" reading (fullcheck.py): refuted it, or ended a check that held."""
-        if self.throttle.corrected is not None:
-            self.reporter.debug(self.throttle.corrected)
-            self.throttle.corrected = None
+        if said := self.throttle.take_corrected():
+            self.reporter.debug(said)
         if self.polls.check.said is not None:
             self.reporter.debug(self.polls.check.said)
             self.polls.check.said = None
