@@ -113,10 +113,6 @@ class RateWindow:
         since = now if slot is None or math.isinf(slot[1]) else min(now, slot[1])
         return sum(1 for s in self._slots if since - self.seconds < s[0] <= now)
 
-    def on_saturated(self, slot: list[float] | None = None) -> None:
-        """A rate 429: the service accepts no more than it accepted in the window the call met (none: half)."""
-        self.learn(self.accepted(slot))
-
     def learn(self, accepted: int) -> None:
         """The service accepts no more than `accepted` creates a window (none known: half)."""
         if self._adaptive:

@@ -188,11 +188,11 @@ def test_rate_window_counts_a_call_from_its_answer_and_forgets_dropped_ones():
 
 async def test_rate_window_learns_from_429_and_recovers():
     window = RateWindow(100, 1.0)
-    window.on_saturated()  # nothing accepted yet: halve
+    window.learn(window.accepted())  # a rate 429 with nothing accepted yet: halve
     assert window.count == 50
     for _ in range(20):
         window.done(await window.acquire())
-    window.on_saturated()  # the service took 20 in this window and refused the 21st: 20 is its limit
+    window.learn(window.accepted())  # the service took 20 in this window and refused the 21st: 20 is its limit
     assert window.count == 20
     for _ in range(5000):
         window.on_success()
