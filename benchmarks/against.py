@@ -1,18 +1,23 @@
 """CPU per task of the scaled scenarios, this code against another commit's, in the same minutes.
 
+    python benchmarks/against.py HEAD                        # the noise floor first: this code against itself
     python benchmarks/against.py 1d49613^                    # the four scaled scenarios, five rounds
     python benchmarks/against.py REV capacity --rounds 3
     python benchmarks/against.py HEAD capacity --rounds 1 --quick   # tiny N: the smoke run CI does
 
 CPU time on a shared machine moves by more than most changes from one quarter of an hour to the next (the same
-code read 5.4 ms per task in `capacity` at one hour and 6.5 ms at the next, here): a figure in ms compares only
-with figures taken in the same minutes. So this runs both codes on the same simulator, one after the other,
-alternating which goes first, and prints the medians and their ratio. With a commit's recorded figures (the
-README it shipped with), the ratio says what this code reads on the machine that took them.
+code read 5.4 ms per task in `capacity` at one time and 8.75 ms twenty minutes later, here): a figure in ms
+compares only with figures taken in the same minutes. So this runs both codes on the same simulator, one after
+the other, alternating which goes first, and prints the medians and their ratio. With a commit's recorded
+figures (the README it shipped with), the ratio says what this code reads on the machine that took them.
 
-The other commit's `batchgen/` is taken with `git archive` into a temporary folder, compiled, and run with the
-same interpreter and libraries (PYTHONPATH first); the simulator is this code's, with run.py's scenario flags.
-Each run has a state folder of its own: no remembered service is shared. Figures are printed, never asserted.
+"This code" is the batchgen beside this script; the other commit's `batchgen/` is taken with `git archive` into a
+temporary folder and compiled. Both run with the same interpreter and libraries, each with its own folder first
+on PYTHONPATH and `python -P` (without -P, `python -m` puts the current folder first, and from the repository's
+root both sides would run the working tree's code); before measuring, each side is checked to import the code it
+names. An older commit may need libraries this one dropped (the code before issue 18 needs aiofiles): its runs
+then fail, saying so. The simulator is this code's, with run.py's scenario flags. Each run has a state folder of
+its own: no remembered service is shared. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -20,15 +25,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from run import ROOT, Scenario, Sim, batchgen_env, compiled, measured, scenarios, write_manifest
+from run import ROOT, Scenario, Sim, batchgen_env, code_env, compiled, measured, scenarios, write_manifest
 
 SCALED = ("rate_known", "rate_unknown", "capacity", "capacity_c64")
 
@@ -44,7 +49,9 @@ def checkout(rev: str, into: Path) -> Path:
     )
     if found.returncode != 0:
         raise SystemExit(f"against.py: {rev!r} names no commit of this repository")
-    archive = subprocess.run([*git, "archive", found.stdout.strip(), "batchgen"], capture_output=True, check=True)
+    archive = subprocess.run([*git, "archive", found.stdout.strip(), "batchgen"], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"against.py: {rev}: {archive.stderr.decode(errors='replace').strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
             tar.extractall(into, filter="data")
@@ -54,22 +61,34 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
-def one_run(s: Scenario, manifest: Path, work: Path, code: Path | None) -> dict[str, Any]:
-    """One client run of `s` against a fresh simulator: `code` is the other commit's folder, None for this one."""
+def check_imports(folder: Path, name: str) -> None:
+    """Refuse to measure unless `python -P` with `folder` first imports the batchgen under `folder`."""
+    found = subprocess.run(
+        [sys.executable, "-P", "-c", "import batchgen; print(batchgen.__file__)"],
+        env=code_env(folder),
+        capture_output=True,
+        text=True,
+    )
+    where = Path(found.stdout.strip()).resolve().parent if found.returncode == 0 else None
+    if where != (folder / "batchgen").resolve():
+        said = found.stderr.strip().splitlines()[-1:] or [f"from {where}"]
+        raise SystemExit(f"against.py: {name} does not import its own batchgen ({said[0]})")
+
+
+def one_run(s: Scenario, manifest: Path, work: Path, code: Path, name: str, limit: float) -> float:
+    """One client run of `s` against a fresh simulator, with the batchgen under `code`: its CPU ms per task."""
     sim = Sim(s.sim)
     try:
-        env = batchgen_env(sim.api)
+        env = code_env(code, batchgen_env(sim.api))
         env["XDG_STATE_HOME"] = tempfile.mkdtemp(dir=work)
-        if code is not None:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH", "")) if p)
         out = tempfile.mkdtemp(dir=work)
-        args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", out, "--no-progress", "--quiet"]
-        result = measured([*args, *s.run], env)
+        args = [sys.executable, "-P", "-m", "batchgen", "run", str(manifest), "--out", out, "--no-progress", "--quiet"]
+        result = measured([*args, *s.run], env, limit=limit)
     finally:
         sim.close()
     if result["exit"] != 0:
-        raise SystemExit(f"{s.name}: exit {result['exit']}: {result['stderr'][-500:]}")
-    return {"cpu_ms": 1000 * result["cpu"] / s.n, "wall": result["wall"]}
+        raise SystemExit(f"against.py: {s.name}, {name}: exit {result['exit']}: {result['stderr'][-500:]}")
+    return 1000 * result["cpu"] / s.n
 
 
 def main() -> int:
@@ -78,24 +97,33 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help=f"scenarios (default: {', '.join(SCALED)})")
     parser.add_argument("--rounds", type=int, default=5, help="runs of each code per scenario (default 5)")
     parser.add_argument("--quick", action="store_true", help="tiny N: a smoke run")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
+    if unknown := sorted(set(args.names) - set(SCALED)):
+        parser.error(f"not a scaled scenario: {', '.join(unknown)} (they are {', '.join(SCALED)})")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    # SIGTERM (a CI time-out, kill): unwind, so that the simulator, the client and the temporary folder go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = [s for s in scenarios(args.quick) if s.name in (args.names or SCALED)]
+    limit = 120.0 if args.quick else 900.0  # a run that hangs fails; a quick one within two minutes
     with tempfile.TemporaryDirectory(prefix="batchgen-against-") as tmp:
         work = Path(tmp)
         compiled()
         other = checkout(args.rev, work / "other")
+        sides = {"this code": ROOT, args.rev: other}
+        for name, folder in sides.items():
+            check_imports(folder, name)
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; this code against {args.rev}")
         print("| scenario | this code, ms/task | the other, ms/task | median ratio | pairs lower |")
         print("|---|---|---|---|---|")
         for s in chosen:
             manifest = write_manifest(work / f"{s.name}.yaml", s.n)
-            mine: list[float] = []
-            theirs: list[float] = []
+            figures: dict[str, list[float]] = {name: [] for name in sides}
             for round_ in range(args.rounds):
-                order = [None, other] if round_ % 2 == 0 else [other, None]
-                for code in order:
-                    figure = one_run(s, manifest, work, code)["cpu_ms"]
-                    (mine if code is None else theirs).append(figure)
+                order = list(sides.items()) if round_ % 2 == 0 else list(sides.items())[::-1]
+                for name, folder in order:
+                    figures[name].append(one_run(s, manifest, work, folder, name, limit))
+            mine, theirs = figures["this code"], figures[args.rev]
             ratio = statistics.median(mine) / statistics.median(theirs)
             lower = sum(a < b for a, b in zip(mine, theirs, strict=True))
             print(

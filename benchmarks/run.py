@@ -237,14 +237,36 @@ def scenarios(quick: bool) -> list[Scenario]:
 # ---------------------------------------------------------------- processes
 
 
+def code_env(folder: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (os.environ by default) with `folder` first on PYTHONPATH: `python -P -m batchgen` imports the
+    batchgen under `folder`. Without -P, `python -m` puts the current folder ahead of PYTHONPATH."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 class Sim:
-    """`batchgen sim` in its own process."""
+    """`batchgen sim` in its own process: this repository's, wherever the benchmark is run from."""
 
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batchgen", "sim", "--port", "0", "--api-key", KEY, "--random-seed", "1", *args],
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "batchgen",
+                "sim",
+                "--port",
+                "0",
+                "--api-key",
+                KEY,
+                "--random-seed",
+                "1",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             text=True,
+            env=code_env(ROOT),
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         match = re.search(r"api=(\S+) files=(\S+)", line)
@@ -273,6 +295,10 @@ def measured(args: list[str], env: dict[str, str], limit: float = 900.0) -> dict
         watchdog.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or SIGTERM to this process alone: the child must not outlive it
+            proc.kill()
+            os.waitpid(proc.pid, 0)
+            raise
         finally:
             watchdog.cancel()
         errors.seek(0)
