@@ -33,6 +33,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run.py beside it, even under PYTHONSAFEPATH
 from run import ROOT, Scenario, Sim, batchgen_env, code_env, compiled, measured, scenarios, write_manifest
 
 SCALED = ("rate_known", "rate_unknown", "capacity", "capacity_c64")
@@ -61,14 +62,18 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
-def check_imports(folder: Path, name: str) -> None:
+def check_imports(folder: Path, name: str, limit: float) -> None:
     """Refuse to measure unless `python -P` with `folder` first imports the batchgen under `folder`."""
-    found = subprocess.run(
-        [sys.executable, "-P", "-c", "import batchgen; print(batchgen.__file__)"],
-        env=code_env(folder),
-        capture_output=True,
-        text=True,
-    )
+    try:
+        found = subprocess.run(
+            [sys.executable, "-P", "-c", "import batchgen; print(batchgen.__file__)"],
+            env=code_env(folder),
+            capture_output=True,
+            text=True,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"against.py: {name}: importing batchgen took more than {limit:g} s") from None
     where = Path(found.stdout.strip()).resolve().parent if found.returncode == 0 else None
     if where != (folder / "batchgen").resolve():
         said = found.stderr.strip().splitlines()[-1:] or [f"from {where}"]
@@ -112,7 +117,7 @@ def main() -> int:
         other = checkout(args.rev, work / "other")
         sides = {"this code": ROOT, args.rev: other}
         for name, folder in sides.items():
-            check_imports(folder, name)
+            check_imports(folder, name, limit)
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; this code against {args.rev}")
         print("| scenario | this code, ms/task | the other, ms/task | median ratio | pairs lower |")
         print("|---|---|---|---|---|")

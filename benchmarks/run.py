@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -41,6 +42,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
+# The batchgen beside this script, wherever the benchmark is started from: with `code_env`, `python -P` and this
+# repository first on PYTHONPATH (`python -m` alone puts the current folder first; from another folder it would
+# be whichever batchgen site-packages holds).
+BATCHGEN = [sys.executable, "-P", "-m", "batchgen"]
 
 
 @dataclass
@@ -250,37 +255,30 @@ class Sim:
 
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-P",
-                "-m",
-                "batchgen",
-                "sim",
-                "--port",
-                "0",
-                "--api-key",
-                KEY,
-                "--random-seed",
-                "1",
-                *args,
-            ],
+            [*BATCHGEN, "sim", "--port", "0", "--api-key", KEY, "--random-seed", "1", *args],
             stdout=subprocess.PIPE,
             text=True,
             env=code_env(ROOT),
         )
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        match = re.search(r"api=(\S+) files=(\S+)", line)
-        if not match:
-            raise RuntimeError(f"the simulator did not start: {line!r}")
+        try:  # a signal or a failed start here must not leave the simulator running
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            match = re.search(r"api=(\S+) files=(\S+)", line)
+            if not match:
+                raise RuntimeError(f"the simulator did not start: {line!r}")
+        except BaseException:
+            self.close(kill=True)
+            raise
         self.api, self.files = match.group(1), match.group(2)
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.api + "/__sim/stats", timeout=10) as response:
             return json.load(response)
 
-    def close(self) -> None:
-        self.proc.terminate()
+    def close(self, kill: bool = False) -> None:
+        self.proc.kill() if kill else self.proc.terminate()
         self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 def measured(args: list[str], env: dict[str, str], limit: float = 900.0) -> dict[str, float]:
@@ -291,7 +289,8 @@ def measured(args: list[str], env: dict[str, str], limit: float = 900.0) -> dict
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
-        watchdog = threading.Timer(limit, proc.kill)
+        fired = threading.Event()
+        watchdog = threading.Timer(limit, lambda: (fired.set(), proc.kill()))
         watchdog.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -303,6 +302,8 @@ def measured(args: list[str], env: dict[str, str], limit: float = 900.0) -> dict
             watchdog.cancel()
         errors.seek(0)
         stderr = errors.read()
+        if fired.is_set():
+            stderr += f"\n(killed: still running after {limit:g} s)"
     wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {
@@ -332,7 +333,7 @@ def write_manifest(path: Path, n: int, *, as_csv: bool = False) -> Path:
 
 
 def batchgen_env(api: str) -> dict[str, str]:
-    return {**os.environ, "BATCHGEN_API_BASE": api, "BATCHGEN_API_KEY": KEY}
+    return code_env(ROOT, {**os.environ, "BATCHGEN_API_BASE": api, "BATCHGEN_API_KEY": KEY})
 
 
 # ---------------------------------------------------------------- scenarios
@@ -384,7 +385,7 @@ def real_run(
 ) -> dict[str, Any]:
     """One run with the defaults (and `extra`) against `sim`, measured as the simulator saw it."""
     before = sim.stats()
-    args = [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(out)]
+    args = [*BATCHGEN, "run", str(manifest), "--out", str(out)]
     result = measured(
         [*args, "--no-progress", "--quiet", *extra], {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)}
     )
@@ -470,9 +471,7 @@ def warm_wrong(s: Scenario, work: Path) -> list[dict[str, Any]]:
             before = sim.stats()
             result = measured(
                 [
-                    sys.executable,
-                    "-m",
-                    "batchgen",
+                    *BATCHGEN,
                     "run",
                     str(manifest),
                     "--out",
@@ -516,9 +515,7 @@ def scaled_scenario(s: Scenario, work: Path) -> dict[str, Any]:
         before = sim.stats()
         result = measured(
             [
-                sys.executable,
-                "-m",
-                "batchgen",
+                *BATCHGEN,
                 "run",
                 str(manifest),
                 "--out",
@@ -594,9 +591,7 @@ def big_images(s: Scenario, manifest: Path, work: Path, result: dict[str, float]
     try:
         small = measured(
             [
-                sys.executable,
-                "-m",
-                "batchgen",
+                *BATCHGEN,
                 "run",
                 str(manifest),
                 "--out",
@@ -662,8 +657,8 @@ def fresh_urls(sim: Sim, n: int) -> list[str]:
 def plan_100k(s: Scenario, work: Path) -> dict[str, Any]:
     manifest = write_manifest(work / "plan.csv", s.n, as_csv=True)
     result = measured(
-        [sys.executable, "-m", "batchgen", "run", str(manifest), "--out", str(work / "plan"), "--dry-run"],
-        dict(os.environ),
+        [*BATCHGEN, "run", str(manifest), "--out", str(work / "plan"), "--dry-run"],
+        code_env(ROOT),
     )
     return {
         "scenario": s.name,
@@ -729,8 +724,8 @@ def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
     out = work / "resume"
     ledger_in_child(path, out, s.n)
     result = measured(
-        [sys.executable, "-m", "batchgen", "run", str(path), "--out", str(out), "--quiet", "--no-progress"],
-        {**os.environ, "BATCHGEN_API_BASE": "http://127.0.0.1:9", "BATCHGEN_API_KEY": KEY},
+        [*BATCHGEN, "run", str(path), "--out", str(out), "--quiet", "--no-progress"],
+        batchgen_env("http://127.0.0.1:9"),
     )
     return {
         "scenario": s.name,
@@ -765,9 +760,7 @@ def resume_pending(s: Scenario, work: Path) -> dict[str, Any]:
         started = time.monotonic()
         result = measured(
             [
-                sys.executable,
-                "-m",
-                "batchgen",
+                *BATCHGEN,
                 "run",
                 str(path),
                 "--out",
@@ -842,6 +835,8 @@ def main() -> int:
     if sys.argv[1:2] == ["--write-ledger"]:  # internal: resume_100k's set-up, in a process of its own
         write_ledger(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
         return 0
+    # SIGTERM (a CI time-out, kill): unwind, so that the simulator, the client and the temporary folder go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="scenarios to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny N: a smoke run")
@@ -884,7 +879,7 @@ def matrix_limit(work: Path) -> dict[str, Any]:
         "- id: big\n  prompt: '{a} {b} {c}'\n  matrix: {a: {file: n.txt}, b: {file: n.txt}, c: {file: n.txt}}\n",
         encoding="utf-8",
     )
-    result = measured([sys.executable, "-m", "batchgen", "validate", str(path)], dict(os.environ))
+    result = measured([*BATCHGEN, "validate", str(path)], code_env(ROOT))
     return {
         "scenario": "matrix_limit",
         "n": 1_000_000_000,
