@@ -69,10 +69,10 @@ def process_ended(pid: int) -> bool:
     """Whether the process `pid` has ended: gone, or a zombie (no parent left to reap it yet)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except (ProcessLookupError, FileNotFoundError):  # gone, even between the signal and the read (ESRCH)
         return True
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] == "Z"
 
 
 async def outlived(pid: int, deadline: float, what: str) -> None:
