@@ -34,7 +34,18 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run.py beside it, even under PYTHONSAFEPATH
-from run import ROOT, Scenario, Sim, batchgen_env, code_env, compiled, measured, scenarios, write_manifest
+from run import (
+    ROOT,
+    Scenario,
+    Sim,
+    batchgen_env,
+    code_env,
+    compiled,
+    measured,
+    quiet_run,
+    scenarios,
+    write_manifest,
+)
 
 SCALED = ("rate_known", "rate_unknown", "capacity", "capacity_c64")
 
@@ -58,7 +69,7 @@ def checkout(rev: str, into: Path) -> Path:
             tar.extractall(into, filter="data")
         else:
             tar.extractall(into)  # our own repository's archive, from git itself
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into / "batchgen")], check=True)
+    compiled(into)
     return into
 
 
@@ -87,8 +98,7 @@ def one_run(s: Scenario, manifest: Path, work: Path, code: Path, name: str, limi
         env = code_env(code, batchgen_env(sim.api))
         env["XDG_STATE_HOME"] = tempfile.mkdtemp(dir=work)
         out = tempfile.mkdtemp(dir=work)
-        args = [sys.executable, "-P", "-m", "batchgen", "run", str(manifest), "--out", out, "--no-progress", "--quiet"]
-        result = measured([*args, *s.run], env, limit=limit)
+        result = measured(quiet_run(manifest, out, *s.run), env, limit=limit)
     finally:
         sim.close()
     if result["exit"] != 0:

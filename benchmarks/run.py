@@ -275,7 +275,10 @@ class Sim:
             return json.load(response)
 
     def close(self, kill: bool = False) -> None:
-        self.proc.kill() if kill else self.proc.terminate()
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
         self.proc.wait(timeout=10)
         if self.proc.stdout:
             self.proc.stdout.close()
@@ -290,7 +293,12 @@ def measured(args: list[str], env: dict[str, str], limit: float = 900.0) -> dict
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
         fired = threading.Event()
-        watchdog = threading.Timer(limit, lambda: (fired.set(), proc.kill()))
+
+        def expire() -> None:
+            fired.set()
+            proc.kill()
+
+        watchdog = threading.Timer(limit, expire)
         watchdog.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -330,6 +338,11 @@ def write_manifest(path: Path, n: int, *, as_csv: bool = False) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def quiet_run(manifest: Path, out: Path | str, *extra: str) -> list[str]:
+    """The command of `batchgen run` as every scenario runs it: MANIFEST into `out`, no bar, no lines but errors."""
+    return [*BATCHGEN, "run", str(manifest), "--out", str(out), "--no-progress", "--quiet", *extra]
 
 
 def batchgen_env(api: str) -> dict[str, str]:
@@ -385,10 +398,7 @@ def real_run(
 ) -> dict[str, Any]:
     """One run with the defaults (and `extra`) against `sim`, measured as the simulator saw it."""
     before = sim.stats()
-    args = [*BATCHGEN, "run", str(manifest), "--out", str(out)]
-    result = measured(
-        [*args, "--no-progress", "--quiet", *extra], {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)}
-    )
+    result = measured(quiet_run(manifest, out, *extra), {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)})
     after = sim.stats()
     tasks = [t for t in after["latency"] if t not in before["latency"]]
     delays = sorted(after["detection_delay"][t] for t in tasks if t in after["detection_delay"])
@@ -470,16 +480,7 @@ def warm_wrong(s: Scenario, work: Path) -> list[dict[str, Any]]:
                 plant_memory(state, sim.api, s.notes["memory"])
             before = sim.stats()
             result = measured(
-                [
-                    *BATCHGEN,
-                    "run",
-                    str(manifest),
-                    "--out",
-                    str(work / f"{s.name}-{start}"),
-                    "--no-progress",
-                    "--quiet",
-                    *s.run,
-                ],
+                quiet_run(manifest, work / f"{s.name}-{start}", *s.run),
                 {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)},
             )
             after = sim.stats()
@@ -513,19 +514,7 @@ def scaled_scenario(s: Scenario, work: Path) -> dict[str, Any]:
     sim = Sim(s.sim)
     try:
         before = sim.stats()
-        result = measured(
-            [
-                *BATCHGEN,
-                "run",
-                str(manifest),
-                "--out",
-                str(work / s.name),
-                "--no-progress",
-                "--quiet",
-                *s.run,
-            ],
-            batchgen_env(sim.api),
-        )
+        result = measured(quiet_run(manifest, work / s.name, *s.run), batchgen_env(sim.api))
         after = sim.stats()
     finally:
         sim.close()
@@ -589,19 +578,7 @@ def big_images(s: Scenario, manifest: Path, work: Path, result: dict[str, float]
     total = sum(p.stat().st_size for p in files)
     tiny = Sim([*s.sim, "--image-scale", "0.02"])
     try:
-        small = measured(
-            [
-                *BATCHGEN,
-                "run",
-                str(manifest),
-                "--out",
-                str(work / "tiny"),
-                "--no-progress",
-                "--quiet",
-                *s.run,
-            ],
-            batchgen_env(tiny.api),
-        )
+        small = measured(quiet_run(manifest, work / "tiny", *s.run), batchgen_env(tiny.api))
     finally:
         tiny.close()
     sim = Sim(s.sim)
@@ -724,7 +701,7 @@ def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
     out = work / "resume"
     ledger_in_child(path, out, s.n)
     result = measured(
-        [*BATCHGEN, "run", str(path), "--out", str(out), "--quiet", "--no-progress"],
+        quiet_run(path, out),
         batchgen_env("http://127.0.0.1:9"),
     )
     return {
@@ -759,21 +736,7 @@ def resume_pending(s: Scenario, work: Path) -> dict[str, Any]:
     try:
         started = time.monotonic()
         result = measured(
-            [
-                *BATCHGEN,
-                "run",
-                str(path),
-                "--out",
-                str(out),
-                "--quiet",
-                "--no-progress",
-                "--limit",
-                "20",
-                "--create-rate",
-                "1000/1",
-                "--poll-interval",
-                "0.1",
-            ],
+            quiet_run(path, out, "--limit", "20", "--create-rate", "1000/1", "--poll-interval", "0.1"),
             {**batchgen_env(sim.api), "XDG_STATE_HOME": str(work / "pending-state")},
         )
     finally:
@@ -861,12 +824,13 @@ def main() -> int:
     return 0 if all(r.get("exit") == 0 for r in rows) else 1
 
 
-def compiled() -> None:
-    """batchgen's bytecode compiled, as an installed package has it (in its __pycache__, which git ignores). An
+def compiled(folder: Path = ROOT) -> None:
+    """The bytecode of the batchgen under `folder` compiled, as an installed package has it (in its __pycache__,
+    which git ignores). An
     environment with PYTHONDONTWRITEBYTECODE set otherwise compiles every batchgen module from source at every
     start (~80 ms of CPU a run). Not PYTHONPYCACHEPREFIX: under it the standard library's and aiohttp's own
     bytecode is not found either, and a run costs ~0.5 s more."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "batchgen")], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(folder / "batchgen")], check=True)
 
 
 def matrix_limit(work: Path) -> dict[str, Any]:
