@@ -38,7 +38,9 @@ class InFlightLimiter:
     `on_saturated(running)` cuts the limit to what the service ran for us when it said it is full (or halves it).
     `on_success` raises it, never above `maximum`: a whole slot per success with no confirmed "full" level (`cap`)
     or, calm (no cut for `calm` s), below it; else 1/limit — one slot per `limit` successes, so a probe above a
-    known cap goes no faster than the service frees slots. `start`: a remembered level (re-probed, no ceiling).
+    known cap goes no faster than the service frees slots. Cut at an unconfirmed "full", only a success with
+    every slot's task running counts (a limit that did not bind shows nothing: RFC 7661's rule for a congestion
+    window). `start`: a remembered level (re-probed, no ceiling).
     """
 
     def __init__(
@@ -131,7 +133,13 @@ class InFlightLimiter:
         self._wake()
 
     def on_success(self) -> None:
+        """A create the service took (its task already counted in `running`)."""
         if self._limit < self.maximum:
+            if self.cap is None and self._last_cut > -math.inf and self.running < self.limit:
+                # Cut at an unconfirmed "full": only a create taken with every slot running shows the service
+                # takes more. Refills of slots seen free do not (a batch seen finished at once raised the limit by
+                # a slot per refill, and a second burst of 20 went past a full service's 20: 20 refused).
+                return
             calm = self._clock() - self._last_cut > self.calm
             step = 1.0 if self.cap is None or (calm and self._limit < self.cap) else 1 / self._limit
             self._limit = min(float(self.maximum), self._limit + step)

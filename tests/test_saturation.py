@@ -70,9 +70,16 @@ def test_the_first_429_cap_is_probed_quickly_a_confirmed_one_one_slot_per_genera
     run_tasks(t, 10)
     t.on_create_saturated(t.epoch)
     assert t.limiter.limit == 10 and t.limiter.cap is None  # a first "full" may be a rate's doing
-    clock.advance(2)  # calm: a whole slot per success
-    accept(t, 3)
-    assert t.limiter.limit == 13
+    clock.advance(2)  # calm: a whole slot per success taken with every slot running (as in submit: counted first)
+    run_tasks(t, 1)
+    accept(t, 1)  # taken with 11 running, all the limit allowed
+    assert t.limiter.limit == 11
+    t.limiter.running = t.limiter.in_flight = 8  # three finished: refills of slots seen free show nothing
+    for _ in range(2):
+        run_tasks(t, 1)
+        accept(t, 1)
+    assert t.limiter.limit == 11
+    t.limiter.running = t.limiter.in_flight = 10
     t.on_create_saturated(t.epoch)  # full again at 10 running: confirmed
     assert t.limiter.cap == 10 and t.limiter.limit == 10
     clock.advance(5)
@@ -271,6 +278,21 @@ async def test_a_full_service_is_remembered_as_full_not_as_a_create_rate(sim_fac
         assert kept["create_rate"] is None, log
         (entry,) = kept["models"].values()
         assert entry["capacity"]["learned_from"] == "capacity_429" and 8 <= entry["capacity"]["tasks"] <= 16
+
+
+async def test_a_full_service_gets_no_second_burst_past_its_level(sim_factory, tmp_path, state_home):
+    """Real loopback, capacity made small: full at 10 tasks of 0.5 s, all finishing together (no jitter), the run
+    told 32 in flight. The first burst meets 22 refusals; that first "full" is unconfirmed, and the creates that
+    refill the slots seen free must not raise the limit above it: only one taken with every slot running does.
+    Counted per refill, the first batch seen finished raised the limit by ten, and a second burst went past the
+    full service (33-34 refusals in all here; 25 with the rule, under load too)."""
+    path = manifest_of(tmp_path / "m.yaml", [f"p{n}" for n in range(60)])
+    async with sim_factory(capacity=10, rate=None, latency=0.5, jitter=0.0, envelope_429="mixed") as sim:
+        stream = io.StringIO()
+        settings = make_settings(path, tmp_path / "out", sim, concurrency=32, poll_rate=80.0, poll=PollSchedule(0.125))
+        outcome = await runner.run(settings, Reporter(stream=stream, progress=False, verbose=True))
+        assert outcome.exit_code == 0 and sim.stats.creates == 60 and sim.stats.max_in_flight <= 10
+        assert 22 <= sim.stats.rate_limited <= 22 + 6, stream.getvalue()
 
 
 async def test_a_rate_limit_first_read_as_full_is_corrected(sim_factory, tmp_path, state_home):
