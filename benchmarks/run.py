@@ -345,8 +345,12 @@ def quiet_run(manifest: Path, out: Path | str, *extra: str) -> list[str]:
     return [*BATCHGEN, "run", str(manifest), "--out", str(out), "--no-progress", "--quiet", *extra]
 
 
-def batchgen_env(api: str) -> dict[str, str]:
-    return code_env(ROOT, {**os.environ, "BATCHGEN_API_BASE": api, "BATCHGEN_API_KEY": KEY})
+def batchgen_env(api: str, state: Path) -> dict[str, str]:
+    """The environment of a batchgen run against `api`: the benchmark's key, and `state` as XDG_STATE_HOME (what
+    the run remembers of the service). Never the user's own: a remembered service of an earlier benchmark whose
+    port comes round again would make a cold run warm, and each run left a file there (582 on this machine)."""
+    env = {**os.environ, "BATCHGEN_API_BASE": api, "BATCHGEN_API_KEY": KEY, "XDG_STATE_HOME": str(state)}
+    return code_env(ROOT, env)
 
 
 # ---------------------------------------------------------------- scenarios
@@ -398,7 +402,7 @@ def real_run(
 ) -> dict[str, Any]:
     """One run with the defaults (and `extra`) against `sim`, measured as the simulator saw it."""
     before = sim.stats()
-    result = measured(quiet_run(manifest, out, *extra), {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)})
+    result = measured(quiet_run(manifest, out, *extra), batchgen_env(sim.api, state))
     after = sim.stats()
     tasks = [t for t in after["latency"] if t not in before["latency"]]
     delays = sorted(after["detection_delay"][t] for t in tasks if t in after["detection_delay"])
@@ -481,7 +485,7 @@ def warm_wrong(s: Scenario, work: Path) -> list[dict[str, Any]]:
             before = sim.stats()
             result = measured(
                 quiet_run(manifest, work / f"{s.name}-{start}", *s.run),
-                {**batchgen_env(sim.api), "XDG_STATE_HOME": str(state)},
+                batchgen_env(sim.api, state),
             )
             after = sim.stats()
         finally:
@@ -514,7 +518,7 @@ def scaled_scenario(s: Scenario, work: Path) -> dict[str, Any]:
     sim = Sim(s.sim)
     try:
         before = sim.stats()
-        result = measured(quiet_run(manifest, work / s.name, *s.run), batchgen_env(sim.api))
+        result = measured(quiet_run(manifest, work / s.name, *s.run), batchgen_env(sim.api, work / f"{s.name}-state"))
         after = sim.stats()
     finally:
         sim.close()
@@ -552,7 +556,7 @@ def naive(s: Scenario, manifest: Path, work: Path) -> dict[str, Any]:
                 str(work / f"{s.name}-naive"),
                 concurrency,
             ],
-            batchgen_env(sim.api),
+            batchgen_env(sim.api, work / f"{s.name}-naive-state"),
         )
         stats = sim.stats()
     finally:
@@ -578,7 +582,7 @@ def big_images(s: Scenario, manifest: Path, work: Path, result: dict[str, float]
     total = sum(p.stat().st_size for p in files)
     tiny = Sim([*s.sim, "--image-scale", "0.02"])
     try:
-        small = measured(quiet_run(manifest, work / "tiny", *s.run), batchgen_env(tiny.api))
+        small = measured(quiet_run(manifest, work / "tiny", *s.run), batchgen_env(tiny.api, work / "tiny-state"))
     finally:
         tiny.close()
     sim = Sim(s.sim)
@@ -702,7 +706,7 @@ def resume_100k(s: Scenario, work: Path) -> dict[str, Any]:
     ledger_in_child(path, out, s.n)
     result = measured(
         quiet_run(path, out),
-        batchgen_env("http://127.0.0.1:9"),
+        batchgen_env("http://127.0.0.1:9", work / "resume-state"),
     )
     return {
         "scenario": s.name,
@@ -737,7 +741,7 @@ def resume_pending(s: Scenario, work: Path) -> dict[str, Any]:
         started = time.monotonic()
         result = measured(
             quiet_run(path, out, "--limit", "20", "--create-rate", "1000/1", "--poll-interval", "0.1"),
-            {**batchgen_env(sim.api), "XDG_STATE_HOME": str(work / "pending-state")},
+            batchgen_env(sim.api, work / "pending-state"),
         )
     finally:
         stop.set()

@@ -5,6 +5,7 @@ Its first version ran the working tree's batchgen on both sides when started fro
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -96,3 +97,19 @@ def test_the_interval_holds_the_true_median_ratio_as_often_as_it_says():
             _, low, high, claimed = paired(mine, theirs)
             held += low <= 0.94 <= high
         assert abs(held / 3000 - claimed) < 0.012, (rounds, held / 3000, claimed)
+
+
+def test_a_benchmark_never_writes_into_the_users_remembered_services(tmp_path):
+    """Each scenario's runs remember the service in a folder of the benchmark's own. In the user's, every run left
+    a file (582 here), and a port that came round again would have made a cold run start warm."""
+    user = tmp_path / "user-state"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "capacity"],
+        env={**os.environ, "XDG_STATE_HOME": str(user), "HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"scenario": "capacity"' in done.stdout and '"exit": 0' in done.stdout, done.stdout
+    assert not user.exists() and not (tmp_path / "home").exists()
