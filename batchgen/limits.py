@@ -38,9 +38,9 @@ class InFlightLimiter:
     `on_saturated(running)` cuts the limit to what the service ran for us when it said it is full (or halves it).
     `on_success` raises it, never above `maximum`: a whole slot per success with no confirmed "full" level (`cap`)
     or, calm (no cut for `calm` s), below it; else 1/limit — one slot per `limit` successes, so a probe above a
-    known cap goes no faster than the service frees slots. Cut at an unconfirmed "full", only a success with
-    every slot's task running counts (a limit that did not bind shows nothing: RFC 7661's rule for a congestion
-    window). `start`: a remembered level (re-probed, no ceiling).
+    known cap goes no faster than the service frees slots. Cut at an unconfirmed "full", only a create sent with
+    that level's tasks at the service counts (`beyond`): a refill below it is no sign of room above it. `start`: a
+    remembered level (re-probed, no ceiling).
     """
 
     def __init__(
@@ -132,13 +132,11 @@ class InFlightLimiter:
         self._limit = min(float(self.maximum), max(self._limit, limit))
         self._wake()
 
-    def on_success(self) -> None:
-        """A create the service took (its task already counted in `running`)."""
+    def on_success(self, beyond: bool = True) -> None:
+        """A create the service took. Not `beyond` (it left with fewer of our tasks at the service than an
+        unconfirmed "full" level): it refilled a slot seen free, which shows nothing above that level."""
         if self._limit < self.maximum:
-            if self.cap is None and self._last_cut > -math.inf and self.running < self.limit:
-                # Cut at an unconfirmed "full": only a create taken with every slot running shows the service
-                # takes more. Refills of slots seen free do not (a batch seen finished at once raised the limit by
-                # a slot per refill, and a second burst of 20 went past a full service's 20: 20 refused).
+            if not beyond and self.cap is None and self._last_cut > -math.inf:
                 return
             calm = self._clock() - self._last_cut > self.calm
             step = 1.0 if self.cap is None or (calm and self._limit < self.cap) else 1 / self._limit
@@ -314,7 +312,12 @@ class Throttle:
             pause = self.cooldown.trigger(max(1, self.strikes), retry_after)
         return Verdict(kind, accepted, running, pause)
 
-    def on_create_success(self) -> None:
+    def on_create_success(self, held_when_sent: int | None = None) -> None:
+        """A create the service took; `held_when_sent`: our tasks it had when the call left, running or being asked
+        for in other calls (None: unknown). Cut at a first, unconfirmed "full", a create sent with fewer than that
+        level refilled a slot seen free and does not raise the in-flight limit: counted per refill, the first batch
+        of finishes seen at once raised it by a slot each, and a second burst went past a full service
+        (`capacity`: 21 refused)."""
         self.strikes = 0
         if self.cap_level is not None:
             # Ran more than the "full" level without a refusal? Our count of tasks running is ahead of the
@@ -326,7 +329,8 @@ class Throttle:
             elif self.limiter.running + 1 > self.cap_level + _lag(self.cap_level):
                 self._refuted(f"{self.limiter.running + 1} running since")
         self.window.on_success()
-        self.limiter.on_success()
+        level = self.cap_level
+        self.limiter.on_success(beyond=held_when_sent is None or level is None or held_when_sent >= level)
 
     def full_level(self) -> int | None:
         """The most tasks the service can have run for us at one moment if its "full" was capacity, or None (no

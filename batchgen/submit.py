@@ -85,6 +85,7 @@ class Submitter:
         self.rng = random.Random()
         self.creates_left = settings.limit  # --limit: every possibly paid create counts
         self.creating: set[asyncio.Task[str]] = set()  # createTask calls under way (shielded from a stop)
+        self.asking = 0  # of those, the ones whose request has left and whose answer has not come
         self.sent: dict[str, float] = {}  # task id -> when its createTask left (monotonic): taken by the watcher
         self._abandoned = False  # a second signal: createTask calls under way are given up (in doubt)
         self.refusals = Refusals()  # 401/403 on createTask: the run's, or one item's (a WAF refusing one prompt)
@@ -269,9 +270,15 @@ class Submitter:
             self.ledger.submit_unsent(item.id)
             raise
         sent = time.monotonic()
+        # What the service has of ours as this leaves, running or being asked for: below a "full" level, a refill
+        held = self.throttle.limiter.running + self.asking
         self.throttle.window.leaving(slot)
+        self.asking += 1
         try:
-            task_id = await self.client.create_task(body, callback)
+            try:
+                task_id = await self.client.create_task(body, callback)
+            finally:
+                self.asking -= 1
         except RateLimited:
             self.throttle.window.forget(slot)
             self.ledger.submit_unsent(item.id)
@@ -305,7 +312,7 @@ class Submitter:
             raise _Taken
         self.ledger.submitted(item.id, task_id)
         self.throttle.limiter.started()  # running at the service from now on (the engine's poll ends it)
-        self.throttle.on_create_success()
+        self.throttle.on_create_success(held)
         if said := self.throttle.take_corrected():
             self.reporter.debug(said)
         try:
