@@ -64,13 +64,19 @@ def test_both_at_once_cuts_both():
     assert t.limiter.limit == 12 and t.window.count == 29 and t.learned_count == 29 and t.cap_level == 12
 
 
+def first_full(clock: Clock, level: int, concurrency: int = 100) -> Throttle:
+    """A throttle cut at a first "full" with `level` tasks running: unconfirmed (a rate limit's looks the same)."""
+    t = throttle(clock, concurrency=concurrency)
+    accept(t, level)
+    run_tasks(t, level)
+    t.on_create_saturated(t.epoch)
+    assert t.limiter.limit == level and t.limiter.cap is None
+    return t
+
+
 def test_the_first_429_cap_is_probed_quickly_a_confirmed_one_one_slot_per_generation():
     clock = Clock()
-    t = throttle(clock, concurrency=100)
-    accept(t, 10)
-    run_tasks(t, 10)
-    t.on_create_saturated(t.epoch)
-    assert t.limiter.limit == 10 and t.limiter.cap is None  # a first "full" may be a rate's doing
+    t = first_full(clock, 10)
     clock.advance(2)  # calm: a whole slot per success
     accept(t, 3)
     assert t.limiter.limit == 13
@@ -85,11 +91,7 @@ def test_the_first_429_cap_is_probed_quickly_a_confirmed_one_one_slot_per_genera
 
 def test_after_a_first_full_a_refill_below_its_level_does_not_raise_the_limit_a_create_sent_at_it_does():
     clock = Clock()
-    t = throttle(clock, concurrency=100)
-    accept(t, 10)
-    run_tasks(t, 10)
-    t.on_create_saturated(t.epoch)
-    assert t.limiter.limit == 10 and t.limiter.cap is None  # unconfirmed: a whole slot per create sent at the level
+    t = first_full(clock, 10)  # unconfirmed: a whole slot per create sent at the level
     clock.advance(2)
     t.limiter.running = t.limiter.in_flight = 4  # six seen finished at once: their slots refilled
     for held in range(4, 10):  # each refill leaves with the earlier ones at the service (running or being asked)
@@ -114,11 +116,7 @@ def test_a_limit_above_a_wrong_full_climbs_though_a_slot_is_always_being_created
     running when it left) left the limit at 9 for good (a hostile test: a night at a quarter of its pace); the
     service had 8 of ours as the refill left, the level: it is one past it."""
     clock = Clock()
-    t = throttle(clock, concurrency=40)
-    accept(t, 8)
-    run_tasks(t, 8)
-    t.on_create_saturated(t.epoch)
-    assert t.limiter.limit == 8 and t.limiter.cap is None
+    t = first_full(clock, 8, concurrency=40)
     clock.advance(2)
     t.limiter._limit += 1.0  # what the probe once calm does
     t.limiter.in_flight = 9
