@@ -270,7 +270,8 @@ class Submitter:
             self.ledger.submit_unsent(item.id)
             raise
         sent = time.monotonic()
-        # What the service has of ours as this leaves, running or being asked for: below a "full" level, a refill
+        # What the service has of ours as this leaves, running or being asked for: below an unconfirmed "full"
+        # level this create refills a slot seen free; at it, taken, it shows room past it (on_create_success)
         held = self.throttle.limiter.running + self.asking
         self.throttle.window.leaving(slot)
         self.asking += 1
