@@ -38,9 +38,8 @@ class InFlightLimiter:
     `on_saturated(running)` cuts the limit to what the service ran for us when it said it is full (or halves it).
     `on_success` raises it, never above `maximum`: a whole slot per success with no confirmed "full" level (`cap`)
     or, calm (no cut for `calm` s), below it; else 1/limit — one slot per `limit` successes, so a probe above a
-    known cap goes no faster than the service frees slots. Cut at an unconfirmed "full", only a create sent with
-    that level's tasks at the service counts (`beyond`): a refill below it is no sign of room above it. `start`: a
-    remembered level (re-probed, no ceiling).
+    known cap goes no faster than the service frees slots; not at all for a success that is no sign of room above
+    the limit (`beyond`: the throttle's reading). `start`: a remembered level (re-probed, no ceiling).
     """
 
     def __init__(
@@ -133,11 +132,8 @@ class InFlightLimiter:
         self._wake()
 
     def on_success(self, beyond: bool = True) -> None:
-        """A create the service took. Not `beyond` (it left with fewer of our tasks at the service than an
-        unconfirmed "full" level): it refilled a slot seen free, which shows nothing above that level."""
-        if self._limit < self.maximum:
-            if not beyond and self.cap is None and self._last_cut > -math.inf:
-                return
+        """A create the service took; not `beyond`, it shows no room above the limit, which stays."""
+        if beyond and self._limit < self.maximum:
             calm = self._clock() - self._last_cut > self.calm
             step = 1.0 if self.cap is None or (calm and self._limit < self.cap) else 1 / self._limit
             self._limit = min(float(self.maximum), self._limit + step)
@@ -329,8 +325,9 @@ class Throttle:
             elif self.limiter.running + 1 > self.cap_level + _lag(self.cap_level):
                 self._refuted(f"{self.limiter.running + 1} running since")
         self.window.on_success()
-        level = self.cap_level
-        self.limiter.on_success(beyond=held_when_sent is None or level is None or held_when_sent >= level)
+        level = self.cap_level if self.limiter.cap is None else None  # a "full" level, not confirmed yet
+        refill = held_when_sent is not None and level is not None and held_when_sent < level
+        self.limiter.on_success(beyond=not refill)
 
     def full_level(self) -> int | None:
         """The most tasks the service can have run for us at one moment if its "full" was capacity, or None (no
