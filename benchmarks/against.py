@@ -121,7 +121,7 @@ def one_run(s: Scenario, manifest: Path, work: Path, code: Path, name: str, limi
     """One client run of `s` against a fresh simulator, with the batchgen under `code`: its CPU ms per task."""
     sim = Sim(s.sim)
     try:
-        env = code_env(code, batchgen_env(sim.api, Path(tempfile.mkdtemp(dir=work))))
+        env = batchgen_env(sim.api, Path(tempfile.mkdtemp(dir=work)), code)
         out = tempfile.mkdtemp(dir=work)
         result = measured(quiet_run(manifest, out, *s.run), env, limit=limit)
     finally:

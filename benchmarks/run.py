@@ -345,12 +345,13 @@ def quiet_run(manifest: Path, out: Path | str, *extra: str) -> list[str]:
     return [*BATCHGEN, "run", str(manifest), "--out", str(out), "--no-progress", "--quiet", *extra]
 
 
-def batchgen_env(api: str, state: Path) -> dict[str, str]:
-    """The environment of a batchgen run against `api`: the benchmark's key, and `state` as XDG_STATE_HOME (what
-    the run remembers of the service). Never the user's own: a remembered service of an earlier benchmark whose
-    port comes round again would make a cold run warm, and each run left a file there (582 on this machine)."""
+def batchgen_env(api: str, state: Path, code: Path = ROOT) -> dict[str, str]:
+    """The environment of a run of the batchgen under `code` against `api`: the benchmark's key, and `state` as
+    XDG_STATE_HOME (what the run remembers of the service). Never the user's own: a remembered service of an
+    earlier benchmark whose port comes round again would make a cold run warm, and each run left a file there (582
+    on this machine)."""
     env = {**os.environ, "BATCHGEN_API_BASE": api, "BATCHGEN_API_KEY": KEY, "XDG_STATE_HOME": str(state)}
-    return code_env(ROOT, env)
+    return code_env(code, env)
 
 
 # ---------------------------------------------------------------- scenarios
